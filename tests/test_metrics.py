@@ -1,0 +1,204 @@
+"""Metric formulas checked against arithmetic written out by hand."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from parity import metrics as m
+from parity.metrics import ClipRange
+
+
+def a(*xs: float) -> np.ndarray:
+    return np.array(xs, dtype=np.float64)
+
+
+# --- per-token formulas ---
+
+
+def test_log_ratio_is_ref_minus_cand():
+    assert m.log_ratio(a(-1.0), a(-1.1))[0] == pytest.approx(0.1)
+    assert m.log_ratio(a(-1.1), a(-1.0))[0] == pytest.approx(-0.1)
+
+
+def test_abs_dlogp_and_abs_dprob():
+    assert m.abs_dlogp(a(-1.0), a(-1.5))[0] == pytest.approx(0.5)
+    # probabilities 0.5 vs 0.4
+    assert m.abs_dprob(a(math.log(0.5)), a(math.log(0.4)))[0] == pytest.approx(0.1)
+
+
+def test_kl_k1_k2_k3_at_r_0p1():
+    ref, cand = a(-1.0), a(-1.1)  # r = 0.1
+    assert m.kl_k1(ref, cand)[0] == pytest.approx(-0.1)
+    assert m.kl_k2(ref, cand)[0] == pytest.approx(0.1**2 / 2)  # 0.005
+    # exp(0.1) - 1 - 0.1 = 1.1051709180756477 - 1.1
+    assert m.kl_k3(ref, cand)[0] == pytest.approx(0.005170918075647624, rel=1e-9)
+
+
+def test_kl_k3_negative_r_and_tiny_r():
+    # r = -0.5: exp(-0.5) - 1 + 0.5 = 0.6065306597126334 - 0.5
+    assert m.kl_k3(a(-1.5), a(-1.0))[0] == pytest.approx(0.10653065971263342, rel=1e-9)
+    # r = 1e-10: k3 ~ r^2/2 = 5e-21; naive exp(r) - 1 - r loses every digit here.
+    assert m.kl_k3(a(-1.0 + 1e-10), a(-1.0))[0] == pytest.approx(5e-21, rel=1e-3)
+
+
+def test_k2_of_negative_r():
+    assert m.kl_k2(a(-1.4), a(-1.0))[0] == pytest.approx(0.4**2 / 2)  # 0.08
+
+
+# --- clipping ---
+
+
+def test_token_clip_boundaries_are_not_clipped():
+    # r is exactly log(ratio): ref = log(ratio), cand = 0 for ratios <= 1; ref = 0, cand = -log(ratio) above.
+    low = m.token_clipped(a(math.log(0.8)), a(0.0))
+    high = m.token_clipped(a(0.0), a(-math.log(1.28)))
+    assert not low[0] and not high[0]  # closed range: exactly 0.8 and 1.28 stay unclipped
+    assert m.token_clipped(a(math.log(0.79)), a(0.0))[0]
+    assert m.token_clipped(a(0.0), a(-math.log(1.29)))[0]
+    assert not m.token_clipped(a(-1.0), a(-1.0))[0]  # ratio 1
+
+
+def test_clip_range_is_settable():
+    clip = ClipRange(eps_low=0.1, eps_high=0.1)
+    assert m.token_clipped(a(math.log(0.85)), a(0.0), clip)[0]  # 0.85 < 0.9
+    assert not m.token_clipped(a(math.log(0.85)), a(0.0))[0]  # default: 0.85 >= 0.8
+    with pytest.raises(ValueError):
+        ClipRange(eps_low=-0.1)
+    with pytest.raises(ValueError):
+        ClipRange(eps_high=float("inf"))
+
+
+def test_gspo_sequence_clip_differs_from_token_clip():
+    # Ratios 1.5 and 1/1.5: both tokens clipped, geometric mean exactly 1, so not sequence-clipped.
+    ref_mixed, cand_mixed = a(math.log(0.6), math.log(0.4)), a(math.log(0.4), math.log(0.6))
+    assert m.token_clipped(ref_mixed, cand_mixed).tolist() == [True, True]
+    assert not m.sequence_clipped(ref_mixed, cand_mixed)
+    # Ratios 1.5 and 1.5: geometric mean 1.5 > 1.28.
+    ref_up, cand_up = a(math.log(0.6), math.log(0.6)), a(math.log(0.4), math.log(0.4))
+    assert m.sequence_clipped(ref_up, cand_up)
+    s = m.summarize([ref_mixed, ref_up], [cand_mixed, cand_up])
+    assert s["clip_rate_token"] == pytest.approx(4 / 4)
+    assert s["clip_rate_seq"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError):
+        m.sequence_clipped(a(), a())
+
+
+# --- ESS ---
+
+
+def test_ess_of_equal_weights_is_one():
+    assert m.ess_normalized(a(0.0, 0.0, 0.0, 0.0)) == pytest.approx(1.0)
+    assert m.ess_normalized(a(1000.0, 1000.0)) == pytest.approx(1.0)  # no overflow
+
+
+def test_ess_of_unequal_weights():
+    # w = [1, 3]: (1 + 3)^2 / (2 * (1 + 9)) = 16 / 20
+    assert m.ess_normalized(a(0.0, math.log(3.0))) == pytest.approx(0.8)
+    assert math.isnan(m.ess_normalized(a()))
+
+
+# --- summarize / per_sequence ---
+
+
+def test_token_mean_and_sequence_mean_differ_for_unequal_lengths():
+    ref = [a(-1.0), a(-2.0, -2.0, -2.0)]
+    cand = [a(-1.3), a(-2.1, -2.1, -2.1)]  # r = 0.3 once, then r = 0.1 three times
+    s = m.summarize(ref, cand)
+    assert s["n_seqs"] == 2 and s["n_tokens"] == 4
+    assert s["abs_dlogp_mean"] == pytest.approx((0.3 + 3 * 0.1) / 4)  # 0.15
+    assert s["abs_dlogp_seqmean"] == pytest.approx((0.3 + 0.1) / 2)  # 0.2
+    assert s["kl_k1_mean"] == pytest.approx(-(0.3 + 3 * 0.1) / 4)
+    assert s["kl_k1_seqmean"] == pytest.approx(-(0.3 + 0.1) / 2)
+    k3_03, k3_01 = math.exp(0.3) - 1.3, math.exp(0.1) - 1.1
+    assert s["kl_k3_mean"] == pytest.approx((k3_03 + 3 * k3_01) / 4)
+    assert s["kl_k3_seqmean"] == pytest.approx((k3_03 + k3_01) / 2)
+    assert s["kl_k2_mean"] == pytest.approx((0.09 / 2 + 3 * 0.01 / 2) / 4)
+    # candidate entropy estimate: -mean(cand)
+    assert s["entropy_cand_mc"] == pytest.approx((1.3 + 3 * 2.1) / 4)
+    assert s["entropy_cand_mc_seqmean"] == pytest.approx((1.3 + 2.1) / 2)
+    ps = m.per_sequence(ref, cand)
+    np.testing.assert_allclose(ps["abs_dlogp_mean"], [0.3, 0.1])
+    assert ps["n_tokens"].tolist() == [1, 3]
+
+
+def test_abs_dprob_and_ess_in_summary():
+    ref = [a(math.log(0.5), math.log(0.2))]
+    cand = [a(math.log(0.4), math.log(0.2))]
+    s = m.summarize(ref, cand)
+    assert s["abs_dprob_mean"] == pytest.approx((0.1 + 0.0) / 2)
+    # w = [0.5/0.4, 1] = [1.25, 1]: 2.25^2 / (2 * (1.5625 + 1))
+    assert s["ess_norm"] == pytest.approx(2.25**2 / (2 * 2.5625))
+
+
+def test_percentiles_of_abs_dlogp():
+    # |r| = 0.00, 0.01, ..., 0.99; numpy's linear interpolation: p50 at index 49.5, p99 at 98.01.
+    r = np.arange(100) / 100
+    s = m.summarize([-1.0 - r], [np.full(100, -1.0)])
+    assert s["abs_dlogp_p50"] == pytest.approx(0.495)
+    assert s["abs_dlogp_p99"] == pytest.approx(0.98 + 0.01 * 0.01)
+    assert s["abs_dlogp_max"] == pytest.approx(0.99)
+
+
+def test_reference_entropy_token_and_sequence_means():
+    ref = [a(-1.0), a(-1.0, -1.0, -1.0)]
+    ent = [a(2.0), a(1.0, 1.0, 1.0)]
+    s = m.summarize(ref, ref, ref_entropy=ent)
+    assert s["entropy_ref_mean"] == pytest.approx((2.0 + 3.0) / 4)
+    assert s["entropy_ref_seqmean"] == pytest.approx((2.0 + 1.0) / 2)
+    assert "entropy_ref_mean" not in m.summarize(ref, ref)
+
+
+def test_masked_tokens_are_counted_and_excluded():
+    ref = [a(-0.5, -np.inf, -1.0), a(-0.2)]
+    cand = [a(-0.6, -2.0, -1.0), a(-np.inf)]
+    ent = [a(1.0, 5.0, 2.0), a(9.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # masking must not go through NaN/inf arithmetic warnings
+        s = m.summarize(ref, cand, ref_entropy=ent)
+        ps = m.per_sequence(ref, cand, ref_entropy=ent)
+    assert s["n_tokens"] == 4 and s["n_masked_tokens"] == 2
+    assert s["masked_token_rate"] == pytest.approx(0.5)
+    assert s["abs_dlogp_mean"] == pytest.approx((0.1 + 0.0) / 2)
+    assert s["entropy_cand_mc"] == pytest.approx((0.6 + 1.0) / 2)
+    assert s["entropy_ref_mean"] == pytest.approx((1.0 + 2.0) / 2)  # same tokens as cand
+    # the second sequence has no valid token: left out of sequence means, not counted as 0
+    assert s["abs_dlogp_seqmean"] == pytest.approx(0.05)
+    assert s["clip_rate_seq"] == pytest.approx(0.0)
+    for k, v in s.items():
+        assert np.isfinite(v), k
+    assert ps["n_masked_tokens"].tolist() == [1, 1]
+    assert math.isnan(ps["kl_k3_mean"][1]) and math.isnan(ps["clipped_seq"][1])
+
+
+def test_all_masked_gives_nan_metrics_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = m.summarize([a(-np.inf)], [a(-1.0)])
+    assert s["n_tokens"] == 1 and s["n_masked_tokens"] == 1
+    assert math.isnan(s["kl_k3_mean"]) and math.isnan(s["ess_norm"])
+
+
+@pytest.mark.parametrize("ref,cand", [([], []), ([a()], [a()])])
+def test_empty_input_is_nan_not_zero(ref, cand):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = m.summarize(ref, cand, ref_entropy=[a() for _ in ref])
+    assert s["n_tokens"] == 0 and s["n_seqs"] == len(ref)
+    counts = {"n_seqs", "n_tokens", "n_masked_tokens"}
+    for k, v in s.items():
+        if k not in counts:
+            assert math.isnan(v), k
+    assert m.per_sequence([], [])["kl_k3_mean"].shape == (0,)
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError):
+        m.summarize([a(-1.0)], [a(-1.0, -2.0)])
+    with pytest.raises(ValueError):
+        m.summarize([a(-1.0)], [])
+    with pytest.raises(ValueError):
+        m.summarize([a(np.nan)], [a(-1.0)])
+    with pytest.raises(ValueError):
+        m.summarize([a(-1.0)], [a(-1.0)], ref_entropy=[a(np.nan)])
