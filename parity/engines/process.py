@@ -1,0 +1,236 @@
+"""Runs an engine worker in its own process (own interpreter, own environment) and talks to it
+over pipes; turns crashes, hangs and bad starts into EngineError with the log tail, and never
+leaves a process behind."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
+
+WORKER_SCRIPT = Path(__file__).with_name("vllm_worker.py")
+LOG_TAIL_LINES = 30
+
+_live: set["WorkerProcess"] = set()
+
+
+def _kill_all_live() -> None:
+    for proc in list(_live):
+        proc.kill()
+
+
+atexit.register(_kill_all_live)
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class WorkerProcess:
+    """A worker script run by `python`, in its own session (process group), logging to `log_path`.
+
+    Requests go to the worker's stdin, replies come back on a dedicated pipe, so whatever the
+    engine prints cannot corrupt the protocol.
+    """
+
+    def __init__(self, name: str, python: str, env: dict[str, str], log_path: Path,
+                 script: Path = WORKER_SCRIPT):
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        read_fd, write_fd = os.pipe()
+        self._log = open(log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-u", str(script), "--reply-fd", str(write_fd)],
+                stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+                env=env, pass_fds=(write_fd,), start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            self._log.close()
+            raise EngineError(f"engine {name}: cannot run {python}: {exc}") from exc
+        os.close(write_fd)
+        self._reply = os.fdopen(read_fd, "r")
+        self._buffer = ""
+        _live.add(self)
+
+    def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one request and wait for its reply; EngineError on crash, hang or error reply."""
+        try:
+            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail(f"engine {self.name} died before request {payload.get('op')!r}")
+        return self.read(payload.get("op"), timeout)
+
+    def read(self, op: str | None, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while "\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                self._fail(f"engine {self.name} timed out after {timeout:.0f}s in {op!r}")
+            ready, _, _ = select.select([self._reply], [], [], min(remaining, 1.0))
+            if ready:
+                chunk = os.read(self._reply.fileno(), 1 << 20).decode()
+                if not chunk:
+                    code = self.proc.wait(timeout=10)
+                    self._fail(f"engine {self.name} exited (code {code}) during {op!r}")
+                self._buffer += chunk
+            elif self.proc.poll() is not None:
+                self._fail(f"engine {self.name} exited (code {self.proc.returncode}) during {op!r}")
+        line, self._buffer = self._buffer.split("\n", 1)
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise EngineError(f"engine {self.name}: {op} failed: {reply.get('error')}",
+                              tail(self.log_path))
+        return reply
+
+    def _fail(self, message: str) -> None:
+        self.kill()
+        raise EngineError(message, tail(self.log_path))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the worker to stop, then make sure its whole process group is gone."""
+        if self.proc.poll() is None:
+            try:
+                self.request({"op": "close"}, timeout=timeout)
+            except EngineError:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """Terminate the worker and every process in its group (engine cores, workers)."""
+        pgid = self.proc.pid
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    break
+                self.proc.poll()
+                time.sleep(0.1)
+            else:
+                continue
+            break
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for fh in (self.proc.stdin, self._reply, self._log):
+            try:
+                fh.close()
+            except OSError:
+                pass
+        _live.discard(self)
+
+
+class VllmEngine:
+    """The vLLM engine (V0 or V1, whichever the interpreter's vLLM and env vars select), run in
+    a worker process. Implements parity.engines.base.Engine."""
+
+    def __init__(self, setting: EngineSetting, model: str, python: str, log_path: Path,
+                 start_timeout: float = 600.0, request_timeout: float = 1800.0):
+        self.setting = setting
+        self.name = setting.label()
+        self.model = model
+        self.python = python
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.request_timeout = request_timeout
+        self.start_s: float | None = None
+        self._worker: WorkerProcess | None = None
+        self._effective: dict[str, Any] | None = None
+
+    def __enter__(self) -> "VllmEngine":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The worker must not import parity: make sure the harness's source tree is not on its path.
+        env.pop("PYTHONPATH", None)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["HF_HUB_OFFLINE"] = "1"
+        env["TRANSFORMERS_OFFLINE"] = "1"
+        env.update(self.setting.variables)
+        return env
+
+    def start(self) -> None:
+        t0 = time.perf_counter()
+        self._worker = WorkerProcess(self.name, self.python, self._env(), self.log_path)
+        self._worker.read("hello", timeout=120)
+        reply = self._worker.request(
+            {"op": "start", "model": self.model, "engine_args": self.setting.args},
+            timeout=self.start_timeout)
+        self._effective = reply["effective_config"]
+        self.start_s = time.perf_counter() - t0
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Sequence]:
+        reply = self._require().request(
+            {"op": "generate", "prompts": prompts, "sampling": sampling.to_dict()},
+            timeout=self.request_timeout)
+        return [Sequence.from_dict(d) for d in reply["sequences"]]
+
+    def effective_config(self) -> dict[str, Any]:
+        if self._effective is None:
+            raise EngineError(f"engine {self.name} has not started")
+        return self._effective
+
+    def update_weights(self, checkpoint: str, mode: str = "keep",
+                       clear_cache: bool = False) -> dict[str, Any]:
+        raise NotImplementedError("weight updates are not implemented yet")
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def _require(self) -> WorkerProcess:
+        if self._worker is None:
+            raise EngineError(f"engine {self.name} is not running")
+        return self._worker
+
+
+def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
+                         timeout: float = 180.0) -> dict[str, Any]:
+    """Check engine-arg names against the EngineArgs of the vLLM in `python`, starting no engine.
+
+    Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    worker = WorkerProcess("validator", python, env, log_path)
+    try:
+        worker.read("hello", timeout=120)
+        return worker.request({"op": "validate", "arg_sets": arg_sets}, timeout=timeout)
+    finally:
+        worker.close()

@@ -1,0 +1,263 @@
+"""Worker process that hosts one vLLM engine (V0 or V1) and answers parity's requests.
+
+Run as a script by any interpreter that has vLLM: it imports only the standard library and vLLM,
+because the V0 engine lives in its own virtualenv with an old vLLM and without parity.
+Protocol: one JSON object per line on stdin (requests); one JSON object per line on the file
+descriptor given by --reply-fd (replies). stdout/stderr are the engine's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import os
+import sys
+import time
+import traceback
+
+PROTOCOL_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _jsonable(obj, depth: int = 0):
+    """Best-effort conversion of engine config objects into JSON data (for provenance)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return str(obj.name if hasattr(obj, "name") else obj)
+    if depth > 3:
+        return str(obj)[:200]
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in list(obj.items())[:100]}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v, depth + 1) for v in list(obj)[:100]]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            try:
+                out[f.name] = _jsonable(getattr(obj, f.name), depth + 1)
+            except Exception as exc:  # a lazily-computed field can raise; record, do not fail
+                out[f.name] = f"<error: {exc}>"
+        return out
+    return str(obj)[:200]
+
+
+def _get(obj, *names, default=None):
+    """First attribute among `names` that exists on `obj` (engine versions rename fields)."""
+    for name in names:
+        if obj is not None and hasattr(obj, name):
+            try:
+                return getattr(obj, name)
+            except Exception:
+                continue
+    return default
+
+
+def _hf_value(hf_config, name):
+    value = getattr(hf_config, name, None)
+    if value is None and name == "rope_theta":
+        rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None)
+        if isinstance(rope, dict):
+            value = rope.get("rope_theta")
+    return value
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class VllmHost:
+    """Owns the vllm.LLM instance of this process."""
+
+    def __init__(self) -> None:
+        self.llm = None
+        self.weight_version = 0
+
+    def start(self, model: str, engine_args: dict) -> dict:
+        import vllm
+
+        t0 = time.perf_counter()
+        self.llm = vllm.LLM(model=model, **engine_args)
+        return {"start_s": time.perf_counter() - t0, "effective_config": self.effective_config()}
+
+    def effective_config(self) -> dict:
+        import vllm
+
+        engine = self.llm.llm_engine
+        cfg = _get(engine, "vllm_config")
+        model_cfg = _get(cfg, "model_config") or _get(engine, "model_config")
+        cache_cfg = _get(cfg, "cache_config")
+        sched_cfg = _get(cfg, "scheduler_config")
+        comp_cfg = _get(cfg, "compilation_config")
+        hf = _get(model_cfg, "hf_config")
+        try:
+            gen_defaults = model_cfg.get_diff_sampling_param()
+        except Exception as exc:
+            gen_defaults = f"<unavailable: {exc}>"
+        try:
+            head_dtype = str(model_cfg.head_dtype)
+        except Exception:
+            head_dtype = None
+        if os.environ.get("PARITY_HEAD_DTYPE_PATCH"):
+            head_dtype = os.environ["PARITY_HEAD_DTYPE_PATCH"]
+        eos = _hf_value(hf, "eos_token_id")
+        key = {
+            "engine_impl": f"{type(engine).__module__}.{type(engine).__name__}",
+            "vllm_version": vllm.__version__,
+            "vllm_use_v1_env": os.environ.get("VLLM_USE_V1"),
+            "enable_prefix_caching": _get(cache_cfg, "enable_prefix_caching"),
+            "enable_chunked_prefill": _get(sched_cfg, "enable_chunked_prefill",
+                                           "chunked_prefill_enabled"),
+            "async_scheduling": _get(sched_cfg, "async_scheduling"),
+            "disable_cascade_attn": _get(model_cfg, "disable_cascade_attn"),
+            "enforce_eager": _get(model_cfg, "enforce_eager"),
+            "compilation_level": _jsonable(_get(comp_cfg, "mode", "level")),
+            "cudagraph_mode": _jsonable(_get(comp_cfg, "cudagraph_mode")),
+            "max_num_seqs": _get(sched_cfg, "max_num_seqs"),
+            "max_num_batched_tokens": _get(sched_cfg, "max_num_batched_tokens"),
+            "max_model_len": _get(model_cfg, "max_model_len"),
+            "seed": _get(model_cfg, "seed"),
+            "dtype": str(_get(model_cfg, "dtype")),
+            "head_dtype": head_dtype,
+            "logprobs_mode": _jsonable(_get(model_cfg, "logprobs_mode")),
+            "generation_config_defaults": _jsonable(gen_defaults),
+            "model.architectures": _jsonable(_hf_value(hf, "architectures")),
+            "model.rope_theta": _hf_value(hf, "rope_theta"),
+            "model.vocab_size": _hf_value(hf, "vocab_size"),
+            "model.tie_word_embeddings": _hf_value(hf, "tie_word_embeddings"),
+            "model.eos_token_id": _jsonable(eos),
+            "model.bos_token_id": _hf_value(hf, "bos_token_id"),
+            "model.num_hidden_layers": _hf_value(hf, "num_hidden_layers"),
+            "model.hidden_size": _hf_value(hf, "hidden_size"),
+        }
+        raw = {}
+        for section in ("model_config", "cache_config", "scheduler_config", "parallel_config",
+                        "compilation_config", "device_config", "load_config"):
+            obj = _get(cfg, section)
+            if obj is not None:
+                raw[section] = _jsonable(obj, depth=1)
+        return {"key": _jsonable(key), "raw": raw}
+
+    def generate(self, prompts: list[list[int]], sampling: dict) -> dict:
+        from vllm import SamplingParams
+
+        params = []
+        for i in range(len(prompts)):
+            kwargs = dict(
+                n=sampling["n"],
+                temperature=sampling["temperature"],
+                top_p=sampling["top_p"],
+                top_k=sampling["top_k"] if sampling["top_k"] > 0 else -1,
+                max_tokens=sampling["max_tokens"],
+                logprobs=sampling["logprobs"],
+            )
+            if sampling.get("seed") is not None:
+                kwargs["seed"] = sampling["seed"] + i
+            params.append(SamplingParams(**kwargs))
+        inputs = [{"prompt_token_ids": list(p)} for p in prompts]
+        t0 = time.perf_counter()
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        sequences = []
+        for prompt_index, request in enumerate(outputs):
+            for completion in request.outputs:
+                token_ids = list(completion.token_ids)
+                positions = completion.logprobs or []
+                logprobs, top = [], []
+                for tok, pos in zip(token_ids, positions):
+                    logprobs.append(float(pos[tok].logprob))
+                    top.append({str(t): float(lp.logprob) for t, lp in pos.items()})
+                sequences.append({
+                    "prompt_index": prompt_index,
+                    "sample_index": completion.index,
+                    "prompt_token_ids": list(request.prompt_token_ids),
+                    "token_ids": token_ids,
+                    "logprobs": logprobs,
+                    "top_logprobs": top if sampling["logprobs"] > 0 else None,
+                    "finish_reason": completion.finish_reason,
+                    "text": completion.text,
+                    "weight_versions": [self.weight_version] * len(token_ids),
+                })
+        n_tokens = sum(len(s["token_ids"]) for s in sequences)
+        return {"sequences": sequences, "generate_s": elapsed, "n_tokens": n_tokens}
+
+    def close(self) -> None:
+        self.llm = None
+
+
+def validate_engine_args(arg_sets: list[dict]) -> dict:
+    """Check engine-arg names against this vLLM's EngineArgs without starting an engine."""
+    import difflib
+
+    import vllm
+    from vllm.engine.arg_utils import EngineArgs
+
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    problems = []
+    for i, args in enumerate(arg_sets):
+        for name in args:
+            if name not in fields:
+                close = difflib.get_close_matches(name, sorted(fields), n=3)
+                problems.append({"index": i, "name": name, "suggestions": close})
+    return {"problems": problems, "vllm_version": vllm.__version__}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def serve(reply_fd: int) -> None:
+    reply = os.fdopen(reply_fd, "w", buffering=1)
+    host = VllmHost()
+
+    def send(obj: dict) -> None:
+        reply.write(json.dumps(obj) + "\n")
+        reply.flush()
+
+    send({"ok": True, "op": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+          "python": sys.version.split()[0]})
+    for line in sys.stdin:  # EOF (the harness went away) ends the worker
+        line = line.strip()
+        if not line:
+            continue
+        request = json.loads(line)
+        op = request.get("op")
+        try:
+            if op == "start":
+                result = host.start(request["model"], request.get("engine_args", {}))
+            elif op == "generate":
+                result = host.generate(request["prompts"], request["sampling"])
+            elif op == "effective_config":
+                result = {"effective_config": host.effective_config()}
+            elif op == "validate":
+                result = validate_engine_args(request["arg_sets"])
+            elif op == "close":
+                host.close()
+                send({"ok": True, "op": op})
+                break
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            send({"ok": True, "op": op, **result})
+        except BaseException as exc:  # report every failure to the harness, then go on or die
+            traceback.print_exc()
+            send({"ok": False, "op": op, "error": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()[-4000:]})
+            if op == "start" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                break
+    reply.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reply-fd", type=int, required=True)
+    args = parser.parse_args()
+    serve(args.reply_fd)
+    sys.stdout.flush()
+    # vLLM may leave non-daemon threads behind; the harness also kills the process group.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

