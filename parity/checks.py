@@ -124,6 +124,74 @@ def check_logprobs(seqs: list[Sequence], scores: list[RefScore], tolerances: dic
     return Verdict(outcome, diagnosis, message, findings), detail
 
 
+# Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
+# behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.
+MISMATCH_METRICS = {"kl_k3": "kl_k3_mean", "abs_dlogp": "abs_dlogp_mean",
+                    "clip_rate": "clip_rate_token"}
+BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
+
+
+def role_metrics(seqs: list[Sequence], scores: list[RefScore], clip: metrics.ClipRange,
+                 rewards: list[float] | None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One engine against the trainer: token-level summary and per-sequence values (the unit
+    the statistics resample), plus the reward when there is one."""
+    gaps = logprob_gaps(seqs, scores, clip)
+    summary = dict(gaps["vs_processed"])
+    summary["abs_dlogp_mean_vs_raw"] = gaps["vs_raw"]["abs_dlogp_mean"]
+    per_seq = dict(gaps["per_seq"])
+    if rewards is not None:
+        per_seq["reward"] = np.asarray(rewards, dtype=np.float64)
+        summary["reward_mean"] = float(np.mean(rewards)) if rewards else float("nan")
+    return summary, per_seq
+
+
+def check_rl(runs: dict[str, tuple[list[Sequence], list[RefScore], list[float] | None]],
+             margins: dict[str, float], clip: metrics.ClipRange, min_tokens: int,
+             ) -> tuple[Verdict, dict[str, Any]]:
+    """Baseline vs candidate on the RL metrics, each engine scored by the same trainer.
+
+    Mismatch metrics (k3 KL, |dlogp|, token clip rate against the trainer) are judged as
+    non-inferiority: the candidate may be worse than the baseline by at most the margin.
+    Behaviour metrics (exact entropy of the sampled positions, reward) are judged as equivalence
+    within +-margin (two one-sided tests). Per-sequence values are resampled (stats.py).
+    """
+    per_role, per_seq = {}, {}
+    for role, (seqs, scores, rewards) in runs.items():
+        per_role[role], per_seq[role] = role_metrics(seqs, scores, clip, rewards)
+    findings: list[Finding] = []
+    for role in ("baseline", "candidate"):
+        n_tokens = int(per_role[role]["n_tokens"])
+        if n_tokens < min_tokens:
+            findings.append(Finding(f"{role}.n_tokens", "inconclusive", n_tokens, min_tokens,
+                                    note=f"only {n_tokens} sampled tokens: too little data"))
+    for name, key in MISMATCH_METRICS.items():
+        if name in margins:
+            t = stats.non_inferiority(per_seq["baseline"][key], per_seq["candidate"][key],
+                                      margins[name])
+            findings.append(Finding(name, t.outcome, t.estimate, margins[name], t.to_dict(),
+                                    t.reason))
+    for name, key in BEHAVIOUR_METRICS.items():
+        if name in margins and key in per_seq["baseline"] and key in per_seq["candidate"]:
+            t = stats.equivalence_tost(per_seq["baseline"][key], per_seq["candidate"][key],
+                                       margins[name])
+            findings.append(Finding(name, t.outcome, t.estimate, margins[name], t.to_dict(),
+                                    t.reason))
+    outcome = combine(findings)
+    diagnosis, message = None, "candidate is no worse than the baseline on every RL metric"
+    cand = per_role["candidate"]
+    failed = [f.name for f in findings if f.outcome == "fail"]
+    if outcome != "pass":
+        message = (f"{outcome}: " + ", ".join(f"{f.name} {f.outcome} ({f.note})"
+                                            for f in findings if f.outcome != "pass"))
+        if cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
+            diagnosis = "raw_logprobs"
+            message += ("; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
+                        "set logprobs_mode=processed_logprobs")
+        elif failed:
+            diagnosis = "rl_divergence"
+    return Verdict(outcome, diagnosis, message, findings), {"per_role": per_role}
+
+
 CHECKS = {"logprobs": check_logprobs}
 
 

@@ -116,6 +116,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def headline(res: ScenarioResult) -> str:
     """The scenario's key measured number for tables."""
+    per_role = res.detail.get("per_role") if res.detail else None
+    if per_role:
+        b, c = per_role.get("baseline", {}), per_role.get("candidate", {})
+        return (f"k3 {_fmt(b.get('kl_k3_mean'), 3)} -> {_fmt(c.get('kl_k3_mean'), 3)}, "
+                f"clip {_fmt(b.get('clip_rate_token'), 3)} -> {_fmt(c.get('clip_rate_token'), 3)}")
     vs = res.detail.get("vs_processed") if res.detail else None
     if not vs:
         return "n/a"
@@ -170,6 +175,19 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
             for k in keys:
                 lines.append(f"| {k} | {_fmt(m['vs_processed'].get(k))} | "
                              f"{_fmt(m['vs_raw'].get(k))} |")
+            lines.append("")
+        if m.get("per_role"):
+            roles = list(m["per_role"])
+            keys = ["n_seqs", "n_tokens", "clip_rate_token", "clip_rate_seq", "kl_k3_mean",
+                    "kl_k1_mean", "abs_dlogp_mean", "abs_dlogp_p99", "abs_dlogp_max",
+                    "abs_dlogp_mean_vs_raw", "entropy_ref_mean", "entropy_cand_mc",
+                    "reward_mean"]
+            lines += ["Each engine against the trainer reference (processed logprobs):", "",
+                      "| metric | " + " | ".join(roles) + " |",
+                      "|---|" + "---|" * len(roles)]
+            for k in keys:
+                lines.append(f"| {k} | " + " | ".join(_fmt(m["per_role"][r].get(k))
+                                                      for r in roles) + " |")
             lines.append("")
         if m.get("reward"):
             lines += ["Reward: " + ", ".join(f"{role} {_fmt(r['mean'], 3)} (n={r['n']})"
@@ -237,18 +255,19 @@ def print_table(run: RunResult, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"parity check {run.run_id}")
-    for col in ("scenario", "category", "candidate", "verdict", "expected", "key metric",
-                "diagnosis"):
-        table.add_column(col)
+    for col in ("scenario", "category", "verdict", "expected", "key metric", "diagnosis"):
+        table.add_column(col, overflow="fold")
     colours = {"pass": "green", "fail": "red", "inconclusive": "yellow", "unresolved": "magenta"}
     for res in run.results:
         v = res.verdict
-        cand = res.runs.get("candidate")
         outcome = v.outcome if v else "unresolved"
-        mark = "" if res.as_expected else " (!)"
+        mark = "" if res.as_expected else " [bold red](!)[/]"
         table.add_row(res.scenario.name, res.scenario.category,
-                      cand.setting.label() if cand else "",
                       f"[{colours.get(outcome, 'white')}]{outcome}[/]",
                       res.scenario.expect + mark, headline(res),
-                      (v.message if v and v.outcome != "pass" else ""))
+                      (v.diagnosis or "") if v else "")
     console.print(table)
+    for res in run.results:
+        v = res.verdict
+        if v and v.outcome != "pass":
+            console.print(f"[bold]{res.scenario.name}[/]: {v.message}", highlight=False)

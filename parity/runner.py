@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from parity.checks import CHECKS, Verdict, expected
+from parity.checks import Verdict, check_logprobs, check_rl, expected
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
 from parity.scenario import Scenario, ScenarioError
@@ -115,7 +115,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
 
     tokenizers = {}
     for res in run.results:
-        model_path = str(resolve_model(res.scenario.model, log=log))
+        model_path = str(resolve_model(res.scenario.model))
         res.model_path = model_path
         if model_path not in tokenizers:
             tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
@@ -230,20 +230,30 @@ def judge(res: ScenarioResult, scores: dict) -> tuple[Verdict, dict[str, Any]]:
         if er is None or er.error or (id(res), role) not in scores:
             why = er.error.splitlines()[0] if er and er.error else "the engine did not run"
             return Verdict("unresolved", "engine_failed", f"{role} engine failed: {why}"), {}
-    check = CHECKS[sc.category]
-    cand = res.runs["candidate"]
-    return check(cand.sequences, scores[(id(res), "candidate")], sc.tolerances, sc.clip,
-                 sc.min_tokens)
+    if sc.category == "logprobs":
+        cand = res.runs["candidate"]
+        return check_logprobs(cand.sequences, scores[(id(res), "candidate")], sc.tolerances,
+                              sc.clip, sc.min_tokens)
+    if sc.category == "rl":
+        runs = {role: (er.sequences, scores[(id(res), role)], rewards(res, er.sequences))
+                for role, er in res.runs.items()}
+        return check_rl(runs, sc.margins, sc.clip, sc.min_tokens)
+    raise ValueError(f"no check for category {sc.category!r}")
+
+
+def rewards(res: ScenarioResult, seqs: list[Sequence]) -> list[float] | None:
+    """Per-sequence reward, or None when the scenario has no reward function."""
+    if not res.scenario.reward:
+        return None
+    fn = REWARDS[res.scenario.reward]
+    values = [fn(res.prompts[s.prompt_index], s.text) for s in seqs]
+    return None if any(v is None for v in values) else values
 
 
 def _add_reward(res: ScenarioResult) -> None:
     """Mean reward per engine role, when the scenario names a reward function."""
-    if not res.scenario.reward:
-        return
-    fn = REWARDS[res.scenario.reward]
     for role, er in res.runs.items():
-        values = [fn(res.prompts[s.prompt_index], s.text) for s in er.sequences]
-        values = [v for v in values if v is not None]
+        values = rewards(res, er.sequences)
         if values:
             res.detail.setdefault("reward", {})[role] = {"mean": sum(values) / len(values),
                                                          "n": len(values)}

@@ -19,17 +19,22 @@ from parity.metrics import ClipRange
 from parity.prompts import REWARDS, parse_source
 
 # Categories and whether they need a baseline engine. More arrive with later categories.
-CATEGORIES = {"logprobs": False}
+CATEGORIES = {"logprobs": False, "rl": True}
 # Tolerance names a scenario may set, with the defaults used when it does not (see README,
 # "How the tolerances were chosen").
 DEFAULT_TOLERANCES = {
     "logprobs": {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6},
 }
+# Baseline-vs-candidate margins (category "rl"), in each metric's own unit; see README
+# "How the margins were chosen" for the run-to-run noise they come from.
+DEFAULT_MARGINS = {
+    "rl": {"kl_k3": 0.01, "abs_dlogp": 0.03, "clip_rate": 0.02, "entropy": 0.1, "reward": 0.15},
+}
 SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int,
                    "seed": int, "n": int, "logprobs": int}
 TOP_LEVEL = {"name", "category", "description", "model", "expect", "expect_diagnosis", "reward",
              "prompts", "sampling", "candidate", "baseline", "reference", "tolerances", "clip",
-             "min_tokens"}
+             "min_tokens", "margins"}
 SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env"}
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MIN_TOKENS = 200  # fewer sampled tokens than this: the verdict is inconclusive
@@ -99,6 +104,7 @@ class Scenario:
     head_dtype: str
     tolerances: dict[str, float]
     clip: ClipRange
+    margins: dict[str, float] = field(default_factory=dict)
     expect: str = "pass"
     expect_diagnosis: str | None = None
     reward: str | None = None
@@ -249,6 +255,13 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
                                                      f"known: {', '.join(tolerances) or 'none'}"))
         elif _check_type(problems, p, f"tolerances.{key}", value, float):
             tolerances[key] = float(value)
+    margins = dict(DEFAULT_MARGINS.get(category, {}))
+    for key, value in data.get("margins", {}).items():
+        if key not in margins:
+            problems.append((p, f"margins.{key}", "unknown margin for this category; "
+                                                  f"known: {', '.join(margins) or 'none'}"))
+        elif _check_type(problems, p, f"margins.{key}", value, float):
+            margins[key] = float(value)
     clip_data = data.get("clip", {})
     try:
         clip = ClipRange(**clip_data)
@@ -256,6 +269,8 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         problems.append((p, "clip", f"{exc}; use eps_low / eps_high, e.g. 0.2 / 0.28"))
         clip = ClipRange()
     reward = data.get("reward")
+    if reward is None and category == "rl" and source and source.startswith("arithmetic"):
+        reward = "exact_match"
     if reward is not None and reward not in REWARDS:
         problems.append((p, "reward", f"unknown reward {reward!r}; known: {', '.join(REWARDS)}"))
     min_tokens = data.get("min_tokens", DEFAULT_MIN_TOKENS)
@@ -268,7 +283,7 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         description=data.get("description", ""), model=model, prompt_source=source,
         prompt_items=items, prompt_seed=int(prompts.get("seed", 0)), chat=prompts.get("chat"),
         sampling=sampling, candidate=candidate, baseline=baseline, head_dtype=head_dtype,
-        tolerances=tolerances, clip=clip, expect=expect,
+        tolerances=tolerances, clip=clip, margins=margins, expect=expect,
         expect_diagnosis=data.get("expect_diagnosis"), reward=reward, min_tokens=min_tokens,
         provenance=provenance,
     ), []

@@ -1,0 +1,43 @@
+"""Shared fixtures: real engine runs are expensive (15-50 s per start), so each distinct run
+happens once per session and tests read its results."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = REPO / "scenarios"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny fixture model, built once into the cache."""
+    from parity.models import build_model
+
+    return build_model("tiny", log=lambda m: None)
+
+
+def run_cli(args):
+    from parity.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result
+
+
+@pytest.fixture(scope="session")
+def shipped_run(tiny_model, tmp_path_factory):
+    """`parity check` on the shipped logprobs scenarios with the tiny model, once."""
+    out = tmp_path_factory.mktemp("shipped")
+    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"),
+                      str(SCENARIOS / "logprobs-raw-control.toml"), "--model", "tiny",
+                      "--output", str(out)])
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
+        else None
+    return result, out, report

@@ -1,0 +1,33 @@
+"""CLI behaviour that needs no engine: help, usage errors, exit codes."""
+
+from typer.testing import CliRunner
+
+from parity.cli import app
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_help_lists_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("check", "models", "env"):
+        assert command in result.output
+
+
+def test_bad_scenario_exits_2_with_every_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('category = "nope"\n[sampling]\ntop_p = 7\n')
+    result = invoke("check", str(bad), "--output", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "bad.toml" in result.output
+    assert "category" in result.output and "sampling.top_p" in result.output
+    assert "prompts" in result.output
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_missing_path_exits_2(tmp_path):
+    result = invoke("check", str(tmp_path / "nothing-here"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output

@@ -1,0 +1,113 @@
+"""Real vLLM V1 on the tiny model: the logprob-semantics check passes the fixed setting and
+fails the negative control with the right diagnosis; engine failures are unresolved (125)."""
+
+import os
+import signal
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import SCENARIOS, run_cli
+
+pytestmark = pytest.mark.engine
+
+
+def by_name(report):
+    return {s["name"]: s for s in report["scenarios"]}
+
+
+def test_processed_passes_raw_control_fails(shipped_run):
+    result, out, report = shipped_run
+    assert result.exit_code == 0, result.output
+    scenarios = by_name(report)
+    ok = scenarios["logprobs-processed"]
+    assert ok["verdict"]["outcome"] == "pass"
+    control = scenarios["logprobs-raw-control"]
+    assert control["verdict"]["outcome"] == "fail"
+    assert control["verdict"]["diagnosis"] == "raw_logprobs"
+    assert "logprobs_mode=processed_logprobs" in control["verdict"]["message"]
+    assert control["as_expected"] is True
+    # The raw engine really is closer to the raw reference, by a clear factor.
+    m = control["metrics"]
+    assert m["vs_raw"]["abs_dlogp_mean"] * 2 < m["vs_processed"]["abs_dlogp_mean"]
+
+
+def test_report_has_effective_config_and_provenance(shipped_run):
+    _, out, report = shipped_run
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "junit.xml"}
+    engines = report["engines"]
+    assert len(engines) == 2  # one start per distinct setting
+    modes = {e["effective_config"]["key"]["logprobs_mode"] for e in engines}
+    assert modes == {"processed_logprobs", "raw_logprobs"}
+    for e in engines:
+        assert e["effective_config"]["key"]["engine_impl"].startswith("vllm.v1.")
+        assert e["start_s"] > 0
+    assert report["provenance"]["packages"]["vllm"]
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    md = (out / "report.md").read_text()
+    assert "raw_logprobs" in md and "logprobs-processed" in md
+
+
+def test_same_seed_same_numbers(shipped_run, tmp_path):
+    """A second run of the fixed setting reproduces the first run's numbers exactly."""
+    _, _, first = shipped_run
+    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model", "tiny",
+                      "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    second = json.loads((tmp_path / "report.json").read_text())
+    a = by_name(first)["logprobs-processed"]["metrics"]["vs_processed"]
+    b = by_name(second)["logprobs-processed"]["metrics"]["vs_processed"]
+    assert a == b
+
+
+def _no_engine_processes_left(report):
+    for e in report["engines"]:
+        log = e["log"]
+        assert os.path.exists(log)
+    # Every worker ran in its own process group; none may survive the run.
+    import subprocess
+
+    ps = subprocess.run(["pgrep", "-f", "vllm_worker.py"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", f"engine processes left behind: {ps.stdout}"
+
+
+def test_engine_start_failure_is_unresolved(tiny_model, tmp_path):
+    scenario = tmp_path / "crash.toml"
+    scenario.write_text((SCENARIOS / "logprobs-processed.toml").read_text().replace(
+        'engine_args = { logprobs_mode = "processed_logprobs" }',
+        'engine_args = { logprobs_mode = "processed_logprobs", max_model_len = 999999 }'))
+    result = run_cli(["check", str(scenario), "--model", "tiny", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 125, result.output
+    import json
+
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    (sc,) = report["scenarios"]
+    assert sc["verdict"]["outcome"] == "unresolved"
+    assert "max_model_len" in report["engines"][0]["error"]  # the log tail names the cause
+    _no_engine_processes_left(report)
+
+
+def test_engine_hang_times_out_and_leaves_nothing(tiny_model, tmp_path):
+    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model", "tiny",
+                      "--output", str(tmp_path), "--start-timeout", "3"])
+    assert result.exit_code == 125, result.output
+    import json
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "timed out" in report["engines"][0]["error"]
+    _no_engine_processes_left(report)
+
+
+def test_unknown_engine_arg_is_a_usage_error(tiny_model, tmp_path):
+    scenario = tmp_path / "typo.toml"
+    scenario.write_text((SCENARIOS / "logprobs-processed.toml").read_text().replace(
+        'engine_args = { logprobs_mode = "processed_logprobs" }',
+        'engine_args = { logprob_mode = "processed_logprobs", enable_prefix_cache = false }'))
+    result = run_cli(["check", str(scenario), "--model", "tiny", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "logprob_mode" in result.output and "enable_prefix_cache" in result.output
+    assert "logprobs_mode" in result.output  # the suggestion names the fix
+    assert not list((tmp_path / "o" / "logs").glob("engine-*.log"))  # no engine started
