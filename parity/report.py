@@ -102,6 +102,7 @@ def to_json(run: RunResult, code: int) -> dict[str, Any]:
         "run_id": run.run_id, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exit_code": code, "interrupted": run.interrupted, "provenance": provenance(),
         "timings": run.timings, "models": run.models, "engines": run.engines,
+        "reference": run.reference_stats,
         "scenarios": [scenario_record(r) for r in run.results],
     })
 

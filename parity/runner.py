@@ -17,6 +17,51 @@ from parity.scenario import Scenario, ScenarioError
 
 Log = Callable[[str], None]
 
+# Categories whose engine work is more than one generate call (weight updates, probes) live in
+# their own module, imported lazily, exposing:
+#   drive(engine, res: ScenarioResult, role: str, prompts: list[list[int]], log) -> None
+#       does the engine work and fills res.runs[role] (sequences, extra);
+#   judge(res: ScenarioResult, refs: References) -> (Verdict, detail).
+PLUGINS: dict[str, str] = {}
+
+
+def plugin(category: str):
+    import importlib
+
+    return importlib.import_module(PLUGINS[category]) if category in PLUGINS else None
+
+
+class References:
+    """Reference models shared by a run: one per (checkpoint, head dtype), loaded on first use,
+    all writing to one score cache."""
+
+    def __init__(self, log: Log):
+        from parity.reference import ScoreCache
+
+        self.cache = ScoreCache()
+        self.log = log
+        self._refs: dict[tuple[str, str], Any] = {}
+
+    def get(self, model_path: str, head_dtype: str):
+        from parity.models import fingerprint
+        from parity.reference import Reference
+
+        key = (str(model_path), head_dtype)
+        if key not in self._refs:
+            self.log(f"[reference] HF transformers on {Path(model_path).name} "
+                     f"({head_dtype} lm_head)")
+            self._refs[key] = Reference(model_path, head_dtype, model_fp=fingerprint(model_path),
+                                        cache=self.cache)
+        return self._refs[key]
+
+    def stats(self) -> dict[str, dict]:
+        return {f"{Path(m).name}:{h}": dict(r.stats) for (m, h), r in self._refs.items()}
+
+    def close(self) -> None:
+        for ref in self._refs.values():
+            ref.close()
+        self.cache.close()
+
 
 @dataclass
 class EngineRun:
@@ -30,6 +75,7 @@ class EngineRun:
     generate_s: float | None = None
     error: str | None = None
     log_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # category-specific engine data
 
 
 @dataclass
@@ -57,6 +103,7 @@ class RunResult:
     engines: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     interrupted: str | None = None
+    reference_stats: dict[str, dict] = field(default_factory=dict)
 
 
 def python_for(env_name: str, log: Log) -> str:
@@ -100,7 +147,6 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     an interrupt keeps what finished (RunResult.interrupted says why)."""
     from parity.engines.process import VllmEngine
     from parity.models import fingerprint, resolve_model
-    from parity.reference import Reference, ScoreCache
 
     t_run = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +208,11 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     res.runs[role] = er
                     prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
                     t0 = time.perf_counter()
-                    er.sequences = engine.generate(prompts, res.scenario.sampling)
+                    module = plugin(res.scenario.category)
+                    if module is not None:
+                        module.drive(engine, res, role, prompts, log)
+                    else:
+                        er.sequences = engine.generate(prompts, res.scenario.sampling)
                     er.generate_s = time.perf_counter() - t0
                     timings["generate_s"] += er.generate_s
                     n_tok = sum(len(s.token_ids) for s in er.sequences)
@@ -182,54 +232,60 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         run.interrupted = "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")
 
-    # Reference scoring, grouped by (model, head dtype): one model load, batched forwards.
+    # Reference scoring: one model load per (checkpoint, head dtype), batched forwards.
     t0 = time.perf_counter()
-    cache = ScoreCache()
-    groups: dict[tuple[str, str], list[ScenarioResult]] = {}
-    for res in run.results:
-        groups.setdefault((res.model_path, res.scenario.head_dtype), []).append(res)
+    refs = References(log)
     scores: dict[tuple[int, str], list] = {}
-    for (model_path, head_dtype), members in groups.items():
-        ref = None
-        for res in members:
-            for role, er in res.runs.items():
-                if er.error or not er.sequences:
-                    continue
-                if ref is None:
-                    log(f"[reference] scoring with HF transformers ({head_dtype} lm_head)")
-                    ref = Reference(model_path, head_dtype,
-                                    model_fp=run.models[model_path]["fingerprint"], cache=cache)
-                t1 = time.perf_counter()
-                scores[(id(res), role)] = ref.score(
-                    [(s.prompt_token_ids, s.token_ids) for s in er.sequences],
-                    res.scenario.sampling)
-                res.score_s += time.perf_counter() - t1
-        if ref is not None:
-            run.models[model_path].setdefault("reference", {})[head_dtype] = dict(ref.stats)
-            ref.close()
-    cache.close()
+    for res in run.results:
+        if plugin(res.scenario.category) is not None:
+            continue
+        for role, er in res.runs.items():
+            if er.error or not er.sequences:
+                continue
+            t1 = time.perf_counter()
+            ref = refs.get(res.model_path, res.scenario.head_dtype)
+            scores[(id(res), role)] = ref.score(
+                [(s.prompt_token_ids, s.token_ids) for s in er.sequences], res.scenario.sampling)
+            res.score_s += time.perf_counter() - t1
     timings["score_s"] = time.perf_counter() - t0
 
     # Verdicts.
     for res in run.results:
         t1 = time.perf_counter()
-        res.verdict, res.detail = judge(res, scores)
+        module = plugin(res.scenario.category)
+        if module is not None and not _failed(res):
+            res.verdict, res.detail = module.judge(res, refs)
+        else:
+            res.verdict, res.detail = judge(res, scores)
         _add_reward(res)
         res.check_s = time.perf_counter() - t1
+    run.reference_stats = refs.stats()
+    refs.close()
     timings["total_s"] = time.perf_counter() - t_run
     timings["harness_overhead_s"] = timings["total_s"] - sum(
         timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
     return run
 
 
+def _failed(res: ScenarioResult) -> Verdict | None:
+    """An "unresolved" verdict when an engine the scenario needs failed or never ran."""
+    for role in res.scenario.settings():
+        er = res.runs.get(role)
+        if er is None or er.error:
+            why = er.error.splitlines()[0] if er and er.error else "the engine did not run"
+            return Verdict("unresolved", "engine_failed", f"{role} engine failed: {why}")
+    return None
+
+
 def judge(res: ScenarioResult, scores: dict) -> tuple[Verdict, dict[str, Any]]:
     """The scenario's verdict; "unresolved" when an engine it needs produced nothing."""
     sc = res.scenario
+    failed = _failed(res)
+    if failed is not None:
+        return failed, {}
     for role in sc.settings():
-        er = res.runs.get(role)
-        if er is None or er.error or (id(res), role) not in scores:
-            why = er.error.splitlines()[0] if er and er.error else "the engine did not run"
-            return Verdict("unresolved", "engine_failed", f"{role} engine failed: {why}"), {}
+        if (id(res), role) not in scores:
+            return Verdict("unresolved", "no_samples", f"{role} engine returned no sequences"), {}
     if sc.category == "logprobs":
         cand = res.runs["candidate"]
         return check_logprobs(cand.sequences, scores[(id(res), "candidate")], sc.tolerances,
