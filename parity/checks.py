@@ -145,8 +145,28 @@ def role_metrics(seqs: list[Sequence], scores: list[RefScore], clip: metrics.Cli
     return summary, per_seq
 
 
+def model_config_diff(configs: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """Model-config values (as each engine loaded them) that differ between engines: any entry
+    means the engines are not running the same model, and no comparison of them means anything."""
+    keys = {k for cfg in configs.values() for k in ((cfg or {}).get("key") or {})
+            if k.startswith("model.")}
+    diff = {}
+    for k in sorted(keys):
+        values = {role: ((cfg or {}).get("key") or {}).get(k) for role, cfg in configs.items()}
+        if len({json_key(v) for v in values.values()}) > 1:
+            diff[k] = values
+    return diff
+
+
+def json_key(v: Any) -> str:
+    import json
+
+    return json.dumps(v, sort_keys=True, default=str)
+
+
 def check_rl(runs: dict[str, tuple[list[Sequence], list[RefScore], list[float] | None]],
              margins: dict[str, float], clip: metrics.ClipRange, min_tokens: int,
+             configs: dict[str, dict[str, Any] | None] | None = None,
              ) -> tuple[Verdict, dict[str, Any]]:
     """Baseline vs candidate on the RL metrics, each engine scored by the same trainer.
 
@@ -176,6 +196,11 @@ def check_rl(runs: dict[str, tuple[list[Sequence], list[RefScore], list[float] |
                                        margins[name])
             findings.append(Finding(name, t.outcome, t.estimate, margins[name], t.to_dict(),
                                     t.reason))
+    mismatch = model_config_diff(configs or {})
+    if mismatch:
+        findings.append(Finding("model_config", "fail", len(mismatch), 0,
+                                note="engines loaded different model configs: " + "; ".join(
+                                    f"{k}: {v}" for k, v in mismatch.items())))
     outcome = combine(findings)
     diagnosis, message = None, "candidate is no worse than the baseline on every RL metric"
     cand = per_role["candidate"]
@@ -183,13 +208,18 @@ def check_rl(runs: dict[str, tuple[list[Sequence], list[RefScore], list[float] |
     if outcome != "pass":
         message = (f"{outcome}: " + ", ".join(f"{f.name} {f.outcome} ({f.note})"
                                             for f in findings if f.outcome != "pass"))
-        if cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
+        if mismatch:
+            diagnosis = "model_mismatch"
+            message += ("; the two engines are not running the same model (config as loaded "
+                        "differs): fix the checkpoint/config so both read the same values")
+        elif cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
             diagnosis = "raw_logprobs"
             message += ("; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
                         "set logprobs_mode=processed_logprobs")
         elif failed:
             diagnosis = "rl_divergence"
-    return Verdict(outcome, diagnosis, message, findings), {"per_role": per_role}
+    return Verdict(outcome, diagnosis, message, findings), {"per_role": per_role,
+                                                            "model_config_diff": mismatch}
 
 
 CHECKS = {"logprobs": check_logprobs}

@@ -293,7 +293,8 @@ def judge(res: ScenarioResult, scores: dict) -> tuple[Verdict, dict[str, Any]]:
     if sc.category == "rl":
         runs = {role: (er.sequences, scores[(id(res), role)], rewards(res, er.sequences))
                 for role, er in res.runs.items()}
-        return check_rl(runs, sc.margins, sc.clip, sc.min_tokens)
+        configs = {role: er.effective_config for role, er in res.runs.items()}
+        return check_rl(runs, sc.margins, sc.clip, sc.min_tokens, configs)
     raise ValueError(f"no check for category {sc.category!r}")
 
 

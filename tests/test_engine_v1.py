@@ -77,8 +77,7 @@ def _no_engine_processes_left(report):
 def test_engine_start_failure_is_unresolved(tiny_model, tmp_path):
     scenario = tmp_path / "crash.toml"
     scenario.write_text((SCENARIOS / "logprobs-processed.toml").read_text().replace(
-        'engine_args = { logprobs_mode = "processed_logprobs" }',
-        'engine_args = { logprobs_mode = "processed_logprobs", max_model_len = 999999 }'))
+        'profile = "v1-parity"', 'profile = "v1-parity"\nengine_args = { max_model_len = 999999 }'))
     result = run_cli(["check", str(scenario), "--model", "tiny", "--output", str(tmp_path / "o")])
     assert result.exit_code == 125, result.output
     import json
@@ -104,8 +103,9 @@ def test_engine_hang_times_out_and_leaves_nothing(tiny_model, tmp_path):
 def test_unknown_engine_arg_is_a_usage_error(tiny_model, tmp_path):
     scenario = tmp_path / "typo.toml"
     scenario.write_text((SCENARIOS / "logprobs-processed.toml").read_text().replace(
-        'engine_args = { logprobs_mode = "processed_logprobs" }',
-        'engine_args = { logprob_mode = "processed_logprobs", enable_prefix_cache = false }'))
+        'profile = "v1-parity"',
+        'profile = "v1-parity"\nengine_args = { logprob_mode = "processed_logprobs", '
+        'enable_prefix_cache = false }'))
     result = run_cli(["check", str(scenario), "--model", "tiny", "--output", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert "logprob_mode" in result.output and "enable_prefix_cache" in result.output

@@ -1,0 +1,84 @@
+"""Benchmarks behind parity's defaults: run-to-run noise of the RL metrics (same engine setting,
+different seeds), from which the rl category's margins are chosen, with wall times per phase.
+
+Run: python -m parity.bench noise --profile v1-parity --model smollm2-135m --seeds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from parity.checks import role_metrics
+from parity.scenario import Scenario, load_scenarios
+
+METRICS = ("kl_k3_mean", "abs_dlogp_mean", "clip_rate_token", "entropy_ref_mean", "reward_mean")
+
+
+def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Path) -> dict:
+    """Run `template` once per (profile, seed) - one engine start per profile - and report each
+    metric's per-seed values and the largest |difference| between two seeds of one profile."""
+    from parity import runner
+    from parity.scenario import make_setting
+
+    scenarios = []
+    for profile in profiles:
+        for seed in seeds:
+            scenarios.append(replace(
+                template, name=f"{profile}-seed{seed}", category="logprobs",
+                sampling=replace(template.sampling, seed=seed),
+                candidate=make_setting(profile), baseline=None))
+    run = runner.run(scenarios, out_dir)
+    refs = runner.References(print)
+    result: dict = {"timings": run.timings, "profiles": {}}
+    for profile in profiles:
+        values: dict[str, list[float]] = {m: [] for m in METRICS}
+        for res in run.results:
+            if not res.scenario.name.startswith(f"{profile}-seed"):
+                continue
+            er = res.runs["candidate"]
+            ref = refs.get(res.model_path, res.scenario.head_dtype)
+            scores = ref.score([(s.prompt_token_ids, s.token_ids) for s in er.sequences],
+                               res.scenario.sampling)
+            summary, _ = role_metrics(er.sequences, scores, res.scenario.clip,
+                                      runner.rewards(res, er.sequences))
+            for m in METRICS:
+                values[m].append(float(summary.get(m, float("nan"))))
+        spread = {m: max((abs(a - b) for a, b in itertools.combinations(v, 2)), default=None)
+                  for m, v in values.items()}
+        std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()}
+        result["profiles"][profile] = {"values": values, "max_pair_diff": spread, "std": std}
+    refs.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("noise", help="run-to-run noise of the RL metrics")
+    p.add_argument("--scenario", default="scenarios/rl-v0-vs-v1-parity.toml")
+    p.add_argument("--profile", action="append", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--output", default="results/bench-noise")
+    args = parser.parse_args()
+    from parity.scenario import Overrides
+
+    (template,) = load_scenarios([Path(args.scenario)], Overrides(model=args.model))
+    seeds = [1000 * (i + 1) for i in range(args.seeds)]
+    t0 = time.perf_counter()
+    result = noise(template, args.profile or ["v1-parity"], seeds, Path(args.output))
+    result["wall_s"] = time.perf_counter() - t0
+    print(json.dumps(result, indent=1))
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    (Path(args.output) / "noise.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
