@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -96,6 +97,57 @@ def _report_scenario_errors(exc) -> None:
     for file, field, message in exc.problems:
         console.print(f"  {file}: [bold]{field}[/]: {message}", highlight=False)
     raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def bisect(
+    good: str = typer.Option(..., help="Good setting: PROFILE[,arg=value,env.VAR=value,"
+                                       "envname=ENV]"),
+    bad: str = typer.Option(..., help="Bad setting, same syntax."),
+    scenario: list[Path] = typer.Option(None, "--scenario", "-s",
+                                        help="Scenario file(s) to judge trials with "
+                                             "(default: scenarios/)."),
+    model: Optional[str] = typer.Option(None, help="Model for every scenario."),
+    repeats: int = typer.Option(1, help="Runs per trial; disagreeing runs are UNRESOLVED."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Report directory (default results/<run-id>/)."),
+):
+    """Find the smallest set of setting differences that turns GOOD into BAD (ddmin).
+
+    Exit codes: 0 culprit found, 1 good does not pass or bad does not fail on any scenario,
+    2 usage error, 125 unresolved (engines failed).
+    """
+    from parity import bisect as bisect_mod
+    from parity import runner
+    from parity.scenario import Overrides, ScenarioError, load_scenarios
+
+    try:
+        good_setting = bisect_mod.parse_setting(good)
+        bad_setting = bisect_mod.parse_setting(bad)
+        scenarios = load_scenarios(scenario or [Path("scenarios")], Overrides(model=model))
+    except ScenarioError as exc:
+        _report_scenario_errors(exc)
+    if repeats < 1:
+        _fail("--repeats must be >= 1", EXIT_USAGE)
+    out_dir = runner.new_run_dir(output)
+    rep = bisect_mod.bisect(scenarios, good_setting, bad_setting, out_dir, repeats, log=_log)
+    data = bisect_mod.write(rep, out_dir)
+    from rich.table import Table
+
+    table = Table(title=f"parity bisect: {rep.status}")
+    for col in ("trial", "items applied to good", "outcome", "cached", "key metric"):
+        table.add_column(col, overflow="fold")
+    for t in rep.trials:
+        table.add_row(str(t["index"]), ", ".join(t["items"]) or "(good)", t["outcome"],
+                      "yes" if t["cached"] else "", json.dumps(t["key_metric"]))
+    out.print(table)
+    for c in rep.culprits:
+        out.print(f"culprit: {c['item']} (good {c['good_value']}, bad {c['bad_value']}) - "
+                  f"{c['category']}; fix: {c['fix']}", highlight=False)
+    out.print(f"{data['n_trials']} trials, {rep.engine_starts} engine starts, "
+              f"{rep.wall_s:.0f} s; report: {out_dir}/bisect.md")
+    codes = {"found": 0, "good_does_not_pass": 1, "bad_does_not_fail": 1}
+    raise typer.Exit(codes.get(rep.status, EXIT_UNRESOLVED))
 
 
 @models_app.command("build")

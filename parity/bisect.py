@@ -1,0 +1,252 @@
+"""`parity bisect`: the smallest set of setting differences that makes a good engine setting go
+bad, found by delta debugging (ddmin.py) over real engine runs of the chosen scenarios."""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from parity.ddmin import BisectResult, Outcome, ddmin
+from parity.engines.base import EngineSetting
+from parity.scenario import Scenario, ScenarioError, load_profiles, make_setting
+
+REMOVED = "<unset>"  # the bad setting does not set this item: the engine's default applies
+
+# Known culprits: (category, fix) per item name, for the bisect report.
+KNOWN_FIXES = {
+    "engine_args.logprobs_mode": ("logprob semantics", "logprobs_mode=processed_logprobs"),
+    "engine_args.enable_prefix_caching": (
+        "runtime defaults / weight updates",
+        "enable_prefix_caching=False (or reset the prefix cache after every weight update)"),
+    "engine_args.async_scheduling": ("runtime defaults", "async_scheduling=False"),
+    "engine_args.disable_cascade_attn": ("runtime defaults", "disable_cascade_attn=True"),
+    "engine_args.hf_overrides.head_dtype": ("fp32 lm_head",
+                                            'hf_overrides={"head_dtype": "float32"}'),
+    "env_vars.PARITY_FP32_HEAD": ("fp32 lm_head", "PARITY_FP32_HEAD=1 (parity's V0 head patch)"),
+    "env": ("engine version", "pin the engine environment that passes"),
+}
+
+
+def parse_setting(text: str) -> EngineSetting:
+    """"PROFILE[,key=value,...]": engine args by name (nested with dots, e.g.
+    hf_overrides.head_dtype=float32), env vars as env.NAME=value, the environment as
+    envname=v0. Values are TOML literals (true, 3, 0.5, "x") or bare strings."""
+    profile, *pairs = [p.strip() for p in text.split(",") if p.strip()]
+    profiles = load_profiles()
+    if profile not in profiles:
+        raise ScenarioError([("--good/--bad", "profile", f"unknown profile {profile!r}; "
+                                                         f"built-in: {', '.join(profiles)}")])
+    args: dict[str, Any] = {}
+    env_vars: dict[str, str] = {}
+    env = None
+    for pair in pairs:
+        if "=" not in pair:
+            raise ScenarioError([("--good/--bad", pair, "expected key=value")])
+        key, raw = pair.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if key.startswith("env."):
+            env_vars[key[4:]] = str(value)
+        elif key == "envname":
+            env = str(value)
+        else:
+            target = args
+            *parents, leaf = key.split(".")
+            for p in parents:
+                target = target.setdefault(p, {})
+            target[leaf] = value
+    return make_setting(profile, args, env_vars, env)
+
+
+def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(f"{prefix}{k}.", v))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def setting_items(good: EngineSetting, bad: EngineSetting) -> list[tuple[str, Any]]:
+    """The differences between two settings, as (name, bad value) items in a stable order."""
+    g = {**_flatten("engine_args.", good.args), **_flatten("env_vars.", good.variables),
+         "env": good.env}
+    b = {**_flatten("engine_args.", bad.args), **_flatten("env_vars.", bad.variables),
+         "env": bad.env}
+    items = []
+    for name in sorted(set(g) | set(b)):
+        gv, bv = g.get(name, REMOVED), b.get(name, REMOVED)
+        if json.dumps(gv, sort_keys=True) != json.dumps(bv, sort_keys=True):
+            items.append((name, bv if not isinstance(bv, (list, dict)) else json.dumps(bv)))
+    return items
+
+
+def apply_items(good: EngineSetting, items) -> EngineSetting:
+    """The good setting with the given (name, value) items applied."""
+    args = json.loads(json.dumps(good.args))
+    env_vars = dict(good.variables)
+    env = good.env
+    for name, value in items:
+        if name == "env":
+            env = value
+            continue
+        section, *path = name.split(".")
+        target = args if section == "engine_args" else env_vars
+        for p in path[:-1]:
+            target = target.setdefault(p, {})
+        if value == REMOVED:
+            target.pop(path[-1], None)
+        else:
+            target[path[-1]] = value
+    args = {k: v for k, v in args.items() if v != {}}
+    return EngineSetting.make(good.engine, env, args, env_vars, profile=good.profile)
+
+
+@dataclass
+class BisectReport:
+    good: EngineSetting
+    bad: EngineSetting
+    items: list[tuple[str, Any]]
+    scenarios: list[str]
+    result: BisectResult | None = None
+    status: str = ""
+    engine_starts: int = 0
+    wall_s: float = 0.0
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    culprits: list[dict[str, Any]] = field(default_factory=list)
+
+
+def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, out_dir: Path,
+           repeats: int = 1, log: Callable[[str], None] = print) -> BisectReport:
+    """Confirm good passes and bad fails, keep only the scenarios they differ on, then ddmin
+    over the setting differences. Each trial runs the relevant scenarios with the candidate
+    replaced by the trial's setting (reference scores come from the shared on-disk cache)."""
+    from parity import runner
+
+    t0 = time.perf_counter()
+    items = setting_items(good, bad)
+    report = BisectReport(good, bad, items, [s.name for s in scenarios])
+    memo: dict[frozenset, tuple[Outcome, dict[str, Any]]] = {}
+    counter = {"n": 0}
+
+    def run_trial(config: frozenset, names: list[str]) -> tuple[Outcome, dict[str, Any]]:
+        setting = apply_items(good, [i for i in items if i in config])
+        counter["n"] += 1
+        trial_dir = out_dir / f"trial-{counter['n']:02d}"
+        chosen = [replace(s, candidate=setting) for s in scenarios if s.name in names]
+        log(f"[trial {counter['n']}] {len(config)} item(s): "
+            + (", ".join(f"{k}={v}" for k, v in items if (k, v) in config) or "(good)"))
+        run = runner.run(chosen, trial_dir, log=lambda m: None)
+        report.engine_starts += len(run.engines)
+        outcomes = {r.scenario.name: r.verdict.outcome for r in run.results}
+        metric = {r.scenario.name: _key_metric(r) for r in run.results}
+        if any(o in ("unresolved", "inconclusive") for o in outcomes.values()):
+            outcome = Outcome.UNRESOLVED
+        elif any(o == "fail" for o in outcomes.values()):
+            outcome = Outcome.FAIL
+        else:
+            outcome = Outcome.PASS
+        log(f"           -> {outcome.value} {outcomes}")
+        return outcome, {"verdicts": outcomes, "key_metric": metric, "dir": str(trial_dir)}
+
+    # Which scenarios do good and bad actually differ on?
+    names = [s.name for s in scenarios]
+    g_out, g_detail = run_trial(frozenset(), names)
+    b_out, b_detail = run_trial(frozenset(items), names)
+    relevant = [n for n in names if g_detail["verdicts"].get(n) == "pass"
+                and b_detail["verdicts"].get(n) == "fail"]
+    report.scenarios = relevant
+    if not relevant:
+        report.status = ("good_does_not_pass" if g_out != Outcome.PASS else "bad_does_not_fail")
+        report.trials = [_trial_row(0, (), g_out, g_detail), _trial_row(1, tuple(items), b_out,
+                                                                       b_detail)]
+        report.wall_s = time.perf_counter() - t0
+        return report
+    if relevant != names:
+        # Re-key the confirmation outcomes on the relevant scenarios only.
+        g_out = Outcome.PASS
+        b_out = Outcome.FAIL
+    memo[frozenset()] = (g_out, g_detail)
+    memo[frozenset(items)] = (b_out, b_detail)
+
+    calls: dict[frozenset, int] = {}
+
+    def test(config: frozenset):
+        # ddmin calls this `repeats` times per configuration and caches the combined outcome;
+        # the confirmation runs above serve as the first call for good and bad.
+        n = calls.get(config, 0)
+        calls[config] = n + 1
+        if n == 0 and config in memo:
+            return memo[config]
+        return run_trial(config, relevant)
+
+    result = ddmin(items, test, repeats=repeats)
+    report.result = result
+    report.status = result.status
+    report.trials = [_trial_row(t.index, t.items, t.outcome, t.detail, t.cached)
+                     for t in result.trials]
+    for name, value in result.minimal:
+        category, fix = KNOWN_FIXES.get(name, KNOWN_FIXES.get(name.rsplit(".", 1)[0],
+                                                              ("unknown", "see the trial reports")))
+        report.culprits.append({"item": name, "bad_value": value,
+                                "good_value": _value_in(good, name), "category": category,
+                                "fix": fix})
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _value_in(setting: EngineSetting, name: str) -> Any:
+    g = {**_flatten("engine_args.", setting.args), **_flatten("env_vars.", setting.variables),
+         "env": setting.env}
+    return g.get(name, REMOVED)
+
+
+def _key_metric(res) -> Any:
+    d = res.detail or {}
+    if "vs_processed" in d:
+        return round(d["vs_processed"].get("abs_dlogp_mean", float("nan")), 5)
+    return None
+
+
+def _trial_row(index, items, outcome, detail, cached=False) -> dict[str, Any]:
+    return {"index": index, "items": [f"{k}={v}" for k, v in items], "outcome": outcome.value,
+            "cached": cached, "verdicts": (detail or {}).get("verdicts"),
+            "key_metric": (detail or {}).get("key_metric")}
+
+
+def write(report: BisectReport, out_dir: Path) -> dict[str, Any]:
+    """bisect.json and bisect.md in out_dir."""
+    data = {
+        "status": report.status, "good": report.good.to_dict(), "bad": report.bad.to_dict(),
+        "items": [f"{k}={v}" for k, v in report.items], "scenarios": report.scenarios,
+        "culprits": report.culprits, "trials": report.trials,
+        "n_trials": len(report.trials),
+        "n_tests": report.result.n_tests if report.result else len(report.trials),
+        "engine_starts": report.engine_starts, "wall_s": report.wall_s,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bisect.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    lines = [f"# parity bisect: {report.status}", "",
+             f"good `{report.good.label()}`, bad `{report.bad.label()}`; scenarios "
+             f"{', '.join(report.scenarios) or '(none differ)'}.", "",
+             f"{data['n_trials']} trials ({data['n_tests']} run, the rest cached), "
+             f"{report.engine_starts} engine starts, {report.wall_s:.0f} s.", ""]
+    if report.culprits:
+        lines += ["| culprit | good | bad | category | fix |", "|---|---|---|---|---|"]
+        lines += [f"| {c['item']} | {c['good_value']} | {c['bad_value']} | {c['category']} | "
+                  f"{c['fix']} |" for c in report.culprits]
+        lines.append("")
+    lines += ["| trial | items applied to good | outcome | cached | key metric |",
+              "|---|---|---|---|---|"]
+    for t in report.trials:
+        lines.append(f"| {t['index']} | {', '.join(t['items']) or '(good)'} | {t['outcome']} | "
+                     f"{t['cached']} | {t['key_metric']} |")
+    (out_dir / "bisect.md").write_text("\n".join(lines) + "\n")
+    return data
