@@ -1,0 +1,30 @@
+"""Real bisects on the tiny model: v1-parity (good) vs v1-defaults (bad) finds the one flag
+each scenario depends on, alone, within ddmin's trial budget."""
+
+import json
+
+import pytest
+
+from conftest import SCENARIOS, run_cli
+
+pytestmark = pytest.mark.engine
+
+# ddmin on 5 items with one culprit: 2 confirmation runs + at most 2 * ceil(log2 5) = 6 more.
+MAX_TESTS = 8
+
+
+@pytest.mark.parametrize("scenario, culprit", [
+    ("logprobs-processed.toml", "engine_args.logprobs_mode"),
+])
+def test_bisect_finds_the_single_culprit(tiny_model, tmp_path, scenario, culprit):
+    result = run_cli(["bisect", "--good", "v1-parity", "--bad", "v1-defaults",
+                      "-s", str(SCENARIOS / scenario), "--model", "tiny",
+                      "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bisect.json").read_text())
+    assert data["status"] == "found"
+    assert [c["item"] for c in data["culprits"]] == [culprit]
+    assert data["culprits"][0]["fix"]
+    assert data["n_tests"] <= MAX_TESTS
+    assert data["engine_starts"] == data["n_tests"]  # one engine start per real trial
+    assert (tmp_path / "bisect.md").exists()

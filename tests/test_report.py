@@ -1,0 +1,49 @@
+"""Exit codes and report files from run results (synthetic verdicts; real runs are in
+test_engine_*)."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from parity import report
+from parity.checks import Finding, Verdict
+from parity.runner import RunResult, ScenarioResult
+from parity.scenario import load_scenarios
+
+SHIPPED = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def results(*outcomes):
+    scenarios = {s.name: s for s in load_scenarios([SHIPPED])}
+    out = []
+    for name, outcome, diagnosis in outcomes:
+        res = ScenarioResult(scenarios[name])
+        res.verdict = Verdict(outcome, diagnosis, f"{outcome} message",
+                              [Finding("abs_dlogp_seqmean", outcome, 0.1, 0.06)])
+        out.append(res)
+    return RunResult("test", out, timings={"total_s": 1.0})
+
+
+def test_exit_codes():
+    ok = ("logprobs-processed", "pass", None)
+    control_ok = ("logprobs-raw-control", "fail", "raw_logprobs")
+    assert report.exit_code(results(ok, control_ok)) == 0
+    assert report.exit_code(results(("logprobs-processed", "fail", "x"), control_ok)) == 1
+    # A negative control that passes means the check could not fail: a divergence.
+    assert report.exit_code(results(ok, ("logprobs-raw-control", "pass", None))) == 1
+    # ... and one that fails for another reason is not the control working either.
+    assert report.exit_code(results(ok, ("logprobs-raw-control", "fail", "other"))) == 1
+    assert report.exit_code(results(("logprobs-processed", "unresolved", "engine_failed"),
+                                    control_ok)) == 125
+    assert report.exit_code(results(("logprobs-processed", "inconclusive", None))) == 125
+
+
+def test_files_written(tmp_path):
+    run = results(("logprobs-processed", "fail", "x"),
+                  ("logprobs-raw-control", "fail", "raw_logprobs"))
+    data = report.write(run, tmp_path, report.exit_code(run))
+    assert json.loads((tmp_path / "report.json").read_text())["exit_code"] == 1
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert "logprobs-processed" in (tmp_path / "report.md").read_text()
+    assert data["provenance"]["python"]
