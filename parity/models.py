@@ -348,7 +348,7 @@ def _build_tiny(out: Path, log: Log = print) -> None:
     stream = [i for doc in corpus for i in [*tok.encode(doc).ids, eos]]
     data = torch.tensor(stream)
     steps, batch, length = 150, 16, 64
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(_TINY_SEED)
         model = LlamaForCausalLM(config)
         gen = torch.Generator().manual_seed(_TINY_SEED)

@@ -153,7 +153,6 @@ class Reference:
             self._head = head.float() if self.head_dtype == "float32" else head
             self._model = model
             self.stats["load_s"] += time.perf_counter() - t0
-            torch.set_grad_enabled(False)
         return self._model
 
     def score(self, pairs: list[tuple[list[int], list[int]]], sampling: SamplingSpec,
@@ -193,6 +192,12 @@ class Reference:
         return results  # type: ignore[return-value]
 
     def _score_batch(self, pairs, batch, sampling, results) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self._score_batch_no_grad(pairs, batch, sampling, results)
+
+    def _score_batch_no_grad(self, pairs, batch, sampling, results) -> None:
         import torch
 
         model = self._load()
