@@ -116,7 +116,9 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def headline(res: ScenarioResult) -> str:
-    """The scenario's key measured number for tables."""
+    """The scenario's key measured number for tables (a plugin may give its own)."""
+    if res.detail and isinstance(res.detail.get("headline"), str):
+        return res.detail["headline"]
     per_role = res.detail.get("per_role") if res.detail else None
     if per_role:
         b, c = per_role.get("baseline", {}), per_role.get("candidate", {})

@@ -22,7 +22,8 @@ Log = Callable[[str], None]
 #   drive(engine, res: ScenarioResult, role: str, prompts: list[list[int]], log) -> None
 #       does the engine work and fills res.runs[role] (sequences, extra);
 #   judge(res: ScenarioResult, refs: References) -> (Verdict, detail).
-PLUGINS: dict[str, str] = {}
+PLUGINS: dict[str, str] = {"runtime": "parity.runtime", "lm_head": "parity.lm_head",
+                           "weight_update": "parity.updates"}
 
 
 def plugin(category: str):
@@ -115,10 +116,15 @@ def python_for(env_name: str, log: Log) -> str:
     return str(envs.ensure_env(envs.get_spec(env_name), log=log))
 
 
+_ENGINE_FIELDS: dict[str, tuple[set[str], str]] = {}
+
+
 def _validate_engine_args(scenarios: list[Scenario], pythons: dict[str, str], log_dir: Path,
                           ) -> None:
     """Check every engine-arg name against the EngineArgs of the vLLM that will run it, before
     any engine starts; raises ScenarioError with every unknown name at once."""
+    import difflib
+
     from parity.engines.process import validate_engine_args
 
     jobs: dict[str, list[tuple[Scenario, str, EngineSetting]]] = {}
@@ -127,15 +133,21 @@ def _validate_engine_args(scenarios: list[Scenario], pythons: dict[str, str], lo
             jobs.setdefault(setting.env, []).append((sc, role, setting))
     problems = []
     for env_name, items in jobs.items():
-        reply = validate_engine_args(pythons[env_name], [s.args for _, _, s in items],
-                                     log_dir / f"validate-{env_name}.log")
-        for prob in reply["problems"]:
-            sc, role, _ = items[prob["index"]]
-            hint = (f"did you mean {', '.join(prob['suggestions'])}?" if prob["suggestions"]
-                    else "see vLLM's EngineArgs for the accepted names")
-            problems.append((str(sc.path), f"{role}.engine_args.{prob['name']}",
-                             f"not an engine argument of vLLM {reply['vllm_version']} "
-                             f"({env_name}); {hint}"))
+        python = pythons[env_name]
+        if python not in _ENGINE_FIELDS:  # one vLLM import per interpreter per process
+            reply = validate_engine_args(python, [], log_dir / f"validate-{env_name}.log")
+            _ENGINE_FIELDS[python] = (set(reply["fields"]), reply["vllm_version"])
+        fields, version = _ENGINE_FIELDS[python]
+        for sc, role, setting in items:
+            for name in setting.args:
+                if name in fields:
+                    continue
+                close = difflib.get_close_matches(name, sorted(fields), n=3)
+                hint = (f"did you mean {', '.join(close)}?" if close
+                        else "see vLLM's EngineArgs for the accepted names")
+                problems.append((str(sc.path), f"{role}.engine_args.{name}",
+                                 f"not an engine argument of vLLM {version} ({env_name}); "
+                                 f"{hint}"))
     if problems:
         # The same bad key from a shared profile is reported once per file and field.
         raise ScenarioError(sorted(set(problems)))

@@ -19,22 +19,34 @@ from parity.metrics import ClipRange
 from parity.prompts import REWARDS, parse_source
 
 # Categories and whether they need a baseline engine. More arrive with later categories.
-CATEGORIES = {"logprobs": False, "rl": True}
+CATEGORIES = {"logprobs": False, "rl": True, "runtime": False, "lm_head": False,
+              "weight_update": False}
+# runtime probes (scenario field `probe`); config_diff compares two engines, the others one.
+PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
+HEADS = ("float32", "model")
 # Tolerance names a scenario may set, with the defaults used when it does not (see README,
 # "How the tolerances were chosen").
+# Runtime probes compare two runs of one engine: only kernel/batching noise may separate them.
+# Calibrated on the tiny model and SmolLM2-135M, bf16, CPU (see README, runtime probes).
+RUNTIME_ABS_DLOGP = 0.02
+RUNTIME_KL_K3 = 0.002
 DEFAULT_TOLERANCES = {
     "logprobs": {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6},
+    # runtime probes: two runs of the same engine on the same tokens (numeric noise only).
+    "runtime": {"abs_dlogp_mean": RUNTIME_ABS_DLOGP, "kl_k3_mean": RUNTIME_KL_K3},
+    # weight updates: engine vs the reference the update predicts (bf16 noise ~0.04, FACTS.md).
+    "weight_update": {"abs_dlogp_mean": 0.05},
 }
 # Baseline-vs-candidate margins (category "rl"), in each metric's own unit; see README
 # "How the margins were chosen" for the run-to-run noise they come from.
 DEFAULT_MARGINS = {
-    "rl": {"kl_k3": 0.01, "abs_dlogp": 0.03, "clip_rate": 0.02, "entropy": 0.1, "reward": 0.15},
+    "rl": {"kl_k3": 0.005, "abs_dlogp": 0.01, "clip_rate": 0.03, "entropy": 0.2, "reward": 0.2},
 }
 SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int,
                    "seed": int, "n": int, "logprobs": int}
 TOP_LEVEL = {"name", "category", "description", "model", "expect", "expect_diagnosis", "reward",
              "prompts", "sampling", "candidate", "baseline", "reference", "tolerances", "clip",
-             "min_tokens", "margins"}
+             "min_tokens", "margins", "probe", "require_head", "update"}
 SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env"}
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MIN_TOKENS = 200  # fewer sampled tokens than this: the verdict is inconclusive
@@ -110,6 +122,9 @@ class Scenario:
     reward: str | None = None
     min_tokens: int = DEFAULT_MIN_TOKENS
     provenance: dict[str, str] = field(default_factory=dict)
+    probe: str | None = None  # runtime / weight_update categories: which probe
+    update: Any = None  # weight_update category: parity.updates.UpdateSpec
+    require_head: str = "float32"  # lm_head category: the head dtype the engine must use
 
     def settings(self) -> dict[str, EngineSetting]:
         out = {"candidate": self.candidate}
@@ -230,6 +245,34 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
                                         "or top_k > 0: otherwise raw and processed logprobs are "
                                         "equal and the check cannot fail"))
 
+    # category-specific fields
+    probe = data.get("probe", "config_diff" if category == "runtime" else None)
+    if "probe" in data and category not in ("runtime", "weight_update"):
+        problems.append((p, "probe", "only the runtime and weight_update categories have probes"))
+    elif category == "runtime" and probe not in PROBES:
+        problems.append((p, "probe", f"{probe!r}: use one of {', '.join(PROBES)}"))
+    update = None
+    if category == "weight_update":
+        from parity.updates import PROBES as UPDATE_PROBES
+        from parity.updates import parse_update
+
+        if probe not in UPDATE_PROBES:
+            problems.append((p, "probe", f"{probe!r}: a weight_update scenario needs probe = one "
+                                         f"of {', '.join(UPDATE_PROBES)}"))
+        update, found = parse_update(data.get("update"), p)
+        problems += found
+    elif "update" in data:
+        problems.append((p, "update", "only the weight_update category has an update table"))
+    require_head = data.get("require_head", "float32")
+    if "require_head" in data and category != "lm_head":
+        problems.append((p, "require_head", "only the lm_head category requires a head"))
+    elif require_head not in HEADS:
+        problems.append((p, "require_head", f"{require_head!r}: use \"float32\" or \"model\""))
+    if category == "lm_head" and sampling.logprobs < 1:
+        problems.append((p, "sampling.logprobs", "an lm_head check needs logprobs >= 1: the "
+                                                 "head dtype is read from the differences "
+                                                 "between the top logprobs"))
+
     # engines
     candidate = _setting(data.get("candidate", {}), "candidate", p, problems, profiles,
                          overrides.candidate)
@@ -239,9 +282,10 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         baseline = _setting(data.get("baseline", {}), "baseline", p, problems, profiles,
                             overrides.baseline)
         provenance["baseline"] = "cli" if overrides.baseline else "scenario"
-    elif CATEGORIES.get(category):
-        problems.append((p, "baseline", f"category {category!r} compares two engines: add a "
-                                        "[baseline] table (e.g. profile = \"v0\")"))
+    elif CATEGORIES.get(category) or probe == "config_diff":
+        what = f"category {category!r}" if CATEGORIES.get(category) else "probe config_diff"
+        problems.append((p, "baseline", f"{what} compares two engines: add a [baseline] table "
+                                        "(e.g. profile = \"v0\")"))
 
     # reference, tolerances, clip
     head_dtype = data.get("reference", {}).get("head_dtype", "float32")
@@ -285,7 +329,7 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         sampling=sampling, candidate=candidate, baseline=baseline, head_dtype=head_dtype,
         tolerances=tolerances, clip=clip, margins=margins, expect=expect,
         expect_diagnosis=data.get("expect_diagnosis"), reward=reward, min_tokens=min_tokens,
-        provenance=provenance,
+        provenance=provenance, probe=probe, require_head=require_head, update=update,
     ), []
 
 

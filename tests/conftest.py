@@ -41,3 +41,23 @@ def shipped_run(tiny_model, tmp_path_factory):
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
         else None
     return result, out, report
+
+
+RUNTIME_SCENARIOS = ("runtime-v0-vs-v1-defaults", "runtime-model-mismatch-control",
+                     "runtime-prefix-cache", "runtime-batch-invariance",
+                     "runtime-prefill-consistency", "runtime-prefill-semantics-control",
+                     "lmhead-v1-fp32", "lmhead-v1-bf16-control", "lmhead-v0-fp32head",
+                     "lmhead-v0-bf16-control")
+
+
+@pytest.fixture(scope="session")
+def runtime_run(tiny_model, tmp_path_factory):
+    """`parity check` on the shipped runtime and lm_head scenarios with the tiny model, once:
+    five engine starts (V1 defaults, V1 with another rope_theta, V1 parity, V0, V0 patched)."""
+    out = tmp_path_factory.mktemp("runtime")
+    result = run_cli(["check", *[str(SCENARIOS / f"{n}.toml") for n in RUNTIME_SCENARIOS],
+                      "--model", "tiny", "--output", str(out)])
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
+        else None
+    assert report is not None, result.output
+    return result, out, report

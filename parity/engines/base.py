@@ -15,7 +15,9 @@ class SamplingSpec:
 
     `seed` is the base seed: prompt i is sampled with seed `seed + i`, so results do not depend
     on batch composition. `logprobs` is the number of top alternatives returned per position
-    besides the sampled token (0 = only the sampled token).
+    besides the sampled token (0 = only the sampled token). `prompt_logprobs` (None = off, k >= 0
+    = on) asks the engine to score the prompt itself, returned in `Sequence.prompt_logprobs`
+    (their semantics are the engine's: raw on vLLM V1, tempered/truncated on V0).
     """
 
     temperature: float = 1.0
@@ -25,6 +27,7 @@ class SamplingSpec:
     seed: int = 0
     n: int = 1
     logprobs: int = 0
+    prompt_logprobs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +54,9 @@ class Sequence:
         text: the detokenized completion.
         weight_versions: per sampled token, the weight version that produced it (None when the
             engine had no update).
+        prompt_logprobs: when requested, the engine's logprob of each prompt token given the
+            tokens before it (position 0 is None), length len(prompt_token_ids).
+        num_cached_tokens: prompt tokens the engine took from its prefix cache (None: unknown).
     """
 
     prompt_index: int
@@ -62,6 +68,8 @@ class Sequence:
     finish_reason: str | None = None
     text: str = ""
     weight_versions: list[int] | None = None
+    prompt_logprobs: list[float | None] | None = None
+    num_cached_tokens: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Sequence":
@@ -78,6 +86,8 @@ class Sequence:
             finish_reason=d.get("finish_reason"),
             text=d.get("text", ""),
             weight_versions=d.get("weight_versions"),
+            prompt_logprobs=d.get("prompt_logprobs"),
+            num_cached_tokens=d.get("num_cached_tokens"),
         )
 
 

@@ -165,6 +165,7 @@ class VllmEngine:
         self.start_s: float | None = None
         self._worker: WorkerProcess | None = None
         self._effective: dict[str, Any] | None = None
+        self.checkpoint: str | None = None  # weights loaded by update_weights (None: `model`)
 
     def __enter__(self) -> "VllmEngine":
         self.start()
@@ -181,6 +182,9 @@ class VllmEngine:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
+        # V1 sends functions to its workers (collective_rpc; the in-place weight-update control)
+        # only with pickle allowed on its local engine<->worker channel.
+        env.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         env.update(self.setting.variables)
         return env
 
@@ -200,14 +204,58 @@ class VllmEngine:
             timeout=self.request_timeout)
         return [Sequence.from_dict(d) for d in reply["sequences"]]
 
+    def reset_prefix_cache(self) -> bool:
+        """Drop the engine's cached KV blocks (for probes that need a cold cache)."""
+        return bool(self._require().request({"op": "reset_prefix_cache"},
+                                            timeout=self.request_timeout)["reset"])
+
     def effective_config(self) -> dict[str, Any]:
         if self._effective is None:
             raise EngineError(f"engine {self.name} has not started")
         return self._effective
 
-    def update_weights(self, checkpoint: str, mode: str = "keep",
-                       clear_cache: bool = False) -> dict[str, Any]:
-        raise NotImplementedError("weight updates are not implemented yet")
+    def update_weights(self, checkpoint: str, mode: str = "keep", clear_cache: bool = False,
+                       via: str = "reload") -> dict[str, Any]:
+        """Load the checkpoint directory's weights into the live engine between generate calls.
+
+        Args:
+            checkpoint: a safetensors checkpoint of the same architecture.
+            mode: how requests in flight are treated ("keep" | "wait" | "abort"; V1's pause).
+            clear_cache: also drop the prefix cache (KV computed with the old weights).
+            via: "reload" (the engine's real reload path) or "inplace" (param.data.copy_ into
+                the live parameters: the known-broken path, for negative controls).
+        Returns:
+            The update record: version (int, +1 per update), via, mechanism, pause_s, load_s,
+            resume_s, latency_s, cache_cleared.
+        """
+        reply = self._require().request(
+            {"op": "update_weights", "checkpoint": str(checkpoint), "mode": mode,
+             "clear_cache": clear_cache, "via": via}, timeout=self.request_timeout)
+        self.checkpoint = str(checkpoint)
+        return reply["update"]
+
+    def generate_with_update(self, prompts: list[list[int]], sampling: SamplingSpec,
+                             checkpoint: str, after_tokens: int, mode: str = "keep",
+                             clear_cache: bool = False, via: str = "reload",
+                             ignore_eos: bool = False) -> tuple[list[Sequence], dict[str, Any]]:
+        """Generate and update the weights in flight, once every running request has sampled
+        `after_tokens` tokens (arguments as in update_weights).
+
+        Returns:
+            (sequences, record): each sequence's `weight_versions` gives the version that
+            produced each token; the record is update_weights' plus `seen_at_request` per
+            sequence (in `extra`), lag_tokens (tokens sampled under the old weights after the
+            update was requested) and requested_after_s.
+        """
+        reply = self._require().request(
+            {"op": "generate_with_update", "prompts": prompts, "sampling": sampling.to_dict(),
+             "checkpoint": str(checkpoint), "after_tokens": after_tokens, "mode": mode,
+             "clear_cache": clear_cache, "via": via, "ignore_eos": ignore_eos},
+            timeout=self.request_timeout)
+        self.checkpoint = str(checkpoint)
+        return [Sequence.from_dict(d) for d in reply["sequences"]], {
+            **reply["update"], "seen_at_request": [d["seen_at_request"]
+                                                   for d in reply["sequences"]]}
 
     def close(self) -> None:
         if self._worker is not None:

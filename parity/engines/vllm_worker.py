@@ -17,6 +17,16 @@ import sys
 import time
 import traceback
 
+try:  # run as a script: the script's directory is sys.path[0]
+    import vllm_patches
+except ImportError:  # imported as parity.engines.vllm_worker (tests)
+    from parity.engines import vllm_patches
+
+try:  # same for the weight-update operations (their functions reach V1 workers by module name)
+    import vllm_updates
+except ImportError:
+    from parity.engines import vllm_updates
+
 PROTOCOL_VERSION = 1
 
 
@@ -58,12 +68,24 @@ def _get(obj, *names, default=None):
 
 
 def _hf_value(hf_config, name):
-    value = getattr(hf_config, name, None)
-    if value is None and name == "rope_theta":
-        rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None)
-        if isinstance(rope, dict):
-            value = rope.get("rope_theta")
-    return value
+    if name == "rope_theta":
+        return _rope_theta(hf_config)
+    return getattr(hf_config, name, None)
+
+
+def _rope_theta(hf_config):
+    """The RoPE base the model is built with. transformers >= 5 configs (they define
+    standardize_rope_params) keep it in rope_parameters, which is what vLLM's models read there;
+    a top-level rope_theta (e.g. from hf_overrides) is then ignored by the model. Older configs
+    are read by their rope_theta attribute (a rope_parameters dict is an unknown extra there)."""
+    rope = getattr(hf_config, "rope_parameters", None)
+    if hasattr(hf_config, "standardize_rope_params") and isinstance(rope, dict):
+        if "rope_theta" in rope:
+            return rope["rope_theta"]
+        thetas = {v.get("rope_theta") for v in rope.values() if isinstance(v, dict)}
+        if len(thetas) == 1:  # per-layer-type parameters with one base
+            return thetas.pop()
+    return getattr(hf_config, "rope_theta", None)
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -75,15 +97,23 @@ class VllmHost:
     def __init__(self) -> None:
         self.llm = None
         self.weight_version = 0
+        self.patches: dict = {}
 
     def start(self, model: str, engine_args: dict) -> dict:
         import vllm
 
         t0 = time.perf_counter()
         self.llm = vllm.LLM(model=model, **engine_args)
+        if vllm_patches.fp32_head_requested(os.environ):
+            # After load, in the worker that holds the model: V0 has no head_dtype option.
+            self.patches["fp32_head"] = vllm_patches.apply_fp32_head(self.llm)
         return {"start_s": time.perf_counter() - t0, "effective_config": self.effective_config()}
 
     def effective_config(self) -> dict:
+        """The configuration as this engine resolved it, read from its live objects: "key"
+        (curated values, same names on V0 and V1), "notes" (where a value is an engine
+        behaviour rather than a config field), "patches" (parity's worker-side patches) and
+        "raw" (every config section)."""
         import vllm
 
         engine = self.llm.llm_engine
@@ -93,42 +123,113 @@ class VllmHost:
         sched_cfg = _get(cfg, "scheduler_config")
         comp_cfg = _get(cfg, "compilation_config")
         hf = _get(model_cfg, "hf_config")
+        is_v1 = type(engine).__module__.startswith("vllm.v1.")
+        notes: dict = {}
+        live = vllm_patches.live_model_facts(self.llm) or {}
+        try:
+            from vllm.platforms import current_platform
+            platform = current_platform.device_type
+        except Exception:
+            platform = None
         try:
             gen_defaults = model_cfg.get_diff_sampling_param()
         except Exception as exc:
             gen_defaults = f"<unavailable: {exc}>"
         try:
-            head_dtype = str(model_cfg.head_dtype)
+            gen_config = model_cfg.try_get_generation_config() or {}
         except Exception:
-            head_dtype = None
-        if os.environ.get("PARITY_HEAD_DTYPE_PATCH"):
-            head_dtype = os.environ["PARITY_HEAD_DTYPE_PATCH"]
-        eos = _hf_value(hf, "eos_token_id")
+            gen_config = {}
+
+        # Prefix caching: V0 leaves the field None unless set and its block manager reads None
+        # as off; read the block manager itself where there is one.
+        prefix_caching = _get(cache_cfg, "enable_prefix_caching")
+        schedulers = _get(engine, "scheduler")
+        if isinstance(schedulers, list) and schedulers:
+            manager = _get(schedulers[0], "block_manager")
+            if hasattr(manager, "enable_caching"):
+                prefix_caching = bool(manager.enable_caching)
+                notes["enable_prefix_caching"] = "scheduler.block_manager.enable_caching"
+        if prefix_caching is None:
+            prefix_caching, notes["enable_prefix_caching"] = False, "unset: off"
+
+        async_scheduling = _get(sched_cfg, "async_scheduling")
+        if not is_v1:
+            async_scheduling = False
+            notes["async_scheduling"] = "V0 has no async scheduling"
+
+        # Cascade attention: a V1 feature (removed again in later V1 releases, where
+        # disable_cascade_attn defaults to True and does nothing); V0 never had it.
+        if not is_v1:
+            cascade = "not_applicable"
+            notes["cascade_attention"] = "V0 has no cascade attention"
+        else:
+            cascade = "off" if _get(model_cfg, "disable_cascade_attn") else "allowed"
+
+        enforce_eager = _get(model_cfg, "enforce_eager")
+        cudagraph = _jsonable(_get(comp_cfg, "cudagraph_mode"))
+        if cudagraph is None and not is_v1:
+            cudagraph = "NONE" if (enforce_eager or platform != "cuda") else "V0 capture"
+            notes["cudagraph_mode"] = "V0: CUDA graphs only on CUDA without enforce_eager"
+
+        seed = _get(model_cfg, "seed")
+        if seed is None:
+            seed = "unseeded"
+            notes["seed"] = "no global seed: only requests without a seed are affected"
+
+        if vllm_patches.has_native_head_dtype(self.llm):
+            head_dtype = str(model_cfg.head_dtype)
+            notes["head_dtype"] = "model_config.head_dtype"
+        elif "head_dtype" in live:
+            head_dtype = live["head_dtype"]
+            notes["head_dtype"] = live.get("head_dtype_source")
+        else:
+            head_dtype = str(_get(model_cfg, "dtype"))
+            notes["head_dtype"] = "engine has no head_dtype option: model dtype"
+
+        logprobs_mode = _jsonable(_get(model_cfg, "logprobs_mode"))
+        if logprobs_mode is None and not is_v1:
+            # V0's sampler takes log_softmax after temperature, top-k/top-p and min_p.
+            logprobs_mode = "processed_logprobs"
+            notes["logprobs_mode"] = "V0 sampler behaviour (no logprobs_mode option)"
+
+        rope_theta = _hf_value(hf, "rope_theta")
+        if live.get("rope_theta") is not None:
+            rope_theta = live["rope_theta"]
+            notes["model.rope_theta"] = "live model: rotary_emb.base"
+        try:
+            tokenizer_eos = self.llm.get_tokenizer().eos_token_id
+        except Exception:
+            tokenizer_eos = None
         key = {
             "engine_impl": f"{type(engine).__module__}.{type(engine).__name__}",
             "vllm_version": vllm.__version__,
             "vllm_use_v1_env": os.environ.get("VLLM_USE_V1"),
-            "enable_prefix_caching": _get(cache_cfg, "enable_prefix_caching"),
+            "platform": platform,
+            "enable_prefix_caching": prefix_caching,
             "enable_chunked_prefill": _get(sched_cfg, "enable_chunked_prefill",
                                            "chunked_prefill_enabled"),
-            "async_scheduling": _get(sched_cfg, "async_scheduling"),
-            "disable_cascade_attn": _get(model_cfg, "disable_cascade_attn"),
-            "enforce_eager": _get(model_cfg, "enforce_eager"),
+            "async_scheduling": async_scheduling,
+            "cascade_attention": cascade,
+            "enforce_eager": enforce_eager,
             "compilation_level": _jsonable(_get(comp_cfg, "mode", "level")),
-            "cudagraph_mode": _jsonable(_get(comp_cfg, "cudagraph_mode")),
+            "cudagraph_mode": cudagraph,
             "max_num_seqs": _get(sched_cfg, "max_num_seqs"),
             "max_num_batched_tokens": _get(sched_cfg, "max_num_batched_tokens"),
             "max_model_len": _get(model_cfg, "max_model_len"),
-            "seed": _get(model_cfg, "seed"),
+            "block_size": _get(cache_cfg, "block_size"),
+            "kv_cache_dtype": _jsonable(_get(cache_cfg, "cache_dtype")),
+            "seed": seed,
             "dtype": str(_get(model_cfg, "dtype")),
             "head_dtype": head_dtype,
-            "logprobs_mode": _jsonable(_get(model_cfg, "logprobs_mode")),
+            "logprobs_mode": logprobs_mode,
             "generation_config_defaults": _jsonable(gen_defaults),
             "model.architectures": _jsonable(_hf_value(hf, "architectures")),
-            "model.rope_theta": _hf_value(hf, "rope_theta"),
+            "model.rope_theta": rope_theta,
             "model.vocab_size": _hf_value(hf, "vocab_size"),
             "model.tie_word_embeddings": _hf_value(hf, "tie_word_embeddings"),
-            "model.eos_token_id": _jsonable(eos),
+            "model.eos_token_id": _jsonable(_hf_value(hf, "eos_token_id")),
+            "model.generation_eos_token_id": _jsonable(gen_config.get("eos_token_id")),
+            "model.tokenizer_eos_token_id": tokenizer_eos,
             "model.bos_token_id": _hf_value(hf, "bos_token_id"),
             "model.num_hidden_layers": _hf_value(hf, "num_hidden_layers"),
             "model.hidden_size": _hf_value(hf, "hidden_size"),
@@ -139,7 +240,8 @@ class VllmHost:
             obj = _get(cfg, section)
             if obj is not None:
                 raw[section] = _jsonable(obj, depth=1)
-        return {"key": _jsonable(key), "raw": raw}
+        return {"key": _jsonable(key), "notes": _jsonable(notes),
+                "patches": _jsonable(self.patches), "raw": raw}
 
     def generate(self, prompts: list[list[int]], sampling: dict) -> dict:
         from vllm import SamplingParams
@@ -156,6 +258,8 @@ class VllmHost:
             )
             if sampling.get("seed") is not None:
                 kwargs["seed"] = sampling["seed"] + i
+            if sampling.get("prompt_logprobs") is not None:
+                kwargs["prompt_logprobs"] = sampling["prompt_logprobs"]
             params.append(SamplingParams(**kwargs))
         inputs = [{"prompt_token_ids": list(p)} for p in prompts]
         t0 = time.perf_counter()
@@ -180,12 +284,30 @@ class VllmHost:
                     "finish_reason": completion.finish_reason,
                     "text": completion.text,
                     "weight_versions": [self.weight_version] * len(token_ids),
+                    "prompt_logprobs": _prompt_logprobs(request),
+                    "num_cached_tokens": getattr(request, "num_cached_tokens", None),
                 })
         n_tokens = sum(len(s["token_ids"]) for s in sequences)
         return {"sequences": sequences, "generate_s": elapsed, "n_tokens": n_tokens}
 
+    def reset_prefix_cache(self) -> dict:
+        """Drop every cached KV block, so the next request computes its prompt from scratch."""
+        return {"reset": bool(self.llm.reset_prefix_cache())}
+
     def close(self) -> None:
         self.llm = None
+
+
+def _prompt_logprobs(request) -> list | None:
+    """Logprob of each prompt token given the ones before it (None at position 0), when the
+    request asked for prompt logprobs."""
+    positions = getattr(request, "prompt_logprobs", None)
+    if positions is None:
+        return None
+    out = []
+    for tok, pos in zip(request.prompt_token_ids, positions):
+        out.append(None if not pos else float(pos[tok].logprob))
+    return out
 
 
 def validate_engine_args(arg_sets: list[dict]) -> dict:
@@ -202,7 +324,7 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
             if name not in fields:
                 close = difflib.get_close_matches(name, sorted(fields), n=3)
                 problems.append({"index": i, "name": name, "suggestions": close})
-    return {"problems": problems, "vllm_version": vllm.__version__}
+    return {"problems": problems, "vllm_version": vllm.__version__, "fields": sorted(fields)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -229,6 +351,17 @@ def serve(reply_fd: int) -> None:
                 result = host.start(request["model"], request.get("engine_args", {}))
             elif op == "generate":
                 result = host.generate(request["prompts"], request["sampling"])
+            elif op == "reset_prefix_cache":
+                result = host.reset_prefix_cache()
+            elif op == "update_weights":
+                result = {"update": vllm_updates.Updater(host).update(
+                    request["checkpoint"], request["mode"], request["clear_cache"],
+                    request["via"])}
+            elif op == "generate_with_update":
+                result = vllm_updates.Updater(host).generate_with_update(
+                    request["prompts"], request["sampling"], request["checkpoint"],
+                    request["after_tokens"], request["mode"], request["clear_cache"],
+                    request["via"], request["ignore_eos"])
             elif op == "effective_config":
                 result = {"effective_config": host.effective_config()}
             elif op == "validate":

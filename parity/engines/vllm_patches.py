@@ -1,0 +1,147 @@
+"""Worker-side patches for vLLM engines that lack an option parity needs: an fp32 lm_head for
+engines without `head_dtype` (vLLM V0 0.8.5), and reads of the live model (head dtype, RoPE base).
+Imported by vllm_worker.py, so it uses only the standard library, torch and vLLM."""
+
+from __future__ import annotations
+
+# The environment variable that turns the fp32 head patch on (any value but "", "0", "false").
+FP32_HEAD_ENV = "PARITY_FP32_HEAD"
+
+
+def fp32_head_requested(environ) -> bool:
+    """Whether the engine's environment asks for parity's fp32 head patch."""
+    return environ.get(FP32_HEAD_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def has_native_head_dtype(llm) -> bool:
+    """True when this vLLM resolves a head dtype itself (ModelConfig.head_dtype, vLLM >= ~0.11):
+    there the fix is hf_overrides={"head_dtype": "float32"}, not a patch."""
+    model_cfg = _model_config(llm)
+    return model_cfg is not None and hasattr(type(model_cfg), "head_dtype")
+
+
+class Fp32HeadMethod:
+    """Stands in for an lm_head's quant method: `apply` (the final projection) runs in fp32;
+    everything else (`embedding` for a tied head, weight creation, ...) goes to the original.
+
+    The weight is cast on every call, like vLLM V1's own fp32 head on CPU, so a weight reload
+    (which writes into `layer.weight`) is picked up; `calls` counts projections, as evidence
+    that the engine really goes through it.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def apply(self, layer, x, bias=None):
+        import torch.nn.functional as F
+
+        self.calls += 1
+        return F.linear(x.float(), layer.weight.float(), None if bias is None else bias.float())
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (e.g. during copy): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def _model_config(llm):
+    engine = llm.llm_engine
+    cfg = getattr(engine, "vllm_config", None)
+    return getattr(cfg, "model_config", None) or getattr(engine, "model_config", None)
+
+
+def _patch_model(model) -> dict:
+    """Runs where the model lives (the driver worker): wrap the head, then prove it took effect
+    by computing logits for two random hidden states with and without the wrapper."""
+    import torch
+
+    head = getattr(model, "lm_head", None)
+    if head is None or not hasattr(head, "quant_method"):
+        raise RuntimeError(f"{type(model).__name__} has no lm_head with a quant method")
+    inner = head.quant_method
+    if isinstance(inner, Fp32HeadMethod):
+        return {"applied": True, "already": True}
+    if type(inner).__name__ not in ("UnquantizedEmbeddingMethod", "UnquantizedLinearMethod"):
+        raise RuntimeError(f"the fp32 head patch supports unquantized heads only, this head "
+                           f"uses {type(inner).__name__}")
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    tied = embed is not None and (head is embed or getattr(embed, "weight", None) is head.weight
+                                  or embed.weight.data_ptr() == head.weight.data_ptr())
+    weight = head.weight
+    with torch.inference_mode():
+        gen = torch.Generator().manual_seed(0)
+        hidden = torch.randn(2, weight.shape[1], generator=gen).to(weight.dtype)
+        before = model.compute_logits(hidden, None)
+        head.quant_method = Fp32HeadMethod(inner)
+        after = model.compute_logits(hidden, None)
+    wrapper = head.quant_method
+    if wrapper.calls < 1 or after.dtype != torch.float32:
+        head.quant_method = inner
+        raise RuntimeError("fp32 head patch did not take effect: compute_logits does not go "
+                           "through lm_head.quant_method.apply on this vLLM")
+    return {"applied": True, "tied": bool(tied), "weight_dtype": str(weight.dtype),
+            "self_test": {"logits_dtype_before": str(before.dtype),
+                          "logits_dtype_after": str(after.dtype),
+                          "max_abs_change": float((after - before.float()).abs().max())}}
+
+
+def apply_fp32_head(llm) -> dict:
+    """Make the engine compute its final projection (lm_head, tied or not) and the logits in
+    fp32, in the worker that holds the model. For engines without a head_dtype option.
+
+    Returns:
+        A record of what was patched, with a self-test (logits dtype before/after and how much
+        they changed on random hidden states).
+    Raises:
+        RuntimeError: the engine has its own head_dtype (use hf_overrides), the model is not
+            reachable in this process, or the patch did not take effect.
+    """
+    if has_native_head_dtype(llm):
+        raise RuntimeError(f"{FP32_HEAD_ENV} is for engines without a head_dtype option (vLLM "
+                           "V0); this vLLM has one: set hf_overrides={\"head_dtype\": "
+                           "\"float32\"} instead")
+    if not hasattr(llm, "apply_model"):
+        raise RuntimeError("this vLLM has no LLM.apply_model: cannot reach the model")
+    results = llm.apply_model(_patch_model)
+    if not results:
+        raise RuntimeError("no worker answered the fp32 head patch")
+    return results[0]
+
+
+def _read_model(model) -> dict:
+    """Facts read off a live model: head dtype in effect, tied head, RoPE base."""
+    head = getattr(model, "lm_head", None)
+    out = {}
+    if head is not None and hasattr(head, "weight"):
+        patched = isinstance(getattr(head, "quant_method", None), Fp32HeadMethod)
+        out["head_dtype"] = "torch.float32" if patched else str(head.weight.dtype)
+        out["head_dtype_source"] = ("parity fp32 head patch" if patched
+                                    else "lm_head weight dtype (engine has no head_dtype option)")
+        if patched:
+            out["head_patch_calls"] = head.quant_method.calls
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if embed is not None and hasattr(embed, "weight"):
+            out["tied"] = embed.weight.data_ptr() == head.weight.data_ptr()
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    try:
+        rotary = layers[0].self_attn.rotary_emb
+        out["rope_theta"] = float(rotary.base)
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return out
+
+
+def live_model_facts(llm) -> dict | None:
+    """Read the live model where that is cheap and safe: engines whose driver worker holds the
+    model in this process (vLLM V0). None for engines that keep it in another process (V1),
+    whose facts come from their resolved config instead."""
+    if has_native_head_dtype(llm) or not hasattr(llm, "apply_model"):
+        return None
+    executor = getattr(llm.llm_engine, "model_executor", None)
+    if getattr(executor, "driver_worker", None) is None:
+        return None
+    try:
+        return llm.apply_model(_read_model)[0]
+    except Exception as exc:  # a read for the report must never kill the engine
+        return {"error": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,344 @@
+"""Weight updates on a live vLLM engine, run inside parity's engine worker: between generate calls
+or in the middle of running requests (V1 0.32: scheduler pause around `reload_weights`; V0 0.8.5:
+load between LLMEngine steps), with the weight version of every sampled token."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import time
+
+MODES = ("keep", "wait", "abort")
+VIAS = ("reload", "inplace")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def is_v1(llm) -> bool:
+    """True for vLLM's V1 engine (vllm.v1.engine.llm_engine.LLMEngine)."""
+    return type(llm.llm_engine).__module__.startswith("vllm.v1")
+
+
+def _load_checkpoint(path: str) -> dict:
+    """All tensors of a safetensors checkpoint directory, by checkpoint name."""
+    from safetensors.torch import load_file
+
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {path}")
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(f))
+    return tensors
+
+
+def _checkpoint_value(name: str, tensors: dict, packed: dict):
+    """The checkpoint's value for an engine parameter: by name, or, for a stacked parameter
+    (qkv_proj, gate_up_proj), its checkpoint parts concatenated in the engine's order."""
+    import torch
+
+    if name in tensors:
+        return tensors[name]
+    module, _, leaf = name.rpartition(".")
+    prefix, _, short = module.rpartition(".")
+    parts = packed.get(short)
+    if not parts:
+        return None
+    values = [tensors.get(f"{prefix}.{part}.{leaf}") for part in parts]
+    if any(v is None for v in values):
+        return None
+    return torch.cat(values, dim=0)
+
+
+def inplace_update(model, checkpoint: str) -> dict:
+    """Copy a checkpoint's values into the model's parameters in place (param.data.copy_), the
+    way naive RL code updates an engine. Runs where the model lives.
+
+    Returns:
+        {"copied": n, "skipped": [(name, why)], "missing": [names]}: parameters whose storage no
+        longer has the checkpoint's shape (e.g. emptied by a load-time repack) are skipped.
+    """
+    import torch
+
+    tensors = _load_checkpoint(checkpoint)
+    packed = dict(getattr(model, "packed_modules_mapping", None) or {})
+    copied, skipped, missing = 0, [], []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            new = _checkpoint_value(name, tensors, packed)
+            if new is None:
+                missing.append(name)
+            elif tuple(param.shape) != tuple(new.shape):
+                skipped.append((name, f"engine shape {tuple(param.shape)}, checkpoint "
+                                      f"{tuple(new.shape)}"))
+            else:
+                param.data.copy_(new.to(param.dtype))
+                copied += 1
+    return {"copied": copied, "skipped": skipped, "missing": missing}
+
+
+def _inplace_on_worker(worker, checkpoint: str) -> dict:
+    """collective_rpc target on V1 workers: in-place update of the worker's model."""
+    return inplace_update(worker.get_model(), checkpoint)
+
+
+def load_into_model(model, checkpoint: str) -> dict:
+    """V0's update path (as PipelineRL ran it): the model's own load_weights over the
+    checkpoint's named tensors, which handles stacked parameters and dtype."""
+    loaded = model.load_weights(iter(_load_checkpoint(checkpoint).items()))
+    return {"loaded": len(loaded) if loaded is not None else None}
+
+
+def _v1_core(llm):
+    return llm.llm_engine.engine_core
+
+
+def _sampling_params(sampling: dict, index: int, ignore_eos: bool):
+    from vllm import SamplingParams
+
+    kwargs = dict(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
+                  top_k=sampling["top_k"] if sampling["top_k"] > 0 else -1,
+                  max_tokens=sampling["max_tokens"], logprobs=sampling["logprobs"],
+                  ignore_eos=ignore_eos)
+    if sampling.get("seed") is not None:
+        kwargs["seed"] = sampling["seed"] + index
+    return SamplingParams(**kwargs)
+
+
+# ----------------------------------------------------------------------------- the update
+
+
+class Updater:
+    """Weight updates of one engine (`host.llm`), keeping `host.weight_version` (an int, +1 per
+    update) and `host.checkpoint` (None = the weights the engine started with) current."""
+
+    def __init__(self, host):
+        self.host = host
+
+    @property
+    def llm(self):
+        return self.host.llm
+
+    def _load(self, checkpoint: str, via: str) -> dict:
+        """Load the weights (the engine must be paused or idle); returns what was done."""
+        llm = self.llm
+        if via == "inplace":
+            if is_v1(llm):
+                # Functions reach V1 workers pickled by reference: this module must be importable
+                # there (the worker's directory is on sys.path) and VLLM_ALLOW_INSECURE_
+                # SERIALIZATION set (the harness sets it).
+                out = llm.collective_rpc(_inplace_on_worker, args=(checkpoint,))[0]
+            else:
+                out = llm.apply_model(functools.partial(inplace_update, checkpoint=checkpoint))[0]
+            return {"mechanism": "param.data.copy_ into the live parameters", **out}
+        if is_v1(llm):
+            llm.collective_rpc("reload_weights", kwargs={"weights_path": checkpoint})
+            return {"mechanism": "collective_rpc('reload_weights', weights_path=...)"}
+        out = llm.apply_model(functools.partial(load_into_model, checkpoint=checkpoint))[0]
+        return {"mechanism": "model.load_weights(checkpoint tensors) between engine steps", **out}
+
+    def _committed(self, checkpoint: str, via: str) -> int:
+        self.host.weight_version = getattr(self.host, "weight_version", 0) + 1
+        self.host.checkpoint = checkpoint
+        self.host.update_via = via
+        return self.host.weight_version
+
+    def update(self, checkpoint: str, mode: str = "keep", clear_cache: bool = False,
+               via: str = "reload") -> dict:
+        """Update between generate calls (nothing in flight).
+
+        Returns the update record: version (the new one), version_before, via, mechanism,
+        cache_cleared and the timings pause_s, load_s, resume_s, latency_s.
+        """
+        _check(mode, via)
+        rec = {"via": via, "mode": mode, "clear_cache": clear_cache, "checkpoint": checkpoint,
+               "version_before": self.version}
+        rec.update(self._swap(checkpoint, mode, clear_cache, via))
+        return rec
+
+    def _swap(self, checkpoint: str, mode: str, clear_cache: bool, via: str) -> dict:
+        """Pause, load, label, resume. V1: the engine core's pause_scheduler(mode, clear_cache)
+        (the call AsyncLLM.pause_generation makes), the load, the new version label (set while
+        paused, so every later token carries it), resume_scheduler. V0: nothing runs between
+        two LLMEngine.step() calls: load, then reset the prefix cache if asked."""
+        llm = self.llm
+        v1 = is_v1(llm)
+        t0 = time.perf_counter()
+        if v1:
+            _v1_core(llm).call_utility("pause_scheduler", mode, clear_cache)
+        t1 = time.perf_counter()
+        rec = self._load(checkpoint, via)
+        t2 = time.perf_counter()
+        version = self._committed(checkpoint, via)
+        if v1:
+            _v1_core(llm).call_utility("set_weight_version", str(version))
+            _v1_core(llm).call_utility("resume_scheduler")
+            rec["cache_cleared"] = bool(clear_cache)
+        else:
+            # V0 can only drop cached blocks no running request holds: requests kept in flight
+            # keep their KV (that is what "keep" means) and the reset then reports False.
+            rec["cache_cleared"] = self._v0_reset_cache() if clear_cache else False
+        t3 = time.perf_counter()
+        rec.update(version=version, pause_s=t1 - t0, load_s=t2 - t1, resume_s=t3 - t2,
+                   latency_s=t3 - t0)
+        return rec
+
+    @property
+    def version(self) -> int:
+        return getattr(self.host, "weight_version", 0)
+
+    def _v0_reset_cache(self) -> bool:
+        engine = self.llm.llm_engine
+        if not getattr(engine.cache_config, "enable_prefix_caching", False):
+            return False
+        return bool(engine.reset_prefix_cache())
+
+    # ------------------------------------------------------------------------- in flight
+
+    def generate_with_update(self, prompts: list, sampling: dict, checkpoint: str,
+                             after_tokens: int, mode: str = "keep", clear_cache: bool = False,
+                             via: str = "reload", ignore_eos: bool = False) -> dict:
+        """Generate, updating the weights once every running request has sampled at least
+        `after_tokens` tokens (requests already finished count as done).
+
+        Returns {"sequences": [...], "update": record}: sequences as the worker's generate op
+        returns them, with per-token `weight_versions` (V1: the engine's own labels, set while
+        paused; V0: counted by this step loop); the record adds seen_at_request (tokens per
+        sequence when the update was requested), lag_tokens (tokens sampled under the old
+        weights after that) and the timings.
+        """
+        _check(mode, via)
+        llm = self.llm
+        engine = llm.llm_engine
+        v1 = is_v1(llm)
+        old = self.version
+        if v1:
+            _v1_core(llm).call_utility("set_weight_version", str(old))
+        ids = [f"parity-upd-{old}-{i}" for i in range(len(prompts))]
+        for i, (rid, prompt) in enumerate(zip(ids, prompts)):
+            engine.add_request(rid, {"prompt_token_ids": list(prompt)},
+                               _sampling_params(sampling, i, ignore_eos))
+        track = _Tracker(old)
+        seen_at_request: dict | None = None
+        rec: dict = {"via": via, "mode": mode, "clear_cache": clear_cache,
+                     "checkpoint": checkpoint, "after_tokens": after_tokens,
+                     "version_before": old}
+        t_start = time.perf_counter()
+        while engine.has_unfinished_requests():
+            track.add(engine.step())
+            if seen_at_request is None and track.ready(ids, sampling["n"], after_tokens):
+                seen_at_request = track.counts()
+                rec["requested_after_s"] = time.perf_counter() - t_start
+                rec.update(self._update_in_flight(ids, track, checkpoint, mode, clear_cache,
+                                                  via, v1))
+                track.current = self.version
+        if seen_at_request is None:  # every request finished before the trigger
+            rec.update(self.update(checkpoint, mode, clear_cache, via))
+            rec["note"] = "every request finished before after_tokens: updated afterwards"
+            seen_at_request = track.counts()
+        sequences = []
+        for i, rid in enumerate(ids):
+            out = track.latest[rid]
+            for c in out.outputs:
+                own = track.versions.get((rid, c.index), [])
+                labels = _span_versions(getattr(c, "weight_versions", None), len(c.token_ids))
+                seq = _sequence(i, out, c, sampling["logprobs"] > 0)
+                seq["weight_versions"] = labels if labels is not None else own
+                seq["weight_version_source"] = "engine" if labels is not None else "harness"
+                seq["seen_at_request"] = seen_at_request.get((rid, c.index), 0)
+                if seq["finish_reason"] is None:  # V0 returns nothing more for aborted requests
+                    seq["finish_reason"] = "abort"
+                sequences.append(seq)
+        lags = [sum(1 for v in s["weight_versions"] if v == old) - s["seen_at_request"]
+                for s in sequences]
+        rec["lag_tokens"] = lags
+        rec["version"] = self.version
+        return {"sequences": sequences, "update": rec,
+                "n_tokens": sum(len(s["token_ids"]) for s in sequences)}
+
+    def _update_in_flight(self, ids, track, checkpoint, mode, clear_cache, via, v1) -> dict:
+        """The update with requests running. V1's pause applies the mode itself; V0 stops at
+        this step boundary: keep = load now, wait = step the running requests to completion
+        first, abort = abort them first (that time counts as pause time)."""
+        t0 = time.perf_counter()
+        if not v1:
+            engine = self.llm.llm_engine
+            if mode == "wait":
+                while engine.has_unfinished_requests():
+                    track.add(engine.step())
+            elif mode == "abort":
+                engine.abort_request([rid for rid in ids if not track.latest[rid].finished])
+        drained = time.perf_counter() - t0
+        rec = self._swap(checkpoint, mode, clear_cache, via)
+        rec["pause_s"] += drained
+        rec["latency_s"] += drained
+        return rec
+
+
+class _Tracker:
+    """What a step loop has seen: the latest output of each request and, per completion, the
+    weight version current when each of its tokens arrived."""
+
+    def __init__(self, current: int):
+        self.current = current
+        self.latest: dict = {}
+        self.versions: dict = {}
+
+    def add(self, outputs) -> None:
+        for out in outputs:
+            self.latest[out.request_id] = out
+            for c in out.outputs:
+                seq = self.versions.setdefault((out.request_id, c.index), [])
+                seq += [self.current] * (len(c.token_ids) - len(seq))
+
+    def counts(self) -> dict:
+        return {k: len(v) for k, v in self.versions.items()}
+
+    def ready(self, ids, n: int, after_tokens: int) -> bool:
+        """Every request has sampled after_tokens tokens in each completion, or finished."""
+        for rid in ids:
+            out = self.latest.get(rid)
+            if out is None:
+                return False
+            if out.finished:
+                continue
+            if len(out.outputs) < n or min(len(c.token_ids) for c in out.outputs) < after_tokens:
+                return False
+        return True
+
+
+def _check(mode: str, via: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {VIAS}, got {via!r}")
+
+
+def _span_versions(spans, n_tokens: int):
+    """Per-token int versions from V1's WeightVersionSpan list (None when absent or not ints)."""
+    if not spans:
+        return None
+    out = []
+    try:
+        for span in spans:
+            out += [int(span.version)] * (span.end - span.start)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n_tokens else None
+
+
+def _sequence(prompt_index: int, request, completion, with_top: bool) -> dict:
+    token_ids = list(completion.token_ids)
+    logprobs, top = [], []
+    for tok, pos in zip(token_ids, completion.logprobs or []):
+        logprobs.append(float(pos[tok].logprob))
+        top.append({str(t): float(lp.logprob) for t, lp in pos.items()})
+    return {
+        "prompt_index": prompt_index, "sample_index": completion.index,
+        "prompt_token_ids": list(request.prompt_token_ids), "token_ids": token_ids,
+        "logprobs": logprobs, "top_logprobs": top if with_top else None,
+        "finish_reason": completion.finish_reason, "text": completion.text,
+        "num_cached_tokens": getattr(request, "num_cached_tokens", None),
+    }

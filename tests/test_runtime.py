@@ -1,0 +1,226 @@
+"""The runtime category: effective-config diff and its RL tags (unit tests on fake configs), probe
+alignment and judging, scenario validation, and real engines on the tiny model (V0 vs V1
+defaults, a deliberately altered model config, the three probes)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from parity import runtime
+from parity.engines.base import SamplingSpec, Sequence
+from parity.engines.vllm_worker import _rope_theta
+from parity.metrics import ClipRange
+from parity.scenario import parse_scenario
+
+V0_KEY = {"engine_impl": "vllm.engine.llm_engine.LLMEngine", "vllm_version": "0.8.5.post2",
+          "enable_prefix_caching": False, "async_scheduling": False,
+          "cascade_attention": "not_applicable", "max_num_batched_tokens": 2048, "seed": "unseeded",
+          "dtype": "torch.bfloat16", "head_dtype": "torch.bfloat16",
+          "logprobs_mode": "processed_logprobs", "model.rope_theta": 10000.0,
+          "model.eos_token_id": 1, "model.vocab_size": 768}
+V1_KEY = {**V0_KEY, "engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
+          "vllm_version": "0.32.0", "enable_prefix_caching": True, "cascade_attention": "off",
+          "max_num_batched_tokens": 4096, "seed": 0, "logprobs_mode": "raw_logprobs",
+          "model.rope_theta": 10000, "model.eos_token_id": [1]}
+
+
+def _rows(base, cand):
+    return {r["key"]: r for r in runtime.config_diff(base, cand)}
+
+
+def test_diff_lists_prefix_caching_with_its_rl_consequence():
+    rows = _rows(V0_KEY, V1_KEY)
+    pc = rows["enable_prefix_caching"]
+    assert (pc["baseline"], pc["candidate"], pc["severity"]) == (False, True, "rl")
+    assert "stale KV" in pc["consequence"] and "on in the candidate" in pc["consequence"]
+    assert rows["logprobs_mode"]["severity"] == "rl"
+    assert rows["max_num_batched_tokens"]["severity"] == "numeric"
+    assert rows["seed"]["severity"] == "info"
+    # Cascade attention is off (V1) or absent (V0): a difference without consequence.
+    assert rows["cascade_attention"]["severity"] == "info"
+    # 10000 == 10000.0 and [1] == 1: spelling differences are not differences.
+    assert "model.rope_theta" not in rows and "model.eos_token_id" not in rows
+    verdict, detail = runtime.judge_config_diff(V0_KEY, V1_KEY)
+    assert verdict.outcome == "pass" and "enable_prefix_caching" in verdict.message
+    assert detail["candidate_risks"] == ["enable_prefix_caching"]
+
+
+def test_model_config_difference_fails():
+    cand = {**V1_KEY, "model.rope_theta": 20000.0}
+    rows = _rows(V0_KEY, cand)
+    assert rows["model.rope_theta"]["severity"] == "fail"
+    assert list(rows)[0] == "model.rope_theta"  # model keys first
+    verdict, _ = runtime.judge_config_diff(V0_KEY, cand)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "model_config_mismatch"
+    assert "model.rope_theta" in verdict.message
+    # A value one engine could not read is flagged, not failed.
+    assert runtime.tag("model.eos_token_id", None, 1)[0] == "unknown"
+
+
+def test_identical_configs_pass_with_no_differences():
+    verdict, detail = runtime.judge_config_diff(V1_KEY, dict(V1_KEY))
+    assert verdict.outcome == "pass" and detail["differences"] == []
+
+
+def test_rope_theta_is_read_as_the_model_reads_it():
+    class New:  # transformers 5: the base lives in rope_parameters
+        rope_parameters = {"rope_theta": 10000.0, "rope_type": "default"}
+        rope_theta = 20000.0  # e.g. hf_overrides: ignored by vLLM's model there
+
+        def standardize_rope_params(self):
+            pass
+
+    class Old:  # transformers 4.51: rope_parameters is an unknown extra
+        rope_parameters = {"rope_theta": 100000.0}
+        rope_theta = 10000.0
+
+    assert _rope_theta(New()) == 10000.0
+    assert _rope_theta(Old()) == 10000.0
+
+
+def _seq(i, tokens, lps, cached=None):
+    return Sequence(i, 0, [1], list(tokens), list(lps), num_cached_tokens=cached)
+
+
+def test_aligned_keeps_the_common_token_prefix():
+    ref = [_seq(0, [5, 6, 7], [-1.0, -2.0, -3.0]), _seq(1, [5, 6], [-1.0, -1.0])]
+    cand = [_seq(1, [5, 6], [-1.5, -1.0]), _seq(0, [5, 9, 7], [-1.25, -2.0, -3.0])]
+    out = runtime.aligned(ref, cand)
+    assert out["n_pairs"] == 2 and out["n_diverged"] == 1
+    assert [len(x) for x in out["ref"]] == [1, 2]  # prompt 0 parts at position 1
+    np.testing.assert_allclose(out["first_abs_dlogp"], [0.25, 0.5])
+
+
+def test_probe_findings_pass_on_equal_runs_and_fail_on_drift():
+    ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
+    same = runtime.aligned(ref, ref)
+    findings, out = runtime.probe_findings(same, {"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002},
+                                           100, ClipRange())
+    assert out["bitwise_equal"] and {f.outcome for f in findings} == {"pass"}
+    moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
+    findings, out = runtime.probe_findings(runtime.aligned(ref, moved),
+                                           {"abs_dlogp_mean": 0.02}, 100, ClipRange())
+    assert out["abs_dlogp_mean"] == pytest.approx(0.3) and findings[-1].outcome == "fail"
+
+
+def test_semantics_of_decode_and_prefill_logprobs():
+    hot = SamplingSpec(temperature=0.7)
+    v1 = runtime._semantics({"engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
+                             "logprobs_mode": "processed_logprobs"}, hot)
+    assert v1["decode"] == "processed_logprobs" and v1["prefill"].startswith("raw")
+    v0 = runtime._semantics({"engine_impl": "vllm.engine.llm_engine.LLMEngine",
+                             "logprobs_mode": "processed_logprobs"}, hot)
+    assert v0["prefill"].startswith("processed")
+    assert runtime._semantics({}, SamplingSpec())["decode"].startswith("raw = processed")
+
+
+def _probe_result(probe, ref, cand, key=None):
+    sc = SimpleNamespace(probe=probe, tolerances={"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002},
+                         min_tokens=50, clip=ClipRange(), sampling=SamplingSpec())
+    run = SimpleNamespace(extra={"ref": ref, "cand": cand, "prefix_tokens": 256},
+                          effective_config={"key": key or {"enable_prefix_caching": True}})
+    return SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
+
+
+def test_prefix_probe_without_cache_hits_is_inconclusive_when_caching_is_on():
+    ref = [_seq(i, range(20), np.full(20, -1.0), cached=0) for i in range(25)]
+    res = _probe_result("prefix_cache", ref, ref)
+    verdict, detail = runtime.judge(res, refs=None)
+    assert verdict.outcome == "inconclusive" and "nothing was reused" in str(verdict.findings)
+    warm = [_seq(i, range(20), np.full(20, -1.0), cached=256) for i in range(25)]
+    verdict, detail = runtime.judge(_probe_result("prefix_cache", ref, warm), refs=None)
+    assert verdict.outcome == "pass" and detail["cached_tokens_warm"] == 25 * 256
+    moved = [_seq(i, range(20), np.full(20, -1.1), cached=256) for i in range(25)]
+    verdict, _ = runtime.judge(_probe_result("prefix_cache", ref, moved), refs=None)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "prefix_cache_drift"
+
+
+def test_scenario_validation_of_runtime_and_lm_head_fields(tmp_path):
+    def problems(text):
+        f = tmp_path / "s.toml"
+        f.write_text(text)
+        return [fld for _, fld, _ in parse_scenario(f)[1]]
+
+    base = '[prompts]\nsource = "arithmetic:4"\n[candidate]\nprofile = "v1-defaults"\n'
+    assert "baseline" in problems('category = "runtime"\n' + base)  # config_diff needs one
+    assert problems('category = "runtime"\nprobe = "prefix_cache"\n' + base) == []
+    assert "probe" in problems('category = "runtime"\nprobe = "nope"\n' + base)
+    assert "probe" in problems('category = "lm_head"\nprobe = "prefix_cache"\n'
+                               '[sampling]\nlogprobs = 5\n' + base)
+    assert "sampling.logprobs" in problems('category = "lm_head"\n' + base)
+    assert "require_head" in problems('category = "lm_head"\nrequire_head = "fp16"\n'
+                                      '[sampling]\nlogprobs = 5\n' + base)
+    assert "require_head" in problems('category = "logprobs"\nrequire_head = "model"\n'
+                                      '[sampling]\ntemperature = 0.5\n' + base)
+
+
+# --------------------------------------------------------------------- real engines
+
+
+def _scenario(report, name):
+    return next(s for s in report["scenarios"] if s["name"] == name)
+
+
+@pytest.mark.engine
+def test_v0_vs_v1_defaults_diff_lists_prefix_caching(runtime_run):
+    _, _, report = runtime_run
+    sc = _scenario(report, "runtime-v0-vs-v1-defaults")
+    assert sc["verdict"]["outcome"] == "pass", sc["verdict"]["message"]
+    rows = {r["key"]: r for r in sc["metrics"]["differences"]}
+    pc = rows["enable_prefix_caching"]
+    assert (pc["baseline"], pc["candidate"], pc["severity"]) == (False, True, "rl")
+    assert "stale KV" in pc["consequence"]
+    assert not [k for k in rows if k.startswith("model.")]
+    assert rows["logprobs_mode"]["baseline"] == "processed_logprobs"
+    assert rows["cascade_attention"]["baseline"] == "not_applicable"
+
+
+@pytest.mark.engine
+def test_altered_model_config_fails(runtime_run):
+    _, _, report = runtime_run
+    sc = _scenario(report, "runtime-model-mismatch-control")
+    assert sc["verdict"]["outcome"] == "fail"
+    assert sc["verdict"]["diagnosis"] == "model_config_mismatch" and sc["as_expected"]
+    rows = {r["key"]: r for r in sc["metrics"]["differences"]}
+    assert rows["model.rope_theta"]["candidate"] == 20000.0
+
+
+@pytest.mark.engine
+def test_effective_configs_have_no_unresolved_values(runtime_run):
+    _, _, report = runtime_run
+    for e in report["engines"]:
+        key = e["effective_config"]["key"]
+        missing = [k for k in ("enable_prefix_caching", "async_scheduling", "cascade_attention",
+                               "seed", "head_dtype", "logprobs_mode", "cudagraph_mode")
+                   if key.get(k) is None]
+        assert not missing, (e["setting"]["profile"], missing)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", ["runtime-prefix-cache", "runtime-batch-invariance",
+                                  "runtime-prefill-consistency"])
+def test_probes_hold_on_v1(runtime_run, name):
+    _, _, report = runtime_run
+    sc = _scenario(report, name)
+    assert sc["verdict"]["outcome"] == "pass", sc["verdict"]["message"]
+    assert sc["metrics"]["n_tokens"] >= 200
+
+
+@pytest.mark.engine
+def test_prefix_probe_really_hits_the_cache(runtime_run):
+    _, _, report = runtime_run
+    m = _scenario(report, "runtime-prefix-cache")["metrics"]
+    assert m["cached_tokens_cold"] == 0
+    # Every warm request reuses at least the shared prefix's full blocks (block 128, prefix 256).
+    assert m["cached_tokens_warm"] >= 32 * m["prefix_tokens"]
+
+
+@pytest.mark.engine
+def test_prompt_logprob_semantics_control_fails(runtime_run):
+    _, _, report = runtime_run
+    sc = _scenario(report, "runtime-prefill-semantics-control")
+    assert sc["verdict"]["outcome"] == "fail", sc["verdict"]["message"]
+    assert sc["verdict"]["diagnosis"] == "prompt_logprobs_semantics" and sc["as_expected"]
+    assert sc["metrics"]["semantics_measured"] == {"decode": "processed_logprobs",
+                                                   "prefill": "raw_logprobs"}
