@@ -209,10 +209,15 @@ def _value_in(setting: EngineSetting, name: str) -> Any:
 
 
 def _key_metric(res) -> Any:
+    """A number where the category has one (mean |dlogp| to the processed reference), else the
+    scenario's headline as the report shows it."""
+    from parity.report import headline
+
     d = res.detail or {}
     if "vs_processed" in d:
         return round(d["vs_processed"].get("abs_dlogp_mean", float("nan")), 5)
-    return None
+    text = headline(res) if res.detail else None
+    return None if text in (None, "n/a") else text
 
 
 def _trial_row(index, items, outcome, detail, cached=False) -> dict[str, Any]:

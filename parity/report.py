@@ -75,7 +75,7 @@ def scenario_record(res: ScenarioResult) -> dict[str, Any]:
         engines[role] = {
             "setting": er.setting.to_dict(), "label": er.setting.label(),
             "engine_impl": key.get("engine_impl"), "vllm_version": key.get("vllm_version"),
-            "start_s": er.start_s, "generate_s": er.generate_s,
+            "start_s": er.start_s, "generate_s": er.generate_s, "reused_sequences": er.reused,
             "n_sequences": len(er.sequences),
             "n_tokens": sum(len(s.token_ids) for s in er.sequences),
             "error": er.error, "log": er.log_path,

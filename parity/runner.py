@@ -3,6 +3,7 @@ on it, scores them with the reference (batched, cached), and judges each scenari
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -77,6 +78,7 @@ class EngineRun:
     error: str | None = None
     log_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # category-specific engine data
+    reused: bool = False  # sequences taken from an earlier identical request on this engine
 
 
 @dataclass
@@ -213,6 +215,10 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                 record["effective_config"] = engine.effective_config()
                 timings["engine_start_s"] += engine.start_s
                 log(f"[engine {n}/{len(plan)}] started in {engine.start_s:.1f}s")
+                # Scenarios asking this engine for the same prompts and sampling (per-prompt
+                # seeds) get the same sequences: generated once, reused (e.g. one V0 baseline
+                # for several candidates).
+                generated: dict[str, list[Sequence]] = {}
                 for res, role in jobs:
                     er = EngineRun(role, setting, log_path=str(log_path),
                                    effective_config=engine.effective_config(),
@@ -224,12 +230,18 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     if module is not None:
                         module.drive(engine, res, role, prompts, log)
                     else:
-                        er.sequences = engine.generate(prompts, res.scenario.sampling)
+                        memo = json.dumps([prompts, res.scenario.sampling.to_dict()])
+                        if memo not in generated:
+                            generated[memo] = engine.generate(prompts, res.scenario.sampling)
+                        else:
+                            er.reused = True
+                        er.sequences = generated[memo]
                     er.generate_s = time.perf_counter() - t0
                     timings["generate_s"] += er.generate_s
                     n_tok = sum(len(s.token_ids) for s in er.sequences)
                     log(f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
-                        f"{n_tok} tokens in {er.generate_s:.1f}s")
+                        f"{n_tok} tokens in {er.generate_s:.1f}s"
+                        + (" (reused: same prompts and sampling)" if er.reused else ""))
             except EngineError as exc:
                 record["error"] = str(exc)
                 log(f"[engine {n}/{len(plan)}] FAILED: {exc}")

@@ -365,6 +365,9 @@ def judge(res, refs) -> tuple[Verdict, dict[str, Any]]:
     else:
         verdict = _judge_between(sc, er, scorer, tol, detail)
     verdict.message += "; " + _timing_text(summary)
+    gaps = [(k.removeprefix("abs_dlogp_").replace("_vs_", " vs "), v) for k, v in detail.items()
+            if k.startswith(("abs_dlogp_after", "abs_dlogp_post")) and isinstance(v, float)]
+    detail["headline"] = ", ".join(f"|dlogp| {k} {v:.3g}" for k, v in gaps[:3]) or sc.probe
     inplace = (er.extra.get("update") or {}).get("skipped")
     if inplace:
         detail["inplace_skipped"] = inplace

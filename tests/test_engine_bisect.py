@@ -13,11 +13,14 @@ pytestmark = pytest.mark.engine
 MAX_TESTS = 8
 
 
-@pytest.mark.parametrize("scenario, culprit", [
-    ("logprobs-processed.toml", "engine_args.logprobs_mode"),
+@pytest.mark.parametrize("scenario, extra, culprit", [
+    ("logprobs-processed.toml", "", "engine_args.logprobs_mode"),
+    ("lmhead-v1-fp32.toml", "", "engine_args.hf_overrides.head_dtype"),
+    # The stale-cache probe runs in fp32 (as its scenario does) so only the cache can move it.
+    ("update-stale-cache-off.toml", ",dtype=float32", "engine_args.enable_prefix_caching"),
 ])
-def test_bisect_finds_the_single_culprit(tiny_model, tmp_path, scenario, culprit):
-    result = run_cli(["bisect", "--good", "v1-parity", "--bad", "v1-defaults",
+def test_bisect_finds_the_single_culprit(tiny_model, tmp_path, scenario, extra, culprit):
+    result = run_cli(["bisect", "--good", "v1-parity" + extra, "--bad", "v1-defaults" + extra,
                       "-s", str(SCENARIOS / scenario), "--model", "tiny",
                       "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -32,6 +32,10 @@ def test_v0_engine_really_ran(rl_run):
     assert key["engine_impl"] == "vllm.engine.llm_engine.LLMEngine"  # V0, not V1's class
     assert key["vllm_version"].startswith("0.8.5")
     assert key["vllm_use_v1_env"] == "0"
+    # Both scenarios ask V0 for the same prompts and sampling: generated once, reused once.
+    baselines = [s["engines"]["baseline"] for s in report["scenarios"]]
+    assert sorted(b["reused_sequences"] for b in baselines) == [False, True]
+    assert baselines[0]["n_tokens"] == baselines[1]["n_tokens"] > 0
 
 
 def test_both_engines_loaded_the_same_model(rl_run):
