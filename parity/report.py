@@ -192,6 +192,16 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
                 lines.append(f"| {k} | " + " | ".join(_fmt(m["per_role"][r].get(k))
                                                       for r in roles) + " |")
             lines.append("")
+        d = m.get("direct")
+        if d:
+            refs = ", ".join(f"{k} {_fmt(v)}" for k, v in d["scorer_vs_reference"].items())
+            lines += [f"Direct comparison, {d['n_tokens']} tokens: {d['scorer']} teacher-forced "
+                      f"on {d['tokens_of']}'s tokens, mean |gap| to {d['tokens_of']}'s sampled "
+                      f"logprobs {_fmt(d['abs_gap_mean'])} ({d['scorer']}: prompt logprobs, "
+                      f"measured semantics **{d['scorer_semantics']}**, mean |gap| to the "
+                      f"trainer's {refs}; {d['tokens_of']}: sampled logprobs, "
+                      f"{d['sampled_semantics']}). Where the two semantics differ the gap "
+                      "includes that difference, not only numerics.", ""]
         if m.get("reward"):
             lines += ["Reward: " + ", ".join(f"{role} {_fmt(r['mean'], 3)} (n={r['n']})"
                                              for role, r in m["reward"].items()), ""]

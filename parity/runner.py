@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parity.checks import Verdict, check_logprobs, check_rl, expected
+from parity.direct import semantics_specs, summarize, teacher_force
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
 from parity.scenario import Scenario, ScenarioError
@@ -236,6 +237,12 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                         else:
                             er.reused = True
                         er.sequences = generated[memo]
+                        other = res.runs.get("baseline" if role == "candidate" else "candidate")
+                        if sc_is_rl(res) and other is not None and other.sequences:
+                            # The second engine of the pair scores the first one's tokens.
+                            er.extra["direct_of"] = other.role
+                            er.extra["direct_forced"] = teacher_force(
+                                engine, other.sequences, res.scenario.sampling)
                     er.generate_s = time.perf_counter() - t0
                     timings["generate_s"] += er.generate_s
                     n_tok = sum(len(s.token_ids) for s in er.sequences)
@@ -271,6 +278,11 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             scores[(id(res), role)] = ref.score(
                 [(s.prompt_token_ids, s.token_ids) for s in er.sequences], res.scenario.sampling)
             res.score_s += time.perf_counter() - t1
+    directs = {}
+    for res in run.results:
+        t1 = time.perf_counter()
+        directs[id(res)] = _direct(res, scores, refs)
+        res.score_s += time.perf_counter() - t1
     timings["score_s"] = time.perf_counter() - t0
 
     # Verdicts.
@@ -281,6 +293,8 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             res.verdict, res.detail = module.judge(res, refs)
         else:
             res.verdict, res.detail = judge(res, scores)
+        if directs.get(id(res)):
+            res.detail["direct"] = directs[id(res)]
         _add_reward(res)
         res.check_s = time.perf_counter() - t1
     run.reference_stats = refs.stats()
@@ -289,6 +303,31 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["harness_overhead_s"] = timings["total_s"] - sum(
         timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
     return run
+
+
+def sc_is_rl(res: ScenarioResult) -> bool:
+    return res.scenario.category == "rl"
+
+
+def _direct(res: ScenarioResult, scores: dict, refs: References) -> dict[str, Any] | None:
+    """The engine-vs-engine gap on the same tokens (see parity.direct), when the second engine
+    of an rl pair was teacher-forced on the first one's tokens."""
+    for role, er in res.runs.items():
+        forced, other_role = er.extra.get("direct_forced"), er.extra.get("direct_of")
+        other = res.runs.get(other_role) if other_role else None
+        if not forced or other is None or (id(res), other_role) not in scores:
+            continue
+        sampling = res.scenario.sampling
+        ref_scores = scores[(id(res), other_role)]
+        pairs = [(s.prompt_token_ids, s.token_ids) for s in other.sequences]
+        tempered = refs.get(res.model_path, res.scenario.head_dtype).score(
+            pairs, semantics_specs(sampling)["tempered"])
+        ref = {"raw": [r.raw_logprob for r in ref_scores],
+               "tempered": [r.processed_logprob for r in tempered],
+               "processed": [r.processed_logprob for r in ref_scores]}
+        mode = ((other.effective_config or {}).get("key") or {}).get("logprobs_mode")
+        return summarize(forced, other.sequences, role, other_role, ref, mode)
+    return None
 
 
 def _failed(res: ScenarioResult) -> Verdict | None:
