@@ -2,6 +2,7 @@
 versions; perturbed copies differ deterministically; SmolLM2 answers arithmetic."""
 
 import json
+import os
 import math
 import shutil
 import subprocess
@@ -11,11 +12,11 @@ import pytest
 from safetensors.torch import load_file
 
 from parity import models
-from parity.envs import env_dir, v0_spec
 from parity.models import ModelError, build_model, fingerprint, mean_entropy, perturb, resolve_model
 
-# Resolved before any test points PARITY_CACHE_DIR at a temporary directory.
-V0_PYTHON = env_dir(v0_spec(cuda=False)) / "bin" / "python"
+# The user's cache, resolved before any test points PARITY_CACHE_DIR at a temporary directory:
+# the V0 environment is built (or reused) there.
+REAL_CACHE = os.environ.get("PARITY_CACHE_DIR")
 
 SAMPLE = [
     "The cat sees a red ball today. 12 + 7 = 19.",
@@ -194,10 +195,16 @@ print(json.dumps({"rope_theta": c.rope_theta, "vocab": c.vocab_size, "eos": c.eo
 
 
 @pytest.mark.engine
-@pytest.mark.skipif(not V0_PYTHON.exists(), reason="no V0 environment built")
-def test_tiny_reads_the_same_under_transformers_4_51(tiny):
+def test_tiny_reads_the_same_under_transformers_4_51(tiny, monkeypatch):
     from transformers import AutoConfig, AutoTokenizer
 
+    from parity import envs
+
+    if REAL_CACHE is None:
+        monkeypatch.delenv("PARITY_CACHE_DIR")
+    else:
+        monkeypatch.setenv("PARITY_CACHE_DIR", REAL_CACHE)
+    V0_PYTHON = envs.ensure_env(envs.get_spec("v0"), log=lambda m: None)  # built once, reused
     text = "12 + 7 = 19. The cat sees a red ball!"
     done = subprocess.run([str(V0_PYTHON), "-c", _READ_BACK, str(tiny), text],
                           capture_output=True, text=True, check=True)
