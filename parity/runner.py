@@ -258,6 +258,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     if not er.sequences:
                         er.error = str(exc)
             finally:
+                record["worker_pgid"] = engine.pgid
                 engine.close()
     except KeyboardInterrupt:
         run.interrupted = "interrupted by the user"

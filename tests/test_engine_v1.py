@@ -68,11 +68,15 @@ def _no_engine_processes_left(report):
     for e in report["engines"]:
         log = e["log"]
         assert os.path.exists(log)
-    # Every worker ran in its own process group; none may survive the run.
-    import subprocess
-
-    ps = subprocess.run(["pgrep", "-f", "vllm_worker.py"], capture_output=True, text=True)
-    assert ps.stdout.strip() == "", f"engine processes left behind: {ps.stdout}"
+    # Every worker ran in its own process group (engine cores and workers included); none of
+    # this run's groups may survive it. (Engines of other runs on the machine are not ours.)
+    for e in report["engines"]:
+        assert e["worker_pgid"]
+        try:
+            os.killpg(e["worker_pgid"], 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"engine process group {e['worker_pgid']} left behind")
 
 
 def test_engine_start_failure_is_unresolved(tiny_model, tmp_path):

@@ -167,6 +167,11 @@ class VllmEngine:
         self._effective: dict[str, Any] | None = None
         self.checkpoint: str | None = None  # weights loaded by update_weights (None: `model`)
 
+    @property
+    def pgid(self) -> int | None:
+        """The worker's process group (the worker and everything it started), once started."""
+        return self._worker.proc.pid if self._worker is not None else None
+
     def __enter__(self) -> "VllmEngine":
         self.start()
         return self
