@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -30,6 +32,13 @@ DEBUG = {"on": False}
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
     DEBUG["on"] = debug
+    # SIGTERM (a CI timeout, kill) ends a run like Ctrl-C: engines stopped, partial report kept.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
