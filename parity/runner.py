@@ -238,7 +238,8 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                             er.reused = True
                         er.sequences = generated[memo]
                         other = res.runs.get("baseline" if role == "candidate" else "candidate")
-                        if sc_is_rl(res) and other is not None and other.sequences:
+                        if (res.scenario.category == "rl" and other is not None
+                                and other.sequences):
                             # The second engine of the pair scores the first one's tokens.
                             er.extra["direct_of"] = other.role
                             er.extra["direct_forced"] = teacher_force(
@@ -304,10 +305,6 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["harness_overhead_s"] = timings["total_s"] - sum(
         timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
     return run
-
-
-def sc_is_rl(res: ScenarioResult) -> bool:
-    return res.scenario.category == "rl"
 
 
 def _direct(res: ScenarioResult, scores: dict, refs: References) -> dict[str, Any] | None:

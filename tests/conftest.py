@@ -31,15 +31,20 @@ def run_cli(args):
     return result
 
 
+def check_tiny(files, out):
+    """`parity check FILES --model tiny --output OUT`: (cli result, report.json or None)."""
+    result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(out)])
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
+        else None
+    return result, report
+
+
 @pytest.fixture(scope="session")
 def shipped_run(tiny_model, tmp_path_factory):
     """`parity check` on the shipped logprobs scenarios with the tiny model, once."""
     out = tmp_path_factory.mktemp("shipped")
-    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"),
-                      str(SCENARIOS / "logprobs-raw-control.toml"), "--model", "tiny",
-                      "--output", str(out)])
-    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
-        else None
+    result, report = check_tiny([SCENARIOS / "logprobs-processed.toml",
+                                 SCENARIOS / "logprobs-raw-control.toml"], out)
     return result, out, report
 
 
@@ -55,9 +60,6 @@ def runtime_run(tiny_model, tmp_path_factory):
     """`parity check` on the shipped runtime and lm_head scenarios with the tiny model, once:
     five engine starts (V1 defaults, V1 with another rope_theta, V1 parity, V0, V0 patched)."""
     out = tmp_path_factory.mktemp("runtime")
-    result = run_cli(["check", *[str(SCENARIOS / f"{n}.toml") for n in RUNTIME_SCENARIOS],
-                      "--model", "tiny", "--output", str(out)])
-    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
-        else None
+    result, report = check_tiny([SCENARIOS / f"{n}.toml" for n in RUNTIME_SCENARIOS], out)
     assert report is not None, result.output
     return result, out, report

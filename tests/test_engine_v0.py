@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import SCENARIOS, run_cli
+from conftest import SCENARIOS, check_tiny
 
 pytestmark = pytest.mark.engine
 
@@ -13,10 +13,9 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="session")
 def rl_run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("rl")
-    result = run_cli(["check", str(SCENARIOS / "rl-v0-vs-v1-parity.toml"),
-                      str(SCENARIOS / "rl-v0-vs-v1-defaults.toml"), "--model", "tiny",
-                      "--output", str(out)])
-    report = json.loads((out / "report.json").read_text())
+    result, report = check_tiny([SCENARIOS / "rl-v0-vs-v1-parity.toml",
+                                 SCENARIOS / "rl-v0-vs-v1-defaults.toml"], out)
+    assert report is not None, result.output
     return result, report
 
 

@@ -1,8 +1,6 @@
 """Weight updates: the trainer's keep/recompute scoring against an independent step-by-step
 decode, scenario validation, and (marked `engine`) the update scenarios on real V1 and V0."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -138,7 +136,7 @@ def test_scenario_validation(tmp_path):
 def update_run(tiny_model, tmp_path_factory):
     """Every shipped update scenario, once: two V1 engines (prefix caching on / off) and one V0
     engine, each serving all the scenarios of its setting in turn."""
-    from conftest import SCENARIOS, run_cli
+    from conftest import SCENARIOS, check_tiny
 
     out = tmp_path_factory.mktemp("updates")
     files = sorted(str(f) for f in SCENARIOS.glob("update-*.toml"))
@@ -152,8 +150,8 @@ def update_run(tiny_model, tmp_path_factory):
                                       f'name = "update-inflight-{engine}-{mode}"\nmin_tokens = 100')
                          .replace('mode = "keep"', f'mode = "{mode}"'))
             files.append(str(f))
-    result = run_cli(["check", *files, "--model", "tiny", "--output", str(out)])
-    report = json.loads((out / "report.json").read_text())
+    result, report = check_tiny(files, out)
+    assert report is not None, result.output
     return result, out, {s["name"]: s for s in report["scenarios"]}, report
 
 
