@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "ClipRange",
+    "GSPO_CLIP",
     "abs_dlogp",
     "abs_dprob",
     "ess_normalized",
@@ -55,6 +56,13 @@ class ClipRange:
     def log_high(self) -> float:
         """log(1 + eps_high): the upper bound on r."""
         return float(np.log(1.0 + self.eps_high))
+
+
+# GSPO's sequence-level trust region on the length-normalised ratio exp(mean_t r): Zheng et al.
+# 2025, "Group Sequence Policy Optimization" (arXiv:2507.18071), eps_low=3e-4, eps_high=4e-4.
+# Two orders of magnitude tighter than the token range, because mean_t r averages out token noise;
+# judging sequences by the token range (0.2/0.28) would report a clip rate of ~0 whatever happens.
+GSPO_CLIP = ClipRange(eps_low=3e-4, eps_high=4e-4)
 
 
 # --- per-token formulas (IEEE semantics: no masking here; summarize/per_sequence mask) ---
@@ -163,7 +171,7 @@ def token_clipped(ref: np.ndarray, cand: np.ndarray, clip: ClipRange = ClipRange
     return (r < clip.log_low) | (r > clip.log_high)
 
 
-def sequence_clipped(ref: np.ndarray, cand: np.ndarray, clip: ClipRange = ClipRange()) -> bool:
+def sequence_clipped(ref: np.ndarray, cand: np.ndarray, clip: ClipRange = GSPO_CLIP) -> bool:
     """GSPO sequence clip indicator: geometric-mean ratio exp(mean_t r) outside the clip range.
 
     Same closed range and log-space comparison as `token_clipped`, applied to mean_t r.
@@ -171,7 +179,8 @@ def sequence_clipped(ref: np.ndarray, cand: np.ndarray, clip: ClipRange = ClipRa
     Args:
         ref: one sequence's reference logprobs (at least one token).
         cand: the same sequence's candidate logprobs.
-        clip: the trust region.
+        clip: the sequence trust region; default GSPO_CLIP (eps_low=3e-4, eps_high=4e-4, from
+            Zheng et al. 2025, "Group Sequence Policy Optimization").
 
     Returns:
         True if the sequence would be clipped.
@@ -208,8 +217,8 @@ def ess_normalized(log_w: np.ndarray) -> float:
 def masked(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Tokens that a distribution masked: ref == -inf or cand == -inf.
 
-    Such tokens (e.g. outside the trainer's top-k/top-p) have an infinite ratio; summarize and
-    per_sequence count them and exclude them from every mean.
+    Such tokens have an infinite ratio; summarize and per_sequence count them (split into
+    ref-excluded and cand-excluded) and exclude them from every mean.
 
     Args:
         ref: reference logprobs.
@@ -226,7 +235,12 @@ def masked(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Flat:
-    """All tokens concatenated; `seq` is each token's sequence index; `valid` excludes masked."""
+    """All tokens concatenated; `seq` is each token's sequence index; `valid` excludes masked.
+
+    `ref_excluded`: ref == -inf while cand is finite (the engine sampled a token the trainer's
+    processed distribution excludes). `cand_excluded`: cand == -inf (the engine gives its own
+    sampled token probability 0). valid == ~(ref_excluded | cand_excluded).
+    """
 
     ref: np.ndarray
     cand: np.ndarray
@@ -234,6 +248,15 @@ class _Flat:
     seq: np.ndarray
     lengths: np.ndarray
     valid: np.ndarray
+    ref_excluded: np.ndarray
+    cand_excluded: np.ndarray
+    valid_seq: np.ndarray  # seq[valid], reused by every per-sequence mean
+    valid_counts: np.ndarray  # valid tokens per sequence
+    all_valid: bool  # the usual case: skip the copies that boolean indexing makes
+
+    def pick(self, values: np.ndarray) -> np.ndarray:
+        """values[valid], without a copy when every token is valid."""
+        return values if self.all_valid else values[self.valid]
 
 
 def _flatten(
@@ -264,18 +287,26 @@ def _flatten(
     if flat_ent is not None and not np.isfinite(flat_ent).all():
         raise ValueError("ref_entropy contains non-finite values")
     seq = np.repeat(np.arange(len(refs)), lengths)
-    valid = ~masked(flat_ref, flat_cand)
-    return _Flat(flat_ref, flat_cand, flat_ent, seq, lengths, valid)
+    cand_excluded = np.isneginf(flat_cand)
+    ref_excluded = np.isneginf(flat_ref) & ~cand_excluded
+    valid = ~(ref_excluded | cand_excluded)
+    valid_seq = seq[valid]
+    valid_counts = np.bincount(valid_seq, minlength=lengths.size)
+    return _Flat(flat_ref, flat_cand, flat_ent, seq, lengths, valid, ref_excluded, cand_excluded,
+                 valid_seq, valid_counts, bool(valid.all()))
 
 
 def _seq_means(values: np.ndarray, flat: _Flat) -> np.ndarray:
     """Per-sequence mean of a per-token array over valid tokens; NaN for sequences with none."""
-    n_seqs = flat.lengths.size
-    sums = np.bincount(flat.seq[flat.valid], weights=values[flat.valid], minlength=n_seqs)
-    counts = np.bincount(flat.seq[flat.valid], minlength=n_seqs)
-    out = np.full(n_seqs, np.nan)
-    np.divide(sums, counts, out=out, where=counts > 0)
+    sums = np.bincount(flat.valid_seq, weights=flat.pick(values), minlength=flat.lengths.size)
+    out = np.full(flat.lengths.size, np.nan)
+    np.divide(sums, flat.valid_counts, out=out, where=flat.valid_counts > 0)
     return out
+
+
+def _seq_counts(mask: np.ndarray, flat: _Flat) -> np.ndarray:
+    """Per-sequence number of tokens where `mask` is True."""
+    return np.bincount(flat.seq[mask], minlength=flat.lengths.size).astype(np.int64)
 
 
 def _mean(x: np.ndarray) -> float:
@@ -287,11 +318,30 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else float("nan")
 
 
+def _token_values(flat: _Flat, clip: ClipRange) -> dict[str, np.ndarray]:
+    """Every per-token metric over all tokens, computed once for per_sequence and summarize.
+
+    Masked tokens give inf/NaN here; callers read only `flat.valid` positions.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return {
+            "r": log_ratio(flat.ref, flat.cand),
+            "abs_dlogp": abs_dlogp(flat.ref, flat.cand),
+            "abs_dprob": abs_dprob(flat.ref, flat.cand),
+            "kl_k1": kl_k1(flat.ref, flat.cand),
+            "kl_k2": kl_k2(flat.ref, flat.cand),
+            "kl_k3": kl_k3(flat.ref, flat.cand),
+            "clipped": token_clipped(flat.ref, flat.cand, clip).astype(np.float64),
+        }
+
+
 def per_sequence(
     ref: list[np.ndarray],
     cand: list[np.ndarray],
     ref_entropy: list[np.ndarray] | None = None,
     clip: ClipRange = ClipRange(),
+    *,
+    seq_clip: ClipRange = GSPO_CLIP,
 ) -> dict[str, np.ndarray]:
     """Per-sequence token means, the unit the verdict statistics resample.
 
@@ -302,43 +352,43 @@ def per_sequence(
         ref: per sequence, reference logprobs of the sampled tokens (1-D each).
         cand: per sequence, candidate logprobs of the same tokens.
         ref_entropy: per sequence, the reference's exact entropy at each position, or None.
-        clip: the PPO trust region.
+        clip: the PPO token trust region (default DAPO's 0.2/0.28), for clip_rate_token.
+        seq_clip: the sequence trust region on exp(mean_t r), for clipped_seq; default
+            GSPO_CLIP, eps_low=3e-4 / eps_high=4e-4 (Zheng et al. 2025, GSPO).
 
     Returns:
-        Arrays of length n_seqs: n_tokens, n_masked_tokens, abs_dlogp_mean, abs_dprob_mean,
-        kl_k1_mean, kl_k2_mean, kl_k3_mean, clip_rate_token (fraction of clipped tokens),
-        clipped_seq (GSPO indicator as 0/1), entropy_cand_mc (-mean cand), and entropy_ref_mean
-        if ref_entropy is given.
+        Arrays of length n_seqs: n_tokens, n_masked_tokens, n_ref_excluded (ref == -inf, cand
+        finite: sampled by the engine, excluded by the reference), ref_excluded_rate
+        (n_ref_excluded / n_tokens, NaN for an empty sequence), n_cand_excluded (cand == -inf),
+        abs_dlogp_mean, abs_dprob_mean, kl_k1_mean, kl_k2_mean, kl_k3_mean, clip_rate_token
+        (fraction of clipped tokens), clipped_seq (GSPO indicator as 0/1), entropy_cand_mc
+        (-mean cand), and entropy_ref_mean if ref_entropy is given.
 
     Raises:
         ValueError: on mismatched shapes, NaN or +inf logprobs, or non-finite entropy.
     """
     flat = _flatten(ref, cand, ref_entropy)
-    return _per_sequence(flat, clip)
+    return _per_sequence(flat, _token_values(flat, clip), seq_clip)
 
 
-def _per_sequence(flat: _Flat, clip: ClipRange) -> dict[str, np.ndarray]:
-    """per_sequence on already-flattened input."""
-    n_seqs = flat.lengths.size
+def _per_sequence(flat: _Flat, tok: dict[str, np.ndarray], seq_clip: ClipRange) -> dict[str, np.ndarray]:
+    """per_sequence on already-flattened input and per-token values."""
+    n_ref_excl = _seq_counts(flat.ref_excluded, flat)
+    rate = np.full(flat.lengths.size, np.nan)
+    np.divide(n_ref_excl, flat.lengths, out=rate, where=flat.lengths > 0)
     out: dict[str, np.ndarray] = {
         "n_tokens": flat.lengths.astype(np.int64),
-        "n_masked_tokens": np.bincount(flat.seq[~flat.valid], minlength=n_seqs).astype(np.int64),
+        "n_masked_tokens": flat.lengths - flat.valid_counts,
+        "n_ref_excluded": n_ref_excl,
+        "ref_excluded_rate": rate,
+        "n_cand_excluded": _seq_counts(flat.cand_excluded, flat),
     }
-    # Masked tokens give inf/NaN here; _seq_means never reads them.
-    with np.errstate(invalid="ignore", over="ignore"):
-        tok = {
-            "abs_dlogp": abs_dlogp(flat.ref, flat.cand),
-            "abs_dprob": abs_dprob(flat.ref, flat.cand),
-            "kl_k1": kl_k1(flat.ref, flat.cand),
-            "kl_k2": kl_k2(flat.ref, flat.cand),
-            "kl_k3": kl_k3(flat.ref, flat.cand),
-        }
-        r_mean = _seq_means(log_ratio(flat.ref, flat.cand), flat)
-        clipped = token_clipped(flat.ref, flat.cand, clip).astype(np.float64)
     for name in _TOKEN_METRICS:
         out[f"{name}_mean"] = _seq_means(tok[name], flat)
-    out["clip_rate_token"] = _seq_means(clipped, flat)
-    gspo = ((r_mean < clip.log_low) | (r_mean > clip.log_high)).astype(np.float64)
+    out["clip_rate_token"] = _seq_means(tok["clipped"], flat)
+    r_mean = _seq_means(tok["r"], flat)
+    with np.errstate(invalid="ignore"):  # NaN r_mean (no valid token) compares False
+        gspo = ((r_mean < seq_clip.log_low) | (r_mean > seq_clip.log_high)).astype(np.float64)
     out["clipped_seq"] = np.where(np.isnan(r_mean), np.nan, gspo)
     out["entropy_cand_mc"] = _seq_means(-flat.cand, flat)
     if flat.ref_entropy is not None:
@@ -351,23 +401,33 @@ def summarize(
     cand: list[np.ndarray],
     ref_entropy: list[np.ndarray] | None = None,
     clip: ClipRange = ClipRange(),
+    *,
+    seq_clip: ClipRange = GSPO_CLIP,
 ) -> dict[str, float]:
     """Batch mismatch metrics: token means, sequence means, tails, clip rates, ESS, entropy.
 
     Token mean: mean over all valid tokens of the batch (long sequences weigh more).
     Sequence mean (`_seqmean`): mean over sequences of the per-sequence token mean.
-    Masked tokens (ref or cand == -inf) are counted in n_masked_tokens and excluded from every
-    other metric; sequences with no valid token are excluded from sequence means and
-    clip_rate_seq. With no valid token at all, every metric is NaN (never 0).
+    Masked tokens (ref or cand == -inf) are counted and excluded from every other metric (a
+    mean over infinite ratios says nothing); sequences with no valid token are excluded from
+    sequence means and clip_rate_seq. With no valid token at all, every metric is NaN (never 0).
+    The masked tokens split into two disjoint counts that say what went wrong:
+    n_ref_excluded (ref == -inf, cand finite): the engine sampled a token the trainer's processed
+    distribution excludes (top-k/top-p support disagreement), the strongest possible mismatch;
+    n_cand_excluded (cand == -inf, whatever ref is): the engine reports probability 0 for its own
+    sampled token, an engine bug. n_masked_tokens = n_ref_excluded + n_cand_excluded.
 
     Args:
         ref: per sequence, reference logprobs of the sampled tokens (1-D each).
         cand: per sequence, candidate logprobs of the same tokens.
         ref_entropy: per sequence, the reference's exact entropy at each position, or None.
-        clip: the PPO trust region.
+        clip: the PPO token trust region (default DAPO's 0.2/0.28), for clip_rate_token.
+        seq_clip: the sequence trust region on exp(mean_t r), for clip_rate_seq; default
+            GSPO_CLIP, eps_low=3e-4 / eps_high=4e-4 (Zheng et al. 2025, GSPO).
 
     Returns:
         n_seqs, n_tokens (all, masked included), n_masked_tokens, masked_token_rate,
+        n_ref_excluded, ref_excluded_rate (over all tokens), n_cand_excluded,
         abs_dlogp_mean/_p50/_p99/_max, abs_dprob_mean, kl_k1/k2/k3_mean, clip_rate_token,
         clip_rate_seq (GSPO), ess_norm (token weights exp(r)), entropy_cand_mc (-mean cand),
         entropy_ref_mean (only if ref_entropy is given), and `<name>_seqmean` for abs_dlogp,
@@ -377,33 +437,38 @@ def summarize(
         ValueError: on mismatched shapes, NaN or +inf logprobs, or non-finite entropy.
     """
     flat = _flatten(ref, cand, ref_entropy)
-    seqs = _per_sequence(flat, clip)
-    r = log_ratio(flat.ref[flat.valid], flat.cand[flat.valid])
+    tok = _token_values(flat, clip)
+    seqs = _per_sequence(flat, tok, seq_clip)
     n_tokens = int(flat.lengths.sum())
-    n_masked = int((~flat.valid).sum())
+    n_masked = int(n_tokens - flat.valid_counts.sum())
+    n_ref_excl = int(flat.ref_excluded.sum())
+
+    def rate(n: int) -> float:
+        return n / n_tokens if n_tokens else float("nan")
+
     out: dict[str, float] = {
         "n_seqs": len(ref),
         "n_tokens": n_tokens,
         "n_masked_tokens": n_masked,
-        "masked_token_rate": n_masked / n_tokens if n_tokens else float("nan"),
+        "masked_token_rate": rate(n_masked),
+        "n_ref_excluded": n_ref_excl,
+        "ref_excluded_rate": rate(n_ref_excl),
+        "n_cand_excluded": int(flat.cand_excluded.sum()),
     }
-    valid_ref, valid_cand = flat.ref[flat.valid], flat.cand[flat.valid]
-    adl = np.abs(r)
+    valid = {name: flat.pick(x) for name, x in tok.items()}
+    adl = valid["abs_dlogp"]
     out["abs_dlogp_mean"] = _mean(adl)
     for q in (50, 99):
         out[f"abs_dlogp_p{q}"] = float(np.percentile(adl, q)) if adl.size else float("nan")
     out["abs_dlogp_max"] = float(np.max(adl)) if adl.size else float("nan")
-    with np.errstate(over="ignore"):
-        out["abs_dprob_mean"] = _mean(abs_dprob(valid_ref, valid_cand))
-        out["kl_k1_mean"] = _mean(kl_k1(valid_ref, valid_cand))
-        out["kl_k2_mean"] = _mean(kl_k2(valid_ref, valid_cand))
-        out["kl_k3_mean"] = _mean(kl_k3(valid_ref, valid_cand))
-    out["clip_rate_token"] = _mean(token_clipped(valid_ref, valid_cand, clip).astype(np.float64))
+    for name in _TOKEN_METRICS[1:]:
+        out[f"{name}_mean"] = _mean(valid[name])
+    out["clip_rate_token"] = _mean(valid["clipped"])
     out["clip_rate_seq"] = _mean(seqs["clipped_seq"])
-    out["ess_norm"] = ess_normalized(r)
-    out["entropy_cand_mc"] = _mean(-valid_cand)
+    out["ess_norm"] = ess_normalized(valid["r"])
+    out["entropy_cand_mc"] = _mean(-flat.pick(flat.cand))
     if flat.ref_entropy is not None:
-        out["entropy_ref_mean"] = _mean(flat.ref_entropy[flat.valid])
+        out["entropy_ref_mean"] = _mean(flat.pick(flat.ref_entropy))
     for name in _TOKEN_METRICS:
         out[f"{name}_seqmean"] = _mean(seqs[f"{name}_mean"])
     out["clip_rate_token_seqmean"] = _mean(seqs["clip_rate_token"])

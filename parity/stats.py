@@ -1,6 +1,8 @@
 """Verdict statistics over per-sequence values: bootstrap CIs, non-inferiority, TOST, thresholds.
 
 Each test returns a three-valued TestResult (pass / fail / inconclusive), never a bare boolean.
+With several samples per prompt the tests take cluster ids and resample prompts, not sequences;
+two engines answering the same prompts can be compared paired by prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "DEFAULT_N_RESAMPLES",
     "TestResult",
     "bootstrap_ci",
+    "cluster_means",
     "equivalence_tost",
     "non_inferiority",
     "threshold",
@@ -26,13 +29,15 @@ __all__ = [
 
 Kind = Literal["non_inferiority", "equivalence", "threshold"]
 Outcome = Literal["pass", "fail", "inconclusive"]
+Unit = Literal["sequence", "prompt"]
 
 # One-sided error rate of every test: a 5% chance of passing a candidate that is in fact beyond
 # the margin. The interval that decides is the two-sided (1 - 2*alpha) = 90% one, whose ends are
 # one-sided 95% bounds.
 DEFAULT_ALPHA = 0.05
 # Bootstrap intervals of a mean undercover badly on a handful of points (and BCa's jackknife is
-# unstable there); below 20 sequences per side a verdict is reported as inconclusive.
+# unstable there); below 20 units (sequences, or prompts when clustered) per side a verdict is
+# reported as inconclusive.
 DEFAULT_MIN_N = 20
 DEFAULT_N_RESAMPLES = 2000
 # Resamples are drawn in batches so BCa's jackknife stays ~batch x n floats, not n x n.
@@ -47,14 +52,18 @@ class TestResult:
         kind: "non_inferiority", "equivalence" or "threshold".
         outcome: "pass", "fail" or "inconclusive".
         estimate: mean(cand) - mean(base) for two-sample tests; mean(values) for threshold.
+            With unit "prompt" the means are over prompt means (each prompt weighs the same).
         ci_low: lower end of the (confidence) bootstrap interval of the estimate (NaN if none).
         ci_high: upper end of it.
         confidence: two-sided coverage of [ci_low, ci_high], 1 - 2*alpha.
         margin: the non-inferiority / equivalence margin, or the limit for threshold.
         p_value: Welch's (or one-sample) t-test p-value of the null the test tries to reject.
-        n_base: finite per-sequence values used from the baseline (0 for threshold).
-        n_cand: finite per-sequence values used from the candidate (or `values` for threshold).
+        n_base: units (finite sequence values, or prompts) used from the baseline (0 for threshold).
+        n_cand: units used from the candidate (or from `values` for threshold). Paired: the
+            number of prompts present on both sides, so n_base == n_cand.
         reason: one line saying why the outcome is what it is.
+        unit: what was resampled: "sequence" (independent sequences) or "prompt" (cluster means).
+        paired: True when base and cand were compared prompt by prompt (d = cand - base).
     """
 
     __test__ = False  # its name starts with "Test"; keep pytest from collecting it
@@ -70,6 +79,8 @@ class TestResult:
     n_base: int
     n_cand: int
     reason: str
+    unit: Unit = "sequence"
+    paired: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a plain dict (floats may be NaN; the report writer decides their spelling).
@@ -85,6 +96,102 @@ def _finite(values: np.ndarray) -> tuple[np.ndarray, int]:
     x = np.asarray(values, dtype=np.float64).ravel()
     keep = np.isfinite(x)
     return x[keep], int(x.size - keep.sum())
+
+
+def cluster_means(values: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the finite values of each cluster (e.g. the n samples of one prompt).
+
+    means[k] = mean{values[i] : clusters[i] == ids[k], values[i] finite}. Clusters with no finite
+    value are dropped. Order is stable: clusters in order of their first finite value.
+
+    Args:
+        values: 1-D per-sequence values.
+        clusters: 1-D cluster id of each value (any sortable type: prompt index, prompt text).
+
+    Returns:
+        (ids, means): the cluster ids kept and their means, both of one length.
+
+    Raises:
+        ValueError: if values and clusters differ in length.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    g = np.asarray(clusters).ravel()
+    if g.shape != x.shape:
+        raise ValueError(f"{x.size} values but {g.size} cluster ids")
+    keep = np.isfinite(x)
+    x, g = x[keep], g[keep]
+    if x.size == 0:
+        return g[:0], np.zeros(0)
+    ids, first, inverse = np.unique(g, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    sums = np.bincount(inverse, weights=x, minlength=ids.size)
+    counts = np.bincount(inverse, minlength=ids.size)
+    order = np.argsort(first, kind="stable")
+    return ids[order], (sums / counts)[order]
+
+
+@dataclass(frozen=True)
+class _Design:
+    """The two samples a test compares, after clustering/pairing, and how they were built."""
+
+    base: np.ndarray  # per unit; aligned with cand when paired
+    cand: np.ndarray
+    unit: Unit
+    paired: bool
+    note: str  # what was dropped, for the reason line
+
+    def describe(self) -> str:
+        """A reason suffix naming the design, '' for the default (independent sequences)."""
+        if self.paired:
+            return f" [paired by prompt, {self.cand.size} prompts]"
+        if self.unit == "prompt":
+            return f" [prompt means: {self.base.size} base, {self.cand.size} cand prompts]"
+        return ""
+
+
+def _one_side(values: np.ndarray, clusters: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Finite per-sequence values, or per-cluster means; and how many sequence values were dropped."""
+    x, dropped = _finite(values)
+    if clusters is None:
+        return x, dropped
+    return cluster_means(values, clusters)[1], dropped
+
+
+def _design(
+    base: np.ndarray,
+    cand: np.ndarray,
+    paired: bool,
+    base_clusters: np.ndarray | None,
+    cand_clusters: np.ndarray | None,
+) -> _Design:
+    """Build the per-unit samples of a two-sample test (see non_inferiority for the rules)."""
+    if (base_clusters is None) != (cand_clusters is None):
+        raise ValueError("give base_clusters and cand_clusters together (or neither)")
+    clustered = base_clusters is not None
+    if not paired:
+        b, drop_b = _one_side(base, base_clusters)
+        c, drop_c = _one_side(cand, cand_clusters)
+        return _Design(b, c, "prompt" if clustered else "sequence", False, _dropped_note(drop_b, drop_c))
+    if clustered:
+        ids_b, mean_b = cluster_means(base, base_clusters)
+        ids_c, mean_c = cluster_means(cand, cand_clusters)
+        pos_c = {k: i for i, k in enumerate(ids_c.tolist())}
+        both = [(i, pos_c[k]) for i, k in enumerate(ids_b.tolist()) if k in pos_c]
+        ib = np.array([i for i, _ in both], dtype=np.int64)
+        ic = np.array([j for _, j in both], dtype=np.int64)
+        b, c = mean_b[ib], mean_c[ic]
+        only = [(ids_b.size - ib.size, "base-only"), (ids_c.size - ic.size, "cand-only")]
+    else:
+        b = np.asarray(base, dtype=np.float64).ravel()
+        c = np.asarray(cand, dtype=np.float64).ravel()
+        if b.shape != c.shape:
+            raise ValueError(f"paired without clusters needs aligned arrays: base {b.size}, cand {c.size}")
+        keep = np.isfinite(b) & np.isfinite(c)
+        b, c = b[keep], c[keep]
+        only = [(int(keep.size - keep.sum()), "non-finite")]
+    parts = [f"{n} {what}" for n, what in only if n]
+    note = f" ({' and '.join(parts)} prompts dropped)" if parts else ""
+    return _Design(b, c, "prompt", True, note)
 
 
 def _mean_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -167,27 +274,61 @@ def _welch_p(base: np.ndarray, cand: np.ndarray, shift: float, alternative: str)
     return float(res.pvalue)
 
 
+def _one_sample_p(x: np.ndarray, null: float, alternative: str) -> float:
+    """One-sided one-sample t-test p-value for H1: mean(x) {<, >} null (0/1 for constant x)."""
+    if np.ptp(x) == 0:
+        d = float(np.mean(x)) - null
+        on_h1 = d < 0 if alternative == "less" else d > 0
+        return 0.0 if on_h1 else 1.0
+    return float(stats.ttest_1samp(x, null, alternative=alternative).pvalue)
+
+
+def _diff_ci(design: _Design, confidence: float, n_resamples: int, seed: int) -> tuple[float, float, float]:
+    """(d, lo, hi): d = mean(cand) - mean(base) and its bootstrap interval.
+
+    Paired: a one-sample bootstrap of the per-prompt differences cand - base; otherwise the two
+    samples are resampled independently.
+    """
+    b, c = design.base, design.cand
+    if design.paired:
+        diff = c - b
+        return float(np.mean(diff)), *_bootstrap((diff,), _mean_stat, confidence, n_resamples, seed)
+    return float(np.mean(c) - np.mean(b)), *_bootstrap((b, c), _diff_stat, confidence, n_resamples, seed)
+
+
+def _diff_p(design: _Design, shift: float, alternative: str) -> float:
+    """One-sided p-value for H1: d {<, >} shift; one-sample t on cand - base when paired, else Welch."""
+    if design.paired:
+        return _one_sample_p(design.cand - design.base, shift, alternative)
+    return _welch_p(design.base, design.cand, shift, alternative)
+
+
 def bootstrap_ci(
     values: np.ndarray,
     confidence: float = 0.95,
     n_resamples: int = DEFAULT_N_RESAMPLES,
     seed: int = 0,
+    *,
+    clusters: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Bootstrap confidence interval of the mean (BCa, percentile where BCa is degenerate).
 
     Interval [low, high] with P(low <= E[X] <= high) ~= confidence, from scipy.stats.bootstrap;
-    the same seed gives the same interval. Non-finite values are dropped first.
+    the same seed gives the same interval. Non-finite values are dropped first. With clusters,
+    the interval is that of the mean of cluster means, resampling clusters.
 
     Args:
         values: 1-D sample, e.g. one per-sequence metric.
         confidence: two-sided coverage in (0, 1).
         n_resamples: bootstrap resamples.
         seed: seed of the resampling generator.
+        clusters: cluster id (e.g. prompt) of each value, or None for independent values.
 
     Returns:
-        (low, high); (v, v) for a constant sample; (NaN, NaN) with fewer than 2 finite values.
+        (low, high); (v, v) for a constant sample; (NaN, NaN) with fewer than 2 finite values
+        (clusters, when given).
     """
-    x, _ = _finite(values)
+    x, _ = _one_side(values, clusters)
     if x.size < 2:
         return float("nan"), float("nan")
     return _bootstrap((x,), _mean_stat, confidence, n_resamples, seed)
@@ -201,16 +342,21 @@ def _too_few(
     confidence: float,
     min_n: int,
     note: str,
+    unit: Unit = "sequence",
+    paired: bool = False,
 ) -> TestResult | None:
-    """An inconclusive result if a side has fewer than min_n finite values, else None."""
+    """An inconclusive result if a side has fewer than min_n finite units, else None."""
     sides = [("cand", cand)] if base is None else [("base", base), ("cand", cand)]
     short = [f"{name} has {x.size}" for name, x in sides if x.size < min_n]
     if not short:
         return None
+    if paired:
+        short = [f"{cand.size}"]  # both sides have the same count
     if base is None:
         estimate = float(np.mean(cand)) if cand.size else float("nan")
     else:
         estimate = float(np.mean(cand) - np.mean(base)) if cand.size and base.size else float("nan")
+    what = "prompts present on both sides" if paired else f"finite per-{unit} values"
     return TestResult(
         kind=kind,
         outcome="inconclusive",
@@ -222,7 +368,9 @@ def _too_few(
         p_value=float("nan"),
         n_base=0 if base is None else int(base.size),
         n_cand=int(cand.size),
-        reason=f"too few finite per-sequence values: {', '.join(short)} (< min_n={min_n}){note}",
+        reason=f"too few {what}: {', '.join(short)} (< min_n={min_n}){note}",
+        unit=unit,
+        paired=paired,
     )
 
 
@@ -234,44 +382,65 @@ def non_inferiority(
     min_n: int = DEFAULT_MIN_N,
     n_resamples: int = DEFAULT_N_RESAMPLES,
     seed: int = 0,
+    *,
+    paired: bool = False,
+    base_clusters: np.ndarray | None = None,
+    cand_clusters: np.ndarray | None = None,
 ) -> TestResult:
     """Non-inferiority for a mismatch metric where higher is worse (KL, |dlogp|, clip rate).
 
     d = mean(cand) - mean(base);  H0: d >= margin  vs  H1: d < margin.
-    [lo, hi] = (1 - 2*alpha) bootstrap CI of d (BCa, samples resampled independently), so hi
-    is a one-sided (1 - alpha) upper bound. Outcome: pass if hi < margin; fail if lo > margin
-    (d significantly above the margin); otherwise inconclusive. The CI decides; p_value is
-    Welch's t-test of the same H0 (ttest_ind(cand - margin, base, alternative="less")), reported
+    [lo, hi] = (1 - 2*alpha) bootstrap CI of d (BCa), so hi is a one-sided (1 - alpha) upper
+    bound. Outcome: pass if hi < margin; fail if lo > margin (d significantly above the margin);
+    otherwise inconclusive. The CI decides; p_value is a t-test of the same H0, reported
     alongside, and agrees with the CI except near the boundary.
 
+    The sampling design decides the unit (TestResult.unit / paired):
+      - default: independent sequences; the samples are resampled independently and p_value is
+        Welch's (ttest_ind(cand - margin, base, alternative="less")).
+      - clusters (both base_clusters and cand_clusters, e.g. prompt ids with n samples per
+        prompt): the sequences of one prompt are correlated, so each side is first reduced to
+        its prompt means (cluster_means) and the prompts are resampled; d is then the
+        difference of the means of prompt means. Welch on prompt means.
+      - paired=True: both engines answered the same prompts. With clusters, prompt means are
+        aligned by id (prompts present on one side only are dropped); without, base and cand
+        must already be aligned per-prompt arrays of equal length (pairs with a non-finite side
+        are dropped). d_i = cand_i - base_i per prompt; the CI is a one-sample bootstrap of d_i
+        and p_value a one-sample t-test (ttest_1samp(d, margin, alternative="less")). Pairing
+        removes the between-prompt variance, which dominates when prompts differ a lot.
+    min_n counts units: sequences, prompts, or pairs.
+
     Args:
-        base: per-sequence values of the baseline engine; non-finite values are dropped.
-        cand: per-sequence values of the candidate engine; non-finite values are dropped.
+        base: per-sequence (or per-prompt, when paired without clusters) baseline values;
+            non-finite values are dropped.
+        cand: the same for the candidate engine.
         margin: how much worse than the baseline the candidate may be, in the metric's unit.
         alpha: one-sided error rate (default 0.05, i.e. a 90% two-sided CI).
-        min_n: fewest finite values per side for a verdict (default 20); fewer is inconclusive.
+        min_n: fewest units per side for a verdict (default 20); fewer is inconclusive.
         n_resamples: bootstrap resamples (default 2000).
         seed: seed of the bootstrap; the same inputs and seed give the same result.
+        paired: compare prompt by prompt (see above).
+        base_clusters: cluster (prompt) id of each base value, or None.
+        cand_clusters: cluster (prompt) id of each cand value, or None; given with base_clusters.
 
     Returns:
         TestResult with kind "non_inferiority".
 
     Raises:
-        ValueError: if margin is not finite or alpha/min_n/n_resamples are out of range.
+        ValueError: if margin is not finite, alpha/min_n/n_resamples are out of range, only one
+            side has clusters, or arrays that must be aligned are not.
     """
     _check(alpha, min_n, n_resamples)
     if not np.isfinite(margin):
         raise ValueError(f"margin must be finite, got {margin}")
-    b, drop_b = _finite(base)
-    c, drop_c = _finite(cand)
+    design = _design(base, cand, paired, base_clusters, cand_clusters)
+    b, c = design.base, design.cand
     conf = 1.0 - 2.0 * alpha
-    note = _dropped_note(drop_b, drop_c)
-    early = _too_few("non_inferiority", b, c, margin, conf, min_n, note)
+    early = _too_few("non_inferiority", b, c, margin, conf, min_n, design.note, design.unit, design.paired)
     if early is not None:
         return early
-    d = float(np.mean(c) - np.mean(b))
-    lo, hi = _bootstrap((b, c), _diff_stat, conf, n_resamples, seed)
-    p = _welch_p(b, c, margin, "less")
+    d, lo, hi = _diff_ci(design, conf, n_resamples, seed)
+    p = _diff_p(design, margin, "less")
     one_sided = f"{100 * (1 - alpha):g}%"
     if hi < margin:
         outcome, why = "pass", f"{one_sided} upper bound {hi:.4g} < margin {margin:.4g}"
@@ -290,7 +459,9 @@ def non_inferiority(
         p_value=p,
         n_base=int(b.size),
         n_cand=int(c.size),
-        reason=f"cand - base = {d:+.4g}; {why}{note}",
+        reason=f"cand - base = {d:+.4g}; {why}{design.describe()}{design.note}",
+        unit=design.unit,
+        paired=design.paired,
     )
 
 
@@ -302,6 +473,10 @@ def equivalence_tost(
     min_n: int = DEFAULT_MIN_N,
     n_resamples: int = DEFAULT_N_RESAMPLES,
     seed: int = 0,
+    *,
+    paired: bool = False,
+    base_clusters: np.ndarray | None = None,
+    cand_clusters: np.ndarray | None = None,
 ) -> TestResult:
     """Equivalence by two one-sided tests (TOST) for behaviour metrics (entropy, reward).
 
@@ -309,36 +484,41 @@ def equivalence_tost(
     [lo, hi] = (1 - 2*alpha) bootstrap CI of d. Outcome: pass if -margin < lo and hi < margin
     (both one-sided tests reject at level alpha); fail if the CI lies entirely outside
     [-margin, margin] (hi < -margin or lo > margin); otherwise inconclusive.
-    p_value = max(p_low, p_high), Welch's one-sided tests of H0: d <= -margin and H0: d >= margin.
+    p_value = max(p_low, p_high), the one-sided tests of H0: d <= -margin and H0: d >= margin:
+    Welch's by default and with clusters, one-sample t-tests on cand - base when paired.
+    The design arguments (paired, base_clusters, cand_clusters) work as in non_inferiority.
 
     Args:
-        base: per-sequence values of the baseline engine; non-finite values are dropped.
-        cand: per-sequence values of the candidate engine; non-finite values are dropped.
+        base: per-sequence (or per-prompt, when paired without clusters) baseline values;
+            non-finite values are dropped.
+        cand: the same for the candidate engine.
         margin: largest difference that still counts as equivalent (> 0), in the metric's unit.
         alpha: error rate of each one-sided test (default 0.05, i.e. a 90% CI).
-        min_n: fewest finite values per side for a verdict (default 20); fewer is inconclusive.
+        min_n: fewest units per side for a verdict (default 20); fewer is inconclusive.
         n_resamples: bootstrap resamples (default 2000).
         seed: seed of the bootstrap.
+        paired: compare prompt by prompt.
+        base_clusters: cluster (prompt) id of each base value, or None.
+        cand_clusters: cluster (prompt) id of each cand value, or None; given with base_clusters.
 
     Returns:
         TestResult with kind "equivalence".
 
     Raises:
-        ValueError: if margin is not finite and > 0, or alpha/min_n/n_resamples are out of range.
+        ValueError: if margin is not finite and > 0, alpha/min_n/n_resamples are out of range,
+            only one side has clusters, or arrays that must be aligned are not.
     """
     _check(alpha, min_n, n_resamples)
     if not (np.isfinite(margin) and margin > 0):
         raise ValueError(f"equivalence margin must be finite and > 0, got {margin}")
-    b, drop_b = _finite(base)
-    c, drop_c = _finite(cand)
+    design = _design(base, cand, paired, base_clusters, cand_clusters)
+    b, c = design.base, design.cand
     conf = 1.0 - 2.0 * alpha
-    note = _dropped_note(drop_b, drop_c)
-    early = _too_few("equivalence", b, c, margin, conf, min_n, note)
+    early = _too_few("equivalence", b, c, margin, conf, min_n, design.note, design.unit, design.paired)
     if early is not None:
         return early
-    d = float(np.mean(c) - np.mean(b))
-    lo, hi = _bootstrap((b, c), _diff_stat, conf, n_resamples, seed)
-    p = max(_welch_p(b, c, -margin, "greater"), _welch_p(b, c, margin, "less"))
+    d, lo, hi = _diff_ci(design, conf, n_resamples, seed)
+    p = max(_diff_p(design, -margin, "greater"), _diff_p(design, margin, "less"))
     ci = f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}]"
     if -margin < lo and hi < margin:
         outcome, why = "pass", f"{ci} inside +-{margin:.4g}"
@@ -357,7 +537,9 @@ def equivalence_tost(
         p_value=p,
         n_base=int(b.size),
         n_cand=int(c.size),
-        reason=f"cand - base = {d:+.4g}; {why}{note}",
+        reason=f"cand - base = {d:+.4g}; {why}{design.describe()}{design.note}",
+        unit=design.unit,
+        paired=design.paired,
     )
 
 
@@ -368,6 +550,8 @@ def threshold(
     min_n: int = DEFAULT_MIN_N,
     n_resamples: int = DEFAULT_N_RESAMPLES,
     seed: int = 0,
+    *,
+    clusters: np.ndarray | None = None,
 ) -> TestResult:
     """One-sample check that a metric's mean stays at or below an absolute limit.
 
@@ -375,35 +559,41 @@ def threshold(
     fail if lo > limit; otherwise inconclusive. p_value: one-sample t-test of H0: m >= limit
     (ttest_1samp(values, limit, alternative="less")).
 
+    With clusters (e.g. prompt ids, n samples per prompt), the test runs on the cluster means:
+    m is the mean of prompt means (each prompt weighs the same; it equals the sequence mean when
+    every prompt has the same number of finite values), the bootstrap resamples prompts, the
+    t-test is on prompt means, and min_n counts prompts. Resampling sequences instead would
+    treat correlated samples of one prompt as independent and give intervals too narrow.
+
     Args:
         values: per-sequence values (the candidate's; reported as n_cand); non-finite dropped.
         limit: the largest acceptable mean, in the metric's unit (stored as TestResult.margin).
         alpha: one-sided error rate (default 0.05, i.e. a 90% CI).
-        min_n: fewest finite values for a verdict (default 20); fewer is inconclusive.
+        min_n: fewest units for a verdict (default 20); fewer is inconclusive.
         n_resamples: bootstrap resamples (default 2000).
         seed: seed of the bootstrap.
+        clusters: cluster (prompt) id of each value, or None for independent sequences.
 
     Returns:
         TestResult with kind "threshold" and n_base = 0.
 
     Raises:
-        ValueError: if limit is not finite or alpha/min_n/n_resamples are out of range.
+        ValueError: if limit is not finite, alpha/min_n/n_resamples are out of range, or
+            clusters differ in length from values.
     """
     _check(alpha, min_n, n_resamples)
     if not np.isfinite(limit):
         raise ValueError(f"limit must be finite, got {limit}")
-    x, dropped = _finite(values)
+    x, dropped = _one_side(values, clusters)
+    unit: Unit = "sequence" if clusters is None else "prompt"
     conf = 1.0 - 2.0 * alpha
     note = _dropped_note(0, dropped)
-    early = _too_few("threshold", None, x, limit, conf, min_n, note)
+    early = _too_few("threshold", None, x, limit, conf, min_n, note, unit)
     if early is not None:
         return early
     m = float(np.mean(x))
     lo, hi = _bootstrap((x,), _mean_stat, conf, n_resamples, seed)
-    if np.ptp(x) == 0:
-        p = 0.0 if m < limit else 1.0
-    else:
-        p = float(stats.ttest_1samp(x, limit, alternative="less").pvalue)
+    p = _one_sample_p(x, limit, "less")
     one_sided = f"{100 * (1 - alpha):g}%"
     if hi <= limit:
         outcome, why = "pass", f"{one_sided} upper bound {hi:.4g} <= limit {limit:.4g}"
@@ -411,6 +601,7 @@ def threshold(
         outcome, why = "fail", f"{one_sided} lower bound {lo:.4g} > limit {limit:.4g}"
     else:
         outcome, why = "inconclusive", f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}] contains limit {limit:.4g}"
+    what = "mean" if clusters is None else f"mean of {x.size} prompt means"
     return TestResult(
         kind="threshold",
         outcome=outcome,
@@ -422,5 +613,6 @@ def threshold(
         p_value=p,
         n_base=0,
         n_cand=int(x.size),
-        reason=f"mean = {m:.4g}; {why}{note}",
+        reason=f"{what} = {m:.4g}; {why}{note}",
+        unit=unit,
     )

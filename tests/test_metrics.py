@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from parity import metrics as m
-from parity.metrics import ClipRange
+from parity.metrics import GSPO_CLIP, ClipRange
 
 
 def a(*xs: float) -> np.ndarray:
@@ -83,6 +83,43 @@ def test_gspo_sequence_clip_differs_from_token_clip():
     assert s["clip_rate_seq"] == pytest.approx(1 / 2)
     with pytest.raises(ValueError):
         m.sequence_clipped(a(), a())
+
+
+def test_gspo_range_is_the_papers():
+    # Zheng et al. 2025 (GSPO): eps_low = 3e-4, eps_high = 4e-4 on exp(mean_t r).
+    assert (GSPO_CLIP.eps_low, GSPO_CLIP.eps_high) == (3e-4, 4e-4)
+    assert GSPO_CLIP.log_high == pytest.approx(math.log(1.0004), rel=1e-12)  # 3.99920e-4
+    assert GSPO_CLIP.log_low == pytest.approx(math.log(0.9997), rel=1e-12)  # -3.00045e-4
+
+
+def test_mean_r_5e_4_is_sequence_clipped_by_gspo_not_by_the_token_range():
+    # r = [0, 1e-3]: mean r = 5e-4 > log(1.0004) = 3.9992e-4, but far inside log(1.28) = 0.247.
+    ref, cand = a(-1.0, -2.0 + 1e-3), a(-1.0, -2.0)
+    assert m.sequence_clipped(ref, cand)  # default: GSPO range
+    assert m.sequence_clipped(ref, cand, GSPO_CLIP)
+    assert not m.sequence_clipped(ref, cand, ClipRange())
+    s = m.summarize([ref], [cand])
+    assert s["clip_rate_seq"] == 1.0
+    assert s["clip_rate_token"] == 0.0  # no token is outside [0.8, 1.28]
+    assert m.per_sequence([ref], [cand])["clipped_seq"].tolist() == [1.0]
+    # the token range, asked for explicitly, does not clip it
+    assert m.summarize([ref], [cand], seq_clip=ClipRange())["clip_rate_seq"] == 0.0
+    assert m.per_sequence([ref], [cand], seq_clip=ClipRange())["clipped_seq"].tolist() == [0.0]
+    # and the token `clip` argument no longer decides the sequence clip
+    assert m.summarize([ref], [cand], None, ClipRange(0.5, 0.5))["clip_rate_seq"] == 1.0
+
+
+def test_gspo_sequence_clip_both_sides():
+    # mean r per sequence: +5e-4 (above 3.9992e-4), +3.5e-4 (inside), -2.5e-4 (inside),
+    # -3.5e-4 (below -3.00045e-4). Tokens hold r = 0 and 2 * mean r.
+    means = [5e-4, 3.5e-4, -2.5e-4, -3.5e-4]
+    ref = [a(-1.0, -1.0 + 2 * mu) for mu in means]
+    cand = [a(-1.0, -1.0) for _ in means]
+    ps = m.per_sequence(ref, cand)
+    assert ps["clipped_seq"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert m.summarize(ref, cand)["clip_rate_seq"] == pytest.approx(2 / 4)
+    tight = ClipRange(eps_low=1e-4, eps_high=1e-4)  # log bounds ~ +-1e-4: all four clipped
+    assert m.per_sequence(ref, cand, seq_clip=tight)["clipped_seq"].tolist() == [1.0] * 4
 
 
 # --- ESS ---
@@ -165,11 +202,51 @@ def test_masked_tokens_are_counted_and_excluded():
     assert s["entropy_ref_mean"] == pytest.approx((1.0 + 2.0) / 2)  # same tokens as cand
     # the second sequence has no valid token: left out of sequence means, not counted as 0
     assert s["abs_dlogp_seqmean"] == pytest.approx(0.05)
-    assert s["clip_rate_seq"] == pytest.approx(0.0)
+    # first sequence: mean r = (0.1 + 0) / 2 = 0.05 > log(1.0004); the second one is left out
+    assert s["clip_rate_seq"] == pytest.approx(1.0)
+    assert m.summarize(ref, cand, seq_clip=ClipRange())["clip_rate_seq"] == pytest.approx(0.0)
     for k, v in s.items():
         assert np.isfinite(v), k
     assert ps["n_masked_tokens"].tolist() == [1, 1]
     assert math.isnan(ps["kl_k3_mean"][1]) and math.isnan(ps["clipped_seq"][1])
+    # the masked tokens: ref -inf with cand -2.0 (reference excludes a sampled token), and
+    # cand -inf (the engine's own sampled token at probability 0)
+    assert (s["n_ref_excluded"], s["n_cand_excluded"]) == (1, 1)
+    assert s["ref_excluded_rate"] == pytest.approx(1 / 4)
+
+
+def test_impossible_tokens_are_counted_by_kind():
+    inf = np.inf
+    # seq 0: ok, ref-excluded, ok, both -inf (counted as cand-excluded)
+    # seq 1: cand-excluded, ref-excluded
+    # seq 2: empty; seq 3: two ref-excluded tokens and one ok
+    ref = [a(-0.5, -inf, -1.0, -inf), a(-0.2, -inf), a(), a(-inf, -inf, -3.0)]
+    cand = [a(-0.6, -2.0, -1.0, -inf), a(-inf, -0.3), a(), a(-0.1, -0.2, -3.2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = m.summarize(ref, cand)
+        ps = m.per_sequence(ref, cand)
+    assert s["n_tokens"] == 9
+    assert s["n_ref_excluded"] == 4
+    assert s["ref_excluded_rate"] == pytest.approx(4 / 9)
+    assert s["n_cand_excluded"] == 2
+    assert s["n_masked_tokens"] == 4 + 2
+    assert s["masked_token_rate"] == pytest.approx(6 / 9)
+    assert ps["n_ref_excluded"].tolist() == [1, 1, 0, 2]
+    assert ps["n_cand_excluded"].tolist() == [1, 1, 0, 0]
+    np.testing.assert_allclose(ps["ref_excluded_rate"][[0, 1, 3]], [1 / 4, 1 / 2, 2 / 3])
+    assert math.isnan(ps["ref_excluded_rate"][2])  # no token: no rate
+    # the means still ignore them: valid r = 0.1, 0.0 (seq 0) and 0.2 (seq 3)
+    assert s["abs_dlogp_mean"] == pytest.approx((0.1 + 0.0 + 0.2) / 3)
+    np.testing.assert_allclose(ps["abs_dlogp_mean"][[0, 3]], [0.05, 0.2])
+    assert np.isnan(ps["abs_dlogp_mean"][[1, 2]]).all()
+
+
+def test_no_impossible_tokens_counts_zero():
+    s = m.summarize([a(-1.0, -2.0)], [a(-1.1, -2.0)])
+    assert (s["n_ref_excluded"], s["n_cand_excluded"], s["ref_excluded_rate"]) == (0, 0, 0.0)
+    ps = m.per_sequence([a(-1.0, -2.0)], [a(-1.1, -2.0)])
+    assert ps["n_ref_excluded"].tolist() == [0] and ps["ref_excluded_rate"].tolist() == [0.0]
 
 
 def test_all_masked_gives_nan_metrics_without_warnings():
@@ -186,7 +263,7 @@ def test_empty_input_is_nan_not_zero(ref, cand):
         warnings.simplefilter("error")
         s = m.summarize(ref, cand, ref_entropy=[a() for _ in ref])
     assert s["n_tokens"] == 0 and s["n_seqs"] == len(ref)
-    counts = {"n_seqs", "n_tokens", "n_masked_tokens"}
+    counts = {"n_seqs", "n_tokens", "n_masked_tokens", "n_ref_excluded", "n_cand_excluded"}
     for k, v in s.items():
         if k not in counts:
             assert math.isnan(v), k
