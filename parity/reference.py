@@ -5,6 +5,7 @@ distribution, with the lm_head in fp32 (as RL trainers compute it) or in the mod
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import struct
 import time
@@ -17,10 +18,176 @@ from parity.engines.base import SamplingSpec
 from parity.paths import cache_dir
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
-SCORER_VERSION = 1
+# 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
+SCORER_VERSION = 2
 GREEDY_EPS = 1e-5  # vLLM V1's _SAMPLING_EPS: below this temperature a request is greedy
 HEAD_DTYPES = ("float32", "model")
+TIE_RULES = ("keep_ties", "exact_k")
 
+
+class ReferenceError(ValueError):
+    """The reference cannot compute logits the way this model does (it refuses, never guesses)."""
+
+
+# --- Logits as the model computes them ----------------------------------------------------
+
+# Config attributes whose meaning is the same in every transformers architecture that has them
+# (transformers 5.19 modeling_*.py): the softcap of Gemma 2/3, nanochat, VaultGemma (and
+# RecurrentGemma's `logits_soft_cap`), cap * tanh(logits / cap); Cohere's `logit_scale` multiplies.
+_SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap")
+_SCALE_ATTRS = {"logit_scale": "mul"}
+# `logits_scaling` means different things per architecture: Granite* divides the logits,
+# HyperCLOVAX multiplies them, MiniCPM3 divides the hidden state before lm_head. Keyed by
+# model_type prefix; any other architecture with it set is refused.
+_LOGITS_SCALING = {"granite": "div", "hyperclovax": "mul", "minicpm3": "div_hidden"}
+# Names that look like an output-logit modifier (e.g. xLSTM `output_logit_soft_cap`, Falcon-H1
+# `lm_head_multiplier`, `logits_mup_width_multiplier`, `output_multiplier`); the excluded
+# prefixes act inside attention or the MoE router, which the base model already computes.
+_SUSPECT = re.compile(r"(logit|lm_head|output).*(scal|cap|mult|temp)"
+                      r"|(scal|cap|mult|temp).*(logit|lm_head)")
+_INTERNAL = re.compile(r"^(attn|attention|conf_attention|router|moe_router|gate|contrastive)_"
+                       r"|_init_value$")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a model's forward does after its last hidden state, in HF's order: optionally divide
+    the hidden state (`scale_op` "div_hidden"), lm_head (weight, and bias if it has one), then
+    multiply ("mul") or divide ("div") the logits by `scale`, then softcap:
+    cap * tanh(logits / cap)."""
+
+    architecture: str = ""
+    scale: float | None = None
+    scale_op: str = "mul"
+    softcap: float | None = None
+
+
+def _arch(config, model=None) -> str:
+    archs = getattr(config, "architectures", None) or [type(model).__name__ if model else "?"]
+    return f"{archs[0]} (model_type {getattr(config, 'model_type', '?')})"
+
+
+def head_spec(config) -> HeadSpec:
+    """Read a transformers config into a HeadSpec; raises ReferenceError naming the architecture
+    and the attribute for a logit-modifying attribute the reference does not know how to mirror."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    attrs = {**config.to_dict(), **text.to_dict()}
+    for name in (*_SOFTCAP_ATTRS, *_SCALE_ATTRS, "logits_scaling"):
+        # getattr too: some are properties that to_dict() omits (MiniCPM3's logits_scaling).
+        attrs[name] = getattr(text, name, attrs.get(name))
+    model_type = str(getattr(text, "model_type", None) or getattr(config, "model_type", ""))
+    arch = _arch(config)
+    scale, op, softcap = None, "mul", None
+    for name, value in sorted(attrs.items()):
+        if value is None or value is False or isinstance(value, (dict, list, str)):
+            continue
+        if name in _SOFTCAP_ATTRS:
+            if softcap is not None:
+                raise ReferenceError(f"{arch}: two final softcaps set ({name})")
+            softcap = float(value)
+        elif name in _SCALE_ATTRS or name == "logits_scaling":
+            how = _SCALE_ATTRS.get(name) or next(
+                (o for prefix, o in _LOGITS_SCALING.items() if model_type.startswith(prefix)), None)
+            if how is None:
+                raise ReferenceError(
+                    f"{arch}: config.{name}={value!r} means division in Granite and "
+                    f"multiplication in HyperCLOVAX; which one {model_type} does is not known")
+            if scale is not None:
+                raise ReferenceError(f"{arch}: two logit scales set ({name})")
+            scale, op = float(value), how
+        elif _SUSPECT.search(name) and not _INTERNAL.search(name) and not (
+                # a multiplier/scale/temperature of exactly 1 changes nothing; a cap always does
+                value == 1.0 and not isinstance(value, bool) and "cap" not in name):
+            raise ReferenceError(
+                f"{arch}: config.{name}={value!r} looks like it modifies the output logits, "
+                "which the reference cannot mirror; refusing rather than scoring wrong logits")
+    return HeadSpec(arch, scale, op, softcap)
+
+
+def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32"):
+    """Logits [..., V] in fp32 from final hidden states [..., H], as the model's forward computes
+    them (HeadSpec order: hidden division, lm_head with bias, scale, softcap).
+
+    head_dtype "float32": everything in fp32 (hidden.float() @ W.float().T + b.float(), then
+    scale and softcap in fp32), as an RL trainer with an fp32 head does. "model": everything in
+    the lm_head weight's dtype, cast to fp32 at the end, which is what HF's forward returns (its
+    softcap runs on bf16 logits for a bf16 model) and what vLLM's LogitsProcessor does with a
+    bf16 head (note vLLM applies softcap before scale; no architecture here has both).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if head_dtype not in HEAD_DTYPES:
+        raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
+    dtype = weight.dtype if head_dtype == "model" else torch.float32
+    h = hidden.to(dtype)
+    if spec.scale is not None and spec.scale_op == "div_hidden":
+        h = h / spec.scale
+    logits = F.linear(h, weight.to(dtype), None if bias is None else bias.to(dtype))
+    if spec.scale is not None and spec.scale_op == "mul":
+        logits = logits * spec.scale
+    elif spec.scale is not None and spec.scale_op == "div":
+        logits = logits / spec.scale
+    if spec.softcap is not None:
+        # The three steps HF's Gemma2ForCausalLM takes, in its order, so rounding matches.
+        logits = (logits / spec.softcap).tanh() * spec.softcap
+    return logits.float()
+
+
+@dataclass(frozen=True)
+class Head:
+    """A loaded model's output head: call it on hidden states to get fp32 logits."""
+
+    weight: object
+    bias: object
+    spec: HeadSpec
+    head_dtype: str
+
+    def __call__(self, hidden):
+        return head_logits(hidden, self.weight, self.bias, self.spec, self.head_dtype)
+
+
+def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
+    """Check that `spec` reproduces the model's own forward: lm_head logits from
+    `model.base_model` hidden states must equal `model(ids).logits` on a short probe, computed
+    in the model's dtype with the same ops (so the tolerance is ~1 ulp of the largest logit).
+    Catches what the config scan cannot see (a forward that scales or caps without a config
+    attribute). Returns the max |difference|; raises ReferenceError when it is larger."""
+    import torch
+
+    out = model.get_output_embeddings()
+    vocab = out.weight.shape[0]
+    ids = (torch.arange(n_tokens) * 7919 + 3).remainder(vocab).unsqueeze(0)
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits.float()
+        hidden = model.base_model(input_ids=ids).last_hidden_state
+        got = head_logits(hidden, out.weight, getattr(out, "bias", None), spec, "model")
+    diff = (got - want).abs().max().item()
+    tol = torch.finfo(out.weight.dtype).eps * max(1.0, want.abs().max().item())
+    if not diff <= tol:
+        raise ReferenceError(
+            f"{_arch(model.config, model)}: the model's forward does something to its logits "
+            f"that the reference does not mirror ({spec}); max |logit difference| {diff:.3g} > "
+            f"{tol:.3g}")
+    return diff
+
+
+def model_head(model, head_dtype: str = "float32", verify: bool = True) -> Head:
+    """The Head of a loaded HF causal LM: its config read by head_spec (ReferenceError if it
+    cannot be mirrored), checked against the model's own forward (verify_head), and the weight
+    cast to fp32 once when head_dtype is "float32"."""
+    spec = head_spec(model.config)
+    if verify:
+        verify_head(model, spec)
+    out = model.get_output_embeddings()
+    weight, bias = out.weight.detach(), getattr(out, "bias", None)
+    bias = None if bias is None else bias.detach()
+    if head_dtype == "float32":
+        weight, bias = weight.float(), None if bias is None else bias.float()
+    return Head(weight, bias, spec, head_dtype)
+
+
+# --- The sampler's transform ---------------------------------------------------------------
 
 @dataclass
 class RefScore:
@@ -28,34 +195,66 @@ class RefScore:
 
     raw_logprob: log softmax of the logits (no temperature, no truncation).
     processed_logprob: log prob under the distribution the sampler draws from (temperature,
-        then top-k, then top-p, in vLLM V1's order and tie conventions); -inf for a token that
-        distribution excludes.
+        then top-k, then top-p, in vLLM V1's order and the reference's tie rule); -inf for a
+        token that distribution excludes.
     entropy: exact entropy (nats) of that processed distribution at each position.
+    boundary_tie: True where the token is one of several tokens with equal logits at the top-k
+        or top-p boundary (boundary_ties), so which of them the engine kept is platform-specific.
+        None when not computed.
     """
 
     raw_logprob: np.ndarray
     processed_logprob: np.ndarray
     entropy: np.ndarray
+    boundary_tie: np.ndarray | None = None
 
 
-def process_logits(logits, sampling: SamplingSpec):
+def _top_k_p(sampling: SamplingSpec, vocab: int):
+    k = sampling.top_k if 0 < sampling.top_k < vocab else None
+    p = sampling.top_p if sampling.top_p < 1.0 else None
+    return k, p
+
+
+def process_logits(logits, sampling: SamplingSpec, tie_rule: str = "keep_ties"):
     """Apply temperature, top-k, top-p to fp32 logits [N, V], mirroring vLLM V1's sampler.
 
     vLLM V1 (v1/sample/sampler.py, ops/topk_topp_sampler.py): logits are cast to fp32; greedy
-    requests (T < 1e-5) are not tempered; otherwise logits /= T, then top-k keeps every token
-    whose logit is >= the k-th largest (ties kept), then top-p sorts ascending, softmaxes the
-    (top-k masked) logits, and masks positions whose cumulative probability is <= 1 - p, always
-    keeping the largest. Masked tokens get -inf.
+    requests (T < 1e-5) are not tempered; otherwise logits /= T, then top-k, then top-p over
+    what top-k kept; masked tokens get -inf. The tie rule (see tie_rule_for) decides ties:
+
+    "keep_ties" (PyTorch path, `apply_top_k_only` / `apply_top_k_top_p_pytorch`, used on CPU):
+        top-k keeps every token whose logit is >= the k-th largest (ties kept, maybe > k);
+        top-p sorts ascending, softmaxes, and masks positions whose cumulative probability is
+        <= 1 - p (p as fp32, as vLLM holds it), always keeping the largest; a tie group at the
+        top-p cut is split in torch.sort's order.
+    "exact_k" (Triton kernel `apply_top_k_top_p_triton`, used on CUDA): top-k keeps exactly k,
+        top-p keeps the smallest set of highest-probability tokens whose mass is >= p; among
+        tokens tied at either cut the kernel keeps the lowest token ids (its duplicate budget
+        runs in index order), and so does this function. This is the kernel's rule in exact
+        arithmetic; its fp32 pivot search may cut one token differently when the top-p mass
+        lands within rounding of p.
     """
     import torch
 
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
     if sampling.temperature < GREEDY_EPS:
         return logits
     x = logits / sampling.temperature
-    k = sampling.top_k if 0 < sampling.top_k < x.shape[-1] else None
-    p = sampling.top_p if sampling.top_p < 1.0 else None
+    k, p = _top_k_p(sampling, x.shape[-1])
     if k is None and p is None:
         return x
+    p32 = None if p is None else torch.tensor(p, dtype=torch.float32)
+    if tie_rule == "exact_k":
+        # Stable descending sort: equal logits stay in token-id order, lowest id first.
+        x_sort, idx = x.sort(dim=-1, descending=True, stable=True)
+        if k is not None:
+            x_sort[:, k:] = float("-inf")
+        if p is not None:
+            cum = x_sort.softmax(dim=-1).cumsum(dim=-1)
+            before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=-1)
+            x_sort = x_sort.masked_fill(before >= p32, float("-inf"))
+        return torch.empty_like(x).scatter_(-1, idx, x_sort)
     if p is None:
         kth = x.topk(k, dim=-1).values[:, -1:]
         return x.masked_fill(x < kth, float("-inf"))
@@ -64,10 +263,71 @@ def process_logits(logits, sampling: SamplingSpec):
         kth = x_sort[:, x_sort.shape[-1] - k].unsqueeze(-1)
         x_sort = x_sort.masked_fill(x_sort < kth, float("-inf"))
     cum = x_sort.softmax(dim=-1).cumsum(dim=-1)
-    drop = cum <= 1 - p
+    drop = cum <= 1 - p32
     drop[:, -1] = False
     x_sort = x_sort.masked_fill(drop, float("-inf"))
     return torch.empty_like(x).scatter_(-1, idx, x_sort)
+
+
+def tie_rule_for(platform: str | None, vllm_version: str | None) -> str:
+    """The tie rule of the vLLM V1 sampler on `platform` (vllm `current_platform.device_type`).
+
+    Read in vllm 0.32.0 (vllm/v1/sample/ops/topk_topp_sampler.py): `apply_top_k_top_p` calls
+    `apply_top_k_top_p_triton` (ops/topk_topp_triton.py, the Qrita pivot kernel, vLLM PR #33538)
+    whenever Triton is importable, for any batch size, which is the case on CUDA and ROCm;
+    FlashInfer is not used when processed logprobs are requested. Its duplicate handling keeps
+    exactly k (and at the top-p cut the fewest tokens reaching mass p), lowest ids first:
+    "exact_k". The CPU build has no Triton, so it runs `apply_top_k_top_p_pytorch` with
+    `allow_cpu_sync=True` (top-k only: `apply_top_k_only`), which keeps ties: "keep_ties".
+    V0 (0.8.5) keeps ties too. CUDA before 0.32 is not verified here: versions before the
+    Triton kernel used the PyTorch path, and vLLM PR #50979 describes versions that chose Triton
+    only for batches of >= 8 rows, so the rule there depends on the batch; "keep_ties" is
+    returned and boundary_ties marks the tokens where it matters. Unknown platforms: keep_ties.
+    """
+    if platform not in ("cuda", "rocm"):
+        return "keep_ties"
+    m = re.match(r"(\d+)\.(\d+)", vllm_version or "")
+    return "exact_k" if m and (int(m.group(1)), int(m.group(2))) >= (0, 32) else "keep_ties"
+
+
+def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
+    """Bool [N]: rows where the top-k or top-p cut falls inside a group of equal logits, so the
+    kept set depends on the tie rule (how many are kept) or on which tied ids a kernel keeps.
+
+    With `tokens` [N] (e.g. the sampled tokens): True only where that token is itself in the
+    tied group at the cut. With the platform's rule (tie_rule_for) only these positions can
+    differ from the engine: the tied tokens have equal values, so the kept values and the
+    normalisation do not depend on which ids are kept, only the tied token's own membership
+    does. They are an allowance: the reference may exclude a sampled token the engine kept, or
+    the reverse. (With the wrong rule a tie at k changes the normalisation of the whole row.)
+    `processed`: process_logits's output under either rule, if already computed.
+    """
+    import torch
+
+    n = logits.shape[0]
+    none = torch.zeros(n, dtype=torch.bool)
+    if sampling.temperature < GREEDY_EPS:
+        return none
+    x = logits / sampling.temperature
+    k, p = _top_k_p(sampling, x.shape[-1])
+    if k is None and p is None:
+        return none
+    if processed is None:
+        processed = process_logits(logits, sampling)
+    kept = torch.isfinite(processed)
+    low = torch.where(kept, x, float("inf")).amin(dim=-1, keepdim=True)  # lowest kept logit
+    split = (~kept & (x == low)).any(dim=-1)
+    at = None if tokens is None else x.gather(-1, torch.as_tensor(tokens).view(-1, 1))
+    if at is not None:
+        split &= (at == low).squeeze(-1)
+    if k is not None:
+        # More tokens at or above the k-th value than k: keep_ties keeps them all, exact_k cuts.
+        kth = x.topk(k, dim=-1).values[:, -1:]
+        tied_k = (x >= kth).sum(dim=-1) > k
+        if at is not None:
+            tied_k &= (at == kth).squeeze(-1)
+        split |= tied_k
+    return split
 
 
 def _entropy(logprobs):
@@ -78,8 +338,8 @@ def _entropy(logprobs):
 
 
 class ScoreCache:
-    """Reference scores on disk, keyed by everything they depend on (weights, head dtype,
-    sampling params, prompt and completion tokens), shared across runs and bisect trials."""
+    """Reference scores on disk, keyed by everything they depend on (weights, head dtype, tie
+    rule, sampling params, prompt and completion tokens), shared across runs and bisect trials."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or cache_dir() / "refscores.sqlite"
@@ -88,9 +348,9 @@ class ScoreCache:
 
     @staticmethod
     def key(model_fp: str, head_dtype: str, sampling: SamplingSpec, prompt: list[int],
-            tokens: list[int]) -> str:
+            tokens: list[int], tie_rule: str = "keep_ties") -> str:
         h = hashlib.sha256()
-        h.update(f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{sampling.temperature!r}|"
+        h.update(f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{tie_rule}|{sampling.temperature!r}|"
                  f"{sampling.top_k}|{sampling.top_p!r}|".encode())
         h.update(np.asarray(prompt, dtype=np.int64).tobytes() + b"|")
         h.update(np.asarray(tokens, dtype=np.int64).tobytes())
@@ -101,11 +361,14 @@ class ScoreCache:
         if row is None:
             return None
         (n,) = struct.unpack_from("<q", row[0])
-        arr = np.frombuffer(row[0], dtype=np.float32, offset=8).reshape(3, n).astype(np.float64)
-        return RefScore(arr[0], arr[1], arr[2])
+        arr = np.frombuffer(row[0], dtype=np.float32, offset=8).reshape(-1, n).astype(np.float64)
+        return RefScore(arr[0], arr[1], arr[2], arr[3] > 0 if len(arr) > 3 else None)
 
     def put(self, key: str, score: RefScore) -> None:
-        arr = np.stack([score.raw_logprob, score.processed_logprob, score.entropy]).astype(np.float32)
+        rows = [score.raw_logprob, score.processed_logprob, score.entropy]
+        if score.boundary_tie is not None:
+            rows.append(score.boundary_tie)
+        arr = np.stack(rows).astype(np.float32)
         blob = struct.pack("<q", arr.shape[1]) + arr.tobytes()
         self._db.execute("INSERT OR REPLACE INTO scores VALUES (?, ?)", (key, blob))
 
@@ -124,33 +387,39 @@ class Reference:
         model_path: checkpoint directory (the same weights the engines load).
         head_dtype: "float32" (logits from an fp32 lm_head, as RL trainers do) or "model"
             (lm_head in the checkpoint's dtype, logits cast to fp32 afterwards, as vLLM does).
+            Either way the logits are the model's own (lm_head bias, logit scale, final softcap:
+            see head_logits); a model whose logits it cannot mirror raises ReferenceError at load.
         model_fp: fingerprint of the weights, for the score cache (None disables caching).
         max_batch_tokens: padded tokens per forward pass.
+        tie_rule: top-k/top-p tie rule of the engine's sampler ("keep_ties" or "exact_k", see
+            tie_rule_for).
     """
 
     def __init__(self, model_path: str | Path, head_dtype: str = "float32",
                  model_fp: str | None = None, max_batch_tokens: int = 8192,
-                 cache: ScoreCache | None = None):
+                 cache: ScoreCache | None = None, tie_rule: str = "keep_ties"):
         if head_dtype not in HEAD_DTYPES:
             raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
+        if tie_rule not in TIE_RULES:
+            raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
         self.model_path = str(model_path)
         self.head_dtype = head_dtype
+        self.tie_rule = tie_rule
         self.model_fp = model_fp
         self.max_batch_tokens = max_batch_tokens
         self.cache = cache if model_fp else None
         self._model = None
+        self.head: Head | None = None
         self.stats = {"scored_seqs": 0, "cached_seqs": 0, "forward_s": 0.0, "load_s": 0.0}
 
     def _load(self):
         if self._model is None:
-            import torch
             from transformers import AutoModelForCausalLM
 
             t0 = time.perf_counter()
             model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype="auto")
             model.eval()
-            head = model.get_output_embeddings().weight.detach()
-            self._head = head.float() if self.head_dtype == "float32" else head
+            self.head = model_head(model, self.head_dtype)
             self._model = model
             self.stats["load_s"] += time.perf_counter() - t0
         return self._model
@@ -163,10 +432,12 @@ class Reference:
         todo = []
         for i, (prompt, tokens) in enumerate(pairs):
             if not tokens:
-                results[i] = RefScore(np.zeros(0), np.zeros(0), np.zeros(0))
+                results[i] = RefScore(np.zeros(0), np.zeros(0), np.zeros(0),
+                                      np.zeros(0, dtype=bool))
                 continue
             if self.cache is not None:
-                keys[i] = self.cache.key(self.model_fp, self.head_dtype, sampling, prompt, tokens)
+                keys[i] = self.cache.key(self.model_fp, self.head_dtype, sampling, prompt,
+                                          tokens, self.tie_rule)
                 hit = self.cache.get(keys[i])
                 if hit is not None:
                     results[i] = hit
@@ -219,13 +490,12 @@ class Reference:
             cols += list(range(n_prompt - 1, n_prompt + n_comp - 1))
             targets += list(pairs[i][1])
         h = hidden[torch.tensor(rows), torch.tensor(cols)]
-        if self.head_dtype == "float32":
-            logits = h.float() @ self._head.T
-        else:
-            logits = (h @ self._head.T).float()
+        logits = self.head(h)
         target = torch.tensor(targets).unsqueeze(-1)
         raw = logits.log_softmax(dim=-1)
-        processed = process_logits(logits, sampling).log_softmax(dim=-1)
+        processed = process_logits(logits, sampling, self.tie_rule)
+        tied = boundary_ties(logits, sampling, target.squeeze(-1), processed).numpy()
+        processed = processed.log_softmax(dim=-1)
         raw_lp = raw.gather(-1, target).squeeze(-1).double().numpy()
         proc_lp = processed.gather(-1, target).squeeze(-1).double().numpy()
         ent = _entropy(processed).double().numpy()
@@ -233,10 +503,11 @@ class Reference:
         for i in batch:
             n = len(pairs[i][1])
             results[i] = RefScore(raw_lp[start:start + n], proc_lp[start:start + n],
-                                  ent[start:start + n])
+                                  ent[start:start + n], tied[start:start + n])
             start += n
         self.stats["scored_seqs"] += len(batch)
         self.stats["forward_s"] += time.perf_counter() - t0
 
     def close(self) -> None:
         self._model = None
+        self.head = None
