@@ -287,3 +287,45 @@ def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
         return worker.request({"op": "validate", "arg_sets": arg_sets}, timeout=timeout)
     finally:
         worker.close()
+
+
+# One-shot: vllm_worker.read_model_facts in `python`, its JSON on the line after the marker.
+# -I keeps the current directory (and so the harness's parity) off the interpreter's path.
+_FACTS_MARKER = "PARITY-MODEL-FACTS "
+_FACTS_CODE = ("import json, sys; sys.path.insert(0, sys.argv[1]); import vllm_worker; "
+               "print(%r + json.dumps(vllm_worker.read_model_facts(sys.argv[2])), flush=True)"
+               % _FACTS_MARKER)
+
+
+def read_model_facts(python: str, model_path: str | Path, log_path: Path,
+                     timeout: float = 180.0) -> dict[str, Any]:
+    """A checkpoint's model-identity facts as the transformers of `python` (an engine env) reads
+    them, starting no engine (parity.identity.read_facts run there; a few seconds).
+
+    Returns:
+        parity.identity.MODEL_KEYS -> value, plus transformers_version, errors, config_json.
+    Raises:
+        EngineError: the interpreter cannot run, times out, or returns no facts (with the log).
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [python, "-I", "-c", _FACTS_CODE, str(WORKER_SCRIPT.parent), str(model_path)]
+    with open(log_path, "ab") as log:
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=log, env=env, timeout=timeout)
+        except OSError as exc:
+            raise EngineError(f"model facts: cannot run {python}: {exc}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise EngineError(f"model facts: {python} timed out after {timeout:.0f}s",
+                              tail(log_path)) from exc
+        out = done.stdout.decode("utf-8", "replace")
+        log.write("".join(line for line in out.splitlines(True)
+                          if not line.startswith(_FACTS_MARKER)).encode())
+    for line in out.splitlines():
+        if line.startswith(_FACTS_MARKER):
+            return json.loads(line[len(_FACTS_MARKER):])
+    raise EngineError(f"model facts: {python} exited (code {done.returncode}) without facts",
+                      tail(log_path))

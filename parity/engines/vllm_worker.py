@@ -234,6 +234,19 @@ class VllmHost:
             "model.num_hidden_layers": _hf_value(hf, "num_hidden_layers"),
             "model.hidden_size": _hf_value(hf, "hidden_size"),
         }
+        # The rest of the identity facts, read from the engine's own hf_config by the rule the
+        # trainer side uses (parity/identity.py); the live values above take precedence.
+        try:
+            import transformers
+
+            major = int(str(transformers.__version__).split(".")[0])
+            facts = _identity().config_facts(hf, transformers_major=major)
+            for name in ("model.rope_scaling", "model.max_position_embeddings",
+                         "model.norm_eps"):
+                if facts.get(name) is not None:
+                    key[name] = facts[name]
+        except Exception as exc:  # an unread fact stays unknown, never guessed
+            notes["model.identity_facts"] = f"not read: {type(exc).__name__}: {exc}"
         raw = {}
         for section in ("model_config", "cache_config", "scheduler_config", "parallel_config",
                         "compilation_config", "device_config", "load_config"):
@@ -325,6 +338,32 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
                 close = difflib.get_close_matches(name, sorted(fields), n=3)
                 problems.append({"index": i, "name": name, "suggestions": close})
     return {"problems": problems, "vllm_version": vllm.__version__, "fields": sorted(fields)}
+
+
+def _identity():
+    """parity/identity.py, imported by path where parity is not on the path (engine envs)."""
+    if __package__:  # imported as parity.engines.vllm_worker
+        from parity import identity
+        return identity
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "identity.py")
+    spec = importlib.util.spec_from_file_location("parity_identity", path)
+    identity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(identity)
+    return identity
+
+
+def read_model_facts(model_path: str) -> dict:
+    """The model-identity facts of a checkpoint as this interpreter's transformers reads it
+    (AutoConfig, GenerationConfig, AutoTokenizer; no vLLM import, so it takes seconds), by
+    parity.identity's names and normalisation (see identity.read_facts).
+
+    parity/identity.py needs only the standard library at import time; it is loaded by file path
+    because the worker's interpreter (e.g. the V0 env) has no parity on its path.
+    """
+    return _identity().read_facts(model_path)
 
 
 # ----------------------------------------------------------------------------- the loop
