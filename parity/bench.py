@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.checks import role_metrics
+from parity.categories.rl import role_metrics
 from parity.scenario import Scenario, load_scenarios
 
 METRICS = ("kl_k3_mean", "abs_dlogp_mean", "clip_rate_token", "entropy_ref_mean", "reward_mean")
@@ -43,11 +43,11 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
             if not res.scenario.name.startswith(f"{profile}-seed"):
                 continue
             er = res.runs["candidate"]
-            ref = refs.get(res.model_path, res.scenario.head_dtype)
+            ref = refs.get(res.model_path, res.scenario.head_dtype, er)
             scores = ref.score([(s.prompt_token_ids, s.token_ids) for s in er.sequences],
                                res.scenario.sampling)
             summary, _ = role_metrics(er.sequences, scores, res.scenario.clip,
-                                      runner.rewards(res, er.sequences))
+                                      res.rewards(er.sequences))
             for m in METRICS:
                 values[m].append(float(summary.get(m, float("nan"))))
         spread = {m: max((abs(a - b) for a, b in itertools.combinations(v, 2)), default=None)

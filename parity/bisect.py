@@ -209,14 +209,12 @@ def _value_in(setting: EngineSetting, name: str) -> Any:
 
 
 def _key_metric(res) -> Any:
-    """A number where the category has one (mean |dlogp| to the processed reference), else the
-    scenario's headline as the report shows it."""
-    from parity.report import headline
+    """The category's key metric as a number where it has one, else its headline."""
+    from parity import categories
 
-    d = res.detail or {}
-    if "vs_processed" in d:
-        return round(d["vs_processed"].get("abs_dlogp_mean", float("nan")), 5)
-    text = headline(res) if res.detail else None
+    value, text = categories.get(res.scenario.category).key_metric(res.detail or {})
+    if value is not None and value == value:
+        return round(float(value), 5)
     return None if text in (None, "n/a") else text
 
 

@@ -48,6 +48,9 @@ GENERATORS: dict[str, Callable[[int, int], list[Prompt]]] = {
 }
 
 
+MAX_PROMPTS = 100_000
+
+
 def parse_source(source: str) -> tuple[str, int]:
     """Split "name:N" into (name, N); raises ValueError with the accepted forms."""
     m = re.fullmatch(r"([a-z-]+):(\d+)", source.strip())
@@ -55,8 +58,8 @@ def parse_source(source: str) -> tuple[str, int]:
         raise ValueError(f"unknown prompt source {source!r}; use one of "
                          + ", ".join(f"'{g}:N'" for g in GENERATORS))
     n = int(m.group(2))
-    if n < 1:
-        raise ValueError(f"prompt source {source!r} must ask for at least 1 prompt")
+    if not 1 <= n <= MAX_PROMPTS:
+        raise ValueError(f"prompt source {source!r} must ask for 1 to {MAX_PROMPTS} prompts")
     return m.group(1), n
 
 

@@ -116,20 +116,10 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def headline(res: ScenarioResult) -> str:
-    """The scenario's key measured number for tables (a plugin may give its own)."""
-    if res.detail and isinstance(res.detail.get("headline"), str):
-        return res.detail["headline"]
-    per_role = res.detail.get("per_role") if res.detail else None
-    if per_role:
-        b, c = per_role.get("baseline", {}), per_role.get("candidate", {})
-        return (f"k3 {_fmt(b.get('kl_k3_mean'), 3)} -> {_fmt(c.get('kl_k3_mean'), 3)}, "
-                f"clip {_fmt(b.get('clip_rate_token'), 3)} -> {_fmt(c.get('clip_rate_token'), 3)}")
-    vs = res.detail.get("vs_processed") if res.detail else None
-    if not vs:
-        return "n/a"
-    raw = res.detail.get("vs_raw", {})
-    return (f"|dlogp| {_fmt(vs.get('abs_dlogp_mean'), 3)} "
-            f"(raw {_fmt(raw.get('abs_dlogp_mean'), 3)})")
+    """The scenario's key measured number for tables, as its category states it."""
+    from parity import categories
+
+    return categories.get(res.scenario.category).key_metric(res.detail or {})[1]
 
 
 def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
@@ -159,15 +149,23 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
                       f"{k}={val}" for k, val in rec["sampling"].items())
                   + f"; reference lm_head {rec['reference_head_dtype']}.", ""]
         if v.get("findings"):
-            lines += ["| finding | value | limit | 90% CI | p | outcome |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["| finding | kind | value | limit | 90% CI | p | outcome |",
+                      "|---|---|---|---|---|---|---|"]
             for f in v["findings"]:
                 t = f.get("test") or {}
                 ci = (f"[{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}]"
-                      if t else "")
-                lines.append(f"| {f['name']} | {_fmt(f['value'])} | {_fmt(f['limit'])} | {ci} "
-                             f"| {_fmt(t.get('p_value'), 3) if t else ''} | {f['outcome']} |")
+                      if "ci_low" in t else "")
+                value = f["value"] if not isinstance(f["value"], (dict, list)) else "(see json)"
+                limit = f["limit"] if not isinstance(f["limit"], (dict, list)) else "(see json)"
+                lines.append(f"| {f['name']} | {f.get('kind', '')} | {_fmt(value)} | "
+                             f"{_fmt(limit)} | {ci} | {_fmt(t.get('p_value'), 3)} | "
+                             f"{f['outcome']} |")
             lines.append("")
+        unmet = [c for c in v.get("preconditions") or [] if not c["met"]]
+        if unmet:
+            lines += ["Preconditions not met (the data cannot decide): " + "; ".join(
+                f"{c['name']} {_fmt(c['value'])} < {_fmt(c['needed'])}: {c['note']}"
+                for c in unmet), ""]
         m = rec.get("metrics") or {}
         if m.get("vs_processed"):
             keys = ["n_seqs", "n_tokens", "n_masked_tokens", "abs_dlogp_mean", "abs_dlogp_p50",

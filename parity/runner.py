@@ -3,6 +3,7 @@ on it, scores them with the reference (batched, cached), and judges each scenari
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -11,27 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from parity.checks import Verdict, check_logprobs, check_rl, expected
-from parity.direct import semantics_specs, summarize, teacher_force
+from parity import categories, core
+from parity.core import Verdict
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
 from parity.scenario import Scenario, ScenarioError
 
 Log = Callable[[str], None]
-
-# Categories whose engine work is more than one generate call (weight updates, probes) live in
-# their own module, imported lazily, exposing:
-#   drive(engine, res: ScenarioResult, role: str, prompts: list[list[int]], log) -> None
-#       does the engine work and fills res.runs[role] (sequences, extra);
-#   judge(res: ScenarioResult, refs: References) -> (Verdict, detail).
-PLUGINS: dict[str, str] = {"runtime": "parity.runtime", "lm_head": "parity.lm_head",
-                           "weight_update": "parity.updates"}
-
-
-def plugin(category: str):
-    import importlib
-
-    return importlib.import_module(PLUGINS[category]) if category in PLUGINS else None
 
 
 class References:
@@ -45,20 +32,29 @@ class References:
         self.log = log
         self._refs: dict[tuple[str, str], Any] = {}
 
-    def get(self, model_path: str, head_dtype: str):
+    def get(self, model_path: str, head_dtype: str, run: "EngineRun | None" = None):
+        """The reference for a checkpoint and head dtype; `run` (the engine run it will judge)
+        picks the top-k tie rule of that engine's platform."""
         from parity.models import fingerprint
-        from parity.reference import Reference
+        from parity.reference import Reference, tie_rule_for
 
-        key = (str(model_path), head_dtype)
+        key_cfg = ((run.effective_config or {}).get("key") or {}) if run is not None else {}
+        rule = tie_rule_for(key_cfg.get("platform"), key_cfg.get("vllm_version"))
+        key = (str(model_path), head_dtype, rule)
         if key not in self._refs:
             self.log(f"[reference] HF transformers on {Path(model_path).name} "
-                     f"({head_dtype} lm_head)")
+                     f"({head_dtype} lm_head, top-k ties: {rule})")
             self._refs[key] = Reference(model_path, head_dtype, model_fp=fingerprint(model_path),
-                                        cache=self.cache)
+                                        cache=self.cache, tie_rule=rule)
         return self._refs[key]
 
     def stats(self) -> dict[str, dict]:
-        return {f"{Path(m).name}:{h}": dict(r.stats) for (m, h), r in self._refs.items()}
+        return {f"{Path(m).name}:{h}:{r}": dict(ref.stats)
+                for (m, h, r), ref in self._refs.items()}
+
+    def seconds(self) -> float:
+        """Model loads and forward passes so far (the scoring share of judging)."""
+        return sum(r.stats["forward_s"] + r.stats["load_s"] for r in self._refs.values())
 
     def close(self) -> None:
         for ref in self._refs.values():
@@ -92,11 +88,20 @@ class ScenarioResult:
     detail: dict[str, Any] = field(default_factory=dict)
     score_s: float = 0.0
     check_s: float = 0.0
+    drift: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> drift rows
 
     @property
     def as_expected(self) -> bool:
-        return self.verdict is not None and expected(self.verdict, self.scenario.expect,
-                                                     self.scenario.expect_diagnosis)
+        return self.verdict is not None and core.expected(self.verdict, self.scenario.expect,
+                                                          self.scenario.expect_diagnosis)
+
+    def rewards(self, seqs: list[Sequence]) -> list[float] | None:
+        """Per-sequence reward, or None when the scenario has no reward function."""
+        if not self.scenario.reward:
+            return None
+        fn = REWARDS[self.scenario.reward]
+        values = [fn(self.prompts[s.prompt_index], s.text) for s in seqs]
+        return None if any(v is None for v in values) else values
 
 
 @dataclass
@@ -156,11 +161,45 @@ def _validate_engine_args(scenarios: list[Scenario], pythons: dict[str, str], lo
         raise ScenarioError(sorted(set(problems)))
 
 
+class MemoEngine:
+    """An engine seen through a memo: identical generate requests within a run (same prompts,
+    same sampling, per-prompt seeds) are generated once and reused, e.g. one V0 baseline for
+    several candidates. Everything else passes through."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._memo: dict[str, list[Sequence]] = {}
+        self.reused = 0
+
+    def generate(self, prompts, sampling) -> list[Sequence]:
+        memo = json.dumps([prompts, sampling.to_dict()])
+        if memo in self._memo:
+            self.reused += 1
+        else:
+            self._memo[memo] = self._engine.generate(prompts, sampling)
+        return self._memo[memo]
+
+    def forget(self) -> None:
+        """After the weights change, earlier generations no longer describe the engine."""
+        self._memo.clear()
+
+    def update_weights(self, *args, **kwargs):
+        self.forget()
+        return self._engine.update_weights(*args, **kwargs)
+
+    def generate_with_update(self, *args, **kwargs):
+        self.forget()
+        return self._engine.generate_with_update(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
 def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         start_timeout: float = 600.0, request_timeout: float = 1800.0) -> RunResult:
     """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
     an interrupt keeps what finished (RunResult.interrupted says why)."""
-    from parity.engines.process import VllmEngine
+    from parity import engines
     from parity.models import fingerprint, resolve_model
 
     t_run = time.perf_counter()
@@ -191,6 +230,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     env_names = {s.env for sc in scenarios for s in sc.settings().values()}
     pythons = {name: python_for(name, log) for name in sorted(env_names)}
     _validate_engine_args(scenarios, pythons, log_dir)
+    drifts = _config_drift(run.results, pythons, log_dir, log)
     timings["validate_s"] = time.perf_counter() - t0
 
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
@@ -205,21 +245,27 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             log_path = log_dir / f"engine-{n}-{key}.log"
             log(f"[engine {n}/{len(plan)}] starting {setting.label()} on "
                 f"{Path(model_path).name}")
-            engine = VllmEngine(setting, model_path, pythons[setting.env], log_path,
-                                start_timeout=start_timeout, request_timeout=request_timeout)
+            engine = engines.create(setting, model_path, pythons[setting.env], log_path,
+                                    start_timeout=start_timeout,
+                                    request_timeout=request_timeout)
             record = {"n": n, "setting": setting.to_dict(), "model": model_path,
                       "log": str(log_path), "scenarios": [r.scenario.name for r, _ in jobs]}
             run.engines.append(record)
+            drift = drifts.get((setting.env, model_path))
+            if drift:
+                record["skipped"] = "config drift: " + "; ".join(r["message"] for r in drift)
+                log(f"[engine {n}/{len(plan)}] not started: {record['skipped']}")
+                for res, role in jobs:
+                    res.drift[role] = drift
+                    res.runs[role] = EngineRun(role, setting, log_path=str(log_path))
+                continue
             try:
                 engine.start()
                 record["start_s"] = engine.start_s
                 record["effective_config"] = engine.effective_config()
                 timings["engine_start_s"] += engine.start_s
                 log(f"[engine {n}/{len(plan)}] started in {engine.start_s:.1f}s")
-                # Scenarios asking this engine for the same prompts and sampling (per-prompt
-                # seeds) get the same sequences: generated once, reused (e.g. one V0 baseline
-                # for several candidates).
-                generated: dict[str, list[Sequence]] = {}
+                memo = MemoEngine(engine)
                 for res, role in jobs:
                     er = EngineRun(role, setting, log_path=str(log_path),
                                    effective_config=engine.effective_config(),
@@ -227,23 +273,9 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     res.runs[role] = er
                     prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
                     t0 = time.perf_counter()
-                    module = plugin(res.scenario.category)
-                    if module is not None:
-                        module.drive(engine, res, role, prompts, log)
-                    else:
-                        memo = json.dumps([prompts, res.scenario.sampling.to_dict()])
-                        if memo not in generated:
-                            generated[memo] = engine.generate(prompts, res.scenario.sampling)
-                        else:
-                            er.reused = True
-                        er.sequences = generated[memo]
-                        other = res.runs.get("baseline" if role == "candidate" else "candidate")
-                        if (res.scenario.category == "rl" and other is not None
-                                and other.sequences):
-                            # The second engine of the pair scores the first one's tokens.
-                            er.extra["direct_of"] = other.role
-                            er.extra["direct_forced"] = teacher_force(
-                                engine, other.sequences, res.scenario.sampling)
+                    reused = memo.reused
+                    categories.get(res.scenario.category).drive(memo, res, role, prompts, log)
+                    er.reused = memo.reused > reused
                     er.generate_s = time.perf_counter() - t0
                     timings["generate_s"] += er.generate_s
                     n_tok = sum(len(s.token_ids) for s in er.sequences)
@@ -261,71 +293,75 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             finally:
                 record["worker_pgid"] = engine.pgid
                 engine.close()
-    except KeyboardInterrupt:
-        run.interrupted = "interrupted by the user"
+    except KeyboardInterrupt as exc:
+        run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")
 
-    # Reference scoring: one model load per (checkpoint, head dtype), batched forwards.
+    # Verdicts: each category scores through the shared reference models (one load per
+    # checkpoint, head dtype and tie rule; batched forwards; cached scores).
     t0 = time.perf_counter()
     refs = References(log)
-    scores: dict[tuple[int, str], list] = {}
-    for res in run.results:
-        if plugin(res.scenario.category) is not None:
-            continue
-        for role, er in res.runs.items():
-            if er.error or not er.sequences:
-                continue
-            t1 = time.perf_counter()
-            ref = refs.get(res.model_path, res.scenario.head_dtype)
-            scores[(id(res), role)] = ref.score(
-                [(s.prompt_token_ids, s.token_ids) for s in er.sequences], res.scenario.sampling)
-            res.score_s += time.perf_counter() - t1
-    directs = {}
-    for res in run.results:
-        t1 = time.perf_counter()
-        directs[id(res)] = _direct(res, scores, refs)
-        res.score_s += time.perf_counter() - t1
-    timings["score_s"] = time.perf_counter() - t0
-
-    # Verdicts.
-    for res in run.results:
-        t1 = time.perf_counter()
-        module = plugin(res.scenario.category)
-        if module is not None and not _failed(res):
-            res.verdict, res.detail = module.judge(res, refs)
-        else:
-            res.verdict, res.detail = judge(res, scores)
-        if directs.get(id(res)):
-            res.detail["direct"] = directs[id(res)]
-        _add_reward(res)
-        res.check_s = time.perf_counter() - t1
-    run.reference_stats = refs.stats()
-    refs.close()
+    try:
+        for res in run.results:
+            t1, s1 = time.perf_counter(), refs.seconds()
+            res.verdict, res.detail = judge(res, refs)
+            res.score_s = refs.seconds() - s1
+            res.check_s = time.perf_counter() - t1 - res.score_s
+    except KeyboardInterrupt as exc:
+        run.interrupted = str(exc) or "interrupted by the user"
+        log("interrupted while judging: reporting the verdicts reached")
+    finally:
+        run.reference_stats = refs.stats()
+        timings["score_s"] = refs.seconds()
+        timings["judge_s"] = time.perf_counter() - t0 - timings["score_s"]
+        refs.close()
     timings["total_s"] = time.perf_counter() - t_run
     timings["harness_overhead_s"] = timings["total_s"] - sum(
         timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
     return run
 
 
-def _direct(res: ScenarioResult, scores: dict, refs: References) -> dict[str, Any] | None:
-    """The engine-vs-engine gap on the same tokens (see parity.direct), when the second engine
-    of an rl pair was teacher-forced on the first one's tokens."""
-    for role, er in res.runs.items():
-        forced, other_role = er.extra.get("direct_forced"), er.extra.get("direct_of")
-        other = res.runs.get(other_role) if other_role else None
-        if not forced or other is None or (id(res), other_role) not in scores:
+def _config_drift(results: list[ScenarioResult], pythons: dict[str, str], log_dir: Path,
+                  log: Log) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """What each engine environment's own transformers reads from each checkpoint, against what
+    the trainer reads (identity.drift), before any engine starts: {(env, model): rows}."""
+    from parity import identity
+    from parity.engines.process import read_model_facts
+
+    out = {}
+    for env, model_path in sorted({(s.env, r.model_path) for r in results
+                                   for s in r.scenario.settings().values()}):
+        if env == "harness":  # the trainer's own interpreter: nothing to drift
             continue
-        sampling = res.scenario.sampling
-        ref_scores = scores[(id(res), other_role)]
-        pairs = [(s.prompt_token_ids, s.token_ids) for s in other.sequences]
-        tempered = refs.get(res.model_path, res.scenario.head_dtype).score(
-            pairs, semantics_specs(sampling)["tempered"])
-        ref = {"raw": [r.raw_logprob for r in ref_scores],
-               "tempered": [r.processed_logprob for r in tempered],
-               "processed": [r.processed_logprob for r in ref_scores]}
-        mode = ((other.effective_config or {}).get("key") or {}).get("logprobs_mode")
-        return summarize(forced, other.sequences, role, other_role, ref, mode)
-    return None
+        try:
+            facts = read_model_facts(pythons[env], model_path, log_dir / f"facts-{env}.log")
+        except EngineError as exc:
+            log(f"[validate] could not read {Path(model_path).name} in env {env}: {exc}")
+            continue  # the engine start will say what is wrong with the environment
+        rows = identity.drift(trainer_facts(model_path), facts, env,
+                              str(facts.get("transformers_version")))
+        if rows:
+            out[(env, model_path)] = rows
+    return out
+
+
+@functools.cache
+def trainer_facts(model_path: str) -> dict[str, Any]:
+    """The model-identity facts the trainer side reads, once per checkpoint and process."""
+    from parity import identity
+
+    return identity.trainer_facts(model_path)
+
+
+def _drift_verdict(res: ScenarioResult) -> Verdict:
+    findings = [core.Finding(f"drift.{role}.{r['key']}", "equality", "fail", r.get(env_key),
+                             r.get("trainer"), {"row": r}, r["message"])
+                for role, rows in res.drift.items() for r in rows
+                for env_key in [next(k for k in r if k not in ("key", "trainer", "status",
+                                                               "cause", "fix", "message"))]]
+    text = "; ".join(f"{role}: {r['message']}" for role, rows in res.drift.items() for r in rows)
+    return Verdict("fail", "config_drift", "the engine's environment would read this checkpoint "
+                   f"differently from the trainer (engine not started): {text}", findings)
 
 
 def _failed(res: ScenarioResult) -> Verdict | None:
@@ -333,48 +369,90 @@ def _failed(res: ScenarioResult) -> Verdict | None:
     for role in res.scenario.settings():
         er = res.runs.get(role)
         if er is None or er.error:
-            why = er.error.splitlines()[0] if er and er.error else "the engine did not run"
-            return Verdict("unresolved", "engine_failed", f"{role} engine failed: {why}")
+            why = _root_cause(er.error) if er and er.error else "the engine did not run"
+            return core.unresolved("engine_failed", f"{role} engine failed: {why}")
+        if not er.sequences and not er.extra.get("probe_error"):
+            return core.unresolved("no_samples", f"{role} engine returned no sequences")
     return None
 
 
-def judge(res: ScenarioResult, scores: dict) -> tuple[Verdict, dict[str, Any]]:
-    """The scenario's verdict; "unresolved" when an engine it needs produced nothing."""
-    sc = res.scenario
+def _root_cause(error: str) -> str:
+    """The line of an engine error that says why: vLLM's own summary ("Engine core
+    initialization failed. See root cause above.") points into the log, so the last exception
+    line of the log tail is preferred."""
+    lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ("Error:" in ln or "Exception:" in ln)
+              and "See root cause above" not in ln]
+    first = lines[0] if lines else error
+    return f"{first} (root cause: {causes[-1]})" if causes and causes[-1] != first else first
+
+
+def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any]]:
+    """The scenario's verdict: unresolved when an engine it needs failed, else its category's
+    judgement plus the model-identity findings (every engine must run the model the trainer
+    loads, and both engines of a pair the same one). A judging error is unresolved for this
+    scenario only."""
+    if res.drift:
+        return _drift_verdict(res), {"drift": res.drift}
     failed = _failed(res)
     if failed is not None:
         return failed, {}
-    for role in sc.settings():
-        if (id(res), role) not in scores:
-            return Verdict("unresolved", "no_samples", f"{role} engine returned no sequences"), {}
-    if sc.category == "logprobs":
-        cand = res.runs["candidate"]
-        return check_logprobs(cand.sequences, scores[(id(res), "candidate")], sc.tolerances,
-                              sc.clip, sc.min_tokens)
-    if sc.category == "rl":
-        runs = {role: (er.sequences, scores[(id(res), role)], rewards(res, er.sequences))
-                for role, er in res.runs.items()}
-        configs = {role: er.effective_config for role, er in res.runs.items()}
-        return check_rl(runs, sc.margins, sc.clip, sc.min_tokens, configs)
-    raise ValueError(f"no check for category {sc.category!r}")
+    try:
+        verdict, detail = categories.get(res.scenario.category).judge(res, refs)
+        _add_identity(res, verdict, detail)
+        _add_reward(res, detail)
+    except Exception as exc:  # a bug or bad data in judging must not lose the other verdicts
+        import traceback
+
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        return core.unresolved("judge_error", f"judging failed: {type(exc).__name__}: {exc} "
+                                              f"({tail.splitlines()[-1]})"), {}
+    return verdict, detail
 
 
-def rewards(res: ScenarioResult, seqs: list[Sequence]) -> list[float] | None:
-    """Per-sequence reward, or None when the scenario has no reward function."""
-    if not res.scenario.reward:
-        return None
-    fn = REWARDS[res.scenario.reward]
-    values = [fn(res.prompts[s.prompt_index], s.text) for s in seqs]
-    return None if any(v is None for v in values) else values
+def _add_identity(res: ScenarioResult, verdict: Verdict, detail: dict[str, Any]) -> None:
+    """Model identity, engine vs trainer and engine vs engine, by the one rule (identity.py)."""
+    from parity import identity
+
+    trainer = trainer_facts(res.model_path)
+    facts = {role: identity.engine_facts((er.effective_config or {}).get("key") or {})
+             for role, er in res.runs.items()}
+    # The dtype an engine computes in is a setting (the update scenarios run fp32 engines on
+    # bf16 checkpoints, scored by an fp32 trainer); it is compared engine vs engine only.
+    pairs = [(f"identity.{role}_vs_trainer", (role, "trainer"), facts[role], trainer,
+              {"model.dtype"}) for role in facts]
+    if len(facts) == 2:
+        pairs.append(("identity.baseline_vs_candidate", ("baseline", "candidate"),
+                      facts["baseline"], facts["candidate"], set()))
+    rows_out = {}
+    for name, names, a, b, skip in pairs:
+        rows = [r for r in identity.compare(a, b, names=names) if r["key"] not in skip]
+        rows_out[name] = rows
+        differs = [r for r in rows if r["status"] == "differs"]
+        unknown = [r for r in rows if r["status"] == "unknown"]
+        outcome = "fail" if differs else ("inconclusive" if unknown else "pass")
+        note = "; ".join(f"{r['key']}: {r[names[0]]!r} vs {r[names[1]]!r}" for r in differs) \
+            or (("not readable on one side: " + ", ".join(r["key"] for r in unknown))
+                if unknown else "")
+        verdict.findings.append(core.Finding(name, "equality", outcome, len(differs), 0,
+                                             {"rows": rows}, note))
+        if differs:
+            verdict.diagnosis = "model_mismatch"
+            verdict.message = (f"{names[0]} and {names[1]} do not run the same model ({note}): "
+                               "check the checkpoint each side loads, its hf_overrides, and "
+                               "config drift between transformers versions (rope_theta vs "
+                               "rope_parameters); " + verdict.message)
+    detail["identity"] = rows_out
+    verdict.recombine()
 
 
-def _add_reward(res: ScenarioResult) -> None:
+def _add_reward(res: ScenarioResult, detail: dict[str, Any]) -> None:
     """Mean reward per engine role, when the scenario names a reward function."""
     for role, er in res.runs.items():
-        values = rewards(res, er.sequences)
+        values = res.rewards(er.sequences)
         if values:
-            res.detail.setdefault("reward", {})[role] = {"mean": sum(values) / len(values),
-                                                         "n": len(values)}
+            detail.setdefault("reward", {})[role] = {"mean": sum(values) / len(values),
+                                                     "n": len(values)}
 
 
 def new_run_dir(output: Path | None, results_root: Path = Path("results")) -> Path:

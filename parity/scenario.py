@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,36 +18,18 @@ from parity.engines.base import EngineSetting, SamplingSpec
 from parity.metrics import ClipRange
 from parity.prompts import REWARDS, parse_source
 
-# Categories and whether they need a baseline engine. More arrive with later categories.
-CATEGORIES = {"logprobs": False, "rl": True, "runtime": False, "lm_head": False,
-              "weight_update": False}
-# runtime probes (scenario field `probe`); config_diff compares two engines, the others one.
-PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
-HEADS = ("float32", "model")
-# Tolerance names a scenario may set, with the defaults used when it does not (see README,
-# "How the tolerances were chosen").
-# Runtime probes compare two runs of one engine: only kernel/batching noise may separate them.
-# Calibrated on the tiny model and SmolLM2-135M, bf16, CPU (see README, runtime probes).
-RUNTIME_ABS_DLOGP = 0.02
-RUNTIME_KL_K3 = 0.002
-DEFAULT_TOLERANCES = {
-    "logprobs": {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6},
-    # runtime probes: two runs of the same engine on the same tokens (numeric noise only).
-    "runtime": {"abs_dlogp_mean": RUNTIME_ABS_DLOGP, "kl_k3_mean": RUNTIME_KL_K3},
-    # weight updates: engine vs the reference the update predicts (bf16 noise ~0.04, FACTS.md).
-    "weight_update": {"abs_dlogp_mean": 0.05},
-}
-# Baseline-vs-candidate margins (category "rl"), in each metric's own unit; see README
-# "How the margins were chosen" for the run-to-run noise they come from.
-DEFAULT_MARGINS = {
-    "rl": {"kl_k3": 0.005, "abs_dlogp": 0.01, "clip_rate": 0.03, "entropy": 0.2, "reward": 0.2},
-}
 SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int,
                    "seed": int, "n": int, "logprobs": int}
+# Fields every scenario may have; a category adds its own (Category.fields).
 TOP_LEVEL = {"name", "category", "description", "model", "expect", "expect_diagnosis", "reward",
              "prompts", "sampling", "candidate", "baseline", "reference", "tolerances", "clip",
-             "min_tokens", "margins", "probe", "require_head", "update"}
-SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env"}
+             "min_tokens", "margins"}
+SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env", "sampling"}
+EXPECTS = ("pass", "fail", "report")
+# Diagnoses the runner gives in every category: an engine that does not run the trainer's model,
+# and an engine environment that would read the checkpoint differently (found before start).
+GENERIC_DIAGNOSES = ("model_mismatch", "config_drift")
+HEADS = ("float32", "model")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MIN_TOKENS = 200  # fewer sampled tokens than this: the verdict is inconclusive
 
@@ -122,9 +104,8 @@ class Scenario:
     reward: str | None = None
     min_tokens: int = DEFAULT_MIN_TOKENS
     provenance: dict[str, str] = field(default_factory=dict)
-    probe: str | None = None  # runtime / weight_update categories: which probe
-    update: Any = None  # weight_update category: parity.updates.UpdateSpec
-    require_head: str = "float32"  # lm_head category: the head dtype the engine must use
+    options: dict[str, Any] = field(default_factory=dict)  # the category's own fields, parsed
+    engine_sampling: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> overrides
 
     def settings(self) -> dict[str, EngineSetting]:
         out = {"candidate": self.candidate}
@@ -152,6 +133,25 @@ def _check_type(problems, path, fld, value, typ) -> bool:
     return ok
 
 
+def _table(data: dict, key: str, path: str, problems: list) -> dict:
+    """data[key] as a table ({} when absent); a problem when it is something else."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.append((path, key, f"must be a table ([{key}] or {key} = {{ ... }}), got "
+                                    f"{type(value).__name__}"))
+        return {}
+    return value
+
+
+def _name(data: dict, key: str, path: str, problems: list, default=None):
+    """data[key] as a string (default when absent); a problem when it is something else."""
+    value = data.get(key, default)
+    if value is not None and not isinstance(value, str):
+        problems.append((path, key, f"must be a string, got {type(value).__name__} {value!r}"))
+        return default
+    return value
+
+
 def _setting(data, role, path, problems, profiles, override) -> EngineSetting | None:
     if not isinstance(data, dict):
         problems.append((path, role, "must be a table like [candidate] with profile = \"...\""))
@@ -161,7 +161,7 @@ def _setting(data, role, path, problems, profiles, override) -> EngineSetting | 
             problems.append((path, f"{role}.{key}", f"unknown field; allowed: "
                                                     f"{', '.join(sorted(SETTING_FIELDS))}"))
     profile = override or data.get("profile", "v1-defaults")
-    if profile not in profiles:
+    if not isinstance(profile, str) or profile not in profiles:
         problems.append((path, f"{role}.profile", f"unknown profile {profile!r}; built-in "
                                                   f"profiles: {', '.join(profiles)}"))
         return None
@@ -178,10 +178,27 @@ def _setting(data, role, path, problems, profiles, override) -> EngineSetting | 
     return make_setting(profile, args, env_vars, env, profiles)
 
 
+def _sampling(raw: Any, fld: str, path: str, problems: list) -> dict[str, Any]:
+    """Validated sampling fields (typed), each problem recorded."""
+    if not isinstance(raw, dict):
+        problems.append((path, fld, "must be a table of sampling fields"))
+        return {}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in SAMPLING_FIELDS:
+            problems.append((path, f"{fld}.{key}", "unknown field; allowed: "
+                                                  + ", ".join(SAMPLING_FIELDS)))
+        elif _check_type(problems, path, f"{fld}.{key}", value, SAMPLING_FIELDS[key]):
+            kwargs[key] = SAMPLING_FIELDS[key](value)
+    return kwargs
+
+
 def parse_scenario(path: Path, overrides: Overrides | None = None,
                    profiles: dict[str, Profile] | None = None,
                    ) -> tuple[Scenario | None, list[tuple[str, str, str]]]:
     """Parse and validate one scenario file; returns (scenario or None, problems)."""
+    from parity import categories
+
     overrides = overrides or Overrides()
     profiles = profiles or load_profiles()
     problems: list[tuple[str, str, str]] = []
@@ -190,23 +207,36 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         return None, [(p, "(file)", f"cannot read TOML: {exc}")]
-    for key in data:
-        if key not in TOP_LEVEL:
-            problems.append((p, key, f"unknown field; allowed: {', '.join(sorted(TOP_LEVEL))}"))
 
-    category = data.get("category")
-    if category not in CATEGORIES:
-        problems.append((p, "category", f"{category!r} is not a category; use one of: "
-                                        f"{', '.join(CATEGORIES)}"))
+    category_name = data.get("category")
+    category = categories.registry().get(category_name) \
+        if isinstance(category_name, str) else None
+    if category is None:
+        problems.append((p, "category", f"{category_name!r} is not a category; use one of: "
+                                        f"{', '.join(categories.names())}"))
+    allowed = TOP_LEVEL | set(category.fields if category else ())
+    for key in data:
+        if key not in allowed:
+            problems.append((p, key, f"unknown field; allowed: {', '.join(sorted(allowed))}"))
     provenance: dict[str, str] = {}
     model, provenance["model"] = _precedence(overrides.model, "PARITY_MODEL",
-                                             data.get("model"), DEFAULT_MODEL)
-    expect = data.get("expect", "pass")
-    if expect not in ("pass", "fail"):
-        problems.append((p, "expect", f"{expect!r}: use \"pass\" or \"fail\" (negative control)"))
+                                             _name(data, "model", p, problems), DEFAULT_MODEL)
+    expect = _name(data, "expect", p, problems, "pass")
+    if expect not in EXPECTS:
+        problems.append((p, "expect", f"{expect!r}: use \"pass\", \"fail\" (negative control) or "
+                                      "\"report\" (a property of the hardware: measured, "
+                                      "either outcome accepted)"))
+    expect_diagnosis = _name(data, "expect_diagnosis", p, problems)
+    if expect_diagnosis is not None and category is not None \
+            and expect_diagnosis not in category.diagnoses \
+            and expect_diagnosis not in GENERIC_DIAGNOSES:
+        problems.append((p, "expect_diagnosis", f"{expect_diagnosis!r} is not a diagnosis of "
+                                                f"category {category.name}; known: "
+                                                + ", ".join(sorted(category.diagnoses)
+                                                            + list(GENERIC_DIAGNOSES))))
 
     # prompts
-    prompts = data.get("prompts", {})
+    prompts = _table(data, "prompts", p, problems)
     source, items = prompts.get("source"), prompts.get("items")
     if (source is None) == (items is None):
         problems.append((p, "prompts", "give exactly one of prompts.source (e.g. "
@@ -214,8 +244,9 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
     if source is not None:
         try:
             parse_source(source)
-        except ValueError as exc:
-            problems.append((p, "prompts.source", str(exc)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            problems.append((p, "prompts.source", f"{exc}" if isinstance(source, str) else
+                             f"must be a string such as \"arithmetic:32\", got {source!r}"))
     if items is not None and not (isinstance(items, list) and items
                                   and all(isinstance(t, str) for t in items)):
         problems.append((p, "prompts.items", "must be a non-empty list of strings"))
@@ -223,114 +254,132 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         if key not in ("source", "items", "chat", "seed"):
             problems.append((p, f"prompts.{key}", "unknown field; allowed: source, items, chat, "
                                                   "seed"))
+    chat = prompts.get("chat")
+    if chat is not None and not isinstance(chat, bool):
+        problems.append((p, "prompts.chat", "must be true or false (or absent: auto)"))
+    prompt_seed = prompts.get("seed", 0)
+    _check_type(problems, p, "prompts.seed", prompt_seed, int)
 
     # sampling
-    raw_sampling = data.get("sampling", {})
-    kwargs = {}
-    for key, value in raw_sampling.items():
-        if key not in SAMPLING_FIELDS:
-            problems.append((p, f"sampling.{key}", "unknown field; allowed: "
-                                                   + ", ".join(SAMPLING_FIELDS)))
-        elif _check_type(problems, p, f"sampling.{key}", value, SAMPLING_FIELDS[key]):
-            kwargs[key] = SAMPLING_FIELDS[key](value)
-    sampling = SamplingSpec(**kwargs)
-    if not 0 <= sampling.temperature:
-        problems.append((p, "sampling.temperature", "must be >= 0"))
-    if not 0 < sampling.top_p <= 1:
-        problems.append((p, "sampling.top_p", "must be in (0, 1]"))
-    if sampling.top_k < 0 or sampling.max_tokens < 1 or sampling.n < 1:
-        problems.append((p, "sampling", "top_k must be >= 0 (0 = off), max_tokens and n >= 1"))
-    if category == "logprobs" and not sampling.is_processed_distinct:
-        problems.append((p, "sampling", "a logprobs check needs temperature != 1 or top_p < 1 "
-                                        "or top_k > 0: otherwise raw and processed logprobs are "
-                                        "equal and the check cannot fail"))
+    sampling = SamplingSpec(**_sampling(data.get("sampling", {}), "sampling", p, problems))
+    problems += sampling_problems(sampling, "sampling", p)
 
     # category-specific fields
-    probe = data.get("probe", "config_diff" if category == "runtime" else None)
-    if "probe" in data and category not in ("runtime", "weight_update"):
-        problems.append((p, "probe", "only the runtime and weight_update categories have probes"))
-    elif category == "runtime" and probe not in PROBES:
-        problems.append((p, "probe", f"{probe!r}: use one of {', '.join(PROBES)}"))
-    update = None
-    if category == "weight_update":
-        from parity.updates import PROBES as UPDATE_PROBES
-        from parity.updates import parse_update
-
-        if probe not in UPDATE_PROBES:
-            problems.append((p, "probe", f"{probe!r}: a weight_update scenario needs probe = one "
-                                         f"of {', '.join(UPDATE_PROBES)}"))
-        update, found = parse_update(data.get("update"), p)
+    options: dict[str, Any] = {}
+    roles: tuple[str, ...] = ("candidate",)
+    if category is not None:
+        options, found = category.parse(data, sampling, p)
         problems += found
-    elif "update" in data:
-        problems.append((p, "update", "only the weight_update category has an update table"))
-    require_head = data.get("require_head", "float32")
-    if "require_head" in data and category != "lm_head":
-        problems.append((p, "require_head", "only the lm_head category requires a head"))
-    elif require_head not in HEADS:
-        problems.append((p, "require_head", f"{require_head!r}: use \"float32\" or \"model\""))
-    if category == "lm_head" and sampling.logprobs < 1:
-        problems.append((p, "sampling.logprobs", "an lm_head check needs logprobs >= 1: the "
-                                                 "head dtype is read from the differences "
-                                                 "between the top logprobs"))
+        roles = category.roles(options)
 
     # engines
+    engine_sampling: dict[str, dict[str, Any]] = {}
+    for role in ("candidate", "baseline"):
+        table = data.get(role, {})
+        if isinstance(table, dict) and "sampling" in table:
+            engine_sampling[role] = _sampling(table["sampling"], f"{role}.sampling", p, problems)
+            problems += sampling_problems(replace(sampling, **engine_sampling[role]),
+                                          f"{role}.sampling", p)
     candidate = _setting(data.get("candidate", {}), "candidate", p, problems, profiles,
                          overrides.candidate)
     provenance["candidate"] = "cli" if overrides.candidate else "scenario"
     baseline = None
-    if "baseline" in data or overrides.baseline:
-        baseline = _setting(data.get("baseline", {}), "baseline", p, problems, profiles,
-                            overrides.baseline)
-        provenance["baseline"] = "cli" if overrides.baseline else "scenario"
-    elif CATEGORIES.get(category) or probe == "config_diff":
-        what = f"category {category!r}" if CATEGORIES.get(category) else "probe config_diff"
-        problems.append((p, "baseline", f"{what} compares two engines: add a [baseline] table "
-                                        "(e.g. profile = \"v0\")"))
+    if "baseline" in roles:
+        if "baseline" in data or overrides.baseline:
+            baseline = _setting(data.get("baseline", {}), "baseline", p, problems, profiles,
+                                overrides.baseline)
+            provenance["baseline"] = "cli" if overrides.baseline else "scenario"
+        else:
+            problems.append((p, "baseline", "this scenario compares two engines: add a "
+                                            "[baseline] table (e.g. profile = \"v0\")"))
+    elif "baseline" in data:
+        problems.append((p, "baseline", "this scenario judges one engine: a [baseline] would "
+                                        "start an engine whose result is never used; remove it"))
 
-    # reference, tolerances, clip
-    head_dtype = data.get("reference", {}).get("head_dtype", "float32")
-    if head_dtype not in ("float32", "model"):
+    # reference, tolerances, margins, clip
+    reference = _table(data, "reference", p, problems)
+    for key in reference:
+        if key != "head_dtype":
+            problems.append((p, f"reference.{key}", "unknown field; allowed: head_dtype"))
+    head_dtype = reference.get("head_dtype", "float32")
+    if head_dtype not in HEADS:
         problems.append((p, "reference.head_dtype", f"{head_dtype!r}: use \"float32\" or "
                                                     "\"model\""))
-    tolerances = dict(DEFAULT_TOLERANCES.get(category, {}))
-    for key, value in data.get("tolerances", {}).items():
-        if key not in tolerances:
-            problems.append((p, f"tolerances.{key}", "unknown tolerance for this category; "
-                                                     f"known: {', '.join(tolerances) or 'none'}"))
-        elif _check_type(problems, p, f"tolerances.{key}", value, float):
-            tolerances[key] = float(value)
-    margins = dict(DEFAULT_MARGINS.get(category, {}))
-    for key, value in data.get("margins", {}).items():
-        if key not in margins:
-            problems.append((p, f"margins.{key}", "unknown margin for this category; "
-                                                  f"known: {', '.join(margins) or 'none'}"))
-        elif _check_type(problems, p, f"margins.{key}", value, float):
-            margins[key] = float(value)
-    clip_data = data.get("clip", {})
+    tolerances = _limits(data, "tolerances", category.tolerances if category else {}, p,
+                         problems)
+    margins = _limits(data, "margins", category.margins if category else {}, p, problems)
+    clip_data = _table(data, "clip", p, problems)
     try:
         clip = ClipRange(**clip_data)
     except (TypeError, ValueError) as exc:
         problems.append((p, "clip", f"{exc}; use eps_low / eps_high, e.g. 0.2 / 0.28"))
         clip = ClipRange()
-    reward = data.get("reward")
-    if reward is None and category == "rl" and source and source.startswith("arithmetic"):
+    reward = _name(data, "reward", p, problems)
+    if reward is None and category_name == "rl" and isinstance(source, str) \
+            and source.startswith("arithmetic"):
         reward = "exact_match"
     if reward is not None and reward not in REWARDS:
         problems.append((p, "reward", f"unknown reward {reward!r}; known: {', '.join(REWARDS)}"))
     min_tokens = data.get("min_tokens", DEFAULT_MIN_TOKENS)
-    _check_type(problems, p, "min_tokens", min_tokens, int)
+    if _check_type(problems, p, "min_tokens", min_tokens, int) and min_tokens < 0:
+        problems.append((p, "min_tokens", "must be >= 0"))
+    name = _name(data, "name", p, problems, Path(path).stem)
+    description = _name(data, "description", p, problems, "")
 
     if problems:
         return None, problems
-    return Scenario(
-        path=Path(path), name=data.get("name", Path(path).stem), category=category,
-        description=data.get("description", ""), model=model, prompt_source=source,
-        prompt_items=items, prompt_seed=int(prompts.get("seed", 0)), chat=prompts.get("chat"),
-        sampling=sampling, candidate=candidate, baseline=baseline, head_dtype=head_dtype,
-        tolerances=tolerances, clip=clip, margins=margins, expect=expect,
-        expect_diagnosis=data.get("expect_diagnosis"), reward=reward, min_tokens=min_tokens,
-        provenance=provenance, probe=probe, require_head=require_head, update=update,
-    ), []
+    scenario = Scenario(
+        path=Path(path), name=name, category=category_name, description=description,
+        model=model, prompt_source=source, prompt_items=items, prompt_seed=int(prompt_seed),
+        chat=chat, sampling=sampling, candidate=candidate, baseline=baseline,
+        head_dtype=head_dtype, tolerances=tolerances, clip=clip, margins=margins,
+        expect=expect, expect_diagnosis=expect_diagnosis, reward=reward,
+        min_tokens=min_tokens, provenance=provenance, options=options,
+        engine_sampling=engine_sampling)
+    found = category.check_settings(scenario, p)
+    return (None, found) if found else (scenario, [])
+
+
+# vLLM refuses more than this many logprobs per position (max_logprobs default, FACTS.md).
+MAX_LOGPROBS = 20
+
+
+def sampling_problems(sampling: SamplingSpec, fld: str, path: str) -> list[tuple[str, str, str]]:
+    """Range problems of a sampling spec (checked before any engine sees it)."""
+    import math
+
+    out = []
+    if not (math.isfinite(sampling.temperature) and 0 <= sampling.temperature <= 100):
+        out.append((path, f"{fld}.temperature", "must be a finite number in [0, 100]"))
+    if not 0 < sampling.top_p <= 1:
+        out.append((path, f"{fld}.top_p", "must be in (0, 1]"))
+    if sampling.top_k < 0:
+        out.append((path, f"{fld}.top_k", "must be >= 0 (0 = off)"))
+    if not 1 <= sampling.max_tokens <= 1 << 20:
+        out.append((path, f"{fld}.max_tokens", "must be in [1, 1048576]"))
+    if not 1 <= sampling.n <= 1024:
+        out.append((path, f"{fld}.n", "must be in [1, 1024]"))
+    if not 0 <= sampling.logprobs <= MAX_LOGPROBS:
+        out.append((path, f"{fld}.logprobs", f"must be in [0, {MAX_LOGPROBS}] (vLLM's limit)"))
+    if sampling.seed is not None and not 0 <= sampling.seed < 1 << 63:
+        out.append((path, f"{fld}.seed", "must be in [0, 2^63)"))
+    return out
+
+
+def _limits(data: dict, key: str, defaults: dict[str, float], path: str, problems: list,
+            ) -> dict[str, float]:
+    """Tolerances or margins: the category's defaults with the file's values over them."""
+    out = dict(defaults)
+    for name, value in _table(data, key, path, problems).items():
+        if name not in out:
+            problems.append((path, f"{key}.{name}", f"unknown {key[:-1]} for this category; "
+                                                    f"known: {', '.join(out) or 'none'}"))
+        elif _check_type(problems, path, f"{key}.{name}", value, float):
+            if not (value >= 0 and value != float("inf")):
+                problems.append((path, f"{key}.{name}", "must be a finite number >= 0"))
+            else:
+                out[name] = float(value)
+    return out
 
 
 def _precedence(cli_value, env_name, file_value, default):

@@ -44,11 +44,13 @@ def shipped_run(tiny_model, tmp_path_factory):
     """`parity check` on the shipped logprobs scenarios with the tiny model, once."""
     out = tmp_path_factory.mktemp("shipped")
     result, report = check_tiny([SCENARIOS / "logprobs-processed.toml",
-                                 SCENARIOS / "logprobs-raw-control.toml"], out)
+                                 SCENARIOS / "logprobs-raw-control.toml",
+                                 SCENARIOS / "logprobs-support-control.toml"], out)
     return result, out, report
 
 
-RUNTIME_SCENARIOS = ("runtime-v0-vs-v1-defaults", "runtime-model-mismatch-control",
+RUNTIME_SCENARIOS = ("runtime-v0-vs-v1-defaults", "runtime-v0-vs-v1-parity",
+                     "runtime-model-mismatch-control",
                      "runtime-prefix-cache", "runtime-batch-invariance",
                      "runtime-prefill-consistency", "runtime-prefill-semantics-control",
                      "lmhead-v1-fp32", "lmhead-v1-bf16-control", "lmhead-v0-fp32head",

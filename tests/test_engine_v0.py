@@ -44,7 +44,9 @@ def test_both_engines_loaded_the_same_model(rl_run):
                  "model.tie_word_embeddings", "model.num_hidden_layers"):
         assert len({json.dumps(k[name]) for k in keys}) == 1, name
     for sc in report["scenarios"]:
-        assert sc["metrics"]["model_config_diff"] == {}
+        identity = {f["name"]: f for f in sc["verdict"]["findings"]
+                    if f["name"].startswith("identity.")}
+        assert identity and all(f["outcome"] == "pass" for f in identity.values()), identity
 
 
 def test_v0_vs_v1_parity_passes_and_defaults_control_fails(rl_run):
@@ -54,7 +56,9 @@ def test_v0_vs_v1_parity_passes_and_defaults_control_fails(rl_run):
     ok = scenarios["rl-v0-vs-v1-parity"]
     assert ok["verdict"]["outcome"] == "pass", ok["verdict"]
     for f in ok["verdict"]["findings"]:
-        assert f["test"]["ci_low"] is not None and f["test"]["p_value"] is not None
+        if f["kind"] in ("non_inferiority", "equivalence"):
+            assert f["test"]["ci_low"] is not None and f["test"]["p_value"] is not None
+            assert f["test"]["paired"] and f["test"]["unit"] == "prompt"
     control = scenarios["rl-v0-vs-v1-defaults"]
     assert control["verdict"]["outcome"] == "fail"
     assert control["verdict"]["diagnosis"] == "raw_logprobs"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from parity import lm_head
-from parity.checks import expected
+from parity.categories import lm_head
+from parity.core import expected
 from parity.engines.base import SamplingSpec, Sequence
 from parity.engines.vllm_patches import Fp32HeadMethod, _patch_model, fp32_head_requested
 from parity.reference import RefScore
@@ -75,7 +75,7 @@ class _Refs:
     def __init__(self, offsets):
         self.offsets = offsets
 
-    def get(self, model_path, head):
+    def get(self, model_path, head, run=None):
         def score(pairs, sampling):
             return [RefScore(np.asarray(self.lps[i]) + self.offsets[head],
                              np.asarray(self.lps[i]) + self.offsets[head], np.zeros(len(t)))
@@ -93,7 +93,7 @@ def _result(head_dtype, engine_impl, require="float32", offsets=None):
     key = {"dtype": "torch.bfloat16", "head_dtype": "torch.bfloat16",
            "logprobs_mode": "raw_logprobs", "engine_impl": engine_impl}
     run = SimpleNamespace(sequences=seqs, effective_config={"key": key})
-    sc = SimpleNamespace(require_head=require, sampling=SamplingSpec(logprobs=5),
+    sc = SimpleNamespace(options={"require_head": require}, sampling=SamplingSpec(logprobs=5),
                          clip=lm_head.metrics.ClipRange())
     res = SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
     refs = _Refs(offsets or {"float32": 0.01, "model": 0.02})

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from parity import report
-from parity.checks import Finding, Verdict
+from parity.core import Finding, Verdict
 from parity.runner import RunResult, ScenarioResult
 from parity.scenario import load_scenarios
 
@@ -19,7 +19,8 @@ def results(*outcomes):
     for name, outcome, diagnosis in outcomes:
         res = ScenarioResult(scenarios[name])
         res.verdict = Verdict(outcome, diagnosis, f"{outcome} message",
-                              [Finding("abs_dlogp_seqmean", outcome, 0.1, 0.06)])
+                              [Finding("abs_dlogp_seqmean", "bound", "pass" if outcome == "pass" else "fail",
+                                       0.1, 0.06)])
         out.append(res)
     return RunResult("test", out, timings={"total_s": 1.0})
 
@@ -36,6 +37,11 @@ def test_exit_codes():
     assert report.exit_code(results(("logprobs-processed", "unresolved", "engine_failed"),
                                     control_ok)) == 125
     assert report.exit_code(results(("logprobs-processed", "inconclusive", None))) == 125
+    # A measurement of the hardware (expect = "report") accepts either decided outcome.
+    measured = ("runtime-batch-invariance", "fail", "batch_variance")
+    assert report.exit_code(results(ok, control_ok, measured)) == 0
+    assert report.exit_code(results(ok, control_ok, ("runtime-batch-invariance", "unresolved",
+                                                     "engine_failed"))) == 125
 
 
 def test_files_written(tmp_path):

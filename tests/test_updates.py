@@ -116,7 +116,8 @@ def test_scenario_validation(tmp_path):
     good.write_text('category = "weight_update"\nprobe = "inflight"\n'
                     'update = { after_tokens = 4 }\n[prompts]\nsource = "arithmetic:4"\n')
     sc, problems = parse_scenario(good)
-    assert not problems and sc.update.after_tokens == 4 and sc.probe == "inflight"
+    assert not problems and sc.options["update"].after_tokens == 4
+    assert sc.options["probe"] == "inflight"
     bad = tmp_path / "bad.toml"
     bad.write_text('category = "weight_update"\nprobe = "sometimes"\n'
                    'update = { via = "magic" }\n[prompts]\nsource = "arithmetic:4"\n')

@@ -1,4 +1,4 @@
-"""The `lm_head` category: does the candidate compute its logits with an fp32 lm_head (as the
+"""Category `lm_head`: does the candidate compute its logits with an fp32 lm_head (as the
 trainer does) or in the model dtype? Read from the engine's own logprobs (the bf16/fp16 grid)
 and from the trainer scored with both heads; fails when it is not the head required."""
 
@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from parity import metrics, stats
-from parity.checks import Finding, Verdict
+from parity import core, metrics, stats
+from parity.categories.base import Category
+
+HEADS = ("float32", "model")
 
 # Explicit mantissa bits of the 16-bit dtypes a head can round its logits to.
 MANTISSA_BITS = {"bfloat16": 7, "float16": 10}
@@ -21,11 +23,6 @@ GRID_TOL = 3e-5
 LATTICE_ON = 0.9   # at least this share of positions on the grid: a 16-bit head
 LATTICE_OFF = 0.3  # at most this share: an fp32 head
 MIN_POSITIONS = 50
-
-
-def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
-    """One generate call with the scenario's sampling (which must ask for top logprobs)."""
-    res.runs[role].sequences = engine.generate(prompts, res.scenario.sampling)
 
 
 def _dtype_name(value: Any) -> str:
@@ -128,22 +125,20 @@ def _engine_fix(key: dict[str, Any], want: str) -> str:
     return "unset PARITY_FP32_HEAD"
 
 
-def judge(res, refs) -> tuple[Verdict, dict[str, Any]]:
+def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
     """Score the candidate against the trainer with an fp32 head and with a model-dtype head,
     read the head dtype off its logprobs, and compare with the scenario's `require_head`."""
     sc = res.scenario
     er = res.runs["candidate"]
     seqs = er.sequences
-    if not seqs:
-        return Verdict("unresolved", "no_samples", "candidate returned no sequences"), {}
     key = (er.effective_config or {}).get("key", {})
     model_dtype = _dtype_name(key.get("dtype"))
     processed = key.get("logprobs_mode") == "processed_logprobs"
     pairs = [(s.prompt_token_ids, s.token_ids) for s in seqs]
     cand = [np.asarray(s.logprobs, np.float64) for s in seqs]
     vs_ref, per_seq = {}, {}
-    for head in ("float32", "model"):
-        scores = refs.get(res.model_path, head).score(pairs, sc.sampling)
+    for head in HEADS:
+        scores = refs.get(res.model_path, head, er).score(pairs, sc.sampling)
         ref = [np.asarray(r.processed_logprob if processed else r.raw_logprob) for r in scores]
         summary = metrics.summarize(ref, cand, None, sc.clip)
         vs_ref[head] = {k: summary[k] for k in ("abs_dlogp_mean", "abs_dlogp_p99",
@@ -152,36 +147,38 @@ def judge(res, refs) -> tuple[Verdict, dict[str, Any]]:
     gap_diff = paired_gap(per_seq["float32"], per_seq["model"])
     bits = MANTISSA_BITS.get(model_dtype)
     lat = (lattice([s.top_logprobs for s in seqs], bits, sc.sampling.temperature) if bits
-           else {"n_positions": 0, "fraction": float("nan")})
+           else {"n_positions": 0, "n_on_grid": 0, "fraction": float("nan")})
     head, evidence = classify(lat, gap_diff, model_dtype)
-    want = sc.require_head
+    want = sc.options["require_head"]
     short = SHORT.get(model_dtype, model_dtype)
-    gaps = (f"mean |dlogp| to the trainer with an fp32 head {vs_ref['float32']['abs_dlogp_mean']:.4f}, "
-            f"with a {short} head {vs_ref['model']['abs_dlogp_mean']:.4f}")
-    findings = [Finding("grid_fraction", "pass" if head is not None else "inconclusive",
-                        lat.get("fraction", float("nan")), LATTICE_ON,
-                        note=f"{lat.get('n_on_grid', 0)}/{lat.get('n_positions', 0)} positions "
-                             f"on the {short} grid"),
-                Finding("gap_model_minus_fp32", "pass", gap_diff["mean"], 0.0, gap_diff, gaps)]
+    gaps = (f"mean |dlogp| to the trainer with an fp32 head "
+            f"{vs_ref['float32']['abs_dlogp_mean']:.4f}, with a {short} head "
+            f"{vs_ref['model']['abs_dlogp_mean']:.4f}")
     config_head = _dtype_name(key.get("head_dtype"))
     measured = None if head is None else ("float32" if head == "float32" else model_dtype)
+    required = "float32" if want == "float32" or model_dtype == "float32" else model_dtype
+    finding = core.equality("head_dtype", measured, required,
+                            note=f"measured from the logits: {evidence}; "
+                                 f"{lat.get('n_on_grid', 0)}/{lat.get('n_positions', 0)} "
+                                 f"positions on the {short} grid")
     mismatch_note = ""
     if measured and config_head and config_head != measured:
         mismatch_note = (f"; the engine's config says head {config_head}, its logits say "
                          f"{measured}")
     detail = {"head": head, "required": want, "head_measured_dtype": measured,
               "config_head_dtype": config_head, "lattice": lat, "vs_ref": vs_ref,
-              "evidence": evidence,
+              "gap_model_minus_fp32": gap_diff, "evidence": evidence,
+              "key_metric": lat.get("fraction"),
               "headline": f"head {measured or '?'} (grid {lat.get('fraction', float('nan')):.2f}; "
                           f"|dlogp| fp32 {vs_ref['float32']['abs_dlogp_mean']:.3g} / "
                           f"{short} {vs_ref['model']['abs_dlogp_mean']:.3g})"}
-    if head is None:
-        return Verdict("inconclusive", None, f"cannot tell the head dtype: {evidence} ({gaps})",
-                       findings), detail
-    if head == want or model_dtype == "float32":
-        return Verdict("pass", None, f"the engine computes the lm_head in "
-                       f"{SHORT.get(measured, measured)} as required ({evidence}; {gaps})"
-                       f"{mismatch_note}", findings), detail
+    if finding.outcome == "inconclusive":
+        return core.Verdict("inconclusive", None, f"cannot tell the head dtype: {evidence} "
+                            f"({gaps})", [finding]), detail
+    if finding.outcome == "pass":
+        return core.Verdict("pass", None, f"the engine computes the lm_head in "
+                            f"{SHORT.get(measured, measured)} as required ({evidence}; {gaps})"
+                            f"{mismatch_note}", [finding]), detail
     if want == "float32":
         diagnosis = f"{short}_head"
         message = (f"the engine computes the lm_head in {short} ({evidence}; {gaps}), the "
@@ -190,5 +187,32 @@ def judge(res, refs) -> tuple[Verdict, dict[str, Any]]:
         diagnosis = "fp32_head"
         message = (f"the engine computes the lm_head in fp32 ({evidence}; {gaps}) but the "
                    f"scenario requires the model dtype: {_engine_fix(key, 'model')}")
-    findings[0].outcome = "fail"
-    return Verdict("fail", diagnosis, message + mismatch_note, findings), detail
+    return core.Verdict("fail", diagnosis, message + mismatch_note, [finding]), detail
+
+
+class LmHead(Category):
+    name = "lm_head"
+    summary = "fp32 or model-dtype lm_head, read from the engine's own logits"
+    fields = {"require_head": "\"float32\" (default) or \"model\": the head the engine must use"}
+    diagnoses = {"bf16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
+                 "fp16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
+                 "fp32_head": "drop the fp32 head override"}
+    findings = {"head_dtype": "equality"}
+    key_metric_name = "share of positions on the 16-bit grid"
+
+    def parse(self, data, sampling, path):
+        problems = []
+        want = data.get("require_head", "float32")
+        if want not in HEADS:
+            problems.append((path, "require_head", f"{want!r}: use \"float32\" or \"model\""))
+        if sampling.logprobs < 1:
+            problems.append((path, "sampling.logprobs", "an lm_head check needs logprobs >= 1: "
+                                                        "the head dtype is read from the "
+                                                        "differences between the top logprobs"))
+        return {"require_head": want}, problems
+
+    def judge(self, res, refs):
+        return judge(res, refs)
+
+
+CATEGORY = LmHead()

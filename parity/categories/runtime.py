@@ -1,6 +1,6 @@
-"""The `runtime` category: the engines' effective configurations side by side, each difference
-tagged with its consequence for RL (a model-config difference fails), and behavioural probes of
-one engine: prefix cache cold vs warm, batch size 1 vs N, decode vs re-prefill."""
+"""Category `runtime`: the engines' effective configurations side by side (the V0-parity keys
+must match, each difference tagged with its RL consequence), and behavioural probes of one
+engine: prefix cache cold vs warm, batch size 1 vs N, decode vs re-prefill."""
 
 from __future__ import annotations
 
@@ -9,132 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from parity import metrics, stats
-from parity.checks import Finding, Verdict, combine
+from parity import configdiff, core, metrics, stats
+from parity.categories import _common
+from parity.categories.base import Category, fmt, sampling_for
 from parity.engines.base import Sequence
 
-
-# Severity of a difference: "fail" = not the same model; "rl" = changes what the RL loss sees or
-# risks stale data; "numeric" = kernels/batching, logprobs move within noise; "info" = neither.
-CONSEQUENCES: dict[str, tuple[str, str]] = {
-    "enable_prefix_caching": ("rl", "prefix caching on: after a weight update a cache hit reuses "
-                              "KV computed with the old weights (stale KV); set "
-                              "enable_prefix_caching=False or reset the cache at every update"),
-    "async_scheduling": ("rl", "async scheduling on: the scheduler runs a step ahead of the "
-                         "model, so around a weight update tokens can come from a step-old "
-                         "weight version; set async_scheduling=False"),
-    "cascade_attention": ("rl", "cascade attention allowed: shared-prefix batches take another "
-                          "attention path than the trainer's; set disable_cascade_attn=True"),
-    "head_dtype": ("rl", "lm_head dtype differs: every logit is rounded differently, and the "
-                   "trainer computes them in fp32 (see the lm_head category)"),
-    "logprobs_mode": ("rl", "logprob semantics differ: the RL loss needs the processed "
-                      "distribution the sampler draws from (see the logprobs category)"),
-    "generation_config_defaults": ("rl", "sampling defaults from the checkpoint's "
-                                   "generation_config.json apply to requests that leave them "
-                                   "unset: the engines may sample different distributions"),
-    "dtype": ("rl", "the engines compute in different precisions"),
-    "kv_cache_dtype": ("rl", "the KV cache is stored in another dtype: attention reads rounded "
-                       "keys and values"),
-    "enable_chunked_prefill": ("numeric", "long prompts are prefilled in chunks: numerics differ "
-                               "slightly from a one-shot prefill (prefill_consistency probe)"),
-    "max_num_seqs": ("numeric", "batch composition differs: logprobs can move within batch "
-                     "noise (batch_invariance probe); throughput"),
-    "max_num_batched_tokens": ("numeric", "step token budget differs: batch composition and "
-                               "chunking differ (batch_invariance probe); throughput"),
-    "enforce_eager": ("numeric", "compiled vs eager kernels: numerics within noise expected"),
-    "compilation_level": ("numeric", "compiled vs eager kernels: numerics within noise expected"),
-    "cudagraph_mode": ("numeric", "CUDA graphs vs eager: numerics within noise expected"),
-    "block_size": ("info", "KV block size: prefix-cache granularity only"),
-    "max_model_len": ("info", "longest sequence the engine accepts"),
-    "seed": ("info", "global seed: only requests without their own seed are affected (parity "
-             "seeds every request)"),
-}
-ENGINE_IDENTITY = ("engine_impl", "vllm_version", "vllm_use_v1_env", "platform")
-MODEL_CONSEQUENCE = "model config differs: the two engines are not running the same model"
-# Values that carry an RL risk even when both engines share them.
-RISKY = {"enable_prefix_caching": True, "async_scheduling": True, "cascade_attention": "allowed"}
-
-
-# ----------------------------------------------------------------------------- config diff
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality that reads [x] as x and 10000 as 10000.0 (engines spell ids and floats apart)."""
-    if isinstance(a, list) and len(a) == 1:
-        a = a[0]
-    if isinstance(b, list) and len(b) == 1:
-        b = b[0]
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not (
-            isinstance(a, bool) or isinstance(b, bool)):
-        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=0.0))
-    return a == b
-
-
-def tag(key: str, base: Any, cand: Any) -> tuple[str, str]:
-    """(severity, consequence) of one difference between baseline and candidate."""
-    if key.startswith("model."):
-        if base is None or cand is None:
-            return "unknown", f"{key} could not be read on one side"
-        return "fail", f"{MODEL_CONSEQUENCE} ({key}: {base!r} vs {cand!r})"
-    if key in ENGINE_IDENTITY:
-        return "info", "the engines being compared"
-    severity, text = CONSEQUENCES.get(key, ("info", "no known consequence for RL"))
-    if key in RISKY:
-        risky = [role for role, v in (("baseline", base), ("candidate", cand))
-                 if v == RISKY[key]]
-        if not risky:
-            return "info", "off or absent in both engines: no RL consequence"
-        text = f"{text} (on in the {' and '.join(risky)})"
-    return severity, text
-
-
-def config_diff(base: dict[str, Any], cand: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every key whose effective value differs, with its severity and RL consequence.
-
-    Args:
-        base, cand: the "key" sections of the two engines' effective configs.
-    Returns:
-        [{"key", "baseline", "candidate", "severity", "consequence"}], model keys first.
-    """
-    rows = []
-    for key in sorted(set(base) | set(cand), key=lambda k: (not k.startswith("model."), k)):
-        b, c = base.get(key), cand.get(key)
-        if _same(b, c):
-            continue
-        severity, consequence = tag(key, b, c)
-        rows.append({"key": key, "baseline": b, "candidate": c, "severity": severity,
-                     "consequence": consequence})
-    return rows
-
-
-def risks(key: dict[str, Any]) -> list[str]:
-    """Settings of one engine that carry an RL risk whatever the other engine does."""
-    return [k for k, v in RISKY.items() if key.get(k) == v]
-
-
-def judge_config_diff(base: dict[str, Any], cand: dict[str, Any]) -> tuple[Verdict, dict]:
-    """Fail when the model configs differ; otherwise pass and list the tagged differences."""
-    rows = config_diff(base, cand)
-    failing = [r for r in rows if r["severity"] == "fail"]
-    rl = [r for r in rows if r["severity"] == "rl"]
-    findings = [Finding(f"diff.{r['key']}", "fail" if r["severity"] == "fail" else "pass",
-                        float("nan"), None, note=r["consequence"]) for r in rows]
-    detail = {"differences": rows, "candidate_risks": risks(cand),
-              "baseline_risks": risks(base),
-              "headline": f"{len(rows)} differences, {len(rl)} with RL consequences"
-                          + (f", {len(failing)} in the model" if failing else "")}
-    if failing:
-        keys = ", ".join(r["key"] for r in failing)
-        return Verdict("fail", "model_config_mismatch",
-                       f"{MODEL_CONSEQUENCE} ({keys}): check the checkpoint each engine loads, "
-                       "its hf_overrides, and config drift between transformers versions "
-                       "(rope_theta vs rope_parameters)", findings), detail
-    text = "; ".join(f"{r['key']} {r['baseline']!r} -> {r['candidate']!r}: {r['consequence']}"
-                     for r in rl)
-    return Verdict("pass", None, "same model; " + (f"differences with RL consequences: {text}"
-                                                    if rl else "no difference with an RL "
-                                                               "consequence"),
-                   findings), detail
+PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
+# Two runs of one engine on the same tokens: only kernel and batching noise may separate them.
+# Chosen below the engine-to-trainer bf16 noise (~0.03-0.04 mean |dlogp|, FACTS.md); measured
+# values and the command that reproduces them: README, "Runtime probe tolerances".
+RUNTIME_ABS_DLOGP = 0.02
+RUNTIME_KL_K3 = 0.002
 
 
 # ----------------------------------------------------------------------------- probes: engine work
@@ -166,12 +51,17 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
     sc = res.scenario
     er = res.runs[role]
     key = (er.effective_config or {}).get("key", {})
-    sampling = sc.sampling
-    if sc.probe == "config_diff":
+    sampling = sampling_for(sc, role)
+    probe = sc.options["probe"]
+    if probe == "config_diff":
         # The configs were read at start; one short request shows the engine also serves.
         er.sequences = engine.generate(prompts[:1], replace(sampling, max_tokens=4, n=1))
         return
-    if sc.probe == "prefix_cache":
+    if probe == "prefix_cache":
+        if not key.get("enable_prefix_caching"):
+            er.extra["probe_error"] = ("prefix caching is off on this engine: the probe has "
+                                       "no cache to compare")
+            return
         block = int(key.get("block_size") or 16)
         room = int(key.get("max_model_len") or 2048) - sampling.max_tokens - max(map(len, prompts))
         length = min(2 * block, room - 1)
@@ -195,7 +85,7 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
         er.extra.update(ref=cold, cand=warm, prefix_tokens=length)
         log(f"  prefix_cache: {len(full)} prompts sharing {length} tokens, cold then warm")
         return
-    if sc.probe == "batch_invariance":
+    if probe == "batch_invariance":
         single = []
         for i in range(len(prompts)):
             engine.reset_prefix_cache()
@@ -205,7 +95,7 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
         er.sequences = batched
         er.extra.update(ref=single, cand=batched)
         return
-    if sc.probe == "prefill_consistency":
+    if probe == "prefill_consistency":
         engine.reset_prefix_cache()
         decoded = engine.generate(prompts, sampling)
         engine.reset_prefix_cache()
@@ -226,7 +116,7 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
                                                    logprobs=s.logprobs[:len(p.token_ids)])
                                            for s, p in zip(decoded, prefill)])
         return
-    raise ValueError(f"unknown probe {sc.probe!r}")
+    raise ValueError(f"unknown probe {probe!r}")
 
 
 # ----------------------------------------------------------------------------- probes: judging
@@ -258,30 +148,27 @@ def aligned(ref: list[Sequence], cand: list[Sequence]) -> dict[str, Any]:
 
 
 def probe_findings(pairs: dict[str, Any], tolerances: dict[str, float], min_tokens: int,
-                   clip: metrics.ClipRange) -> tuple[list[Finding], dict[str, Any]]:
+                   clip: metrics.ClipRange,
+                   ) -> tuple[list[core.Finding], list[core.Precondition], dict[str, Any]]:
     """Per-sequence mean |dlogp| and k3 KL between the two runs, each judged against its
-    tolerance with a one-sample bound (stats.threshold), as check_logprobs does."""
+    tolerance with a one-sample bound (stats.threshold), as the logprobs category does."""
     summary = metrics.summarize(pairs["ref"], pairs["cand"], None, clip)
     per_seq = metrics.per_sequence(pairs["ref"], pairs["cand"], None, clip)
-    findings = []
     n_tokens = int(summary["n_tokens"])
-    if n_tokens < min_tokens:
-        findings.append(Finding("n_tokens", "inconclusive", n_tokens, min_tokens,
-                                note=f"only {n_tokens} comparable tokens (< {min_tokens})"))
+    pre = [_common.tokens_precondition(n_tokens, min_tokens, "comparable tokens")]
+    findings = []
     for name in ("abs_dlogp_mean", "kl_k3_mean"):
         if name in tolerances:
-            test = stats.threshold(per_seq[name], tolerances[name])
-            findings.append(Finding(name.replace("_mean", "_seqmean"), test.outcome,
-                                    summary[name.replace("_mean", "_seqmean")], tolerances[name],
-                                    test.to_dict(), test.reason))
+            findings.append(core.from_test(name.replace("_mean", "_seqmean"),
+                                           stats.threshold(per_seq[name], tolerances[name])))
     first = pairs["first_abs_dlogp"]
     stats_out = {k: summary[k] for k in ("n_seqs", "n_tokens", "abs_dlogp_mean", "abs_dlogp_p99",
                                          "abs_dlogp_max", "kl_k3_mean", "abs_dlogp_seqmean",
                                          "kl_k3_seqmean")}
     stats_out.update(n_diverged=pairs["n_diverged"],
-                     first_token_abs_dlogp_mean=float(first.mean()) if first.size else float("nan"),
+                     first_token_abs_dlogp_mean=float(first.mean()) if first.size else None,
                      bitwise_equal=bool(n_tokens and summary["abs_dlogp_max"] == 0.0))
-    return findings, stats_out
+    return findings, pre, stats_out
 
 
 def _semantics(key: dict[str, Any], sampling) -> dict[str, str]:
@@ -296,11 +183,11 @@ def _semantics(key: dict[str, Any], sampling) -> dict[str, str]:
     return {"decode": decode, "prefill": prefill}
 
 
-def _measured_semantics(res, refs, seqs: list[Sequence]) -> str | None:
+def _measured_semantics(res, refs, seqs: list[Sequence], er=None) -> str | None:
     """raw or processed: which reference distribution a set of logprobs sits closer to."""
     if not seqs or not res.scenario.sampling.is_processed_distinct:
         return None
-    ref = refs.get(res.model_path, res.scenario.head_dtype)
+    ref = refs.get(res.model_path, res.scenario.head_dtype, er)
     scores = ref.score([(s.prompt_token_ids, s.token_ids) for s in seqs], res.scenario.sampling)
     cand = np.concatenate([np.asarray(s.logprobs, np.float64) for s in seqs] or [np.zeros(0)])
     gap = {}
@@ -324,50 +211,52 @@ DIAGNOSES = {
 }
 
 
-def _judge_probe(res, refs, role: str) -> tuple[Verdict, dict[str, Any]]:
+def _judge_probe(res, refs, role: str) -> tuple[core.Verdict, dict[str, Any]]:
     sc = res.scenario
     er = res.runs[role]
+    probe = sc.options["probe"]
     key = (er.effective_config or {}).get("key", {})
     if er.extra.get("probe_error"):
-        return Verdict("inconclusive", "probe_not_run", er.extra["probe_error"]), {}
+        return core.Verdict("inconclusive", "probe_not_run", er.extra["probe_error"],
+                            preconditions=[core.Precondition("probe_ran", False, None, True,
+                                                             er.extra["probe_error"])]), {}
     pairs = aligned(er.extra["ref"], er.extra["cand"])
-    findings, out = probe_findings(pairs, sc.tolerances, sc.min_tokens, sc.clip)
-    detail: dict[str, Any] = {"probe": sc.probe, **out}
+    findings, pre, out = probe_findings(pairs, sc.tolerances, sc.min_tokens, sc.clip)
+    detail: dict[str, Any] = {"probe": probe, **out, "key_metric": out["abs_dlogp_mean"]}
     notes = []
-    if sc.probe == "prefix_cache":
+    if probe == "prefix_cache":
         cold_hits = sum(s.num_cached_tokens or 0 for s in er.extra["ref"])
         warm_hits = sum(s.num_cached_tokens or 0 for s in er.extra["cand"])
         detail.update(prefix_tokens=er.extra["prefix_tokens"], cached_tokens_cold=cold_hits,
                       cached_tokens_warm=warm_hits,
                       enable_prefix_caching=key.get("enable_prefix_caching"))
-        if not warm_hits:
-            notes.append("no prefix-cache hits in the warm run"
-                         + (" (prefix caching is off)" if not key.get("enable_prefix_caching")
-                            else ""))
-            if key.get("enable_prefix_caching"):
-                findings.append(Finding("cache_hits", "inconclusive", 0, None,
-                                        note="prefix caching is on but nothing was reused"))
+        pre.append(core.at_least("cache_hits", warm_hits, 1, "prefix caching is on but the "
+                                                            "warm run reused nothing"))
         if cold_hits:
             notes.append(f"the cold run reused {cold_hits} cached tokens")
-    if sc.probe == "prefill_consistency":
+    if probe == "prefill_consistency":
         sem = _semantics(key, sc.sampling)
-        measured = {"decode": _measured_semantics(res, refs, er.extra["cand"]),
-                    "prefill": _measured_semantics(res, refs, er.extra["ref"])}
+        measured = {"decode": _measured_semantics(res, refs, er.extra["cand"], er),
+                    "prefill": _measured_semantics(res, refs, er.extra["ref"], er)}
         detail.update(semantics=sem, semantics_measured=measured)
         notes.append(f"decode logprobs: {sem['decode']}; prefill logprobs: {sem['prefill']}")
-    outcome = combine(findings)
-    m = (f"|dlogp| mean {out['abs_dlogp_mean']:.3g} (max {out['abs_dlogp_max']:.3g}), k3 "
-         f"{out['kl_k3_mean']:.3g} over {out['n_tokens']} tokens of {out['n_seqs']} sequences, "
+    outcome = core.combine(findings, pre)
+    m = (f"|dlogp| mean {fmt(out['abs_dlogp_mean'])} (max {fmt(out['abs_dlogp_max'])}), k3 "
+         f"{fmt(out['kl_k3_mean'])} over {out['n_tokens']} tokens of {out['n_seqs']} sequences, "
          f"{out['n_diverged']} diverged")
-    detail["headline"] = (f"{sc.probe}: |dlogp| {out['abs_dlogp_mean']:.3g}, k3 "
-                          f"{out['kl_k3_mean']:.2g}, {out['n_diverged']}/{out['n_seqs']} diverged")
+    detail["headline"] = (f"{probe}: |dlogp| {fmt(out['abs_dlogp_mean'])}, k3 "
+                          f"{fmt(out['kl_k3_mean'], 2)}, {out['n_diverged']}/{out['n_seqs']} "
+                          "diverged")
     text = m + (f" ({'; '.join(notes)})" if notes else "")
     if outcome == "pass":
-        return Verdict("pass", None, f"{sc.probe}: within numeric noise: {text}", findings), detail
+        return core.Verdict("pass", None, f"{probe}: within numeric noise: {text}", findings,
+                            pre), detail
     if outcome != "fail":
-        return Verdict(outcome, None, f"{sc.probe}: {outcome}: {text}", findings), detail
-    diagnosis, fix = DIAGNOSES[sc.probe]
-    if sc.probe == "prefill_consistency":
+        unmet = "; ".join(p.note for p in pre if not p.met)
+        return core.Verdict(outcome, None, f"{probe}: {outcome}: {text}"
+                            + (f"; {unmet}" if unmet else ""), findings, pre), detail
+    diagnosis, fix = DIAGNOSES[probe]
+    if probe == "prefill_consistency":
         measured = detail["semantics_measured"]
         if measured["decode"] and measured["prefill"] and measured["decode"] != measured["prefill"]:
             diagnosis = "prompt_logprobs_semantics"
@@ -375,18 +264,108 @@ def _judge_probe(res, refs, role: str) -> tuple[Verdict, dict[str, Any]]:
                    f"{measured['prefill']}: teacher-forcing through prompt_logprobs gives other "
                    "semantics on this engine; score at T=1 without truncation, or compare raw "
                    "with raw")
-    return Verdict("fail", diagnosis, f"{fix} ({text})", findings), detail
+    return core.Verdict("fail", diagnosis, f"{fix} ({text})", findings, pre), detail
 
 
-def judge(res, refs) -> tuple[Verdict, dict[str, Any]]:
-    """The config diff (baseline vs candidate), or the probe's verdict on the candidate (with
-    the baseline's probe result alongside when the scenario has one)."""
-    sc = res.scenario
-    if sc.probe == "config_diff":
-        keys = {role: (er.effective_config or {}).get("key", {}) for role, er in res.runs.items()}
-        return judge_config_diff(keys["baseline"], keys["candidate"])
-    verdict, detail = _judge_probe(res, refs, "candidate")
-    if "baseline" in res.runs:
-        base_verdict, base_detail = _judge_probe(res, refs, "baseline")
-        detail["baseline"] = {"verdict": base_verdict.to_dict(), **base_detail}
-    return verdict, detail
+def judge_config_diff(base: dict[str, Any], cand: dict[str, Any],
+                      keys=configdiff.V0_PARITY_KEYS) -> tuple[core.Verdict, dict]:
+    """Every key that must match is an equality finding (fails naming the key and its fix; a
+    key one engine does not report is inconclusive); every other difference is listed with its
+    RL consequence in the detail. Model identity is judged for every category by the runner."""
+    rows = configdiff.config_diff(base, cand)
+    checks = configdiff.must_match(base, cand, keys)
+    findings = [core.equality(f"match.{r['key']}", r["baseline"], r["candidate"],
+                              lambda a, b, k=r["key"]: configdiff.same(
+                                  configdiff.normalized(k, a), configdiff.normalized(k, b)),
+                              note="" if r["status"] == "same" else
+                              (f"fix: {r['fix']}" if r["status"] == "differs"
+                               else "one engine does not report it"))
+                for r in checks]
+    rl = [r for r in rows if r["severity"] == "rl"]
+    detail = {"differences": rows, "must_match": checks, "candidate_risks": configdiff.risks(cand),
+              "baseline_risks": configdiff.risks(base), "key_metric": float(len(rl)),
+              "headline": f"{len(rows)} differences, {len(rl)} with RL consequences, "
+                          f"{sum(r['status'] == 'differs' for r in checks)} must-match keys "
+                          "differ"}
+    outcome = core.combine(findings)
+    differing = [r for r in checks if r["status"] == "differs"]
+    if differing:
+        text = "; ".join(f"{r['key']} {r['baseline']!r} vs {r['candidate']!r}: {r['fix']}"
+                         for r in differing)
+        return core.Verdict("fail", "runtime_defaults", f"runtime settings the V0-parity fixes "
+                            f"pin differ: {text}", findings), detail
+    if outcome != "pass":
+        unknown = ", ".join(r["key"] for r in checks if r["status"] == "unknown")
+        return core.Verdict(outcome, None, f"cannot compare {unknown}: not reported by both "
+                            "engines", findings), detail
+    others = "; ".join(f"{r['key']} {r['baseline']!r} -> {r['candidate']!r}: {r['consequence']}"
+                       for r in rl)
+    return core.Verdict("pass", None, "the V0-parity settings match"
+                        + (f"; other differences with RL consequences: {others}" if others
+                           else ""), findings), detail
+
+
+class Runtime(Category):
+    name = "runtime"
+    summary = "effective configuration diff (V0-parity keys must match) and behavioural probes"
+    fields = {"probe": f"one of {', '.join(PROBES)} (default config_diff)",
+              "must_match": "config_diff: the keys that must be equal (default: "
+                            + ", ".join(configdiff.V0_PARITY_KEYS) + ")"}
+    tolerances = {"abs_dlogp_mean": RUNTIME_ABS_DLOGP, "kl_k3_mean": RUNTIME_KL_K3}
+    diagnoses = {"runtime_defaults": "set the differing V0-parity keys alike (the message "
+                                     "names each fix)",
+                 **{code: fix for code, fix in DIAGNOSES.values()},
+                 "prompt_logprobs_semantics": "score at T=1 without truncation, or compare "
+                                              "raw with raw"}
+    findings = {"match.*": "equality", "abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound"}
+    key_metric_name = "abs_dlogp_mean (probes) / RL-relevant differences (config_diff)"
+
+    def parse(self, data, sampling, path):
+        problems = []
+        probe = data.get("probe", "config_diff")
+        if probe not in PROBES:
+            problems.append((path, "probe", f"{probe!r}: use one of {', '.join(PROBES)}"))
+        keys = data.get("must_match", list(configdiff.V0_PARITY_KEYS))
+        if "must_match" in data and probe != "config_diff":
+            problems.append((path, "must_match", "only the config_diff probe compares keys"))
+        if not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+            problems.append((path, "must_match", "must be a non-empty list of effective-config "
+                                                 "key names, e.g. [\"enable_prefix_caching\"]"))
+            keys = list(configdiff.V0_PARITY_KEYS)
+        return {"probe": probe, "must_match": tuple(keys)}, problems
+
+    def roles(self, options):
+        return ("candidate", "baseline") if options.get("probe") == "config_diff" \
+            else ("candidate",)
+
+    def check_settings(self, scenario, path):
+        if scenario.options.get("probe") != "prefix_cache":
+            return []
+        problems = []
+        for role, setting in scenario.settings().items():
+            on = setting.args.get("enable_prefix_caching")
+            # vLLM V0 leaves prefix caching off unless it is asked for; V1 turns it on.
+            if on is False or (on is None and setting.variables.get("VLLM_USE_V1") == "0"):
+                problems.append((path, f"{role}.engine_args.enable_prefix_caching",
+                                 "the prefix_cache probe needs prefix caching on: set "
+                                 "enable_prefix_caching = true (or use another probe)"))
+        return problems
+
+    def drive(self, engine, res, role, prompts, log):
+        drive(engine, res, role, prompts, log)
+
+    def judge(self, res, refs):
+        sc = res.scenario
+        if sc.options["probe"] == "config_diff":
+            keys = {role: (er.effective_config or {}).get("key", {})
+                    for role, er in res.runs.items()}
+            return judge_config_diff(keys["baseline"], keys["candidate"],
+                                     sc.options["must_match"])
+        verdict, detail = _judge_probe(res, refs, "candidate")
+        if "baseline" in res.runs:
+            base_verdict, base_detail = _judge_probe(res, refs, "baseline")
+            detail["baseline"] = {"verdict": base_verdict.to_dict(), **base_detail}
+        return verdict, detail
+
+
+CATEGORY = Runtime()

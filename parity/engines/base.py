@@ -34,7 +34,10 @@ class SamplingSpec:
 
     @property
     def is_processed_distinct(self) -> bool:
-        """True when processed logprobs differ from raw ones (temperature, top-k or top-p act)."""
+        """True when processed logprobs differ from raw ones (temperature, top-k or top-p act).
+        A greedy request (T below vLLM's 1e-5) is neither tempered nor truncated."""
+        if self.temperature < 1e-5:
+            return False
         return abs(self.temperature - 1.0) > 1e-6 or self.top_p < 1.0 or self.top_k > 0
 
 

@@ -1,0 +1,90 @@
+"""The Category interface: what a fix category declares (its scenario fields, defaults,
+diagnoses and finding kinds) and does (drive engines, judge), plus the shared pieces."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+from parity.core import Verdict
+
+Problem = tuple[str, str, str]  # (file, field, message with the fix)
+Log = Callable[[str], None]
+
+
+class Category:
+    """One fix category. Subclass it in a module of parity.categories and set CATEGORY there.
+
+    Attributes:
+        name: the `category = "..."` of scenario files.
+        summary: one line for the README and --help.
+        fields: category-specific top-level scenario fields -> one line of help each.
+        tolerances: default tolerances (name -> value) a scenario's [tolerances] may override.
+        margins: default baseline-vs-candidate margins a scenario's [margins] may override.
+        diagnoses: every diagnosis code the category can give -> the fix it names.
+        findings: every finding name the category can build -> its kind (parity.core.KINDS);
+            a name ending in "*" stands for a family (e.g. "identity.*").
+        key_metric_name: the number tables and bisect trials show for a scenario.
+    """
+
+    name: str = ""
+    summary: str = ""
+    fields: dict[str, str] = {}
+    tolerances: dict[str, float] = {}
+    margins: dict[str, float] = {}
+    diagnoses: dict[str, str] = {}
+    findings: dict[str, str] = {}
+    key_metric_name: str = ""
+
+    def parse(self, data: dict[str, Any], sampling, path: str,
+              ) -> tuple[dict[str, Any], list[Problem]]:
+        """Validate the category's own fields of one scenario file.
+
+        Args:
+            data: the whole parsed TOML table.
+            sampling: the scenario's validated SamplingSpec.
+            path: the file, for problem messages.
+        Returns:
+            (options, problems): options land in Scenario.options; every problem found.
+        """
+        return {}, []
+
+    def roles(self, options: dict[str, Any]) -> tuple[str, ...]:
+        """The engine roles a scenario needs: ("candidate",) or ("candidate", "baseline")."""
+        return ("candidate",)
+
+    def check_settings(self, scenario, path: str) -> list[Problem]:
+        """Problems only visible once the engine settings are known (before any start)."""
+        return []
+
+    def drive(self, engine, res, role: str, prompts: list[list[int]], log: Log) -> None:
+        """Do the engine work of one role and fill res.runs[role] (sequences, extra).
+        Default: one generate call with the scenario's sampling for that role."""
+        res.runs[role].sequences = engine.generate(prompts, sampling_for(res.scenario, role))
+
+    def judge(self, res, refs) -> tuple[Verdict, dict[str, Any]]:
+        """The scenario's verdict and detail (metrics), from res.runs and the reference models
+        (refs.get(model_path, head_dtype).score(pairs, sampling))."""
+        raise NotImplementedError
+
+    def key_metric(self, detail: dict[str, Any]) -> tuple[float | None, str]:
+        """(value, text) of the scenario's key metric for tables and bisect."""
+        value = detail.get("key_metric") if detail else None
+        return (value if isinstance(value, (int, float)) else None,
+                (detail or {}).get("headline", "n/a"))
+
+
+def sampling_for(scenario, role: str):
+    """The sampling parameters sent to one role's engine: the scenario's, with the role's
+    `sampling` overrides (an engine configured to sample otherwise than the trainer assumes)."""
+    overrides = (scenario.engine_sampling or {}).get(role)
+    return replace(scenario.sampling, **overrides) if overrides else scenario.sampling
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A number for a headline ("n/a" when not measured)."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if v == v and abs(v) != float("inf") else "n/a"
+    return str(v)

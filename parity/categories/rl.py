@@ -1,0 +1,167 @@
+"""Category `rl`: baseline vs candidate engine on the RL metrics, each engine's samples scored
+by the same trainer: mismatch metrics by non-inferiority, behaviour metrics by equivalence,
+paired by prompt; plus the direct engine-vs-engine gap on the same tokens (reported)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from parity import core, stats
+from parity.categories import _common
+from parity.categories.base import Category, fmt, sampling_for
+from parity.direct import semantics_specs, summarize, teacher_force
+
+# Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
+# behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.
+MISMATCH_METRICS = {"kl_k3": "kl_k3_mean", "abs_dlogp": "abs_dlogp_mean",
+                    "clip_rate": "clip_rate_token"}
+BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
+
+
+class RL(Category):
+    name = "rl"
+    summary = "baseline vs candidate on clip rate, KL, |dlogp|, entropy and reward"
+    # See README "How the margins were chosen" for the run-to-run noise they come from.
+    margins = {"kl_k3": 0.005, "abs_dlogp": 0.01, "clip_rate": 0.03, "entropy": 0.2,
+               "reward": 0.2}
+    tolerances = {"excluded_tokens": _common.EXCLUDED_TOKENS_DEFAULT}
+    diagnoses = {
+        "support_mismatch": "an engine samples tokens the trainer's processed distribution "
+                            "excludes: align top_k/top_p/min_p and the tie rule",
+        "raw_logprobs": "set logprobs_mode=processed_logprobs on the candidate",
+        "rl_divergence": "the candidate is worse than the baseline on an RL metric beyond the "
+                         "margin: bisect the setting differences (parity bisect)",
+    }
+    findings = {"kl_k3": "non_inferiority", "abs_dlogp": "non_inferiority",
+                "clip_rate": "non_inferiority", "entropy": "equivalence",
+                "reward": "equivalence", "baseline.excluded_tokens": "count_limit",
+                "candidate.excluded_tokens": "count_limit"}
+    key_metric_name = "kl_k3_mean (candidate)"
+
+    def roles(self, options):
+        return ("candidate", "baseline")
+
+    def drive(self, engine, res, role, prompts, log):
+        er = res.runs[role]
+        er.sequences = engine.generate(prompts, sampling_for(res.scenario, role))
+        other = res.runs.get("baseline" if role == "candidate" else "candidate")
+        if other is not None and other.sequences:
+            # The second engine of the pair scores the first one's tokens.
+            er.extra["direct_of"] = other.role
+            er.extra["direct_forced"] = teacher_force(engine, other.sequences,
+                                                      res.scenario.sampling)
+
+    def judge(self, res, refs):
+        sc = res.scenario
+        runs, scores = {}, {}
+        for role in ("baseline", "candidate"):
+            er = res.runs[role]
+            pairs = [(s.prompt_token_ids, s.token_ids) for s in er.sequences]
+            scores[role] = refs.get(res.model_path, sc.head_dtype, er).score(pairs, sc.sampling)
+            runs[role] = (er.sequences, scores[role], res.rewards(er.sequences))
+        verdict, detail = check(runs, sc.margins, sc.clip, sc.min_tokens, sc.tolerances)
+        direct = _direct(res, scores, refs)
+        if direct:
+            detail["direct"] = direct
+        return verdict, detail
+
+
+def role_metrics(seqs, scores, clip, rewards) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One engine against the trainer: token-level summary and per-sequence values (the unit
+    the statistics resample), plus the reward when there is one."""
+    gaps = _common.logprob_gaps(seqs, scores, clip)
+    summary = dict(gaps["vs_processed"])
+    summary["abs_dlogp_mean_vs_raw"] = gaps["vs_raw"]["abs_dlogp_mean"]
+    per_seq = dict(gaps["per_seq"])
+    if rewards is not None:
+        per_seq["reward"] = np.asarray(rewards, dtype=np.float64)
+        summary["reward_mean"] = float(np.mean(rewards)) if rewards else float("nan")
+    return summary, per_seq
+
+
+def check(runs, margins: dict[str, float], clip, min_tokens: int,
+          tolerances: dict[str, float] | None = None) -> tuple[core.Verdict, dict[str, Any]]:
+    """Baseline vs candidate on the RL metrics, each engine scored by the same trainer.
+
+    Args:
+        runs: role -> (sequences, reference scores, per-sequence rewards or None).
+    Mismatch metrics (k3 KL, |dlogp|, token clip rate against the trainer) are judged as
+    non-inferiority: the candidate may be worse than the baseline by at most the margin.
+    Behaviour metrics (exact entropy of the sampled positions, reward) by equivalence within
+    +-margin (two one-sided tests). Both engines answer the same prompts, so the comparison is
+    paired by prompt: per-prompt means of each side, bootstrap over prompts.
+    """
+    tolerances = tolerances or {}
+    per_role, per_seq, groups, pre, findings = {}, {}, {}, [], []
+    for role, (seqs, scores, rewards) in runs.items():
+        per_role[role], per_seq[role] = role_metrics(seqs, scores, clip, rewards)
+        groups[role] = np.asarray([s.prompt_index for s in seqs])
+        pre.append(core.at_least(f"{role}.n_tokens", int(per_role[role]["n_tokens"]), min_tokens,
+                                 f"only {int(per_role[role]['n_tokens'])} sampled tokens: too "
+                                 "little data"))
+        excluded = _common.excluded_finding(per_role[role], tolerances)
+        excluded.name = f"{role}.excluded_tokens"
+        findings.append(excluded)
+    kwargs = dict(paired=True, base_clusters=groups["baseline"],
+                  cand_clusters=groups["candidate"])
+    for name, key in MISMATCH_METRICS.items():
+        if name in margins:
+            t = stats.non_inferiority(per_seq["baseline"][key], per_seq["candidate"][key],
+                                      margins[name], **kwargs)
+            findings.append(core.from_test(name, t))
+    for name, key in BEHAVIOUR_METRICS.items():
+        if name in margins and key in per_seq["baseline"] and key in per_seq["candidate"]:
+            t = stats.equivalence_tost(per_seq["baseline"][key], per_seq["candidate"][key],
+                                       margins[name], **kwargs)
+            findings.append(core.from_test(name, t))
+    outcome = core.combine(findings, pre)
+    diagnosis, message = None, "candidate is no worse than the baseline on every RL metric"
+    cand = per_role["candidate"]
+    failed = [f for f in findings if f.outcome == "fail"]
+    if outcome != "pass":
+        message = f"{outcome}: " + ", ".join(f"{f.name} {f.outcome} ({f.note})"
+                                             for f in findings if f.outcome != "pass")
+        unmet = [p for p in pre if not p.met]
+        if unmet:
+            message += "; " + "; ".join(p.note for p in unmet)
+        support = [f for f in failed if f.name.endswith("excluded_tokens")]
+        if support:
+            diagnosis = "support_mismatch"
+            message += "; " + _common.support_fix(support[0].value, support[0].test["total"])
+        elif cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
+            diagnosis = "raw_logprobs"
+            message += ("; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
+                        "set logprobs_mode=processed_logprobs")
+        elif failed:
+            diagnosis = "rl_divergence"
+    b = per_role["baseline"]
+    detail = {"per_role": per_role, "key_metric": cand.get("kl_k3_mean"),
+              "headline": f"k3 {fmt(b.get('kl_k3_mean'))} -> {fmt(cand.get('kl_k3_mean'))}, "
+                          f"clip {fmt(b.get('clip_rate_token'))} -> "
+                          f"{fmt(cand.get('clip_rate_token'))}"}
+    return core.Verdict(outcome, diagnosis, message, findings, pre), detail
+
+
+def _direct(res, scores: dict, refs) -> dict[str, Any] | None:
+    """The engine-vs-engine gap on the same tokens (see parity.direct), when the second engine
+    of the pair was teacher-forced on the first one's tokens."""
+    for role, er in res.runs.items():
+        forced, other_role = er.extra.get("direct_forced"), er.extra.get("direct_of")
+        other = res.runs.get(other_role) if other_role else None
+        if not forced or other is None:
+            continue
+        sampling = res.scenario.sampling
+        pairs = [(s.prompt_token_ids, s.token_ids) for s in other.sequences]
+        tempered = refs.get(res.model_path, res.scenario.head_dtype, other).score(
+            pairs, semantics_specs(sampling)["tempered"])
+        ref = {"raw": [r.raw_logprob for r in scores[other_role]],
+               "tempered": [r.processed_logprob for r in tempered],
+               "processed": [r.processed_logprob for r in scores[other_role]]}
+        mode = ((other.effective_config or {}).get("key") or {}).get("logprobs_mode")
+        return summarize(forced, other.sequences, role, other_role, ref, mode)
+    return None
+
+
+CATEGORY = RL()

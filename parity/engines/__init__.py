@@ -1,0 +1,27 @@
+"""The engine registry: engine kind (a setting's `engine`, from its profile) -> the class that
+implements parity.engines.base.Engine, imported lazily ("module:Class") so that the CLI and the
+metric code start without importing torch or vLLM. A new engine kind is one module plus one
+line here."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+ENGINES: dict[str, str] = {
+    # vLLM in a worker process of the setting's environment (V0 or V1 by the env and its vars).
+    "vllm": "parity.engines.process:VllmEngine",
+}
+
+
+def engine_class(kind: str):
+    """The class registered for an engine kind (KeyError naming the known kinds)."""
+    if kind not in ENGINES:
+        raise KeyError(f"unknown engine kind {kind!r}; known: {', '.join(ENGINES)}")
+    module, _, name = ENGINES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def create(setting, model_path: str, python: str, log_path: Path, **kwargs):
+    """An engine for a setting (not started): `engine.start()` or use it as a context manager."""
+    return engine_class(setting.engine)(setting, model_path, python, log_path, **kwargs)
