@@ -19,7 +19,7 @@ from parity.paths import cache_dir
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
-SCORER_VERSION = 2
+SCORER_VERSION = 3
 GREEDY_EPS = 1e-5  # vLLM V1's _SAMPLING_EPS: below this temperature a request is greedy
 HEAD_DTYPES = ("float32", "model")
 TIE_RULES = ("keep_ties", "exact_k")
@@ -290,7 +290,16 @@ def tie_rule_for(platform: str | None, vllm_version: str | None) -> str:
     return "exact_k" if m and (int(m.group(1)), int(m.group(2))) >= (0, 32) else "keep_ties"
 
 
-def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
+# An excluded sampled token whose (tempered) logit is this close to the lowest kept one sits on
+# the cut up to numerics: an engine computing its logits in bf16 (a 16-bit head, or bf16 hidden
+# states) rounds logits of magnitude 16-32 in steps of 0.125, so the last token in or out of the
+# top-k/top-p set can differ from the fp32 trainer's. Seen on the tiny model: a bf16-head V1
+# engine sampled boundary tokens the fp32-head reference excluded.
+BOUNDARY_EPS = 0.25
+
+
+def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None,
+                  eps: float = 0.0):
     """Bool [N]: rows where the top-k or top-p cut falls inside a group of equal logits, so the
     kept set depends on the tie rule (how many are kept) or on which tied ids a kernel keeps.
 
@@ -301,6 +310,8 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
     does. They are an allowance: the reference may exclude a sampled token the engine kept, or
     the reverse. (With the wrong rule a tie at k changes the normalisation of the whole row.)
     `processed`: process_logits's output under either rule, if already computed.
+    `eps`: with `tokens`, an excluded token within eps of the lowest kept (tempered) logit also
+    counts as on the cut (numeric noise, see BOUNDARY_EPS).
     """
     import torch
 
@@ -320,6 +331,9 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
     at = None if tokens is None else x.gather(-1, torch.as_tensor(tokens).view(-1, 1))
     if at is not None:
         split &= (at == low).squeeze(-1)
+        if eps > 0:
+            at_kept = kept.gather(-1, torch.as_tensor(tokens).view(-1, 1)).squeeze(-1)
+            split |= ~at_kept & ((low - at).squeeze(-1) <= eps)
     if k is not None:
         # More tokens at or above the k-th value than k: keep_ties keeps them all, exact_k cuts.
         kth = x.topk(k, dim=-1).values[:, -1:]
@@ -494,7 +508,8 @@ class Reference:
         target = torch.tensor(targets).unsqueeze(-1)
         raw = logits.log_softmax(dim=-1)
         processed = process_logits(logits, sampling, self.tie_rule)
-        tied = boundary_ties(logits, sampling, target.squeeze(-1), processed).numpy()
+        tied = boundary_ties(logits, sampling, target.squeeze(-1), processed,
+                             eps=BOUNDARY_EPS).numpy()
         processed = processed.log_softmax(dim=-1)
         raw_lp = raw.gather(-1, target).squeeze(-1).double().numpy()
         proc_lp = processed.gather(-1, target).squeeze(-1).double().numpy()
