@@ -70,14 +70,17 @@ def check(seqs, scores, tolerances: dict[str, float], clip, min_tokens: int,
     gap_text = (f"mean |dlogp| to the reference's processed logprobs {fmt(gap_proc, 4)}, to "
                 f"its raw logprobs {fmt(gap_raw, 4)}")
     diagnosis, message = None, f"logprobs match the processed distribution ({gap_text})"
-    if excluded.outcome == "fail":
-        diagnosis = "support_mismatch"
-        message = f"{_common.support_fix(excluded.value, n_tokens)} ({gap_text})"
-    elif outcome != "pass" and gap_raw < gap_proc:
+    # Raw logprobs first: a raw-logprob engine usually also has a bf16 head, whose boundary
+    # tokens the fp32 trainer may exclude; the excluded count is still reported.
+    if outcome != "pass" and gap_raw < gap_proc:
         diagnosis = "raw_logprobs"
         message = (f"the engine returns RAW logprobs ({gap_text}): the RL loss needs the "
                    "processed distribution the sampler draws from; set "
-                   "logprobs_mode=processed_logprobs")
+                   "logprobs_mode=processed_logprobs"
+                   + (f"; also {excluded.note}" if excluded.outcome == "fail" else ""))
+    elif excluded.outcome == "fail":
+        diagnosis = "support_mismatch"
+        message = f"{_common.support_fix(excluded.value, n_tokens)} ({gap_text})"
     elif outcome == "fail":
         diagnosis = "processed_mismatch"
         message = (f"the engine returns processed logprobs but they differ from the reference "

@@ -127,13 +127,13 @@ def check(runs, margins: dict[str, float], clip, min_tokens: int,
         if unmet:
             message += "; " + "; ".join(p.note for p in unmet)
         support = [f for f in failed if f.name.endswith("excluded_tokens")]
-        if support:
-            diagnosis = "support_mismatch"
-            message += "; " + _common.support_fix(support[0].value, support[0].test["total"])
-        elif cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
+        if cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
             diagnosis = "raw_logprobs"
             message += ("; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
                         "set logprobs_mode=processed_logprobs")
+        elif support:
+            diagnosis = "support_mismatch"
+            message += "; " + _common.support_fix(support[0].value, support[0].test["total"])
         elif failed:
             diagnosis = "rl_divergence"
     b = per_role["baseline"]
