@@ -84,7 +84,7 @@ def config_diff(base: dict[str, Any], cand: dict[str, Any]) -> list[dict[str, An
         if b is None or c is None:
             if b is c:
                 continue
-        elif same(normalized(key, b), normalized(key, c)):
+        elif equal(key, b, c):
             continue
         severity, consequence = tag(key, b, c)
         rows.append({"key": key, "baseline": b, "candidate": c, "severity": severity,
@@ -119,6 +119,11 @@ def normalized(key: str, value: Any) -> Any:
     return _EQUIVALENT.get(key, {}).get(value, value) if isinstance(value, str) else value
 
 
+def equal(key: str, a: Any, b: Any) -> bool:
+    """One key's two values are the same behaviour (identity.same after normalized)."""
+    return same(normalized(key, a), normalized(key, b))
+
+
 def must_match(base: dict[str, Any], cand: dict[str, Any], keys=V0_PARITY_KEYS,
                ) -> list[dict[str, Any]]:
     """For each key that must match: {"key", "baseline", "candidate", "status", "fix"}, status
@@ -129,7 +134,7 @@ def must_match(base: dict[str, Any], cand: dict[str, Any], keys=V0_PARITY_KEYS,
         if b is None or c is None:
             status = "unknown"
         else:
-            status = "same" if same(normalized(key, b), normalized(key, c)) else "differs"
+            status = "same" if equal(key, b, c) else "differs"
         rows.append({"key": key, "baseline": b, "candidate": c, "status": status,
                      "fix": FIXES.get(key, f"set {key} alike on both engines")})
     return rows

@@ -354,11 +354,10 @@ def trainer_facts(model_path: str) -> dict[str, Any]:
 
 
 def _drift_verdict(res: ScenarioResult) -> Verdict:
-    findings = [core.Finding(f"drift.{role}.{r['key']}", "equality", "fail", r.get(env_key),
+    envs = {role: s.env for role, s in res.scenario.settings().items()}
+    findings = [core.Finding(f"drift.{role}.{r['key']}", "equality", "fail", r.get(envs[role]),
                              r.get("trainer"), {"row": r}, r["message"])
-                for role, rows in res.drift.items() for r in rows
-                for env_key in [next(k for k in r if k not in ("key", "trainer", "status",
-                                                               "cause", "fix", "message"))]]
+                for role, rows in res.drift.items() for r in rows]
     text = "; ".join(f"{role}: {r['message']}" for role, rows in res.drift.items() for r in rows)
     return Verdict("fail", "config_drift", "the engine's environment would read this checkpoint "
                    f"differently from the trainer (engine not started): {text}", findings)

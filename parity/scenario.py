@@ -14,9 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from parity.categories.base import choice
 from parity.engines.base import EngineSetting, SamplingSpec
 from parity.metrics import ClipRange
 from parity.prompts import REWARDS, parse_source
+from parity.reference import HEAD_DTYPES
 
 SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int,
                    "seed": int, "n": int, "logprobs": int}
@@ -29,7 +31,6 @@ EXPECTS = ("pass", "fail", "report")
 # Diagnoses the runner gives in every category: an engine that does not run the trainer's model,
 # and an engine environment that would read the checkpoint differently (found before start).
 GENERIC_DIAGNOSES = ("model_mismatch", "config_drift")
-HEADS = ("float32", "model")
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MIN_TOKENS = 200  # fewer sampled tokens than this: the verdict is inconclusive
 
@@ -301,10 +302,8 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
     for key in reference:
         if key != "head_dtype":
             problems.append((p, f"reference.{key}", "unknown field; allowed: head_dtype"))
-    head_dtype = reference.get("head_dtype", "float32")
-    if head_dtype not in HEADS:
-        problems.append((p, "reference.head_dtype", f"{head_dtype!r}: use \"float32\" or "
-                                                    "\"model\""))
+    head_dtype = choice(reference, "head_dtype", HEAD_DTYPES, "float32", p, problems,
+                        fld="reference.head_dtype")
     tolerances = _limits(data, "tolerances", category.tolerances if category else {}, p,
                          problems)
     margins = _limits(data, "margins", category.margins if category else {}, p, problems)

@@ -74,6 +74,17 @@ class Category:
                 (detail or {}).get("headline", "n/a"))
 
 
+def choice(data: dict[str, Any], key: str, choices, default, path: str,
+           problems: list[Problem], hint: str = "", fld: str | None = None) -> Any:
+    """data[key] (default when absent), which must be one of `choices`; else a problem naming
+    them (reported under `fld`, default `key`)."""
+    value = data.get(key, default)
+    if not any(value == c and type(value) is type(c) for c in choices):
+        problems.append((path, fld or key, f"{value!r}: {hint}use one of "
+                                    + ", ".join(f'"{c}"' for c in choices)))
+    return value
+
+
 def sampling_for(scenario, role: str):
     """The sampling parameters sent to one role's engine: the scenario's, with the role's
     `sampling` overrides (an engine configured to sample otherwise than the trainer assumes)."""

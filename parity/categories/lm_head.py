@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 
 from parity import core, metrics, stats
-from parity.categories.base import Category
-
-HEADS = ("float32", "model")
+from parity.categories.base import Category, choice
+from parity.reference import HEAD_DTYPES
 
 # Explicit mantissa bits of the 16-bit dtypes a head can round its logits to.
 MANTISSA_BITS = {"bfloat16": 7, "float16": 10}
@@ -137,7 +136,7 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
     pairs = [(s.prompt_token_ids, s.token_ids) for s in seqs]
     cand = [np.asarray(s.logprobs, np.float64) for s in seqs]
     vs_ref, per_seq = {}, {}
-    for head in HEADS:
+    for head in HEAD_DTYPES:
         scores = refs.get(res.model_path, head, er).score(pairs, sc.sampling)
         ref = [np.asarray(r.processed_logprob if processed else r.raw_logprob) for r in scores]
         summary = metrics.summarize(ref, cand, None, sc.clip)
@@ -202,9 +201,7 @@ class LmHead(Category):
 
     def parse(self, data, sampling, path):
         problems = []
-        want = data.get("require_head", "float32")
-        if want not in HEADS:
-            problems.append((path, "require_head", f"{want!r}: use \"float32\" or \"model\""))
+        want = choice(data, "require_head", HEAD_DTYPES, "float32", path, problems)
         if sampling.logprobs < 1:
             problems.append((path, "sampling.logprobs", "an lm_head check needs logprobs >= 1: "
                                                         "the head dtype is read from the "

@@ -11,7 +11,7 @@ import numpy as np
 
 from parity import configdiff, core, metrics, stats
 from parity.categories import _common
-from parity.categories.base import Category, fmt, sampling_for
+from parity.categories.base import Category, choice, fmt, sampling_for
 from parity.engines.base import Sequence
 
 PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
@@ -275,8 +275,7 @@ def judge_config_diff(base: dict[str, Any], cand: dict[str, Any],
     rows = configdiff.config_diff(base, cand)
     checks = configdiff.must_match(base, cand, keys)
     findings = [core.equality(f"match.{r['key']}", r["baseline"], r["candidate"],
-                              lambda a, b, k=r["key"]: configdiff.same(
-                                  configdiff.normalized(k, a), configdiff.normalized(k, b)),
+                              lambda a, b, k=r["key"]: configdiff.equal(k, a, b),
                               note="" if r["status"] == "same" else
                               (f"fix: {r['fix']}" if r["status"] == "differs"
                                else "one engine does not report it"))
@@ -322,9 +321,7 @@ class Runtime(Category):
 
     def parse(self, data, sampling, path):
         problems = []
-        probe = data.get("probe", "config_diff")
-        if probe not in PROBES:
-            problems.append((path, "probe", f"{probe!r}: use one of {', '.join(PROBES)}"))
+        probe = choice(data, "probe", PROBES, "config_diff", path, problems)
         keys = data.get("must_match", list(configdiff.V0_PARITY_KEYS))
         if "must_match" in data and probe != "config_diff":
             problems.append((path, "must_match", "only the config_diff probe compares keys"))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from parity import core, stats
-from parity.categories.base import Category, fmt
+from parity.categories.base import Category, choice, fmt
 from parity.engines.base import Sequence
 from parity.updates import (DEFAULT_TOLERANCE, PROBES, SEMANTICS, SEPARATION, SplitScorer,
                             UpdateSpec, cached_boundary, parse_update, shared_context,
@@ -387,10 +387,8 @@ class WeightUpdate(Category):
 
     def parse(self, data, sampling, path):
         problems = []
-        probe = data.get("probe")
-        if probe not in PROBES:
-            problems.append((path, "probe", f"{probe!r}: a weight_update scenario needs probe = "
-                                            f"one of {', '.join(PROBES)}"))
+        probe = choice(data, "probe", PROBES, None, path, problems,
+                       "a weight_update scenario needs a probe: ")
         update, found = parse_update(data.get("update"), path)
         return {"probe": probe, "update": update}, problems + found
 
