@@ -3,16 +3,15 @@ on it, scores them with the reference (batched, cached), and judges each scenari
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from parity import categories, core
+from parity import categories, core, modelcheck
 from parity.core import Verdict
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
@@ -162,9 +161,12 @@ def _validate_engine_args(scenarios: list[Scenario], pythons: dict[str, str], lo
 
 
 class MemoEngine:
-    """An engine seen through a memo: identical generate requests within a run (same prompts,
-    same sampling, per-prompt seeds) are generated once and reused, e.g. one V0 baseline for
-    several candidates. Everything else passes through."""
+    """An engine seen through a memo: identical generate requests of different scenarios in a
+    run (same prompts, same sampling, per-prompt seeds) are generated once and reused, e.g. one
+    V0 baseline for several candidates. Only categories whose engine work is plain generation
+    get it (Category.reuses_generations): a probe that repeats a request on purpose (cold then
+    warm cache) or fills a cache before an update needs the real call. Each caller gets its own
+    Sequence objects. Everything else passes through."""
 
     def __init__(self, engine):
         self._engine = engine
@@ -177,7 +179,7 @@ class MemoEngine:
             self.reused += 1
         else:
             self._memo[memo] = self._engine.generate(prompts, sampling)
-        return self._memo[memo]
+        return [replace(s) for s in self._memo[memo]]
 
     def forget(self) -> None:
         """After the weights change, earlier generations no longer describe the engine."""
@@ -230,7 +232,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     env_names = {s.env for sc in scenarios for s in sc.settings().values()}
     pythons = {name: python_for(name, log) for name in sorted(env_names)}
     _validate_engine_args(scenarios, pythons, log_dir)
-    drifts = _config_drift(run.results, pythons, log_dir, log)
+    drifts = modelcheck.config_drift(run.results, pythons, log_dir, log)
     timings["validate_s"] = time.perf_counter() - t0
 
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
@@ -274,7 +276,16 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
                     t0 = time.perf_counter()
                     reused = memo.reused
-                    categories.get(res.scenario.category).drive(memo, res, role, prompts, log)
+                    category = categories.get(res.scenario.category)
+                    try:
+                        category.drive(memo if category.reuses_generations else engine, res,
+                                       role, prompts, log)
+                    except EngineError:
+                        raise
+                    except Exception as exc:  # a bug in one scenario's engine work: that
+                        # scenario is unresolved, the run and its report go on
+                        er.error = f"engine work failed: {type(exc).__name__}: {exc}"
+                        log(f"  {res.scenario.name} [{role}]: {er.error}")
                     er.reused = memo.reused > reused
                     er.generate_s = time.perf_counter() - t0
                     timings["generate_s"] += er.generate_s
@@ -321,48 +332,6 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     return run
 
 
-def _config_drift(results: list[ScenarioResult], pythons: dict[str, str], log_dir: Path,
-                  log: Log) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """What each engine environment's own transformers reads from each checkpoint, against what
-    the trainer reads (identity.drift), before any engine starts: {(env, model): rows}."""
-    from parity import identity
-    from parity.engines.process import read_model_facts
-
-    out = {}
-    for env, model_path in sorted({(s.env, r.model_path) for r in results
-                                   for s in r.scenario.settings().values()}):
-        if env == "harness":  # the trainer's own interpreter: nothing to drift
-            continue
-        try:
-            facts = read_model_facts(pythons[env], model_path, log_dir / f"facts-{env}.log")
-        except EngineError as exc:
-            log(f"[validate] could not read {Path(model_path).name} in env {env}: {exc}")
-            continue  # the engine start will say what is wrong with the environment
-        rows = identity.drift(trainer_facts(model_path), facts, env,
-                              str(facts.get("transformers_version")))
-        if rows:
-            out[(env, model_path)] = rows
-    return out
-
-
-@functools.cache
-def trainer_facts(model_path: str) -> dict[str, Any]:
-    """The model-identity facts the trainer side reads, once per checkpoint and process."""
-    from parity import identity
-
-    return identity.trainer_facts(model_path)
-
-
-def _drift_verdict(res: ScenarioResult) -> Verdict:
-    envs = {role: s.env for role, s in res.scenario.settings().items()}
-    findings = [core.Finding(f"drift.{role}.{r['key']}", "equality", "fail", r.get(envs[role]),
-                             r.get("trainer"), {"row": r}, r["message"])
-                for role, rows in res.drift.items() for r in rows]
-    text = "; ".join(f"{role}: {r['message']}" for role, rows in res.drift.items() for r in rows)
-    return Verdict("fail", "config_drift", "the engine's environment would read this checkpoint "
-                   f"differently from the trainer (engine not started): {text}", findings)
-
-
 def _failed(res: ScenarioResult) -> Verdict | None:
     """An "unresolved" verdict when an engine the scenario needs failed or never ran."""
     for role in res.scenario.settings():
@@ -392,13 +361,13 @@ def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any
     loads, and both engines of a pair the same one). A judging error is unresolved for this
     scenario only."""
     if res.drift:
-        return _drift_verdict(res), {"drift": res.drift}
+        return modelcheck.drift_verdict(res), {"drift": res.drift}
     failed = _failed(res)
     if failed is not None:
         return failed, {}
     try:
         verdict, detail = categories.get(res.scenario.category).judge(res, refs)
-        _add_identity(res, verdict, detail)
+        modelcheck.add_identity(res, verdict, detail)
         _add_reward(res, detail)
     except Exception as exc:  # a bug or bad data in judging must not lose the other verdicts
         import traceback
@@ -407,42 +376,6 @@ def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any
         return core.unresolved("judge_error", f"judging failed: {type(exc).__name__}: {exc} "
                                               f"({tail.splitlines()[-1]})"), {}
     return verdict, detail
-
-
-def _add_identity(res: ScenarioResult, verdict: Verdict, detail: dict[str, Any]) -> None:
-    """Model identity, engine vs trainer and engine vs engine, by the one rule (identity.py)."""
-    from parity import identity
-
-    trainer = trainer_facts(res.model_path)
-    facts = {role: identity.engine_facts((er.effective_config or {}).get("key") or {})
-             for role, er in res.runs.items()}
-    # The dtype an engine computes in is a setting (the update scenarios run fp32 engines on
-    # bf16 checkpoints, scored by an fp32 trainer); it is compared engine vs engine only.
-    pairs = [(f"identity.{role}_vs_trainer", (role, "trainer"), facts[role], trainer,
-              {"model.dtype"}) for role in facts]
-    if len(facts) == 2:
-        pairs.append(("identity.baseline_vs_candidate", ("baseline", "candidate"),
-                      facts["baseline"], facts["candidate"], set()))
-    rows_out = {}
-    for name, names, a, b, skip in pairs:
-        rows = [r for r in identity.compare(a, b, names=names) if r["key"] not in skip]
-        rows_out[name] = rows
-        differs = [r for r in rows if r["status"] == "differs"]
-        unknown = [r for r in rows if r["status"] == "unknown"]
-        outcome = "fail" if differs else ("inconclusive" if unknown else "pass")
-        note = "; ".join(f"{r['key']}: {r[names[0]]!r} vs {r[names[1]]!r}" for r in differs) \
-            or (("not readable on one side: " + ", ".join(r["key"] for r in unknown))
-                if unknown else "")
-        verdict.findings.append(core.Finding(name, "equality", outcome, len(differs), 0,
-                                             {"rows": rows}, note))
-        if differs:
-            verdict.diagnosis = "model_mismatch"
-            verdict.message = (f"{names[0]} and {names[1]} do not run the same model ({note}): "
-                               "check the checkpoint each side loads, its hf_overrides, and "
-                               "config drift between transformers versions (rope_theta vs "
-                               "rope_parameters); " + verdict.message)
-    detail["identity"] = rows_out
-    verdict.recombine()
 
 
 def _add_reward(res: ScenarioResult, detail: dict[str, Any]) -> None:

@@ -25,6 +25,9 @@ class Category:
         findings: every finding name the category can build -> its kind (parity.core.KINDS);
             a name ending in "*" stands for a family (e.g. "identity.*").
         key_metric_name: the number tables and bisect trials show for a scenario.
+        reuses_generations: whether the engine work may be served from an identical request of
+            another scenario in the run (True when it is plain generation; False for probes
+            that repeat requests or change engine state on purpose).
     """
 
     name: str = ""
@@ -35,6 +38,7 @@ class Category:
     diagnoses: dict[str, str] = {}
     findings: dict[str, str] = {}
     key_metric_name: str = ""
+    reuses_generations: bool = True
 
     def parse(self, data: dict[str, Any], sampling, path: str,
               ) -> tuple[dict[str, Any], list[Problem]]:

@@ -318,6 +318,7 @@ class Runtime(Category):
                                               "raw with raw"}
     findings = {"match.*": "equality", "abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound"}
     key_metric_name = "abs_dlogp_mean (probes) / RL-relevant differences (config_diff)"
+    reuses_generations = False  # cold vs warm cache, batch 1 vs N: every call must be real
 
     def parse(self, data, sampling, path):
         problems = []

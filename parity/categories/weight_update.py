@@ -384,6 +384,7 @@ class WeightUpdate(Category):
                 "abs_dlogp_post_vs_recompute": "bound", "post_update_tokens": "count_limit",
                 "version_labels": "count_limit"}
     key_metric_name = "mean |dlogp| after the update to the expected weights"
+    reuses_generations = False  # the generation before an update fills the prefix cache
 
     def parse(self, data, sampling, path):
         problems = []
