@@ -19,7 +19,7 @@ from parity.paths import cache_dir
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
-SCORER_VERSION = 3
+SCORER_VERSION = 5
 GREEDY_EPS = 1e-5  # vLLM V1's _SAMPLING_EPS: below this temperature a request is greedy
 HEAD_DTYPES = ("float32", "model")
 TIE_RULES = ("keep_ties", "exact_k")
@@ -215,6 +215,11 @@ def _top_k_p(sampling: SamplingSpec, vocab: int):
     return k, p
 
 
+def _kth(x, k: int):
+    """The k-th largest value of each row, [N, 1] (top-k keeps what is >= it, ties included)."""
+    return x.topk(k, dim=-1).values[:, -1:]
+
+
 def process_logits(logits, sampling: SamplingSpec, tie_rule: str = "keep_ties"):
     """Apply temperature, top-k, top-p to fp32 logits [N, V], mirroring vLLM V1's sampler.
 
@@ -256,8 +261,7 @@ def process_logits(logits, sampling: SamplingSpec, tie_rule: str = "keep_ties"):
             x_sort = x_sort.masked_fill(before >= p32, float("-inf"))
         return torch.empty_like(x).scatter_(-1, idx, x_sort)
     if p is None:
-        kth = x.topk(k, dim=-1).values[:, -1:]
-        return x.masked_fill(x < kth, float("-inf"))
+        return x.masked_fill(x < _kth(x, k), float("-inf"))
     x_sort, idx = x.sort(dim=-1, descending=False)
     if k is not None:
         kth = x_sort[:, x_sort.shape[-1] - k].unsqueeze(-1)
@@ -290,16 +294,7 @@ def tie_rule_for(platform: str | None, vllm_version: str | None) -> str:
     return "exact_k" if m and (int(m.group(1)), int(m.group(2))) >= (0, 32) else "keep_ties"
 
 
-# An excluded sampled token whose (tempered) logit is this close to the lowest kept one sits on
-# the cut up to numerics: an engine computing its logits in bf16 (a 16-bit head, or bf16 hidden
-# states) rounds logits of magnitude 16-32 in steps of 0.125, so the last token in or out of the
-# top-k/top-p set can differ from the fp32 trainer's. Seen on the tiny model: a bf16-head V1
-# engine sampled boundary tokens the fp32-head reference excluded.
-BOUNDARY_EPS = 0.25
-
-
-def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None,
-                  eps: float = 0.0):
+def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
     """Bool [N]: rows where the top-k or top-p cut falls inside a group of equal logits, so the
     kept set depends on the tie rule (how many are kept) or on which tied ids a kernel keeps.
 
@@ -310,8 +305,6 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None,
     does. They are an allowance: the reference may exclude a sampled token the engine kept, or
     the reverse. (With the wrong rule a tie at k changes the normalisation of the whole row.)
     `processed`: process_logits's output under either rule, if already computed.
-    `eps`: with `tokens`, an excluded token within eps of the lowest kept (tempered) logit also
-    counts as on the cut (numeric noise, see BOUNDARY_EPS).
     """
     import torch
 
@@ -331,12 +324,9 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None,
     at = None if tokens is None else x.gather(-1, torch.as_tensor(tokens).view(-1, 1))
     if at is not None:
         split &= (at == low).squeeze(-1)
-        if eps > 0:
-            at_kept = kept.gather(-1, torch.as_tensor(tokens).view(-1, 1)).squeeze(-1)
-            split |= ~at_kept & ((low - at).squeeze(-1) <= eps)
     if k is not None:
         # More tokens at or above the k-th value than k: keep_ties keeps them all, exact_k cuts.
-        kth = x.topk(k, dim=-1).values[:, -1:]
+        kth = _kth(x, k)
         tied_k = (x >= kth).sum(dim=-1) > k
         if at is not None:
             tied_k &= (at == kth).squeeze(-1)
@@ -508,8 +498,7 @@ class Reference:
         target = torch.tensor(targets).unsqueeze(-1)
         raw = logits.log_softmax(dim=-1)
         processed = process_logits(logits, sampling, self.tie_rule)
-        tied = boundary_ties(logits, sampling, target.squeeze(-1), processed,
-                             eps=BOUNDARY_EPS).numpy()
+        tied = boundary_ties(logits, sampling, target.squeeze(-1), processed).numpy()
         processed = processed.log_softmax(dim=-1)
         raw_lp = raw.gather(-1, target).squeeze(-1).double().numpy()
         proc_lp = processed.gather(-1, target).squeeze(-1).double().numpy()

@@ -11,12 +11,15 @@ from parity import core, metrics, stats
 from parity.engines.base import Sequence
 from parity.reference import RefScore
 
-# Sampled tokens the trainer's processed distribution excludes that a correct engine may still
-# produce: ties at the top-k boundary (the CUDA kernel keeps exactly k of them, parity's
-# reference keeps all or exactly k, whichever rule the engine's platform uses) and the top-p
-# boundary (cumulative probability within float rounding of 1 - p). Counted by the reference
-# per token (RefScore.boundary_tie); any other excluded token is a mismatch.
-EXCLUDED_TOKENS_DEFAULT = 0
+# Sampled tokens the trainer's processed distribution excludes (probability 0). Tokens tied
+# with the lowest kept logit are the platform's tie rule and never count. The rest are judged as
+# a rate, not a count of zero: an engine whose logits differ from the trainer's by numerics
+# alone still puts the top-p cut elsewhere now and then. Measured (README, "Excluded tokens"):
+# V1-parity 0/434 (tiny) and 2/1925 = 0.10% (SmolLM2); V0 0.8.5 bf16 1/552 and 34/2092 = 1.6%;
+# an engine sampling without the trainer's top-k/top-p (the support control) 42/532 = 7.9% and
+# 107/2011 = 5.3%. Per-token distance to the cut does not separate them (the mass above a
+# top-p-excluded token is within 1 - p of p by construction); the rate does.
+EXCLUDED_RATE_DEFAULT = 0.01
 
 
 def arrays(values) -> list[np.ndarray]:
@@ -34,12 +37,28 @@ def logprob_gaps(seqs: list[Sequence], scores: list[RefScore], clip: metrics.Cli
     summary = metrics.summarize(processed, cand, entropy, clip)
     per_seq = metrics.per_sequence(processed, cand, entropy, clip)
     vs_raw = metrics.summarize(raw, cand, None, clip)
-    # Excluded sampled tokens that sit in a group of equal logits at the top-k/top-p cut: the
-    # engine's platform may keep another member of the tie (the allowance, not a mismatch).
-    summary["n_at_boundary"] = int(sum(
-        int(np.sum(np.isneginf(r.processed_logprob) & np.asarray(r.boundary_tie, bool)))
-        for r in scores if getattr(r, "boundary_tie", None) is not None))
+    per_seq["excluded_rate"] = excluded_rates(scores)
+    summary["n_tied_excluded"] = int(sum(_tied_excluded(r).sum() for r in scores))
     return {"vs_processed": summary, "vs_raw": vs_raw, "per_seq": per_seq}
+
+
+def _tied_excluded(score: RefScore) -> np.ndarray:
+    """Excluded sampled tokens tied with the lowest kept logit (the tie rule's choice)."""
+    excluded = np.isneginf(np.asarray(score.processed_logprob))
+    if score.boundary_tie is None:
+        return np.zeros_like(excluded)
+    return excluded & np.asarray(score.boundary_tie, bool)
+
+
+def excluded_rates(scores: list[RefScore]) -> np.ndarray:
+    """Per sequence: the share of sampled tokens the trainer excludes, ties at the cut not
+    counted (NaN for an empty sequence)."""
+    out = []
+    for r in scores:
+        lp = np.asarray(r.processed_logprob)
+        n = lp.size
+        out.append((np.isneginf(lp).sum() - _tied_excluded(r).sum()) / n if n else np.nan)
+    return np.asarray(out, np.float64)
 
 
 def clusters(seqs: list[Sequence]) -> np.ndarray | None:
@@ -55,16 +74,16 @@ def tokens_precondition(n_tokens: int, min_tokens: int, what: str = "sampled tok
                          f"only {n_tokens} {what} (< {min_tokens}): too little data to decide")
 
 
-def excluded_finding(summary: dict[str, Any], tolerances: dict[str, float]) -> core.Finding:
-    """Sampled tokens the trainer's processed distribution gives probability 0: at most the
-    tolerance plus the tokens sitting exactly on a top-k/top-p boundary."""
-    allowed = int(tolerances.get("excluded_tokens", EXCLUDED_TOKENS_DEFAULT))
-    boundary = int(summary.get("n_at_boundary", 0))
-    count = int(summary.get("n_ref_excluded", 0))
-    return core.count_limit(
-        "excluded_tokens", count, allowed + boundary, int(summary.get("n_tokens", 0)),
-        note=f"{count} sampled token(s) outside the trainer's top-k/top-p support "
-             f"(allowed {allowed} + {boundary} on a tie or top-p boundary)")
+def excluded_finding(per_seq: dict[str, np.ndarray], summary: dict[str, Any],
+                     tolerances: dict[str, float], groups: np.ndarray | None) -> core.Finding:
+    """The share of sampled tokens the trainer's processed distribution gives probability 0
+    (ties at the cut not counted), by a one-sample bound against its tolerance."""
+    limit = tolerances.get("excluded_rate", EXCLUDED_RATE_DEFAULT)
+    test = stats.threshold(per_seq["excluded_rate"], limit, clusters=groups)
+    n, tied = int(summary.get("n_ref_excluded", 0)), int(summary.get("n_tied_excluded", 0))
+    return core.from_test("excluded_rate", test, note=(
+        f"{n} of {int(summary.get('n_tokens', 0))} sampled tokens outside the trainer's "
+        f"top-k/top-p support ({tied} of them tied at the cut, not counted); {test.reason}"))
 
 
 def support_fix(count: int, n_tokens: int) -> str:

@@ -15,7 +15,7 @@ class Logprobs(Category):
     name = "logprobs"
     summary = "logprob semantics: engine logprobs vs the trainer's processed logprobs"
     tolerances = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6,
-                  "excluded_tokens": _common.EXCLUDED_TOKENS_DEFAULT}
+                  "excluded_rate": _common.EXCLUDED_RATE_DEFAULT}
     diagnoses = {
         "support_mismatch": "the engine samples tokens the trainer's processed distribution "
                             "excludes: align top_k/top_p/min_p and the tie rule",
@@ -23,7 +23,7 @@ class Logprobs(Category):
         "processed_mismatch": "check the lm_head dtype (lm_head category) and sampler order",
     }
     findings = {"abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound",
-                "abs_dlogp_p99": "bound", "excluded_tokens": "count_limit"}
+                "abs_dlogp_p99": "bound", "excluded_rate": "bound"}
     key_metric_name = "abs_dlogp_mean"
 
     def parse(self, data, sampling, path):
@@ -61,8 +61,9 @@ def check(seqs, scores, tolerances: dict[str, float], clip, min_tokens: int,
     gaps = _common.logprob_gaps(seqs, scores, clip)
     summary, vs_raw, per_seq = gaps["vs_processed"], gaps["vs_raw"], gaps["per_seq"]
     n_tokens = int(summary["n_tokens"])
-    findings = _common.threshold_findings(per_seq, summary, tolerances, _common.clusters(seqs))
-    excluded = _common.excluded_finding(summary, tolerances)
+    groups = _common.clusters(seqs)
+    findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
+    excluded = _common.excluded_finding(per_seq, summary, tolerances, groups)
     findings.append(excluded)
     pre = [_common.tokens_precondition(n_tokens, min_tokens)]
     outcome = core.combine(findings, pre)
@@ -80,7 +81,8 @@ def check(seqs, scores, tolerances: dict[str, float], clip, min_tokens: int,
                    + (f"; also {excluded.note}" if excluded.outcome == "fail" else ""))
     elif excluded.outcome == "fail":
         diagnosis = "support_mismatch"
-        message = f"{_common.support_fix(excluded.value, n_tokens)} ({gap_text})"
+        message = (f"{_common.support_fix(summary['n_ref_excluded'], n_tokens)} ({gap_text}; "
+                   f"{excluded.note})")
     elif outcome == "fail":
         diagnosis = "processed_mismatch"
         message = (f"the engine returns processed logprobs but they differ from the reference "
@@ -91,7 +93,8 @@ def check(seqs, scores, tolerances: dict[str, float], clip, min_tokens: int,
         message = f"inconclusive: {gap_text}"
     detail = {"vs_processed": summary, "vs_raw": vs_raw, "key_metric": gap_proc,
               "headline": f"|dlogp| {fmt(gap_proc)} (raw {fmt(gap_raw)})"
-                          + (f", {excluded.value} excluded" if excluded.value else "")}
+                          + (f", {summary['n_ref_excluded']} excluded"
+                             if summary["n_ref_excluded"] else "")}
     return core.Verdict(outcome, diagnosis, message, findings, pre), detail
 
 

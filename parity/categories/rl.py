@@ -16,7 +16,7 @@ from parity.direct import semantics_specs, summarize, teacher_force
 # Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
 # behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.
 MISMATCH_METRICS = {"kl_k3": "kl_k3_mean", "abs_dlogp": "abs_dlogp_mean",
-                    "clip_rate": "clip_rate_token"}
+                    "clip_rate": "clip_rate_token", "excluded_rate": "excluded_rate"}
 BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
 
 
@@ -24,9 +24,10 @@ class RL(Category):
     name = "rl"
     summary = "baseline vs candidate on clip rate, KL, |dlogp|, entropy and reward"
     # See README "How the margins were chosen" for the run-to-run noise they come from.
-    margins = {"kl_k3": 0.005, "abs_dlogp": 0.01, "clip_rate": 0.03, "entropy": 0.2,
-               "reward": 0.2}
-    tolerances = {"excluded_tokens": _common.EXCLUDED_TOKENS_DEFAULT}
+    # excluded_rate: the share of sampled tokens the trainer excludes, as in the logprobs
+    # category (its tolerance there; _common.EXCLUDED_RATE_DEFAULT for the measurements).
+    margins = {"kl_k3": 0.005, "abs_dlogp": 0.01, "clip_rate": 0.03,
+               "excluded_rate": _common.EXCLUDED_RATE_DEFAULT, "entropy": 0.2, "reward": 0.2}
     diagnoses = {
         "support_mismatch": "an engine samples tokens the trainer's processed distribution "
                             "excludes: align top_k/top_p/min_p and the tie rule",
@@ -36,8 +37,7 @@ class RL(Category):
     }
     findings = {"kl_k3": "non_inferiority", "abs_dlogp": "non_inferiority",
                 "clip_rate": "non_inferiority", "entropy": "equivalence",
-                "reward": "equivalence", "baseline.excluded_tokens": "count_limit",
-                "candidate.excluded_tokens": "count_limit"}
+                "reward": "equivalence", "excluded_rate": "non_inferiority"}
     key_metric_name = "kl_k3_mean (candidate)"
 
     def roles(self, options):
@@ -61,7 +61,7 @@ class RL(Category):
             pairs = [(s.prompt_token_ids, s.token_ids) for s in er.sequences]
             scores[role] = refs.get(res.model_path, sc.head_dtype, er).score(pairs, sc.sampling)
             runs[role] = (er.sequences, scores[role], res.rewards(er.sequences))
-        verdict, detail = check(runs, sc.margins, sc.clip, sc.min_tokens, sc.tolerances)
+        verdict, detail = check(runs, sc.margins, sc.clip, sc.min_tokens)
         direct = _direct(res, scores, refs)
         if direct:
             detail["direct"] = direct
@@ -82,7 +82,7 @@ def role_metrics(seqs, scores, clip, rewards) -> tuple[dict[str, float], dict[st
 
 
 def check(runs, margins: dict[str, float], clip, min_tokens: int,
-          tolerances: dict[str, float] | None = None) -> tuple[core.Verdict, dict[str, Any]]:
+          ) -> tuple[core.Verdict, dict[str, Any]]:
     """Baseline vs candidate on the RL metrics, each engine scored by the same trainer.
 
     Args:
@@ -93,7 +93,6 @@ def check(runs, margins: dict[str, float], clip, min_tokens: int,
     +-margin (two one-sided tests). Both engines answer the same prompts, so the comparison is
     paired by prompt: per-prompt means of each side, bootstrap over prompts.
     """
-    tolerances = tolerances or {}
     per_role, per_seq, groups, pre, findings = {}, {}, {}, [], []
     for role, (seqs, scores, rewards) in runs.items():
         per_role[role], per_seq[role] = role_metrics(seqs, scores, clip, rewards)
@@ -101,9 +100,6 @@ def check(runs, margins: dict[str, float], clip, min_tokens: int,
         pre.append(core.at_least(f"{role}.n_tokens", int(per_role[role]["n_tokens"]), min_tokens,
                                  f"only {int(per_role[role]['n_tokens'])} sampled tokens: too "
                                  "little data"))
-        excluded = _common.excluded_finding(per_role[role], tolerances)
-        excluded.name = f"{role}.excluded_tokens"
-        findings.append(excluded)
     kwargs = dict(paired=True, base_clusters=groups["baseline"],
                   cand_clusters=groups["candidate"])
     for name, key in MISMATCH_METRICS.items():
@@ -126,14 +122,15 @@ def check(runs, margins: dict[str, float], clip, min_tokens: int,
         unmet = [p for p in pre if not p.met]
         if unmet:
             message += "; " + "; ".join(p.note for p in unmet)
-        support = [f for f in failed if f.name.endswith("excluded_tokens")]
+        support = [f for f in failed if f.name == "excluded_rate"]
         if cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
             diagnosis = "raw_logprobs"
             message += ("; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
                         "set logprobs_mode=processed_logprobs")
         elif support:
             diagnosis = "support_mismatch"
-            message += "; " + _common.support_fix(support[0].value, support[0].test["total"])
+            message += "; " + _common.support_fix(int(cand["n_ref_excluded"]),
+                                                   int(cand["n_tokens"]))
         elif failed:
             diagnosis = "rl_divergence"
     b = per_role["baseline"]
