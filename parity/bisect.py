@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from parity import settings
 from parity.ddmin import BisectResult, Outcome, ddmin
 from parity.engines.base import EngineSetting
-from parity.scenario import Scenario, ScenarioError, load_profiles, make_setting
+from parity.scenario import Scenario, ScenarioError
 
 REMOVED = "<unset>"  # the bad setting does not set this item: the engine's default applies
 
@@ -31,37 +31,12 @@ KNOWN_FIXES = {
 }
 
 
-def parse_setting(text: str) -> EngineSetting:
-    """"PROFILE[,key=value,...]": engine args by name (nested with dots, e.g.
-    hf_overrides.head_dtype=float32), env vars as env.NAME=value, the environment as
-    envname=v0. Values are TOML literals (true, 3, 0.5, "x") or bare strings."""
-    profile, *pairs = [p.strip() for p in text.split(",") if p.strip()]
-    profiles = load_profiles()
-    if profile not in profiles:
-        raise ScenarioError([("--good/--bad", "profile", f"unknown profile {profile!r}; "
-                                                         f"built-in: {', '.join(profiles)}")])
-    args: dict[str, Any] = {}
-    env_vars: dict[str, str] = {}
-    env = None
-    for pair in pairs:
-        if "=" not in pair:
-            raise ScenarioError([("--good/--bad", pair, "expected key=value")])
-        key, raw = pair.split("=", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        if key.startswith("env."):
-            env_vars[key[4:]] = str(value)
-        elif key == "envname":
-            env = str(value)
-        else:
-            target = args
-            *parents, leaf = key.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[leaf] = value
-    return make_setting(profile, args, env_vars, env)
+def parse_setting(text: str, where: str = "--good/--bad") -> EngineSetting:
+    """A setting string (see parity.settings.parse_setting); ScenarioError with every problem."""
+    setting, problems = settings.parse_setting(text, where)
+    if problems:
+        raise ScenarioError(problems)
+    return setting
 
 
 def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,8 @@ def check(
         from parity.envs import EnvError
         from parity.models import ModelError
 
+        if isinstance(exc, EnvError) and exc.usage:
+            _fail(str(exc), EXIT_USAGE, exc)
         if isinstance(exc, (EnvError, ModelError)):
             _fail(str(exc), EXIT_UNRESOLVED, exc)
         raise
@@ -129,15 +131,20 @@ def bisect(
     from parity import bisect as bisect_mod
     from parity import runner
     from parity.scenario import Overrides, ScenarioError, load_scenarios
+    from parity.settings import parse_setting
 
+    # Every problem of the options and the scenario files at once, before any engine starts.
+    good_setting, problems = parse_setting(good, "--good")
+    bad_setting, found = parse_setting(bad, "--bad")
+    problems += found
+    if repeats < 1:
+        problems.append(("--repeats", "value", f"{repeats}: must be >= 1"))
     try:
-        good_setting = bisect_mod.parse_setting(good)
-        bad_setting = bisect_mod.parse_setting(bad)
         scenarios = load_scenarios(scenario or [Path("scenarios")], Overrides(model=model))
     except ScenarioError as exc:
-        _report_scenario_errors(exc)
-    if repeats < 1:
-        _fail("--repeats must be >= 1", EXIT_USAGE)
+        problems += exc.problems
+    if problems:
+        _report_scenario_errors(ScenarioError(problems))
     out_dir = runner.new_run_dir(output)
     rep = bisect_mod.bisect(scenarios, good_setting, bad_setting, out_dir, repeats, log=_log)
     data = bisect_mod.write(rep, out_dir)
@@ -203,7 +210,8 @@ def env_create(name: str = typer.Argument("v0", help="v0, or a spec like vllm-cp
     try:
         python = ensure_env(get_spec(name), log=_log)
     except (EnvError, ValueError) as exc:
-        _fail(str(exc), EXIT_UNRESOLVED if isinstance(exc, EnvError) else EXIT_USAGE, exc)
+        fault = isinstance(exc, EnvError) and not exc.usage
+        _fail(str(exc), EXIT_UNRESOLVED if fault else EXIT_USAGE, exc)
     out.print(str(python))
 
 

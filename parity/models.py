@@ -73,6 +73,14 @@ def resolve_model(name_or_path: str | os.PathLike, log: Log = print) -> Path:
                      f"or a directory holding config.json")
 
 
+def is_built_name(name: str) -> bool:
+    """Whether `<cache>/models/<name>` holds a finished build (e.g. a perturbed copy)."""
+    try:
+        return _is_built(model_dir(name))
+    except (OSError, ValueError):
+        return False
+
+
 def build_model(name: str, force: bool = False, log: Log = print) -> Path:
     """Build a built-in model into `model_dir(name)` unless it is already built.
 

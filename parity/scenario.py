@@ -8,17 +8,18 @@ Each effective value records where it came from (`Scenario.provenance`).
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from parity import inputs
 from parity.categories.base import choice
 from parity.engines.base import EngineSetting, SamplingSpec
 from parity.metrics import ClipRange
 from parity.prompts import REWARDS, parse_source
 from parity.reference import HEAD_DTYPES
+from parity.settings import (SETTING_FIELDS, Profile, from_table, load_profiles,  # noqa: F401
+                             make_setting)
 
 SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int,
                    "seed": int, "n": int, "logprobs": int}
@@ -26,7 +27,6 @@ SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_toke
 TOP_LEVEL = {"name", "category", "description", "model", "expect", "expect_diagnosis", "reward",
              "prompts", "sampling", "candidate", "baseline", "reference", "tolerances", "clip",
              "min_tokens", "margins"}
-SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env", "sampling"}
 EXPECTS = ("pass", "fail", "report")
 # Diagnoses the runner gives in every category: an engine that does not run the trainer's model,
 # and an engine environment that would read the checkpoint differently (found before start).
@@ -41,43 +41,6 @@ class ScenarioError(Exception):
     def __init__(self, problems: list[tuple[str, str, str]]):
         self.problems = problems
         super().__init__("\n".join(f"{f}: {fld}: {msg}" for f, fld, msg in problems))
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    description: str
-    engine: str
-    env: str
-    engine_args: dict[str, Any]
-    env_vars: dict[str, str]
-
-
-def load_profiles() -> dict[str, Profile]:
-    """The built-in profiles (parity/profiles/builtin.toml)."""
-    text = resources.files("parity").joinpath("profiles/builtin.toml").read_text()
-    data = tomllib.loads(text)
-    return {name: Profile(name, d.get("description", ""), d.get("engine", "vllm"),
-                          d.get("env", "harness"), dict(d.get("engine_args", {})),
-                          {k: str(v) for k, v in d.get("env_vars", {}).items()})
-            for name, d in data.items()}
-
-
-def make_setting(profile_name: str, engine_args: dict | None = None, env_vars: dict | None = None,
-                 env: str | None = None, profiles: dict[str, Profile] | None = None,
-                 ) -> EngineSetting:
-    """A profile plus overrides: engine_args/env_vars are merged over the profile's (a nested
-    table such as hf_overrides is merged key by key), env replaces it."""
-    profiles = profiles or load_profiles()
-    prof = profiles[profile_name]
-    args = dict(prof.engine_args)
-    for key, value in (engine_args or {}).items():
-        if isinstance(value, dict) and isinstance(args.get(key), dict):
-            args[key] = {**args[key], **value}
-        else:
-            args[key] = value
-    return EngineSetting.make(prof.engine, env or prof.env, args,
-                              {**prof.env_vars, **(env_vars or {})}, profile=profile_name)
 
 
 @dataclass
@@ -153,32 +116,6 @@ def _name(data: dict, key: str, path: str, problems: list, default=None):
     return value
 
 
-def _setting(data, role, path, problems, profiles, override) -> EngineSetting | None:
-    if not isinstance(data, dict):
-        problems.append((path, role, "must be a table like [candidate] with profile = \"...\""))
-        return None
-    for key in data:
-        if key not in SETTING_FIELDS:
-            problems.append((path, f"{role}.{key}", f"unknown field; allowed: "
-                                                    f"{', '.join(sorted(SETTING_FIELDS))}"))
-    profile = override or data.get("profile", "v1-defaults")
-    if not isinstance(profile, str) or profile not in profiles:
-        problems.append((path, f"{role}.profile", f"unknown profile {profile!r}; built-in "
-                                                  f"profiles: {', '.join(profiles)}"))
-        return None
-    args = data.get("engine_args", {})
-    env_vars = data.get("env_vars", {})
-    for fld, value in ((f"{role}.engine_args", args), (f"{role}.env_vars", env_vars)):
-        if not isinstance(value, dict):
-            problems.append((path, fld, "must be a table, e.g. { key = value }"))
-            return None
-    env = data.get("env")
-    if env is not None and not isinstance(env, str):
-        problems.append((path, f"{role}.env", "must be an environment name such as \"v0\""))
-        return None
-    return make_setting(profile, args, env_vars, env, profiles)
-
-
 def _sampling(raw: Any, fld: str, path: str, problems: list) -> dict[str, Any]:
     """Validated sampling fields (typed), each problem recorded."""
     if not isinstance(raw, dict):
@@ -204,10 +141,9 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
     profiles = profiles or load_profiles()
     problems: list[tuple[str, str, str]] = []
     p = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        return None, [(p, "(file)", f"cannot read TOML: {exc}")]
+    data, why = inputs.read_toml(Path(path))
+    if data is None:
+        return None, [(p, "(file)", why)]
 
     category_name = data.get("category")
     category = categories.registry().get(category_name) \
@@ -222,6 +158,7 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
     provenance: dict[str, str] = {}
     model, provenance["model"] = _precedence(overrides.model, "PARITY_MODEL",
                                              _name(data, "model", p, problems), DEFAULT_MODEL)
+    problems += _model_problems(model, provenance["model"], p)
     expect = _name(data, "expect", p, problems, "pass")
     if expect not in EXPECTS:
         problems.append((p, "expect", f"{expect!r}: use \"pass\", \"fail\" (negative control) or "
@@ -259,7 +196,9 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
     if chat is not None and not isinstance(chat, bool):
         problems.append((p, "prompts.chat", "must be true or false (or absent: auto)"))
     prompt_seed = prompts.get("seed", 0)
-    _check_type(problems, p, "prompts.seed", prompt_seed, int)
+    if _check_type(problems, p, "prompts.seed", prompt_seed, int) \
+            and not 0 <= prompt_seed < 1 << 63:
+        problems.append((p, "prompts.seed", "must be in [0, 2^63)"))
 
     # sampling
     sampling = SamplingSpec(**_sampling(data.get("sampling", {}), "sampling", p, problems))
@@ -281,14 +220,16 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
             engine_sampling[role] = _sampling(table["sampling"], f"{role}.sampling", p, problems)
             problems += sampling_problems(replace(sampling, **engine_sampling[role]),
                                           f"{role}.sampling", p)
-    candidate = _setting(data.get("candidate", {}), "candidate", p, problems, profiles,
-                         overrides.candidate)
+    candidate, found = from_table(data.get("candidate", {}), "candidate", p, profiles,
+                                  overrides.candidate)
+    problems += found
     provenance["candidate"] = "cli" if overrides.candidate else "scenario"
     baseline = None
     if "baseline" in roles:
         if "baseline" in data or overrides.baseline:
-            baseline = _setting(data.get("baseline", {}), "baseline", p, problems, profiles,
-                                overrides.baseline)
+            baseline, found = from_table(data.get("baseline", {}), "baseline", p, profiles,
+                                         overrides.baseline)
+            problems += found
             provenance["baseline"] = "cli" if overrides.baseline else "scenario"
         else:
             problems.append((p, "baseline", "this scenario compares two engines: add a "
@@ -381,6 +322,19 @@ def _limits(data: dict, key: str, defaults: dict[str, float], path: str, problem
     return out
 
 
+def _model_problems(model: Any, source: str, path: str) -> list[tuple[str, str, str]]:
+    """The model must name a checkpoint (checked without building anything); a bad --model or
+    $PARITY_MODEL is blamed on the option, not the file."""
+    from parity.models import MODEL_NAMES, is_built_name
+
+    message = inputs.model_problem(model, MODEL_NAMES, is_built_name)
+    if message is None:
+        return []
+    where = {"cli": "--model"}.get(source, "$" + source[4:] if source.startswith("env:")
+                                   else path)
+    return [(where, "model", message)]
+
+
 def _precedence(cli_value, env_name, file_value, default):
     """(value, source) by the one precedence rule: cli > environment > scenario > default."""
     if cli_value is not None:
@@ -407,9 +361,13 @@ def load_scenarios(targets: list[Path], overrides: Overrides | None = None) -> l
     """Load and validate every scenario; raises ScenarioError listing all problems at once."""
     files = discover(targets)
     problems: list[tuple[str, str, str]] = []
-    if not files:
-        problems.append((", ".join(map(str, targets)) or "(none)", "(path)",
-                         "no scenario files found: pass .toml files or a directory holding them"))
+    if not targets:
+        problems.append(("(none)", "(path)", "no scenario files given: pass .toml files or a "
+                                             "directory holding them"))
+    for target in targets:
+        if target.is_dir() and not any(target.glob("*.toml")):
+            problems.append((str(target), "(path)", "a directory with no *.toml scenario files "
+                                                    "in it: name the files or their directory"))
     scenarios, names = [], {}
     profiles = load_profiles()
     for f in files:
@@ -425,5 +383,5 @@ def load_scenarios(targets: list[Path], overrides: Overrides | None = None) -> l
             names[scenario.name] = str(f)
             scenarios.append(scenario)
     if problems:
-        raise ScenarioError(problems)
+        raise ScenarioError(list(dict.fromkeys(problems)))  # one bad option: reported once
     return scenarios

@@ -39,11 +39,19 @@ def test_good_scenario_and_precedence(tmp_path, monkeypatch):
     assert sc.model == "tiny" and sc.provenance["model"] == "scenario"
     assert sc.candidate.args["logprobs_mode"] == "processed_logprobs"
     assert sc.candidate.args["enforce_eager"] is True  # from the profile
-    monkeypatch.setenv("PARITY_MODEL", "from-env")
+    monkeypatch.setenv("PARITY_MODEL", "smollm2-135m")
     (sc,) = load_scenarios([path])
-    assert (sc.model, sc.provenance["model"]) == ("from-env", "env:PARITY_MODEL")
-    (sc,) = load_scenarios([path], Overrides(model="from-cli"))
-    assert (sc.model, sc.provenance["model"]) == ("from-cli", "cli")
+    assert (sc.model, sc.provenance["model"]) == ("smollm2-135m", "env:PARITY_MODEL")
+    (sc,) = load_scenarios([path], Overrides(model="tiny"))
+    assert (sc.model, sc.provenance["model"]) == ("tiny", "cli")
+    # A model that names no checkpoint is a usage problem blamed on where it was given.
+    with pytest.raises(ScenarioError) as err:
+        load_scenarios([path], Overrides(model=str(tmp_path / "nonexistent")))
+    assert [p[:2] for p in err.value.problems] == [("--model", "model")]
+    monkeypatch.setenv("PARITY_MODEL", "no-such-model")
+    with pytest.raises(ScenarioError) as err:
+        load_scenarios([path])
+    assert [p[:2] for p in err.value.problems] == [("$PARITY_MODEL", "model")]
 
 
 def test_every_problem_reported_at_once(tmp_path):
