@@ -39,6 +39,23 @@ def parse_setting(text: str, where: str = "--good/--bad") -> EngineSetting:
     return setting
 
 
+def check_settings(scenarios: list[Scenario], named: dict[str, EngineSetting], log_dir: Path,
+                   log: Callable[[str], None]) -> None:
+    """The good and bad settings' engine args, judged by the vLLM of their environments on
+    every model of the scenarios before trial 1; ScenarioError naming the option otherwise."""
+    from parity import runner
+    from parity.models import resolve_model
+    from parity.validate import Check, engine_problems
+
+    models = sorted({str(resolve_model(sc.model, log=log)) for sc in scenarios})
+    pythons = {s.env: runner.python_for(s.env, log) for s in named.values()}
+    problems = engine_problems([Check(where, "engine_args", setting, model)
+                                for where, setting in named.items() for model in models],
+                               pythons, log_dir)
+    if problems:
+        raise ScenarioError(problems)
+
+
 def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -106,6 +123,7 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
     from parity import runner
 
     t0 = time.perf_counter()
+    check_settings(scenarios, {"--good": good, "--bad": bad}, out_dir / "logs", log)
     items = setting_items(good, bad)
     report = BisectReport(good, bad, items, [s.name for s in scenarios])
     memo: dict[frozenset, tuple[Outcome, dict[str, Any]]] = {}
@@ -118,7 +136,12 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
         chosen = [replace(s, candidate=setting) for s in scenarios if s.name in names]
         log(f"[trial {counter['n']}] {len(config)} item(s): "
             + (", ".join(f"{k}={v}" for k, v in items if (k, v) in config) or "(good)"))
-        run = runner.run(chosen, trial_dir, log=lambda m: None)
+        try:
+            run = runner.run(chosen, trial_dir, log=lambda m: None)
+        except ScenarioError as exc:  # a mix of good and bad values the engine refuses
+            log(f"           -> unresolved: the engine refuses this mix: {exc}")
+            return Outcome.UNRESOLVED, {"verdicts": {}, "key_metric": {}, "dir": str(trial_dir),
+                                        "error": str(exc)}
         report.engine_starts += len(run.engines)
         outcomes = {r.scenario.name: r.verdict.outcome for r in run.results}
         metric = {r.scenario.name: _key_metric(r) for r in run.results}

@@ -146,7 +146,10 @@ def bisect(
     if problems:
         _report_scenario_errors(ScenarioError(problems))
     out_dir = runner.new_run_dir(output)
-    rep = bisect_mod.bisect(scenarios, good_setting, bad_setting, out_dir, repeats, log=_log)
+    try:
+        rep = bisect_mod.bisect(scenarios, good_setting, bad_setting, out_dir, repeats, log=_log)
+    except ScenarioError as exc:  # an engine arg of --good/--bad that their vLLM refuses
+        _report_scenario_errors(exc)
     data = bisect_mod.write(rep, out_dir)
     from rich.table import Table
 
