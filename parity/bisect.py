@@ -128,6 +128,7 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
     report = BisectReport(good, bad, items, [s.name for s in scenarios])
     memo: dict[frozenset, tuple[Outcome, dict[str, Any]]] = {}
     counter = {"n": 0}
+    finished: list[dict[str, Any]] = []  # trial rows so far, reported if interrupted
 
     def run_trial(config: frozenset, names: list[str]) -> tuple[Outcome, dict[str, Any]]:
         setting = apply_items(good, [i for i in items if i in config])
@@ -143,7 +144,12 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
             return Outcome.UNRESOLVED, {"verdicts": {}, "key_metric": {}, "dir": str(trial_dir),
                                         "error": str(exc)}
         report.engine_starts += len(run.engines)
-        outcomes = {r.scenario.name: r.verdict.outcome for r in run.results}
+        if run.interrupted and not run.interrupted.startswith("internal error"):
+            raise KeyboardInterrupt(run.interrupted)  # Ctrl-C/SIGTERM ends the bisection
+        from parity.report import verdict_of
+
+        outcomes = {r.scenario.name: verdict_of(r, run.interrupted).outcome
+                    for r in run.results}
         metric = {r.scenario.name: _key_metric(r) for r in run.results}
         if any(o in ("unresolved", "inconclusive") for o in outcomes.values()):
             outcome = Outcome.UNRESOLVED
@@ -152,12 +158,17 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
         else:
             outcome = Outcome.PASS
         log(f"           -> {outcome.value} {outcomes}")
-        return outcome, {"verdicts": outcomes, "key_metric": metric, "dir": str(trial_dir)}
+        detail = {"verdicts": outcomes, "key_metric": metric, "dir": str(trial_dir)}
+        finished.append(_trial_row(counter["n"], tuple(sorted(config)), outcome, detail))
+        return outcome, detail
 
     # Which scenarios do good and bad actually differ on?
     names = [s.name for s in scenarios]
-    g_out, g_detail = run_trial(frozenset(), names)
-    b_out, b_detail = run_trial(frozenset(items), names)
+    try:
+        g_out, g_detail = run_trial(frozenset(), names)
+        b_out, b_detail = run_trial(frozenset(items), names)
+    except KeyboardInterrupt:
+        return _interrupted(report, finished, t0)
     relevant = [n for n in names if g_detail["verdicts"].get(n) == "pass"
                 and b_detail["verdicts"].get(n) == "fail"]
     report.scenarios = relevant
@@ -185,7 +196,10 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
             return memo[config]
         return run_trial(config, relevant)
 
-    result = ddmin(items, test, repeats=repeats)
+    try:
+        result = ddmin(items, test, repeats=repeats)
+    except KeyboardInterrupt:
+        return _interrupted(report, finished, t0)
     report.result = result
     report.status = result.status
     report.trials = [_trial_row(t.index, t.items, t.outcome, t.detail, t.cached)
@@ -196,6 +210,14 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
         report.culprits.append({"item": name, "bad_value": value,
                                 "good_value": _value_in(good, name), "category": category,
                                 "fix": fix})
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _interrupted(report: BisectReport, finished: list[dict[str, Any]], t0: float,
+                 ) -> BisectReport:
+    """A bisection stopped by Ctrl-C/SIGTERM: the trials that finished, status "interrupted"."""
+    report.status, report.trials = "interrupted", finished
     report.wall_s = time.perf_counter() - t0
     return report
 

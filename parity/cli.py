@@ -64,6 +64,9 @@ def check(
                                           help="Report directory (default results/<run-id>/)."),
     start_timeout: float = typer.Option(600.0, help="Seconds an engine may take to start."),
     request_timeout: float = typer.Option(1800.0, help="Seconds one generate call may take."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Validate everything (engine args in their engines' "
+                                      "environments too), print the engine plan, start nothing."),
 ):
     """Run scenarios and write report.json, report.md and junit.xml.
 
@@ -79,10 +82,14 @@ def check(
         scenarios = load_scenarios(targets, Overrides(model, candidate, baseline))
     except ScenarioError as exc:
         _report_scenario_errors(exc)
+    if dry_run:
+        _dry_run(scenarios)
     out_dir = runner.new_run_dir(output)
     try:
         run = runner.run(scenarios, out_dir, log=_log, start_timeout=start_timeout,
                          request_timeout=request_timeout)
+    except KeyboardInterrupt:
+        _fail("interrupted before any engine started: nothing to report", EXIT_UNRESOLVED)
     except ScenarioError as exc:
         _report_scenario_errors(exc)
     except EngineError as exc:
@@ -101,6 +108,28 @@ def check(
     report.print_table(run, out)
     out.print(f"report: {out_dir}/report.md (json, junit.xml beside it); exit code {code}")
     raise typer.Exit(code)
+
+
+def _dry_run(scenarios) -> None:
+    """Validate in the engines' environments (logs in a temporary directory), print the plan,
+    exit 0; start nothing, write no report."""
+    import tempfile
+
+    from parity import runner
+    from parity.scenario import ScenarioError
+
+    with tempfile.TemporaryDirectory(prefix="parity-dry-run-") as tmp:
+        try:
+            run = runner.run(scenarios, Path(tmp), log=_log, dry_run=True)
+        except ScenarioError as exc:
+            _report_scenario_errors(exc)
+    for e in run.engines:
+        out.print(f"engine {e['n']}: {e['setting']['profile'] or ''} env={e['setting']['env']} "
+                  f"args={json.dumps(e['setting']['engine_args'])} on {Path(e['model']).name}: "
+                  f"{', '.join(e['scenarios'])}", highlight=False)
+    out.print(f"dry run: {len(scenarios)} scenario(s) valid, {len(run.engines)} engine(s) would "
+              "start; nothing started")
+    raise typer.Exit(0)
 
 
 def _report_scenario_errors(exc) -> None:

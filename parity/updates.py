@@ -4,12 +4,12 @@ trainer holding the old and the new checkpoint that scores a sequence under each
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from parity.engines.base import SamplingSpec, Sequence
+from parity.engines.base import SamplingSpec
 
 PROBES = ("takes_effect", "stale_cache", "inflight")
 VIAS = ("reload", "inplace")

@@ -7,14 +7,15 @@ A problem is (where, field, message with the fix): `where` is the scenario file,
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from parity.engines.base import EngineSetting
 
 Problem = tuple[str, str, str]
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,64 @@ class Check:
     model_path: str
 
 
-# (python, arg set as JSON) -> (problems of that set, vLLM version): one check per process.
-_SEEN: dict[tuple[str, str], tuple[list[dict], str]] = {}
+# (python, arg set as JSON) -> (problems of that set, vLLM version, the engine's request
+# limits {max_model_len, max_logprobs}): one check per process.
+_SEEN: dict[tuple[str, str], tuple[list[dict], str, dict]] = {}
+
+
+def _key(c: Check) -> str:
+    return json.dumps({"model": c.model_path, "engine_args": c.setting.args,
+                       "env_vars": c.setting.variables}, sort_keys=True)
+
+
+def checks_for(results) -> list[tuple[Any, str, Check]]:
+    """(result, role, Check) for every engine role of a run's scenarios, each with where its
+    setting was written (the file, or --candidate/--baseline when the option set it)."""
+    out = []
+    for res in results:
+        sc = res.scenario
+        for role, setting in sc.settings().items():
+            where = f"--{role}" if sc.provenance.get(role) == "cli" else str(sc.path)
+            out.append((res, role, Check(where, f"{role}.engine_args", setting, res.model_path)))
+    return out
+
+
+def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
+              ) -> tuple[dict[str, str], dict]:
+    """Everything checked in the engines' environments before any engine starts: the
+    environments are built, every engine argument judged by its vLLM, every request checked
+    against the limits the engine's config sets, and each checkpoint read as each environment
+    reads it (config drift).
+
+    Args:
+        results: the run's ScenarioResults (scenario, model_path, prompts).
+        tokenizers: model path -> tokenizer (prompt lengths).
+    Returns:
+        (environment name -> interpreter, config drifts for parity.modelcheck).
+    Raises:
+        ScenarioError: every problem found, at once.
+    """
+    from parity import modelcheck
+    from parity.categories.base import sampling_for
+    from parity.prompts import render
+    from parity.runner import python_for
+    from parity.scenario import ScenarioError
+
+    jobs = checks_for(results)
+    pythons = {env: python_for(env, log) for env in sorted({c.setting.env for *_, c in jobs})}
+    problems = engine_problems([c for *_, c in jobs], pythons, log_dir)
+    lengths: dict[int, list[int]] = {}
+    for res, role, check in jobs if not problems else ():
+        if not limits(check, pythons[check.setting.env]):
+            continue  # the engine's config set no limits we know of
+        if id(res) not in lengths:
+            lengths[id(res)] = [len(p) for p in render(tokenizers[res.model_path], res.prompts,
+                                                       res.scenario.chat)]
+        problems += request_problems(check, pythons[check.setting.env], lengths[id(res)],
+                                     sampling_for(res.scenario, role))
+    if problems:
+        raise ScenarioError(list(dict.fromkeys(problems)))
+    return pythons, modelcheck.config_drift(results, pythons, log_dir, log)
 
 
 def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
@@ -47,12 +104,9 @@ def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
 
     todo: dict[str, dict[str, dict]] = {}
     for c in checks:
-        python = pythons[c.setting.env]
-        item = {"model": c.model_path, "engine_args": c.setting.args,
-                "env_vars": c.setting.variables}
-        key = json.dumps(item, sort_keys=True)
+        python, key = pythons[c.setting.env], _key(c)
         if (python, key) not in _SEEN:
-            todo.setdefault(python, {})[key] = item
+            todo.setdefault(python, {})[key] = json.loads(key)
     for python, items in todo.items():
         env = next(c.setting.env for c in checks if pythons[c.setting.env] == python)
         keys = list(items)
@@ -60,16 +114,42 @@ def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
                                      log_dir / f"validate-{env}.log")
         for i, key in enumerate(keys):
             _SEEN[(python, key)] = ([p for p in reply["problems"] if p["index"] == i],
-                                    reply["vllm_version"])
+                                    reply["vllm_version"],
+                                    (reply.get("limits") or {}).get(str(i)) or {})
     problems = set()
     for c in checks:
-        python = pythons[c.setting.env]
-        item = {"model": c.model_path, "engine_args": c.setting.args,
-                "env_vars": c.setting.variables}
-        found, version = _SEEN[(python, json.dumps(item, sort_keys=True))]
-        for p in found:
-            problems.add(_problem(c, p, version))
+        found, version, _ = _SEEN[(pythons[c.setting.env], _key(c))]
+        problems.update(_problem(c, p, version) for p in found)
     return sorted(problems)
+
+
+def limits(check: Check, python: str) -> dict:
+    """What the engine of a validated check lets a request ask: {"max_model_len",
+    "max_logprobs"} as its config resolved them (empty when unknown)."""
+    found = _SEEN.get((python, _key(check)))
+    return found[2] if found else {}
+
+
+def request_problems(check: Check, python: str, prompt_lens: list[int], sampling,
+                     ) -> list[Problem]:
+    """Requests this engine would refuse: a prompt as long as its max_model_len (no room for
+    one token; vLLM caps max_tokens silently but refuses such prompts), more logprobs than its
+    max_logprobs."""
+    lim = limits(check, python)
+    out = []
+    where, role = check.where, check.field.split(".")[0]
+    max_len, longest = lim.get("max_model_len"), max(prompt_lens, default=0)
+    if isinstance(max_len, int) and longest >= max_len:
+        out.append((where, "prompts",
+                    f"the longest prompt has {longest} tokens: the {role} engine's "
+                    f"max_model_len {max_len} leaves no room to generate; shorten the prompts "
+                    "or raise engine_args.max_model_len"))
+    max_lp = lim.get("max_logprobs")
+    if isinstance(max_lp, int) and max_lp >= 0 and sampling.logprobs > max_lp:
+        out.append((where, "sampling.logprobs",
+                    f"{sampling.logprobs} exceeds the {role} engine's max_logprobs {max_lp}; "
+                    "ask for fewer or raise engine_args.max_logprobs"))
+    return out
 
 
 def _problem(c: Check, p: dict, version: str) -> Problem:
@@ -82,9 +162,3 @@ def _problem(c: Check, p: dict, version: str) -> Problem:
     fld = f"{c.field}.{p['name']}" if p.get("name") else c.field
     return (c.where, fld, f"{where} refuses this value: {p['message']}; fix the value "
                           "(or remove it to use the engine's default)")
-
-
-def suggest(name: str, choices) -> str:
-    """' (did you mean X?)' for a close match, else ''."""
-    close = difflib.get_close_matches(name, sorted(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""

@@ -2,7 +2,6 @@
 fails the negative control with the right diagnosis; engine failures are unresolved (125)."""
 
 import os
-import signal
 import xml.etree.ElementTree as ET
 
 import pytest

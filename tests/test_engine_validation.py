@@ -93,3 +93,50 @@ def test_bisect_refuses_bad_option_values_before_any_trial(tiny_model, tmp_path)
     assert result.exit_code == 2, result.output
     assert "--bad" in result.output and "engine_args.max_model_len" in result.output
     assert not list(out.glob("trial-*"))
+
+
+SCENARIO = """name = "case"
+category = "logprobs"
+model = "tiny"
+[prompts]
+{prompts}
+[sampling]
+temperature = 0.7
+[candidate]
+profile = "v1-defaults"
+engine_args = {{ {args} }}
+"""
+
+
+@pytest.mark.parametrize("prompts,args,field", [
+    ('source = "arithmetic:4"', 'max_model_len = "abc"', "candidate.engine_args.max_model_len"),
+    ('source = "arithmetic:4"', "gpu_memory_utilization = 5",
+     "candidate.engine_args.gpu_memory_utilization"),
+    ('items = ["' + "one two three " * 300 + '"]', "enforce_eager = true", "prompts"),
+    ('source = "arithmetic:4"', "max_model_len = 8", "prompts"),
+])
+def test_check_refuses_what_the_engine_would_before_starting(tiny_model, tmp_path, prompts, args,
+                                                             field):
+    """`parity check` exits 2 naming the file and field for values the engine's vLLM refuses
+    and for prompts longer than the engine's max_model_len, before any engine starts."""
+    from conftest import run_cli
+
+    path = tmp_path / "case.toml"
+    path.write_text(SCENARIO.format(prompts=prompts, args=args))
+    out = tmp_path / "out"
+    result = run_cli(["check", str(path), "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert field in result.output and "case.toml" in result.output
+    assert not list(out.glob("logs/engine-*"))
+
+
+def test_dry_run_validates_and_starts_nothing(tiny_model, tmp_path, monkeypatch):
+    from conftest import SCENARIOS, run_cli
+
+    monkeypatch.chdir(tmp_path)  # a dry run writes no results/ directory
+    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"),
+                      str(SCENARIOS / "rl-v0-vs-v1-parity.toml"), "--model", "tiny",
+                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "2 engine(s) would start; nothing started" in result.output
+    assert not (tmp_path / "results").exists()

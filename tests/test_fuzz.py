@@ -15,7 +15,6 @@ import os
 import tomllib
 from pathlib import Path
 
-import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st

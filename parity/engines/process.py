@@ -71,10 +71,12 @@ class WorkerProcess:
         os.close(write_fd)
         self._reply = os.fdopen(read_fd, "r")
         self._buffer = ""
+        self._pending: str | None = None  # the op of a request whose reply has not been read
         _live.add(self)
 
     def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one request and wait for its reply; EngineError on crash, hang or error reply."""
+        self._pending = payload.get("op")
         try:
             self.proc.stdin.write((json.dumps(payload) + "\n").encode())
             self.proc.stdin.flush()
@@ -99,6 +101,7 @@ class WorkerProcess:
             elif self.proc.poll() is not None:
                 self._fail(f"engine {self.name} exited (code {self.proc.returncode}) during {op!r}")
         line, self._buffer = self._buffer.split("\n", 1)
+        self._pending = None
         reply = json.loads(line)
         if not reply.get("ok"):
             raise EngineError(f"engine {self.name}: {op} failed: {reply.get('error')}",
@@ -110,8 +113,10 @@ class WorkerProcess:
         raise EngineError(message, tail(self.log_path))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Ask the worker to stop, then make sure its whole process group is gone."""
-        if self.proc.poll() is None:
+        """Ask the worker to stop, then make sure its whole process group is gone. A worker
+        still busy with an interrupted request (SIGINT/SIGTERM mid-generate) is not asked: its
+        next reply would be the old request's, after it finished."""
+        if self.proc.poll() is None and self._pending is None:
             try:
                 self.request({"op": "close"}, timeout=timeout)
             except EngineError:

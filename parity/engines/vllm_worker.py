@@ -336,7 +336,7 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
     from vllm.engine.arg_utils import EngineArgs
 
     fields = {f.name: f.type for f in dataclasses.fields(EngineArgs)}
-    problems = []
+    problems, limits = [], {}  # limits: index -> what requests may ask of that engine
     for i, item in enumerate(arg_sets):
         args = item.get("engine_args", item) if "model" in item else item
         found = []
@@ -350,11 +350,16 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
                     found.append({"index": i, "name": name, "kind": "value",
                                   "message": f"expected {expected}, got {value!r}"})
         if not found and "model" in item:
+            refused, config = _config_problems(EngineArgs, item["model"], args,
+                                               item.get("env_vars") or {})
             found = [{"index": i, "name": name, "kind": "value", "message": message}
-                     for name, message in _config_problems(EngineArgs, item["model"], args,
-                                                           item.get("env_vars") or {})]
+                     for name, message in refused]
+            model_cfg = getattr(config, "model_config", None)
+            limits[i] = {"max_model_len": getattr(model_cfg, "max_model_len", None),
+                         "max_logprobs": getattr(model_cfg, "max_logprobs", None)}
         problems += found
-    return {"problems": problems, "vllm_version": vllm.__version__, "fields": sorted(fields)}
+    return {"problems": problems, "vllm_version": vllm.__version__, "fields": sorted(fields),
+            "limits": limits}
 
 
 # Arguments vLLM's LLM() converts before EngineArgs sees them (dict -> config object): their
@@ -405,30 +410,30 @@ def _type_mismatch(annotation, value):
     return " or ".join(names) if names else None
 
 
-def _config_problems(engine_args_cls, model: str, args: dict, env_vars: dict) -> list:
-    """[(name or None, message)]: why the engine config cannot be built from `args`."""
+def _config_problems(engine_args_cls, model: str, args: dict, env_vars: dict):
+    """([(name or None, message)], engine config or None): why the engine config cannot be
+    built from `args`, or the config it builds."""
     checked = {k: v for k, v in args.items() if k not in _LLM_CONVERTED}
-    error = _config_error(engine_args_cls, model, checked, env_vars)
+    config, error = _build_config(engine_args_cls, model, checked, env_vars)
     if error is None:
-        return []
+        return [], config
     culprits = [k for k in checked
-                if _config_error(engine_args_cls, model,
-                                 {n: v for n, v in checked.items() if n != k}, env_vars) is None]
-    return [(k, error) for k in culprits] or [(None, error)]
+                if _build_config(engine_args_cls, model,
+                                 {n: v for n, v in checked.items() if n != k}, env_vars)[1] is None]
+    return [(k, error) for k in culprits] or [(None, error)], None
 
 
-def _config_error(engine_args_cls, model: str, args: dict, env_vars: dict):
-    """vLLM's message when EngineArgs(model, **args).create_engine_config() fails, else None;
-    the setting's environment variables are in place while it runs."""
+def _build_config(engine_args_cls, model: str, args: dict, env_vars: dict):
+    """(config, None) from EngineArgs(model, **args).create_engine_config(), or (None, vLLM's
+    message); the setting's environment variables are in place while it runs."""
     saved = {k: os.environ.get(k) for k in env_vars}
     os.environ.update({k: str(v) for k, v in env_vars.items()})
     try:
-        engine_args_cls(model=model, **args).create_engine_config()
-        return None
+        return engine_args_cls(model=model, **args).create_engine_config(), None
     except Exception as exc:
         lines = [ln for ln in str(exc).splitlines() if ln.strip()
                  and "errors.pydantic.dev" not in ln]
-        return f"{type(exc).__name__}: " + " ".join(ln.strip() for ln in lines)[:400]
+        return None, f"{type(exc).__name__}: " + " ".join(ln.strip() for ln in lines)[:400]
     finally:
         for k, v in saved.items():
             if v is None:
