@@ -25,7 +25,7 @@ __all__ = [
     "perturb", "resolve_model",
 ]
 
-MODEL_NAMES = ("tiny", "smollm2-135m")
+MODEL_NAMES = ("tiny", "tiny-tied", "smollm2-135m")
 STAMP = "parity-model.json"
 # Bump when a build procedure changes what it writes; older builds are then rebuilt.
 BUILD_FORMAT = 1
@@ -97,7 +97,8 @@ def build_model(name: str, force: bool = False, log: Log = print) -> Path:
     Raises:
         ModelError: unknown name, or the build failed.
     """
-    builders = {"tiny": _build_tiny, "smollm2-135m": _build_smollm2}
+    builders = {"tiny": _build_tiny, "tiny-tied": _build_tiny_tied,
+                "smollm2-135m": _build_smollm2}
     if name not in builders:
         raise ModelError(f"no built-in model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
     return _build_once(model_dir(name), lambda tmp: builders[name](tmp, log), {"name": name},
@@ -321,8 +322,15 @@ def _tiny_corpus(seed: int, docs: int) -> list[str]:
     return [" ".join(sentence() for _ in range(rng.randint(1, 4))) for _ in range(docs)]
 
 
-def _build_tiny(out: Path, log: Log = print) -> None:
-    """Train a byte-level BPE tokenizer and a 2-layer Llama (untied head, GQA) for a few seconds.
+def _build_tiny_tied(out: Path, log: Log = print) -> None:
+    """The tiny model with its lm_head tied to the input embedding (as SmolLM2, Llama-3.2-1B and
+    Qwen2.5-0.5B are): the checkpoint has no lm_head.weight."""
+    _build_tiny(out, log, tied=True)
+
+
+def _build_tiny(out: Path, log: Log = print, tied: bool = False) -> None:
+    """Train a byte-level BPE tokenizer and a 2-layer Llama (untied head unless `tied`, GQA) for
+    a few seconds.
 
     Random init gives near-uniform next-token distributions (entropy ~ log V). A short training
     run on the synthetic corpus makes them peaked where the text is predictable (template words,
@@ -351,7 +359,7 @@ def _build_tiny(out: Path, log: Log = print) -> None:
         vocab_size=tok.get_vocab_size(), hidden_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, intermediate_size=192,
         max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos,
+        tie_word_embeddings=tied, bos_token_id=bos, eos_token_id=eos,
         pad_token_id=tok.token_to_id("<pad>"))
     stream = [i for doc in corpus for i in [*tok.encode(doc).ids, eos]]
     data = torch.tensor(stream)

@@ -39,7 +39,9 @@ class ScenarioError(Exception):
     """One or more problems in scenario files: each is (file, field, message-with-fix)."""
 
     def __init__(self, problems: list[tuple[str, str, str]]):
-        self.problems = problems
+        # An empty key ("" = 1 is valid TOML) is shown quoted, never as an empty field.
+        self.problems = [(f or '""', fld or '""', msg) for f, fld, msg in problems]
+        problems = self.problems
         super().__init__("\n".join(f"{f}: {fld}: {msg}" for f, fld, msg in problems))
 
 

@@ -38,6 +38,9 @@ class UpdateSpec:
         ignore_eos: inflight probe: sample through EOS so every request spans the update.
         context_tokens: stale_cache probe: tokens of shared context put before every prompt so
             it fills whole cache blocks; None = one block of the engine's KV cache.
+        stale_layers: a negative control: the engine is pushed the new checkpoint with these
+            decoder layers holding the old weights, while the trainer holds the whole new one;
+            the attribution must name them.
     """
 
     target: str | None = None
@@ -50,11 +53,12 @@ class UpdateSpec:
     expect_semantics: str = "keep"
     ignore_eos: bool = True
     context_tokens: int | None = None
+    stale_layers: tuple[int, ...] = ()
 
 
 _FIELD_TYPES = {"target": str, "seed": int, "scale": float, "via": str, "mode": str,
                 "clear_cache": bool, "after_tokens": int, "expect_semantics": str,
-                "ignore_eos": bool, "context_tokens": int}
+                "ignore_eos": bool, "context_tokens": int, "stale_layers": list}
 _CHOICES = {"via": VIAS, "mode": MODES, "expect_semantics": SEMANTICS}
 
 
@@ -79,6 +83,13 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
             problems.append((path, fld, "must be >= 0"))
         elif key == "scale" and not (np.isfinite(value) and value > 0):
             problems.append((path, fld, "must be a finite number > 0 (0 would be no update)"))
+        elif key == "stale_layers":
+            if not value or not all(isinstance(i, int) and not isinstance(i, bool)
+                                    and 0 <= i < 10_000 for i in value):
+                problems.append((path, fld, "must be a non-empty list of decoder layer indices, "
+                                            "e.g. [1]"))
+            else:
+                kwargs[key] = tuple(sorted(set(value)))
         else:
             kwargs[key] = typ(value)
     return (None, problems) if problems else (UpdateSpec(**kwargs), [])
@@ -113,34 +124,28 @@ class SplitScorer:
 
     def _load(self):
         if self._models is None:
-            import torch
-            from transformers import AutoModelForCausalLM
-
-            from parity.reference import model_head
-
-            dtype = getattr(torch, self.dtype) if self.dtype else "auto"
-            models = []
-            for path in self.paths:
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-                # The model's own logit transform (bias, scale, softcap), as the trainer has it.
-                models.append((model, model_head(model, self.head_dtype)))
-            self._models = models
+            self._models = [_loaded(path, self.dtype, self.head_dtype) for path in self.paths]
         return self._models
+
+    def pairs(self):
+        """((old model, old head), (new model, new head)), loaded once per run."""
+        return tuple(self._load())
 
     @staticmethod
     def _logits(model_and_head, hidden):
         return model_and_head[1](hidden)
 
     def score(self, prompt: list[int], tokens: list[int], boundary: int,
-              sampling: SamplingSpec) -> np.ndarray:
+              sampling: SamplingSpec, new=None) -> np.ndarray:
         """Processed logprob of each completion token (positions < boundary by the old weights,
-        the rest by the new weights over the old KV)."""
+        the rest by the new weights over the old KV). `new`: a (model, head) pair standing in
+        for the new weights (a hybrid hypothesis, parity.hybrids)."""
         import torch
 
         with torch.inference_mode():
-            return self._score(prompt, tokens, boundary, sampling)
+            return self._score(prompt, tokens, boundary, sampling, new)
 
-    def _score(self, prompt, tokens, boundary, sampling) -> np.ndarray:
+    def _score(self, prompt, tokens, boundary, sampling, new_pair=None) -> np.ndarray:
         import torch
 
         from parity.reference import process_logits
@@ -148,6 +153,7 @@ class SplitScorer:
         if not tokens:
             return np.zeros(0)
         old, new = self._load()
+        new = new_pair or new
         seq = list(prompt) + list(tokens)
         ids = torch.tensor([seq])
         b = max(0, min(int(boundary), len(seq)))
@@ -193,6 +199,29 @@ class SplitScorer:
         return out
 
 
+# (checkpoint, dtype, head dtype) -> (model, head): the trainer holds each checkpoint once per
+# process, whatever the number of update scenarios using it (the last few are kept).
+_MODELS: dict[tuple[str, str | None, str], tuple] = {}
+_KEEP_MODELS = 4
+
+
+def _loaded(path: str, dtype: str | None, head_dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from parity.heads import model_head
+
+    key = (path, dtype, head_dtype)
+    if key not in _MODELS:
+        while len(_MODELS) >= _KEEP_MODELS:
+            _MODELS.pop(next(iter(_MODELS)))
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype) if dtype else "auto").eval()
+        # The model's own logit transform (bias, scale, softcap), as the trainer has it.
+        _MODELS[key] = (model, model_head(model, head_dtype))
+    return _MODELS[key]
+
+
 def keep_boundary(n_prompt: int, k: int) -> int:
     """First position whose KV the new weights compute when the update lands after k sampled
     tokens (0 when the request had not been prefilled)."""
@@ -216,6 +245,17 @@ def target_path(sc, model_path: str, log=print) -> str:
     if spec.target:
         return str(resolve_model(spec.target, log=log))
     return str(perturb(model_path, spec.seed, spec.scale, log=log))
+
+
+def pushed_path(sc, target: str, model_path: str, log=print) -> str:
+    """The checkpoint the engine is sent: the target, or for a stale-layer negative control the
+    target with those layers put back to the scenario's model."""
+    spec: UpdateSpec = sc.options["update"]
+    if not spec.stale_layers:
+        return target
+    from parity.checkpoints import with_old_layers
+
+    return str(with_old_layers(target, model_path, list(spec.stale_layers), log=log))
 
 
 def shared_context(prompts: list[list[int]], n: int) -> list[int]:

@@ -197,11 +197,19 @@ def _update_result(probe, lps_before, lps_after, versions=None, **spec):
 
 
 def _failing_weight_update(monkeypatch):
+    from parity import hybrids
+
     monkeypatch.setattr(weight_update, "SplitScorer", _Scorer)
+    # The hybrid search on real models is tested in tests/test_hybrids.py; here it finds the head.
+    monkeypatch.setattr(hybrids, "explain", lambda *a: hybrids.Attribution(["lm_head"], 0.01, True))
     judge = weight_update.judge
     old, new = np.full(20, -1.0), np.full(20, -2.0)
     out = {"abs_dlogp_before_vs_old": judge(_update_result("takes_effect", new, new), None)[0],
-           "abs_dlogp_after_vs_new": judge(_update_result("takes_effect", old, old), None)[0]}
+           "abs_dlogp_after_vs_new": judge(_update_result("takes_effect", old, old), None)[0],
+           # between old and new: a partial update, whose stale part the search names
+           "stale_components": judge(_update_result("takes_effect", old, np.full(20, -1.5)),
+                                     None)[0]}
+    assert out["stale_components"].diagnosis == "stale_lm_head"
     # In flight, 5 tokens before the update; keep predicts -2.5 after it, recompute -2.0.
     v = [0] * 5 + [1] * 15
     keep = np.concatenate([np.full(5, -1.0), np.full(15, -2.5)])

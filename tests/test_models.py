@@ -144,11 +144,11 @@ def test_fingerprint_ignores_a_stale_cached_digest(tiny, tmp_path):
 def test_resolve_model(tiny, tmp_path):
     assert resolve_model("tiny") == tiny
     assert resolve_model(str(tiny)) == tiny.resolve()
-    with pytest.raises(ModelError, match="tiny, smollm2-135m"):
+    with pytest.raises(ModelError, match="tiny, tiny-tied, smollm2-135m"):
         resolve_model("no-such-model")
     with pytest.raises(ModelError):
         resolve_model(str(tmp_path))  # a directory without config.json
-    with pytest.raises(ModelError, match="tiny, smollm2-135m"):
+    with pytest.raises(ModelError, match="tiny, tiny-tied, smollm2-135m"):
         build_model("no-such-model")
 
 

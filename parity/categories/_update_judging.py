@@ -1,0 +1,194 @@
+"""The inflight probe of category weight_update, judged: each sequence split at its weight-version
+labels; tokens before the update must match the old weights, tokens after it the keep or the
+recompute prediction, and the labels must put the update where the trainer's split fits best."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity import core, hybrids, stats
+from parity.categories.base import fmt
+from parity.engines.base import Sequence
+from parity.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary
+
+
+def seq_means(per_seq: list[np.ndarray]) -> np.ndarray:
+    return np.array([float(np.mean(x)) for x in per_seq if len(x)])
+
+
+def gap(eng: list[np.ndarray], ref: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.abs(np.asarray(e, dtype=np.float64) - r) for e, r in zip(eng, ref)]
+
+
+def mean(per_seq: list[np.ndarray]) -> float:
+    flat = np.concatenate([x for x in per_seq if len(x)]) if any(len(x) for x in per_seq) \
+        else np.zeros(0)
+    return float(flat.mean()) if len(flat) else float("nan")
+
+
+def threshold(name: str, per_seq: list[np.ndarray], tol: float) -> core.Finding:
+    finding = core.from_test(name, stats.threshold(seq_means(per_seq), tol))
+    finding.value = mean(per_seq)  # the token mean, as the report's gaps are
+    return finding
+
+
+def separation(name: str, a: list[np.ndarray], b: list[np.ndarray], tol: float,
+                why: str) -> core.Precondition:
+    """Two hypotheses are told apart only when their predictions differ by SEPARATION
+    tolerances: a precondition, not a finding (closer, the data cannot decide)."""
+    return core.at_least(name, mean(gap(a, b)), SEPARATION * tol, why)
+
+
+def effect(gap_old: float, gap_new: float) -> float:
+    """0 = the engine still follows the old weights, 1 = the new ones."""
+    total = gap_old + gap_new
+    return float(gap_old / total) if total > 0 else float("nan")
+
+
+def decide(findings, pre, ordered) -> tuple[str, str | None, str]:
+    """(outcome, diagnosis, why): the first (condition, diagnosis, why) that holds, once the
+    findings failed."""
+    outcome = core.combine(findings, pre)
+    if outcome == "pass":
+        return outcome, None, ""
+    for cond, diagnosis, why in ordered:
+        if cond:
+            return outcome, diagnosis, why
+    unmet = "; ".join(p.note for p in pre if not p.met)
+    return outcome, None, unmet or "not enough evidence to decide"
+
+
+def attribute(scorer: SplitScorer, predict, engine: list, tol: float, detail: dict,
+              findings: list) -> hybrids.Attribution:
+    """Which components stayed stale after an update that matches neither checkpoint (hybrid
+    hypotheses, parity.hybrids; `predict(pair, i)`: the probe's expected logprobs of sequence i
+    with `pair` as the new weights); a count-limit finding on them when a hypothesis fits."""
+    att = hybrids.explain(scorer, predict, engine, tol)
+    detail["attribution"] = hybrids.summary(att)
+    if att.fitted:
+        findings.append(core.count_limit(
+            "stale_components", len(att.stale), 0,
+            note=f"components computing with the old weights after the update: "
+                 f"{', '.join(att.stale) or 'none'}"))
+    return att
+
+
+def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
+                    pre: list) -> core.Verdict:
+    """inflight: split each sequence at its weight-version labels; tokens before must match the
+    old weights, tokens after the keep or the recompute prediction; the labels must put the
+    update where the trainer's split fits best."""
+    sampling, spec = sc.sampling, sc.options["update"]
+    rec = er.extra.get("update") or {}
+    old_version = rec.get("version_before")
+    seqs = er.sequences
+    ks = [sum(1 for v in (s.weight_versions or []) if v == old_version) for s in seqs]
+    monotone = [list(s.weight_versions or []) == sorted(s.weight_versions or []) for s in seqs]
+    pre_eng, pre_ref, post_eng, post_keep, post_rec, post_old = [], [], [], [], [], []
+    label_bad = 0
+    for s, k in zip(seqs, ks):
+        p, t = s.prompt_token_ids, s.token_ids
+        old = scorer.old(p, t, sampling)
+        new = scorer.new(p, t, sampling)
+        keep = scorer.keep(p, t, k, sampling)
+        recompute = np.concatenate([old[:k], new[k:]])
+        eng = np.asarray(s.logprobs, dtype=np.float64)
+        pre_eng.append(eng[:k])
+        pre_ref.append(old[:k])
+        post_eng.append(eng[k:])
+        post_keep.append(keep[k:])
+        post_rec.append(recompute[k:])
+        post_old.append(old[k:])
+        if 0 < k < len(t):
+            label_bad += _label_off(scorer, s, k, eng, old, new, sampling, tol)
+    n_post = sum(len(x) for x in post_eng)
+    g_keep = mean(gap(post_eng, post_keep))
+    g_rec = mean(gap(post_eng, post_rec))
+    g_old = mean(gap(post_eng, post_old))
+    sep = mean(gap(post_keep, post_rec))
+    findings = [threshold("abs_dlogp_pre_vs_old", gap(pre_eng, pre_ref), tol)]
+    expected = spec.expect_semantics
+    if spec.mode in ("wait", "abort"):
+        semantics = "n/a"
+        findings.append(core.count_limit("post_update_tokens", n_post, 0,
+                                         note=f"mode {spec.mode} must not sample in-flight "
+                                              "tokens under the new weights"))
+    else:
+        pre.append(core.at_least("post_update_tokens", n_post, 1,
+                                 "every request finished before the update: raise max_tokens"))
+        pre.append(separation("keep_recompute_separation", post_keep, post_rec, tol,
+                               "keep and recompute predict nearly the same logprobs here: "
+                               "raise update.scale or update.after_tokens"))
+        findings.append(threshold(f"abs_dlogp_post_vs_{expected}",
+                                   gap(post_eng, post_keep if expected == "keep" else post_rec),
+                                   tol))
+        close = sep >= SEPARATION * tol
+        semantics = ("keep" if g_keep < g_rec else "recompute") if close else "indistinguishable"
+    findings.append(core.count_limit(
+        "version_labels", label_bad, 0, len(seqs),
+        note=f"{label_bad} sequence(s) whose version labels put the update at the wrong token "
+             "(the trainer fits a split one token earlier or later clearly better)"))
+    detail.update(semantics=semantics, abs_dlogp_pre_vs_old=mean(gap(pre_eng, pre_ref)),
+                  abs_dlogp_post_vs_keep=g_keep, abs_dlogp_post_vs_recompute=g_rec,
+                  abs_dlogp_post_vs_old=g_old, keep_recompute_separation=sep,
+                  n_pre_tokens=sum(ks), n_post_tokens=n_post, labels_monotone=all(monotone),
+                  tokens_before_update=ks, seen_at_request=rec.get("seen_at_request"),
+                  effect=effect(g_old, min(g_keep, g_rec)) if n_post else None)
+    gaps = (f"{sum(ks)} tokens before the update, {n_post} after; after it, mean |dlogp| to "
+            f"keep {fmt(g_keep)}, to recompute {fmt(g_rec)}, to the old weights {fmt(g_old)} "
+            f"(keep vs recompute differ by {fmt(sep)}; tolerance {tol:g})")
+    head = (f"in-flight requests continue with {semantics.upper()} semantics" if semantics
+            not in ("n/a", "indistinguishable") else f"semantics {semantics} (mode {spec.mode})")
+    by_name = {f.name: f for f in findings}
+    post = by_name.get(f"abs_dlogp_post_vs_{expected}")
+    post_bad = post is not None and post.outcome == "fail" and semantics in SEMANTICS
+    pre_bad = by_name["abs_dlogp_pre_vs_old"].outcome == "fail"
+    att = None
+    if post is not None and post.outcome == "fail" and not pre_bad \
+            and min(g_old, g_keep, g_rec) > tol:  # neither weights explain it: partial update?
+        def predict(pair, i):
+            p, t, k = seqs[i].prompt_token_ids, seqs[i].token_ids, ks[i]
+            b = keep_boundary(len(p), k) if expected == "keep" else 0
+            return scorer.score(p, t, b, sampling, new=pair)[k:]
+
+        att = attribute(scorer, predict, post_eng, tol, detail, findings)
+    outcome, diagnosis, why = decide(findings, pre, [
+        (pre_bad, "reference_mismatch",
+         "tokens sampled before the update do not match the old weights: check the model, "
+         "dtype and logprobs mode first"),
+        (att is not None and att.diagnosis() is not None, att and att.diagnosis(),
+         "only part of the update took effect: " + (hybrids.message(att, tol) if att else "")),
+        (post_bad and g_old < min(g_keep, g_rec), "no_effect",
+         "the update did not take effect for the in-flight requests: they still sample from "
+         "the old weights"),
+        (post_bad, "semantics_mismatch",
+         f"in-flight requests continue with {semantics.upper()} semantics, the scenario "
+         f"expects {expected}" + (" (their KV was recomputed: a cache reset with running "
+                                  "requests preempts them)" if semantics == "recompute" else "")),
+        (by_name["version_labels"].outcome == "fail", "wrong_version_labels",
+         by_name["version_labels"].note),
+        (by_name.get("post_update_tokens") is not None
+         and by_name["post_update_tokens"].outcome == "fail", "wrong_mode",
+         by_name.get("post_update_tokens").note if by_name.get("post_update_tokens") else ""),
+    ])
+    if outcome == "pass":
+        return core.Verdict("pass", None, f"{head}: {gaps}", findings, pre)
+    return core.Verdict(outcome, diagnosis, f"{why}: {gaps}", findings, pre)
+
+
+def _label_off(scorer, s: Sequence, k: int, eng, old, new, sampling, tol) -> int:
+    """1 when the version labels put the update at the wrong token: a split one token earlier
+    or later fits the engine's logprobs clearly better (by more than 2 * `tol` summed over the
+    sequence) than the labelled split, under whichever semantics fits it best."""
+    p, t = s.prompt_token_ids, s.token_ids
+
+    def fit(kk: int) -> float:
+        keep = scorer.keep(p, t, kk, sampling)
+        recompute = np.concatenate([old[:kk], new[kk:]])
+        return min(float(np.abs(eng - keep).sum()), float(np.abs(eng - recompute).sum()))
+
+    labelled = fit(k)
+    others = [fit(kk) for kk in (k - 1, k + 1) if 0 <= kk <= len(t)]
+    return int(bool(others) and min(others) < labelled - 2 * max(tol, 1e-3))
+
+
