@@ -52,8 +52,9 @@ class Attribution:
 
 
 def label(stale) -> str:
-    """A hypothesis as text: "new", or "new with old X, Y"."""
-    return "new" if not stale else "new with old " + ", ".join(sorted(stale, key=_order))
+    """A hypothesis as text: "new weights", or "new weights, old X and Y"."""
+    return "new weights" if not stale else "new weights, old " + ", ".join(
+        sorted(stale, key=_order))
 
 
 def _order(name: str):
@@ -175,7 +176,7 @@ def summary(att: Attribution, top: int = 6) -> dict:
 def message(att: Attribution, tol: float) -> str:
     """One sentence: what stayed stale (or that no hypothesis explains the engine)."""
     if att.fitted and att.stale:
-        return (f"the engine computes with {label(att.stale)} (mean |dlogp| {att.gap:.3g} <= "
+        return (f"the engine matches the {label(att.stale)} (mean |dlogp| {att.gap:.3g} <= "
                 f"{tol:g}; {att.n_scored} hypotheses scored): {FIXES[att.diagnosis()]}")
     best = next(iter(att.hypotheses.items()), ("none", float("nan")))
     return (f"not attributed: no hybrid of old and new components explains the engine (closest "

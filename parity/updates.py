@@ -265,3 +265,24 @@ def shared_context(prompts: list[list[int]], n: int) -> list[int]:
     return [pool[i % len(pool)] for i in range(n)] if pool and n > 0 else []
 
 
+
+
+def stream_check(paused: list[int], uninterrupted: list[int], k: int) -> str:
+    """How the first k tokens of a request paused for an update compare with the same seeded
+    request run without a pause: "equal"; "lost" (from some token on, the paused stream is the
+    other one shifted left: a token went missing at the pause), "duplicated" (shifted right: a
+    token was emitted twice); "diverged" (they differ otherwise, e.g. numerics picked another
+    token); "short" (too few tokens of the uninterrupted run to compare)."""
+    k = min(k, len(paused))
+    if len(uninterrupted) < k:
+        return "short"
+    a, b = list(paused[:k]), list(uninterrupted[:k + 1])
+    j = next((i for i in range(k) if a[i] != b[i]), None)
+    if j is None:
+        return "equal"
+    rest = a[j:]  # a shift needs two tokens to tell it from one token sampled otherwise
+    if len(rest) >= 2 and rest == b[j + 1:j + 1 + len(rest)]:
+        return "lost"
+    if len(rest) >= 2 and a[j] == a[j - 1] and a[j + 1:] == b[j:k - 1]:
+        return "duplicated"
+    return "diverged"

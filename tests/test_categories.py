@@ -224,6 +224,14 @@ def _failing_weight_update(monkeypatch):
     # better than the labelled one.
     early = [0] * 2 + [1] * 18
     out["version_labels"] = judge(_update_result("inflight", old, keep, early), None)[0]
+    # The uninterrupted run has token 3 where the paused one skips it: a token lost at the pause.
+    lost = _update_result("inflight", old, keep, v)
+    lost.runs["candidate"].sequences = [_seq(i, [0, 1, 2, 4, 5] + list(range(6, 21)), keep,
+                                             weight_versions=v) for i in range(25)]
+    lost.runs["candidate"].extra["uninterrupted"] = [_seq(i, range(12), np.full(12, -1.0))
+                                                     for i in range(25)]
+    out["token_stream"] = judge(lost, None)[0]
+    assert out["token_stream"].diagnosis == "token_stream"
     return out
 
 

@@ -43,7 +43,7 @@ def test_search_names_the_stale_component(scorer, stale, diagnosis):
                                                                new=pair), engine, 0.05)
     assert att.stale == stale and att.fitted and att.gap < 1e-4, att
     assert att.diagnosis() == diagnosis
-    assert att.hypotheses["new"] > 0.05 or not stale  # the plain new weights do not explain it
+    assert att.hypotheses["new weights"] > 0.05 or not stale  # the plain new weights do not explain it
 
 
 def test_unexplained_engine_is_not_attributed(scorer):

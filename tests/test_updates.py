@@ -1,6 +1,8 @@
 """Weight updates: the trainer's keep/recompute scoring against an independent step-by-step
 decode, scenario validation, and (marked `engine`) the update scenarios on real V1 and V0."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -134,10 +136,16 @@ def test_scenario_validation(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def update_run(tiny_model, tmp_path_factory):
-    """Every shipped update scenario, once: two V1 engines (prefix caching on / off) and one V0
-    engine, each serving all the scenarios of its setting in turn."""
-    from conftest import SCENARIOS, check_tiny
+def update_run(tmp_path_factory):
+    """Every shipped update scenario, once, on the tied tiny model (tied like SmolLM2, the
+    default: the V1 reload bug shows on tied heads): three V1 engines (prefix caching on with
+    and without the reload workaround, off) and one V0 engine, each serving all the scenarios
+    of its setting in turn."""
+    from conftest import SCENARIOS, run_cli
+
+    from parity.models import build_model
+
+    build_model("tiny-tied", log=lambda m: None)
 
     out = tmp_path_factory.mktemp("updates")
     files = sorted(str(f) for f in SCENARIOS.glob("update-*.toml"))
@@ -151,7 +159,9 @@ def update_run(tiny_model, tmp_path_factory):
                                       f'name = "update-inflight-{engine}-{mode}"\nmin_tokens = 100')
                          .replace('mode = "keep"', f'mode = "{mode}"'))
             files.append(str(f))
-    result, report = check_tiny(files, out)
+    result = run_cli(["check", *files, "--model", "tiny-tied", "--output", str(out)])
+    path = out / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else None
     assert report is not None, result.output
     return result, out, {s["name"]: s for s in report["scenarios"]}, report
 
@@ -165,7 +175,7 @@ def test_every_update_scenario_as_expected(update_run):
     result, out, scenarios, report = update_run
     assert result.exit_code == 0, result.output
     assert all(s["as_expected"] for s in scenarios.values())
-    assert len(report["engines"]) == 3  # V1 cache on, V1 cache off, V0: one start each
+    assert len(report["engines"]) == 4  # V1 cache on +/- workaround, V1 cache off, V0
     from parity.engines.process import _live
 
     assert not _live  # every engine worker was stopped
@@ -181,6 +191,31 @@ def test_update_through_reload_takes_effect(update_run, name):
     assert m["abs_dlogp_after_vs_new"] < 0.01 < 1.0 < m["abs_dlogp_after_vs_old"]
     assert m["update"]["version_after"] == m["update"]["version_before"] + 1
     assert m["update"]["latency_s"] > 0
+
+
+@pytest.mark.engine
+def test_reload_bug_on_tied_head_is_attributed_to_the_head(update_run):
+    """V1 0.32 reload_weights on a tied model: the engine matches the new weights with the old
+    head (hybrid search), the worker's own evidence shows the head's compute stale, and the same
+    scenario with the workaround passes with the head re-processed."""
+    _, _, scenarios, _ = update_run
+    sc = scenarios["update-reload-v1-stale-head"]
+    v, m = sc["verdict"], sc["metrics"]
+    assert (v["outcome"], v["diagnosis"]) == ("fail", "stale_lm_head")
+    assert m["attribution"]["stale"] == ["lm_head"] and m["attribution"]["gap"] < 0.01
+    assert m["attribution"]["closest"]["new weights"] > 0.05
+    assert "PARITY_RELOAD_REPROCESS=1" in v["message"]
+    finding = next(f for f in v["findings"] if f["name"] == "stale_components")
+    assert finding["outcome"] == "fail" and finding["value"] == 1
+
+
+@pytest.mark.engine
+def test_stale_layer_control_names_its_layer(update_run):
+    _, _, scenarios, _ = update_run
+    sc = scenarios["update-stale-layer-control"]
+    assert (sc["verdict"]["outcome"], sc["verdict"]["diagnosis"]) == ("fail", "stale_layers")
+    assert sc["metrics"]["attribution"]["stale"] == ["layers.1"]
+    assert "layers.1" in sc["verdict"]["message"]
 
 
 @pytest.mark.engine
@@ -256,3 +291,13 @@ def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(u
     overrun = 0 if engine == "v0" else 4
     assert all(8 <= k <= 8 + overrun for k in abort["metrics"]["tokens_before_update"])
     assert wait["metrics"]["update"]["lag_tokens_mean"] > 20
+
+
+@pytest.mark.parametrize("paused,kind", [
+    ([1, 2, 3, 4], "equal"), ([1, 2, 4, 5], "lost"), ([1, 2, 2, 3], "duplicated"),
+    ([1, 2, 9, 9], "diverged"), ([1, 2, 3, 5], "diverged")])
+def test_stream_check_tells_a_shift_from_a_divergence(paused, kind):
+    from parity.updates import stream_check
+
+    assert stream_check(paused, [1, 2, 3, 4, 5, 6], 4) == kind
+    assert stream_check(paused, [1, 2], 4) == "short"

@@ -9,7 +9,7 @@ import numpy as np
 from parity import core, hybrids, stats
 from parity.categories.base import fmt
 from parity.engines.base import Sequence
-from parity.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary
+from parity.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary, stream_check
 
 
 def seq_means(per_seq: list[np.ndarray]) -> np.ndarray:
@@ -124,6 +124,7 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
                                    tol))
         close = sep >= SEPARATION * tol
         semantics = ("keep" if g_keep < g_rec else "recompute") if close else "indistinguishable"
+    _token_stream(er, seqs, ks, findings, detail)
     findings.append(core.count_limit(
         "version_labels", label_bad, 0, len(seqs),
         note=f"{label_bad} sequence(s) whose version labels put the update at the wrong token "
@@ -165,6 +166,9 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
          f"in-flight requests continue with {semantics.upper()} semantics, the scenario "
          f"expects {expected}" + (" (their KV was recomputed: a cache reset with running "
                                   "requests preempts them)" if semantics == "recompute" else "")),
+        (by_name.get("token_stream") is not None
+         and by_name["token_stream"].outcome == "fail", "token_stream",
+         by_name["token_stream"].note if "token_stream" in by_name else ""),
         (by_name["version_labels"].outcome == "fail", "wrong_version_labels",
          by_name["version_labels"].note),
         (by_name.get("post_update_tokens") is not None
@@ -174,6 +178,27 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     if outcome == "pass":
         return core.Verdict("pass", None, f"{head}: {gaps}", findings, pre)
     return core.Verdict(outcome, diagnosis, f"{why}: {gaps}", findings, pre)
+
+
+def _token_stream(er, seqs, ks: list[int], findings: list, detail: dict) -> None:
+    """Tokens lost or duplicated at the pause: each paused request's tokens before the update
+    against the same seeded request run without a pause (a count-limit finding, 0 allowed; a
+    divergence that is no shift, e.g. numerics picking another token, is shown, not counted)."""
+    ref = {(s.prompt_index, s.sample_index): s.token_ids
+           for s in er.extra.get("uninterrupted") or []}
+    if not ref:
+        return
+    kinds = [stream_check(s.token_ids, ref.get((s.prompt_index, s.sample_index), []), k)
+             for s, k in zip(seqs, ks)]
+    counts = {kind: kinds.count(kind) for kind in ("equal", "lost", "duplicated", "diverged",
+                                                   "short")}
+    detail["token_stream"] = counts
+    bad = counts["lost"] + counts["duplicated"]
+    findings.append(core.count_limit(
+        "token_stream", bad, 0, len(seqs),
+        note=f"{counts['lost']} request(s) lost a token and {counts['duplicated']} repeated one "
+             f"at the pause ({counts['equal']} equal to the uninterrupted run, "
+             f"{counts['diverged']} diverged otherwise)"))
 
 
 def _label_off(scorer, s: Sequence, k: int, eng, old, new, sampling, tol) -> int:

@@ -5,7 +5,7 @@ implements."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,12 @@ def _probe(engine, sc, er, prompts: list[list[int]], target: str, log) -> None:
     """The engine work of one probe: generate, update, generate (or all at once in flight)."""
     spec: UpdateSpec = sc.options["update"]
     if sc.options["probe"] == "inflight":
+        if sc.sampling.seed is not None:
+            # The same seeded requests without a pause, just past the update point: the
+            # paused streams must continue them token for token (nothing lost or repeated).
+            short = replace(sc.sampling, max_tokens=min(sc.sampling.max_tokens,
+                                                         spec.after_tokens + 4))
+            er.extra["uninterrupted"] = engine.generate(prompts, short)
         seqs, rec = engine.generate_with_update(
             prompts, sc.sampling, target, spec.after_tokens, spec.mode, spec.clear_cache,
             spec.via, spec.ignore_eos)
@@ -134,7 +140,21 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
             if k.startswith(("abs_dlogp_after", "abs_dlogp_post")) and isinstance(v, float)]
     detail["headline"] = ", ".join(f"|dlogp| {k} {v:.3g}" for k, v in gaps[:3]) or probe
     detail["key_metric"] = gaps[0][1] if gaps else None
-    inplace = (er.extra.get("update") or {}).get("skipped")
+    rec = er.extra.get("update") or {}
+    evidence = rec.get("evidence")
+    if evidence is not None or rec.get("evidence_error"):
+        # The worker's own check: each module's computation vs its parameters vs the checkpoint.
+        detail["worker_evidence"] = {"evidence": evidence, "error": rec.get("evidence_error"),
+                                     "reprocessed": rec.get("reprocessed"),
+                                     "pushed": er.extra.get("pushed")}
+        stale = (evidence or {}).get("compute_stale") or []
+        if stale:
+            verdict.message += (f"; worker evidence: parameters updated but the computation "
+                                f"stale in {', '.join(stale[:5])}"
+                                + (f" (+{len(stale) - 5})" if len(stale) > 5 else ""))
+        if rec.get("reprocessed"):
+            verdict.message += f"; re-processed after the reload: {', '.join(rec['reprocessed'])}"
+    inplace = rec.get("skipped")
     if inplace:
         detail["inplace_skipped"] = inplace
         verdict.message += (f"; in-place copy could not reach {len(inplace)} parameter(s) (their "
@@ -235,12 +255,15 @@ class WeightUpdate(Category):
         "wrong_version_labels": "the engine's weight-version labels are off by a token",
         "wrong_mode": "wait/abort must not sample in-flight tokens under the new weights",
         "reference_mismatch": "fix the model, dtype and logprobs mode first",
+        "token_stream": "the pause lost or repeated a token: resume requests from their last "
+                        "sampled token",
         **hybrids.FIXES,
     }
     findings = {"abs_dlogp_before_vs_old": "bound", "abs_dlogp_after_vs_new": "bound",
                 "abs_dlogp_pre_vs_old": "bound", "abs_dlogp_post_vs_keep": "bound",
                 "abs_dlogp_post_vs_recompute": "bound", "post_update_tokens": "count_limit",
-                "version_labels": "count_limit", "stale_components": "count_limit"}
+                "version_labels": "count_limit", "stale_components": "count_limit",
+                "token_stream": "count_limit"}
     key_metric_name = "mean |dlogp| after the update to the expected weights"
     reuses_generations = False  # the generation before an update fills the prefix cache
 
