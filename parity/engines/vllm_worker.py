@@ -22,6 +22,11 @@ try:  # run as a script: the script's directory is sys.path[0]
 except ImportError:  # imported as parity.engines.vllm_worker (tests)
     from parity.engines import vllm_patches
 
+try:  # engine-argument validation (no engine started)
+    import vllm_validate
+except ImportError:
+    from parity.engines import vllm_validate
+
 try:  # same for the weight-update operations (their functions reach V1 workers by module name)
     import vllm_updates
 except ImportError:
@@ -107,6 +112,8 @@ class VllmHost:
         if vllm_patches.fp32_head_requested(os.environ):
             # After load, in the worker that holds the model: V0 has no head_dtype option.
             self.patches["fp32_head"] = vllm_patches.apply_fp32_head(self.llm)
+        # Applied at each reload (vllm_updates.Updater); reported whether on or off.
+        self.patches["reload_reprocess"] = vllm_patches.reload_reprocess_requested(os.environ)
         return {"start_s": time.perf_counter() - t0, "effective_config": self.effective_config()}
 
     def effective_config(self) -> dict:
@@ -323,125 +330,6 @@ def _prompt_logprobs(request) -> list | None:
     return out
 
 
-def validate_engine_args(arg_sets: list[dict]) -> dict:
-    """Check engine arguments against this vLLM without starting an engine: names against
-    EngineArgs' fields, value types against their annotations, and values by building the engine
-    config (EngineArgs(...).create_engine_config(), vLLM's own validation; reads the checkpoint's
-    config, allocates nothing). Each arg set is {"engine_args", "model", "env_vars"} (or a bare
-    dict of engine args: names only). A failing config is blamed on the arguments whose removal
-    makes it build; when none does, on the set as a whole."""
-    import difflib
-
-    import vllm
-    from vllm.engine.arg_utils import EngineArgs
-
-    fields = {f.name: f.type for f in dataclasses.fields(EngineArgs)}
-    problems, limits = [], {}  # limits: index -> what requests may ask of that engine
-    for i, item in enumerate(arg_sets):
-        args = item.get("engine_args", item) if "model" in item else item
-        found = []
-        for name, value in args.items():
-            if name not in fields:
-                close = difflib.get_close_matches(name, sorted(fields), n=3)
-                found.append({"index": i, "name": name, "suggestions": close, "kind": "name"})
-            else:
-                expected = _type_mismatch(fields[name], value)
-                if expected:
-                    found.append({"index": i, "name": name, "kind": "value",
-                                  "message": f"expected {expected}, got {value!r}"})
-        if not found and "model" in item:
-            refused, config = _config_problems(EngineArgs, item["model"], args,
-                                               item.get("env_vars") or {})
-            found = [{"index": i, "name": name, "kind": "value", "message": message}
-                     for name, message in refused]
-            model_cfg = getattr(config, "model_config", None)
-            limits[i] = {"max_model_len": getattr(model_cfg, "max_model_len", None),
-                         "max_logprobs": getattr(model_cfg, "max_logprobs", None)}
-        problems += found
-    return {"problems": problems, "vllm_version": vllm.__version__, "fields": sorted(fields),
-            "limits": limits}
-
-
-# Arguments vLLM's LLM() converts before EngineArgs sees them (dict -> config object): their
-# values are left to the engine start.
-_LLM_CONVERTED = {"compilation_config", "structured_outputs_config", "profiler_config",
-                  "attention_config", "kv_transfer_config", "worker_cls"}
-
-
-def _type_mismatch(annotation, value):
-    """The expected type (text) when `value` cannot be of the simple annotation (bool, int,
-    float, str, None, Literal, dict, list and unions of them); None when it fits or the
-    annotation is anything richer (left to vLLM's own checks)."""
-    import types
-    import typing
-
-    if isinstance(annotation, str):
-        return None
-    members = [annotation]
-    flat = []
-    while members:
-        t = members.pop()
-        if typing.get_origin(t) in (typing.Union, types.UnionType):
-            members += typing.get_args(t)
-        else:
-            flat.append(t)
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str), type(None): lambda v: v is None}
-    names = []
-    for t in flat:
-        origin = typing.get_origin(t)
-        if t in ok:
-            if ok[t](value):
-                return None
-            if t is not type(None):
-                names.append(t.__name__)
-        elif origin is typing.Literal:
-            if any(value == c and type(value) is type(c) for c in typing.get_args(t)):
-                return None
-            names.append("one of " + ", ".join(repr(c) for c in typing.get_args(t)))
-        elif origin in (dict, list, set) or t in (dict, list, set):
-            if isinstance(value, {dict: dict, list: list, set: list}[origin or t]):
-                return None
-            names.append("a table" if (origin or t) is dict else "a list")
-        else:
-            return None  # a class or callable: vLLM's own checks decide
-    return " or ".join(names) if names else None
-
-
-def _config_problems(engine_args_cls, model: str, args: dict, env_vars: dict):
-    """([(name or None, message)], engine config or None): why the engine config cannot be
-    built from `args`, or the config it builds."""
-    checked = {k: v for k, v in args.items() if k not in _LLM_CONVERTED}
-    config, error = _build_config(engine_args_cls, model, checked, env_vars)
-    if error is None:
-        return [], config
-    culprits = [k for k in checked
-                if _build_config(engine_args_cls, model,
-                                 {n: v for n, v in checked.items() if n != k}, env_vars)[1] is None]
-    return [(k, error) for k in culprits] or [(None, error)], None
-
-
-def _build_config(engine_args_cls, model: str, args: dict, env_vars: dict):
-    """(config, None) from EngineArgs(model, **args).create_engine_config(), or (None, vLLM's
-    message); the setting's environment variables are in place while it runs."""
-    saved = {k: os.environ.get(k) for k in env_vars}
-    os.environ.update({k: str(v) for k, v in env_vars.items()})
-    try:
-        return engine_args_cls(model=model, **args).create_engine_config(), None
-    except Exception as exc:
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()
-                 and "errors.pydantic.dev" not in ln]
-        return None, f"{type(exc).__name__}: " + " ".join(ln.strip() for ln in lines)[:400]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _identity():
     """parity/identity.py, imported by path where parity is not on the path (engine envs)."""
     if __package__:  # imported as parity.engines.vllm_worker
@@ -506,7 +394,7 @@ def serve(reply_fd: int) -> None:
             elif op == "effective_config":
                 result = {"effective_config": host.effective_config()}
             elif op == "validate":
-                result = validate_engine_args(request["arg_sets"])
+                result = vllm_validate.validate_engine_args(request["arg_sets"])
             elif op == "close":
                 host.close()
                 send({"ok": True, "op": op})
