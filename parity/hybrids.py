@@ -166,8 +166,9 @@ def explain(scorer, predict_one: Callable[[object, int], np.ndarray], engine: li
     return attribute(hybrid, lambda pair, idx: [predict_one(pair, i) for i in idx], engine, tol)
 
 
-def summary(att: Attribution, top: int = 6) -> dict:
-    """The attribution for report.json: stale components, gap, and the closest hypotheses."""
+def summary(att: Attribution, top: int = 100) -> dict:
+    """The attribution for report.json: stale components, gap, and the hypotheses scored
+    (closest first)."""
     return {"stale": att.stale, "gap": att.gap, "fitted": att.fitted,
             "diagnosis": att.diagnosis(), "n_hypotheses": att.n_scored,
             "closest": dict(list(att.hypotheses.items())[:top])}

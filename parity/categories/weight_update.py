@@ -89,7 +89,8 @@ def update_summary(rec: dict) -> dict[str, Any]:
             "load_s": rec.get("load_s"), "resume_s": rec.get("resume_s"),
             "version_before": rec.get("version_before"), "version_after": rec.get("version"),
             "via": rec.get("via"), "mechanism": rec.get("mechanism"),
-            "cache_cleared": rec.get("cache_cleared"),
+            "cache_cleared": rec.get("cache_cleared"), "reprocess_s": rec.get("reprocess_s"),
+            "evidence_s": rec.get("evidence_s"),
             "lag_tokens_mean": float(np.mean(lags)) if lags else None,
             "lag_tokens_max": int(max(lags)) if lags else None}
 
