@@ -52,9 +52,21 @@ class Attribution:
 
 
 def label(stale) -> str:
-    """A hypothesis as text: "new weights", or "new weights, old X and Y"."""
-    return "new weights" if not stale else "new weights, old " + ", ".join(
-        sorted(stale, key=_order))
+    """A hypothesis as text: "new weights", or "new weights, old X, Y" (runs of consecutive
+    layers as "layers.3-7")."""
+    if not stale:
+        return "new weights"
+    names, out, run = sorted(stale, key=_order), [], []
+    for name in names + [""]:
+        if name.startswith("layers.") and (not run or int(name[7:]) == run[-1] + 1):
+            run.append(int(name[7:]))
+            continue
+        if run:
+            out.append(f"layers.{run[0]}" + (f"-{run[-1]}" if len(run) > 1 else ""))
+        run = [int(name[7:])] if name.startswith("layers.") else []
+        if name and not run:
+            out.append(name)
+    return "new weights, old " + ", ".join(out)
 
 
 def _order(name: str):
