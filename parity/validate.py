@@ -75,9 +75,9 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
     pythons = {env: python_for(env, log) for env in sorted({c.setting.env for *_, c in jobs})}
     problems = engine_problems([c for *_, c in jobs], pythons, log_dir)
     lengths: dict[int, list[int]] = {}
-    for res, role, check in jobs if not problems else ():
+    for res, role, check in jobs:
         if not limits(check, pythons[check.setting.env]):
-            continue  # the engine's config set no limits we know of
+            continue  # refused config (reported above), or no limits we know of
         if id(res) not in lengths:
             lengths[id(res)] = [len(p) for p in render(tokenizers[res.model_path], res.prompts,
                                                        res.scenario.chat)]

@@ -103,17 +103,24 @@ def _no_engine_processes_left(report):
 
 
 def test_engine_start_failure_is_unresolved(tiny_model, tmp_path):
-    scenario = tmp_path / "crash.toml"
-    scenario.write_text((SCENARIOS / "logprobs-processed.toml").read_text().replace(
-        'profile = "v1-parity"', 'profile = "v1-parity"\nengine_args = { max_model_len = 999999 }'))
-    result = run_cli(["check", str(scenario), "--model", "tiny", "--output", str(tmp_path / "o")])
-    assert result.exit_code == 125, result.output
+    """A checkpoint whose config is fine (so validation passes) but whose weights file is
+    corrupt: the engine fails at start; the scenario is unresolved (125) with the root cause
+    from the engine's own log, and no engine process is left."""
     import json
+    import shutil
 
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model",
+                      str(broken), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 125, result.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     (sc,) = report["scenarios"]
     assert sc["verdict"]["outcome"] == "unresolved"
-    assert "max_model_len" in report["engines"][0]["error"]  # the log tail names the cause
+    assert "root cause" in sc["verdict"]["message"], sc["verdict"]["message"]
+    assert "Error while deserializing header" in sc["verdict"]["message"]  # from the log
     _no_engine_processes_left(report)
 
 

@@ -108,25 +108,33 @@ engine_args = {{ {args} }}
 """
 
 
-@pytest.mark.parametrize("prompts,args,field", [
+CASES = [  # (prompts, engine args, the field the problem must name)
     ('source = "arithmetic:4"', 'max_model_len = "abc"', "candidate.engine_args.max_model_len"),
     ('source = "arithmetic:4"', "gpu_memory_utilization = 5",
      "candidate.engine_args.gpu_memory_utilization"),
     ('items = ["' + "one two three " * 300 + '"]', "enforce_eager = true", "prompts"),
     ('source = "arithmetic:4"', "max_model_len = 8", "prompts"),
-])
-def test_check_refuses_what_the_engine_would_before_starting(tiny_model, tmp_path, prompts, args,
-                                                             field):
-    """`parity check` exits 2 naming the file and field for values the engine's vLLM refuses
-    and for prompts longer than the engine's max_model_len, before any engine starts."""
+]
+
+
+def test_check_refuses_what_the_engine_would_before_starting(tiny_model, tmp_path):
+    """`parity check` exits 2 naming each file and field for values the engine's vLLM refuses
+    and for prompts longer than the engine's max_model_len, all at once (one validator run),
+    before any engine starts."""
     from conftest import run_cli
 
-    path = tmp_path / "case.toml"
-    path.write_text(SCENARIO.format(prompts=prompts, args=args))
+    files = []
+    for i, (prompts, args, _) in enumerate(CASES):
+        path = tmp_path / f"case{i}.toml"
+        path.write_text(SCENARIO.format(prompts=prompts, args=args).replace(
+            'name = "case"', f'name = "case{i}"'))
+        files.append(str(path))
     out = tmp_path / "out"
-    result = run_cli(["check", str(path), "--output", str(out)])
+    result = run_cli(["check", *files, "--output", str(out)])
     assert result.exit_code == 2, result.output
-    assert field in result.output and "case.toml" in result.output
+    text = " ".join(result.output.split())
+    for i, (_, _, field) in enumerate(CASES):
+        assert f"case{i}.toml: {field}" in text, (field, result.output)
     assert not list(out.glob("logs/engine-*"))
 
 

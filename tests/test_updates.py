@@ -166,6 +166,13 @@ def update_run(tmp_path_factory):
     return result, out, {s["name"]: s for s in report["scenarios"]}, report
 
 
+def _patches(update_run, name):
+    """parity's worker patches in the effective config of the engine that ran scenario `name`."""
+    report = update_run[3]
+    (engine,) = [e for e in report["engines"] if name in e["scenarios"]]
+    return engine["effective_config"]["patches"]
+
+
 def _verdict(scenarios, name):
     return scenarios[name]["verdict"]
 
@@ -207,6 +214,31 @@ def test_reload_bug_on_tied_head_is_attributed_to_the_head(update_run):
     assert "PARITY_RELOAD_REPROCESS=1" in v["message"]
     finding = next(f for f in v["findings"] if f["name"] == "stale_components")
     assert finding["outcome"] == "fail" and finding["value"] == 1
+    # The worker's own evidence: the head's parameter holds the new (tied) embedding, its
+    # kernel computes from the pre-packed old one; every other module reached the checkpoint.
+    ev = m["worker_evidence"]["evidence"]
+    assert ev["compute_stale"] == ["lm_head"] and not ev["param_stale"], ev
+    err = ev["max_rel_err"]["lm_head"]
+    assert err["param_vs_ckpt"] < 1e-4 < 0.1 < err["engine_vs_ckpt"]
+    assert ev["modules_checked"] == ev["ok"] + 1 and ev["ok"] >= 2 * 4 + 1
+    assert _patches(update_run, "update-reload-v1-stale-head")["reload_reprocess"] is False
+
+
+@pytest.mark.engine
+def test_reload_workaround_reprocesses_the_head_on_every_reload(update_run):
+    """PARITY_RELOAD_REPROCESS=1: every reload of the scenarios that carry it re-packed the
+    head, and the evidence after the fix is clean (several reloads on one engine)."""
+    _, _, scenarios, _ = update_run
+    names = ["update-takes-effect", "update-stale-layer-control", "update-stale-cache-off",
+             "update-inflight-v1"]
+    for name in names:
+        sc = scenarios[name]
+        we = sc["metrics"]["worker_evidence"]
+        assert _patches(update_run, name)["reload_reprocess"] is True
+        assert we["reprocessed"] == ["lm_head"], (name, we)
+        ev = we["evidence"]
+        assert not (ev["compute_stale"] or ev["param_stale"] or ev["no_checkpoint_value"]), ev
+    assert scenarios["update-takes-effect"]["verdict"]["outcome"] == "pass"
 
 
 @pytest.mark.engine
@@ -225,8 +257,12 @@ def test_inplace_update_fails_as_no_effect(update_run):
         "metrics"]
     assert (v["outcome"], v["diagnosis"]) == ("fail", "no_effect")
     assert "reload_weights" in v["message"]
-    # The engine emptied the linear weights at load: the in-place copy could not reach them.
+    # The engine emptied the linear weights at load: the in-place copy could not reach them,
+    # and the worker's evidence sees their kernels still on the old weights.
     assert any("qkv_proj" in name for name, _ in m["inplace_skipped"])
+    ev = m["worker_evidence"]["evidence"]
+    assert len(ev["param_stale"]) == 2 * 4 and all(
+        ev["max_rel_err"][n]["param_vs_ckpt"] is None for n in ev["param_stale"])
 
 
 @pytest.mark.engine
