@@ -3,10 +3,9 @@ the old weights (an update that deliberately leaves part of the model stale)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from parity.models import Log, _build_once, fingerprint, model_dir
+from parity.models import Log, _build_once, copy_side_files, fingerprint, model_dir
 
 
 def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Log = print) -> Path:
@@ -33,9 +32,7 @@ def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Lo
         old_tensors = {}
         for f in sorted(old.glob("*.safetensors")):
             old_tensors.update(load_file(str(f)))
-        for item in new.iterdir():
-            if item.is_file() and item.suffix != ".safetensors" and not item.name.startswith("."):
-                shutil.copyfile(item, tmp / item.name)
+        copy_side_files(new, tmp)
         found = set()
         for f in sorted(new.glob("*.safetensors")):
             tensors = load_file(str(f))

@@ -432,13 +432,18 @@ def _build_smollm2(out: Path, log: Log = print) -> None:
 
 # --- perturb -------------------------------------------------------------------------------------
 
+def copy_side_files(src: Path, out: Path) -> None:
+    """Copy a checkpoint's config, tokenizer and other files, not its weights or build stamp."""
+    for item in src.iterdir():
+        if item.is_file() and item.suffix != ".safetensors" and item.name != STAMP:
+            shutil.copyfile(item, out / item.name)
+
+
 def _perturb_into(src: Path, out: Path, seed: int, scale: float) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    for item in src.iterdir():
-        if item.is_file() and item.suffix != ".safetensors" and item.name != STAMP:
-            shutil.copyfile(item, out / item.name)
+    copy_side_files(src, out)
     for weights in sorted(src.glob("*.safetensors")):
         tensors = load_file(str(weights))
         for name, w in tensors.items():

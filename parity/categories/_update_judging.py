@@ -73,6 +73,14 @@ def attribute(scorer: SplitScorer, predict, engine: list, tol: float, detail: di
     return att
 
 
+def attributed(att: hybrids.Attribution | None, tol: float) -> tuple[bool, str | None, str]:
+    """The (condition, diagnosis, why) entry of `decide` for a partial update the hybrid search
+    explained (condition False when there was no search or nothing fitted)."""
+    diagnosis = att.diagnosis() if att is not None else None
+    why = "only part of the update took effect: " + (hybrids.message(att, tol) if att else "")
+    return diagnosis is not None, diagnosis, why
+
+
 def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
                     pre: list) -> core.Verdict:
     """inflight: split each sequence at its weight-version labels; tokens before must match the
@@ -157,8 +165,7 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
         (pre_bad, "reference_mismatch",
          "tokens sampled before the update do not match the old weights: check the model, "
          "dtype and logprobs mode first"),
-        (att is not None and att.diagnosis() is not None, att and att.diagnosis(),
-         "only part of the update took effect: " + (hybrids.message(att, tol) if att else "")),
+        attributed(att, tol),
         (post_bad and g_old < min(g_keep, g_rec), "no_effect",
          "the update did not take effect for the in-flight requests: they still sample from "
          "the old weights"),

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from parity import core, hybrids
-from parity.categories._update_judging import (attribute, decide, effect, gap, judge_inflight,
-                                               mean, separation, threshold)
+from parity.categories._update_judging import (attribute, attributed, decide, effect, gap,
+                                               judge_inflight, mean, separation, threshold)
 from parity.categories.base import Category, choice, fmt
 from parity.updates import (DEFAULT_TOLERANCE, PROBES, SplitScorer, UpdateSpec, cached_boundary,
                             parse_update, pushed_path, shared_context, target_path)
@@ -224,8 +224,7 @@ def _judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict,
         (after_bad and g_stale is not None and g_stale < g_new, "stale_prefix_cache",
          "prefix cache reused KV from before the update: disable prefix caching or reset it "
          "(pause_generation(clear_cache=True) or reset_prefix_cache() after the load)"),
-        (att is not None and att.diagnosis() is not None, att and att.diagnosis(),
-         "only part of the update took effect: " + (hybrids.message(att, tol) if att else "")),
+        attributed(att, tol),
         (after_bad, "no_effect",
          "the update did not take effect: "
          + ("the engine still samples from the old weights" if g_old <= tol else
