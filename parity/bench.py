@@ -2,6 +2,7 @@
 different seeds), from which the rl category's margins are chosen, with wall times per phase.
 
 Run: python -m parity.bench noise --profile v1-parity --model smollm2-135m --seeds 4
+     python -m parity.bench reference [--seqs 16 --layers 16 ...] (parity/bench_reference.py)
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -59,8 +61,14 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["reference"]:
+        from parity import bench_reference
+
+        sys.exit(bench_reference.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("reference", help="trainer-side reference scoring at a real model shape: "
+                                     "python -m parity.bench reference --help")
     p = sub.add_parser("noise", help="run-to-run noise of the RL metrics")
     p.add_argument("--scenario", default="scenarios/rl-v0-vs-v1-parity.toml")
     p.add_argument("--profile", action="append", default=None)

@@ -87,7 +87,8 @@ def head_spec(config) -> HeadSpec:
     return HeadSpec(arch, scale, op, softcap)
 
 
-def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32"):
+def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32",
+                cast_block: int | None = None, tile: int | None = None):
     """Logits [..., V] in fp32 from final hidden states [..., H], as the model's forward computes
     them (HeadSpec order: hidden division, lm_head with bias, scale, softcap).
 
@@ -96,9 +97,13 @@ def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32
     the lm_head weight's dtype, cast to fp32 at the end, which is what HF's forward returns (its
     softcap runs on bf16 logits for a bf16 model) and what vLLM's LogitsProcessor does with a
     bf16 head (note vLLM applies softcap before scale; no architecture here has both).
+    `cast_block`: when the weight must be cast (a bf16 weight, fp32 head), cast that many
+    vocabulary rows at a time instead of the whole matrix (same values, bounded memory).
+    `tile`: multiply the rows of a 2-D `hidden` in tiles of exactly this many rows (the last one
+    zero-padded), so a row's logits do not depend on how many rows are scored with it (a GEMM's
+    rounding depends on its shape).
     """
     import torch
-    import torch.nn.functional as F
 
     if head_dtype not in HEAD_DTYPES:
         raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
@@ -106,7 +111,7 @@ def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32
     h = hidden.to(dtype)
     if spec.scale is not None and spec.scale_op == "div_hidden":
         h = h / spec.scale
-    logits = F.linear(h, weight.to(dtype), None if bias is None else bias.to(dtype))
+    logits = _linear(h, weight, bias, dtype, cast_block, tile)
     if spec.scale is not None and spec.scale_op == "mul":
         logits = logits * spec.scale
     elif spec.scale is not None and spec.scale_op == "div":
@@ -117,6 +122,29 @@ def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32
     return logits.float()
 
 
+def _linear(h, weight, bias, dtype, cast_block: int | None, tile: int | None):
+    import torch.nn.functional as F
+
+    vocab = weight.shape[0]
+    step = cast_block if weight.dtype != dtype and cast_block and cast_block < vocab else vocab
+    if step == vocab and not tile:
+        return F.linear(h, weight.to(dtype), None if bias is None else bias.to(dtype))
+    n = h.shape[0]
+    out = h.new_empty((*h.shape[:-1], vocab))
+    for v in range(0, vocab, step):  # a block of vocabulary rows cast at a time: no full copy
+        w = weight[v:v + step].to(dtype)
+        b = None if bias is None else bias[v:v + step].to(dtype)
+        if not tile:
+            out[..., v:v + step] = F.linear(h, w, b)
+            continue
+        for r in range(0, n, tile):
+            x = h[r:r + tile]
+            if x.shape[0] < tile:
+                x = F.pad(x, (0, 0, 0, tile - x.shape[0]))
+            out[r:r + tile, v:v + step] = F.linear(x, w, b)[:min(tile, n - r)]
+    return out
+
+
 @dataclass(frozen=True)
 class Head:
     """A loaded model's output head: call it on hidden states to get fp32 logits."""
@@ -125,9 +153,12 @@ class Head:
     bias: object
     spec: HeadSpec
     head_dtype: str
+    cast_block: int | None = None  # vocabulary rows cast per step when weight needs a cast
+    tile: int | None = None  # rows per GEMM (row results independent of the batch)
 
     def __call__(self, hidden):
-        return head_logits(hidden, self.weight, self.bias, self.spec, self.head_dtype)
+        return head_logits(hidden, self.weight, self.bias, self.spec, self.head_dtype,
+                           self.cast_block, self.tile)
 
 
 def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
@@ -140,7 +171,7 @@ def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
 
     out = model.get_output_embeddings()
     vocab = out.weight.shape[0]
-    ids = (torch.arange(n_tokens) * 7919 + 3).remainder(vocab).unsqueeze(0)
+    ids = (torch.arange(n_tokens) * 7919 + 3).remainder(vocab).unsqueeze(0).to(out.weight.device)
     with torch.inference_mode():
         want = model(input_ids=ids).logits.float()
         hidden = model.base_model(input_ids=ids).last_hidden_state
@@ -155,16 +186,19 @@ def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
     return diff
 
 
-def model_head(model, head_dtype: str = "float32", verify: bool = True) -> Head:
+def model_head(model, head_dtype: str = "float32", verify: bool = True,
+               cast_block: int | None = None, tile: int | None = None) -> Head:
     """The Head of a loaded HF causal LM: its config read by head_spec (ReferenceError if it
     cannot be mirrored), checked against the model's own forward (verify_head), and the weight
-    cast to fp32 once when head_dtype is "float32"."""
+    cast to fp32 once when head_dtype is "float32" -- or, with `cast_block`, kept in the model
+    dtype and cast that many vocabulary rows at a time on each call (no fp32 copy of a large
+    head held in memory)."""
     spec = head_spec(model.config)
     if verify:
         verify_head(model, spec)
     out = model.get_output_embeddings()
     weight, bias = out.weight.detach(), getattr(out, "bias", None)
     bias = None if bias is None else bias.detach()
-    if head_dtype == "float32":
+    if head_dtype == "float32" and not cast_block:
         weight, bias = weight.float(), None if bias is None else bias.float()
-    return Head(weight, bias, spec, head_dtype)
+    return Head(weight, bias, spec, head_dtype, cast_block, tile)

@@ -1,10 +1,12 @@
 """The trainer-side reference: HF transformers scores (prompt, completion) token sequences by
 teacher forcing, giving raw and processed logprobs and the exact entropy of the processed
-distribution, with the lm_head in fp32 (as RL trainers compute it) or in the model dtype."""
+distribution, with the lm_head in fp32 (as RL trainers compute it) or in the model dtype; on the
+device the trainer would use, in memory bounded by a chunk of positions x vocabulary."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sqlite3
 import struct
@@ -18,15 +20,21 @@ from parity.engines.base import SamplingSpec
 from parity.heads import (HEAD_DTYPES, Head, HeadSpec, ReferenceError, head_logits,  # noqa: F401
                           head_spec, model_head, verify_head)
 from parity.paths import cache_dir
+from parity.sampler import (GREEDY_EPS, TIE_RULES, _entropy, boundary_ties,  # noqa: F401
+                            process_logits, tie_rule_for)
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
-SCORER_VERSION = 5
-GREEDY_EPS = 1e-5  # vLLM V1's _SAMPLING_EPS: below this temperature a request is greedy
-TIE_RULES = ("keep_ties", "exact_k")
+# 6: the device type (cpu, cuda) in the key: its numerics differ; head GEMMs in fixed tiles.
+SCORER_VERSION = 6
+# [positions x vocab] buffers alive at once while one chunk is scored, in fp32 units: logits,
+# processed logits, the sort's values and int64 indices (2), softmax, cumsum, the mask, the
+# log-softmax, and the entropy's p and p * logp.
+LIVE_BUFFERS = 10
+TILE_ROWS = {"cpu": 64, "cuda": 256}  # head GEMM rows per call (see heads.head_logits `tile`)
+CPU_CHUNK_BYTES = 1 << 30  # at most this much for one chunk's buffers on a CPU host
+MEMORY_SHARE = 0.25  # and at most this share of the memory available after the model loaded
 
-
-# --- The sampler's transform ---------------------------------------------------------------
 
 @dataclass
 class RefScore:
@@ -48,136 +56,114 @@ class RefScore:
     boundary_tie: np.ndarray | None = None
 
 
-def _top_k_p(sampling: SamplingSpec, vocab: int):
-    k = sampling.top_k if 0 < sampling.top_k < vocab else None
-    p = sampling.top_p if sampling.top_p < 1.0 else None
-    return k, p
+# --- Device and memory ------------------------------------------------------------------------
 
-
-def _kth(x, k: int):
-    """The k-th largest value of each row, [N, 1] (top-k keeps what is >= it, ties included)."""
-    return x.topk(k, dim=-1).values[:, -1:]
-
-
-def process_logits(logits, sampling: SamplingSpec, tie_rule: str = "keep_ties"):
-    """Apply temperature, top-k, top-p to fp32 logits [N, V], mirroring vLLM V1's sampler.
-
-    vLLM V1 (v1/sample/sampler.py, ops/topk_topp_sampler.py): logits are cast to fp32; greedy
-    requests (T < 1e-5) are not tempered; otherwise logits /= T, then top-k, then top-p over
-    what top-k kept; masked tokens get -inf. The tie rule (see tie_rule_for) decides ties:
-
-    "keep_ties" (PyTorch path, `apply_top_k_only` / `apply_top_k_top_p_pytorch`, used on CPU):
-        top-k keeps every token whose logit is >= the k-th largest (ties kept, maybe > k);
-        top-p sorts ascending, softmaxes, and masks positions whose cumulative probability is
-        <= 1 - p (p as fp32, as vLLM holds it), always keeping the largest; a tie group at the
-        top-p cut is split in torch.sort's order.
-    "exact_k" (Triton kernel `apply_top_k_top_p_triton`, used on CUDA): top-k keeps exactly k,
-        top-p keeps the smallest set of highest-probability tokens whose mass is >= p; among
-        tokens tied at either cut the kernel keeps the lowest token ids (its duplicate budget
-        runs in index order), and so does this function. This is the kernel's rule in exact
-        arithmetic; its fp32 pivot search may cut one token differently when the top-p mass
-        lands within rounding of p.
-    """
+def resolve_device(spec: str | None = "auto") -> str:
+    """"auto" -> "cuda" where torch sees a CUDA device, else "cpu"; "cpu", "cuda", "cuda:N" as
+    given when usable. ReferenceError (naming the fix) for a device this machine does not have."""
     import torch
 
-    if tie_rule not in TIE_RULES:
-        raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
-    if sampling.temperature < GREEDY_EPS:
-        return logits
-    x = logits / sampling.temperature
-    k, p = _top_k_p(sampling, x.shape[-1])
-    if k is None and p is None:
-        return x
-    p32 = None if p is None else torch.tensor(p, dtype=torch.float32)
-    if tie_rule == "exact_k":
-        # Stable descending sort: equal logits stay in token-id order, lowest id first.
-        x_sort, idx = x.sort(dim=-1, descending=True, stable=True)
-        if k is not None:
-            x_sort[:, k:] = float("-inf")
-        if p is not None:
-            cum = x_sort.softmax(dim=-1).cumsum(dim=-1)
-            before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=-1)
-            x_sort = x_sort.masked_fill(before >= p32, float("-inf"))
-        return torch.empty_like(x).scatter_(-1, idx, x_sort)
-    if p is None:
-        return x.masked_fill(x < _kth(x, k), float("-inf"))
-    x_sort, idx = x.sort(dim=-1, descending=False)
-    if k is not None:
-        kth = x_sort[:, x_sort.shape[-1] - k].unsqueeze(-1)
-        x_sort = x_sort.masked_fill(x_sort < kth, float("-inf"))
-    cum = x_sort.softmax(dim=-1).cumsum(dim=-1)
-    drop = cum <= 1 - p32
-    drop[:, -1] = False
-    x_sort = x_sort.masked_fill(drop, float("-inf"))
-    return torch.empty_like(x).scatter_(-1, idx, x_sort)
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if m is None:
+        raise ReferenceError(f"reference device {spec!r}: use \"auto\", \"cpu\", \"cuda\" or "
+                             "\"cuda:N\"")
+    if not torch.cuda.is_available():
+        raise ReferenceError(f"reference device {spec!r}: torch {torch.__version__} sees no CUDA "
+                             "device on this machine; use \"auto\" (CUDA where there is one) or "
+                             "\"cpu\"")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ReferenceError(f"reference device {spec!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return spec
 
 
-def tie_rule_for(platform: str | None, vllm_version: str | None) -> str:
-    """The tie rule of the vLLM V1 sampler on `platform` (vllm `current_platform.device_type`).
-
-    Read in vllm 0.32.0 (vllm/v1/sample/ops/topk_topp_sampler.py): `apply_top_k_top_p` calls
-    `apply_top_k_top_p_triton` (ops/topk_topp_triton.py, the Qrita pivot kernel, vLLM PR #33538)
-    whenever Triton is importable, for any batch size, which is the case on CUDA and ROCm;
-    FlashInfer is not used when processed logprobs are requested. Its duplicate handling keeps
-    exactly k (and at the top-p cut the fewest tokens reaching mass p), lowest ids first:
-    "exact_k". The CPU build has no Triton, so it runs `apply_top_k_top_p_pytorch` with
-    `allow_cpu_sync=True` (top-k only: `apply_top_k_only`), which keeps ties: "keep_ties".
-    V0 (0.8.5) keeps ties too. CUDA before 0.32 is not verified here: versions before the
-    Triton kernel used the PyTorch path, and vLLM PR #50979 describes versions that chose Triton
-    only for batches of >= 8 rows, so the rule there depends on the batch; "keep_ties" is
-    returned and boundary_ties marks the tokens where it matters. Unknown platforms: keep_ties.
-    """
-    if platform not in ("cuda", "rocm"):
-        return "keep_ties"
-    m = re.match(r"(\d+)\.(\d+)", vllm_version or "")
-    return "exact_k" if m and (int(m.group(1)), int(m.group(2))) >= (0, 32) else "keep_ties"
-
-
-def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
-    """Bool [N]: rows where the top-k or top-p cut falls inside a group of equal logits, so the
-    kept set depends on the tie rule (how many are kept) or on which tied ids a kernel keeps.
-
-    With `tokens` [N] (e.g. the sampled tokens): True only where that token is itself in the
-    tied group at the cut. With the platform's rule (tie_rule_for) only these positions can
-    differ from the engine: the tied tokens have equal values, so the kept values and the
-    normalisation do not depend on which ids are kept, only the tied token's own membership
-    does. They are an allowance: the reference may exclude a sampled token the engine kept, or
-    the reverse. (With the wrong rule a tie at k changes the normalisation of the whole row.)
-    `processed`: process_logits's output under either rule, if already computed.
-    """
+def available_bytes(device: str) -> int:
+    """Memory free for scoring on `device`: CUDA's free memory, or on a CPU host the smaller of
+    MemAvailable and what the cgroup (container) limit leaves."""
     import torch
 
-    n = logits.shape[0]
-    none = torch.zeros(n, dtype=torch.bool)
-    if sampling.temperature < GREEDY_EPS:
-        return none
-    x = logits / sampling.temperature
-    k, p = _top_k_p(sampling, x.shape[-1])
-    if k is None and p is None:
-        return none
-    if processed is None:
-        processed = process_logits(logits, sampling)
-    kept = torch.isfinite(processed)
-    low = torch.where(kept, x, float("inf")).amin(dim=-1, keepdim=True)  # lowest kept logit
-    split = (~kept & (x == low)).any(dim=-1)
-    at = None if tokens is None else x.gather(-1, torch.as_tensor(tokens).view(-1, 1))
-    if at is not None:
-        split &= (at == low).squeeze(-1)
-    if k is not None:
-        # More tokens at or above the k-th value than k: keep_ties keeps them all, exact_k cuts.
-        kth = _kth(x, k)
-        tied_k = (x >= kth).sum(dim=-1) > k
-        if at is not None:
-            tied_k &= (at == kth).squeeze(-1)
-        split |= tied_k
-    return split
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    free = []
+    try:
+        with open("/proc/meminfo") as f:
+            free += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        free.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, min(free))
 
 
-def _entropy(logprobs):
+def chunk_budget(device: str) -> int:
+    """Bytes one chunk's buffers may take: a share of the free memory (capped at 1 GiB on CPU
+    hosts, where the engines and the harness share RAM), or $PARITY_REFERENCE_CHUNK_MB. A bf16
+    head larger than this is not copied to fp32 but cast block by block on every chunk (less
+    memory, more time)."""
+    override = os.environ.get("PARITY_REFERENCE_CHUNK_MB")
+    if override:
+        return int(float(override) * 2**20)
+    budget = int(available_bytes(device) * MEMORY_SHARE)
+    return budget if device.startswith("cuda") else min(budget, CPU_CHUNK_BYTES)
+
+
+def chunk_rows(vocab: int, budget: int) -> int:
+    """Positions per chunk so that LIVE_BUFFERS fp32 [rows x vocab] buffers fit `budget`."""
+    return max(1, budget // (vocab * 4 * LIVE_BUFFERS))
+
+
+def score_rows(head, hidden, targets, sampling: SamplingSpec, tie_rule: str = "keep_ties",
+               rows: int | None = None) -> tuple[np.ndarray, ...]:
+    """Raw and processed logprob of each target token, the processed distribution's entropy,
+    and the boundary-tie flag, from final hidden states [N, H] and targets [N], `rows`
+    positions at a time (None: all at once). Each chunk runs the same ops on its rows as the
+    whole would, so the result does not depend on `rows`; memory is ~LIVE_BUFFERS x rows x
+    vocab x 4 bytes. Returns float64 arrays raw, processed, entropy and a bool array."""
     import torch
 
-    p = logprobs.exp()
-    return -(torch.where(p > 0, p * logprobs, torch.zeros_like(p))).sum(dim=-1)
+    n = int(hidden.shape[0])
+    rows = n if not rows else max(1, int(rows))
+    out = np.empty((3, n), dtype=np.float64)
+    tied = np.empty(n, dtype=bool)
+    tile = getattr(head, "tile", None)
+    if tile:
+        rows = -(-rows // tile) * tile  # whole tiles, so a row's tile does not depend on rows
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        h, target = hidden[a:b], targets[a:b].unsqueeze(-1)
+        if tile and (b - a) % tile:
+            # Pad to whole tiles: the row reductions below then always run over >= `tile` rows,
+            # where their per-row summation order does not depend on the row count (over very
+            # few rows torch splits each row between threads, which rounds differently).
+            pad = tile - (b - a) % tile
+            h = torch.cat([h, h.new_zeros((pad, h.shape[1]))])
+            target = torch.cat([target, target.new_zeros((pad, 1))])
+        logits = head(h)
+        m = b - a
+        out[0, a:b] = _cpu(logits.log_softmax(dim=-1).gather(-1, target).squeeze(-1)[:m])
+        processed = process_logits(logits, sampling, tie_rule)
+        tied[a:b] = _cpu(boundary_ties(logits, sampling, target.squeeze(-1), processed)[:m])
+        del logits
+        processed = processed.log_softmax(dim=-1)
+        out[1, a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
+        out[2, a:b] = _cpu(_entropy(processed)[:m])
+        del processed
+    return out[0], out[1], out[2], tied
+
+
+def _cpu(t) -> np.ndarray:
+    t = t.detach().cpu()
+    return t.double().numpy() if t.dtype.is_floating_point else t.numpy()
 
 
 class ScoreCache:
@@ -191,9 +177,11 @@ class ScoreCache:
 
     @staticmethod
     def key(model_fp: str, head_dtype: str, sampling: SamplingSpec, prompt: list[int],
-            tokens: list[int], tie_rule: str = "keep_ties") -> str:
+            tokens: list[int], tie_rule: str = "keep_ties", device: str = "cpu") -> str:
         h = hashlib.sha256()
-        h.update(f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{tie_rule}|{sampling.temperature!r}|"
+        kind = device.split(":")[0]
+        h.update(f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{tie_rule}|{kind}|"
+                 f"{sampling.temperature!r}|"
                  f"{sampling.top_k}|{sampling.top_p!r}|".encode())
         h.update(np.asarray(prompt, dtype=np.int64).tobytes() + b"|")
         h.update(np.asarray(tokens, dtype=np.int64).tobytes())
@@ -236,11 +224,17 @@ class Reference:
         max_batch_tokens: padded tokens per forward pass.
         tie_rule: top-k/top-p tie rule of the engine's sampler ("keep_ties" or "exact_k", see
             tie_rule_for).
+        device: "auto" (CUDA where there is one, else CPU), "cpu", "cuda" or "cuda:N".
+        chunk_rows: positions whose [vocab]-wide buffers are alive at once (None: from the memory
+            free after the model loaded, see chunk_budget); results do not depend on it.
+        tile_rows: rows per head GEMM (default TILE_ROWS of the device); chunks are whole tiles.
     """
 
     def __init__(self, model_path: str | Path, head_dtype: str = "float32",
                  model_fp: str | None = None, max_batch_tokens: int = 8192,
-                 cache: ScoreCache | None = None, tie_rule: str = "keep_ties"):
+                 cache: ScoreCache | None = None, tie_rule: str = "keep_ties",
+                 device: str = "auto", chunk_rows: int | None = None,
+                 tile_rows: int | None = None):
         if head_dtype not in HEAD_DTYPES:
             raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
         if tie_rule not in TIE_RULES:
@@ -248,22 +242,43 @@ class Reference:
         self.model_path = str(model_path)
         self.head_dtype = head_dtype
         self.tie_rule = tie_rule
+        self.device = resolve_device(device)
         self.model_fp = model_fp
         self.max_batch_tokens = max_batch_tokens
+        self.chunk_rows = chunk_rows
+        self.tile_rows = tile_rows or TILE_ROWS[self.device.split(":")[0]]
         self.cache = cache if model_fp else None
         self._model = None
         self.head: Head | None = None
-        self.stats = {"scored_seqs": 0, "cached_seqs": 0, "forward_s": 0.0, "load_s": 0.0}
+        self.stats = {"scored_seqs": 0, "cached_seqs": 0, "forward_s": 0.0, "load_s": 0.0,
+                      "device": self.device}
 
     def _load(self):
         if self._model is None:
+            import torch
             from transformers import AutoModelForCausalLM
 
             t0 = time.perf_counter()
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype="auto")
+            on_cuda = self.device.startswith("cuda")
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype="auto", **({"device_map": self.device} if on_cuda else {}))
             model.eval()
-            self.head = model_head(model, self.head_dtype)
+            out = model.get_output_embeddings().weight
+            vocab, hidden = out.shape
+            budget = chunk_budget(self.device)
+            if self.chunk_rows is None:
+                self.chunk_rows = chunk_rows(vocab, budget)
+            # An fp32 copy of a bf16 head is kept when it fits the chunk budget; a larger one
+            # (a 128k-vocabulary 1B model's is 1 GB) is cast block by block on each chunk.
+            cast = None
+            if self.head_dtype == "float32" and out.dtype != torch.float32 \
+                    and vocab * hidden * 4 > budget:
+                cast = max(256, budget // (4 * hidden * 4))
+            self.head = model_head(model, self.head_dtype, cast_block=cast, tile=self.tile_rows)
             self._model = model
+            self.stats.update(chunk_rows=self.chunk_rows, tile_rows=self.tile_rows,
+                              head_cast_block=cast,
+                              chunk_budget_mb=round(budget / 2**20))
             self.stats["load_s"] += time.perf_counter() - t0
         return self._model
 
@@ -280,7 +295,7 @@ class Reference:
                 continue
             if self.cache is not None:
                 keys[i] = self.cache.key(self.model_fp, self.head_dtype, sampling, prompt,
-                                          tokens, self.tie_rule)
+                                          tokens, self.tie_rule, self.device)
                 hit = self.cache.get(keys[i])
                 if hit is not None:
                     results[i] = hit
@@ -323,25 +338,21 @@ class Reference:
         for row, s in enumerate(seqs):
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = model.base_model(input_ids=ids.to(self.device),
+                                  attention_mask=mask.to(self.device)).last_hidden_state
         # Hidden state at position t predicts token t+1: gather the positions before each
-        # completion token, then apply the head only there.
+        # completion token, then apply the head only there, a chunk of positions at a time.
         rows, cols, targets = [], [], []
         for row, i in enumerate(batch):
             n_prompt, n_comp = len(pairs[i][0]), len(pairs[i][1])
             rows += [row] * n_comp
             cols += list(range(n_prompt - 1, n_prompt + n_comp - 1))
             targets += list(pairs[i][1])
-        h = hidden[torch.tensor(rows), torch.tensor(cols)]
-        logits = self.head(h)
-        target = torch.tensor(targets).unsqueeze(-1)
-        raw = logits.log_softmax(dim=-1)
-        processed = process_logits(logits, sampling, self.tie_rule)
-        tied = boundary_ties(logits, sampling, target.squeeze(-1), processed).numpy()
-        processed = processed.log_softmax(dim=-1)
-        raw_lp = raw.gather(-1, target).squeeze(-1).double().numpy()
-        proc_lp = processed.gather(-1, target).squeeze(-1).double().numpy()
-        ent = _entropy(processed).double().numpy()
+        h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        del hidden
+        raw_lp, proc_lp, ent, tied = score_rows(self.head, h, torch.tensor(targets,
+                                                                           device=self.device),
+                                                sampling, self.tie_rule, self.chunk_rows)
         start = 0
         for i in batch:
             n = len(pairs[i][1])
