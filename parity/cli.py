@@ -67,27 +67,47 @@ def check(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Validate everything (engine args in their engines' "
                                       "environments too), print the engine plan, start nothing."),
+    reference_device: Optional[str] = typer.Option(
+        None, "--reference-device", help="Device of the HF reference for every scenario: auto, "
+                                         "cpu, cuda or cuda:N (overrides [reference] device "
+                                         "and $PARITY_REFERENCE_DEVICE)."),
+    export_sequences: Optional[Path] = typer.Option(
+        None, "--export-sequences", metavar="FILE",
+        help="Run the engines, write the sequences the reference would score to FILE "
+             "(.parquet or .jsonl) for an external trainer, and judge nothing (every scenario "
+             "unresolved: not judged, exit 125)."),
 ):
-    """Run scenarios and write report.json, report.md and junit.xml.
+    """Run scenarios and write report.json, report.md, junit.xml and tokens.parquet.
 
     Exit codes: 0 all as expected, 1 divergence, 2 usage or scenario error, 125 unresolved
-    (an engine failed) or inconclusive (too little data).
+    (an engine failed, or nothing was judged: --export-sequences) or inconclusive (too little
+    data).
     """
-    from parity import report, runner
+    from parity import report, runner, tables
     from parity.engines.base import EngineError
     from parity.scenario import Overrides, ScenarioError, load_scenarios
 
     targets = targets or [Path("scenarios")]
+    problems = []
+    if export_sequences is not None:
+        why = tables.format_problem(export_sequences)
+        if why is None and not export_sequences.parent.is_dir():
+            why = f"its directory {export_sequences.parent} does not exist"
+        if why:
+            problems.append(("--export-sequences", "FILE", f"{export_sequences}: {why}"))
     try:
-        scenarios = load_scenarios(targets, Overrides(model, candidate, baseline))
+        scenarios = load_scenarios(targets, Overrides(model, candidate, baseline,
+                                                      reference_device))
     except ScenarioError as exc:
-        _report_scenario_errors(exc)
+        problems = exc.problems + problems
+    if problems:
+        _report_scenario_errors(ScenarioError(problems))
     if dry_run:
         _dry_run(scenarios)
     out_dir = runner.new_run_dir(output)
     try:
         run = runner.run(scenarios, out_dir, log=_log, start_timeout=start_timeout,
-                         request_timeout=request_timeout)
+                         request_timeout=request_timeout, export=export_sequences)
     except KeyboardInterrupt:
         _fail("interrupted before any engine started: nothing to report", EXIT_UNRESOLVED)
     except ScenarioError as exc:
@@ -106,7 +126,11 @@ def check(
     code = report.exit_code(run)
     report.write(run, out_dir, code)
     report.print_table(run, out)
-    out.print(f"report: {out_dir}/report.md (json, junit.xml beside it); exit code {code}")
+    if run.export and run.export.get("sequences") is not None:
+        out.print(f"sequences exported: {run.export['file']} ({run.export['sequences']} "
+                  "sequences); nothing judged")
+    out.print(f"report: {out_dir}/report.md (json, junit.xml, tokens.parquet beside it); exit "
+              f"code {code}")
     raise typer.Exit(code)
 
 
@@ -196,6 +220,63 @@ def bisect(
               f"{rep.wall_s:.0f} s; report: {out_dir}/bisect.md")
     codes = {"found": 0, "good_does_not_pass": 1, "bad_does_not_fail": 1}
     raise typer.Exit(codes.get(rep.status, EXIT_UNRESOLVED))
+
+
+@app.command()
+def judge(
+    file: Path = typer.Argument(..., help="Per-token table: .parquet, .csv, .jsonl/.json or "
+                                          ".pt (a torch.save'd dict of tensors)."),
+    fmt: Optional[str] = typer.Option(None, "--format",
+                                      help="Column names of: parity (default), verl, trl, "
+                                           "prime-rl, nemo-rl."),
+    maps: list[str] = typer.Option(None, "--map", help="canonical=column, e.g. "
+                                                       "engine_logprob=rollout_lp (repeatable; "
+                                                       "canonical= for none)."),
+    tolerance: list[str] = typer.Option(None, "--tolerance",
+                                        help="name=value: abs_dlogp_mean, kl_k3_mean, "
+                                             "abs_dlogp_p99, excluded_rate (repeatable)."),
+    clip_low: Optional[float] = typer.Option(None, help="PPO clip eps_low for the clip-rate "
+                                                        "metrics (default 0.2)."),
+    clip_high: Optional[float] = typer.Option(None, help="PPO clip eps_high (default 0.28)."),
+    min_tokens: Optional[int] = typer.Option(None, help="Fewer scored tokens: inconclusive "
+                                                        "(default: as scenarios, 200)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Report directory (default "
+                                               "results/judge-<UTC stamp>/)."),
+):
+    """Judge a per-token table dumped by a trainer (verl, TRL, prime-rl, NeMo-RL, parity's own
+    tokens.parquet): engine vs trainer logprobs, as the logprobs category; no engine starts.
+
+    Exit codes: 0 every group passes, 1 any fails, 2 bad input (every problem listed),
+    125 inconclusive (too little data).
+    """
+    from parity import dumps
+    from parity import judge as judging
+
+    mapping, problems = dumps.parse_map(maps or [])
+    tolerances, clip, min_tokens, found = judging.options(tolerance or [], clip_low,
+                                                          clip_high, min_tokens)
+    problems += found
+    try:
+        dump = None if problems else dumps.load(file, fmt, mapping)
+    except dumps.DumpError as exc:
+        problems += exc.problems
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s) with {file}:[/]", highlight=False)
+        for where, column, message in problems:
+            console.print(f"  {where}: [bold]{column}[/]: {message}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    results = judging.judge(dump, tolerances, clip, min_tokens)
+    code = judging.exit_code(results)
+    out_dir = output or judging.default_output()
+    data = judging.to_json(dump, results, tolerances, clip, min_tokens, code, out_dir.name)
+    try:
+        judging.write(data, out_dir)
+    except OSError as exc:
+        _fail(f"cannot write the report into {out_dir}: {exc}", EXIT_USAGE, exc)
+    judging.print_table(data, out)
+    out.print(f"report: {out_dir}/report.md (json, junit.xml beside it); exit code {code}")
+    raise typer.Exit(code)
 
 
 @models_app.command("build")

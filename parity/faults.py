@@ -30,14 +30,17 @@ _TRACEBACK = ("Traceback (most recent call last)", 'File "', "The above exceptio
               "During handling of the above exception")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: readers (and a process killed midway) see the
-    old file or the new one, never a part. Written to a temp file beside it, fsynced, renamed."""
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside `path` to write to; when the block ends without an error it is
+    fsynced and renamed onto `path` (readers, and a process killed midway, see the old file or
+    the new one, never a part); on an error it is removed."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -46,6 +49,13 @@ def atomic_write(path: Path, text: str) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once (atomic_path)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
 
 
 def _fsync_dir(path: Path) -> None:

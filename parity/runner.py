@@ -10,54 +10,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from parity import categories, core, faults, modelcheck
+from parity import categories, core, faults, modelcheck, scoring, tokens
 from parity.core import Verdict
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
 from parity.scenario import Scenario
+from parity.scoring import References  # noqa: F401  (runner.References: bench, older callers)
 
 Log = Callable[[str], None]
-
-
-class References:
-    """Reference models shared by a run: one per (checkpoint, head dtype), loaded on first use,
-    all writing to one score cache."""
-
-    def __init__(self, log: Log):
-        from parity.reference import ScoreCache
-
-        self.cache = ScoreCache()
-        self.log = log
-        self._refs: dict[tuple[str, str], Any] = {}
-
-    def get(self, model_path: str, head_dtype: str, run: "EngineRun | None" = None):
-        """The reference for a checkpoint and head dtype; `run` (the engine run it will judge)
-        picks the top-k tie rule of that engine's platform."""
-        from parity.models import fingerprint
-        from parity.reference import Reference, tie_rule_for
-
-        key_cfg = ((run.effective_config or {}).get("key") or {}) if run is not None else {}
-        rule = tie_rule_for(key_cfg.get("platform"), key_cfg.get("vllm_version"))
-        key = (str(model_path), head_dtype, rule)
-        if key not in self._refs:
-            self.log(f"[reference] HF transformers on {Path(model_path).name} "
-                     f"({head_dtype} lm_head, top-k ties: {rule})")
-            self._refs[key] = Reference(model_path, head_dtype, model_fp=fingerprint(model_path),
-                                        cache=self.cache, tie_rule=rule)
-        return self._refs[key]
-
-    def stats(self) -> dict[str, dict]:
-        return {f"{Path(m).name}:{h}:{r}": dict(ref.stats)
-                for (m, h, r), ref in self._refs.items()}
-
-    def seconds(self) -> float:
-        """Model loads and forward passes so far (the scoring share of judging)."""
-        return sum(r.stats["forward_s"] + r.stats["load_s"] for r in self._refs.values())
-
-    def close(self) -> None:
-        for ref in self._refs.values():
-            ref.close()
-        self.cache.close()
 
 
 @dataclass
@@ -88,6 +48,9 @@ class ScenarioResult:
     score_s: float = 0.0
     check_s: float = 0.0
     drift: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> drift rows
+    # What the reference scored while judging (scoring.Recorded): (temperature, top_p, top_k,
+    # prompt ids, completion ids) -> [(head dtype, tie rule, RefScore)], for tokens.parquet.
+    ref_scores: dict[tuple, list] = field(default_factory=dict)
 
     @property
     def as_expected(self) -> bool:
@@ -112,6 +75,8 @@ class RunResult:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     interrupted: str | None = None
     reference_stats: dict[str, dict] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)  # tokens.parquet: file and rows
+    export: dict[str, Any] | None = None  # --export-sequences: file and row count
 
 
 def python_for(env_name: str, log: Log) -> str:
@@ -171,12 +136,14 @@ def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[Sce
 
 def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         start_timeout: float = 600.0, request_timeout: float = 1800.0,
-        dry_run: bool = False) -> RunResult:
+        dry_run: bool = False, export: Path | None = None) -> RunResult:
     """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
     an interrupt, or a harness bug outside one scenario's work, keeps what finished
     (RunResult.interrupted says why) and the rest of the run is still judged. `dry_run`:
     build models and environments, validate everything, plan the engines (run.engines) and
-    return before any engine starts.
+    return before any engine starts. `export`: write the sequences the reference would score
+    to this file (parity.tokens.export) and judge nothing (no reference runs). Every run that
+    starts engines writes tokens.parquet (parity.tokens) into out_dir.
 
     Raises:
         ScenarioError: an engine argument or a request the engine would refuse (exit 2).
@@ -301,15 +268,18 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         log(f"{run.interrupted}: engines stopped; reporting what finished")
     if run.interrupted:
         faults.mark_unfinished(run.results, run.interrupted)
+    if export is not None:
+        tokens.export(run, export, log)
 
     # Verdicts: each category scores through the shared reference models (one load per
-    # checkpoint, head dtype and tie rule; batched forwards; cached scores).
+    # checkpoint, head dtype, tie rule and device; batched forwards; cached scores), or a
+    # scenario's scores file.
     t0 = time.perf_counter()
     refs = References(log)
     try:
         for res in run.results:
             t1, s1 = time.perf_counter(), refs.seconds()
-            res.verdict, res.detail = judge(res, refs)
+            res.verdict, res.detail = judge(res, refs, run.export)
             res.score_s = refs.seconds() - s1
             res.check_s = time.perf_counter() - t1 - res.score_s
     except KeyboardInterrupt as exc:
@@ -323,26 +293,36 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         timings["score_s"] = refs.seconds()
         timings["judge_s"] = time.perf_counter() - t0 - timings["score_s"]
         refs.close()
+    tokens.record(run, out_dir, log)
     timings["total_s"] = time.perf_counter() - t_run
     timings["harness_overhead_s"] = timings["total_s"] - sum(
         timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
     return run
 
 
-def judge(res: ScenarioResult, refs: References) -> tuple[Verdict, dict[str, Any]]:
-    """The scenario's verdict: unresolved when an engine it needs failed, else its category's
-    judgement plus the model-identity findings (every engine must run the model the trainer
-    loads, and both engines of a pair the same one). A judging error is unresolved for this
-    scenario only."""
+def judge(res: ScenarioResult, refs: References, export: dict[str, Any] | None = None,
+          ) -> tuple[Verdict, dict[str, Any]]:
+    """The scenario's verdict: unresolved when an engine it needs failed, or when its sequences
+    were exported instead (`export`: RunResult.export); else its category's judgement plus the
+    model-identity findings (every engine must run the model the trainer loads, and both
+    engines of a pair the same one); inconclusive when its scores file lacks sequences. A
+    judging error is unresolved for this scenario only."""
+    from parity.external import ScoresMissing
+
     if res.drift:
         return modelcheck.drift_verdict(res), {"drift": res.drift}
     failed = faults.engine_verdict(res)
     if failed is not None:
         return failed, {}
+    if export is not None:
+        return scoring.exported_verdict(res, export), {}
     try:
-        verdict, detail = categories.get(res.scenario.category).judge(res, refs)
+        with refs.judging(res):
+            verdict, detail = categories.get(res.scenario.category).judge(res, refs)
         modelcheck.add_identity(res, verdict, detail)
         _add_reward(res, detail)
+    except ScoresMissing as exc:
+        return scoring.missing_verdict(res, exc), {}
     except Exception as exc:  # a bug or bad data in judging must not lose the other verdicts
         return core.unresolved("judge_error", f"judging failed: {faults.describe(exc)}"), {}
     return verdict, detail

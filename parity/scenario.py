@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from parity import inputs
-from parity.categories.base import choice
 from parity.engines.base import EngineSetting, SamplingSpec
 from parity.metrics import ClipRange
 from parity.prompts import REWARDS, parse_source
-from parity.reference import HEAD_DTYPES
 from parity.settings import (SETTING_FIELDS, Profile, from_table, load_profiles,  # noqa: F401
                              make_setting)
 
@@ -72,6 +70,8 @@ class Scenario:
     provenance: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # the category's own fields, parsed
     engine_sampling: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> overrides
+    reference_device: str = "auto"  # where the HF reference runs (parity.reference.resolve_device)
+    scores: Path | None = None  # trainer scores file standing in for the HF reference
 
     def settings(self) -> dict[str, EngineSetting]:
         out = {"candidate": self.candidate}
@@ -87,6 +87,7 @@ class Overrides:
     model: str | None = None
     candidate: str | None = None
     baseline: str | None = None
+    reference_device: str | None = None
 
 
 def _check_type(problems, path, fld, value, typ) -> bool:
@@ -240,13 +241,14 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         problems.append((p, "baseline", "this scenario judges one engine: a [baseline] would "
                                         "start an engine whose result is never used; remove it"))
 
-    # reference, tolerances, margins, clip
-    reference = _table(data, "reference", p, problems)
-    for key in reference:
-        if key != "head_dtype":
-            problems.append((p, f"reference.{key}", "unknown field; allowed: head_dtype"))
-    head_dtype = choice(reference, "head_dtype", HEAD_DTYPES, "float32", p, problems,
-                        fld="reference.head_dtype")
+    # reference (head, device, scores file), tolerances, margins, clip
+    from parity.scoring import parse_reference
+
+    reference, found = parse_reference(_table(data, "reference", p, problems), category,
+                                       sampling, p, overrides.reference_device)
+    problems += found
+    head_dtype, provenance["reference_device"] = (reference["head_dtype"],
+                                                  reference["device_source"])
     tolerances = _limits(data, "tolerances", category.tolerances if category else {}, p,
                          problems)
     margins = _limits(data, "margins", category.margins if category else {}, p, problems)
@@ -277,7 +279,8 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         head_dtype=head_dtype, tolerances=tolerances, clip=clip, margins=margins,
         expect=expect, expect_diagnosis=expect_diagnosis, reward=reward,
         min_tokens=min_tokens, provenance=provenance, options=options,
-        engine_sampling=engine_sampling)
+        engine_sampling=engine_sampling, reference_device=reference["device"],
+        scores=reference["scores"])
     found = category.check_settings(scenario, p)
     return (None, found) if found else (scenario, [])
 

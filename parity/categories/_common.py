@@ -33,7 +33,9 @@ def logprob_gaps(seqs: list[Sequence], scores: list[RefScore], clip: metrics.Cli
     cand = arrays([s.logprobs for s in seqs])
     processed = arrays([r.processed_logprob for r in scores])
     raw = arrays([r.raw_logprob for r in scores])
-    entropy = arrays([r.entropy for r in scores])
+    # A scores file without entropy (the logprobs category does not need it) leaves it None.
+    entropy = arrays([r.entropy for r in scores]) \
+        if all(r.entropy is not None for r in scores) else None
     summary = metrics.summarize(processed, cand, entropy, clip)
     per_seq = metrics.per_sequence(processed, cand, entropy, clip)
     vs_raw = metrics.summarize(raw, cand, None, clip)

@@ -28,6 +28,9 @@ class Category:
         reuses_generations: whether the engine work may be served from an identical request of
             another scenario in the run (True when it is plain generation; False for probes
             that repeat requests or change engine state on purpose).
+        scores_columns: the columns of a `[reference] scores` file (parity.external) its judging
+            reads -> why; None when it cannot be judged from a scores file, because its judging
+            scores something an export does not hold (scores_refusal says what).
     """
 
     name: str = ""
@@ -39,6 +42,8 @@ class Category:
     findings: dict[str, str] = {}
     key_metric_name: str = ""
     reuses_generations: bool = True
+    scores_columns: dict[str, str] | None = None
+    scores_refusal: str = "its judging does not read trainer logprobs of the sampled tokens"
 
     def parse(self, data: dict[str, Any], sampling, path: str,
               ) -> tuple[dict[str, Any], list[Problem]]:

@@ -198,6 +198,8 @@ class LmHead(Category):
                  "fp32_head": "drop the fp32 head override"}
     findings = {"head_dtype": "equality"}
     key_metric_name = "share of positions on the 16-bit grid"
+    scores_refusal = ("it scores every sequence with an fp32 and a model-dtype head, a scores "
+                      "file holds one head")
 
     def parse(self, data, sampling, path):
         problems = []

@@ -25,6 +25,9 @@ class Logprobs(Category):
     findings = {"abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound",
                 "abs_dlogp_p99": "bound", "excluded_rate": "bound"}
     key_metric_name = "abs_dlogp_mean"
+    scores_columns = {"trainer_logprob": "the processed logprobs it judges",
+                      "trainer_raw_logprob": "its raw_logprobs diagnosis compares the engine "
+                                             "with the raw logprobs"}
 
     def parse(self, data, sampling, path):
         problems = []

@@ -12,6 +12,7 @@ from parity import core, stats
 from parity.categories import _common
 from parity.categories.base import Category, fmt, sampling_for
 from parity.direct import semantics_specs, summarize, teacher_force
+from parity.external import ScoresUnavailable
 
 # Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
 # behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.
@@ -39,6 +40,9 @@ class RL(Category):
                 "clip_rate": "non_inferiority", "entropy": "equivalence",
                 "reward": "equivalence", "excluded_rate": "non_inferiority"}
     key_metric_name = "kl_k3_mean (candidate)"
+    scores_columns = {"trainer_logprob": "the processed logprobs both engines are judged by",
+                      "trainer_raw_logprob": "its raw_logprobs diagnosis",
+                      "entropy": "its entropy equivalence finding"}
 
     def roles(self, options):
         return ("candidate", "baseline")
@@ -151,11 +155,14 @@ def _direct(res, scores: dict, refs) -> dict[str, Any] | None:
             continue
         sampling = res.scenario.sampling
         pairs = [(s.prompt_token_ids, s.token_ids) for s in other.sequences]
-        tempered = refs.get(res.model_path, res.scenario.head_dtype, other).score(
-            pairs, semantics_specs(sampling)["tempered"])
         ref = {"raw": [r.raw_logprob for r in scores[other_role]],
-               "tempered": [r.processed_logprob for r in tempered],
                "processed": [r.processed_logprob for r in scores[other_role]]}
+        try:
+            tempered = refs.get(res.model_path, res.scenario.head_dtype, other).score(
+                pairs, semantics_specs(sampling)["tempered"])
+            ref["tempered"] = [r.processed_logprob for r in tempered]
+        except ScoresUnavailable:  # a scores file holds the scenario's sampling only
+            pass
         mode = ((other.effective_config or {}).get("key") or {}).get("logprobs_mode")
         return summarize(forced, other.sequences, role, other_role, ref, mode)
     return None

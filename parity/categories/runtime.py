@@ -319,6 +319,8 @@ class Runtime(Category):
     findings = {"match.*": "equality", "abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound"}
     key_metric_name = "abs_dlogp_mean (probes) / RL-relevant differences (config_diff)"
     reuses_generations = False  # cold vs warm cache, batch 1 vs N: every call must be real
+    scores_refusal = ("its probes compare the engine with itself; prefill_consistency's "
+                      "semantics diagnosis scores truncated sequences an export does not hold")
 
     def parse(self, data, sampling, path):
         problems = []

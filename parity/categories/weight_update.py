@@ -266,6 +266,8 @@ class WeightUpdate(Category):
                 "token_stream": "count_limit"}
     key_metric_name = "mean |dlogp| after the update to the expected weights"
     reuses_generations = False  # the generation before an update fills the prefix cache
+    scores_refusal = ("its trainer holds the old and the new checkpoint and scores across the "
+                      "update (parity.updates.SplitScorer), a scores file holds one checkpoint")
 
     def parse(self, data, sampling, path):
         problems = []
