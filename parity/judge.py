@@ -353,7 +353,7 @@ def print_table(data: dict[str, Any], console) -> None:
     for note in data["input"]["notes"]:
         console.print(f"note: {note}", highlight=False)
     for g in data["groups"]:
-        if g.get("per_weight_version"):
+        if len(g.get("per_weight_version") or {}) > 1:  # one version: nothing to compare
             console.print(f"{g['name']}: per weight version mean |dlogp| " + ", ".join(
                 f"{ver} {_fmt(m['abs_dlogp_mean'])} ({m['n_tokens']} tok)"
                 for ver, m in g["per_weight_version"].items())
