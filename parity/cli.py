@@ -279,6 +279,76 @@ def judge(
     raise typer.Exit(code)
 
 
+@app.command()
+def serve(
+    setting: str = typer.Argument(..., help="PROFILE[,arg=value,env.VAR=value,envname=ENV], "
+                                            "e.g. v1-parity or v1-defaults,logprobs_mode="
+                                            "processed_logprobs"),
+    model: str = typer.Option("smollm2-135m", help="Model to serve (name or checkpoint path)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (the server's dev endpoints "
+                                               "are on: keep it local)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: a free one)."),
+    log_file: Optional[Path] = typer.Option(None, "--log", help="Server log (default: "
+                                                               "results/serve-<port>.log)."),
+    start_timeout: float = typer.Option(600.0, help="Seconds the server may take to start."),
+):
+    """Start a real `vllm serve` with a profile's settings (the V0-parity fixes included; v0
+    in the 0.8.5 environment), print its URL once healthy, stop it on Ctrl-C.
+
+    Point a scenario at it (its candidate table: engine = "openai", url = "<URL>") or use
+    `parity check --candidate <URL>`. Exit codes: 0 stopped by Ctrl-C/SIGTERM, 2 bad setting
+    or model, 125 the server failed to start or died.
+    """
+    import time
+
+    from parity import inputs, serve as serving
+    from parity.engines.base import EngineError
+    from parity.models import MODEL_NAMES, ModelError, is_built_name, resolve_model
+    from parity.runner import python_for
+    from parity.scenario import ScenarioError
+    from parity.settings import parse_setting
+
+    parsed, problems = parse_setting(setting, "SETTING")
+    message = inputs.model_problem(model, MODEL_NAMES, is_built_name)
+    if message:
+        problems.append(("--model", "model", message))
+    if port is not None and not 0 < port < 65536:
+        problems.append(("--port", "value", f"{port}: must be in 1..65535"))
+    if parsed is not None:
+        problems += serving.serve_problems(parsed, "SETTING")
+    if problems:
+        _report_scenario_errors(ScenarioError(problems))
+    from parity.envs import EnvError
+
+    try:
+        model_path = str(resolve_model(model))
+        python = python_for(parsed.env, _log)
+    except (ModelError, EnvError) as exc:
+        _fail(str(exc), EXIT_UNRESOLVED, exc)
+    port = port or serving.free_port(host)
+    server = serving.Server(parsed, model_path, python,
+                            log_file or Path("results") / f"serve-{port}.log", host, port)
+    _log(f"starting {parsed.label()} on {Path(model_path).name}: {' '.join(server.argv)}")
+    _log(f"log: {server.log_path}")
+    try:
+        server.start(timeout=start_timeout)
+        out.print(server.url, highlight=False)
+        _log(f"healthy in {server.start_s:.1f}s; scenarios: [candidate] engine = \"openai\", "
+             f"url = \"{server.url}\", server_log = \"{server.log_path}\"; Ctrl-C stops it")
+        while server.alive():
+            time.sleep(1.0)
+        code = server.proc.returncode
+        _fail(f"the server exited (code {code}); its log: {server.log_path}\n"
+              + serving.tail(server.log_path), EXIT_UNRESOLVED)
+    except EngineError as exc:
+        _fail(str(exc), EXIT_UNRESOLVED, exc)
+    except KeyboardInterrupt:
+        _log("stopping the server")
+    finally:
+        server.stop()
+    raise typer.Exit(0)
+
+
 @models_app.command("build")
 def models_build(name: str = typer.Argument(..., help="tiny | smollm2-135m"),
                  force: bool = typer.Option(False, help="Rebuild even if present.")):

@@ -25,7 +25,8 @@ def config_drift(results, pythons: dict[str, str], log_dir: Path,
 
     out = {}
     for env, model_path in sorted({(s.env, r.model_path) for r in results
-                                   for s in r.scenario.settings().values()}):
+                                   for s in r.scenario.settings().values()
+                                   if s.engine != "openai"}):
         if env == "harness":  # the trainer's own interpreter: nothing to drift
             continue
         try:
@@ -65,23 +66,35 @@ def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
     trainer = trainer_facts(res.model_path)
     facts = {role: identity.engine_facts((er.effective_config or {}).get("key") or {})
              for role, er in res.runs.items()}
+    # Facts an engine kind cannot expose at all (a served engine's endpoints give no
+    # hf_config): shown as unknown, not compared, and named in the finding's note.
+    hidden = {role: set((er.effective_config or {}).get("not_exposed") or ())
+              for role, er in res.runs.items()}
     # The dtype an engine computes in is a setting (the update scenarios run fp32 engines on
     # bf16 checkpoints, scored by an fp32 trainer); it is compared engine vs engine only.
     pairs = [(f"identity.{role}_vs_trainer", (role, "trainer"), facts[role], trainer,
-              {"model.dtype"}) for role in facts]
+              {"model.dtype"}, hidden[role]) for role in facts]
     if len(facts) == 2:
         pairs.append(("identity.baseline_vs_candidate", ("baseline", "candidate"),
-                      facts["baseline"], facts["candidate"], set()))
+                      facts["baseline"], facts["candidate"], set(),
+                      hidden["baseline"] | hidden["candidate"]))
     rows_out = {}
-    for name, names, a, b, skip in pairs:
+    for name, names, a, b, skip, not_exposed in pairs:
         rows = [r for r in identity.compare(a, b, names=names) if r["key"] not in skip]
         rows_out[name] = rows
-        differs = [r for r in rows if r["status"] == "differs"]
-        unknown = [r for r in rows if r["status"] == "unknown"]
+        compared = [r for r in rows if r["key"] not in not_exposed]
+        differs = [r for r in compared if r["status"] == "differs"]
+        unknown = [r for r in compared if r["status"] == "unknown"]
+        if not compared:  # nothing this pair can show: no finding, only the rows
+            continue
         outcome = "fail" if differs else ("inconclusive" if unknown else "pass")
         note = "; ".join(f"{r['key']}: {r[names[0]]!r} vs {r[names[1]]!r}" for r in differs) \
             or (("not readable on one side: " + ", ".join(r["key"] for r in unknown))
                 if unknown else "")
+        if not_exposed & {r["key"] for r in rows}:
+            note = "; ".join(filter(None, [note, "not exposed by a served engine, not "
+                                                 "compared: " + ", ".join(sorted(
+                                                     not_exposed & {r["key"] for r in rows}))]))
         verdict.findings.append(core.Finding(name, "equality", outcome, len(differs), 0,
                                              {"rows": rows}, note))
         if differs:

@@ -282,6 +282,9 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         engine_sampling=engine_sampling, reference_device=reference["device"],
         scores=reference["scores"])
     found = category.check_settings(scenario, p)
+    refusal = category.served_refusal(options)
+    found += [(p, f"{role}.engine", refusal) for role, setting in scenario.settings().items()
+              if setting.engine == "openai" and refusal]
     return (None, found) if found else (scenario, [])
 
 

@@ -45,6 +45,8 @@ def checks_for(results) -> list[tuple[Any, str, Check]]:
     for res in results:
         sc = res.scenario
         for role, setting in sc.settings().items():
+            if setting.engine == "openai":  # a served engine: its server validated its config
+                continue
             where = f"--{role}" if sc.provenance.get(role) == "cli" else str(sc.path)
             out.append((res, role, Check(where, f"{role}.engine_args", setting, res.model_path)))
     return out
@@ -72,7 +74,9 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
     from parity.scenario import ScenarioError
 
     jobs = checks_for(results)
-    pythons = {env: python_for(env, log) for env in sorted({c.setting.env for *_, c in jobs})}
+    envs = {c.setting.env for *_, c in jobs} | {
+        s.env for r in results for s in r.scenario.settings().values()}
+    pythons = {env: python_for(env, log) for env in sorted(envs)}
     problems = engine_problems([c for *_, c in jobs], pythons, log_dir)
     lengths: dict[int, list[int]] = {}
     for res, role, check in jobs:

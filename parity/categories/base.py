@@ -66,6 +66,12 @@ class Category:
         """Problems only visible once the engine settings are known (before any start)."""
         return []
 
+    def served_refusal(self, options: dict[str, Any]) -> str | None:
+        """Why a scenario with these options cannot run on a served engine (engine "openai":
+        generation, prompt logprobs and what the server exposes, nothing else), or None when
+        its engine work is only that. Default: None (one generate call)."""
+        return None
+
     def drive(self, engine, res, role: str, prompts: list[list[int]], log: Log) -> None:
         """Do the engine work of one role and fill res.runs[role] (sequences, extra).
         Default: one generate call with the scenario's sampling for that role."""

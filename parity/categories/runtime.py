@@ -338,6 +338,12 @@ class Runtime(Category):
         return ("candidate", "baseline") if options.get("probe") == "config_diff" \
             else ("candidate",)
 
+    def served_refusal(self, options):
+        if options.get("probe") == "prefix_cache":
+            return ("the prefix_cache probe resets the engine's prefix cache between runs, "
+                    "which parity does not do over HTTP: run it on an in-process engine")
+        return None
+
     def check_settings(self, scenario, path):
         if scenario.options.get("probe") != "prefix_cache":
             return []

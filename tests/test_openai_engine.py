@@ -1,0 +1,215 @@
+"""The served engine (engine = "openai") against a fake vLLM server: requests as vLLM wants
+them, answers parsed into Sequences, configuration read or reported unknown, and a server that
+answers garbage, dies or hangs ends as an EngineError with its log (never a hang); scenario
+validation of served settings (exit 2 before anything starts)."""
+
+import json
+import time
+
+import pytest
+
+from conftest import run_cli
+from fake_openai_server import FakeServer
+from parity.engines import create
+from parity.engines.base import EngineError, SamplingSpec
+from parity.engines.openai_engine import OpenAIEngine, served_config
+from parity.settings import from_table, load_profiles, parse_setting
+
+SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, top_k=50, max_tokens=4, seed=100, n=2,
+                        logprobs=2, prompt_logprobs=0)
+
+
+def engine(url, tmp_path, **table):
+    setting, problems = from_table({"engine": "openai", "url": url, **table}, "candidate",
+                                   "s.toml", load_profiles())
+    assert not problems, problems
+    return create(setting, "/models/tiny", "python", tmp_path / "client.log",
+                  start_timeout=5, request_timeout=3)
+
+
+def test_generate_sends_vllm_requests_and_parses_answers(tmp_path):
+    with FakeServer() as server, engine(server.url, tmp_path) as eng:
+        seqs = eng.generate([[1, 2, 3], [4, 5]], SAMPLING)
+    assert isinstance(eng, OpenAIEngine)
+    bodies = sorted(server.bodies, key=lambda b: b["seed"])
+    assert [b["seed"] for b in bodies] == [100, 101]  # prompt i: seed + i
+    assert [b["prompt"] for b in bodies] == [[1, 2, 3], [4, 5]]  # token ids, not text
+    b = bodies[0]
+    assert b["return_tokens_as_token_ids"] is True and b["top_k"] == 50 and b["n"] == 2
+    assert b["logprobs"] == 2 and b["prompt_logprobs"] == 0 and b["model"] == "tiny"
+    assert b["repetition_penalty"] == 1.0 and b["min_p"] == 0.0  # no generation-config defaults
+    assert [(s.prompt_index, s.sample_index) for s in seqs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    s = seqs[1]
+    assert s.token_ids == [101, 102, 103, 104][:0] or s.token_ids == [
+        (101 + t) % 100 for t in range(4)]
+    assert s.logprobs == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    assert s.top_logprobs[0] == {1: -0.1, 999: -5.0}
+    assert s.prompt_token_ids == [1, 2, 3] and s.prompt_logprobs == [None, -0.5, -0.5]
+
+
+def test_top_k_off_is_minus_one_and_no_prompt_logprobs_by_default(tmp_path):
+    with FakeServer() as server, engine(server.url, tmp_path) as eng:
+        seqs = eng.generate([[1, 2]], SamplingSpec(max_tokens=2, seed=0))
+    assert server.bodies[0]["top_k"] == -1 and "prompt_logprobs" not in server.bodies[0]
+    assert seqs[0].top_logprobs is None and seqs[0].prompt_logprobs is None
+
+
+def test_effective_config_unknown_without_server_info(tmp_path):
+    with FakeServer() as server, engine(server.url, tmp_path) as eng:
+        cfg = eng.effective_config()
+    key = cfg["key"]
+    assert key["vllm_version"] == "0.32.0" and key["max_model_len"] == 512
+    assert key["engine_impl"].startswith("vllm.v1.")  # only V1 exists from 0.11 on
+    for name in ("logprobs_mode", "enable_prefix_caching", "async_scheduling", "head_dtype"):
+        assert key[name] is None, name  # never guessed
+        assert "unknown" in cfg["notes"][name] or "not exposed" in cfg["notes"][name]
+    assert "VLLM_SERVER_DEV_MODE=1" in cfg["notes"]["server_info"]
+    assert "model.vocab_size" in cfg["not_exposed"]
+
+
+def test_effective_config_from_server_info():
+    info = {"vllm_config": {
+        "model_config": {"dtype": "torch.bfloat16", "logprobs_mode": "processed_logprobs",
+                         "disable_cascade_attn": True, "max_model_len": 512, "seed": 0,
+                         "hf_overrides": {"head_dtype": "float32"}, "enforce_eager": True},
+        "cache_config": {"enable_prefix_caching": False, "block_size": 128},
+        "scheduler_config": {"async_scheduling": False}, "device_config": {"device": "cpu"}},
+        "vllm_env": {"VLLM_USE_V1": True}}
+    key = served_config({"id": "tiny"}, {"version": "0.32.0"}, info, "http://x")["key"]
+    assert key["logprobs_mode"] == "processed_logprobs" and key["head_dtype"] == "float32"
+    assert key["enable_prefix_caching"] is False and key["cascade_attention"] == "off"
+    assert key["platform"] == "cpu" and key["async_scheduling"] is False
+    v0 = served_config({"id": "m"}, {"version": "0.8.5.post2"}, {"vllm_config": "text"}, "u")
+    assert v0["key"]["engine_impl"] is None and "text only" in v0["notes"]["server_info"]
+
+
+def test_api_key_comes_from_the_named_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", "s3cret")
+    with FakeServer(api_key="s3cret") as server:
+        with engine(server.url, tmp_path, api_key_env="FAKE_KEY") as eng:
+            assert eng.generate([[1]], SamplingSpec(max_tokens=1))
+        with pytest.raises(EngineError, match="HTTP 401.*api_key_env"):
+            engine(server.url, tmp_path).start()
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("garbage", "answered garbage, not JSON"),
+    ("bad_shape", "answered garbage"),
+    ("die", "broke off the connection"),
+    ("hang", "did not answer within|unanswered after"),
+    ("error", "HTTP 500"),
+])
+def test_misbehaving_server_is_an_engine_error_with_its_log(tmp_path, mode, message):
+    log = tmp_path / "server.log"
+    with FakeServer(mode, log_path=log) as server:
+        eng = engine(server.url, tmp_path, server_log=str(log))
+        eng.start()
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match=message) as info:
+            eng.generate([[1, 2]] * 3, SamplingSpec(max_tokens=2))
+        assert time.monotonic() - t0 < 10  # request_timeout 3 s: never a hang
+    assert "fake-vllm:" in info.value.log_tail  # the server's last log lines
+
+
+def test_unreachable_server_fails_to_start(tmp_path):
+    from parity.serve import free_port
+
+    eng = engine(f"http://127.0.0.1:{free_port()}", tmp_path)
+    eng.start_timeout = 1
+    with pytest.raises(EngineError, match="not healthy after"):
+        eng.start()
+    assert "ERROR" in (tmp_path / "client.log").read_text()
+
+
+def test_served_setting_validation(monkeypatch):
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    profiles = load_profiles()
+    bad = {"engine": "openai", "url": "ftp://x", "api_key_env": "NOPE_KEY",
+           "engine_args": {"enforce_eager": True}, "profile": "v1-parity"}
+    setting, problems = from_table(bad, "candidate", "s.toml", profiles)
+    fields = {f for _, f, _ in problems}
+    assert setting is None
+    assert fields == {"candidate.url", "candidate.api_key_env", "candidate.engine_args",
+                      "candidate.profile"}
+    text = " ".join(m for *_, m in problems)
+    assert "scheme must be http" in text and "$NOPE_KEY is not set" in text
+    assert "parity serve" in text  # in-process args are refused, with where to put them
+    for url, why in (("http://", "names no host"), ("http://h:99999", "not a URL"),
+                     ("http://u:p@h:1", "base URL only"), (3, "base URL")):
+        _, problems = from_table({"engine": "openai", "url": url}, "candidate", "s", profiles)
+        assert why in problems[0][2], (url, problems)
+    _, problems = from_table({"engine": "openai"}, "candidate", "s", profiles)
+    assert problems[0][1] == "candidate.url"
+    _, problems = from_table({"engine": "tgi"}, "candidate", "s", profiles)
+    assert problems[0][1] == "candidate.engine"
+    setting, problems = from_table({"url": "http://127.0.0.1:8000/"}, "candidate", "s", profiles)
+    assert not problems and setting.engine == "openai" and setting.url == "http://127.0.0.1:8000"
+    # --candidate URL names a served engine
+    setting, problems = from_table({"profile": "v1-parity"}, "candidate", "s", profiles,
+                                   override="http://127.0.0.1:9/")
+    assert not problems and setting.url == "http://127.0.0.1:9"
+    # in-process settings keep their identity key
+    assert parse_setting("v1-parity", "x")[0].key() == parse_setting("v1-parity", "x")[0].key()
+    assert "url" not in parse_setting("v1-parity", "x")[0].to_dict()
+
+
+def write(path, body):
+    path.write_text(body)
+    return path
+
+
+SCENARIO = """name = "{name}"
+category = "{category}"
+{extra}
+[prompts]
+items = ["What is 2 + 3?", "What is 7 + 5?"]
+
+[sampling]
+temperature = 0.7
+top_p = 0.9
+max_tokens = 4
+seed = 1
+
+[candidate]
+{candidate}
+"""
+
+
+def test_categories_that_need_more_than_generation_are_refused(tmp_path, tiny_model):
+    wu = write(tmp_path / "wu.toml", SCENARIO.format(
+        name="wu", category="weight_update", extra='probe = "takes_effect"\n',
+        candidate='engine = "openai"\nurl = "http://127.0.0.1:1"'))
+    pc = write(tmp_path / "pc.toml", SCENARIO.format(
+        name="pc", category="runtime", extra='probe = "prefix_cache"\n',
+        candidate='engine = "openai"\nurl = "http://127.0.0.1:1"'))
+    bad = write(tmp_path / "bad.toml", SCENARIO.format(
+        name="bad", category="logprobs", extra="",
+        candidate='engine = "openai"\nurl = "http://127.0.0.1:1"\nenv = "v0"'))
+    result = run_cli(["check", str(wu), str(pc), str(bad), "--model", "tiny", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "weight updates over HTTP are not supported" in out
+    assert "prefix_cache probe resets" in out and "candidate.env" in out
+
+
+def test_dying_server_is_unresolved_with_its_log_lines(tmp_path, tiny_model):
+    """`parity check` against a server that dies mid-request: exit 125, the scenario
+    unresolved, the server's last log lines in its message; the dry run starts nothing."""
+    log = tmp_path / "server.log"
+    with FakeServer("die", log_path=log) as server:
+        sc = write(tmp_path / "served.toml", SCENARIO.format(
+            name="served", category="logprobs", extra="",
+            candidate=f'engine = "openai"\nurl = "{server.url}"\nserver_log = "{log}"'))
+        dry = run_cli(["check", str(sc), "--model", "tiny", "--dry-run"])
+        assert dry.exit_code == 0 and not server.bodies, dry.output
+        out = tmp_path / "out"
+        result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out),
+                          "--request-timeout", "5"])
+    assert result.exit_code == 125, result.output
+    report = json.loads((out / "report.json").read_text())
+    verdict = report["scenarios"][0]["verdict"]
+    assert verdict["outcome"] == "unresolved" and verdict["diagnosis"] == "engine_failed"
+    assert "broke off the connection" in verdict["message"]
+    assert "fake-vllm:" in report["engines"][0]["error"]  # the server's last log lines
+    assert "fake-vllm:" in (out / "logs" / report["engines"][0]["log"].split("/")[-1]
+                            ).read_text()
