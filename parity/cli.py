@@ -333,7 +333,8 @@ def serve(
     try:
         server.start(timeout=start_timeout)
         out.print(server.url, highlight=False)
-        _log(f"healthy in {server.start_s:.1f}s; scenarios: [candidate] engine = \"openai\", "
+        sys.stdout.flush()  # a script reading our stdout gets the URL now
+        _log(f"healthy in {server.start_s:.1f}s (pid {server.proc.pid}); scenarios: [candidate] engine = \"openai\", "
              f"url = \"{server.url}\", server_log = \"{server.log_path}\"; Ctrl-C stops it")
         while server.alive():
             time.sleep(1.0)

@@ -293,3 +293,38 @@ def test_identity_findings_fail_on_a_different_model(monkeypatch):
     verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
     modelcheck.add_identity(res, verdict, {})
     assert verdict.outcome == "pass"
+
+
+def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatch):
+    """A served engine's endpoints give no hf_config: those keys are shown unknown, named in
+    the note, and do not make the verdict inconclusive; a key it could report but did not
+    still does."""
+    from parity import modelcheck
+    from parity.engines.openai_engine import NOT_EXPOSED
+
+    trainer = {k: 1 for k in NOT_EXPOSED} | {"model.dtype": "bfloat16"}
+    monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)
+    served = SimpleNamespace(effective_config={"key": {"dtype": "bfloat16"},
+                                               "not_exposed": list(NOT_EXPOSED)})
+    res = SimpleNamespace(model_path="m", runs={"candidate": served})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    detail = {}
+    modelcheck.add_identity(res, verdict, detail)
+    assert verdict.outcome == "pass"
+    assert [f.name for f in verdict.findings] == ["x"]  # nothing comparable vs the trainer
+    assert {r["status"] for r in detail["identity"]["identity.candidate_vs_trainer"]} \
+        == {"unknown"}
+    # Two served engines: their dtypes are compared, a difference fails as for any engine.
+    other = SimpleNamespace(effective_config={"key": {"dtype": "float32"},
+                                              "not_exposed": list(NOT_EXPOSED)})
+    res = SimpleNamespace(model_path="m", runs={"candidate": served, "baseline": other})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    pair = next(f for f in verdict.findings if f.name == "identity.baseline_vs_candidate")
+    assert pair.outcome == "fail" and "not exposed by a served engine" in pair.note
+    # An in-process engine that does not report a key it should: inconclusive, as before.
+    res = SimpleNamespace(model_path="m", runs={"candidate": SimpleNamespace(
+        effective_config={"key": {"dtype": "bfloat16"}})})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    assert verdict.outcome == "inconclusive"

@@ -1,0 +1,146 @@
+"""Real vLLM OpenAI-compatible servers on the tiny model (CPU, 127.0.0.1, a free port), started
+as `parity serve` does, driven by `parity check` over HTTP: the logprobs check passes the fixed
+setting and fails the raw-logprobs control with the same diagnosis as in process; a server
+that went away is unresolved; every server process is gone at the end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SCENARIOS, run_cli
+
+pytestmark = pytest.mark.engine
+
+
+def _gone(pgid) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def served_scenario(src: Path, dst: Path, url: str, log: Path) -> Path:
+    """The shipped scenario with its [candidate] replaced by the served engine at `url`."""
+    text = src.read_text().split("[candidate]")[0]
+    dst.write_text(text + f'[candidate]\nengine = "openai"\nurl = "{url}"\n'
+                          f'server_log = "{log}"\n')
+    return dst
+
+
+@pytest.fixture(scope="module")
+def v1_servers(tiny_model, tmp_path_factory):
+    """Two V1 servers at once: v1-parity through the library (parity.serve.Server) and
+    v1-defaults through the `parity serve` command (a subprocess, stopped with SIGTERM)."""
+    from parity.serve import Server, free_port
+    from parity.settings import parse_setting
+
+    tmp = tmp_path_factory.mktemp("served")
+    t0 = time.perf_counter()
+    port = free_port()
+    cli_log = tmp / "defaults.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cli = subprocess.Popen([sys.executable, "-m", "parity.cli", "serve", "v1-defaults",
+                            "--model", "tiny", "--port", str(port), "--log", str(cli_log),
+                            "--start-timeout", "300"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=tmp, env=env, start_new_session=True)
+    parity_setting, _ = parse_setting("v1-parity", "test")
+    server = Server(parity_setting, str(tiny_model), sys.executable, tmp / "parity.log")
+    try:
+        server.start(timeout=300)
+        url = cli.stdout.readline().strip()  # printed once healthy
+        assert url == f"http://127.0.0.1:{port}", (url, cli.stderr.read()
+                                                    if cli.poll() is not None else "")
+        info = {"tmp": tmp, "parity": (server.url, server.log_path),
+                "defaults": (url, cli_log), "start_s": time.perf_counter() - t0,
+                "server": server, "cli": cli}
+        yield info
+    finally:
+        server.stop()
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGTERM)
+        try:
+            cli.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait()
+        assert _gone(server.proc.pid)
+
+
+@pytest.fixture(scope="module")
+def served_run(v1_servers):
+    tmp = v1_servers["tmp"]
+    files = [served_scenario(SCENARIOS / "logprobs-processed.toml", tmp / "processed.toml",
+                             *v1_servers["parity"]),
+             served_scenario(SCENARIOS / "logprobs-raw-control.toml", tmp / "raw.toml",
+                             *v1_servers["defaults"])]
+    out = tmp / "report"
+    t0 = time.perf_counter()
+    result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(out)])
+    wall = time.perf_counter() - t0
+    report = json.loads((out / "report.json").read_text())
+    return result, report, wall
+
+
+def by_name(report):
+    return {s["name"]: s for s in report["scenarios"]}
+
+
+def test_over_http_processed_passes_raw_control_fails(served_run):
+    result, report, _ = served_run
+    assert result.exit_code == 0, result.output
+    ok = by_name(report)["logprobs-processed"]
+    assert ok["verdict"]["outcome"] == "pass", ok["verdict"]["message"]
+    control = by_name(report)["logprobs-raw-control"]
+    assert control["verdict"]["outcome"] == "fail"
+    assert control["verdict"]["diagnosis"] == "raw_logprobs" and control["as_expected"]
+    assert "logprobs_mode=processed_logprobs" in control["verdict"]["message"]
+    m = control["metrics"]
+    assert m["vs_raw"]["abs_dlogp_mean"] * 2 < m["vs_processed"]["abs_dlogp_mean"]
+
+
+def test_served_effective_config_is_read_from_the_server(served_run):
+    _, report, _ = served_run
+    modes = {}
+    for e in report["engines"]:
+        key = e["effective_config"]["key"]
+        assert e["setting"]["engine"] == "openai"
+        assert key["engine_impl"].startswith("vllm.v1.") and key["vllm_version"]
+        assert key["platform"] == "cpu" and key["max_model_len"]
+        modes[e["setting"]["url"]] = (key["logprobs_mode"], key["enable_prefix_caching"],
+                                      key["head_dtype"])
+    assert sorted(modes.values()) == [("processed_logprobs", False, "float32"),
+                                      ("raw_logprobs", True, "torch.bfloat16")]
+
+
+def test_a_server_that_went_away_is_unresolved_with_its_log(v1_servers, served_run):
+    """Stop the v1-defaults server (`parity serve` gets SIGTERM and stops its vLLM): the
+    command exits 0 with no process left, and a check against that URL is unresolved (125)
+    with the server's last log lines, within the start timeout."""
+    cli = v1_servers["cli"]
+    url, log = v1_servers["defaults"]
+    os.killpg(cli.pid, signal.SIGTERM)
+    assert cli.wait(timeout=60) == 0, cli.stderr.read()
+    stderr = cli.stderr.read()
+    pid = int(stderr.split("(pid ")[1].split(")")[0])
+    assert _gone(pid), "the vllm server outlived parity serve"
+    tmp = v1_servers["tmp"]
+    sc = served_scenario(SCENARIOS / "logprobs-raw-control.toml", tmp / "gone.toml", url, log)
+    out = tmp / "gone"
+    t0 = time.perf_counter()
+    result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out),
+                      "--start-timeout", "5"])
+    assert time.perf_counter() - t0 < 120
+    assert result.exit_code == 125, result.output
+    report = json.loads((out / "report.json").read_text())
+    verdict = report["scenarios"][0]["verdict"]
+    assert verdict["outcome"] == "unresolved" and "not healthy" in verdict["message"]
+    assert "--- server log" in Path(report["engines"][0]["log"]).read_text()
+
