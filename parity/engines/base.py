@@ -198,7 +198,11 @@ class EngineError(Exception):
 class Engine(Protocol):
     """An inference engine under test, used as a context manager (start on enter, close on exit).
 
-    Implementations run the real engine in a separate process; everything returned is plain data.
+    Implementations run the real engine in a separate process (VllmEngine), or talk to one that
+    runs elsewhere (OpenAIEngine: a vLLM server over HTTP); everything returned is plain data.
+    An engine that cannot do an operation (a served engine's weight updates) raises
+    EngineError, and its categories refuse such scenarios at validation
+    (Category.served_refusal).
 
     - `start()`: build the engine from the setting; raises EngineError on failure.
     - `generate(prompts, sampling) -> list[Sequence]`: `prompts` is a list of token-id lists;
