@@ -95,7 +95,7 @@ def from_table(data: Any, role: str, where: str, profiles: dict[str, Profile],
         return served_setting(data, where, role)
     problems = [(where, f"{role}.{key}", "unknown field; allowed: "
                  + ", ".join(sorted(SETTING_FIELDS))) for key in data if key not in SETTING_FIELDS]
-    if data.get("engine", "vllm") != "vllm":
+    if override is None and data.get("engine", "vllm") != "vllm":
         problems.append((where, f"{role}.engine", f"{data['engine']!r}: use one of "
                                                  + ", ".join(f'"{k}"' for k in ENGINE_KINDS)))
     profile = data.get("profile", "v1-defaults")

@@ -144,3 +144,32 @@ def test_a_server_that_went_away_is_unresolved_with_its_log(v1_servers, served_r
     assert verdict["outcome"] == "unresolved" and "not healthy" in verdict["message"]
     assert "--- server log" in Path(report["engines"][0]["log"]).read_text()
 
+
+
+def test_v0_server_from_its_environment(tiny_model, tmp_path):
+    """V0 0.8.5's own server, run by the 0.8.5 environment's Python with VLLM_USE_V1=0: its
+    sampled logprobs over HTTP are processed (V0's sampler), as in process; what 0.8.5 does
+    not expose (no JSON /server_info: logprobs mode, engine class) is reported unknown."""
+    from parity.runner import python_for
+    from parity.serve import Server
+    from parity.settings import parse_setting
+
+    setting, _ = parse_setting("v0", "test")
+    log = tmp_path / "v0.log"
+    server = Server(setting, str(tiny_model), python_for("v0", lambda m: None), log)
+    t0 = time.perf_counter()
+    with server:
+        start_s = time.perf_counter() - t0
+        sc = served_scenario(SCENARIOS / "logprobs-processed.toml", tmp_path / "v0.toml",
+                             server.url, log)
+        out = tmp_path / "report"
+        result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out)])
+    assert _gone(server.proc.pid)
+    report = json.loads((out / "report.json").read_text())
+    s = report["scenarios"][0]
+    assert s["verdict"]["outcome"] in ("pass", "fail"), (result.output, start_s)
+    m = s["metrics"]
+    assert m["vs_processed"]["abs_dlogp_mean"] * 2 < m["vs_raw"]["abs_dlogp_mean"]
+    key = report["engines"][0]["effective_config"]["key"]
+    assert key["vllm_version"].startswith("0.8.5")
+    assert key["logprobs_mode"] is None and key["engine_impl"] is None  # unknown, not guessed

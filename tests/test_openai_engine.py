@@ -148,6 +148,10 @@ def test_served_setting_validation(monkeypatch):
     setting, problems = from_table({"profile": "v1-parity"}, "candidate", "s", profiles,
                                    override="http://127.0.0.1:9/")
     assert not problems and setting.url == "http://127.0.0.1:9"
+    # --candidate PROFILE replaces a served table with an in-process engine
+    setting, problems = from_table({"engine": "openai", "url": "http://h:1"}, "candidate", "s",
+                                   profiles, override="v1-parity")
+    assert not problems and setting.engine == "vllm" and setting.profile == "v1-parity"
     # in-process settings keep their identity key
     assert parse_setting("v1-parity", "x")[0].key() == parse_setting("v1-parity", "x")[0].key()
     assert "url" not in parse_setting("v1-parity", "x")[0].to_dict()

@@ -8,11 +8,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import queue
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -193,21 +194,44 @@ class OpenAIEngine:
         if self.served_model is None:
             raise EngineError(f"engine {self.name} is not running")
         deadline = time.monotonic() + self.request_timeout
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts))))
-        try:
-            futures = [pool.submit(self._complete, i, p, sampling, deadline)
-                       for i, p in enumerate(prompts)]
-            done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()),
-                                 return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    raise f.exception()
-            if pending:
-                raise self._error(f"generate: {len(pending)} of {len(prompts)} requests "
-                                  f"unanswered after {self.request_timeout:.0f}s")
-            out = [s for f in futures for s in f.result()]
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        results: list[Any] = [None] * len(prompts)
+        todo = queue.SimpleQueue()
+        for i in range(len(prompts)):
+            todo.put(i)
+        done = threading.Condition()
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            # Daemon threads: one stuck on a hung server must not keep parity from exiting.
+            while not failures:
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    value = self._complete(i, prompts[i], sampling, deadline)
+                except BaseException as exc:  # handed to the caller below
+                    value = exc
+                with done:
+                    if isinstance(value, BaseException):
+                        failures.append(value)
+                    results[i] = value
+                    done.notify_all()
+
+        for _ in range(max(1, min(self.concurrency, len(prompts)))):
+            threading.Thread(target=work, daemon=True).start()
+        with done:
+            while not failures and any(r is None for r in results):
+                if not done.wait(timeout=max(0.0, deadline - time.monotonic())) \
+                        and time.monotonic() >= deadline:
+                    break
+            if failures:
+                raise failures[0]
+            missing = sum(r is None for r in results)
+        if missing:
+            raise self._error(f"generate: {missing} of {len(prompts)} requests unanswered "
+                              f"after {self.request_timeout:.0f}s (the server hangs)")
+        out = [s for seqs in results for s in seqs]
         self._log(f"generate: {len(prompts)} prompts, {len(out)} sequences, "
                   f"{sum(len(s.token_ids) for s in out)} tokens")
         return out
