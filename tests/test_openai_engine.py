@@ -79,8 +79,17 @@ def test_effective_config_from_server_info():
     assert key["logprobs_mode"] == "processed_logprobs" and key["head_dtype"] == "float32"
     assert key["enable_prefix_caching"] is False and key["cascade_attention"] == "off"
     assert key["platform"] == "cpu" and key["async_scheduling"] is False
-    v0 = served_config({"id": "m"}, {"version": "0.8.5.post2"}, {"vllm_config": "text"}, "u")
-    assert v0["key"]["engine_impl"] is None and "text only" in v0["notes"]["server_info"]
+    text = ("model='/m', speculative_config=None, dtype=torch.bfloat16, max_seq_len=512, "
+            "enforce_eager=True, kv_cache_dtype=auto,  device_config=cpu, seed=0, "
+            "enable_prefix_caching=None, chunked_prefill_enabled=False, compilation_config="
+            '{"level":0,"splitting_ops":[]}')
+    v0 = served_config({"id": "m"}, {"version": "0.8.5.post2"}, {"vllm_config": text}, "u")
+    key = v0["key"]
+    assert key["engine_impl"] is None and "text only" in v0["notes"]["server_info"]
+    assert key["dtype"] == "torch.bfloat16" and key["max_model_len"] == 512
+    assert key["enforce_eager"] is True and key["platform"] == "cpu" and key["seed"] == 0
+    assert key["enable_prefix_caching"] is None and key["logprobs_mode"] is None
+    assert key["enable_chunked_prefill"] is False
 
 
 def test_api_key_comes_from_the_named_variable(tmp_path, monkeypatch):

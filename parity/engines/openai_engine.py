@@ -350,6 +350,34 @@ def _cached_tokens(reply: dict) -> int | None:
     return value if isinstance(value, int) else None
 
 
+# str(VllmConfig) of vLLM 0.8.5: "name=value, " pairs; only these plain ones are read from it.
+_TEXT_FIELDS = {"dtype": ("model_config", "dtype"), "max_seq_len": ("model_config",
+                                                                    "max_model_len"),
+                "enforce_eager": ("model_config", "enforce_eager"),
+                "seed": ("model_config", "seed"),
+                "kv_cache_dtype": ("cache_config", "cache_dtype"),
+                "enable_prefix_caching": ("cache_config", "enable_prefix_caching"),
+                "chunked_prefill_enabled": ("scheduler_config", "enable_chunked_prefill"),
+                "device_config": ("device_config", "device")}
+
+
+def _text_config(text: str) -> dict:
+    """The plain fields of a text config dump as the JSON dump's sections ("None" stays
+    unknown: V0 leaves enable_prefix_caching None when not set)."""
+    out: dict[str, dict] = {}
+    for name, (section, field) in _TEXT_FIELDS.items():
+        m = re.search(rf"(?:^|[\s,]){name}=([^,\s]+)", text)
+        if m is None:
+            continue
+        raw = m.group(1).strip("'\"")
+        value: Any = {"True": True, "False": False, "None": None}.get(raw, raw)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value is not None:
+            out.setdefault(section, {})[field] = value
+    return out
+
+
 def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[str, Any]:
     """The effective configuration of a served engine from what it exposes: /v1/models (the
     model, max_model_len), /version, and /server_info (vLLM >= 0.9 in JSON; only with
@@ -358,9 +386,10 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
     """
     notes: dict[str, str] = {}
     cfg = (info or {}).get("vllm_config") if isinstance(info, dict) else None
-    if isinstance(cfg, str):  # vLLM 0.8.5's /server_info: a text dump
-        notes["server_info"] = "text only (vLLM < 0.9): config fields unknown"
-        cfg = None
+    if isinstance(cfg, str):  # vLLM 0.8.5's /server_info: str(VllmConfig), a text dump
+        notes["server_info"] = ("text only (vLLM < 0.9): read its plain fields; the rest "
+                                "(logprobs mode, async scheduling, cascade attention) unknown")
+        cfg = _text_config(cfg)
     if cfg is None and "server_info" not in notes:
         notes["server_info"] = ("not exposed: start the server with VLLM_SERVER_DEV_MODE=1 "
                                 "(parity serve does) to read its configuration")
