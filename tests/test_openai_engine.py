@@ -226,3 +226,25 @@ def test_dying_server_is_unresolved_with_its_log_lines(tmp_path, tiny_model):
     assert "fake-vllm:" in report["engines"][0]["error"]  # the server's last log lines
     assert "fake-vllm:" in (out / "logs" / report["engines"][0]["log"].split("/")[-1]
                             ).read_text()
+
+
+def test_check_against_a_served_engine_writes_the_whole_report(tmp_path, tiny_model):
+    """End to end without vLLM: `parity check` judges what a (fake) server sampled, and the
+    report holds the served engine's setting and effective config; identity keys no endpoint
+    exposes are shown, not compared."""
+    with FakeServer() as server:
+        sc = write(tmp_path / "served.toml", SCENARIO.format(
+            name="served", category="logprobs", extra="",
+            candidate=f'engine = "openai"\nurl = "{server.url}"'))
+        out = tmp_path / "out"
+        result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out)])
+    assert result.exit_code in (1, 125), result.output  # fake logprobs: not a pass
+    report = json.loads((out / "report.json").read_text())
+    engine_rec = report["engines"][0]
+    assert engine_rec["setting"]["engine"] == "openai"
+    assert engine_rec["setting"]["url"] == server.url
+    assert engine_rec["effective_config"]["key"]["vllm_version"] == "0.32.0"
+    s = report["scenarios"][0]
+    assert s["verdict"]["outcome"] != "unresolved", s["verdict"]["message"]
+    assert not any(f["name"].startswith("identity.") for f in s["verdict"]["findings"])
+    assert (out / "tokens.parquet").exists() and (out / "report.md").exists()
