@@ -148,8 +148,10 @@ def _dry_run(scenarios) -> None:
         except ScenarioError as exc:
             _report_scenario_errors(exc)
     for e in run.engines:
-        out.print(f"engine {e['n']}: {e['setting']['profile'] or ''} env={e['setting']['env']} "
-                  f"args={json.dumps(e['setting']['engine_args'])} on {Path(e['model']).name}: "
+        what = (f"served {e['setting']['url']}" if e["setting"].get("url") else
+                f"{e['setting']['profile'] or ''} env={e['setting']['env']} "
+                f"args={json.dumps(e['setting']['engine_args'])}")
+        out.print(f"engine {e['n']}: {what} on {Path(e['model']).name}: "
                   f"{', '.join(e['scenarios'])}", highlight=False)
     out.print(f"dry run: {len(scenarios)} scenario(s) valid, {len(run.engines)} engine(s) would "
               "start; nothing started")

@@ -235,12 +235,19 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
     lines += ["## Engines (effective configuration as each engine resolved it)", ""]
     for e in data["engines"]:
         key = (e.get("effective_config") or {}).get("key", {})
-        lines.append(f"### engine {e['n']}: `{e['setting']['profile']}` "
-                     f"{json.dumps(e['setting']['engine_args'])}")
+        if e["setting"].get("url"):  # a served engine: its URL, and what it did not expose
+            lines.append(f"### engine {e['n']}: served `{e['setting']['url']}`")
+        else:
+            lines.append(f"### engine {e['n']}: `{e['setting']['profile']}` "
+                         f"{json.dumps(e['setting']['engine_args'])}")
         lines.append("")
         if e.get("error"):
             lines += ["```", e["error"][-3000:], "```", ""]
         lines += [f"- {k}: `{json.dumps(v)}`" for k, v in key.items()]
+        hidden = (e.get("effective_config") or {}).get("not_exposed")
+        if hidden:
+            lines.append(f"- not exposed by the server (unknown, not compared): "
+                         f"{', '.join(hidden)}")
         lines.append("")
     t = data["timings"]
     lines += ["## Timings", "", ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()), ""]

@@ -215,6 +215,7 @@ def test_dying_server_is_unresolved_with_its_log_lines(tmp_path, tiny_model):
             candidate=f'engine = "openai"\nurl = "{server.url}"\nserver_log = "{log}"'))
         dry = run_cli(["check", str(sc), "--model", "tiny", "--dry-run"])
         assert dry.exit_code == 0 and not server.bodies, dry.output
+        assert f"served {server.url}" in dry.output
         out = tmp_path / "out"
         result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out),
                           "--request-timeout", "5"])
@@ -247,4 +248,5 @@ def test_check_against_a_served_engine_writes_the_whole_report(tmp_path, tiny_mo
     s = report["scenarios"][0]
     assert s["verdict"]["outcome"] != "unresolved", s["verdict"]["message"]
     assert not any(f["name"].startswith("identity.") for f in s["verdict"]["findings"])
-    assert (out / "tokens.parquet").exists() and (out / "report.md").exists()
+    assert (out / "tokens.parquet").exists()
+    assert f"served `{server.url}`" in (out / "report.md").read_text()
