@@ -336,8 +336,9 @@ def serve(
         server.start(timeout=start_timeout)
         out.print(server.url, highlight=False)
         sys.stdout.flush()  # a script reading our stdout gets the URL now
-        _log(f"healthy in {server.start_s:.1f}s (pid {server.proc.pid}); scenarios: [candidate] engine = \"openai\", "
-             f"url = \"{server.url}\", server_log = \"{server.log_path}\"; Ctrl-C stops it")
+        _log(f"healthy in {server.start_s:.1f}s (pid {server.proc.pid}); scenarios: "
+             f"[candidate] engine = \"openai\", url = \"{server.url}\", server_log = "
+             f"\"{server.log_path}\"; Ctrl-C stops it")
         while server.alive():
             time.sleep(1.0)
         code = server.proc.returncode
