@@ -5,6 +5,7 @@ that went away is unresolved; every server process is gone at the end."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_a_server_that_went_away_is_unresolved_with_its_log(v1_servers, served_r
     os.killpg(cli.pid, signal.SIGTERM)
     assert cli.wait(timeout=60) == 0, cli.stderr.read()
     stderr = cli.stderr.read()
-    pid = int(stderr.split("(pid ")[1].split(")")[0])
+    pid = int(re.search(r"\(pid\s+(\d+)\)", stderr).group(1))
     assert _gone(pid), "the vllm server outlived parity serve"
     tmp = v1_servers["tmp"]
     sc = served_scenario(SCENARIOS / "logprobs-raw-control.toml", tmp / "gone.toml", url, log)
