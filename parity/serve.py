@@ -67,6 +67,17 @@ def command(setting: EngineSetting, model_path: str, python: str, host: str, por
     return argv, env
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec (Linux): SIGTERM when parity goes away, even by
+    SIGKILL, so a killed `parity serve` leaves no server behind (best effort elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
@@ -110,7 +121,8 @@ class Server:
             try:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, env=self.env,
-                                             start_new_session=True)
+                                             start_new_session=True,
+                                             preexec_fn=_die_with_parent)
             except OSError as exc:
                 raise EngineError(f"server: cannot run {self.argv[0]}: {exc}") from exc
         deadline = time.monotonic() + timeout
