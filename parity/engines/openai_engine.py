@@ -453,7 +453,11 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
         "served_model_root": model_entry.get("root"),
         "url": url,
     }
-    if key["logprobs_mode"] is None:
+    if key["logprobs_mode"] is None and cfg:  # vLLM < 0.9: no such option to report
+        notes["logprobs_mode"] = ("unknown: this vLLM's server info has no logprobs mode "
+                                  "(V0's sampler returns processed logprobs, but the server "
+                                  "does not say it runs V0)")
+    elif key["logprobs_mode"] is None:
         notes["logprobs_mode"] = ("unknown: the server's --logprobs-mode is not exposed "
                                   "(VLLM_SERVER_DEV_MODE=1 exposes it)")
     for name, value in key.items():
