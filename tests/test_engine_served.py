@@ -165,7 +165,21 @@ def test_v0_server_from_its_environment(tiny_model, tmp_path):
                              server.url, log)
         out = tmp_path / "report"
         result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out)])
+        # rl: V1-parity in process against the served V0, which runs second and is
+        # teacher-forced on V1's tokens through its prompt logprobs over HTTP.
+        rl = tmp_path / "rl.toml"
+        rl.write_text((SCENARIOS / "rl-v0-vs-v1-parity.toml").read_text().replace(
+            '[baseline]\nprofile = "v0"',
+            f'[baseline]\nengine = "openai"\nurl = "{server.url}"'))
+        rl_out = tmp_path / "rl"
+        rl_result = run_cli(["check", str(rl), "--model", "tiny", "--output", str(rl_out)])
     assert _gone(server.proc.pid)
+    rl_report = json.loads((rl_out / "report.json").read_text())
+    rl_sc = rl_report["scenarios"][0]
+    assert rl_sc["verdict"]["outcome"] == "pass", (rl_result.output, rl_sc["verdict"])
+    direct = rl_sc["metrics"]["direct"]
+    assert direct["scorer"] == "baseline" and direct["n_tokens"] > 0
+    assert direct["scorer_semantics"] == "processed"  # V0's prompt logprobs, as in process
     report = json.loads((out / "report.json").read_text())
     s = report["scenarios"][0]
     assert s["verdict"]["outcome"] in ("pass", "fail"), (result.output, start_s)
