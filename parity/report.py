@@ -248,6 +248,11 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
         if hidden:
             lines.append(f"- not exposed by the server (unknown, not compared): "
                          f"{', '.join(hidden)}")
+        rl = (e.get("effective_config") or {}).get("rl_endpoints")
+        if rl:
+            lines.append(f"- RL endpoints ({rl['source']}): {rl['note']}"
+                         + (f"; missing: {', '.join(rl['missing'])}" if rl.get("missing")
+                            else ""))
         lines.append("")
     t = data["timings"]
     lines += ["## Timings", "", ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()), ""]

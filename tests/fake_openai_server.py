@@ -11,11 +11,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FakeServer:
     """mode: "ok" | "garbage" (200, not JSON) | "bad_shape" (JSON without logprobs) |
     "die" (closes the connection without answering) | "hang" (never answers) | "error" (500);
-    only /v1/completions misbehaves. `bodies` holds every completion request received."""
+    only /v1/completions misbehaves. `bodies` holds every completion request received.
+
+    rl: the RL endpoints it has (vLLM 0.32's paths, e.g. {"/pause", "/resume"}), listed in its
+    /openapi.json and answered like vLLM; None = no /openapi.json and no RL endpoint (a server
+    without VLLM_SERVER_DEV_MODE). rl_fail: {path: HTTP status} for endpoints that fail.
+    `calls` holds (method, path with query, body) of every RL call."""
 
     def __init__(self, mode: str = "ok", server_info: dict | None = None,
-                 api_key: str | None = None, log_path=None):
+                 api_key: str | None = None, log_path=None, rl: set | None = None,
+                 rl_fail: dict | None = None, schema: bool = True):
         self.mode = mode
+        self.rl = rl
+        self.rl_fail = rl_fail or {}
+        self.schema = schema
+        self.calls: list[tuple] = []
+        self.paused = False
+        self.version = None
         self.server_info = server_info
         self.api_key = api_key
         self.bodies: list[dict] = []
@@ -56,13 +68,45 @@ class FakeServer:
                     return self._send(200, {"version": "0.32.0"})
                 if self.path.startswith("/server_info") and fake.server_info is not None:
                     return self._send(200, fake.server_info)
+                if self.path == "/openapi.json" and fake.rl is not None and fake.schema:
+                    paths = {"/v1/completions": {"post": {}}, "/health": {"get": {}}}
+                    for p in fake.rl:
+                        paths[p] = {"get" if p in ("/weight_info", "/is_paused")
+                                    else "post": {}}
+                    return self._send(200, {"openapi": "3.1.0", "paths": paths})
+                if fake.rl is not None and self.path in fake.rl:
+                    return self._rl("GET", {})
                 return self._send(404, {"detail": "Not Found"})
+
+            def _rl(self, method, body):
+                path = self.path.split("?")[0]
+                fake.calls.append((method, self.path, body))
+                if path in fake.rl_fail:
+                    return self._send(fake.rl_fail[path], {"error": f"{path} failed"})
+                if path == "/pause":
+                    fake.paused = True
+                    return self._send(200, {"status": "paused"})
+                if path == "/resume":
+                    fake.paused = False
+                    return self._send(200, {"status": "resumed"})
+                if path == "/update_weight_version":
+                    fake.version = body.get("new_version")
+                    return self._send(200, {"success": True, "new_version": fake.version})
+                if path == "/weight_info":
+                    return self._send(200, {"weight_version": fake.version})
+                if path == "/reset_prefix_cache":
+                    return self._send(200, {"success": True})
+                if path == "/collective_rpc":
+                    return self._send(200, {"results": [None]})
+                return self._send(200, {"message": "ok"})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not self._authorized():
                     return None
+                if fake.rl is not None and self.path.split("?")[0] in fake.rl:
+                    return self._rl("POST", body)
                 fake.bodies.append(body)
                 if self.path != "/v1/completions":
                     return self._send(404, {"detail": "Not Found"})

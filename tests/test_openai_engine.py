@@ -190,7 +190,11 @@ seed = 1
 
 def test_categories_that_need_more_than_generation_are_refused(tmp_path, tiny_model):
     wu = write(tmp_path / "wu.toml", SCENARIO.format(
-        name="wu", category="weight_update", extra='probe = "takes_effect"\n',
+        name="wu", category="weight_update", extra='probe = "inflight"\n',
+        candidate='engine = "openai"\nurl = "http://127.0.0.1:1"'))
+    inplace = write(tmp_path / "inplace.toml", SCENARIO.format(
+        name="inplace", category="weight_update",
+        extra='probe = "takes_effect"\nupdate = { via = "inplace" }\n',
         candidate='engine = "openai"\nurl = "http://127.0.0.1:1"'))
     pc = write(tmp_path / "pc.toml", SCENARIO.format(
         name="pc", category="runtime", extra='probe = "prefix_cache"\n',
@@ -198,10 +202,12 @@ def test_categories_that_need_more_than_generation_are_refused(tmp_path, tiny_mo
     bad = write(tmp_path / "bad.toml", SCENARIO.format(
         name="bad", category="logprobs", extra="",
         candidate='engine = "openai"\nurl = "http://127.0.0.1:1"\nenv = "v0"'))
-    result = run_cli(["check", str(wu), str(pc), str(bad), "--model", "tiny", "--dry-run"])
+    result = run_cli(["check", str(wu), str(inplace), str(pc), str(bad), "--model", "tiny",
+                      "--dry-run"])
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
-    assert "weight updates over HTTP are not supported" in out
+    assert "the inflight probe updates after a given number of tokens" in out
+    assert "update.via = 'inplace' writes into the live parameters" in out
     assert "prefix_cache probe resets" in out and "candidate.env" in out
 
 

@@ -20,7 +20,9 @@ from parity.updates import (DEFAULT_TOLERANCE, PROBES, SplitScorer, UpdateSpec, 
 
 def _block_size(er) -> int:
     raw = (er.effective_config or {}).get("raw") or {}
-    return int((raw.get("cache_config") or {}).get("block_size") or 16)
+    # A served engine's sections sit under its /server_info dump.
+    cache = raw.get("cache_config") or (raw.get("server_info") or {}).get("cache_config") or {}
+    return int(cache.get("block_size") or 16)
 
 
 def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
@@ -277,8 +279,18 @@ class WeightUpdate(Category):
         return {"probe": probe, "update": update}, problems + found
 
     def served_refusal(self, options):
-        return ("weight updates over HTTP are not supported yet: run this probe on an "
-                "in-process engine (profile = ...)")
+        # Over HTTP an update is a checkpoint on disk loaded between requests (/pause,
+        # /collective_rpc reload_weights, /resume: parity/engines/openai_updates.py).
+        if options.get("probe") == "inflight":
+            return ("the inflight probe updates after a given number of tokens of every "
+                    "running request, which needs parity's step loop inside the engine; over "
+                    "HTTP only takes_effect and stale_cache run: run it on an in-process engine")
+        update = options.get("update")
+        if update is not None and update.via != "reload":
+            return (f"update.via = {update.via!r} writes into the live parameters from inside "
+                    "the engine's worker; a server has no endpoint for it (/collective_rpc "
+                    "takes a method name and string arguments): run it on an in-process engine")
+        return None
 
     def drive(self, engine, res, role, prompts, log):
         drive(engine, res, role, prompts, log)

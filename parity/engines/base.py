@@ -200,9 +200,9 @@ class Engine(Protocol):
 
     Implementations run the real engine in a separate process (VllmEngine), or talk to one that
     runs elsewhere (OpenAIEngine: a vLLM server over HTTP); everything returned is plain data.
-    An engine that cannot do an operation (a served engine's weight updates) raises
-    EngineError, and its categories refuse such scenarios at validation
-    (Category.served_refusal).
+    An engine that cannot do an operation (a served engine's in-place or in-flight weight
+    updates; a server without the RL endpoints) raises EngineError, and categories refuse what
+    no served engine can do at validation (Category.served_refusal).
 
     - `start()`: build the engine from the setting; raises EngineError on failure.
     - `generate(prompts, sampling) -> list[Sequence]`: `prompts` is a list of token-id lists;

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
+from parity.engines.openai_updates import HttpUpdater, endpoints_from_schema, rl_summary
 
 LOG_TAIL_LINES = 30
 _TOKEN = re.compile(r"token_id:(-?\d+)")
@@ -46,8 +47,9 @@ def tail(path: str | Path | None, lines: int = LOG_TAIL_LINES) -> str:
 
 class OpenAIEngine:
     """A served vLLM engine (V1, or V0 0.8.5's server) behind its OpenAI-compatible API.
-    Implements parity.engines.base.Engine for generation; weight updates over HTTP are not
-    implemented (update_weights raises EngineError).
+    Implements parity.engines.base.Engine: generation, and weight updates from a checkpoint on
+    disk through vLLM's RL endpoints (parity/engines/openai_updates.py) where the server has
+    them (which it has is read from its OpenAPI schema at start, `rl_endpoints`).
 
     Args:
         setting: engine "openai" with `url`, `api_key_env` (the variable holding the key) and
@@ -59,11 +61,12 @@ class OpenAIEngine:
         start_timeout: seconds the server may take to answer /health and /v1/models.
         request_timeout: seconds one generate call (all its requests together) may take.
         concurrency: requests in flight at once (the server batches them).
+        update_timeout: seconds one call of a weight update (pause, load, resume) may take.
     """
 
     def __init__(self, setting: EngineSetting, model: str, python: str, log_path: Path,
                  start_timeout: float = 600.0, request_timeout: float = 1800.0,
-                 concurrency: int = 64):
+                 concurrency: int = 64, update_timeout: float = 600.0):
         self.setting = setting
         self.name = setting.label()
         self.model = model
@@ -72,6 +75,11 @@ class OpenAIEngine:
         self.start_timeout = start_timeout
         self.request_timeout = request_timeout
         self.concurrency = concurrency
+        self.update_timeout = update_timeout
+        self.rl_endpoints: dict[str, Any] | None = None
+        self.weight_version = 0
+        self.checkpoint: str | None = None  # None: the weights the server started with
+        self.update_via: str | None = None
         self.start_s: float | None = None
         self.served_model: str | None = None
         self.pgid = None  # parity started no process for it
@@ -179,6 +187,8 @@ class OpenAIEngine:
         info = self._json("GET", "/server_info?config_format=json", None, self.start_timeout,
                           optional=True)
         self._effective = served_config(entry, version, info, self.url)
+        self.rl_endpoints = self._probe_rl_endpoints()
+        self._effective["rl_endpoints"] = self.rl_endpoints
         self.start_s = time.perf_counter() - t0
         self._log(f"engine {self.name}: serving {self.served_model!r}, vLLM "
                   f"{self._effective['key'].get('vllm_version')}")
@@ -247,10 +257,25 @@ class OpenAIEngine:
                               f"garbage ({type(exc).__name__}: {exc}): "
                               f"{json.dumps(reply)[:300]}") from exc
 
-    def update_weights(self, checkpoint: str, mode: str = "keep",
-                       clear_cache: bool = False) -> dict[str, Any]:
-        raise EngineError(f"engine {self.name}: weight updates over HTTP are not supported "
-                          "by parity yet")
+    def _probe_rl_endpoints(self) -> dict[str, Any]:
+        """Which RL endpoints the server has, from GET /openapi.json (a read-only request:
+        nothing is called to find out); unknown when the schema is not exposed."""
+        try:
+            schema = self._json("GET", "/openapi.json", None, self.start_timeout, optional=True)
+        except EngineError as exc:  # a schema that does not parse: unknown, not fatal
+            self._log(f"GET /openapi.json: {exc}")
+            schema = None
+        out = rl_summary(endpoints_from_schema(schema), "GET /openapi.json")
+        self._log(f"rl endpoints: {out['note']}; missing {out['missing']}")
+        return out
+
+    def update_weights(self, checkpoint: str, mode: str = "keep", clear_cache: bool = False,
+                       via: str = "reload") -> dict[str, Any]:
+        """Load the checkpoint directory `checkpoint` into the served engine (HttpUpdater);
+        EngineError naming the endpoint the server lacks or that failed."""
+        if self.served_model is None:
+            raise EngineError(f"engine {self.name} is not running")
+        return HttpUpdater(self).update(checkpoint, mode, clear_cache, via)
 
     def close(self) -> None:
         """Nothing to stop: the server is not parity's (parity serve stops its own)."""
