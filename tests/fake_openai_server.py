@@ -28,6 +28,7 @@ class FakeServer:
         self.calls: list[tuple] = []
         self.paused = False
         self.version = None
+        self.weights = None
         self.server_info = server_info
         self.api_key = api_key
         self.bodies: list[dict] = []
@@ -97,7 +98,11 @@ class FakeServer:
                 if path == "/reset_prefix_cache":
                     return self._send(200, {"success": True})
                 if path == "/collective_rpc":
+                    fake.weights = body.get("kwargs", {}).get("weights_path")
                     return self._send(200, {"results": [None]})
+                if path == "/weight_checker":  # the head's parameter changes with a reload
+                    return self._send(200, {"checksums": {"lm_head.weight": str(fake.weights),
+                                                          "norm.weight": "same"}})
                 return self._send(200, {"message": "ok"})
 
             def do_POST(self):

@@ -226,7 +226,8 @@ def test_weight_update_over_http(tiny_model, tmp_path):
         print(n, got[n]["verdict"]["outcome"], got[n]["verdict"]["diagnosis"],
               {k: m.get(k) for k in ("abs_dlogp_before_vs_old", "abs_dlogp_after_vs_old",
                                      "abs_dlogp_after_vs_new", "abs_dlogp_after_vs_stale")},
-              {k: m["update"].get(k) for k in ("latency_s", "load_s", "pause_s", "resume_s")})
+              {k: m["update"].get(k) for k in ("latency_s", "load_s", "pause_s", "resume_s",
+                                               "evidence_s", "checksums", "endpoints")})
     assert result.exit_code == 0, result.output  # every scenario as expected
     ok = got["update-takes-effect"]
     assert ok["verdict"]["outcome"] == "pass", ok["verdict"]["message"]
@@ -236,6 +237,8 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     assert layer["verdict"]["diagnosis"] == "stale_layers" and layer["as_expected"]
     cache = got["update-stale-cache-control"]
     assert cache["verdict"]["diagnosis"] == "stale_prefix_cache" and cache["as_expected"]
+    sums = ok["metrics"]["update"]["checksums"]  # /weight_checker: parameters, not kernels
+    assert sums["total"] > 0 and sums["changed"] > 0, sums
     rl = report["engines"][0]["effective_config"]["rl_endpoints"]
     assert rl["update_from_disk"] is True
     assert {"/pause", "/resume", "/collective_rpc", "/update_weight_version"} <= set(

@@ -12,7 +12,8 @@ from conftest import run_cli
 from fake_openai_server import FakeServer
 from parity.engines import create
 from parity.engines.base import EngineError
-from parity.engines.openai_updates import NEEDED, RL_ENDPOINTS, endpoints_from_schema
+from parity.engines.openai_updates import (NEEDED, RL_ENDPOINTS, checksum_change,
+                                           endpoints_from_schema)
 from parity.settings import from_table, load_profiles
 
 ALL = set(RL_ENDPOINTS)
@@ -35,16 +36,19 @@ def test_update_calls_the_rl_endpoints_in_order(tmp_path):
         rec = eng.update_weights("/ckpt/new", mode="keep", clear_cache=True)
         rec2 = eng.update_weights("/ckpt/old", clear_cache=False)
         rl = eng.effective_config()["rl_endpoints"]
+    one = ["/pause", "/weight_checker", "/collective_rpc", "/weight_checker"]
     assert paths(server.calls) == [
-        "/pause", "/collective_rpc", "/reset_prefix_cache", "/update_weight_version", "/resume",
-        "/weight_info",
-        "/pause", "/collective_rpc", "/update_weight_version", "/resume", "/weight_info"]
+        *one, "/reset_prefix_cache", "/update_weight_version", "/resume", "/weight_info",
+        *one, "/update_weight_version", "/resume", "/weight_info"]
     pause = server.calls[0][1]
     assert "mode=keep" in pause and "clear_cache=true" in pause
-    assert "clear_cache=false" in server.calls[6][1]
-    assert server.calls[1][2] == {"method": "reload_weights",
+    assert "clear_cache=false" in server.calls[8][1]
+    assert server.calls[2][2] == {"method": "reload_weights",
                                   "kwargs": {"weights_path": "/ckpt/new"}}
-    assert server.calls[3][2] == {"new_version": "1"} and not server.paused
+    assert server.calls[5][2] == {"new_version": "1"} and not server.paused
+    # The workers' checksums before and after the reload: the head changed, the norm did not.
+    assert rec["checksums"] == {"total": 2, "changed": 1, "unchanged": ["norm.weight"]}
+    assert rec["evidence_s"] >= 0 and "/weight_checker" in rec["endpoints"]
     assert rec["version_before"] == 0 and rec["version"] == 1 and rec["version_reported"] == "1"
     assert rec["cache_cleared"] and rec["cache_reset"] is True
     assert rec2["version"] == 2 and eng.checkpoint == "/ckpt/old" and eng.weight_version == 2
@@ -104,6 +108,16 @@ def test_an_endpoint_error_is_an_engine_error_and_the_server_resumes(tmp_path, f
     assert f"POST {failing}: HTTP 500" in str(err.value) and f"{failing} failed" in str(err.value)
     assert paths(server.calls)[-1] == "/resume" and not server.paused
     assert eng.weight_version == 0 and eng.checkpoint is None  # nothing committed
+
+
+def test_a_failing_weight_checker_is_evidence_not_a_failed_update(tmp_path):
+    with FakeServer(rl=ALL, rl_fail={"/weight_checker": 500}) as server, \
+            engine(server.url, tmp_path) as eng:
+        rec = eng.update_weights("/ckpt/new")
+    assert rec["version"] == 1 and "HTTP 500" in rec["checksums"]["error"]
+    assert paths(server.calls).count("/weight_checker") == 1  # not asked again after the load
+    assert checksum_change({"a": "1"}, {"a": "1", "b": "2"}) == {
+        "total": 2, "changed": 1, "unchanged": ["a"]}
 
 
 def test_a_failing_pause_is_an_error_without_resume(tmp_path):

@@ -92,7 +92,8 @@ def update_summary(rec: dict) -> dict[str, Any]:
             "version_before": rec.get("version_before"), "version_after": rec.get("version"),
             "via": rec.get("via"), "mechanism": rec.get("mechanism"),
             "cache_cleared": rec.get("cache_cleared"), "reprocess_s": rec.get("reprocess_s"),
-            "evidence_s": rec.get("evidence_s"),
+            "evidence_s": rec.get("evidence_s"), "checksums": rec.get("checksums"),
+            "endpoints": rec.get("endpoints"),
             "lag_tokens_mean": float(np.mean(lags)) if lags else None,
             "lag_tokens_max": int(max(lags)) if lags else None}
 
