@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from parity import elf_fix
+from parity import elf_fix, preloads
 from parity.paths import cache_dir
 
 __all__ = ["EnvError", "EnvSpec", "cache_dir", "env_dir", "ensure_env", "get_spec", "list_envs"]
@@ -217,7 +217,7 @@ def ensure_env(spec: EnvSpec | str, log: Callable[[str], None] = print) -> Path:
         return Path(spec.python)
     root = env_dir(spec)
     python = root / "bin" / "python"
-    if (root / STAMP).exists():
+    if (root / STAMP).exists() and _has_preloads(root):
         return python
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f"{root.name}.lock", "w") as lock:
@@ -227,6 +227,7 @@ def ensure_env(spec: EnvSpec | str, log: Callable[[str], None] = print) -> Path:
             log(f"waiting for another process building {root.name}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / STAMP).exists():
+            _record_preloads(root, log)  # an env built before preloads were recorded
             return python
         _build(spec, root, log)
     return python
@@ -256,14 +257,59 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
     fixed = _fix_extensions(root, log)
     if spec.smoke:
         _run([str(python), "-c", spec.smoke], logfile, "the smoke import")
+    needed, paths = _preloads(root, log, logfile)
     stamp = {"spec": spec.to_dict(), "installed": _installed(python),
-             "libstdcxx_fixed": fixed, "build_seconds": round(time.monotonic() - start, 1),
+             "libstdcxx_fixed": fixed, "preload_required": needed, "preload": paths,
+             "build_seconds": round(time.monotonic() - start, 1),
              "size_bytes": _size(root), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tmp = root / f"{STAMP}.tmp"
     tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True))
     tmp.replace(root / STAMP)
     log(f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
         f"{stamp['size_bytes'] / 2**30:.1f} GiB")
+
+
+def _preloads(root: Path, log: Callable[[str], None], logfile: Path | None = None,
+              ) -> tuple[list[str], list[str]]:
+    """(names the env's vLLM requires in LD_PRELOAD, the paths that provide them), providing
+    a missing system library (parity.preloads)."""
+    site = next(iter(sorted(root.glob("lib/python*/site-packages"))), root)
+    needed = preloads.required(site)
+    version = _vllm_version(site)
+    try:
+        paths = preloads.resolve(needed, root, version=version, log=log, logfile=logfile)
+    except preloads.PreloadError as err:
+        raise EnvError(str(err)) from err
+    if paths:
+        log(f"vLLM {version} requires {', '.join(needed)} in LD_PRELOAD: {':'.join(paths)}")
+    return needed, paths
+
+
+def _vllm_version(site: Path) -> str:
+    for dist in sorted(site.glob("vllm*.dist-info")):
+        for line in (dist / "METADATA").read_text(errors="replace").splitlines():
+            if line.startswith("Version:"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def _has_preloads(root: Path) -> bool:
+    try:
+        return "preload" in json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _record_preloads(root: Path, log: Callable[[str], None]) -> None:
+    """Add the preloads to the stamp of an env built before they were recorded (the build
+    format, and so the env's key, is unchanged: nothing else in it differs)."""
+    stamp = json.loads((root / STAMP).read_text())
+    if "preload" in stamp:
+        return
+    stamp["preload_required"], stamp["preload"] = _preloads(root, log)
+    tmp = root / f"{STAMP}.tmp"
+    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True))
+    tmp.replace(root / STAMP)
 
 
 def _run(cmd: list[str], logfile: Path, what: str) -> None:
