@@ -363,7 +363,8 @@ def list_envs() -> list[dict]:
     """Every environment directory in the cache, built or not, sorted by name.
 
     Each entry: name, key, path, ok (stamp present: built and smoke-checked),
-    size_bytes, versions (of KEY_PACKAGES that are installed).
+    size_bytes, versions (of KEY_PACKAGES that are installed), preload (the libraries its
+    engine processes get in LD_PRELOAD).
     """
     root = cache_dir() / "envs"
     entries = []
@@ -382,5 +383,6 @@ def list_envs() -> list[dict]:
             "ok": stamp is not None,
             "size_bytes": stamp["size_bytes"] if stamp else _size(path),
             "versions": {p: lowered[p] for p in KEY_PACKAGES if p in lowered},
+            "preload": (stamp or {}).get("preload", []),
         })
     return entries

@@ -180,18 +180,21 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
 
     pythons, drifts, refused = preflight(run.results, tokenizers, log_dir, log)
     timings["validate_s"] = time.perf_counter() - t0
-    if dry_run:
-        run.engines = [{"n": n, "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
-                        "model": model_path, "planned": True,
-                        "scenarios": [r.scenario.name for r, _ in jobs]}
-                       for n, ((_, model_path), jobs) in enumerate(_plan(run.results).items(), 1)]
-        return run
-
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
     plan = _plan(run.results)
     # Scenarios with an engine that cannot run here (preflight's refusals) are unresolved
     # whatever their other engines do: those are started only when another scenario needs them.
     doomed = {id(r) for where, jobs in plan.items() if where in refused for r, _ in jobs}
+    if dry_run:
+        run.engines = [{"n": n, "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
+                        "model": where[1], "planned": True,
+                        "scenarios": [r.scenario.name for r, _ in jobs],
+                        **({"skipped": f"cannot run here: {refused[where]}"} if where in refused
+                           else {"skipped": "not needed: its scenarios cannot run here"}
+                           if all(id(r) in doomed for r, _ in jobs) else {})}
+                       for n, (where, jobs) in enumerate(plan.items(), 1)]
+        return run
+
     timings["engine_start_s"] = timings["generate_s"] = 0.0
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
