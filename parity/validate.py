@@ -195,6 +195,10 @@ def _problem(c: Check, p: dict, version: str) -> Problem:
         return (c.where, f"{c.field.split('.')[0]}.env_vars.{p['name']}",
                 f"{where} refuses this mode on this machine: {p['message']}; run it where that "
                 "vLLM supports it (or remove the variable)")
+    if p.get("kind") == "env_value":
+        return (c.where, f"{c.field.split('.')[0]}.env_vars.{p['name']}",
+                f"{where} cannot read this value: {p['message']}; fix the value (or remove "
+                "the variable)")
     if p.get("kind", "name") == "name":
         close = p.get("suggestions") or []
         hint = (f"did you mean {', '.join(close)}?" if close

@@ -103,6 +103,22 @@ def test_cpu_vllm_refuses_model_runner_v2_naming_the_cause(tiny_model, tmp_path)
 
 
 @pytest.mark.engine
+def test_unreadable_variable_value_is_a_usage_error_not_a_refusal(tiny_model, tmp_path):
+    """Negative control: VLLM_USE_V2_MODEL_RUNNER=yes also fails the config (vLLM reads it
+    with int()), but that is a mistake in the setting: a problem (exit 2), never refused_here."""
+    from parity.settings import make_setting
+
+    check = Check("case.toml", "candidate.engine_args",
+                  make_setting("v1-mrv1", env_vars={"VLLM_USE_V2_MODEL_RUNNER": "yes"}),
+                  str(tiny_model))
+    problems = validate.engine_problems([check], {"harness": sys.executable}, tmp_path)
+    assert [p[:2] for p in problems] == [
+        ("case.toml", "candidate.env_vars.VLLM_USE_V2_MODEL_RUNNER")]
+    assert "cannot read this value" in problems[0][2] and "'yes'" in problems[0][2]
+    assert validate.refusal(check, sys.executable) is None
+
+
+@pytest.mark.engine
 def test_cuda_scenarios_on_cpu_exit_125_before_any_engine(tmp_path):
     from conftest import SCENARIOS, run_cli
 
