@@ -257,16 +257,24 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
     fixed = _fix_extensions(root, log)
     if spec.smoke:
         _run([str(python), "-c", spec.smoke], logfile, "the smoke import")
-    needed, paths = _preloads(root, log, logfile)
     stamp = {"spec": spec.to_dict(), "installed": _installed(python),
-             "libstdcxx_fixed": fixed, "preload_required": needed, "preload": paths,
-             "build_seconds": round(time.monotonic() - start, 1),
+             "libstdcxx_fixed": fixed, "build_seconds": round(time.monotonic() - start, 1),
              "size_bytes": _size(root), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        stamp["preload_required"], stamp["preload"] = _preloads(root, log, logfile)
+    except EnvError as err:
+        # Stamped without `preload`: the next call retries only the preloads (no rebuild).
+        _write_stamp(root, stamp)
+        raise EnvError(f"{err} (the environment itself is built: only this is missing)") from err
+    _write_stamp(root, stamp)
+    log(f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
+        f"{stamp['size_bytes'] / 2**30:.1f} GiB")
+
+
+def _write_stamp(root: Path, stamp: dict) -> None:
     tmp = root / f"{STAMP}.tmp"
     tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True))
     tmp.replace(root / STAMP)
-    log(f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
-        f"{stamp['size_bytes'] / 2**30:.1f} GiB")
 
 
 def _preloads(root: Path, log: Callable[[str], None], logfile: Path | None = None,
@@ -307,9 +315,7 @@ def _record_preloads(root: Path, log: Callable[[str], None]) -> None:
     if "preload" in stamp:
         return
     stamp["preload_required"], stamp["preload"] = _preloads(root, log)
-    tmp = root / f"{STAMP}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True))
-    tmp.replace(root / STAMP)
+    _write_stamp(root, stamp)
 
 
 def _run(cmd: list[str], logfile: Path, what: str) -> None:
@@ -362,7 +368,7 @@ def _size(root: Path) -> int:
 def list_envs() -> list[dict]:
     """Every environment directory in the cache, built or not, sorted by name.
 
-    Each entry: name, key, path, ok (stamp present: built and smoke-checked),
+    Each entry: name, key, path, ok (built, smoke-checked, its preloads provided),
     size_bytes, versions (of KEY_PACKAGES that are installed), preload (the libraries its
     engine processes get in LD_PRELOAD).
     """
@@ -380,7 +386,7 @@ def list_envs() -> list[dict]:
             "name": stamp["spec"]["name"] if stamp else name,
             "key": stamp["spec"]["key"] if stamp else key,
             "path": str(path),
-            "ok": stamp is not None,
+            "ok": stamp is not None and "preload" in stamp,
             "size_bytes": stamp["size_bytes"] if stamp else _size(path),
             "versions": {p: lowered[p] for p in KEY_PACKAGES if p in lowered},
             "preload": (stamp or {}).get("preload", []),

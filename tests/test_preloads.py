@@ -147,3 +147,27 @@ def test_real_vllm_versions_read_right(tmp_path):
         zf.extract(str(preloads.WORKER_FILE), tmp_path)
     assert preloads.required(tmp_path, machine="x86_64") == ["libtcmalloc", "libiomp"]
     assert preloads.required(Path(vllm.__file__).parent.parent, machine="x86_64") == []
+
+
+def test_missing_system_library_stops_the_build_without_losing_it(tmp_path, monkeypatch):
+    """The build stops with why and how, the env is kept (stamped without preloads), and the
+    next call, once the library is there, only records the preloads (no rebuild)."""
+    monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path / "cache"))
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    monkeypatch.setattr(preloads, "required", lambda site, machine=None: ["libtcmalloc"])
+    monkeypatch.setattr(preloads, "_apt_install", lambda package, log, logfile: None)
+    monkeypatch.setattr(preloads, "_on_system", lambda files: lib if lib.exists() else None)
+    spec = envs.EnvSpec("needs-tcmalloc", python=sys.executable, smoke="")
+    with pytest.raises(envs.EnvError, match="apt-get install libtcmalloc-minimal4.*only this "
+                                            "is missing"):
+        envs.ensure_env(spec, log=lambda _: None)
+    [entry] = envs.list_envs()
+    assert not entry["ok"]
+    lib.write_bytes(b"")
+    logs = []
+    python = envs.ensure_env(spec, log=logs.append)
+    assert not any("building" in line for line in logs)
+    assert env_preloads(str(python)) == {"LD_PRELOAD": str(lib)} or \
+        env_preloads(str(python))["LD_PRELOAD"].startswith(f"{lib}:")
+    [entry] = envs.list_envs()
+    assert entry["ok"] and entry["preload"] == [str(lib)]
