@@ -152,8 +152,11 @@ def _dry_run(scenarios) -> None:
                 f"{e['setting']['profile'] or ''} env={e['setting']['env']} "
                 f"args={json.dumps(e['setting']['engine_args'])}")
         out.print(f"engine {e['n']}: {what} on {Path(e['model']).name}: "
-                  f"{', '.join(e['scenarios'])}", highlight=False)
-    out.print(f"dry run: {len(scenarios)} scenario(s) valid, {len(run.engines)} engine(s) would "
+                  f"{', '.join(e['scenarios'])}"
+                  + (f" (not started: {e['skipped']})" if e.get("skipped") else ""),
+                  highlight=False)
+    starting = sum(not e.get("skipped") for e in run.engines)
+    out.print(f"dry run: {len(scenarios)} scenario(s) valid, {starting} engine(s) would "
               "start; nothing started")
     raise typer.Exit(0)
 

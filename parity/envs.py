@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from parity import elf_fix
+from parity import elf_fix, preloads
 from parity.paths import cache_dir
 
 __all__ = ["EnvError", "EnvSpec", "cache_dir", "env_dir", "ensure_env", "get_spec", "list_envs"]
@@ -217,7 +217,7 @@ def ensure_env(spec: EnvSpec | str, log: Callable[[str], None] = print) -> Path:
         return Path(spec.python)
     root = env_dir(spec)
     python = root / "bin" / "python"
-    if (root / STAMP).exists():
+    if (root / STAMP).exists() and _has_preloads(root):
         return python
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f"{root.name}.lock", "w") as lock:
@@ -227,6 +227,7 @@ def ensure_env(spec: EnvSpec | str, log: Callable[[str], None] = print) -> Path:
             log(f"waiting for another process building {root.name}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / STAMP).exists():
+            _record_preloads(root, log)  # an env built before preloads were recorded
             return python
         _build(spec, root, log)
     return python
@@ -259,11 +260,62 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
     stamp = {"spec": spec.to_dict(), "installed": _installed(python),
              "libstdcxx_fixed": fixed, "build_seconds": round(time.monotonic() - start, 1),
              "size_bytes": _size(root), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        stamp["preload_required"], stamp["preload"] = _preloads(root, log, logfile)
+    except EnvError as err:
+        # Stamped without `preload`: the next call retries only the preloads (no rebuild).
+        _write_stamp(root, stamp)
+        raise EnvError(f"{err} (the environment itself is built: only this is missing)") from err
+    _write_stamp(root, stamp)
+    log(f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
+        f"{stamp['size_bytes'] / 2**30:.1f} GiB")
+
+
+def _write_stamp(root: Path, stamp: dict) -> None:
     tmp = root / f"{STAMP}.tmp"
     tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True))
     tmp.replace(root / STAMP)
-    log(f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
-        f"{stamp['size_bytes'] / 2**30:.1f} GiB")
+
+
+def _preloads(root: Path, log: Callable[[str], None], logfile: Path | None = None,
+              ) -> tuple[list[str], list[str]]:
+    """(names the env's vLLM requires in LD_PRELOAD, the paths that provide them), providing
+    a missing system library (parity.preloads)."""
+    site = next(iter(sorted(root.glob("lib/python*/site-packages"))), root)
+    needed = preloads.required(site)
+    version = _vllm_version(site)
+    try:
+        paths = preloads.resolve(needed, root, version=version, log=log, logfile=logfile)
+    except preloads.PreloadError as err:
+        raise EnvError(str(err)) from err
+    if paths:
+        log(f"vLLM {version} requires {', '.join(needed)} in LD_PRELOAD: {':'.join(paths)}")
+    return needed, paths
+
+
+def _vllm_version(site: Path) -> str:
+    for dist in sorted(site.glob("vllm*.dist-info")):
+        for line in (dist / "METADATA").read_text(errors="replace").splitlines():
+            if line.startswith("Version:"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def _has_preloads(root: Path) -> bool:
+    try:
+        return "preload" in json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _record_preloads(root: Path, log: Callable[[str], None]) -> None:
+    """Add the preloads to the stamp of an env built before they were recorded (the build
+    format, and so the env's key, is unchanged: nothing else in it differs)."""
+    stamp = json.loads((root / STAMP).read_text())
+    if "preload" in stamp:
+        return
+    stamp["preload_required"], stamp["preload"] = _preloads(root, log)
+    _write_stamp(root, stamp)
 
 
 def _run(cmd: list[str], logfile: Path, what: str) -> None:
@@ -316,8 +368,9 @@ def _size(root: Path) -> int:
 def list_envs() -> list[dict]:
     """Every environment directory in the cache, built or not, sorted by name.
 
-    Each entry: name, key, path, ok (stamp present: built and smoke-checked),
-    size_bytes, versions (of KEY_PACKAGES that are installed).
+    Each entry: name, key, path, ok (built, smoke-checked, its preloads provided),
+    size_bytes, versions (of KEY_PACKAGES that are installed), preload (the libraries its
+    engine processes get in LD_PRELOAD).
     """
     root = cache_dir() / "envs"
     entries = []
@@ -333,8 +386,9 @@ def list_envs() -> list[dict]:
             "name": stamp["spec"]["name"] if stamp else name,
             "key": stamp["spec"]["key"] if stamp else key,
             "path": str(path),
-            "ok": stamp is not None,
+            "ok": stamp is not None and "preload" in stamp,
             "size_bytes": stamp["size_bytes"] if stamp else _size(path),
             "versions": {p: lowered[p] for p in KEY_PACKAGES if p in lowered},
+            "preload": (stamp or {}).get("preload", []),
         })
     return entries

@@ -147,6 +147,11 @@ def engine_failure(role: str, error: str, log_path: str | None, offset: int = 0)
 def engine_verdict(res) -> Verdict | None:
     """An "unresolved" verdict when an engine the scenario (a runner.ScenarioResult) needs
     failed or never ran; None when all of them produced something to judge."""
+    for role in res.scenario.settings():  # a refusal explains the other roles' absence
+        er = res.runs.get(role)
+        if er is not None and er.extra.get("refused"):
+            return core.unresolved("refused_here", f"{role} engine cannot run on this machine "
+                                                   f"(not started): {er.extra['refused']}")
     for role in res.scenario.settings():
         er = res.runs.get(role)
         if er is None:

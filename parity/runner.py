@@ -178,17 +178,23 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     t0 = time.perf_counter()
     from parity.validate import preflight
 
-    pythons, drifts = preflight(run.results, tokenizers, log_dir, log)
+    pythons, drifts, refused = preflight(run.results, tokenizers, log_dir, log)
     timings["validate_s"] = time.perf_counter() - t0
-    if dry_run:
-        run.engines = [{"n": n, "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
-                        "model": model_path, "planned": True,
-                        "scenarios": [r.scenario.name for r, _ in jobs]}
-                       for n, ((_, model_path), jobs) in enumerate(_plan(run.results).items(), 1)]
-        return run
-
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
     plan = _plan(run.results)
+    # Scenarios with an engine that cannot run here (preflight's refusals) are unresolved
+    # whatever their other engines do: those are started only when another scenario needs them.
+    doomed = {id(r) for where, jobs in plan.items() if where in refused for r, _ in jobs}
+    if dry_run:
+        run.engines = [{"n": n, "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
+                        "model": where[1], "planned": True,
+                        "scenarios": [r.scenario.name for r, _ in jobs],
+                        **({"skipped": f"cannot run here: {refused[where]}"} if where in refused
+                           else {"skipped": "not needed: its scenarios cannot run here"}
+                           if all(id(r) in doomed for r, _ in jobs) else {})}
+                       for n, (where, jobs) in enumerate(plan.items(), 1)]
+        return run
+
     timings["engine_start_s"] = timings["generate_s"] = 0.0
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
@@ -200,6 +206,16 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             record = {"n": n, "setting": setting.to_dict(), "model": model_path,
                       "log": str(log_path), "scenarios": [r.scenario.name for r, _ in jobs]}
             run.engines.append(record)
+            if (key, model_path) in refused or all(id(r) in doomed for r, _ in jobs):
+                why = refused.get((key, model_path))
+                record["skipped"] = (f"cannot run here: {why}" if why else "not needed: every "
+                                     "scenario it serves needs an engine that cannot run here")
+                log(f"[engine {n}/{len(plan)}] not started: {record['skipped']}")
+                for res, role in jobs:
+                    res.runs[role] = EngineRun(role, setting, log_path=str(log_path),
+                                               error=record["skipped"],
+                                               extra={"refused": why} if why else {})
+                continue
             drift = drifts.get((setting.env, model_path))
             if drift:
                 record["skipped"] = "config drift: " + "; ".join(r["message"] for r in drift)

@@ -17,6 +17,7 @@ from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting
 from parity.engines.openai_engine import tail
+from parity.engines.process import env_preloads
 
 # Variables parity's in-process worker reads to patch vLLM after load; a plain `vllm serve`
 # never runs that worker code, so a profile relying on them cannot be served faithfully.
@@ -63,6 +64,7 @@ def command(setting: EngineSetting, model_path: str, python: str, host: str, por
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_SERVER_DEV_MODE="1")
+    env.update(env_preloads(python))
     env.update(setting.variables)
     return argv, env
 

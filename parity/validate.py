@@ -8,6 +8,7 @@ A problem is (where, field, message with the fix): `where` is the scenario file,
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -53,17 +54,22 @@ def checks_for(results) -> list[tuple[Any, str, Check]]:
 
 
 def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
-              ) -> tuple[dict[str, str], dict]:
+              ) -> tuple[dict[str, str], dict, dict[tuple[str, str], str]]:
     """Everything checked in the engines' environments before any engine starts: the
     environments are built, every engine argument judged by its vLLM, every request checked
     against the limits the engine's config sets, and each checkpoint read as each environment
     reads it (config drift).
 
+    A setting whose vLLM refuses a mode its environment variables select on this machine
+    (VLLM_USE_V2_MODEL_RUNNER=1 without Triton: see `refusal`) is not a mistake in the file: its
+    engine is not started and the scenarios that need it are unresolved, with vLLM's reason.
+
     Args:
         results: the run's ScenarioResults (scenario, model_path, prompts).
         tokenizers: model path -> tokenizer (prompt lengths).
     Returns:
-        (environment name -> interpreter, config drifts for parity.modelcheck).
+        (environment name -> interpreter, config drifts for parity.modelcheck,
+        (setting key, model path) -> why that engine cannot run here).
     Raises:
         ScenarioError: every problem found, at once.
     """
@@ -77,7 +83,16 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
     envs = {c.setting.env for *_, c in jobs} | {
         s.env for r in results for s in r.scenario.settings().values()}
     pythons = {env: python_for(env, log) for env in sorted(envs)}
-    problems = engine_problems([c for *_, c in jobs], pythons, log_dir)
+    engine_problems([c for *_, c in jobs], pythons, log_dir)
+    refused = {}
+    for res, role, check in jobs:
+        reason = refusal(check, pythons[check.setting.env])
+        if reason:
+            refused[(check.setting.key(), res.model_path)] = reason
+            log(f"{res.scenario.name} [{role}]: cannot run here: {reason}")
+    problems = engine_problems([c for *_, c in jobs
+                                if (c.setting.key(), c.model_path) not in refused],
+                               pythons, log_dir)
     lengths: dict[int, list[int]] = {}
     for res, role, check in jobs:
         if not limits(check, pythons[check.setting.env]):
@@ -89,7 +104,7 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
                                      sampling_for(res.scenario, role))
     if problems:
         raise ScenarioError(list(dict.fromkeys(problems)))
-    return pythons, modelcheck.config_drift(results, pythons, log_dir, log)
+    return pythons, modelcheck.config_drift(results, pythons, log_dir, log), refused
 
 
 def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
@@ -156,8 +171,34 @@ def request_problems(check: Check, python: str, prompt_lens: list[int], sampling
     return out
 
 
+def refusal(check: Check, python: str) -> str | None:
+    """Why the vLLM of a validated check refuses, on this machine, a mode the setting selects
+    by environment variable (the engine config builds without the variable, and no engine
+    argument is to blame); None when it does not. E.g. vLLM 0.32's CPU build with
+    VLLM_USE_V2_MODEL_RUNNER=1: "Model Runner V2 requires Triton"."""
+    found = _SEEN.get((python, _key(check)))
+    if not found:
+        return None
+    names = [p["name"] for p in found[0] if p.get("kind") == "env"]
+    if not names:
+        return None
+    message = next(p["message"] for p in found[0] if p.get("kind") == "env")
+    reason = re.search(r"Value error, (.*?)(?: \[type=|$)", message)
+    setting = ", ".join(f"{n}={check.setting.variables.get(n)}" for n in names)
+    return (f"vLLM {found[1]} ({check.setting.env}) refuses {setting} on this machine: "
+            f"{reason[1] if reason else message}")
+
+
 def _problem(c: Check, p: dict, version: str) -> Problem:
     where = f"vLLM {version} ({c.setting.env})"
+    if p.get("kind") == "env":
+        return (c.where, f"{c.field.split('.')[0]}.env_vars.{p['name']}",
+                f"{where} refuses this mode on this machine: {p['message']}; run it where that "
+                "vLLM supports it (or remove the variable)")
+    if p.get("kind") == "env_value":
+        return (c.where, f"{c.field.split('.')[0]}.env_vars.{p['name']}",
+                f"{where} cannot read this value: {p['message']}; fix the value (or remove "
+                "the variable)")
     if p.get("kind", "name") == "name":
         close = p.get("suggestions") or []
         hint = (f"did you mean {', '.join(close)}?" if close

@@ -216,3 +216,43 @@ def test_v0_patch_is_reported_in_the_effective_config(runtime_run):
     assert patched["notes"]["head_dtype"] == "parity fp32 head patch"
     assert patched["patches"]["fp32_head"]["self_test"]["logits_dtype_after"] == "torch.float32"
     assert engines["v0"]["key"]["head_dtype"] == "torch.bfloat16"
+
+
+def test_fix_follows_where_the_engine_resolved_its_head_dtype():
+    """vLLM 0.18.1 has ModelConfig.head_dtype but honours it for pooling models only: there the
+    fix is parity's patch, not the hf_overrides it ignores (its notes say it has no option)."""
+    v1 = {"engine_impl": "vllm.v1.engine.llm_engine.LLMEngine"}
+    native = {"key": v1, "notes": {"head_dtype": "model_config.head_dtype"}}
+    pooling_only = {"key": v1, "notes": {"head_dtype": "engine has no head_dtype option: "
+                                                       "model dtype"}}
+    patched = {"key": v1, "notes": {"head_dtype": "parity fp32 head patch"}}
+    assert "hf_overrides" in lm_head._engine_fix(native, "float32")
+    assert "PARITY_FP32_HEAD=1" in lm_head._engine_fix(pooling_only, "float32")
+    assert "pooling models only" in lm_head._engine_fix(pooling_only, "float32")
+    assert lm_head._engine_fix(patched, "model") == "unset PARITY_FP32_HEAD"
+    assert "hf_overrides" in lm_head._engine_fix({"key": v1}, "float32")  # older records
+
+
+class _PoolingOnlyConfig:  # vLLM 0.18.1's ModelConfig.head_dtype, abridged
+    @property
+    def head_dtype(self):
+        # "`head_dtype` currently only supports pooling models, fallback to model dtype"
+        return "torch.bfloat16"
+
+
+class _NativeConfig:  # vLLM 0.32's
+    @property
+    def head_dtype(self):
+        return "torch.float32"
+
+
+def test_pooling_only_head_dtype_is_no_option():
+    from parity.engines import vllm_patches
+
+    def llm(cfg):
+        return SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
+            model_config=cfg)))
+
+    assert vllm_patches.has_native_head_dtype(llm(_NativeConfig()))
+    assert not vllm_patches.has_native_head_dtype(llm(_PoolingOnlyConfig()))
+    assert not vllm_patches.has_native_head_dtype(llm(SimpleNamespace(dtype="bf16")))

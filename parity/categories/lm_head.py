@@ -112,14 +112,23 @@ def paired_gap(gap_fp32: np.ndarray, gap_model: np.ndarray) -> dict[str, float]:
             "ci_high": float(hi), "n_seqs": int(diff.size)}
 
 
-def _engine_fix(key: dict[str, Any], want: str) -> str:
+def _engine_fix(config: dict[str, Any], want: str) -> str:
+    """The fix for this engine, from where its effective config says the head dtype came
+    from: its own head_dtype option (V1 0.32) or not (V0 0.8.5; V1 0.18.1, whose head_dtype
+    applies to pooling models only), where parity's worker patch is the fix."""
+    key = config.get("key", {})
+    source = (config.get("notes") or {}).get("head_dtype") or ""
     v1 = str(key.get("engine_impl", "")).startswith("vllm.v1.")
+    native = source == "model_config.head_dtype" if source else v1
     if want == "float32":
-        if v1:
+        if native:
             return "set hf_overrides={head_dtype: float32}"
+        if v1:
+            return ("this vLLM honours head_dtype for pooling models only: enable parity's fp32 "
+                    "head patch (env_vars PARITY_FP32_HEAD=1)")
         return ("enable parity's fp32 head patch (PARITY_FP32_HEAD=1, e.g. profile "
                 "\"v0-fp32head\")")
-    if v1:
+    if native:
         return "drop hf_overrides head_dtype (or set it to \"model\")"
     return "unset PARITY_FP32_HEAD"
 
@@ -178,14 +187,15 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
         return core.Verdict("pass", None, f"the engine computes the lm_head in "
                             f"{SHORT.get(measured, measured)} as required ({evidence}; {gaps})"
                             f"{mismatch_note}", [finding]), detail
+    fix = _engine_fix(er.effective_config or {}, want)
     if want == "float32":
         diagnosis = f"{short}_head"
         message = (f"the engine computes the lm_head in {short} ({evidence}; {gaps}), the "
-                   f"trainer in fp32: {_engine_fix(key, 'float32')}")
+                   f"trainer in fp32: {fix}")
     else:
         diagnosis = "fp32_head"
         message = (f"the engine computes the lm_head in fp32 ({evidence}; {gaps}) but the "
-                   f"scenario requires the model dtype: {_engine_fix(key, 'model')}")
+                   f"scenario requires the model dtype: {fix}")
     return core.Verdict("fail", diagnosis, message + mismatch_note, [finding]), detail
 
 

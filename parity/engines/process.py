@@ -30,6 +30,17 @@ def _kill_all_live() -> None:
 atexit.register(_kill_all_live)
 
 
+def env_preloads(python: str) -> dict[str, str]:
+    """LD_PRELOAD for a process run by `python`: the libraries its environment's vLLM refuses
+    to start without (parity.preloads; recorded when the environment was built)."""
+    from parity.preloads import PreloadError, process_vars
+
+    try:
+        return process_vars(python)
+    except PreloadError as exc:
+        raise EngineError(str(exc)) from exc
+
+
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a log file ('' if it does not exist)."""
     try:
@@ -195,6 +206,7 @@ class VllmEngine:
         # V1 sends functions to its workers (collective_rpc; the in-place weight-update control)
         # only with pickle allowed on its local engine<->worker channel.
         env.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        env.update(env_preloads(self.python))
         env.update(self.setting.variables)
         return env
 
@@ -286,6 +298,7 @@ def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
     """
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    env.update(env_preloads(python))
     worker = WorkerProcess("validator", python, env, log_path)
     try:
         worker.read("hello", timeout=120)
@@ -315,6 +328,7 @@ def read_model_facts(python: str, model_path: str | Path, log_path: Path,
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(env_preloads(python))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python, "-I", "-c", _FACTS_CODE, str(WORKER_SCRIPT.parent), str(model_path)]
     with open(log_path, "ab") as log:

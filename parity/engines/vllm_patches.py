@@ -1,5 +1,5 @@
 """Worker-side patches for vLLM engines that lack an option parity needs: an fp32 lm_head for
-engines without `head_dtype` (vLLM V0 0.8.5), a workaround for V1's reload of tied heads
+engines without `head_dtype` for generation models (vLLM V0 0.8.5, V1 0.18.1), a workaround for V1's reload of tied heads
 (PARITY_RELOAD_REPROCESS), and reads of the live model (head dtype, RoPE base).
 Imported by vllm_worker.py, so it uses only the standard library, torch and vLLM."""
 
@@ -33,10 +33,24 @@ def reload_reprocess_requested(environ) -> bool:
 
 
 def has_native_head_dtype(llm) -> bool:
-    """True when this vLLM resolves a head dtype itself (ModelConfig.head_dtype, vLLM >= ~0.11):
-    there the fix is hf_overrides={"head_dtype": "float32"}, not a patch."""
+    """True when this vLLM resolves a head dtype for generation models itself
+    (ModelConfig.head_dtype): there the fix is hf_overrides={"head_dtype": "float32"}, not a
+    patch. vLLM 0.18.1 has the property but honours it for pooling models only (it logs
+    "`head_dtype` currently only supports pooling models, fallback to model dtype" and keeps the
+    model dtype): read in its source, that counts as no option."""
     model_cfg = _model_config(llm)
-    return model_cfg is not None and hasattr(type(model_cfg), "head_dtype")
+    prop = getattr(type(model_cfg), "head_dtype", None) if model_cfg is not None else None
+    return prop is not None and not _pooling_only(prop)
+
+
+def _pooling_only(prop) -> bool:
+    import inspect
+
+    try:
+        source = inspect.getsource(getattr(prop, "fget", prop))
+    except (OSError, TypeError):
+        return False
+    return "only supports pooling" in source
 
 
 class Fp32HeadMethod:
@@ -91,9 +105,9 @@ def _patch_model(model) -> dict:
     with torch.inference_mode():
         gen = torch.Generator().manual_seed(0)
         hidden = torch.randn(2, weight.shape[1], generator=gen).to(weight.dtype)
-        before = model.compute_logits(hidden, None)
+        before = _logits(model, hidden)
         head.quant_method = Fp32HeadMethod(inner)
-        after = model.compute_logits(hidden, None)
+        after = _logits(model, hidden)
     wrapper = head.quant_method
     if wrapper.calls < 1 or after.dtype != torch.float32:
         head.quant_method = inner
@@ -103,6 +117,19 @@ def _patch_model(model) -> dict:
             "self_test": {"logits_dtype_before": str(before.dtype),
                           "logits_dtype_after": str(after.dtype),
                           "max_abs_change": float((after - before.float()).abs().max())}}
+
+
+def _logits(model, hidden):
+    """model.compute_logits across versions: (hidden, sampling_metadata) in V0 0.8.5, (hidden)
+    in V1 (0.18.1 on)."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(model.compute_logits).parameters.values()
+                  if p.default is inspect.Parameter.empty]
+    except (TypeError, ValueError):
+        params = [None, None]
+    return model.compute_logits(hidden) if len(params) < 2 else model.compute_logits(hidden, None)
 
 
 def apply_fp32_head(llm) -> dict:

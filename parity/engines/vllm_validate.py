@@ -38,8 +38,8 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
         if not found and "model" in item:
             refused, config = _config_problems(EngineArgs, item["model"], args,
                                                item.get("env_vars") or {})
-            found = [{"index": i, "name": name, "kind": "value", "message": message}
-                     for name, message in refused]
+            found = [{"index": i, "name": name, "kind": kind, "message": message}
+                     for name, message, kind in refused]
             model_cfg = getattr(config, "model_config", None)
             limits[i] = {"max_model_len": getattr(model_cfg, "max_model_len", None),
                          "max_logprobs": getattr(model_cfg, "max_logprobs", None)}
@@ -97,8 +97,12 @@ def _type_mismatch(annotation, value):
 
 
 def _config_problems(engine_args_cls, model: str, args: dict, env_vars: dict):
-    """([(name or None, message)], engine config or None): why the engine config cannot be
-    built from `args`, or the config it builds."""
+    """([(name or None, message, kind)], engine config or None): why the engine config cannot
+    be built from `args`, or the config it builds. kind "value": an engine argument's value is
+    refused (name: the argument, or None for the set as a whole); kind "env": this vLLM on this
+    machine refuses a mode the setting selects by environment variable (name: the variable),
+    e.g. VLLM_USE_V2_MODEL_RUNNER=1 on a build without Triton; kind "env_value": the
+    variable's value cannot be read (e.g. VLLM_USE_V2_MODEL_RUNNER=yes)."""
     checked = {k: v for k, v in args.items() if k not in _LLM_CONVERTED}
     config, error = _build_config(engine_args_cls, model, checked, env_vars)
     if error is None:
@@ -106,7 +110,40 @@ def _config_problems(engine_args_cls, model: str, args: dict, env_vars: dict):
     culprits = [k for k in checked
                 if _build_config(engine_args_cls, model,
                                  {n: v for n, v in checked.items() if n != k}, env_vars)[1] is None]
-    return [(k, error) for k in culprits] or [(None, error)], None
+    if culprits:
+        return [(k, error, "value") for k in culprits], None
+    modes = [k for k in env_vars
+             if _build_config(engine_args_cls, model, checked,
+                              {n: v for n, v in env_vars.items() if n != k})[1] is None]
+    out = []
+    for k in modes:  # a value vLLM cannot read (int("yes")) is a mistake in the setting
+        unreadable = _unreadable_env(k, env_vars[k])
+        out.append((k, unreadable, "env_value") if unreadable else (k, error, "env"))
+    return out or [(None, error, "value")], None
+
+
+def _unreadable_env(name: str, value) -> str | None:
+    """vLLM's own parse of one of its environment variables (vllm.envs' getter) failing on
+    `value`: the error text; None when it reads it, or when vLLM does not know the variable."""
+    try:
+        import vllm.envs as vllm_envs
+        getter = getattr(vllm_envs, "environment_variables", {}).get(name)
+    except Exception:
+        return None
+    if getter is None:
+        return None
+    saved = os.environ.get(name)
+    os.environ[name] = str(value)
+    try:
+        getter()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _build_config(engine_args_cls, model: str, args: dict, env_vars: dict):

@@ -183,7 +183,10 @@ class VllmHost:
             seed = "unseeded"
             notes["seed"] = "no global seed: only requests without a seed are affected"
 
-        if vllm_patches.has_native_head_dtype(self.llm):
+        if (self.patches.get("fp32_head") or {}).get("applied"):
+            head_dtype = "torch.float32"
+            notes["head_dtype"] = "parity fp32 head patch"
+        elif vllm_patches.has_native_head_dtype(self.llm):
             head_dtype = str(model_cfg.head_dtype)
             notes["head_dtype"] = "model_config.head_dtype"
         elif "head_dtype" in live:
