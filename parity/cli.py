@@ -162,8 +162,13 @@ def _dry_run(scenarios) -> None:
 
 
 def _report_scenario_errors(exc) -> None:
-    console.print(f"[red]{len(exc.problems)} problem(s) in the scenarios:[/]")
-    for file, field, message in exc.problems:
+    _report_problems(exc.problems, "in the scenarios")
+
+
+def _report_problems(problems, where: str) -> None:
+    """Every (file or option, field, message) problem, then exit 2."""
+    console.print(f"[red]{len(problems)} problem(s) {where}:[/]", highlight=False)
+    for file, field, message in problems:
         console.print(f"  {file}: [bold]{field}[/]: {message}", highlight=False)
     raise typer.Exit(EXIT_USAGE)
 
@@ -257,6 +262,7 @@ def judge(
     """
     from parity import dumps
     from parity import judge as judging
+    from parity import runner
 
     mapping, problems = dumps.parse_map(maps or [])
     tolerances, clip, min_tokens, found = judging.options(tolerance or [], clip_low,
@@ -267,13 +273,10 @@ def judge(
     except dumps.DumpError as exc:
         problems += exc.problems
     if problems:
-        console.print(f"[red]{len(problems)} problem(s) with {file}:[/]", highlight=False)
-        for where, column, message in problems:
-            console.print(f"  {where}: [bold]{column}[/]: {message}", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
+        _report_problems(problems, f"with {file}")
     results = judging.judge(dump, tolerances, clip, min_tokens)
     code = judging.exit_code(results)
-    out_dir = output or judging.default_output()
+    out_dir = runner.new_run_dir(output, prefix="judge-")
     data = judging.to_json(dump, results, tolerances, clip, min_tokens, code, out_dir.name)
     try:
         judging.write(data, out_dir)

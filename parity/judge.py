@@ -240,16 +240,6 @@ def exit_code(results: list[Judged]) -> int:
 # ---------------------------------------------------------------------------------- reports
 
 
-def default_output(results_root: Path = Path("results")) -> Path:
-    """results/judge-<UTC stamp>/ (suffixed when it exists)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    path, n = results_root / f"judge-{stamp}", 1
-    while path.exists():
-        n += 1
-        path = results_root / f"judge-{stamp}-{n}"
-    return path
-
-
 def to_json(dump: dumps.Dump, results: list[Judged], tolerances: dict[str, float],
             clip: metrics.ClipRange, min_tokens: int, code: int, run_id: str) -> dict[str, Any]:
     from parity.report import _clean, provenance

@@ -353,11 +353,13 @@ def _add_reward(res: ScenarioResult, detail: dict[str, Any]) -> None:
                                                      "n": len(values)}
 
 
-def new_run_dir(output: Path | None, results_root: Path = Path("results")) -> Path:
-    """results/<run-id>/ (a UTC timestamp), or the --output directory as given."""
+def new_run_dir(output: Path | None, results_root: Path = Path("results"),
+                prefix: str = "") -> Path:
+    """results/<prefix><run-id>/ (a UTC timestamp, suffixed when it exists), or the --output
+    directory as given."""
     if output is not None:
         return output
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    stamp = prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     path = results_root / stamp
     suffix = 1
     while path.exists():

@@ -120,7 +120,7 @@ class References:
             name = f"{Path(m).name}:{h}:{r}"
             if name in out:  # the same model and head on a second device
                 name += f"@{device}"
-            out[name] = {**ref.stats, "device": device}
+            out[name] = dict(ref.stats)  # Reference.stats carries its device
         for key, scores in self._files.items():
             out[f"scores:{Path(key[0]).name}:{key[-1]}"] = dict(scores.stats)
         return out
