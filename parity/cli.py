@@ -58,8 +58,11 @@ def check(
                                                     "(default: scenarios/)."),
     model: Optional[str] = typer.Option(None, help="Model for every scenario (name or path); "
                                                    "overrides the files and $PARITY_MODEL."),
-    candidate: Optional[str] = typer.Option(None, help="Candidate profile for every scenario."),
-    baseline: Optional[str] = typer.Option(None, help="Baseline profile for every scenario."),
+    candidate: Optional[str] = typer.Option(
+        None, help="Candidate for every scenario: PROFILE[,arg=value,...] (merged over each "
+                   "scenario's table, e.g. v1-parity,tensor_parallel_size=2) or a server's URL."),
+    baseline: Optional[str] = typer.Option(
+        None, help="Baseline for every scenario: PROFILE[,arg=value,...] or a server's URL."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Report directory (default results/<run-id>/)."),
     start_timeout: float = typer.Option(600.0, help="Seconds an engine may take to start."),
@@ -194,12 +197,14 @@ def bisect(
     from parity import bisect as bisect_mod
     from parity import runner
     from parity.scenario import Overrides, ScenarioError, load_scenarios
-    from parity.settings import parse_setting
+    from parity.settings import inprocess_problems, parse_setting
 
     # Every problem of the options and the scenario files at once, before any engine starts.
     good_setting, problems = parse_setting(good, "--good")
     bad_setting, found = parse_setting(bad, "--bad")
     problems += found
+    for where, parsed in (("--good", good_setting), ("--bad", bad_setting)):
+        problems += inprocess_problems(parsed, where, "engine_args") if parsed else []
     if repeats < 1:
         problems.append(("--repeats", "value", f"{repeats}: must be >= 1"))
     try:

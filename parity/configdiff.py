@@ -38,6 +38,11 @@ CONSEQUENCES: dict[str, tuple[str, str]] = {
     "enforce_eager": ("numeric", "compiled vs eager kernels: numerics within noise expected"),
     "compilation_level": ("numeric", "compiled vs eager kernels: numerics within noise expected"),
     "cudagraph_mode": ("numeric", "CUDA graphs vs eager: numerics within noise expected"),
+    "tensor_parallel_size": ("numeric", "tensor parallelism splits each layer's reductions "
+                             "across ranks (all-reduce): logprobs move within noise"),
+    "pipeline_parallel_size": ("numeric", "pipeline stages on other devices: numerics as one "
+                               "device expected; throughput"),
+    "data_parallel_size": ("info", "engine replicas: each request runs on one of them"),
     "block_size": ("info", "KV block size: prefix-cache granularity only"),
     "max_model_len": ("info", "longest sequence the engine accepts"),
     "seed": ("info", "global seed: only requests without their own seed are affected (parity "

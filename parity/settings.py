@@ -49,14 +49,20 @@ def make_setting(profile_name: str, engine_args: dict | None = None, env_vars: d
     table such as hf_overrides is merged key by key), env replaces it."""
     profiles = profiles or load_profiles()
     prof = profiles[profile_name]
-    args = dict(prof.engine_args)
-    for key, value in (engine_args or {}).items():
-        if isinstance(value, dict) and isinstance(args.get(key), dict):
-            args[key] = {**args[key], **value}
-        else:
-            args[key] = value
+    args = merged(prof.engine_args, engine_args or {})
     return EngineSetting.make(prof.engine, env or prof.env, args,
                               {**prof.env_vars, **(env_vars or {})}, profile=profile_name)
+
+
+def merged(base: dict, over: dict) -> dict:
+    """Engine args `over` on top of `base`, a nested table (hf_overrides) merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
 
 
 def override_problems(profile: Any, args: Any, env_vars: Any, env: Any, where: str, fld: str,
@@ -99,16 +105,35 @@ def from_table(data: Any, role: str, where: str, profiles: dict[str, Profile],
         problems.append((where, f"{role}.engine", f"{data['engine']!r}: use one of "
                                                  + ", ".join(f'"{k}"' for k in ENGINE_KINDS)))
     profile = data.get("profile", "v1-defaults")
-    if override is not None:
-        if override not in profiles:
-            problems.append((f"--{role}", "profile", f"unknown profile {override!r}; built-in "
-                                                     f"profiles: {', '.join(profiles)}"))
-        profile = override if override in profiles else profile
     args, env_vars, env = data.get("engine_args", {}), data.get("env_vars", {}), data.get("env")
+    if override is not None:  # "PROFILE[,key=value,...]" replaces the profile, merges the rest
+        name, o_args, o_vars, o_env, found = split_setting(override, f"--{role}")
+        problems += found
+        if name and name not in profiles:
+            problems.append((f"--{role}", "profile", f"unknown profile {name!r}; built-in "
+                                                     f"profiles: {', '.join(profiles)}"))
+        profile = name if name in profiles else profile
+        if isinstance(args, dict) and isinstance(env_vars, dict):
+            args, env_vars = merged(args, o_args), {**env_vars, **o_vars}
+        env = o_env if o_env is not None else env
     problems += override_problems(profile, args, env_vars, env, where, f"{role}.", profiles)
     if problems:
         return None, problems
-    return make_setting(profile, args, env_vars, env, profiles), []
+    setting = make_setting(profile, args, env_vars, env, profiles)
+    problems = inprocess_problems(setting, where, f"{role}.engine_args")
+    return (None, problems) if problems else (setting, [])
+
+
+def inprocess_problems(setting: EngineSetting, where: str, fld: str) -> list[Problem]:
+    """What an engine parity starts in process cannot take (a served engine can): vLLM's LLM
+    refuses data parallelism in one process (it may hang), so replicas are a server's job."""
+    size = setting.args.get("data_parallel_size", 1)
+    if setting.engine == "vllm" and isinstance(size, int) and size > 1:
+        return [(where, f"{fld}.data_parallel_size", f"{size}: vLLM's LLM refuses data "
+                 "parallelism in one process; serve the replicas (parity serve "
+                 "PROFILE,data_parallel_size=N, or your own vllm serve) and point the scenario "
+                 "at the URL; tensor/pipeline parallel sizes work in process")]
+    return []
 
 
 def is_url(text: Any) -> bool:
@@ -191,10 +216,22 @@ def parse_setting(text: Any, where: str) -> tuple[EngineSetting | None, list[Pro
     envname=v0. Values are TOML literals (true, 3, 0.5, "x") or bare strings. `where` names the
     option in problems (e.g. "--good")."""
     profiles = load_profiles()
+    profile, args, env_vars, env, problems = split_setting(text, where)
+    if problems:
+        return None, problems
+    problems += override_problems(profile, args, env_vars, env, where, "", profiles)
+    if problems:
+        return None, problems
+    return make_setting(profile, args, env_vars, env, profiles), []
+
+
+def split_setting(text: Any, where: str) -> tuple[str, dict, dict, str | None, list[Problem]]:
+    """(profile, engine args, env vars, env name, problems) of a setting string, unchecked
+    against the profiles (parse_setting and from_table check the merged result)."""
     parts = [p.strip() for p in str(text or "").split(",")]
     if not parts[0]:
-        return None, [(where, "profile", "empty setting: start with a profile name, e.g. "
-                                         "v1-defaults or v1-defaults,async_scheduling=false")]
+        return "", {}, {}, None, [(where, "profile", "empty setting: start with a profile name, "
+                                   "e.g. v1-defaults or v1-defaults,async_scheduling=false")]
     profile, pairs = parts[0], parts[1:]
     problems: list[Problem] = []
     args: dict[str, Any] = {}
@@ -216,10 +253,7 @@ def parse_setting(text: Any, where: str) -> tuple[EngineSetting | None, list[Pro
             env = _literal(raw)
         else:
             _put(args, key.split("."), _literal(raw), where, key, problems)
-    problems += override_problems(profile, args, env_vars, env, where, "", profiles)
-    if problems:
-        return None, problems
-    return make_setting(profile, args, env_vars, env, profiles), []
+    return profile, args, env_vars, env, problems
 
 
 def _literal(raw: str) -> Any:

@@ -53,7 +53,13 @@ def v1_servers(tiny_model, tmp_path_factory):
                             "--start-timeout", "300"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            cwd=tmp, env=env, start_new_session=True)
-    parity_setting, _ = parse_setting("v1-parity", "test")
+    # Tensor parallel over two CPU workers, as a multi-GPU user passes it: vLLM's automatic
+    # thread binding wants a NUMA node per worker, so each worker is bound to one core.
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    parity_setting, problems = parse_setting(
+        "v1-parity,tensor_parallel_size=2,env.VLLM_CPU_OMP_THREADS_BIND="
+        + "|".join(map(str, cores)), "test")
+    assert not problems, problems
     server = Server(parity_setting, str(tiny_model), sys.executable, tmp / "parity.log")
     try:
         server.start(timeout=300)
@@ -108,7 +114,7 @@ def test_over_http_processed_passes_raw_control_fails(served_run):
     assert m["vs_raw"]["abs_dlogp_mean"] * 2 < m["vs_processed"]["abs_dlogp_mean"]
 
 
-def test_served_effective_config_is_read_from_the_server(served_run):
+def test_served_effective_config_is_read_from_the_server(v1_servers, served_run):
     _, report, _ = served_run
     modes = {}
     for e in report["engines"]:
@@ -120,6 +126,25 @@ def test_served_effective_config_is_read_from_the_server(served_run):
                                       key["head_dtype"])
     assert sorted(modes.values()) == [("processed_logprobs", False, "float32"),
                                       ("raw_logprobs", True, "torch.bfloat16")]
+    tp = {e["setting"]["url"]: e["effective_config"]["key"]["tensor_parallel_size"]
+          for e in report["engines"]}
+    assert tp == {v1_servers["parity"][0]: 2, v1_servers["defaults"][0]: 1}
+
+
+def test_candidate_url_option_over_a_shipped_scenario(v1_servers, tmp_path):
+    """`parity check SCENARIO --candidate URL`: the shipped file unchanged, its candidate
+    replaced by the server (here tensor parallel over two workers): the fixed setting passes."""
+    url, _ = v1_servers["parity"]
+    out = tmp_path / "report"
+    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model", "tiny",
+                      "--candidate", url, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    s = report["scenarios"][0]
+    assert s["verdict"]["outcome"] == "pass" and s["provenance"]["candidate"] == "cli"
+    (engine,) = report["engines"]
+    assert engine["setting"]["url"] == url
+    assert engine["effective_config"]["key"]["tensor_parallel_size"] == 2
 
 
 def test_a_server_that_went_away_is_unresolved_with_its_log(v1_servers, served_run):

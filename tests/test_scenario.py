@@ -54,6 +54,30 @@ def test_good_scenario_and_precedence(tmp_path, monkeypatch):
     assert [p[:2] for p in err.value.problems] == [("$PARITY_MODEL", "model")]
 
 
+def test_cli_setting_merges_over_the_scenario_table(tmp_path):
+    """--candidate PROFILE,arg=value replaces the profile and merges its args over the file's
+    (multi-GPU: e.g. tensor_parallel_size=2 for every scenario); a URL replaces the table."""
+    path = write(tmp_path, "ok.toml", 'model = "tiny"\n' + GOOD)
+    (sc,) = load_scenarios([path], Overrides(candidate="v1-parity,tensor_parallel_size=2,"
+                                                      "env.VLLM_CPU_OMP_THREADS_BIND=0|1"))
+    assert sc.candidate.profile == "v1-parity" and sc.provenance["candidate"] == "cli"
+    assert sc.candidate.args["tensor_parallel_size"] == 2
+    assert sc.candidate.args["logprobs_mode"] == "processed_logprobs"  # the file's, kept
+    assert sc.candidate.args["hf_overrides"] == {"head_dtype": "float32"}  # the profile's
+    assert sc.candidate.variables["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    (sc,) = load_scenarios([path], Overrides(candidate="http://127.0.0.1:8000"))
+    assert sc.candidate.engine == "openai"
+    # Data parallel replicas are a server's job: vLLM's LLM refuses them in one process.
+    with pytest.raises(ScenarioError) as err:
+        load_scenarios([path], Overrides(candidate="v1-parity,data_parallel_size=2"))
+    assert [p[1] for p in err.value.problems] == ["candidate.engine_args.data_parallel_size"]
+    assert "parity serve" in err.value.problems[0][2]
+    with pytest.raises(ScenarioError) as err:
+        load_scenarios([path], Overrides(candidate="v1-parityy,tensor_parallel_size"))
+    assert sorted(p[:2] for p in err.value.problems) == [
+        ("--candidate", "profile"), ("--candidate", "tensor_parallel_size")]
+
+
 def test_every_problem_reported_at_once(tmp_path):
     bad = write(tmp_path, "bad.toml", """
 category = "logprob"

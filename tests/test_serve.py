@@ -44,6 +44,24 @@ def test_v1_parity_command_parses_in_vllm_with_the_four_fixes(monkeypatch):
     assert args.hf_overrides == {"head_dtype": "float32"}
 
 
+def test_parallel_args_pass_through_to_vllm_serve():
+    """Multi-GPU: tensor/pipeline/data parallel sizes in a setting reach `vllm serve` as its own
+    flags (vLLM does the distribution; parity only passes them on)."""
+    from parity.settings import parse_setting
+
+    parsed, problems = parse_setting("v1-parity,tensor_parallel_size=4,pipeline_parallel_size=2,"
+                                     "data_parallel_size=2", "SETTING")
+    assert not problems
+    argv, _ = command(parsed, "/m", "/py", "127.0.0.1", 8000)
+    pytest.importorskip("vllm")
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[3:])
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size,
+            args.data_parallel_size) == (4, 2, 2)
+
+
 def test_v0_command_selects_v0_and_patches_are_refused():
     _, env = command(setting("v0"), "/m", "/v0/python", "127.0.0.1", 1)
     assert env["VLLM_USE_V1"] == "0"

@@ -19,6 +19,7 @@ from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
 from parity.engines.openai_updates import HttpUpdater, endpoints_from_schema, rl_summary
+from parity.engines.vllm_worker import PARALLEL_KEYS
 
 LOG_TAIL_LINES = 30
 _TOKEN = re.compile(r"token_id:(-?\d+)")
@@ -424,6 +425,7 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
     sched_cfg = cfg.get("scheduler_config") or {}
     comp_cfg = cfg.get("compilation_config") or {}
     device_cfg = cfg.get("device_config") or {}
+    par_cfg = cfg.get("parallel_config") or {}
     env = (info or {}).get("vllm_env") if isinstance(info, dict) else None
     vllm_version = version.get("version") if isinstance(version, dict) else None
     if vllm_version is None:
@@ -470,6 +472,7 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
         "max_model_len": max_model_len,
         "block_size": cache_cfg.get("block_size"),
         "kv_cache_dtype": cache_cfg.get("cache_dtype"),
+        **{name: par_cfg.get(name) for name in PARALLEL_KEYS},
         "seed": model_cfg.get("seed"),
         "dtype": model_cfg.get("dtype"),
         "head_dtype": head_dtype,

@@ -61,6 +61,9 @@ def _jsonable(obj, depth: int = 0):
     return str(obj)[:200]
 
 
+PARALLEL_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
+
+
 def _get(obj, *names, default=None):
     """First attribute among `names` that exists on `obj` (engine versions rename fields)."""
     for name in names:
@@ -129,6 +132,7 @@ class VllmHost:
         cache_cfg = _get(cfg, "cache_config")
         sched_cfg = _get(cfg, "scheduler_config")
         comp_cfg = _get(cfg, "compilation_config")
+        par_cfg = _get(cfg, "parallel_config")
         hf = _get(model_cfg, "hf_config")
         is_v1 = type(engine).__module__.startswith("vllm.v1.")
         notes: dict = {}
@@ -228,6 +232,7 @@ class VllmHost:
             "max_model_len": _get(model_cfg, "max_model_len"),
             "block_size": _get(cache_cfg, "block_size"),
             "kv_cache_dtype": _jsonable(_get(cache_cfg, "cache_dtype")),
+            **{name: _get(par_cfg, name) for name in PARALLEL_KEYS},
             "seed": seed,
             "dtype": str(_get(model_cfg, "dtype")),
             "head_dtype": head_dtype,
