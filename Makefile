@@ -29,7 +29,7 @@ demo: setup
 
 # Unit tests, CLI tests and the real-engine tests (marker `engine`).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 unit: setup
 	$(BIN)/python -m pytest -q -m "not engine"
