@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -24,8 +25,16 @@ env_app = typer.Typer(help="Isolated engine environments (e.g. the vLLM V0 virtu
 app.add_typer(models_app, name="models")
 app.add_typer(env_app, name="env")
 
-console = Console(stderr=True)
-out = Console()
+def _console(stderr: bool) -> Console:
+    """A terminal gets rich's width; a pipe or a CI log gets lines that never wrap (a wrapped
+    line breaks grep)."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(stderr=stderr, soft_wrap=not tty, width=None if tty else 4096)
+
+
+console = _console(stderr=True)
+out = _console(stderr=False)
 DEBUG = {"on": False}
 
 
@@ -79,6 +88,21 @@ def check(
         help="Run the engines, write the sequences the reference would score to FILE "
              "(.parquet or .jsonl) for an external trainer, and judge nothing (every scenario "
              "unresolved: not judged, exit 125)."),
+    select: list[str] = typer.Option(
+        [], "-k", metavar="PATTERN", help="Only scenarios whose name matches (substring or "
+                                          "glob, any case); repeat for more."),
+    category: list[str] = typer.Option([], "--category", help="Only scenarios of this "
+                                                              "category; repeat for more."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", help="Number of prompts of every "
+                                                                  "scenario (a quick run)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Max tokens per "
+                                                                        "completion, every "
+                                                                        "scenario."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed of every scenario."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine summary (JSON) on "
+                                                        "stdout and nothing else there."),
+    junit: Optional[Path] = typer.Option(None, "--junit", metavar="PATH",
+                                         help="Also write the JUnit XML to PATH."),
 ):
     """Run scenarios and write report.json, report.md, junit.xml and tokens.parquet.
 
@@ -86,7 +110,7 @@ def check(
     (an engine failed, or nothing was judged: --export-sequences) or inconclusive (too little
     data).
     """
-    from parity import report, runner, tables
+    from parity import categories, report, runner, selection, tables
     from parity.engines.base import EngineError
     from parity.scenario import Overrides, ScenarioError, load_scenarios
 
@@ -98,19 +122,31 @@ def check(
             why = f"its directory {export_sequences.parent} does not exist"
         if why:
             problems.append(("--export-sequences", "FILE", f"{export_sequences}: {why}"))
+    if junit is not None and (junit.is_dir() or not junit.parent.is_dir()):
+        problems.append(("--junit", "PATH", f"{junit}: give a file in an existing directory"))
+    scenarios = []
     try:
         scenarios = load_scenarios(targets, Overrides(model, candidate, baseline,
                                                       reference_device))
     except ScenarioError as exc:
         problems = exc.problems + problems
+    scenarios, found = selection.select(scenarios, select, category, categories.names())
+    problems += found
+    scenarios, found = selection.override(scenarios, prompts, max_tokens, seed)
+    problems += found
     if problems:
         _report_scenario_errors(ScenarioError(problems))
     if dry_run:
         _dry_run(scenarios)
     out_dir = runner.new_run_dir(output)
+    from parity.progress import Display
+
     try:
-        run = runner.run(scenarios, out_dir, log=_log, start_timeout=start_timeout,
-                         request_timeout=request_timeout, export=export_sequences)
+        every = float(os.environ.get("PARITY_PROGRESS_EVERY_S", "15"))  # lines in CI logs
+        with Display(console, every_s=every) as display:
+            run = runner.run(scenarios, out_dir, log=display.log, start_timeout=start_timeout,
+                             request_timeout=request_timeout, export=export_sequences,
+                             progress=display.progress)
     except KeyboardInterrupt:
         _fail("interrupted before any engine started: nothing to report", EXIT_UNRESOLVED)
     except ScenarioError as exc:
@@ -127,22 +163,47 @@ def check(
             _fail(str(exc), EXIT_UNRESOLVED, exc)
         raise
     code = report.exit_code(run)
-    report.write(run, out_dir, code)
-    report.print_table(run, out)
+    data = report.write(run, out_dir, code)
+    _ci_outputs(data, out_dir, junit)
+    shown = console if json_out else out  # --json: stdout carries the summary only
+    report.print_table(run, shown)
     if run.export and run.export.get("sequences") is not None:
-        out.print(f"sequences exported: {run.export['file']} ({run.export['sequences']} "
-                  "sequences); nothing judged")
-    out.print(f"report: {out_dir}/report.md (json, junit.xml, tokens.parquet beside it); exit "
-              f"code {code}")
+        shown.print(f"sequences exported: {run.export['file']} ({run.export['sequences']} "
+                    "sequences); nothing judged")
+    shown.print(f"report: {out_dir}/report.md (json, junit.xml, tokens.parquet beside it); "
+                f"exit code {code}")
+    if json_out:
+        from parity import summary
+
+        sys.stdout.write(json.dumps(summary.machine(data, out_dir), indent=1) + "\n")
+        sys.stdout.flush()
     raise typer.Exit(code)
 
 
+def _ci_outputs(data: dict, out_dir: Path, junit: Optional[Path]) -> None:
+    """--junit PATH and $GITHUB_STEP_SUMMARY; a failure is a warning, never the exit code."""
+    from parity import report, summary
+
+    if junit is not None:
+        try:
+            junit.write_text(report.to_junit(data) + "\n")
+        except OSError as exc:
+            _log(f"warning: cannot write --junit {junit}: {exc.strerror or exc}")
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        why = summary.append_step_summary(path, summary.markdown(data, out_dir))
+        if why:
+            _log(f"warning: {why}")
+
+
 def _dry_run(scenarios) -> None:
-    """Validate in the engines' environments (logs in a temporary directory), print the plan,
-    exit 0; start nothing, write no report."""
+    """Validate in the engines' environments (vLLM config checks in a subprocess, no model
+    loaded; logs in a temporary directory), print the plan, exit 0; start no engine, write no
+    report. Missing models and environments are built (their build time is the real run's)."""
     import tempfile
 
     from parity import runner
+    from parity.engines.base import EngineSetting
     from parity.scenario import ScenarioError
 
     with tempfile.TemporaryDirectory(prefix="parity-dry-run-") as tmp:
@@ -151,13 +212,19 @@ def _dry_run(scenarios) -> None:
         except ScenarioError as exc:
             _report_scenario_errors(exc)
     for e in run.engines:
-        what = (f"served {e['setting']['url']}" if e["setting"].get("url") else
-                f"{e['setting']['profile'] or ''} env={e['setting']['env']} "
-                f"args={json.dumps(e['setting']['engine_args'])}")
-        out.print(f"engine {e['n']}: {what} on {Path(e['model']).name}: "
+        st = e["setting"]
+        label = EngineSetting.make(st["engine"], st["env"], st["engine_args"], st["env_vars"],
+                                   st["profile"], st.get("url")).label()
+        where = "" if st.get("url") or st["env"] == "harness" else f" in env {st['env']}"
+        out.print(f"engine {e['n']}: {label}{where} on {Path(e['model']).name}: "
                   f"{', '.join(e['scenarios'])}"
                   + (f" (not started: {e['skipped']})" if e.get("skipped") else ""),
                   highlight=False)
+    for res in run.results:
+        sc, s = res.scenario, res.scenario.sampling
+        out.print(f"scenario {sc.name} ({sc.category}): {len(res.prompts)} prompts x n={s.n}, "
+                  f"max_tokens {s.max_tokens} (<= {len(res.prompts) * s.n * s.max_tokens} "
+                  f"tokens per engine), seed {s.seed}, T {s.temperature}", highlight=False)
     starting = sum(not e.get("skipped") for e in run.engines)
     out.print(f"dry run: {len(scenarios)} scenario(s) valid, {starting} engine(s) would "
               "start; nothing started")

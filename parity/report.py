@@ -98,7 +98,7 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
         "description": sc.description, "model": sc.model, "model_path": res.model_path,
         "expect": sc.expect, "expect_diagnosis": sc.expect_diagnosis,
         "as_expected": res.as_expected,
-        "verdict": verdict_of(res, interrupted).to_dict(),
+        "verdict": verdict_of(res, interrupted).to_dict(), "key_metric": headline(res),
         "sampling": sc.sampling.to_dict(), "reference_head_dtype": sc.head_dtype,
         "reference_device": sc.reference_device,
         "reference_scores": None if sc.scores is None else str(sc.scores),

@@ -136,14 +136,16 @@ def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[Sce
 
 def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         start_timeout: float = 600.0, request_timeout: float = 1800.0,
-        dry_run: bool = False, export: Path | None = None) -> RunResult:
+        dry_run: bool = False, export: Path | None = None,
+        progress: Callable[[dict], None] | None = None) -> RunResult:
     """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
     an interrupt, or a harness bug outside one scenario's work, keeps what finished
     (RunResult.interrupted says why) and the rest of the run is still judged. `dry_run`:
     build models and environments, validate everything, plan the engines (run.engines) and
     return before any engine starts. `export`: write the sequences the reference would score
     to this file (parity.tokens.export) and judge nothing (no reference runs). Every run that
-    starts engines writes tokens.parquet (parity.tokens) into out_dir.
+    starts engines writes tokens.parquet (parity.tokens) into out_dir. `progress` gets the
+    engines' progress messages during generation, with "scenario" and "role" added.
 
     Raises:
         ScenarioError: an engine argument or a request the engine would refuse (exit 2).
@@ -243,6 +245,9 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     t0 = time.perf_counter()
                     reused = memo.reused
                     category = categories.get(res.scenario.category)
+                    if progress is not None:
+                        engine.on_progress = (lambda m, name=res.scenario.name, role=role:
+                                              progress({**m, "scenario": name, "role": role}))
                     try:
                         prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
                         category.drive(memo if category.reuses_generations else engine, res,

@@ -13,8 +13,10 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="session")
 def rl_run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("rl")
-    result, report = check_tiny([SCENARIOS / "rl-v0-vs-v1-parity.toml",
-                                 SCENARIOS / "rl-v0-vs-v1-defaults.toml"], out)
+    with pytest.MonkeyPatch.context() as mp:  # every progress message as a plain line
+        mp.setenv("PARITY_PROGRESS_EVERY_S", "0")
+        result, report = check_tiny([SCENARIOS / "rl-v0-vs-v1-parity.toml",
+                                     SCENARIOS / "rl-v0-vs-v1-defaults.toml"], out)
     assert report is not None, result.output
     return result, report
 
@@ -35,6 +37,19 @@ def test_v0_engine_really_ran(rl_run):
     baselines = [s["engines"]["baseline"] for s in report["scenarios"]]
     assert sorted(b["reused_sequences"] for b in baselines) == [False, True]
     assert baselines[0]["n_tokens"] == baselines[1]["n_tokens"] > 0
+
+
+def test_generation_progress_comes_from_both_engines(rl_run):
+    """V1 reports finished requests through vLLM's progress-bar hook, V0 (whose generate takes
+    no callable) through its module's tqdm; both end with every request done."""
+    result, _ = rl_run
+    lines = result.output.splitlines()
+    for role in ("baseline", "candidate"):  # V0 and V1
+        done = [ln for ln in lines if f"] [{role}]: " not in ln and f" [{role}]: " in ln
+                and " requests, " in ln]
+        assert done, (role, result.output[-3000:])
+        got, total = done[-1].split(": ")[1].split(" requests")[0].split("/")
+        assert got == total, done[-1]
 
 
 def test_both_engines_loaded_the_same_model(rl_run):

@@ -3,6 +3,7 @@ that cross it (plain dataclasses, the same for V0, V1 and anything added later).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -157,13 +158,44 @@ class EngineSetting:
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def label(self) -> str:
-        """A compact human label: profile plus the engine args."""
+        """A short human label: the profile plus what differs from it (engine args as
+        name=value, nested ones dotted, env vars as env.NAME=value), and @env where the
+        environment is not the profile's; report.json keeps the full setting."""
         if self.url is not None:
-            return f"{self.engine} {self.url}"
-        parts = [f"{k}={v}" for k, v in self.args.items()]
+            return f"served {self.url}"
+        base = _profile_base(self.profile)
+        args, env_vars, env = base or ({}, {}, "harness")
+        parts = [f"{k}={v}" for k, v in _flat(self.args).items() if _flat(args).get(k, _NO) != v]
+        parts += [f"env.{k}={v}" for k, v in self.variables.items() if env_vars.get(k) != v]
         head = self.profile or self.engine
         return head + (f" [{', '.join(parts)}]" if parts else "") + (
-            f" @{self.env}" if self.env != "harness" else "")
+            f" @{self.env}" if self.env != env else "")
+
+
+_NO = object()
+
+
+def _flat(args: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"hf_overrides": {"head_dtype": "float32"}} -> {"hf_overrides.head_dtype": "float32"}."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _profile_bases() -> dict[str, tuple[dict, dict, str]]:
+    from parity.settings import load_profiles
+
+    return {name: (p.engine_args, p.env_vars, p.env) for name, p in load_profiles().items()}
+
+
+def _profile_base(name: str | None) -> tuple[dict, dict, str] | None:
+    """(engine args, env vars, env) of a built-in profile, or None for no/unknown profile."""
+    return _profile_bases().get(name) if name else None
 
 
 def _freeze(v: Any) -> Any:
@@ -214,9 +246,12 @@ class Engine(Protocol):
     - `update_weights(checkpoint, mode, clear_cache) -> dict`: load new weights into the live
       engine (mode "keep" | "wait" | "abort"); returns timing and the new weight version.
     - `close()`: stop the engine and every process it started; idempotent.
+    - `on_progress`: None, or a callable the engine calls (in the caller's thread) while a
+      generate runs, with {"op": "progress", "done", "total", "elapsed_s", "out_tok_s"}.
     """
 
     name: str
+    on_progress: Any
 
     def start(self) -> None: ...
 

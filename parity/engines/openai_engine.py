@@ -76,6 +76,7 @@ class OpenAIEngine:
         self.start_timeout = start_timeout
         self.request_timeout = request_timeout
         self.concurrency = concurrency
+        self.on_progress = None  # called (main thread) as requests finish during generate
         self.update_timeout = update_timeout
         self.rl_endpoints: dict[str, Any] | None = None
         self.weight_version = 0
@@ -231,17 +232,23 @@ class OpenAIEngine:
 
         for _ in range(max(1, min(self.concurrency, len(prompts)))):
             threading.Thread(target=work, daemon=True).start()
+        t0 = last = time.monotonic()
         with done:
             while not failures and any(r is None for r in results):
-                if not done.wait(timeout=max(0.0, deadline - time.monotonic())) \
+                if not done.wait(timeout=max(0.0, min(deadline - time.monotonic(), 1.0))) \
                         and time.monotonic() >= deadline:
                     break
+                if self.on_progress is not None and time.monotonic() - last >= 0.5:
+                    last = time.monotonic()
+                    self.on_progress(_progress(results, len(prompts), last - t0))
             if failures:
                 raise failures[0]
             missing = sum(r is None for r in results)
         if missing:
             raise self._error(f"generate: {missing} of {len(prompts)} requests unanswered "
                               f"after {self.request_timeout:.0f}s (the server hangs)")
+        if self.on_progress is not None:
+            self.on_progress(_progress(results, len(prompts), time.monotonic() - t0))
         out = [s for seqs in results for s in seqs]
         self._log(f"generate: {len(prompts)} prompts, {len(out)} sequences, "
                   f"{sum(len(s.token_ids) for s in out)} tokens")
@@ -402,6 +409,15 @@ def _text_config(text: str) -> dict:
         if value is not None:
             out.setdefault(section, {})[field] = value
     return out
+
+
+def _progress(results: list[Any], total: int, elapsed: float) -> dict[str, Any]:
+    """A progress message, as the in-process worker sends them: requests finished, output
+    tokens per second so far."""
+    finished = [r for r in results if isinstance(r, list)]
+    tokens = sum(len(s.token_ids) for seqs in finished for s in seqs)
+    return {"op": "progress", "done": len(finished), "total": total, "elapsed_s": elapsed,
+            "out_tok_s": tokens / elapsed if elapsed > 0 else None}
 
 
 def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[str, Any]:

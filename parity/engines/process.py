@@ -83,6 +83,7 @@ class WorkerProcess:
         self._reply = os.fdopen(read_fd, "r")
         self._buffer = ""
         self._pending: str | None = None  # the op of a request whose reply has not been read
+        self.on_progress = None  # called with each progress message of a running request
         _live.add(self)
 
     def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -96,7 +97,21 @@ class WorkerProcess:
         return self.read(payload.get("op"), timeout)
 
     def read(self, op: str | None, timeout: float) -> dict[str, Any]:
+        """The reply to `op`; progress messages that come first go to on_progress."""
         deadline = time.monotonic() + timeout
+        while True:
+            reply = json.loads(self._line(op, deadline, timeout))
+            if reply.get("op") != "progress" or op == "progress":
+                break
+            if self.on_progress is not None:
+                self.on_progress(reply)
+        self._pending = None
+        if not reply.get("ok"):
+            raise EngineError(f"engine {self.name}: {op} failed: {reply.get('error')}",
+                              tail(self.log_path))
+        return reply
+
+    def _line(self, op: str | None, deadline: float, timeout: float) -> str:
         while "\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -112,12 +127,7 @@ class WorkerProcess:
             elif self.proc.poll() is not None:
                 self._fail(f"engine {self.name} exited (code {self.proc.returncode}) during {op!r}")
         line, self._buffer = self._buffer.split("\n", 1)
-        self._pending = None
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise EngineError(f"engine {self.name}: {op} failed: {reply.get('error')}",
-                              tail(self.log_path))
-        return reply
+        return line
 
     def _fail(self, message: str) -> None:
         self.kill()
@@ -182,6 +192,7 @@ class VllmEngine:
         self._worker: WorkerProcess | None = None
         self._effective: dict[str, Any] | None = None
         self.checkpoint: str | None = None  # weights loaded by update_weights (None: `model`)
+        self.on_progress = None  # called with the worker's progress messages during generate
 
     @property
     def pgid(self) -> int | None:
@@ -221,6 +232,7 @@ class VllmEngine:
         self.start_s = time.perf_counter() - t0
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Sequence]:
+        self._require().on_progress = self.on_progress
         reply = self._require().request(
             {"op": "generate", "prompts": prompts, "sampling": sampling.to_dict()},
             timeout=self.request_timeout)
