@@ -32,6 +32,11 @@ try:  # same for the weight-update operations (their functions reach V1 workers 
 except ImportError:
     from parity.engines import vllm_updates
 
+try:  # finished requests reported while vLLM generates
+    import vllm_progress
+except ImportError:
+    from parity.engines import vllm_progress
+
 PROTOCOL_VERSION = 1
 
 
@@ -59,55 +64,6 @@ def _jsonable(obj, depth: int = 0):
                 out[f.name] = f"<error: {exc}>"
         return out
     return str(obj)[:200]
-
-
-# The harness's progress channel: serve() sets "send" (a reply-pipe writer) for the worker's life.
-PROGRESS: dict = {"send": None, "every_s": 0.5}
-
-
-def _progress_bar(*args, **kwargs):
-    """A stand-in for tqdm in vLLM's generate loop: over an iterable (prompt rendering) it is
-    the iterable; as the request bar it reports sequences done and output tokens/s."""
-    return args[0] if args else _ProgressBar(kwargs.get("total"))
-
-
-class _ProgressBar:
-    """What vLLM's _run_engine uses of a tqdm bar: n, update, postfix, format_dict, refresh,
-    close. Sends {"op": "progress", "done", "total", "elapsed_s", "out_tok_s"} at most every
-    PROGRESS["every_s"] seconds, and once at the end."""
-
-    def __init__(self, total: int | None):
-        self.total, self.n, self.postfix = total, 0, ""
-        self.t0 = self._last = time.monotonic()
-
-    @property
-    def format_dict(self) -> dict:
-        return {"elapsed": max(time.monotonic() - self.t0, 1e-9)}
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if time.monotonic() - self._last >= PROGRESS["every_s"]:
-            self._send()
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._send()
-
-    def _send(self) -> None:
-        self._last = time.monotonic()
-        speed = None
-        if "output:" in str(self.postfix):
-            try:
-                speed = float(str(self.postfix).split("output:")[1].split("toks/s")[0])
-            except ValueError:
-                pass
-        try:
-            PROGRESS["send"]({"ok": True, "op": "progress", "done": self.n, "total": self.total,
-                              "elapsed_s": self.format_dict["elapsed"], "out_tok_s": speed})
-        except Exception:  # progress is best effort: never the cause of a failed generate
-            pass
 
 
 PARALLEL_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
@@ -371,17 +327,17 @@ class VllmHost:
         """llm.generate, with finished requests reported to the harness as they finish (vLLM's
         progress bar hook: a callable use_tqdm on V1; V0 takes only a bool, so its module's
         tqdm is swapped for the call)."""
-        if PROGRESS["send"] is None:
+        if vllm_progress.PROGRESS["send"] is None:
             return self.llm.generate(inputs, params, use_tqdm=False)
         try:
-            return self.llm.generate(inputs, params, use_tqdm=_progress_bar)
+            return self.llm.generate(inputs, params, use_tqdm=vllm_progress.bar)
         except TypeError as exc:  # V0: use_tqdm must be a bool
             if "use_tqdm" not in str(exc) and "callable" not in str(exc):
                 raise
         import vllm.entrypoints.llm as llm_module
 
         saved = llm_module.tqdm
-        llm_module.tqdm = _progress_bar
+        llm_module.tqdm = vllm_progress.bar
         try:
             return self.llm.generate(inputs, params, use_tqdm=True)
         finally:
@@ -444,7 +400,7 @@ def serve(reply_fd: int) -> None:
         reply.write(json.dumps(obj) + "\n")
         reply.flush()
 
-    PROGRESS["send"] = send
+    vllm_progress.PROGRESS["send"] = send
     send({"ok": True, "op": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
           "python": sys.version.split()[0]})
     for line in sys.stdin:  # EOF (the harness went away) ends the worker
