@@ -17,7 +17,7 @@ from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting
 from parity.engines.openai_engine import tail
-from parity.engines.process import env_preloads
+from parity.engines.process import env_preloads, stop_group
 
 # Variables parity's in-process worker reads to patch vLLM after load; a plain `vllm serve`
 # never runs that worker code, so a profile relying on them cannot be served faithfully.
@@ -162,24 +162,4 @@ class Server:
         is left after `grace` seconds; returns when no process of the group remains."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                self.proc.poll()
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                continue
-            break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_group(self.proc, term_wait=grace, kill_wait=10.0)

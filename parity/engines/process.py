@@ -30,6 +30,32 @@ def _kill_all_live() -> None:
 atexit.register(_kill_all_live)
 
 
+def stop_group(proc: subprocess.Popen, term_wait: float, kill_wait: float) -> None:
+    """SIGTERM to the process group led by `proc`, SIGKILL to whatever is left after
+    `term_wait` seconds; returns once no process of the group remains (or `kill_wait` more
+    seconds passed) and `proc` is reaped."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, kill_wait)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            proc.poll()
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def env_preloads(python: str) -> dict[str, str]:
     """LD_PRELOAD for a process run by `python`: the libraries its environment's vLLM refuses
     to start without (parity.preloads; recorded when the environment was built)."""
@@ -146,27 +172,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """Terminate the worker and every process in its group (engine cores, workers)."""
-        pgid = self.proc.pid
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    break
-                self.proc.poll()
-                time.sleep(0.1)
-            else:
-                continue
-            break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_group(self.proc, term_wait=5.0, kill_wait=5.0)
         for fh in (self.proc.stdin, self._reply, self._log):
             try:
                 fh.close()
