@@ -137,8 +137,10 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
         chosen = [replace(s, candidate=setting) for s in scenarios if s.name in names]
         log(f"[trial {counter['n']}] {len(config)} item(s): "
             + (", ".join(f"{k}={v}" for k, v in items if (k, v) in config) or "(good)"))
-        try:
-            run = runner.run(chosen, trial_dir, log=lambda m: None)
+        try:  # the confirmation runs (good, bad) check everything in the engines' envs;
+            # the mixes after them only start engines (a mix vLLM refuses fails at its start)
+            run = runner.run(chosen, trial_dir, log=lambda m: None,
+                             preflight=counter["n"] <= 2)
         except ScenarioError as exc:  # a mix of good and bad values the engine refuses
             log(f"           -> unresolved: the engine refuses this mix: {exc}")
             return Outcome.UNRESOLVED, {"verdicts": {}, "key_metric": {}, "dir": str(trial_dir),

@@ -137,7 +137,7 @@ def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[Sce
 def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         start_timeout: float = 600.0, request_timeout: float = 1800.0,
         dry_run: bool = False, export: Path | None = None,
-        progress: Callable[[dict], None] | None = None) -> RunResult:
+        progress: Callable[[dict], None] | None = None, preflight: bool = True) -> RunResult:
     """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
     an interrupt, or a harness bug outside one scenario's work, keeps what finished
     (RunResult.interrupted says why) and the rest of the run is still judged. `dry_run`:
@@ -146,6 +146,8 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     to this file (parity.tokens.export) and judge nothing (no reference runs). Every run that
     starts engines writes tokens.parquet (parity.tokens) into out_dir. `progress` gets the
     engines' progress messages during generation, with "scenario" and "role" added.
+    `preflight=False` skips the checks in the engines' environments (bisect trials: mixes of
+    two settings checked before trial 1, so a mix the engine refuses fails at its start).
 
     Raises:
         ScenarioError: an engine argument or a request the engine would refuse (exit 2).
@@ -178,9 +180,14 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
 
     # Engine environments, engine arguments and request limits, before any engine starts.
     t0 = time.perf_counter()
-    from parity.validate import preflight
+    from parity import validate
 
-    pythons, drifts, refused = preflight(run.results, tokenizers, log_dir, log)
+    if preflight:
+        pythons, drifts, refused = validate.preflight(run.results, tokenizers, log_dir, log)
+    else:
+        pythons = {s.env: python_for(s.env, log) for r in run.results
+                   for s in r.scenario.settings().values()}
+        drifts, refused = {}, {}
     timings["validate_s"] = time.perf_counter() - t0
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
     plan = _plan(run.results)
