@@ -41,6 +41,9 @@ DEBUG = {"on": False}
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
     DEBUG["on"] = debug
+    # transformers' own bars ("Loading weights" for every reference and checkpoint load) are
+    # noise beside parity's progress, and carriage returns in CI logs.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # SIGTERM (a CI timeout, kill) ends a run like Ctrl-C: engines stopped, partial report kept.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
