@@ -160,3 +160,25 @@ def test_live_display_runs_without_a_terminal_error(live):
         display.log("phase")
         display.progress({"scenario": "s", "role": "candidate", "done": 1, "total": 2})
         display.progress({"scenario": "s", "role": "candidate", "done": 2, "total": 2})
+
+
+def test_dry_run_starts_no_engine(tmp_path, tiny_model, monkeypatch):
+    """--dry-run on an in-process and a served scenario: the plan is printed, no engine is
+    created (in process or served), no request is sent, no report written."""
+    import parity.engines as engines
+
+    def no_engine(*a, **k):
+        raise AssertionError("a dry run created an engine")
+
+    monkeypatch.setattr(engines, "create", no_engine)
+    monkeypatch.chdir(tmp_path)
+    with FakeServer() as server:
+        sc = tmp_path / "served.toml"
+        sc.write_text(SCENARIO.format(url=server.url))
+        result = run_cli(["check", str(sc), str(SCENARIOS / "logprobs-processed.toml"),
+                          "--model", "tiny", "--dry-run", "--prompts", "4"])
+        assert not server.bodies
+    assert result.exit_code == 0, result.output
+    assert "2 engine(s) would start; nothing started" in result.output
+    assert "scenario logprobs-processed (logprobs): 4 prompts" in result.output
+    assert f"served {server.url}" in result.output and not (tmp_path / "results").exists()
