@@ -142,7 +142,9 @@ def overlap(a: tuple, b: tuple) -> bool | None:
 def _finding(f: dict) -> dict[str, Any]:
     t = f.get("test") or {}
     est = t.get("estimate", f.get("value"))
-    scalar = lambda v: v if not isinstance(v, (dict, list)) else "(structured)"  # noqa: E731
+    def scalar(v: Any) -> Any:
+        return "(structured)" if isinstance(v, (dict, list)) else v
+
     return {"outcome": f.get("outcome"), "estimate": scalar(est), "ci_low": t.get("ci_low"),
             "ci_high": t.get("ci_high"), "confidence": t.get("confidence"),
             "limit": scalar(f.get("limit"))}
@@ -253,7 +255,10 @@ def diff_scenario(sa: dict, sb: dict, how: str, threshold: float) -> dict[str, A
     flipped = {f["name"]: f"{f['a']['outcome']} -> {f['b']['outcome']}"
                for f in findings["compared"] if f["outcome_changed"]}
     pair = (va.get("outcome"), vb.get("outcome"))
-    side = lambda k, x, y: {"a": x.get(k), "b": y.get(k), "changed": x.get(k) != y.get(k)}  # noqa: E731
+
+    def side(k: str, x: dict, y: dict) -> dict[str, Any]:
+        return {"a": x.get(k), "b": y.get(k), "changed": x.get(k) != y.get(k)}
+
     return {"name": sa["name"], "name_b": sb["name"], "matched_by": how,
             "category": sa.get("category"),
             "verdict": {"a": pair[0], "b": pair[1], "changed": pair[0] != pair[1],
@@ -317,7 +322,12 @@ def _est(side: dict) -> str:
 
 
 def _rel(r: float | None) -> str:
-    return "n/a" if r is None else f"{r:+.0%}"
+    """-0.998 -> "-99.8%"; past +1000% as a ratio to A: 14.8 -> "x15.8"."""
+    return "n/a" if r is None else f"x{r + 1:.3g}" if r >= 10 else f"{r * 100:+.3g}%"
+
+
+def _arrow(a: Any, b: Any) -> str:
+    return _fmt(a) if a == b else f"{_fmt(a)} -> {_fmt(b)}"
 
 
 def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str], list]]:
@@ -329,16 +339,15 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
     for s in d["scenarios"]:
         v, m = s["verdict"], s["metrics"]
         rows.append([s["name"], f"{v['a']} -> {v['b']}" + (" (MOVED)" if v["moved"] else ""),
-                     f"{s['diagnosis']['a'] or '-'} -> {s['diagnosis']['b'] or '-'}"
-                     if s["diagnosis"]["changed"] else (s["diagnosis"]["a"] or ""),
-                     f"{s['as_expected']['a']} -> {s['as_expected']['b']}"
-                     if s["as_expected"]["changed"] else str(s["as_expected"]["a"]),
+                     _arrow(s["diagnosis"]["a"] or "-", s["diagnosis"]["b"] or "-"),
+                     _arrow(s["as_expected"]["a"], s["as_expected"]["b"]),
                      f"{sum(f['moved'] for f in s['findings']['compared'])}"
                      f"/{len(s['findings']['compared'])}",
                      f"{len(m['moved'])}/{m['n_compared']}"])
-    out.append(("Scenarios (A -> B; findings and metrics: moved/compared)",
-                ["scenario", "verdict", "diagnosis", "as expected", "findings", "metrics"],
-                rows))
+    if rows:
+        out.append(("Scenarios (A -> B; findings and metrics: moved/compared)",
+                    ["scenario", "verdict", "diagnosis", "as expected", "findings", "metrics"],
+                    rows))
     heads = [[s["name"], s["headline"]["a"] or "n/a", s["headline"]["b"] or "n/a"]
              for s in d["scenarios"] if s["headline"]["a"] != s["headline"]["b"]]
     if heads:
@@ -347,21 +356,18 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
         frows = [[f["name"], f["kind"] or "", _est(f["a"]), _est(f["b"]), _fmt(f["b"]["limit"]),
                   {True: "yes", False: "NO", None: "n/a"}[f["overlap"]], _rel(f["rel_change"])]
                  for f in s["findings"]["compared"] if f["moved"]]
-        gone = s["findings"]["only_in_a"] + [f"(only in B) {n}" for n in
-                                             s["findings"]["only_in_b"]]
-        frows += [[n, "", "" if n.startswith("(only in B)") else "(present)",
-                   "(present)" if n.startswith("(only in B)") else "(absent)", "", "", ""]
-                  for n in gone]
+        frows += [[n, "", *where, "", "", ""] for side, where in (
+            ("a", ("(present)", "(absent)")), ("b", ("(absent)", "(present)")))
+            for n in s["findings"][f"only_in_{side}"]]
         if frows:
             out.append((f"{s['name']}: findings that moved", [
                 "finding", "kind", "A: estimate [CI] outcome", "B: estimate [CI] outcome",
                 "limit (B)", "CIs overlap", "change"], frows))
         moved = s["metrics"]["moved"]
-        mrows = [[r["path"], _fmt(r["a"]) + (f" [{_fmt(r['ci_a'][0])}, {_fmt(r['ci_a'][1])}]"
-                                             if "ci_a" in r else ""),
-                  _fmt(r["b"]) + (f" [{_fmt(r['ci_b'][0])}, {_fmt(r['ci_b'][1])}]"
-                                  if "ci_b" in r else ""),
-                  _rel(r["rel_change"]), r["why"]] for r in moved[:max_metrics]]
+        mrows = [[r["path"], *(_fmt(r[k]) + (f" [{_fmt(r['ci_' + k][0])}, "
+                                              f"{_fmt(r['ci_' + k][1])}]" if "ci_a" in r else "")
+                               for k in "ab"), _rel(r["rel_change"]), r["why"]]
+                 for r in moved[:max_metrics]]
         if len(moved) > max_metrics:
             mrows.append([f"... {len(moved) - max_metrics} more (--json lists all)", "", "",
                           "", ""])
@@ -370,9 +376,9 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
                         ["metric", "A", "B", "change", "why"], mrows))
     for e in d["engines"]:
         if e["differs"]:
-            out.append((f"{e['role']} engine: {e['a']} -> {e['b']} ({', '.join(e['scenarios'])})",
-                        ["key", "A", "B"], [[k["key"], _fmt(k["a"]), _fmt(k["b"])]
-                                            for k in e["differs"]]))
+            title = f"{e['role']} engine {_arrow(e['a'], e['b'])} ({', '.join(e['scenarios'])})"
+            out.append((title, ["key", "A", "B"], [[k["key"], _fmt(k["a"]), _fmt(k["b"])]
+                                                   for k in e["differs"]]))
     return out
 
 
@@ -382,6 +388,8 @@ def summary(d: dict[str, Any]) -> list[str]:
              f"{', '.join(r['engine_vllm']) or 'n/a'}; harness " + ", ".join(
                  f"{k} {v}" for k, v in r["packages"].items())
              for side, r in (("A", d["a"]), ("B", d["b"]))]
+    if not d["scenarios"]:
+        lines.append("no scenario is in both runs: nothing compared")
     renamed = [f"{s['name']} = {s['name_b']} ({s['matched_by']})" for s in d["scenarios"]
                if s["name"] != s["name_b"]]
     if renamed:

@@ -111,6 +111,11 @@ def test_rel_change_by_hand():
     assert rundiff._changed(0, 1e-9, 0.1) and not rundiff._changed(0.0, 0, 0.1)
 
 
+def test_change_column_reads_as_percent_then_ratio():
+    assert [rundiff._rel(r) for r in (-0.998, 0.2, 13.8, None)] == [
+        "-99.8%", "+20%", "x14.8", "n/a"]
+
+
 def test_non_numeric_metric_change_moves(tmp_path):
     b = base()
     b["scenarios"][0]["metrics"]["head_measured_dtype"] = "bfloat16"
@@ -186,6 +191,7 @@ def test_ambiguous_or_cross_category_prefixes_stay_unpaired(tmp_path):
                scenario("logprobs-processed-x", category="lm_head"))
     d = run_diff(tmp_path, a, b)
     assert d["scenarios"] == [] and len(d["only_in_a"]) == 2 and len(d["only_in_b"]) == 3
+    assert "no scenario is in both runs: nothing compared" in rundiff.summary(d)
     paired = rundiff.diff(tmp_path / "a", tmp_path / "b",
                           pairs=["update-takes-effect=update-takes-effect-v1"])
     assert [(s["name_b"], s["matched_by"]) for s in paired["scenarios"]] == [
