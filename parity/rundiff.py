@@ -149,7 +149,7 @@ def _finding(f: dict) -> dict[str, Any]:
 
     return {"outcome": f.get("outcome"), "estimate": scalar(est), "ci_low": t.get("ci_low"),
             "ci_high": t.get("ci_high"), "confidence": t.get("confidence"),
-            "limit": scalar(f.get("limit"))}
+            "limit": scalar(f.get("limit")), "value": scalar(f.get("value"))}
 
 
 def diff_findings(fa: list[dict], fb: list[dict], threshold: float) -> dict[str, Any]:
@@ -171,17 +171,20 @@ def diff_findings(fa: list[dict], fb: list[dict], threshold: float) -> dict[str,
             "only_in_b": [n for n in ib if n not in ia]}
 
 
-def diff_metrics(ma: dict, mb: dict, threshold: float, flipped: dict[str, str]) -> dict:
+def diff_metrics(ma: dict, mb: dict, threshold: float, flipped: dict[str, tuple]) -> dict:
     """Scalar metrics present in both: moved when changed by more than `threshold` relative to
-    A, when a non-numeric value differs, or when the finding of the same name changed its
-    outcome (`flipped`: finding name -> "pass -> fail"). A `mean` beside `ci_low`/`ci_high`
-    carries both intervals and whether they overlap."""
+    A, when a non-numeric value differs, or when they are the value of a finding that changed
+    its outcome (`flipped`: finding name -> ("pass -> fail", value in A, value in B); the leaf
+    must carry that name and both values: vs_raw.kl_k3_seqmean is not the finding
+    kl_k3_seqmean of vs_processed). A `mean` beside `ci_low`/`ci_high` carries both intervals
+    and whether they overlap. Finding-linked rows first, then by size of the change."""
     la, lb = leaves(ma or {}), leaves(mb or {})
     moved, common = [], [p for p in la if p in lb and not (  # an interval rides on its mean
         p.rpartition(".")[2] in ("ci_low", "ci_high") and f"{p.rpartition('.')[0]}.mean" in la)]
     for path in common:
         parent, _, leaf = path.rpartition(".")
-        why = flipped.get(leaf)
+        why, fa, fb = flipped.get(leaf, (None, None, None))
+        why = why if (la[path], lb[path]) == (fa, fb) else None
         if why is None and not _changed(la[path], lb[path], threshold):
             continue
         row = {"path": path, "a": la[path], "b": lb[path],
@@ -191,8 +194,8 @@ def diff_metrics(ma: dict, mb: dict, threshold: float, flipped: dict[str, str]) 
             ci = [(d[f"{parent}.ci_low"], d[f"{parent}.ci_high"]) for d in (la, lb)]
             row.update(ci_a=list(ci[0]), ci_b=list(ci[1]), overlap=overlap(*ci))
         moved.append(row)
-    moved.sort(key=lambda r: -abs(r["rel_change"]) if r["rel_change"] is not None
-               else -math.inf)
+    moved.sort(key=lambda r: (r["why"] == "changed", -abs(r["rel_change"])
+                              if r["rel_change"] is not None else -math.inf))
     return {"n_compared": len(common), "moved": moved,
             "only_in_a": [p for p in la if p not in lb],
             "only_in_b": [p for p in lb if p not in la]}
@@ -254,8 +257,8 @@ def diff_scenario(sa: dict, sb: dict, how: str, threshold: float) -> dict[str, A
     """Verdict, diagnosis, as_expected, findings and metrics of one scenario in A and B."""
     va, vb = sa["verdict"], sb["verdict"]
     findings = diff_findings(va.get("findings") or [], vb.get("findings") or [], threshold)
-    flipped = {f["name"]: f"{f['a']['outcome']} -> {f['b']['outcome']}"
-               for f in findings["compared"] if f["outcome_changed"]}
+    flipped = {f["name"]: (f"{f['a']['outcome']} -> {f['b']['outcome']}", f["a"]["value"],
+                           f["b"]["value"]) for f in findings["compared"] if f["outcome_changed"]}
     pair = (va.get("outcome"), vb.get("outcome"))
 
     def side(k: str, x: dict, y: dict) -> dict[str, Any]:

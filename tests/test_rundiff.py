@@ -158,6 +158,7 @@ def test_metric_that_crossed_its_finding_bound_moves_under_the_threshold(tmp_pat
         sc = r["scenarios"][0]
         sc["metrics"]["vs_processed"]["abs_dlogp_seqmean"] = value
         sc["verdict"]["findings"] = [finding("abs_dlogp_seqmean", outcome, value)]
+        sc["metrics"]["vs_raw"] = {"abs_dlogp_seqmean": 0.30}  # same name, not its value
     (row,) = run_diff(tmp_path, a, b)["scenarios"][0]["metrics"]["moved"]
     assert row["path"] == "vs_processed.abs_dlogp_seqmean"
     assert row["why"] == "finding abs_dlogp_seqmean: pass -> fail"
