@@ -372,11 +372,58 @@ def write_page(data: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+class RunDirError(Exception):
+    """A directory `parity report` cannot re-render; the message names the file and the fix."""
+
+
+def load(run_dir: Path) -> dict[str, Any]:
+    """report.json of a run directory.
+
+    Raises:
+        RunDirError: the directory or its report.json is missing, unreadable, not JSON, or
+            not a parity check report.
+    """
+    run_dir = Path(run_dir)
+    fix = "give the directory `parity check` wrote (results/<run-id>/ or its --output)"
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such directory; {fix}")
+    path = run_dir / "report.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: cannot be read ({exc}); {fix}") from exc
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg}); re-run `parity check` to write it again") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("scenarios"), list) \
+            or "run_id" not in data:
+        raise RunDirError(f"{path}: not a `parity check` report (no run_id and scenarios); "
+                          f"{fix}")
+    return data
+
+
 def write(out_dir: Path) -> Path:
     """Re-render out_dir/report.html from out_dir/report.json (and tokens.parquet if present).
 
     Raises:
-        OSError: report.json cannot be read; ValueError: it is not JSON.
+        RunDirError: as load().
     """
-    data = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8"))
-    return write_page(data, out_dir)
+    return write_page(load(out_dir), out_dir)
+
+
+def rerender(run_dir: Path) -> list[Path]:
+    """`parity report`: report.md and report.html of a run directory again, from its
+    report.json (and tokens.parquet), without engines; returns the files written.
+
+    Raises:
+        RunDirError: as load(); any rendering failure of report.md (report.html's writes the
+            page saying why and is raised too).
+    """
+    from parity.report import to_markdown
+
+    data = load(run_dir)
+    md = Path(run_dir) / "report.md"
+    atomic_write(md, to_markdown(data))
+    return [md, write_page(data, run_dir)]
