@@ -92,7 +92,8 @@ def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
             ax.annotate(f"log({name})\n= {bound:.3g}", (bound, 1), xycoords=("data", "axes fraction"),
                         ha="center", va="bottom", fontsize=7, color="#d62728")
     clipped = int(np.sum((r < lo) | (r > hi)))
-    ax.set_yscale("log")
+    if max(b.get_height() for b in bars) > 100:  # a sharp peak would hide the tails
+        ax.set_yscale("log")
     ax.set_xlabel("r = trainer logprob - engine logprob (log importance ratio)")
     ax.set_ylabel("tokens")
     ax.set_title(f"{role}: {r.size} tokens, {clipped} outside the clip range", fontsize=9, pad=22)
