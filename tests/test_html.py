@@ -127,8 +127,12 @@ def test_page_escapes_text(run):
     data = report_data(name_prefix=evil)
     data["scenarios"][0]["verdict"]["message"] = "<b>bold</b> & more"
     data["provenance"]["platform"] = "<script>alert(2)</script>"
+    data["engines"] = [{"n": 1, "setting": {"profile": "<i>p</i>", "engine_args": {}},
+                        "scenarios": [evil], "effective_config": {"key": {"<u>k</u>": "<s>v"}}}]
     page = html.render(data, tokens_frame(data))
     assert evil not in page and "<b>bold</b>" not in page and "<script>alert" not in page
+    assert "<i>p</i>" not in page and "<u>k</u>" not in page and "<s>v" not in page
+    assert "&lt;u&gt;k&lt;/u&gt;" in page  # the engines card shows the effective config
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;" in page
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in page
 
