@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html import escape
 from typing import Any, Callable
 
@@ -66,10 +67,12 @@ def _plot(figs: list[str], key: str, title: str, caption: str, fn: Callable, *ar
           wide: bool = False) -> None:
     """Append one figure (nothing when its data is absent; a note when drawing it failed);
     a wide one spans the card."""
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", key)  # it names SVG ids: a role name is data
     try:
         svg = fn(*args, key)
     except Exception as exc:  # a plot must not cost the page
-        figs.append(f'<p class="mute">plot "{escape(title)}" not drawn: {escape(describe(exc))}</p>')
+        figs.append(f'<p class="mute">plot "{escape(title)}" not drawn: '
+                    f"{escape(describe(exc))}</p>")
         return
     if svg is None:
         return
@@ -110,7 +113,8 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
           plots.rl_side_by_side, m.get("per_role"))
     _plot(figs, f"{k}-intervals", "findings with intervals",
           "Each finding's estimate and confidence interval divided by its limit (for a "
-          "baseline comparison: candidate - baseline); beyond the dashed line fails.",
+          "baseline comparison: candidate - baseline). It passes when the interval lies inside "
+          "the dashed limit(s), fails when it lies beyond.",
           plots.finding_intervals, (rec.get("verdict") or {}).get("findings"))
     _plot(figs, f"{k}-lmhead", "lm_head evidence",
           "Share of positions whose top-logprob gaps sit on the 16-bit grid, and the distance "
@@ -134,7 +138,8 @@ def _findings(v: dict[str, Any]) -> str:
         note = t.get("reason") or f.get("note") or ""
         rows.append([escape(f.get("name", "")), escape(f.get("kind", "")),
                      _badge(f.get("outcome", "?")), _num(f.get("value")), _num(f.get("limit")),
-                     f'<span class="num">{ci}</span>', _num(t.get("p_value"), 3), escape(str(note))])
+                     f'<span class="num">{ci}</span>', _num(t.get("p_value"), 3),
+                     escape(str(note))])
     if not rows:
         return ""
     return "<h3>Findings</h3>" + _table(
@@ -175,8 +180,8 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
     as_expected = bool(rec.get("as_expected"))
     parts = [f'<section class="card" id="scenario-{index}"><h2>{escape(rec["name"])}</h2>',
              f"<p>{_badge(outcome)}{_badge(rec.get('category', ''), 'cat')}"
-             f"{_badge('as expected' if as_expected else 'NOT as expected', 'yes' if as_expected else 'no')}"
-             f'<span class="mute">expected {escape(str(rec.get("expect")))}'
+             + (_badge("as expected", "yes") if as_expected else _badge("NOT as expected", "no"))
+             + f'<span class="mute">expected {escape(str(rec.get("expect")))}'
              + (f", diagnosis {escape(str(rec.get('expect_diagnosis')))}"
                 if rec.get("expect_diagnosis") else "") + "</span></p>"]
     if rec.get("description"):
@@ -195,9 +200,9 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
                                                 for a, b in facts) + "</dl>")
     unmet = [c for c in v.get("preconditions") or [] if not c.get("met")]
     if unmet:
-        parts.append("<p><b>Preconditions not met</b> (the data cannot decide): " + escape("; ".join(
-            f"{c['name']} {_fmt(c.get('value'))} < {_fmt(c.get('needed'))}: {c.get('note', '')}"
-            for c in unmet)) + "</p>")
+        why = "; ".join(f"{c['name']} {_fmt(c.get('value'))} < {_fmt(c.get('needed'))}: "
+                        f"{c.get('note', '')}" for c in unmet)
+        parts.append(f"<p><b>Preconditions not met</b> (the data cannot decide): {escape(why)}</p>")
     parts.append(_findings(v))
     parts.append(_key_metrics(rec.get("metrics") or {}))
     figs = scenario_plots(rec, tokens, index)
@@ -257,7 +262,8 @@ def summary(data: dict[str, Any]) -> str:
     rows = []
     for i, s in enumerate(scen):
         v = s.get("verdict") or {}
-        rows.append([f'<a href="#scenario-{i}">{escape(s["name"])}</a>', escape(s.get("category", "")),
+        rows.append([f'<a href="#scenario-{i}">{escape(s["name"])}</a>',
+                     escape(s.get("category", "")),
                      _badge(v.get("outcome") or "unresolved"), escape(str(s.get("expect"))),
                      _badge("yes" if s.get("as_expected") else "NO",
                             "yes" if s.get("as_expected") else "no"),

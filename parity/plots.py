@@ -89,8 +89,9 @@ def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
     for bound, name in ((lo, "1 - eps_low"), (hi, "1 + eps_high")):
         if math.isfinite(bound):
             ax.axvline(bound, color="#d62728", linestyle="--", linewidth=1)
-            ax.annotate(f"log({name})\n= {bound:.3g}", (bound, 1), xycoords=("data", "axes fraction"),
-                        ha="center", va="bottom", fontsize=7, color="#d62728")
+            ax.annotate(f"log({name})\n= {bound:.3g}", (bound, 1),
+                        xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                        fontsize=7, color="#d62728")
     clipped = int(np.sum((r < lo) | (r > hi)))
     if max(b.get_height() for b in bars) > 100:  # a sharp peak would hide the tails
         ax.set_yscale("log")
@@ -282,13 +283,15 @@ def lm_head_evidence(metrics: dict[str, Any], key: str) -> str | None:
                      fontsize=9)
     if heads:
         ax = axes[0][i]
-        labels = {"float32": "fp32 head", "model": f"{metrics.get('config_head_dtype') or 'model'} head"}
+        labels = {"float32": "fp32 head",
+                  "model": f"{metrics.get('config_head_dtype') or 'model'} head"}
         drawn.append(ax.bar([labels[h] for h, _ in heads], [v for _, v in heads],
                             color=["#2ca02c", "#9467bd"][:len(heads)]))
         gap = metrics.get("gap_model_minus_fp32") or {}
         title = "mean |dlogp| to the trainer"
         if _num(gap.get("ci_low")) is not None:
-            title += f"\nmodel - fp32: {gap['mean']:.3g} [{gap['ci_low']:.3g}, {gap['ci_high']:.3g}]"
+            title += (f"\nmodel - fp32: {gap['mean']:.3g} "
+                      f"[{gap['ci_low']:.3g}, {gap['ci_high']:.3g}]")
         ax.set_title(title, fontsize=9)
     _mark(*drawn)
     return _svg(fig, key)

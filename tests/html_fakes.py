@@ -26,7 +26,8 @@ def _finding(name, kind, outcome, value, limit, test=None, note=""):
 
 
 def _role_metrics(scale):
-    return {"n_seqs": 8, "n_tokens": 64, "abs_dlogp_mean": 0.01 * scale, "abs_dlogp_p99": 0.05 * scale,
+    return {"n_seqs": 8, "n_tokens": 64, "abs_dlogp_mean": 0.01 * scale,
+            "abs_dlogp_p99": 0.05 * scale,
             "kl_k3_mean": 1e-4 * scale, "clip_rate_token": 0.01 * scale, "clip_rate_seq": 0.5,
             "entropy_ref_mean": 1.0, "entropy_cand_mc": 1.0, "reward_mean": 0.5}
 
@@ -78,7 +79,8 @@ def report_data(name_prefix: str = "") -> dict:
                             note="100% of positions on the bf16 grid")],
                   {"lattice": {"n_positions": 379, "n_on_grid": 379, "fraction": 1.0},
                    "config_head_dtype": "bfloat16",
-                   "vs_ref": {"float32": {"abs_dlogp_mean": 0.0067}, "model": {"abs_dlogp_mean": 0.0028}},
+                   "vs_ref": {"float32": {"abs_dlogp_mean": 0.0067},
+                              "model": {"abs_dlogp_mean": 0.0028}},
                    "gap_model_minus_fp32": {"mean": -0.004, "ci_low": -0.0049, "ci_high": -0.0033},
                    "key_metric": 1.0, "headline": "head bfloat16"}, ["candidate"]),
         _scenario(p + "update", "weight_update", "pass", None, "the update took effect",
