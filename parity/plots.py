@@ -101,9 +101,10 @@ def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
     return _svg(fig, key)
 
 
-def abs_dlogp_by_position(tokens, key: str) -> str | None:
-    """|dlogp| = |trainer - engine| of every scored token against its position in the completion,
-    one colour per role, with each role's median per position. None: no scored token."""
+def abs_dlogp_by_position(tokens, key: str, max_points: int = 1500) -> str | None:
+    """|dlogp| = |trainer - engine| of every scored token (at most max_points per role, evenly
+    spaced) against its position in the completion, one colour per role, with each role's
+    median per position. None: no scored token."""
     rows, r = _finite_ratio(tokens)
     if r.size == 0:
         return None
@@ -114,8 +115,13 @@ def abs_dlogp_by_position(tokens, key: str) -> str | None:
     for role in sorted(rows["engine"].unique()):
         sel = (rows["engine"] == role).to_numpy()
         pos, v = rows["position"].to_numpy()[sel], np.maximum(np.abs(r[sel]), floor)
-        drawn.append(ax.scatter(pos, v, s=6, alpha=0.35, color=colour(role), linewidths=0,
-                                label=f"{role} tokens"))
+        # Every point is an SVG element: past max_points, an evenly spaced subset (the medians
+        # still use every token).
+        shown = np.linspace(0, pos.size - 1, min(pos.size, max_points)).astype(int)
+        label = f"{role} tokens" + (f" ({shown.size} of {pos.size})" if shown.size < pos.size
+                                    else "")
+        drawn.append(ax.scatter(pos[shown], v[shown], s=6, alpha=0.35, color=colour(role),
+                                linewidths=0, label=label))
         ps = np.unique(pos)
         med = [float(np.median(v[pos == p])) for p in ps]
         drawn.append(ax.plot(ps, med, color=colour(role), linewidth=1.5,

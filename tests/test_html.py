@@ -58,6 +58,27 @@ def test_token_plots_have_data_and_none_without(run):
     assert plots.log_ratio_hist(unscored, CLIP, "candidate", "a") is None
 
 
+def test_position_plot_subsamples_large_runs(run):
+    _, frame = run
+    rows = rows_of(frame, "rl-compare")
+    svg = plots.abs_dlogp_by_position(rows, "p", max_points=10)
+    assert "candidate tokens (10 of 96)" in svg and "baseline tokens (10 of 96)" in svg
+    assert svg.count("<use ") < plots.abs_dlogp_by_position(rows, "p").count("<use ")
+
+
+def test_unjudged_scenario_still_renders(run):
+    data, _ = run
+    data = json.loads(json.dumps(data))
+    rec = data["scenarios"][0]
+    rec.update(metrics=None, verdict={"outcome": "unresolved", "diagnosis": "engine_failed",
+                                      "message": "engine crashed", "findings": [],
+                                      "preconditions": []})
+    rec["engines"]["candidate"]["error"] = "RuntimeError: boom\ntraceback"
+    page = html.render({**data, "scenarios": [rec]}, None)
+    assert "engine crashed" in page and "RuntimeError: boom" in page
+    assert "traceback" not in page and '<figure class="plot' not in page
+
+
 def test_histogram_marks_the_scenarios_clip_bounds(run):
     _, frame = run
     rows = rows_of(frame, "logprobs-raw")
