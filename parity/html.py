@@ -103,16 +103,25 @@ def load_tokens(data: dict[str, Any], out_dir: Path):
     return pd.read_parquet(path)
 
 
+class RenderError(Exception):
+    """report.html could not be rendered; the page written in its place says why."""
+
+
 def write_page(data: dict[str, Any], out_dir: Path) -> Path:
     """Render and write out_dir/report.html (atomically) from report.json's data and the
-    directory's tokens.parquet; a failure to render writes the minimal page saying why and
-    is raised again for the caller to report."""
+    directory's tokens.parquet.
+
+    Raises:
+        RenderError: rendering failed (a minimal page saying why was written instead).
+        OSError: the page cannot be written (as for every other report file).
+    """
     path = Path(out_dir) / FILE
     try:
         page = render(data, load_tokens(data, out_dir))
-    except Exception as exc:
-        atomic_write(path, failed(f"rendering failed: {describe(exc)}"))
-        raise
+    except Exception as exc:  # a bug or an unexpected report shape: say so on the page
+        why = f"rendering failed: {describe(exc)}"
+        atomic_write(path, failed(why))
+        raise RenderError(f"{path}: {why}") from exc
     atomic_write(path, page)
     return path
 
@@ -163,8 +172,8 @@ def rerender(run_dir: Path) -> list[Path]:
     report.json (and tokens.parquet), without engines; returns the files written.
 
     Raises:
-        RunDirError: as load(); any rendering failure of report.md (report.html's writes the
-            page saying why and is raised too).
+        RunDirError: as load().
+        RenderError: report.html could not be rendered (report.md is written).
     """
     from parity.report import to_markdown
 

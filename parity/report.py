@@ -307,8 +307,8 @@ def write(run: RunResult, out_dir: Path, code: int) -> dict[str, Any]:
 
     try:
         html.write_page(data, out_dir)
-    except Exception as exc:  # the page says why; the reports above are whole
-        print(f"warning: {html.FILE} not rendered: {describe(exc)}", file=sys.stderr)
+    except html.RenderError as exc:  # the page says why; the reports above are whole
+        print(f"warning: {exc}", file=sys.stderr)
     return data
 
 

@@ -208,6 +208,11 @@ def test_failed_page_keeps_the_other_reports(tmp_path, monkeypatch):
     for name in ("report.json", "report.md", "junit.xml"):
         assert (tmp_path / name).stat().st_size > 0
     assert "no plots today" in (tmp_path / "report.html").read_text()
+    # `parity report` says so too, and still writes report.md
+    (tmp_path / "report.md").unlink()
+    result = invoke("report", str(tmp_path))
+    assert result.exit_code == 1 and "no plots today" in result.output
+    assert (tmp_path / "report.md").exists()
 
 
 @pytest.mark.parametrize("setup, expect", [
