@@ -110,7 +110,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
                   plots.weight_versions, rows)
     _plot(figs, f"{k}-roles", "baseline vs candidate",
           "Each engine against the trainer reference (report.json metrics.per_role).",
-          plots.rl_side_by_side, m.get("per_role"))
+          plots.rl_side_by_side, m.get("per_role"), wide=True)
     _plot(figs, f"{k}-intervals", "findings with intervals",
           "Each finding's estimate and confidence interval divided by its limit (for a "
           "baseline comparison: candidate - baseline). It passes when the interval lies inside "

@@ -257,6 +257,7 @@ def finding_intervals(findings: list[dict[str, Any]], key: str) -> str | None:
     if any(k == "equivalence" for _, k, *_ in rows):
         ax.axvline(-1, color="#d62728", linestyle="--", linewidth=1)
     ax.axvline(0, color="#999999", linewidth=0.8)
+    ax.margins(x=0.12)  # room for the outcome labels right of each interval
     ax.set_yticks(range(len(rows)), [f"{n} ({k}, limit {m:.3g})" for n, k, *_, m in rows],
                   fontsize=7)
     ax.invert_yaxis()
