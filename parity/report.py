@@ -165,9 +165,10 @@ def to_markdown(data: dict[str, Any]) -> str:
     for rec in data["scenarios"]:
         v = rec["verdict"] or {}
         cand = rec["engines"].get("candidate", {}).get("label", "")
+        key = headline_of(rec["category"], rec["metrics"])
         lines.append(f"| {rec['name']} | {rec['category']} | `{cand}` | **{v.get('outcome')}** | "
                      f"{rec['expect']} | {'yes' if rec['as_expected'] else 'NO'} | "
-                     f"{v.get('diagnosis') or ''} | {headline_of(rec['category'], rec['metrics'])} |")
+                     f"{v.get('diagnosis') or ''} | {key} |")
     lines.append("")
     for rec in data["scenarios"]:
         v = rec["verdict"] or {}
