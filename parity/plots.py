@@ -305,13 +305,13 @@ def lm_head_evidence(metrics: dict[str, Any], key: str) -> str | None:
 
 
 def update_evidence(metrics: dict[str, Any], key: str) -> str | None:
-    """The weight_update category's evidence (report.json metrics): mean |dlogp| before the
-    update to the old weights, after it to the old and to the new weights; and, where the
-    attribution ran, each hypothesis's distance. None: none measured."""
+    """The weight_update category's evidence (report.json metrics): every abs_dlogp_<when>_vs_
+    <weights> it measured (before/after the update against the old/new weights; in flight:
+    pre/post against old, keep, recompute); and, where the attribution ran, each hypothesis's
+    distance. None: none measured."""
     m = metrics or {}
-    bars = [(label, _num(m.get(k))) for k, label in (
-        ("abs_dlogp_before_vs_old", "before vs old"), ("abs_dlogp_after_vs_old", "after vs old"),
-        ("abs_dlogp_after_vs_new", "after vs new"))]
+    bars = [(f"{g.group(1)} vs {g.group(2)}".replace("_", " "), _num(v)) for k, v in m.items()
+            if (g := re.fullmatch(r"abs_dlogp_(\w+?)_vs_(\w+)", k))]
     bars = [(label, v) for label, v in bars if v is not None]
     closest = {k: _num(v) for k, v in ((m.get("attribution") or {}).get("closest") or {}).items()}
     closest = {k: v for k, v in closest.items() if v is not None}

@@ -109,6 +109,10 @@ def test_json_plots_have_data_and_none_without(run):
     assert plots.finding_intervals(by_name["lmhead"]["verdict"]["findings"], "f") is None
     assert plots.lm_head_evidence(rl["metrics"], "l") is None
     assert plots.update_evidence(rl["metrics"], "u") is None
+    # in flight: its own comparisons, found by name
+    inflight = plots.update_evidence({"abs_dlogp_pre_vs_old": 3e-7, "abs_dlogp_post_vs_keep": 7e-7,
+                                      "abs_dlogp_post_vs_recompute": 0.48}, "i")
+    assert marks(inflight) == 3 and "post vs recompute" in inflight
 
 
 def figures(page: str) -> dict[str, str]:
