@@ -6,7 +6,15 @@ STAMP  := $(VENV)/.parity-setup
 
 .PHONY: setup demo test unit clean
 
+# The browser test (tests/test_browser.py) opens report.html in Debian's headless Chromium.
 setup: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else \
+	    echo "chromium is missing (the browser test needs it): sudo apt-get install -y chromium"; \
+	  fi; }
 
 # vLLM is chosen per machine: the CUDA build where nvidia-smi exists, else the community CPU
 # build (which pins torch 2.13.0+cpu and drags in torchvision/torchaudio/torchcodec builds that

@@ -480,6 +480,26 @@ def diff(
     raise typer.Exit(result["exit_code"])
 
 
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory `parity check` wrote "
+                                                       "(results/<run-id>/ or its --output).")):
+    """Re-render report.md and report.html from RUN_DIR/report.json (and tokens.parquet where
+    present); no engine starts.
+
+    Exit codes: 0 written, 1 report.html could not be rendered (the page says why; report.md
+    is written), 2 RUN_DIR or its report.json missing or unreadable.
+    """
+    from parity import html
+
+    try:
+        written = html.rerender(run_dir)
+    except html.RunDirError as exc:
+        _fail(str(exc), EXIT_USAGE, exc)
+    except html.RenderError as exc:
+        _fail(str(exc), 1, exc)
+    out.print("written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
 @models_app.command("build")
 def models_build(name: str = typer.Argument(..., help="tiny | smollm2-135m"),
                  force: bool = typer.Option(False, help="Rebuild even if present.")):

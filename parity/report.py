@@ -131,15 +131,22 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def headline(res: ScenarioResult) -> str:
     """The scenario's key measured number for tables, as its category states it (a failure to
     state it is shown, not raised: the report must still be written)."""
+    return headline_of(res.scenario.category, res.detail)
+
+
+def headline_of(category: str, detail: dict[str, Any] | None) -> str:
+    """headline() from a scenario's category name and metrics (live detail or report.json's
+    "metrics"), so that a report re-rendered from report.json reads the same."""
     from parity import categories
 
     try:
-        return categories.get(res.scenario.category).key_metric(res.detail or {})[1]
+        return categories.get(category).key_metric(detail or {})[1]
     except Exception as exc:
         return f"n/a (key metric failed: {describe(exc)})"
 
 
-def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
+def to_markdown(data: dict[str, Any]) -> str:
+    """report.md from report.json's data alone (`parity report` re-renders it without engines)."""
     lines = [f"# parity report {data['run_id']}", "",
              f"Exit code **{data['exit_code']}**. Created {data['created_utc']}. "
              f"parity {data['provenance']['parity_version']}, "
@@ -155,12 +162,13 @@ def to_markdown(data: dict[str, Any], results: list[ScenarioResult]) -> str:
                   f"({exp['sequences']} sequences); nothing was judged.", ""]
     lines += ["| scenario | category | candidate | verdict | expected | as expected | diagnosis "
               "| key metric |", "|---|---|---|---|---|---|---|---|"]
-    for res, rec in zip(results, data["scenarios"]):
+    for rec in data["scenarios"]:
         v = rec["verdict"] or {}
         cand = rec["engines"].get("candidate", {}).get("label", "")
+        key = headline_of(rec["category"], rec["metrics"])
         lines.append(f"| {rec['name']} | {rec['category']} | `{cand}` | **{v.get('outcome')}** | "
                      f"{rec['expect']} | {'yes' if rec['as_expected'] else 'NO'} | "
-                     f"{v.get('diagnosis') or ''} | {headline(res)} |")
+                     f"{v.get('diagnosis') or ''} | {key} |")
     lines.append("")
     for rec in data["scenarios"]:
         v = rec["verdict"] or {}
@@ -287,14 +295,21 @@ def to_junit(data: dict[str, Any]) -> str:
 
 
 def write(run: RunResult, out_dir: Path, code: int) -> dict[str, Any]:
-    """Write report.json, report.md and junit.xml into out_dir; returns the JSON data. Each file
-    is replaced atomically (a crash or kill midway leaves the previous file whole), report.json
-    first, so that a failure in the other renderings cannot cost it."""
+    """Write report.json, report.md, junit.xml and report.html into out_dir; returns the JSON
+    data. Each file is replaced atomically (a crash or kill midway leaves the previous file
+    whole), report.json first, so that a failure in the other renderings cannot cost it; the
+    page last, and a failure to render it leaves a page saying why (`parity report` retries)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = to_json(run, code)
     atomic_write(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
-    atomic_write(out_dir / "report.md", to_markdown(data, run.results))
+    atomic_write(out_dir / "report.md", to_markdown(data))
     atomic_write(out_dir / "junit.xml", to_junit(data) + "\n")
+    from parity import html
+
+    try:
+        html.write_page(data, out_dir)
+    except html.RenderError as exc:  # the page says why; the reports above are whole
+        print(f"warning: {exc}", file=sys.stderr)
     return data
 
 

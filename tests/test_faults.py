@@ -144,7 +144,8 @@ def test_serialisation_error_keeps_previous_report(tmp_path, fakes):
     with pytest.raises(TypeError):
         report.write(run, out, 0)
     assert (out / "report.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json",
+                                                   "report.md"]
 
 
 def test_failed_write_keeps_previous_report(tmp_path, fakes, monkeypatch):
@@ -161,7 +162,8 @@ def test_failed_write_keeps_previous_report(tmp_path, fakes, monkeypatch):
     with pytest.raises(OSError):
         report.write(run, out, 0)
     assert (out / "report.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json",
+                                                   "report.md"]
 
 
 # ----------------------------------------------------------------------------- judging faults
