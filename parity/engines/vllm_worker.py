@@ -329,12 +329,12 @@ class VllmHost:
         tqdm is swapped for the call)."""
         if vllm_progress.PROGRESS["send"] is None:
             return self.llm.generate(inputs, params, use_tqdm=False)
-        try:
+        import inspect
+
+        param = inspect.signature(self.llm.generate).parameters.get("use_tqdm")
+        if param is not None and "Callable" in str(param.annotation):  # vLLM >= 0.9
             return self.llm.generate(inputs, params, use_tqdm=vllm_progress.bar)
-        except TypeError as exc:  # V0: use_tqdm must be a bool
-            if "use_tqdm" not in str(exc) and "callable" not in str(exc):
-                raise
-        import vllm.entrypoints.llm as llm_module
+        import vllm.entrypoints.llm as llm_module  # 0.8.5: `use_tqdm: bool`, module tqdm
 
         saved = llm_module.tqdm
         llm_module.tqdm = vllm_progress.bar
