@@ -165,7 +165,8 @@ class EngineSetting:
             return f"served {self.url}"
         base = _profile_base(self.profile)
         args, env_vars, env = base or ({}, {}, "harness")
-        parts = [f"{k}={v}" for k, v in _flat(self.args).items() if _flat(args).get(k, _NO) != v]
+        flat_base = _flat(args)
+        parts = [f"{k}={v}" for k, v in _flat(self.args).items() if flat_base.get(k, _NO) != v]
         parts += [f"env.{k}={v}" for k, v in self.variables.items() if env_vars.get(k) != v]
         head = self.profile or self.engine
         return head + (f" [{', '.join(parts)}]" if parts else "") + (
