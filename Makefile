@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.parity-setup
 
-.PHONY: setup demo test unit clean
+.PHONY: setup demo demo-full test unit clean
 
 # The browser test (tests/test_browser.py) opens report.html in Debian's headless Chromium.
 setup: $(STAMP)
@@ -31,8 +31,13 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $(STAMP)
 
-# The main job: the shipped suite on the built-in default model, report in results/<run-id>/.
+# The main job: the quick suite (the four fix categories on V1, three engine starts) on the
+# built-in default model, report in results/<run-id>/. demo-full: every shipped scenario
+# (V0 0.8.5 vs V1, the RL metrics, every runtime probe and update control).
 demo: setup
+	$(BIN)/parity check --suite quick
+
+demo-full: setup
 	$(BIN)/parity check scenarios/
 
 # Unit tests, CLI tests and the real-engine tests (marker `engine`).

@@ -12,6 +12,8 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from rich.markup import escape
+
 import typer
 from rich.console import Console
 
@@ -68,7 +70,10 @@ def _log(message: str) -> None:
 @app.command()
 def check(
     targets: list[Path] = typer.Argument(None, help="Scenario files or directories "
-                                                    "(default: scenarios/)."),
+                                                    "(default: scenarios/, or the suite's)."),
+    suite: Optional[str] = typer.Option(
+        None, "--suite", help="A named list of scenarios, scenarios/suites/NAME.toml (e.g. "
+                              "quick: the four fix categories in minutes), or a suite file."),
     model: Optional[str] = typer.Option(None, help="Model for every scenario (name or path); "
                                                    "overrides the files and $PARITY_MODEL."),
     candidate: Optional[str] = typer.Option(
@@ -118,8 +123,12 @@ def check(
     from parity.engines.base import EngineError
     from parity.scenario import Overrides, ScenarioError, load_scenarios
 
-    targets = targets or [Path("scenarios")]
     problems = []
+    if suite is not None:
+        files, problems = selection.suite_files(suite)
+        targets = [*(targets or []), *files]
+    elif not targets:
+        targets = [Path("scenarios")]
     if export_sequences is not None:
         why = tables.format_problem(export_sequences)
         if why is None and not export_sequences.parent.is_dir():
@@ -130,8 +139,9 @@ def check(
         problems.append(("--junit", "PATH", f"{junit}: give a file in an existing directory"))
     scenarios = []
     try:
-        scenarios = load_scenarios(targets, Overrides(model, candidate, baseline,
-                                                      reference_device))
+        if targets or not problems:  # (a suite that names nothing found: its problems say why)
+            scenarios = load_scenarios(targets, Overrides(model, candidate, baseline,
+                                                          reference_device))
     except ScenarioError as exc:
         problems = exc.problems + problems
     scenarios, found = selection.select(scenarios, select, category, categories.names())
@@ -223,7 +233,7 @@ def _dry_run(scenarios) -> None:
         out.print(f"engine {e['n']}: {label}{where} on {Path(e['model']).name}: "
                   f"{', '.join(e['scenarios'])}"
                   + (f" (not started: {e['skipped']})" if e.get("skipped") else ""),
-                  highlight=False)
+                  highlight=False, markup=False)
     for res in run.results:
         sc, s = res.scenario, res.scenario.sampling
         out.print(f"scenario {sc.name} ({sc.category}): {len(res.prompts)} prompts x n={s.n}, "
@@ -243,7 +253,8 @@ def _report_problems(problems, where: str) -> None:
     """Every (file or option, field, message) problem, then exit 2."""
     console.print(f"[red]{len(problems)} problem(s) {where}:[/]", highlight=False)
     for file, field, message in problems:
-        console.print(f"  {file}: [bold]{field}[/]: {message}", highlight=False)
+        console.print(f"  {escape(str(file))}: [bold]{escape(str(field))}[/]: "
+                      f"{escape(str(message))}", highlight=False)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -296,12 +307,12 @@ def bisect(
     for col in ("trial", "items applied to good", "outcome", "cached", "key metric"):
         table.add_column(col, overflow="fold")
     for t in rep.trials:
-        table.add_row(str(t["index"]), ", ".join(t["items"]) or "(good)", t["outcome"],
-                      "yes" if t["cached"] else "", json.dumps(t["key_metric"]))
+        table.add_row(str(t["index"]), escape(", ".join(t["items"]) or "(good)"), t["outcome"],
+                      "yes" if t["cached"] else "", escape(json.dumps(t["key_metric"])))
     out.print(table)
     for c in rep.culprits:
         out.print(f"culprit: {c['item']} (good {c['good_value']}, bad {c['bad_value']}) - "
-                  f"{c['category']}; fix: {c['fix']}", highlight=False)
+                  f"{c['category']}; fix: {c['fix']}", highlight=False, markup=False)
     out.print(f"{data['n_trials']} trials, {rep.engine_starts} engine starts, "
               f"{rep.wall_s:.0f} s; report: {out_dir}/bisect.md")
     codes = {"found": 0, "good_does_not_pass": 1, "bad_does_not_fail": 1}

@@ -315,6 +315,7 @@ def write(run: RunResult, out_dir: Path, code: int) -> dict[str, Any]:
 
 def print_table(run: RunResult, console) -> None:
     """The rich summary table on the terminal."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"parity check {run.run_id}")
@@ -324,11 +325,13 @@ def print_table(run: RunResult, console) -> None:
     for res in run.results:
         v = verdict_of(res, run.interrupted)
         mark = "" if res.as_expected else " [bold red](!)[/]"
-        table.add_row(res.scenario.name, res.scenario.category,
+        table.add_row(escape(res.scenario.name), res.scenario.category,
                       f"[{colours.get(v.outcome, 'white')}]{v.outcome}[/]",
-                      res.scenario.expect + mark, headline(res), v.diagnosis or "")
+                      res.scenario.expect + mark, escape(headline(res)),
+                      escape(v.diagnosis or ""))
     console.print(table)
     for res in run.results:
         v = verdict_of(res, run.interrupted)
         if v.outcome != "pass":
-            console.print(f"[bold]{res.scenario.name}[/]: {v.message}", highlight=False)
+            console.print(f"[bold]{escape(res.scenario.name)}[/]: {escape(v.message)}",
+                          highlight=False)

@@ -1,12 +1,15 @@
 """Choosing and shrinking scenarios from the command line: `-k PATTERN` and `--category` pick
 scenarios, `--prompts`, `--max-tokens` and `--seed` override every picked scenario for a quick
-run (each override recorded in the scenario's provenance as "cli"). Pure: scenarios in,
-(scenarios, problems) out."""
+run (each override recorded in the scenario's provenance as "cli"); `--suite NAME` names a list
+of scenarios kept in scenarios/suites/NAME.toml. Pure but for reading the suite file:
+scenarios in, (scenarios, problems) out."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from parity.prompts import MAX_PROMPTS, parse_source
@@ -19,6 +22,37 @@ def matches(name: str, pattern: str) -> bool:
     """A scenario name matches a -k pattern: a glob (rl-*, *control) or a substring, any case."""
     name, pattern = name.lower(), pattern.lower()
     return fnmatch.fnmatchcase(name, pattern) or pattern in name
+
+
+def suite_files(suite: str, root: Path = Path("scenarios"),
+                ) -> tuple[list[Path], list[Problem]]:
+    """The scenario files of a suite: `suite` is a name (root/suites/NAME.toml) or a suite
+    file's path; the file lists scenario names (`scenarios = [...]`) found in root."""
+    path = Path(suite) if suite.endswith(".toml") else root / "suites" / f"{suite}.toml"
+    known = sorted(p.stem for p in (root / "suites").glob("*.toml"))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [], [("--suite", suite, f"no suite file {path}; the suites are: "
+                                       f"{', '.join(known) or 'none'}")]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return [], [(str(path), "(file)", f"not a readable TOML suite file: {exc}")]
+    names = data.get("scenarios")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return [], [(str(path), "scenarios", "must be a non-empty list of scenario names, e.g. "
+                                             'scenarios = ["logprobs-processed"]')]
+    files, problems = [], []
+    for name in names:
+        file = root / f"{name}.toml"
+        if file.is_file():
+            files.append(file)
+        else:
+            problems.append((str(path), "scenarios", f"{name!r}: no {file}; list the names of "
+                                                     f"scenario files in {root}/"))
+    unknown = sorted(set(data) - {"scenarios", "description"})
+    problems += [(str(path), key, "unknown field; allowed: description, scenarios")
+                 for key in unknown]
+    return files, problems
 
 
 def select(scenarios: list[Scenario], patterns: list[str], categories: list[str],
