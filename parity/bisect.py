@@ -120,8 +120,6 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
     """Confirm good passes and bad fails, keep only the scenarios they differ on, then ddmin
     over the setting differences. Each trial runs the relevant scenarios with the candidate
     replaced by the trial's setting (reference scores come from the shared on-disk cache)."""
-    from parity import runner
-
     t0 = time.perf_counter()
     check_settings(scenarios, {"--good": good, "--bad": bad}, out_dir / "logs", log)
     items = setting_items(good, bad)
@@ -131,37 +129,13 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
     finished: list[dict[str, Any]] = []  # trial rows so far, reported if interrupted
 
     def run_trial(config: frozenset, names: list[str]) -> tuple[Outcome, dict[str, Any]]:
-        setting = apply_items(good, [i for i in items if i in config])
         counter["n"] += 1
-        trial_dir = out_dir / f"trial-{counter['n']:02d}"
-        chosen = [replace(s, candidate=setting) for s in scenarios if s.name in names]
-        log(f"[trial {counter['n']}] {len(config)} item(s): "
-            + (", ".join(f"{k}={v}" for k, v in items if (k, v) in config) or "(good)"))
-        try:  # the confirmation runs (good, bad) check everything in the engines' envs;
-            # the mixes after them only start engines (a mix vLLM refuses fails at its start)
-            run = runner.run(chosen, trial_dir, log=lambda m: None,
-                             preflight=counter["n"] <= 2)
-        except ScenarioError as exc:  # a mix of good and bad values the engine refuses
-            log(f"           -> unresolved: the engine refuses this mix: {exc}")
-            return Outcome.UNRESOLVED, {"verdicts": {}, "key_metric": {}, "dir": str(trial_dir),
-                                        "error": str(exc)}
-        report.engine_starts += len(run.engines)
-        if run.interrupted and not run.interrupted.startswith("internal error"):
-            raise KeyboardInterrupt(run.interrupted)  # Ctrl-C/SIGTERM ends the bisection
-        from parity.report import verdict_of
-
-        outcomes = {r.scenario.name: verdict_of(r, run.interrupted).outcome
-                    for r in run.results}
-        metric = {r.scenario.name: _key_metric(r) for r in run.results}
-        if any(o in ("unresolved", "inconclusive") for o in outcomes.values()):
-            outcome = Outcome.UNRESOLVED
-        elif any(o == "fail" for o in outcomes.values()):
-            outcome = Outcome.FAIL
-        else:
-            outcome = Outcome.PASS
-        log(f"           -> {outcome.value} {outcomes}")
-        detail = {"verdicts": outcomes, "key_metric": metric, "dir": str(trial_dir)}
-        finished.append(_trial_row(counter["n"], tuple(sorted(config)), outcome, detail))
+        detail = trial(scenarios, names, good, items, config, out_dir, counter["n"], log)
+        report.engine_starts += detail.pop("engine_starts")
+        outcome = combined(detail["verdicts"])
+        log(f"           -> {outcome.value} {detail['verdicts']}")
+        if "error" not in detail:
+            finished.append(_trial_row(counter["n"], tuple(sorted(config)), outcome, detail))
         return outcome, detail
 
     # Which scenarios do good and bad actually differ on?
@@ -202,18 +176,64 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
         result = ddmin(items, test, repeats=repeats)
     except KeyboardInterrupt:
         return _interrupted(report, finished, t0)
-    report.result = result
-    report.status = result.status
+    finish(report, result)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def finish(report: BisectReport, result: BisectResult) -> None:
+    """The report of a finished ddmin: status, trial rows, culprits with category and fix."""
+    report.result, report.status = result, result.status
     report.trials = [_trial_row(t.index, t.items, t.outcome, t.detail, t.cached)
                      for t in result.trials]
     for name, value in result.minimal:
         category, fix = KNOWN_FIXES.get(name, KNOWN_FIXES.get(name.rsplit(".", 1)[0],
                                                               ("unknown", "see the trial reports")))
         report.culprits.append({"item": name, "bad_value": value,
-                                "good_value": _value_in(good, name), "category": category,
-                                "fix": fix})
-    report.wall_s = time.perf_counter() - t0
-    return report
+                                "good_value": _value_in(report.good, name),
+                                "category": category, "fix": fix})
+
+
+def trial(scenarios: list[Scenario], names: list[str], good: EngineSetting, items: list,
+          config: frozenset, out_dir: Path, n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Trial n: the named scenarios with their candidate replaced by good + the items in
+    `config`, one runner.run (one engine start per distinct setting) in out_dir/trial-NN:
+    {"verdicts", "key_metric", "dir", "engine_starts"} ("error" when vLLM refuses the mix).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C/SIGTERM during the run ends the bisection.
+    """
+    from parity import runner
+    from parity.report import verdict_of
+
+    setting = apply_items(good, [i for i in items if i in config])
+    trial_dir = out_dir / f"trial-{n:02d}"
+    chosen = [replace(s, candidate=setting) for s in scenarios if s.name in names]
+    log(f"[trial {n}] {len(config)} item(s): "
+        + (", ".join(f"{k}={v}" for k, v in items if (k, v) in config) or "(good)")
+        + (f" on {', '.join(names)}" if len(names) < len(scenarios) else ""))
+    try:  # the confirmation runs (good, bad) check everything in the engines' envs; the
+        # mixes after them only start engines (a mix vLLM refuses fails at its start)
+        run = runner.run(chosen, trial_dir, log=lambda m: None, preflight=n <= 2)
+    except ScenarioError as exc:  # a mix of good and bad values the engine refuses
+        log(f"           -> unresolved: the engine refuses this mix: {exc}")
+        return {"verdicts": {name: "unresolved" for name in names}, "key_metric": {},
+                "dir": str(trial_dir), "error": str(exc), "engine_starts": 0}
+    if run.interrupted and not run.interrupted.startswith("internal error"):
+        raise KeyboardInterrupt(run.interrupted)
+    return {"verdicts": {r.scenario.name: verdict_of(r, run.interrupted).outcome
+                         for r in run.results},
+            "key_metric": {r.scenario.name: _key_metric(r) for r in run.results},
+            "dir": str(trial_dir),
+            "engine_starts": sum(1 for e in run.engines if "start_s" in e or "error" in e)}
+
+
+def combined(verdicts: dict[str, str]) -> Outcome:
+    """A trial's outcome over its scenarios: unresolved if any had no verdict, else fail if any
+    failed, else pass."""
+    if any(o in ("unresolved", "inconclusive") for o in verdicts.values()):
+        return Outcome.UNRESOLVED
+    return Outcome.FAIL if "fail" in verdicts.values() else Outcome.PASS
 
 
 def _interrupted(report: BisectReport, finished: list[dict[str, Any]], t0: float,
@@ -248,7 +268,17 @@ def _trial_row(index, items, outcome, detail, cached=False) -> dict[str, Any]:
 
 def write(report: BisectReport, out_dir: Path) -> dict[str, Any]:
     """bisect.json and bisect.md in out_dir."""
-    data = {
+    data = to_data(report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bisect.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out_dir / "bisect.md").write_text("\n".join(
+        [f"# parity bisect: {report.status}", "", *markdown(report, data)]) + "\n")
+    return data
+
+
+def to_data(report: BisectReport) -> dict[str, Any]:
+    """bisect.json's fields for one bisection."""
+    return {
         "status": report.status, "good": report.good.to_dict(), "bad": report.bad.to_dict(),
         "items": [f"{k}={v}" for k, v in report.items], "scenarios": report.scenarios,
         "culprits": report.culprits, "trials": report.trials,
@@ -256,10 +286,11 @@ def write(report: BisectReport, out_dir: Path) -> dict[str, Any]:
         "n_tests": report.result.n_tests if report.result else len(report.trials),
         "engine_starts": report.engine_starts, "wall_s": report.wall_s,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bisect.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    lines = [f"# parity bisect: {report.status}", "",
-             f"good `{report.good.label()}`, bad `{report.bad.label()}`; scenarios "
+
+
+def markdown(report: BisectReport, data: dict[str, Any]) -> list[str]:
+    """bisect.md's lines for one bisection, after its heading."""
+    lines = [f"good `{report.good.label()}`, bad `{report.bad.label()}`; scenarios "
              f"{', '.join(report.scenarios) or '(none differ)'}.", "",
              f"{data['n_trials']} trials ({data['n_tests']} run, the rest cached), "
              f"{report.engine_starts} engine starts, {report.wall_s:.0f} s.", ""]
@@ -273,5 +304,4 @@ def write(report: BisectReport, out_dir: Path) -> dict[str, Any]:
     for t in report.trials:
         lines.append(f"| {t['index']} | {', '.join(t['items']) or '(good)'} | {t['outcome']} | "
                      f"{t['cached']} | {t['key_metric']} |")
-    (out_dir / "bisect.md").write_text("\n".join(lines) + "\n")
-    return data
+    return lines

@@ -39,29 +39,54 @@ def check_tiny(files, out):
     return result, report
 
 
-@pytest.fixture(scope="session")
-def shipped_run(tiny_model, tmp_path_factory):
-    """`parity check` on the shipped logprobs scenarios with the tiny model, once."""
-    out = tmp_path_factory.mktemp("shipped")
-    result, report = check_tiny([SCENARIOS / "logprobs-processed.toml",
-                                 SCENARIOS / "logprobs-raw-control.toml",
-                                 SCENARIOS / "logprobs-support-control.toml"], out)
-    return result, out, report
-
-
+LOGPROBS_SCENARIOS = ("logprobs-processed", "logprobs-raw-control", "logprobs-support-control")
 RUNTIME_SCENARIOS = ("runtime-v0-vs-v1-defaults", "runtime-v0-vs-v1-parity",
                      "runtime-model-mismatch-control",
                      "runtime-prefix-cache", "runtime-batch-invariance",
                      "runtime-prefill-consistency", "runtime-prefill-semantics-control",
                      "lmhead-v1-fp32", "lmhead-v1-bf16-control", "lmhead-v0-fp32head",
                      "lmhead-v0-bf16-control")
+RL_SCENARIOS = ("rl-v0-vs-v1-parity", "rl-v0-vs-v1-defaults")
 
 
 @pytest.fixture(scope="session")
-def runtime_run(tiny_model, tmp_path_factory):
-    """`parity check` on the shipped runtime and lm_head scenarios with the tiny model, once:
-    five engine starts (V1 defaults, V1 with another rope_theta, V1 parity, V0, V0 patched)."""
-    out = tmp_path_factory.mktemp("runtime")
-    result, report = check_tiny([SCENARIOS / f"{n}.toml" for n in RUNTIME_SCENARIOS], out)
+def suite_run(tiny_model, tmp_path_factory):
+    """`parity check` on the shipped logprobs, runtime, lm_head and rl scenarios with the tiny
+    model, once for the session: five engine starts (V1 defaults, V1 parity, V1 with another
+    rope_theta, V0, V0 patched), each serving every scenario of its setting. Progress messages
+    as plain lines (test_engine_v0 reads them). Returns (cli result, run dir, report.json)."""
+    out = tmp_path_factory.mktemp("suite")
+    names = LOGPROBS_SCENARIOS + RUNTIME_SCENARIOS + RL_SCENARIOS
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PARITY_PROGRESS_EVERY_S", "0")
+        result, report = check_tiny([SCENARIOS / f"{n}.toml" for n in names], out)
     assert report is not None, result.output
     return result, out, report
+
+
+def only(report, names):
+    """report.json restricted to the named scenarios and the engines that served them."""
+    scenarios = [s for s in report["scenarios"] if s["name"] in names]
+    engines = [e for e in report["engines"] if set(e["scenarios"]) & set(names)]
+    return {**report, "scenarios": scenarios, "engines": engines}
+
+
+@pytest.fixture(scope="session")
+def shipped_run(suite_run):
+    """The shipped logprobs scenarios of the session's run: (result, run dir, report)."""
+    result, out, report = suite_run
+    return result, out, only(report, LOGPROBS_SCENARIOS)
+
+
+@pytest.fixture(scope="session")
+def runtime_run(suite_run):
+    """The shipped runtime and lm_head scenarios of the session's run."""
+    result, out, report = suite_run
+    return result, out, only(report, RUNTIME_SCENARIOS)
+
+
+@pytest.fixture(scope="session")
+def rl_run(suite_run):
+    """The shipped rl scenarios (V0 baseline, V1 candidates) of the session's run."""
+    result, _, report = suite_run
+    return result, only(report, RL_SCENARIOS)

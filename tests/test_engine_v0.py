@@ -5,20 +5,7 @@ import json
 
 import pytest
 
-from conftest import SCENARIOS, check_tiny
-
 pytestmark = pytest.mark.engine
-
-
-@pytest.fixture(scope="session")
-def rl_run(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rl")
-    with pytest.MonkeyPatch.context() as mp:  # every progress message as a plain line
-        mp.setenv("PARITY_PROGRESS_EVERY_S", "0")
-        result, report = check_tiny([SCENARIOS / "rl-v0-vs-v1-parity.toml",
-                                     SCENARIOS / "rl-v0-vs-v1-defaults.toml"], out)
-    assert report is not None, result.output
-    return result, report
 
 
 def by_name(report):
