@@ -40,9 +40,12 @@ demo: setup
 demo-full: setup
 	$(BIN)/parity check scenarios/
 
-# Unit tests, CLI tests and the real-engine tests (marker `engine`).
+# Unit tests, CLI tests and the real-engine tests (marker `engine`), on two pytest-xdist
+# workers (engine starts are single-threaded imports and spawns: two at a time use both cores);
+# tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 unit: setup
 	$(BIN)/python -m pytest -q -m "not engine"

@@ -14,6 +14,45 @@ SCENARIOS = REPO / "scenarios"
 
 def pytest_configure(config):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # `make test` runs two pytest-xdist workers: each binds its engines' OpenMP threads to a
+    # core of its own (vLLM's default binds every engine to core 0 and reserves core 1), so
+    # the two workers' engines do not compute on one core. A binding the user set wins.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    cores = sorted(os.sched_getaffinity(0))
+    if worker.startswith("gw") and count > 1 and len(cores) >= count:
+        index = int(worker[2:]) % count
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cores[index]))
+
+
+# Fixtures whose work several tests share; a test using one runs on the worker that computed it
+# (xdist_group), so pytest-xdist does not compute it twice. The session run of the shipped
+# scenarios serves four modules; other expensive fixtures group by module or by their name.
+SUITE = {"suite_run", "shipped_run", "runtime_run", "rl_run"}
+CHEAP = {"tiny_model", "tmp_path_factory", "worker_id", "testrun_uid", "chromium"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _xdist_group(item) -> str | None:
+    names = list(getattr(item, "fixturenames", []))
+    if SUITE & set(names):
+        return "suite"
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in names:
+        fixture = (defs.get(name) or [None])[-1]
+        if fixture is None or name in CHEAP:
+            continue
+        if fixture.scope == "session":
+            return f"session:{name}"
+        if fixture.scope == "module":
+            return item.module.__name__
+    return None
 
 
 @pytest.fixture(scope="session")
