@@ -116,6 +116,9 @@ def main() -> None:
                                        "timed per function")
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3, help="best of this many passes")
+    p.add_argument("--samples-per-prompt", type=int, default=4,
+                   help="sequences per prompt (the statistics resample prompts)")
     p.add_argument("--json", action="store_true", help="the timings as JSON")
     p = sub.add_parser("noise", help="run-to-run noise of the RL metrics")
     p.add_argument("--scenario", default="scenarios/rl-v0-vs-v1-parity.toml")
@@ -132,7 +135,8 @@ def main() -> None:
     if args.cmd == "metrics":
         from parity import bench_metrics
 
-        sys.exit(bench_metrics.main(args.tokens, args.seed, args.json))
+        sys.exit(bench_metrics.main(args.tokens, args.seed, args.json, args.repeat,
+                                    args.samples_per_prompt))
     from parity.scenario import Overrides
 
     (template,) = load_scenarios([Path(args.scenario)], Overrides(model=args.model))
