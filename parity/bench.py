@@ -1,5 +1,6 @@
-"""Benchmarks behind parity's defaults: run-to-run noise of the RL metrics (same engine setting,
-different seeds), from which the rl category's margins are chosen, with wall times per phase.
+"""Benchmarks: where a run's wall time goes (table, run), the per-token metrics and statistics
+at 1M tokens (metrics), trainer-side scoring at a real model shape (reference), and the
+run-to-run noise of the RL metrics behind the rl category's margins (noise).
 
 Run: python -m parity.bench noise --profile v1-parity --model smollm2-135m --seeds 4
      python -m parity.bench reference [--seqs 16 --layers 16 ...] (parity/bench_reference.py)
@@ -103,7 +104,8 @@ def main() -> None:
         sys.exit(bench_reference.main(sys.argv[2:]))
     if sys.argv[1:2] == ["run"]:
         sys.exit(run_main(sys.argv[2:]))
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("reference", help="trainer-side reference scoring at a real model shape: "
                                      "python -m parity.bench reference --help")
