@@ -1,6 +1,7 @@
 """`python -m parity.bench metrics [--tokens 1000000]`: the per-token metrics and verdict
 statistics the rl and logprobs categories run, on synthetic data of that many sampled tokens
-(sequences of 50-200 tokens, 4 samples per prompt unless told, two engine roles), timed per function.
+(sequences of 50-200 tokens, 4 samples per prompt unless told, two engine roles), timed per
+function.
 
 Target: each category's whole judgement of 1M tokens (rl.check, logprobs.check) under 1 s."""
 
@@ -25,9 +26,10 @@ ROLES = ("baseline", "candidate")
 def synthetic(n_tokens: int, seed: int = 0, samples: int = SAMPLES_PER_PROMPT,
               ) -> dict[str, tuple[list[Sequence], list[RefScore], list[float]]]:
     """role -> (sequences, reference scores, rewards): n_tokens sampled tokens in all, half per
-    role, both roles answering the same prompts, `samples` sequences per prompt. The engine logprobs are the reference's plus
-    noise; ~0.5% of tokens are excluded by the reference (-inf), a tenth of those tied at the cut.
-    Engine logprobs are Python lists, as engines return them; reference scores numpy arrays."""
+    role, both roles answering the same prompts, `samples` sequences per prompt. The engine
+    logprobs are the reference's plus noise; ~0.5% of tokens are excluded by the reference
+    (-inf), a tenth of those tied at the cut. Engine logprobs are Python lists, as engines
+    return them; reference scores numpy arrays."""
     rng = np.random.default_rng(seed)
     per_role = max(1, n_tokens // len(ROLES))
     lengths = []
@@ -145,7 +147,8 @@ def render(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
     grid = Table(title=f"metrics and statistics on {result['n_tokens']:,} tokens "
-                       f"({result['n_sequences']:,} sequences, {result['samples_per_prompt']} per prompt), "
+                       f"({result['n_sequences']:,} sequences, "
+                       f"{result['samples_per_prompt']} per prompt), "
                        f"best of {result['repeat']}")
     grid.add_column("function", no_wrap=True)
     grid.add_column("seconds", justify="right")

@@ -39,8 +39,8 @@ def phase_table(data: dict[str, Any]) -> dict[str, Any]:
 
     wall = total_s + report_s (the CLI writes the reports after the run); the floor is engine
     starts + generation + reference forward; overhead = wall - builds - floor, so prepare,
-    validate, non-reference judging, report writing and anything unaccounted ("other") are
-    overhead. A report without build_s (older) counts its builds as overhead.
+    validate, engine stops, non-reference judging, report writing and anything unaccounted
+    ("other") are overhead. A report without build_s (older) counts its builds as overhead.
     """
     t = data.get("timings") or {}
 
@@ -55,6 +55,7 @@ def phase_table(data: dict[str, Any]) -> dict[str, Any]:
         ("prepare + validate", sec("prepare_s", "validate_s"), None, "overhead"),
         (f"engine starts ({len(starts)})", sec("engine_start_s"), None, "floor"),
         ("generation", sec("generate_s"), gen_tok, "floor"),
+        ("engine stops", sec("engine_stop_s"), None, "overhead"),
         ("reference forward", sec("score_s"), ref_tok, "floor"),
         ("judging (non-reference)", sec("judge_s"), None, "overhead"),
         ("report writing", sec("report_s"), None, "overhead"),
@@ -71,7 +72,8 @@ def phase_table(data: dict[str, Any]) -> dict[str, Any]:
             "floor_share": share(floor), "build_s": sec("build_s"), "overhead_s": overhead,
             "overhead_share": share(overhead), "target_share": TARGET_SHARE,
             "meets_target": (overhead / wall <= TARGET_SHARE) if wall > 0 else None,
-            "recorded": {k: k in t for k in ("build_s", "report_s", "tokens_generated")}}
+            "recorded": {k: k in t for k in ("build_s", "engine_stop_s", "report_s",
+                                             "tokens_generated")}}
 
 
 def _fmt(v: float | None, spec: str) -> str:

@@ -323,7 +323,7 @@ def _mean(x: np.ndarray) -> float:
 
 
 def _token_values(flat: _Flat, clip: ClipRange) -> dict[str, np.ndarray]:
-    """Every per-token metric over the valid tokens, computed once for per_sequence and summarize."""
+    """Every per-token metric over the valid tokens, once for per_sequence and summarize."""
     with np.errstate(invalid="ignore", over="ignore"):
         return {
             "r": log_ratio(flat.ref, flat.cand),

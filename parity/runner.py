@@ -207,6 +207,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         return run
 
     timings["engine_start_s"] = timings["generate_s"] = 0.0
+    timings["engine_stop_s"] = 0.0
     timings["tokens_generated"] = 0
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
@@ -291,7 +292,9 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             finally:
                 if engine is not None:
                     record["worker_pgid"] = engine.pgid
-                    engine.close()
+                    t_stop = time.perf_counter()
+                    engine.close()  # stopping the worker processes: overhead, named apart
+                    timings["engine_stop_s"] += time.perf_counter() - t_stop
     except KeyboardInterrupt as exc:
         run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")

@@ -23,7 +23,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def _report(**timings) -> dict:
     base = {"prepare_s": 2.0, "validate_s": 3.0, "engine_start_s": 20.0, "generate_s": 60.0,
-            "score_s": 10.0, "judge_s": 1.0, "total_s": 100.0, "build_s": 2.0,
+            "engine_stop_s": 1.5, "score_s": 10.0, "judge_s": 1.0, "total_s": 100.0,
+            "build_s": 2.0,
             "report_s": 1.0, "tokens_generated": 6000}
     return {"run_id": "r", "timings": {**base, **timings},
             "engines": [{"n": 1, "start_s": 12.0}, {"n": 2, "start_s": 8.0}, {"n": 3}],
@@ -46,7 +47,9 @@ def test_table_adds_up_and_meets_the_target():
     assert _row(t, "engine starts")["phase"] == "engine starts (2)"  # engine 3 never started
     assert _row(t, "generation")["tokens_per_s"] == 100.0
     assert _row(t, "reference")["tokens_per_s"] == 200.0
-    assert _row(t, "other")["seconds"] == pytest.approx(101.0 - (2 + 5 + 20 + 60 + 10 + 1 + 1))
+    assert _row(t, "engine stops")["kind"] == "overhead"
+    phases_s = 2 + 5 + 20 + 60 + 1.5 + 10 + 1 + 1
+    assert _row(t, "other")["seconds"] == pytest.approx(101.0 - phases_s)
 
 
 def test_table_meets_the_target_when_the_harness_is_thin():
@@ -69,7 +72,7 @@ def test_table_of_a_real_report_without_the_new_keys():
     assert t["wall_s"] == pytest.approx(timings["total_s"])
     # Older reports: builds unknown (overhead), tokens from the scenarios' non-reused roles.
     assert t["overhead_s"] == pytest.approx(timings["harness_overhead_s"])
-    assert t["recorded"] == {"build_s": False, "report_s": False, "tokens_generated": False}
+    assert not any(t["recorded"].values())  # build_s, engine_stop_s, report_s, tokens_generated
     gen = _row(t, "generation")
     assert gen["tokens"] == 1644
     assert gen["tokens_per_s"] == pytest.approx(1644 / timings["generate_s"])
@@ -81,6 +84,7 @@ def test_render_and_the_table_command(tmp_path, monkeypatch, capsys):
     bench_table.render(bench_table.phase_table(_report()), console)
     text = console.export_text()
     for phase in ("builds", "prepare + validate", "engine starts (2)", "generation",
+                  "engine stops",
                   "reference forward", "judging", "report writing", "floor", "overhead",
                   "misses 5%", "wall"):
         assert phase in text
@@ -184,6 +188,7 @@ def test_runner_reports_builds_as_their_own_phase(tmp_path, monkeypatch, clock):
     assert t["generate_s"] == 4.0  # the builds inside the engine work left out
     assert [r.runs["candidate"].generate_s for r in run.results] == [2.0, 2.0]
     assert t["tokens_generated"] == 2 * 2 + 3 * 2  # two tokens per prompt
+    assert t["engine_stop_s"] == 0.0  # the fake engine stops at once
     assert t["total_s"] == 14.0
     assert t["harness_overhead_s"] == pytest.approx(
         t["total_s"] - t["engine_start_s"] - t["generate_s"] - t["score_s"] - t["build_s"])
