@@ -1,8 +1,12 @@
-"""Benchmarks behind parity's defaults: run-to-run noise of the RL metrics (same engine setting,
-different seeds), from which the rl category's margins are chosen, with wall times per phase.
+"""Benchmarks: where a run's wall time goes (table, run), the per-token metrics and statistics
+at 1M tokens (metrics), trainer-side scoring at a real model shape (reference), and the
+run-to-run noise of the RL metrics behind the rl category's margins (noise).
 
 Run: python -m parity.bench noise --profile v1-parity --model smollm2-135m --seeds 4
      python -m parity.bench reference [--seqs 16 --layers 16 ...] (parity/bench_reference.py)
+     python -m parity.bench table RUN_DIR [--json]   (where a run's time went: bench_table.py)
+     python -m parity.bench run [PATHS...] [--model M] [--output DIR] [check options] [--json]
+     python -m parity.bench metrics [--tokens 1000000] [--json]   (bench_metrics.py)
 """
 
 from __future__ import annotations
@@ -60,15 +64,64 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
     return result
 
 
+def _print_table(data: dict, as_json: bool, extra: dict | None = None) -> None:
+    from rich.console import Console
+
+    from parity import bench_table
+
+    table = {**bench_table.phase_table(data), **(extra or {})}
+    if as_json:
+        print(json.dumps(table, indent=1))
+    else:
+        bench_table.render(table, Console())
+
+
+def run_main(argv: list[str]) -> int:
+    """bench run: `parity check` with the other arguments, then its table; check's exit code."""
+    from parity import bench_table
+    from parity.runner import new_run_dir
+
+    p = argparse.ArgumentParser(prog="python -m parity.bench run",
+                                description="Run `parity check` (every argument but --json "
+                                            "and --output goes to it), then print the table.")
+    p.add_argument("--output", "-o", type=Path, default=None)
+    p.add_argument("--json", action="store_true", help="the table as JSON")
+    args, check_args = p.parse_known_args(argv)
+    out = new_run_dir(args.output, prefix="bench-")
+    code, wall = bench_table.run_check(check_args, out)
+    if not (out / "report.json").is_file():
+        print(f"parity check exited {code} without writing {out}/report.json", file=sys.stderr)
+        return code or 2
+    _print_table(bench_table.load(out), args.json, {"check_exit_code": code,
+                                                    "process_wall_s": wall})
+    return code
+
+
 def main() -> None:
     if sys.argv[1:2] == ["reference"]:
         from parity import bench_reference
 
         sys.exit(bench_reference.main(sys.argv[2:]))
-    parser = argparse.ArgumentParser(description=__doc__)
+    if sys.argv[1:2] == ["run"]:
+        sys.exit(run_main(sys.argv[2:]))
+    parser = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("reference", help="trainer-side reference scoring at a real model shape: "
                                      "python -m parity.bench reference --help")
+    sub.add_parser("run", help="run `parity check ARGS`, then print its table: "
+                               "python -m parity.bench run --help")
+    p = sub.add_parser("table", help="where a run's wall time went, from RUN_DIR/report.json")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="the table as JSON")
+    p = sub.add_parser("metrics", help="per-token metrics and statistics on synthetic data, "
+                                       "timed per function")
+    p.add_argument("--tokens", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3, help="best of this many passes")
+    p.add_argument("--samples-per-prompt", type=int, default=4,
+                   help="sequences per prompt (the statistics resample prompts)")
+    p.add_argument("--json", action="store_true", help="the timings as JSON")
     p = sub.add_parser("noise", help="run-to-run noise of the RL metrics")
     p.add_argument("--scenario", default="scenarios/rl-v0-vs-v1-parity.toml")
     p.add_argument("--profile", action="append", default=None)
@@ -76,6 +129,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--output", default="results/bench-noise")
     args = parser.parse_args()
+    if args.cmd == "table":
+        from parity import bench_table
+
+        _print_table(bench_table.load(args.run_dir), args.json)
+        return
+    if args.cmd == "metrics":
+        from parity import bench_metrics
+
+        sys.exit(bench_metrics.main(args.tokens, args.seed, args.json, args.repeat,
+                                    args.samples_per_prompt))
     from parity.scenario import Overrides
 
     (template,) = load_scenarios([Path(args.scenario)], Overrides(model=args.model))

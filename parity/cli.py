@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -177,7 +178,10 @@ def check(
             _fail(str(exc), EXIT_UNRESOLVED, exc)
         raise
     code = report.exit_code(run)
+    t0 = time.perf_counter()
     data = report.write(run, out_dir, code)
+    data["timings"]["report_s"] = time.perf_counter() - t0  # after the fact: report.json only
+    report.atomic_write(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
     _ci_outputs(data, out_dir, junit)
     shown = console if json_out else out  # --json: stdout carries the summary only
     report.print_table(run, shown)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from parity import elf_fix, preloads
+from parity import elf_fix, phases, preloads
 from parity.paths import cache_dir
 
 __all__ = ["EnvError", "EnvSpec", "cache_dir", "env_dir", "ensure_env", "get_spec", "list_envs"]
@@ -219,6 +219,11 @@ def ensure_env(spec: EnvSpec | str, log: Callable[[str], None] = print) -> Path:
     python = root / "bin" / "python"
     if (root / STAMP).exists() and _has_preloads(root):
         return python
+    with phases.building():  # a real build (or a wait for one): the run's build phase
+        return _build_locked(spec, root, python, log)
+
+
+def _build_locked(spec: EnvSpec, root: Path, python: Path, log: Callable[[str], None]) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f"{root.name}.lock", "w") as lock:
         try:

@@ -240,11 +240,13 @@ class _Flat:
     `ref_excluded`: ref == -inf while cand is finite (the engine sampled a token the trainer's
     processed distribution excludes). `cand_excluded`: cand == -inf (the engine gives its own
     sampled token probability 0). valid == ~(ref_excluded | cand_excluded).
+    ref, cand and ref_entropy hold the valid tokens only (every metric is computed on those,
+    once, rather than on all tokens and then masked per metric).
     """
 
-    ref: np.ndarray
-    cand: np.ndarray
-    ref_entropy: np.ndarray | None
+    ref: np.ndarray  # valid tokens only
+    cand: np.ndarray  # valid tokens only
+    ref_entropy: np.ndarray | None  # valid tokens only
     seq: np.ndarray
     lengths: np.ndarray
     valid: np.ndarray
@@ -252,11 +254,6 @@ class _Flat:
     cand_excluded: np.ndarray
     valid_seq: np.ndarray  # seq[valid], reused by every per-sequence mean
     valid_counts: np.ndarray  # valid tokens per sequence
-    all_valid: bool  # the usual case: skip the copies that boolean indexing makes
-
-    def pick(self, values: np.ndarray) -> np.ndarray:
-        """values[valid], without a copy when every token is valid."""
-        return values if self.all_valid else values[self.valid]
 
 
 def _flatten(
@@ -281,8 +278,9 @@ def _flatten(
     flat_ent = None if ents is None else (np.concatenate(ents) if ents else np.zeros(0))
     # -inf is a legitimate "masked" logprob; NaN or +inf is an upstream bug, so fail loudly.
     for name, arr in (("ref", flat_ref), ("cand", flat_cand)):
-        bad = np.isnan(arr) | np.isposinf(arr)
-        if bad.any():
+        top = arr.max() if arr.size else 0.0  # NaN propagates: one pass finds NaN and +inf
+        if np.isnan(top) or np.isposinf(top):
+            bad = np.isnan(arr) | np.isposinf(arr)
             raise ValueError(f"{name} logprobs contain {int(bad.sum())} NaN/+inf values")
     if flat_ent is not None and not np.isfinite(flat_ent).all():
         raise ValueError("ref_entropy contains non-finite values")
@@ -290,15 +288,19 @@ def _flatten(
     cand_excluded = np.isneginf(flat_cand)
     ref_excluded = np.isneginf(flat_ref) & ~cand_excluded
     valid = ~(ref_excluded | cand_excluded)
-    valid_seq = seq[valid]
-    valid_counts = np.bincount(valid_seq, minlength=lengths.size)
+    if not valid.all():  # the usual case skips the copies that boolean indexing makes
+        flat_ref, flat_cand, seq_v = flat_ref[valid], flat_cand[valid], seq[valid]
+        flat_ent = None if flat_ent is None else flat_ent[valid]
+    else:
+        seq_v = seq
+    valid_counts = np.bincount(seq_v, minlength=lengths.size)
     return _Flat(flat_ref, flat_cand, flat_ent, seq, lengths, valid, ref_excluded, cand_excluded,
-                 valid_seq, valid_counts, bool(valid.all()))
+                 seq_v, valid_counts)
 
 
 def _seq_means(values: np.ndarray, flat: _Flat) -> np.ndarray:
-    """Per-sequence mean of a per-token array over valid tokens; NaN for sequences with none."""
-    sums = np.bincount(flat.valid_seq, weights=flat.pick(values), minlength=flat.lengths.size)
+    """Per-sequence mean of a per-valid-token array; NaN for sequences with no valid token."""
+    sums = np.bincount(flat.valid_seq, weights=values, minlength=flat.lengths.size)
     out = np.full(flat.lengths.size, np.nan)
     np.divide(sums, flat.valid_counts, out=out, where=flat.valid_counts > 0)
     return out
@@ -314,15 +316,14 @@ def _mean(x: np.ndarray) -> float:
 
     +inf is kept: k3 overflows for huge r, which is a real infinite mismatch, not a missing value.
     """
-    x = x[~np.isnan(x)]
+    nan = np.isnan(x)
+    if nan.any():  # per-token values never are: skip the copy
+        x = x[~nan]
     return float(np.mean(x)) if x.size else float("nan")
 
 
 def _token_values(flat: _Flat, clip: ClipRange) -> dict[str, np.ndarray]:
-    """Every per-token metric over all tokens, computed once for per_sequence and summarize.
-
-    Masked tokens give inf/NaN here; callers read only `flat.valid` positions.
-    """
+    """Every per-token metric over the valid tokens, once for per_sequence and summarize."""
     with np.errstate(invalid="ignore", over="ignore"):
         return {
             "r": log_ratio(flat.ref, flat.cand),
@@ -455,20 +456,21 @@ def summarize(
         "ref_excluded_rate": rate(n_ref_excl),
         "n_cand_excluded": int(flat.cand_excluded.sum()),
     }
-    valid = {name: flat.pick(x) for name, x in tok.items()}
+    valid = tok
     adl = valid["abs_dlogp"]
     out["abs_dlogp_mean"] = _mean(adl)
-    for q in (50, 99):
-        out[f"abs_dlogp_p{q}"] = float(np.percentile(adl, q)) if adl.size else float("nan")
+    quantiles = np.percentile(adl, (50, 99)) if adl.size else (float("nan"),) * 2
+    for q, v in zip((50, 99), quantiles):  # one partition for both
+        out[f"abs_dlogp_p{q}"] = float(v)
     out["abs_dlogp_max"] = float(np.max(adl)) if adl.size else float("nan")
     for name in _TOKEN_METRICS[1:]:
         out[f"{name}_mean"] = _mean(valid[name])
     out["clip_rate_token"] = _mean(valid["clipped"])
     out["clip_rate_seq"] = _mean(seqs["clipped_seq"])
     out["ess_norm"] = ess_normalized(valid["r"])
-    out["entropy_cand_mc"] = _mean(-flat.pick(flat.cand))
+    out["entropy_cand_mc"] = _mean(-flat.cand)
     if flat.ref_entropy is not None:
-        out["entropy_ref_mean"] = _mean(flat.pick(flat.ref_entropy))
+        out["entropy_ref_mean"] = _mean(flat.ref_entropy)
     for name in _TOKEN_METRICS:
         out[f"{name}_seqmean"] = _mean(seqs[f"{name}_mean"])
     out["clip_rate_token_seqmean"] = _mean(seqs["clip_rate_token"])

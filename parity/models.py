@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from parity import phases
 from parity.paths import cache_dir
 
 __all__ = [
@@ -192,6 +193,12 @@ def _build_once(final: Path, build: Callable[[Path], None], meta: dict, force: b
 
     if not force and current():
         return final
+    with phases.building():  # a real build (or a wait for one): the run's build phase
+        return _build_locked(final, build, meta, force, log, current)
+
+
+def _build_locked(final: Path, build: Callable[[Path], None], meta: dict, force: bool,
+                  log: Log, current: Callable[[], bool]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.parent / f".{final.name}.lock", "w") as lock:
         try:

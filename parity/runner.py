@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from parity import categories, core, faults, modelcheck, scoring, tokens
+from parity import categories, core, faults, modelcheck, phases, scoring, tokens
 from parity.core import Verdict
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
@@ -155,7 +155,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     from parity import engines
     from parity.models import fingerprint, resolve_model
 
-    t_run = time.perf_counter()
+    t_run, b_run = time.perf_counter(), phases.build_seconds()
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = out_dir / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -163,7 +163,8 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings = run.timings
 
     # Models, tokenizers, prompts: all in the harness, so every engine gets identical tokens.
-    t0 = time.perf_counter()
+    # Every phase's seconds leave out the builds in it (build_s: models, checkpoints, envs).
+    t0, b0 = time.perf_counter(), phases.build_seconds()
     from transformers import AutoTokenizer
 
     tokenizers = {}
@@ -176,10 +177,10 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                                       "fingerprint": fingerprint(model_path)}
         sc = res.scenario
         res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
-    timings["prepare_s"] = time.perf_counter() - t0
+    timings["prepare_s"] = _lap(t0, b0)
 
     # Engine environments, engine arguments and request limits, before any engine starts.
-    t0 = time.perf_counter()
+    t0, b0 = time.perf_counter(), phases.build_seconds()
     from parity import validate
 
     if preflight:
@@ -188,7 +189,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         pythons = {s.env: python_for(s.env, log) for r in run.results
                    for s in r.scenario.settings().values()}
         drifts, refused = {}, {}
-    timings["validate_s"] = time.perf_counter() - t0
+    timings["validate_s"] = _lap(t0, b0)
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
     plan = _plan(run.results)
     # Scenarios with an engine that cannot run here (preflight's refusals) are unresolved
@@ -202,9 +203,12 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                            else {"skipped": "not needed: its scenarios cannot run here"}
                            if all(id(r) in doomed for r, _ in jobs) else {})}
                        for n, (where, jobs) in enumerate(plan.items(), 1)]
+        timings["build_s"] = phases.build_seconds() - b_run
         return run
 
     timings["engine_start_s"] = timings["generate_s"] = 0.0
+    timings["engine_stop_s"] = 0.0
+    timings["tokens_generated"] = 0
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
             setting = jobs[0][0].scenario.settings()[jobs[0][1]]
@@ -249,7 +253,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                                    effective_config=engine.effective_config(),
                                    start_s=engine.start_s)
                     res.runs[role] = er
-                    t0 = time.perf_counter()
+                    t0, b0 = time.perf_counter(), phases.build_seconds()
                     reused = memo.reused
                     category = categories.get(res.scenario.category)
                     if progress is not None:
@@ -266,9 +270,10 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                         er.error = f"engine work failed: {faults.describe(exc)}"
                         log(f"  {res.scenario.name} [{role}]: {er.error}")
                     er.reused = memo.reused > reused
-                    er.generate_s = time.perf_counter() - t0
+                    er.generate_s = _lap(t0, b0)  # less a perturbed checkpoint's build
                     timings["generate_s"] += er.generate_s
                     n_tok = sum(len(s.token_ids) for s in er.sequences)
+                    timings["tokens_generated"] += 0 if er.reused else n_tok
                     log(f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
                         f"{n_tok} tokens in {er.generate_s:.1f}s"
                         + (" (reused: same prompts and sampling)" if er.reused else ""))
@@ -287,7 +292,9 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             finally:
                 if engine is not None:
                     record["worker_pgid"] = engine.pgid
-                    engine.close()
+                    t_stop = time.perf_counter()
+                    engine.close()  # stopping the worker processes: overhead, named apart
+                    timings["engine_stop_s"] += time.perf_counter() - t_stop
     except KeyboardInterrupt as exc:
         run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")
@@ -302,7 +309,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     # Verdicts: each category scores through the shared reference models (one load per
     # checkpoint, head dtype, tie rule and device; batched forwards; cached scores), or a
     # scenario's scores file.
-    t0 = time.perf_counter()
+    t0, b0 = time.perf_counter(), phases.build_seconds()
     refs = References(log)
     try:
         for res in run.results:
@@ -319,13 +326,19 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     finally:
         run.reference_stats = refs.stats()
         timings["score_s"] = refs.seconds()
-        timings["judge_s"] = time.perf_counter() - t0 - timings["score_s"]
+        timings["judge_s"] = _lap(t0, b0) - timings["score_s"]
         refs.close()
     tokens.record(run, out_dir, log)
     timings["total_s"] = time.perf_counter() - t_run
+    timings["build_s"] = phases.build_seconds() - b_run
     timings["harness_overhead_s"] = timings["total_s"] - sum(
-        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s"))
+        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s", "build_s"))
     return run
+
+
+def _lap(t0: float, b0: float) -> float:
+    """Seconds since perf_counter() read t0, less the build time since build_seconds() read b0."""
+    return time.perf_counter() - t0 - (phases.build_seconds() - b0)
 
 
 def judge(res: ScenarioResult, refs: References, export: dict[str, Any] | None = None,
