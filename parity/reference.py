@@ -250,8 +250,8 @@ class Reference:
         self.cache = cache if model_fp else None
         self._model = None
         self.head: Head | None = None
-        self.stats = {"scored_seqs": 0, "cached_seqs": 0, "forward_s": 0.0, "load_s": 0.0,
-                      "device": self.device}
+        self.stats = {"scored_seqs": 0, "scored_tokens": 0, "cached_seqs": 0, "forward_s": 0.0,
+                      "load_s": 0.0, "device": self.device}
 
     def _load(self):
         if self._model is None:
@@ -360,6 +360,7 @@ class Reference:
                                   ent[start:start + n], tied[start:start + n])
             start += n
         self.stats["scored_seqs"] += len(batch)
+        self.stats["scored_tokens"] += start
         self.stats["forward_s"] += time.perf_counter() - t0
 
     def close(self) -> None:
