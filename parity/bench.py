@@ -6,6 +6,7 @@ Run: python -m parity.bench noise --profile v1-parity --model smollm2-135m --see
      python -m parity.bench reference [--seqs 16 --layers 16 ...] (parity/bench_reference.py)
      python -m parity.bench table RUN_DIR [--json]   (where a run's time went: bench_table.py)
      python -m parity.bench run [PATHS...] [--model M] [--output DIR] [check options] [--json]
+     python -m parity.bench bind [SCENARIO] [--profile P] [--bind X ...]  (bench_bind.py)
      python -m parity.bench metrics [--tokens 1000000] [--json]   (bench_metrics.py)
 """
 
@@ -104,6 +105,10 @@ def main() -> None:
         sys.exit(bench_reference.main(sys.argv[2:]))
     if sys.argv[1:2] == ["run"]:
         sys.exit(run_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["bind"]:
+        from parity import bench_bind
+
+        sys.exit(bench_bind.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -111,6 +116,8 @@ def main() -> None:
                                      "python -m parity.bench reference --help")
     sub.add_parser("run", help="run `parity check ARGS`, then print its table: "
                                "python -m parity.bench run --help")
+    sub.add_parser("bind", help="generation tokens/s per CPU binding of the engine: "
+                                "python -m parity.bench bind --help")
     p = sub.add_parser("table", help="where a run's wall time went, from RUN_DIR/report.json")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="the table as JSON")

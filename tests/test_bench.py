@@ -352,3 +352,11 @@ def test_nan_and_plus_inf_still_refused_with_their_count(bad):
         metrics.summarize([np.array([bad, -1.0, bad])], [np.array([-1.0, -1.0, -1.0])])
     with pytest.raises(ValueError, match="cand logprobs contain 1 NaN/\\+inf values"):
         metrics.per_sequence([np.array([-1.0])], [np.array([bad])])
+
+
+def test_bind_bench_tries_auto_one_core_and_every_core():
+    from parity.bench_bind import bindings_for
+
+    assert bindings_for([0, 1]) == ["auto", "0", "0-1"]
+    assert bindings_for([3]) == ["auto", "3"]
+    assert bindings_for([0, 2, 5]) == ["auto", "0", "0,2,5"]
