@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -209,6 +210,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["engine_start_s"] = timings["generate_s"] = 0.0
     timings["engine_stop_s"] = 0.0
     timings["tokens_generated"] = 0
+    closing: list[threading.Thread] = []
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
             setting = jobs[0][0].scenario.settings()[jobs[0][1]]
@@ -290,11 +292,10 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     if not er.sequences:
                         er.error = why
             finally:
-                if engine is not None:
+                if engine is not None:  # stopped while the next engine starts (joined below)
                     record["worker_pgid"] = engine.pgid
-                    t_stop = time.perf_counter()
-                    engine.close()  # stopping the worker processes: overhead, named apart
-                    timings["engine_stop_s"] += time.perf_counter() - t_stop
+                    closing.append(threading.Thread(target=engine.close, daemon=True))
+                    closing[-1].start()
     except KeyboardInterrupt as exc:
         run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")
@@ -328,6 +329,10 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         timings["score_s"] = refs.seconds()
         timings["judge_s"] = _lap(t0, b0) - timings["score_s"]
         refs.close()
+        t_stop = time.perf_counter()  # engine_stop_s: the stopping not hidden behind other work
+        for thread in closing:
+            thread.join()
+        timings["engine_stop_s"] = time.perf_counter() - t_stop
     tokens.record(run, out_dir, log)
     timings["total_s"] = time.perf_counter() - t_run
     timings["build_s"] = phases.build_seconds() - b_run
