@@ -23,6 +23,9 @@ def pytest_configure(config):
     if worker.startswith("gw") and count > 1 and len(cores) >= count:
         index = int(worker[2:]) % count
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cores[index]))
+        # The trainer-side forwards in each worker: as many threads as its share of the cores
+        # (two workers with two threads each on two cores slow each other down).
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(cores) // count)))
 
 
 # Fixtures whose work several tests share; a test using one runs on the worker that computed it
@@ -32,6 +35,7 @@ SUITE = {"suite_run", "shipped_run", "runtime_run", "rl_run"}
 CHEAP = {"tiny_model", "tmp_path_factory", "worker_id", "testrun_uid", "chromium"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = _xdist_group(item)
@@ -44,14 +48,14 @@ def _xdist_group(item) -> str | None:
     if SUITE & set(names):
         return "suite"
     defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    for name in names:
-        fixture = (defs.get(name) or [None])[-1]
-        if fixture is None or name in CHEAP:
-            continue
-        if fixture.scope == "session":
-            return f"session:{name}"
-        if fixture.scope == "module":
-            return item.module.__name__
+    scopes = {name: (defs.get(name) or [None])[-1] for name in names if name not in CHEAP}
+    scopes = {name: f.scope for name, f in scopes.items() if f is not None}
+    # A session fixture first: its users in other modules must land on the same worker.
+    session = [name for name in names if scopes.get(name) == "session"]
+    if session:
+        return f"session:{session[0]}"
+    if "module" in scopes.values():
+        return item.module.__name__
     return None
 
 
