@@ -3,11 +3,10 @@ on it, scores them with the reference (batched, cached), and judges each scenari
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.prompts import REWARDS, Prompt, load_prompts, render
 from parity.scenario import Scenario
 from parity.scoring import References  # noqa: F401  (runner.References: bench, older callers)
+from parity.enginework import Ahead, MemoEngine
 
 Log = Callable[[str], None]
 
@@ -87,43 +87,6 @@ def python_for(env_name: str, log: Log) -> str:
     from parity import envs
 
     return str(envs.ensure_env(envs.get_spec(env_name), log=log))
-
-
-class MemoEngine:
-    """An engine seen through a memo: identical generate requests of different scenarios in a
-    run (same prompts, same sampling, per-prompt seeds) are generated once and reused, e.g. one
-    V0 baseline for several candidates. Only categories whose engine work is plain generation
-    get it (Category.reuses_generations): a probe that repeats a request on purpose (cold then
-    warm cache) or fills a cache before an update needs the real call. Each caller gets its own
-    Sequence objects. Everything else passes through."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self._memo: dict[str, list[Sequence]] = {}
-        self.reused = 0
-
-    def generate(self, prompts, sampling) -> list[Sequence]:
-        memo = json.dumps([prompts, sampling.to_dict()])
-        if memo in self._memo:
-            self.reused += 1
-        else:
-            self._memo[memo] = self._engine.generate(prompts, sampling)
-        return [replace(s) for s in self._memo[memo]]
-
-    def forget(self) -> None:
-        """After the weights change, earlier generations no longer describe the engine."""
-        self._memo.clear()
-
-    def update_weights(self, *args, **kwargs):
-        self.forget()
-        return self._engine.update_weights(*args, **kwargs)
-
-    def generate_with_update(self, *args, **kwargs):
-        self.forget()
-        return self._engine.generate_with_update(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
 
 
 def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[ScenarioResult, str]]]:
@@ -211,11 +174,13 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["engine_stop_s"] = 0.0
     timings["tokens_generated"] = 0
     closing: list[threading.Thread] = []
+    ahead = Ahead(list(plan.items()), refused, doomed, drifts, pythons, log_dir,
+                   dict(start_timeout=start_timeout, request_timeout=request_timeout))
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
             setting = jobs[0][0].scenario.settings()[jobs[0][1]]
             log_path = log_dir / f"engine-{n}-{key}.log"
-            offset = faults.log_size(log_path)
+            offset = ahead.offsets.get(n, faults.log_size(log_path))
             log(f"[engine {n}/{len(plan)}] starting {setting.label()} on "
                 f"{Path(model_path).name}")
             record = {"n": n, "setting": setting.to_dict(), "model": model_path,
@@ -241,10 +206,11 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                 continue
             engine = None
             try:
-                engine = engines.create(setting, model_path, pythons[setting.env], log_path,
-                                        start_timeout=start_timeout,
-                                        request_timeout=request_timeout)
+                engine = ahead.take(n) or engines.create(
+                    setting, model_path, pythons[setting.env], log_path,
+                    start_timeout=start_timeout, request_timeout=request_timeout)
                 engine.start()
+                ahead.preload_after(n)  # the next engine imports vLLM while this one works
                 record["start_s"] = engine.start_s
                 record["effective_config"] = engine.effective_config()
                 timings["engine_start_s"] += engine.start_s
@@ -297,11 +263,14 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     closing.append(threading.Thread(target=engine.close, daemon=True))
                     closing[-1].start()
     except KeyboardInterrupt as exc:
+        ahead.close()
         run.interrupted = str(exc) or "interrupted by the user"
         log("interrupted: engines stopped; reporting what finished")
     except Exception as exc:  # a harness bug between engines: judge what finished
+        ahead.close()
         run.interrupted = faults.internal_error(exc)
         log(f"{run.interrupted}: engines stopped; reporting what finished")
+    ahead.close()
     if run.interrupted:
         faults.mark_unfinished(run.results, run.interrupted)
     if export is not None:

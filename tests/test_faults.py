@@ -337,3 +337,23 @@ def test_sigterm_while_generating_stops_engines_and_writes_report(tmp_path):
     assert verdicts[1]["outcome"] == "unresolved"
     assert "not finished: terminated by signal 15" in verdicts[1]["message"]
     assert_engines_gone(data)
+
+
+def test_next_engine_preloads_while_the_current_one_works(tmp_path, fakes, monkeypatch):
+    """The worker of engine n+1 is started (and imports vLLM) once engine n has started; a
+    preloaded engine that then fails to start is reported as any failed start, and no process
+    is left behind."""
+    from parity.engines.process import VllmEngine
+
+    preloaded = []
+    original = VllmEngine.preload
+    monkeypatch.setattr(VllmEngine, "preload",
+                        lambda self: (preloaded.append(self.setting.args), original(self))[1])
+    trace = "\n".join(ENGINE_CORE + line for line in ("EngineCore failed to start.", TCMALLOC))
+    run = runner.run([scenario("a", engine="vllm"), scenario("b", engine="vllm", x=1),
+                      scenario("c", engine="vllm", fail_start=trace)], tmp_path, log=quiet)
+    assert preloaded == [{"x": 1}, {"fail_start": trace}]  # engines 2 and 3, once each
+    outcomes = [r.verdict.outcome for r in run.results]
+    assert outcomes[:2] == ["pass", "pass"] and outcomes[2] == "unresolved"
+    assert f"root cause: {TCMALLOC}" in run.results[2].verdict.message
+    assert_engines_gone({"engines": run.engines})

@@ -114,13 +114,17 @@ class WorkerProcess:
 
     def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one request and wait for its reply; EngineError on crash, hang or error reply."""
+        self.send(payload)
+        return self.read(payload.get("op"), timeout)
+
+    def send(self, payload: dict[str, Any]) -> None:
+        """Send one request; its reply is read later with read(op)."""
         self._pending = payload.get("op")
         try:
             self.proc.stdin.write((json.dumps(payload) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._fail(f"engine {self.name} died before request {payload.get('op')!r}")
-        return self.read(payload.get("op"), timeout)
 
     def read(self, op: str | None, timeout: float) -> dict[str, Any]:
         """The reply to `op`; progress messages that come first go to on_progress."""
@@ -227,10 +231,22 @@ class VllmEngine:
         env.update(self.setting.variables)
         return env
 
+    def preload(self) -> None:
+        """Start the worker process and have it import vLLM now (e.g. while another engine
+        generates); start() then only creates the engine. No engine, no device memory."""
+        if self._worker is None:
+            self._worker = WorkerProcess(self.name, self.python, self._env(), self.log_path)
+            self._worker.send({"op": "preload"})
+            self._preloading = True
+
     def start(self) -> None:
         t0 = time.perf_counter()
-        self._worker = WorkerProcess(self.name, self.python, self._env(), self.log_path)
+        if self._worker is None:
+            self._worker = WorkerProcess(self.name, self.python, self._env(), self.log_path)
         self._worker.read("hello", timeout=120)
+        if getattr(self, "_preloading", False):
+            self._worker.read("preload", timeout=self.start_timeout)
+            self._preloading = False
         reply = self._worker.request(
             {"op": "start", "model": self.model, "engine_args": self.setting.args},
             timeout=self.start_timeout)

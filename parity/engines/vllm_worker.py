@@ -410,7 +410,12 @@ def serve(reply_fd: int) -> None:
         request = json.loads(line)
         op = request.get("op")
         try:
-            if op == "start":
+            if op == "preload":  # import vLLM now, while the harness is busy elsewhere
+                import vllm
+                from vllm.engine.arg_utils import EngineArgs
+
+                result = {"modules": [vllm.LLM.__module__, EngineArgs.__module__]}
+            elif op == "start":
                 result = host.start(request["model"], request.get("engine_args", {}))
             elif op == "generate":
                 result = host.generate(request["prompts"], request["sampling"])
