@@ -122,10 +122,15 @@ def attribute(hybrid: HybridModel, predict: Callable[[object, list[int]], list[n
     """
     search = list(range(min(SEARCH_SEQUENCES, len(engine))))
     scored: dict[frozenset, float] = {}
+    predicted: dict[frozenset, dict[int, np.ndarray]] = {}  # each sequence scored once
 
     def gap(stale: frozenset, idx: list[int]) -> float:
-        hybrid.set(stale)
-        pred = predict(hybrid.pair(), idx)
+        have = predicted.setdefault(stale, {})
+        todo = [i for i in idx if i not in have]
+        if todo:
+            hybrid.set(stale)
+            have.update(zip(todo, predict(hybrid.pair(), todo)))
+        pred = [have[i] for i in idx]
         diffs = [np.abs(np.asarray(engine[i], dtype=np.float64) - p) for i, p in zip(idx, pred)]
         flat = np.concatenate(diffs) if diffs else np.zeros(0)
         return float(flat.mean()) if len(flat) else float("nan")
@@ -168,14 +173,29 @@ FIXES = {
 }
 
 
+class Predictor:
+    """A probe's prediction that scores many sequences at once: `many(pair, idx)` -> the
+    expected logprobs of sequences idx with `pair` as the new weights; called as
+    `(pair, i)`, one sequence (the form `explain` also takes)."""
+
+    def __init__(self, many: Callable[[object, list[int]], list[np.ndarray]]):
+        self.many = many
+
+    def __call__(self, pair, i: int) -> np.ndarray:
+        return self.many(pair, [i])[0]
+
+
 def explain(scorer, predict_one: Callable[[object, int], np.ndarray], engine: list[np.ndarray],
             tol: float) -> Attribution:
     """Attribute an update that matches neither checkpoint: `predict_one(pair, i)` is the
-    probe's expected logprobs of sequence i with `pair` as the new weights, `engine` the
-    engine's logprobs of those sequences (scorer: parity.updates.SplitScorer)."""
+    probe's expected logprobs of sequence i with `pair` as the new weights (a Predictor: each
+    hypothesis scores its sequences in one batched call), `engine` the engine's logprobs of
+    those sequences (scorer: parity.updates.SplitScorer)."""
     old_pair, new_pair = scorer.pairs()
     hybrid = HybridModel(old_pair, new_pair)
-    return attribute(hybrid, lambda pair, idx: [predict_one(pair, i) for i in idx], engine, tol)
+    many = getattr(predict_one, "many", None) or (
+        lambda pair, idx: [predict_one(pair, i) for i in idx])
+    return attribute(hybrid, many, engine, tol)
 
 
 def summary(att: Attribution, top: int = 100) -> dict:

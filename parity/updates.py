@@ -177,6 +177,33 @@ class SplitScorer:
         target = torch.tensor(tokens).unsqueeze(-1)
         return logp.gather(-1, target).squeeze(-1).double().numpy()
 
+    def score_many(self, items: list[tuple[list[int], list[int], int]], sampling: SamplingSpec,
+                   new=None) -> list[np.ndarray]:
+        """`score` of many (prompt, tokens, boundary) items, a batch of sequences per forward
+        and the old weights' pass shared by every boundary of a sequence
+        (parity.split_batches); equal to scoring each alone up to float rounding."""
+        import torch
+
+        from parity.split_batches import score_items
+
+        old, default = self._load()
+        with torch.inference_mode():
+            return score_items(old, new or default, items, sampling,
+                               one=lambda p, t, b: self._score(p, t, b, sampling, new))
+
+    def old_many(self, pairs, sampling) -> list[np.ndarray]:
+        """`old` of many (prompt, tokens) pairs."""
+        return self.score_many([(p, t, len(p) + len(t)) for p, t in pairs], sampling)
+
+    def new_many(self, pairs, sampling, new=None) -> list[np.ndarray]:
+        """`new` of many (prompt, tokens) pairs; `new`: a stand-in pair as in `score`."""
+        return self.score_many([(p, t, 0) for p, t in pairs], sampling, new)
+
+    def keep_many(self, pairs, ks: list[int], sampling, new=None) -> list[np.ndarray]:
+        """`keep` of many (prompt, tokens) pairs, k tokens sampled before the update each."""
+        return self.score_many([(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)],
+                               sampling, new)
+
     def old(self, prompt, tokens, sampling) -> np.ndarray:
         """Everything under the old weights."""
         return self.score(prompt, tokens, len(prompt) + len(tokens), sampling)
