@@ -148,3 +148,36 @@ def test_bfloat16_batched_within_its_rounding(tiny_model, perturbed):
     rounding = np.concatenate([np.abs(a - b) for a, b in zip(one, ref) if len(a)])
     assert diffs.max() <= 0.1 and diffs.mean() <= 0.5 * rounding.mean(), (
         diffs.max(), diffs.mean(), rounding.mean())
+
+
+def _engine(scorer, pairs, ks, stale):
+    """Keep-semantics logprobs after the update of an engine whose new weights left `stale` old."""
+    old_pair, new_pair = scorer.pairs()
+    hybrid = hybrids.HybridModel(old_pair, new_pair)
+    hybrid.set(frozenset(stale))
+    return [x[k:] for x, k in zip(scorer.keep_many(pairs, ks, T1, new=hybrid.pair()), ks)]
+
+
+@pytest.mark.parametrize("stale", [["layers.1"], [hybrids.HEAD]])
+def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch, stale):
+    """The search with a batched Predictor (keep semantics, as the in-flight probe predicts)
+    and the shared components replayed names the component, with the same gaps as one
+    sequence at a time recomputing everything, in fewer layer forwards."""
+    pairs = [pt for pt in _pairs(10, seed=6) if len(pt[1]) > 3]
+    ks = [2] * len(pairs)
+    engine = _engine(scorer, pairs, ks, stale)
+    predict = hybrids.Predictor(lambda pair, idx: [x[ks[i]:] for x, i in zip(
+        scorer.keep_many([pairs[i] for i in idx], [ks[i] for i in idx], T1, new=pair), idx)])
+    calls = []
+    layer_call = type(scorer.pairs()[1][0].base_model.layers[0]).__call__
+    monkeypatch.setattr(type(scorer.pairs()[1][0].base_model.layers[0]), "__call__",
+                        lambda self, *a, **k: calls.append(1) or layer_call(self, *a, **k))
+    fast = hybrids.explain(scorer, predict, engine, 0.05)
+    n_fast = len(calls)
+    monkeypatch.setattr(hybrids.HybridModel, "shared", lambda self, a, b: [])
+    plain = hybrids.explain(scorer, lambda pair, i: predict(pair, i), engine, 0.05)
+    assert fast.stale == plain.stale == stale and fast.fitted
+    assert fast.hypotheses.keys() == plain.hypotheses.keys()
+    assert max(abs(fast.hypotheses[k] - plain.hypotheses[k]) for k in fast.hypotheses) <= 1e-5
+    assert abs(fast.gap - plain.gap) <= 1e-5
+    assert n_fast < 0.8 * (len(calls) - n_fast)
