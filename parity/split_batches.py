@@ -1,8 +1,11 @@
 """Batched scoring for parity.updates.SplitScorer: many (prompt, tokens, boundary) items per
-forward, right-padded and masked. The old weights run once over each whole sequence; a split
-item's new-weight suffix then attends to that pass's KV cut at its own boundary."""
+forward, right-padded and masked. Each model runs once over what its sequences share (the
+prefix common to all, each distinct prompt) and then over each sequence's rest; a split item's
+new-weight suffix attends to the old weights' KV cut at its own boundary."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -11,6 +14,7 @@ from parity.engines.base import SamplingSpec
 # Padded positions per forward, cache included: bounds the activations and the KV held for a
 # chunk (SmolLM2-135M: ~46 KB of fp32 KV per position, so ~190 MB at this size).
 MAX_BATCH_TOKENS = 4096
+MIN_SHARED = 4  # a prefix common to every sequence is run once from this many tokens on
 
 
 def score_items(old, new, items, sampling: SamplingSpec, one=None,
@@ -20,14 +24,17 @@ def score_items(old, new, items, sampling: SamplingSpec, one=None,
 
     Args:
         old, new: (model-like with .base_model, head) pairs.
-        items: (prompt, tokens, boundary) triples; equal items are scored once.
-        one: fallback scoring one item alone, `one(prompt, tokens, boundary)`, for a model whose
-            cache cannot be cut per row (sliding-window layers).
+        items: (prompt, tokens, boundary) triples, prompts not empty; equal items are scored
+            once.
+        one: scores one item alone, `one(prompt, tokens, boundary)`: used for every item when
+            a model has sliding-window layers (their cache cannot be cut per row).
         max_tokens: padded positions per forward.
     Returns: one float64 array per item (empty for an empty completion).
     """
     from parity.reference import chunk_budget, chunk_rows
 
+    if _sliding(old[0].base_model) or _sliding(new[0].base_model):
+        return [one(p, t, b) if len(t) else np.zeros(0) for p, t, b in items]
     seqs: dict[tuple, int] = {}  # (prompt, tokens) -> sequence id
     jobs: dict[tuple[int, int], list[int]] = {}  # (sequence id, boundary) -> item indices
     for i, (prompt, tokens, boundary) in enumerate(items):
@@ -39,47 +46,41 @@ def score_items(old, new, items, sampling: SamplingSpec, one=None,
             jobs.setdefault((sid, max(0, min(int(boundary), n))), []).append(i)
     keys = list(seqs)
     inputs = [list(p) + list(t[:-1]) for p, t in keys]
+    firsts = [len(p) - 1 for p, _ in keys]  # the first position that predicts a completion token
     results = {(s, b): np.zeros(len(keys[s][1])) for s, b in jobs}
     rows = _Rows(results)
-    fresh = sorted({s for s, b in jobs if b == 0}, key=lambda s: -len(inputs[s]))
-    for chunk in _chunks([len(inputs[s]) for s in fresh], max_tokens):
-        sids = [fresh[j] for j in chunk]
-        hidden, _ = _forward(new[0].base_model, [inputs[s] for s in sids])
-        for r, s in enumerate(sids):
-            first = len(keys[s][0]) - 1
-            rows.add(new[1], hidden[r, first:len(inputs[s])], keys[s][1], (s, 0), 0)
-        del hidden
-    # The old weights run once per sequence, as far as its largest boundary.
-    reach = {}
-    for s, b in jobs:
-        if b > 0:
-            reach[s] = max(reach.get(s, 0), b)
-    split = sorted(reach, key=lambda s: -reach[s])
-    for chunk in _chunks([reach[s] for s in split], max_tokens):
-        sids = [split[j] for j in chunk]
-        bounds = [(r, s, b) for r, s in enumerate(sids) for b in _bounds(jobs, s)]
-        cut = [(r, s, b) for r, s, b in bounds if b < len(inputs[s])]
-        hidden, kv = _forward(old[0].base_model, [inputs[s][:reach[s]] for s in sids],
-                              bool(cut))
-        for r, s, b in bounds:  # the positions before the boundary: the old weights predict
-            first = len(keys[s][0]) - 1
-            rows.add(old[1], hidden[r, first:max(first, b)], keys[s][1][:max(0, b - first)],
-                     (s, b), 0)
-        del hidden
-        if cut and kv is None:
-            for r, s, b in cut:
-                results[(s, b)] = one(*keys[s], b)
-            continue
-        for part in _chunks([len(inputs[s]) + b for _, s, b in cut], max_tokens):
+
+    def fresh(done, hidden, kv):  # all new weights: every predicting position
+        for s, r, start in done:
+            rows.add(new[1], hidden[r, firsts[s] - start:len(inputs[s]) - start], keys[s][1],
+                     (s, 0), 0)
+
+    def split(done, hidden, kv):  # the old weights before each boundary, the new ones after
+        cut = []
+        for s, r, start in done:
+            for b in sorted(b for ss, b in jobs if ss == s and b > 0):
+                first = firsts[s]
+                rows.add(old[1], hidden[r, first - start:max(first, b) - start],
+                         keys[s][1][:max(0, b - first)], (s, b), 0)
+                if b < len(inputs[s]):
+                    cut.append((r, s, b))
+        for part in _chunks([kv.pos.shape[1] + len(inputs[s]) - b for _, s, b in cut],
+                            max_tokens):
             sub = [cut[j] for j in part]
-            hidden = _suffix(new[0].base_model, kv, [(r, inputs[s], b) for r, s, b in sub])
+            out, _ = _segments(new[0].base_model, kv,
+                               [(r, inputs[s][b:], b) for r, s, b in sub], False)
             for q, (r, s, b) in enumerate(sub):
-                first = len(keys[s][0]) - 1
-                lo = max(first, b)
-                rows.add(new[1], hidden[q, lo - b:len(inputs[s]) - b], keys[s][1][lo - first:],
-                          (s, b), lo - first)
-            del hidden
-        del kv
+                lo = max(firsts[s], b)
+                rows.add(new[1], out[q, lo - b:len(inputs[s]) - b],
+                         keys[s][1][lo - firsts[s]:], (s, b), lo - firsts[s])
+
+    reach: dict[int, int] = {}  # how far the old weights run: the largest boundary
+    for s, b in jobs:
+        reach[s] = max(reach.get(s, 0), b)
+    _shared_passes(new[0].base_model, inputs, firsts,
+                   {s: len(inputs[s]) for s, b in jobs if b == 0}, max_tokens, fresh, False)
+    _shared_passes(old[0].base_model, inputs, firsts, {s: r for s, r in reach.items() if r},
+                   max_tokens, split, True)
     rows.score(sampling, chunk_rows(int(new[1].weight.shape[0]), chunk_budget("cpu")))
     out = [np.zeros(0)] * len(items)
     for key, idx in jobs.items():
@@ -88,8 +89,60 @@ def score_items(old, new, items, sampling: SamplingSpec, one=None,
     return out
 
 
-def _bounds(jobs, sid: int) -> list[int]:
-    return sorted(b for s, b in jobs if s == sid and b > 0)
+def _sliding(body) -> bool:
+    cfg = getattr(body, "config", None)
+    types = getattr(cfg, "layer_types", None) or []
+    return "sliding_attention" in types or (getattr(cfg, "sliding_window", None) is not None
+                                             and getattr(cfg, "use_sliding_window", True))
+
+
+def _shared_passes(body, inputs, firsts, reach: dict[int, int], max_tokens: int, visit,
+                   cache: bool) -> None:
+    """Run `body` over positions [0, reach[s]) of each sequence s, sharing work as a tree: the
+    prefix common to all once, then each distinct prompt once (its own rest for a prompt of
+    one sequence), then each sequence's rest. `visit(done, hidden, kv)` gets every chunk of
+    finished sequences: done = (sequence, row, first position of the row), hidden [rows, W,
+    H] and their KV (a _KV, or None unless `cache`)."""
+    if not reach:
+        return
+    sids = sorted(reach, key=lambda s: -reach[s])
+    # Shared segments end before every sequence's first predicting position and its reach.
+    ends = {s: min(firsts[s], reach[s] - 1) for s in sids}
+    common = min(len(os.path.commonprefix([tuple(inputs[s][:ends[s]]) for s in sids])),
+                 min(ends.values()) - 1)  # so that every segment after it has a token
+    root = None
+    if len(sids) > 1 and common >= MIN_SHARED:
+        _, root = _segments(body, None, [(0, inputs[sids[0]][:common], 0)], True)
+    else:
+        common = 0
+    groups: dict[tuple, list[int]] = {}
+    for s in sids:
+        groups.setdefault(tuple(inputs[s][:firsts[s]]), []).append(s)
+    top = []  # (tokens from `common` on, the group's sequences, where the segment ends)
+    for members in groups.values():
+        end = min([firsts[members[0]]] + [reach[s] for s in members])
+        if len(members) > 1 and end > common:
+            top.append((inputs[members[0]][common:end], members, end))
+        else:  # a prompt of one sequence (or nothing to share): its whole rest at once
+            top += [(inputs[s][common:reach[s]], [s], reach[s]) for s in members]
+    for chunk in _chunks([common + len(t) for t, _, _ in top], max_tokens):
+        part = [top[j] for j in chunk]
+        hidden, kv = _segments(body, root, [(0, t, common) for t, _, _ in part],
+                               True if any(len(m) > 1 for _, m, _ in part) else cache)
+        visit([(m[0], r, common) for r, (_, m, end) in enumerate(part) if len(m) == 1]
+              + [(s, r, common) for r, (_, m, end) in enumerate(part) if len(m) > 1
+                 for s in m if reach[s] == end], hidden, kv)
+        del hidden
+        rest = [(r, s, end) for r, (_, m, end) in enumerate(part) if len(m) > 1 for s in m
+                if reach[s] > end]
+        for sub in _chunks([kv.pos.shape[1] + reach[s] - end for _, s, end in rest]
+                           if rest else [], max_tokens):
+            items = [rest[j] for j in sub]
+            hidden, leaf = _segments(body, kv, [(r, inputs[s][end:reach[s]], end)
+                                                for r, s, end in items], cache)
+            visit([(s, q, end) for q, (_, s, end) in enumerate(items)], hidden, leaf)
+            del hidden, leaf
+        del kv
 
 
 def _chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -107,48 +160,43 @@ def _chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return out
 
 
-def _forward(body, seqs: list[list[int]], cache: bool = False):
-    """Right-padded forward of whole sequences: (last hidden states [B, W, H], the per-layer
-    (keys, values) when `cache`, None if a layer is sliding-window)."""
-    import torch
+class _KV:
+    """A forward's cache: per-layer (keys, values) [rows, heads, slots, dim] and the position
+    each slot holds, -1 for padding (pos [rows, slots])."""
 
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
-        mask[r, :len(s)] = 1
-    out = body(input_ids=ids, attention_mask=mask, use_cache=cache)
-    if not cache:
-        return out.last_hidden_state, None
-    layers = [tuple(layer) for layer in out.past_key_values]
-    if any(len(layer) > 2 and layer[2] is not None for layer in layers):
-        return out.last_hidden_state, None
-    return out.last_hidden_state, [(k, v) for k, v, *_ in layers]
+    def __init__(self, kv, pos):
+        self.kv, self.pos = kv, pos
 
 
-def _suffix(body, kv, rows: list[tuple[int, list[int], int]]):
-    """The new weights over positions [b, len) of each (cache row, sequence, b), attending to
-    that row's cached KV of positions < b: hidden states [n, S, H], index 0 = position b."""
+def _segments(body, parent: _KV | None, rows: list[tuple[int, list[int], int]],
+              cache: bool):
+    """`body` over each row's (parent row, tokens, start): the tokens at positions start on,
+    attending to the parent row's cached positions before start (none without a parent).
+    Returns hidden states [rows, W, H] (index j = position start + j) and, when `cache`,
+    the rows' _KV (the parent's slots they saw, then their own)."""
     import torch
     from transformers import DynamicCache
 
-    cut = max(b for _, _, b in rows)
-    width = max(len(s) - b for _, s, b in rows)
+    width = max(len(t) for _, t, _ in rows)
     ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), cut + width), dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    for q, (_, s, b) in enumerate(rows):
-        n = len(s) - b
-        ids[q, :n] = torch.tensor(s[b:])
-        mask[q, :b] = 1  # the cache past b (this row's own later positions, padding) is masked
-        mask[q, cut:cut + n] = 1
-        pos[q] = torch.arange(b, b + width)  # the true positions: RoPE sees no gap
-    idx = torch.tensor([r for r, _, _ in rows])
-    cache = DynamicCache([(k[idx, :, :cut], v[idx, :, :cut]) for k, v in kv])
-    out = body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-               use_cache=True)
-    return out.last_hidden_state
+    own = torch.full((len(rows), width), -1, dtype=torch.long)
+    for q, (_, tokens, start) in enumerate(rows):
+        ids[q, :len(tokens)] = torch.tensor(tokens)
+        own[q, :len(tokens)] = torch.arange(start, start + len(tokens))
+    starts = torch.tensor([start for _, _, start in rows])
+    positions = starts[:, None] + torch.arange(width)  # the true positions: RoPE sees no gap
+    past, slots = None, own
+    if parent is not None:
+        idx = torch.tensor([r for r, _, _ in rows])
+        seen = parent.pos[idx]
+        seen = torch.where(seen < starts[:, None], seen, -1)  # the row's own later positions
+        past = DynamicCache([(k[idx], v[idx]) for k, v in parent.kv])
+        slots = torch.cat([seen, own], dim=1)
+    out = body(input_ids=ids, attention_mask=(slots >= 0).long(), position_ids=positions,
+               past_key_values=past, use_cache=cache or past is not None)
+    if not cache:
+        return out.last_hidden_state, None
+    return out.last_hidden_state, _KV([(k, v) for k, v, *_ in out.past_key_values], slots)
 
 
 class _Rows:

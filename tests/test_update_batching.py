@@ -26,13 +26,21 @@ def scorer(tiny_model, perturbed):
     return SplitScorer(tiny_model, perturbed, head_dtype="model", dtype="float32")
 
 
-def _pairs(n=9, seed=0):
-    """Prompts of 1-14 tokens and completions of 0-17 (one empty, one single token)."""
+def _pairs(n=9, seed=0, shared=True):
+    """Prompts of 1-14 tokens and completions of 0-17 (one empty, one single token); `shared`:
+    most prompts start with the same 6 tokens (a chat template), and two prompts have three
+    completions each (samples, or the sequences before and after an update), one of them a
+    prompt of one token."""
     rng = np.random.default_rng(seed)
     out = [(list(rng.integers(3, 200, rng.integers(1, 15))),
             list(rng.integers(3, 200, rng.integers(2, 18)))) for _ in range(n)]
     out[1] = (out[1][0], [])
     out[2] = (out[2][0], out[2][1][:1])
+    if shared:
+        template = [1, 7, 8, 9, 10, 11]
+        out = [(template + p, t) for p, t in out[:-2]] + out[-2:]
+        for prompt in (out[3][0], [42]):
+            out += [(prompt, list(rng.integers(3, 200, rng.integers(1, 12)))) for _ in range(3)]
     return out
 
 
@@ -58,9 +66,10 @@ def _every_boundary(pairs):
     return items
 
 
-@pytest.mark.parametrize("sampling", [T1, TOPK], ids=["t1", "topk-topp"])
-def test_batched_equals_one_sequence_at_every_boundary(scorer, sampling):
-    items = _every_boundary(_pairs())
+@pytest.mark.parametrize("sampling,shared", [(T1, True), (TOPK, True), (T1, False)],
+                         ids=["t1", "topk-topp", "nothing-shared"])
+def test_batched_equals_one_sequence_at_every_boundary(scorer, sampling, shared):
+    items = _every_boundary(_pairs(shared=shared))
     many = scorer.score_many(items, sampling)
     one = [scorer.score(p, t, b, sampling) for p, t, b in items]
     assert _max_diff(many, one) <= 1e-5
@@ -90,8 +99,8 @@ def test_a_batch_larger_than_one_chunk(scorer, monkeypatch):
     items = _every_boundary(_pairs(12, seed=2))
     whole = scorer.score_many(items, T1)
     calls = []
-    forward = split_batches._forward
-    monkeypatch.setattr(split_batches, "_forward", lambda *a: calls.append(1) or forward(*a))
+    forward = split_batches._segments
+    monkeypatch.setattr(split_batches, "_segments", lambda *a: calls.append(1) or forward(*a))
     old, new = scorer.pairs()
     with torch.inference_mode():
         small = split_batches.score_items(old, new, items, T1, max_tokens=24)
