@@ -190,9 +190,18 @@ def _segments(body, parent: _KV | None, rows: list[tuple[int, list[int], int]],
         idx = torch.tensor([r for r, _, _ in rows])
         seen = parent.pos[idx]
         seen = torch.where(seen < starts[:, None], seen, -1)  # the row's own later positions
-        past = DynamicCache([(k[idx], v[idx]) for k, v in parent.kv])
+        # A layer replayed from a tape (parity.hybrids) cached nothing, and needs nothing.
+        past = DynamicCache([(None, None) if k is None else (k[idx], v[idx])
+                             for k, v in parent.kv])
         slots = torch.cat([seen, own], dim=1)
-    out = body(input_ids=ids, attention_mask=(slots >= 0).long(), position_ids=positions,
+    # The mask in full (slots in order, causal by slot): then it is not sized from the cache
+    # of layer 0, which a replayed layer 0 leaves empty.
+    n_past = slots.shape[1] - width
+    causal = torch.arange(slots.shape[1])[None, :] <= n_past + torch.arange(width)[:, None]
+    allowed = (slots >= 0)[:, None, :] & causal[None]
+    dtype = next(body.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    out = body(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
                past_key_values=past, use_cache=cache or past is not None)
     if not cache:
         return out.last_hidden_state, None

@@ -138,8 +138,9 @@ class SplitScorer:
     def score(self, prompt: list[int], tokens: list[int], boundary: int,
               sampling: SamplingSpec, new=None) -> np.ndarray:
         """Processed logprob of each completion token (positions < boundary by the old weights,
-        the rest by the new weights over the old KV). `new`: a (model, head) pair standing in
-        for the new weights (a hybrid hypothesis, parity.hybrids)."""
+        the rest by the new weights over the old KV), one sequence alone: the definition
+        `score_many` is tested against. `new`: a (model, head) pair standing in for the new
+        weights (a hybrid hypothesis, parity.hybrids)."""
         import torch
 
         with torch.inference_mode():
@@ -179,9 +180,10 @@ class SplitScorer:
 
     def score_many(self, items: list[tuple[list[int], list[int], int]], sampling: SamplingSpec,
                    new=None) -> list[np.ndarray]:
-        """`score` of many (prompt, tokens, boundary) items, a batch of sequences per forward
-        and the old weights' pass shared by every boundary of a sequence
-        (parity.split_batches); equal to scoring each alone up to float rounding."""
+        """`score` of many (prompt, tokens, boundary) items in batched forwards that share
+        the work sequences have in common (a prompt template, a prompt sampled twice, the
+        old weights' pass under every boundary of a sequence: parity.split_batches); equal
+        to scoring each alone with `score` up to float rounding."""
         import torch
 
         from parity.split_batches import score_items

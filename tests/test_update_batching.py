@@ -159,24 +159,28 @@ def test_bfloat16_batched_within_its_rounding(tiny_model, perturbed):
         diffs.max(), diffs.mean(), rounding.mean())
 
 
-def _engine(scorer, pairs, ks, stale):
-    """Keep-semantics logprobs after the update of an engine whose new weights left `stale` old."""
+def _predict(scorer, pairs, ks, pair, idx):
+    """Keep semantics after k tokens (k = 0: the new weights throughout) with `pair` as the
+    new weights, from token k on."""
+    sub, kk = [pairs[i] for i in idx], [ks[i] for i in idx]
+    return [x[k:] for x, k in zip(scorer.keep_many(sub, kk, T1, new=pair), kk)]
+
+
+@pytest.mark.parametrize("stale,k", [(["layers.1"], 2), ([hybrids.HEAD], 2),
+                                     (["layers.1"], 0), (["embed_tokens"], 0)])
+def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch, stale, k):
+    """The search with a batched Predictor (keep semantics as the in-flight probe predicts,
+    or the new weights throughout as the between-calls probes do: the shared prompt template
+    then runs through the hybrid body too) and the shared components replayed names the
+    component, with the same gaps as one sequence at a time recomputing everything, in fewer
+    layer forwards."""
+    pairs = [pt for pt in _pairs(10, seed=6) if len(pt[1]) > 3]
+    ks = [k] * len(pairs)
     old_pair, new_pair = scorer.pairs()
     hybrid = hybrids.HybridModel(old_pair, new_pair)
     hybrid.set(frozenset(stale))
-    return [x[k:] for x, k in zip(scorer.keep_many(pairs, ks, T1, new=hybrid.pair()), ks)]
-
-
-@pytest.mark.parametrize("stale", [["layers.1"], [hybrids.HEAD]])
-def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch, stale):
-    """The search with a batched Predictor (keep semantics, as the in-flight probe predicts)
-    and the shared components replayed names the component, with the same gaps as one
-    sequence at a time recomputing everything, in fewer layer forwards."""
-    pairs = [pt for pt in _pairs(10, seed=6) if len(pt[1]) > 3]
-    ks = [2] * len(pairs)
-    engine = _engine(scorer, pairs, ks, stale)
-    predict = hybrids.Predictor(lambda pair, idx: [x[ks[i]:] for x, i in zip(
-        scorer.keep_many([pairs[i] for i in idx], [ks[i] for i in idx], T1, new=pair), idx)])
+    engine = _predict(scorer, pairs, ks, hybrid.pair(), range(len(pairs)))
+    predict = hybrids.Predictor(lambda pair, idx: _predict(scorer, pairs, ks, pair, idx))
     calls = []
     layer_call = type(scorer.pairs()[1][0].base_model.layers[0]).__call__
     monkeypatch.setattr(type(scorer.pairs()[1][0].base_model.layers[0]), "__call__",
@@ -189,4 +193,4 @@ def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch,
     assert fast.hypotheses.keys() == plain.hypotheses.keys()
     assert max(abs(fast.hypotheses[k] - plain.hypotheses[k]) for k in fast.hypotheses) <= 1e-5
     assert abs(fast.gap - plain.gap) <= 1e-5
-    assert n_fast < 0.8 * (len(calls) - n_fast)
+    assert n_fast < (0.8 if stale != ["embed_tokens"] else 1) * (len(calls) - n_fast)
