@@ -173,8 +173,10 @@ def _judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     before, after = er.extra["before"], er.sequences
     batch = batched(scorer)
     pairs_a = [(s.prompt_token_ids, s.token_ids) for s in after]
-    old_b = batch.old_many([(s.prompt_token_ids, s.token_ids) for s in before], sampling)
-    old_a = batch.old_many(pairs_a, sampling)
+    # One call: the prompts before and after the update are the same, computed once.
+    olds = batch.old_many([(s.prompt_token_ids, s.token_ids) for s in before] + pairs_a,
+                          sampling)
+    old_b, old_a = olds[:len(before)], olds[len(before):]
     new_a = batch.new_many(pairs_a, sampling)
     eng_b = [s.logprobs for s in before]
     eng_a = [s.logprobs for s in after]
