@@ -1,6 +1,7 @@
 """Weight updates, the trainer side: the `update` table of a weight_update scenario, and a
-trainer holding the old and the new checkpoint that scores a sequence under each hypothesis
-(old weights, new weights, keep the old KV, recompute, a stale prefix cache)."""
+trainer holding the old and the new checkpoint that scores sequences under each hypothesis
+(old weights, new weights, keep the old KV, recompute, a stale prefix cache), many at once
+(parity.split_batches)."""
 
 from __future__ import annotations
 
