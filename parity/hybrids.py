@@ -11,6 +11,7 @@ stale. The search is greedy forward selection over single components (plus "ever
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable
@@ -108,6 +109,60 @@ class HybridModel:
         head = self.old_head if HEAD in self.stale else self.new_head
         return SimpleNamespace(base_model=self.body), head
 
+    def shared(self, a: frozenset, b: frozenset) -> list[str]:
+        """The body components before the first one that hypotheses a and b set differently:
+        both compute them alike."""
+        out = []
+        for name in self.components():
+            if name in a ^ b or name == HEAD:
+                break
+            out.append(name)
+        return out
+
+    @contextmanager
+    def recording(self):
+        """Yields a tape: each body component's outputs, in call order, while it is open."""
+        tape: dict[str, list] = {name: [] for name in self.components() if name != HEAD}
+        tape["ids"] = []
+
+        def hook(name):
+            def keep(module, args, out):
+                if name == "embed_tokens":
+                    tape["ids"].append(args[0].clone())
+                tape[name].append(out.clone() if hasattr(out, "clone") else out)
+            return keep
+
+        handles = [self._module(self.body, n).register_forward_hook(hook(n))
+                   for n in tape if n != "ids"]
+        try:
+            yield tape
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextmanager
+    def replaying(self, tape: dict | None, names: list[str]):
+        """Components `names` return what they returned on `tape`, call by call, instead of
+        computing: for a hypothesis scoring the same sequences as the taped one, with these
+        components set alike (see `shared`). A call on other inputs raises."""
+        import torch
+
+        modules = [self._module(self.body, n) for n in names] if tape else []
+        for name, module in zip(names, modules):
+            outputs, ids = iter(tape[name]), iter(tape["ids"])
+
+            def forward(*args, _outputs=outputs, _ids=ids, _name=name, **kwargs):
+                if _name == "embed_tokens" and not torch.equal(args[0], next(_ids)):
+                    raise RuntimeError("replaying a tape on other inputs")
+                return next(_outputs)
+
+            module.forward = forward
+        try:
+            yield
+        finally:
+            for module in modules:
+                del module.forward
+
 
 def attribute(hybrid: HybridModel, predict: Callable[[object, list[int]], list[np.ndarray]],
               engine: list[np.ndarray], tol: float) -> Attribution:
@@ -116,30 +171,53 @@ def attribute(hybrid: HybridModel, predict: Callable[[object, list[int]], list[n
     Args:
         hybrid: the hybrid model (its state is restored to all-new afterwards).
         predict: (model-and-head pair, sequence indices) -> the probe's expected logprobs of
-            those sequences when the new weights are that pair.
+            those sequences when the new weights are that pair; the same indices must run the
+            same forwards (the components a candidate shares with the chosen hypothesis are
+            replayed from a recording of the chosen one, not recomputed).
         engine: the engine's logprobs per sequence.
         tol: mean |dlogp| within which a hypothesis explains the engine.
     """
     search = list(range(min(SEARCH_SEQUENCES, len(engine))))
     scored: dict[frozenset, float] = {}
+    predicted: dict[frozenset, dict[int, np.ndarray]] = {}  # each sequence scored once
 
     def gap(stale: frozenset, idx: list[int]) -> float:
-        hybrid.set(stale)
-        pred = predict(hybrid.pair(), idx)
+        have = predicted.setdefault(stale, {})
+        todo = [i for i in idx if i not in have]
+        if todo:
+            hybrid.set(stale)
+            have.update(zip(todo, predict(hybrid.pair(), todo)))
+        pred = [have[i] for i in idx]
         diffs = [np.abs(np.asarray(engine[i], dtype=np.float64) - p) for i, p in zip(idx, pred)]
         flat = np.concatenate(diffs) if diffs else np.zeros(0)
         return float(flat.mean()) if len(flat) else float("nan")
 
+    # The body components a candidate shares with the chosen hypothesis (those before the
+    # one it adds) are replayed from a tape of the chosen one on the search sequences.
+    taped: dict = {"stale": frozenset(), "tape": None}
+
     def fit(stale: frozenset) -> float:
         if stale not in scored:
-            scored[stale] = gap(stale, search)
+            with hybrid.replaying(taped["tape"], hybrid.shared(stale, taped["stale"])):
+                scored[stale] = gap(stale, search)
         return scored[stale]
+
+    def tape(stale: frozenset) -> None:
+        hybrid.set(stale)
+        with hybrid.recording() as out:
+            predict(hybrid.pair(), search)
+        taped.update(stale=stale, tape=out)
 
     parts = hybrid.components()
     layers = frozenset(p for p in parts if p.startswith("layers."))
-    chosen, best = frozenset(), fit(frozenset())
+    chosen = frozenset()
     try:
+        with hybrid.recording() as first:
+            best = fit(chosen)
+        taped.update(tape=first)
         for rnd in range(MAX_ROUNDS):
+            if rnd:
+                tape(chosen)
             candidates = [chosen | {p} for p in parts if p not in chosen]
             if rnd == 0:
                 candidates += [layers, frozenset(parts) - {HEAD}]
@@ -168,14 +246,29 @@ FIXES = {
 }
 
 
+class Predictor:
+    """A probe's prediction that scores many sequences at once: `many(pair, idx)` -> the
+    expected logprobs of sequences idx with `pair` as the new weights; called as
+    `(pair, i)`, one sequence (the form `explain` also takes)."""
+
+    def __init__(self, many: Callable[[object, list[int]], list[np.ndarray]]):
+        self.many = many
+
+    def __call__(self, pair, i: int) -> np.ndarray:
+        return self.many(pair, [i])[0]
+
+
 def explain(scorer, predict_one: Callable[[object, int], np.ndarray], engine: list[np.ndarray],
             tol: float) -> Attribution:
     """Attribute an update that matches neither checkpoint: `predict_one(pair, i)` is the
-    probe's expected logprobs of sequence i with `pair` as the new weights, `engine` the
-    engine's logprobs of those sequences (scorer: parity.updates.SplitScorer)."""
+    probe's expected logprobs of sequence i with `pair` as the new weights (a Predictor: each
+    hypothesis scores its sequences in one batched call), `engine` the engine's logprobs of
+    those sequences (scorer: parity.updates.SplitScorer)."""
     old_pair, new_pair = scorer.pairs()
     hybrid = HybridModel(old_pair, new_pair)
-    return attribute(hybrid, lambda pair, idx: [predict_one(pair, i) for i in idx], engine, tol)
+    many = getattr(predict_one, "many", None) or (
+        lambda pair, idx: [predict_one(pair, i) for i in idx])
+    return attribute(hybrid, many, engine, tol)
 
 
 def summary(att: Attribution, top: int = 100) -> dict:

@@ -1,6 +1,7 @@
 """Weight updates, the trainer side: the `update` table of a weight_update scenario, and a
-trainer holding the old and the new checkpoint that scores a sequence under each hypothesis
-(old weights, new weights, keep the old KV, recompute, a stale prefix cache)."""
+trainer holding the old and the new checkpoint that scores sequences under each hypothesis
+(old weights, new weights, keep the old KV, recompute, a stale prefix cache), many at once
+(parity.split_batches)."""
 
 from __future__ import annotations
 
@@ -138,8 +139,9 @@ class SplitScorer:
     def score(self, prompt: list[int], tokens: list[int], boundary: int,
               sampling: SamplingSpec, new=None) -> np.ndarray:
         """Processed logprob of each completion token (positions < boundary by the old weights,
-        the rest by the new weights over the old KV). `new`: a (model, head) pair standing in
-        for the new weights (a hybrid hypothesis, parity.hybrids)."""
+        the rest by the new weights over the old KV), one sequence alone: the definition
+        `score_many` is tested against. `new`: a (model, head) pair standing in for the new
+        weights (a hybrid hypothesis, parity.hybrids)."""
         import torch
 
         with torch.inference_mode():
@@ -176,6 +178,34 @@ class SplitScorer:
         logp = process_logits(logits, sampling).log_softmax(dim=-1)
         target = torch.tensor(tokens).unsqueeze(-1)
         return logp.gather(-1, target).squeeze(-1).double().numpy()
+
+    def score_many(self, items: list[tuple[list[int], list[int], int]], sampling: SamplingSpec,
+                   new=None) -> list[np.ndarray]:
+        """`score` of many (prompt, tokens, boundary) items in batched forwards that share
+        the work sequences have in common (a prompt template, a prompt sampled twice, the
+        old weights' pass under every boundary of a sequence: parity.split_batches); equal
+        to scoring each alone with `score` up to float rounding."""
+        import torch
+
+        from parity.split_batches import score_items
+
+        old, default = self._load()
+        with torch.inference_mode():
+            return score_items(old, new or default, items, sampling,
+                               one=lambda p, t, b: self._score(p, t, b, sampling, new))
+
+    def old_many(self, pairs, sampling) -> list[np.ndarray]:
+        """`old` of many (prompt, tokens) pairs."""
+        return self.score_many([(p, t, len(p) + len(t)) for p, t in pairs], sampling)
+
+    def new_many(self, pairs, sampling, new=None) -> list[np.ndarray]:
+        """`new` of many (prompt, tokens) pairs; `new`: a stand-in pair as in `score`."""
+        return self.score_many([(p, t, 0) for p, t in pairs], sampling, new)
+
+    def keep_many(self, pairs, ks: list[int], sampling, new=None) -> list[np.ndarray]:
+        """`keep` of many (prompt, tokens) pairs, k tokens sampled before the update each."""
+        return self.score_many([(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)],
+                               sampling, new)
 
     def old(self, prompt, tokens, sampling) -> np.ndarray:
         """Everything under the old weights."""

@@ -8,7 +8,6 @@ import numpy as np
 
 from parity import core, hybrids, stats
 from parity.categories.base import fmt
-from parity.engines.base import Sequence
 from parity.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary, stream_check
 
 
@@ -92,13 +91,21 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     seqs = er.sequences
     ks = [sum(1 for v in (s.weight_versions or []) if v == old_version) for s in seqs]
     monotone = [list(s.weight_versions or []) == sorted(s.weight_versions or []) for s in seqs]
+    batch = batched(scorer)
+    pairs = [(s.prompt_token_ids, s.token_ids) for s in seqs]
+    olds, news = batch.old_many(pairs, sampling), batch.new_many(pairs, sampling)
+    # Keep at the labelled split, and one token either side of it for the labels' check.
+    near = [(i, kk) for i, (s, k) in enumerate(zip(seqs, ks)) if 0 < k < len(s.token_ids)
+            for kk in (k - 1, k + 1)]
+    keeps = batch.keep_many(pairs + [pairs[i] for i, _ in near], ks + [kk for _, kk in near],
+                            sampling)
+    keep_at: list[dict[int, np.ndarray]] = [{k: keeps[i]} for i, k in enumerate(ks)]
+    for (i, kk), keep in zip(near, keeps[len(seqs):]):
+        keep_at[i][kk] = keep
     pre_eng, pre_ref, post_eng, post_keep, post_rec, post_old = [], [], [], [], [], []
     label_bad = 0
-    for s, k in zip(seqs, ks):
-        p, t = s.prompt_token_ids, s.token_ids
-        old = scorer.old(p, t, sampling)
-        new = scorer.new(p, t, sampling)
-        keep = scorer.keep(p, t, k, sampling)
+    for i, (s, k) in enumerate(zip(seqs, ks)):
+        old, new, keep = olds[i], news[i], keep_at[i][k]
         recompute = np.concatenate([old[:k], new[k:]])
         eng = np.asarray(s.logprobs, dtype=np.float64)
         pre_eng.append(eng[:k])
@@ -107,8 +114,8 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
         post_keep.append(keep[k:])
         post_rec.append(recompute[k:])
         post_old.append(old[k:])
-        if 0 < k < len(t):
-            label_bad += _label_off(scorer, s, k, eng, old, new, sampling, tol)
+        if 0 < k < len(s.token_ids):
+            label_bad += _label_off(eng, old, new, keep_at[i], k, tol)
     n_post = sum(len(x) for x in post_eng)
     g_keep = mean(gap(post_eng, post_keep))
     g_rec = mean(gap(post_eng, post_rec))
@@ -155,12 +162,13 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     att = None
     if post is not None and post.outcome == "fail" and not pre_bad \
             and min(g_old, g_keep, g_rec) > tol:  # neither weights explain it: partial update?
-        def predict(pair, i):
-            p, t, k = seqs[i].prompt_token_ids, seqs[i].token_ids, ks[i]
-            b = keep_boundary(len(p), k) if expected == "keep" else 0
-            return scorer.score(p, t, b, sampling, new=pair)[k:]
+        def predict(pair, idx):
+            sub = [pairs[i] for i in idx]
+            out = (batch.keep_many(sub, [ks[i] for i in idx], sampling, new=pair)
+                   if expected == "keep" else batch.new_many(sub, sampling, new=pair))
+            return [x[ks[i]:] for x, i in zip(out, idx)]
 
-        att = attribute(scorer, predict, post_eng, tol, detail, findings)
+        att = attribute(scorer, hybrids.Predictor(predict), post_eng, tol, detail, findings)
     outcome, diagnosis, why = decide(findings, pre, [
         (pre_bad, "reference_mismatch",
          "tokens sampled before the update do not match the old weights: check the model, "
@@ -208,19 +216,48 @@ def _token_stream(er, seqs, ks: list[int], findings: list, detail: dict) -> None
              f"{counts['diverged']} diverged otherwise)"))
 
 
-def _label_off(scorer, s: Sequence, k: int, eng, old, new, sampling, tol) -> int:
+def _label_off(eng, old, new, keep: dict[int, np.ndarray], k: int, tol: float) -> int:
     """1 when the version labels put the update at the wrong token: a split one token earlier
     or later fits the engine's logprobs clearly better (by more than 2 * `tol` summed over the
-    sequence) than the labelled split, under whichever semantics fits it best."""
-    p, t = s.prompt_token_ids, s.token_ids
+    sequence) than the labelled split, under whichever semantics fits it best. `keep`: the
+    keep prediction at k and at whichever of k - 1, k + 1 the sequence has."""
 
     def fit(kk: int) -> float:
-        keep = scorer.keep(p, t, kk, sampling)
         recompute = np.concatenate([old[:kk], new[kk:]])
-        return min(float(np.abs(eng - keep).sum()), float(np.abs(eng - recompute).sum()))
+        return min(float(np.abs(eng - keep[kk]).sum()), float(np.abs(eng - recompute).sum()))
 
     labelled = fit(k)
-    others = [fit(kk) for kk in (k - 1, k + 1) if 0 <= kk <= len(t)]
+    others = [fit(kk) for kk in (k - 1, k + 1) if kk in keep]
     return int(bool(others) and min(others) < labelled - 2 * max(tol, 1e-3))
 
 
+class _OneByOne:
+    """The batched calls over a scorer that has only the one-sequence ones (old, new, keep,
+    score), scoring one sequence at a time: e.g. a synthetic trainer in a test."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def old_many(self, pairs, sampling) -> list[np.ndarray]:
+        return [self.scorer.old(p, t, sampling) for p, t in pairs]
+
+    def new_many(self, pairs, sampling, new=None) -> list[np.ndarray]:
+        if new is None:
+            return [self.scorer.new(p, t, sampling) for p, t in pairs]
+        return self.score_many([(p, t, 0) for p, t in pairs], sampling, new)
+
+    def keep_many(self, pairs, ks, sampling, new=None) -> list[np.ndarray]:
+        if new is None:
+            return [self.scorer.keep(p, t, k, sampling) for (p, t), k in zip(pairs, ks)]
+        return self.score_many([(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)],
+                               sampling, new)
+
+    def score_many(self, items, sampling, new=None) -> list[np.ndarray]:
+        extra = {} if new is None else {"new": new}
+        return [self.scorer.score(p, t, b, sampling, **extra) for p, t, b in items]
+
+
+def batched(scorer):
+    """The scorer's batched calls (old_many, new_many, keep_many, score_many: SplitScorer's),
+    or the same one sequence at a time for a scorer with only the one-sequence calls."""
+    return scorer if hasattr(scorer, "score_many") else _OneByOne(scorer)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from parity import core, hybrids
-from parity.categories._update_judging import (attribute, attributed, decide, effect, gap,
-                                               judge_inflight, mean, separation, threshold)
+from parity.categories._update_judging import (attribute, attributed, batched, decide, effect,
+                                               gap, judge_inflight, mean, separation, threshold)
 from parity.categories.base import Category, choice, fmt
 from parity.updates import (DEFAULT_TOLERANCE, PROBES, SplitScorer, UpdateSpec, cached_boundary,
                             parse_update, pushed_path, shared_context, target_path)
@@ -171,9 +171,13 @@ def _judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     """takes_effect and stale_cache: a generate call before the update, the same after it."""
     sampling = sc.sampling
     before, after = er.extra["before"], er.sequences
-    old_b = [scorer.old(s.prompt_token_ids, s.token_ids, sampling) for s in before]
-    old_a = [scorer.old(s.prompt_token_ids, s.token_ids, sampling) for s in after]
-    new_a = [scorer.new(s.prompt_token_ids, s.token_ids, sampling) for s in after]
+    batch = batched(scorer)
+    pairs_a = [(s.prompt_token_ids, s.token_ids) for s in after]
+    # One call: the prompts before and after the update are the same, computed once.
+    olds = batch.old_many([(s.prompt_token_ids, s.token_ids) for s in before] + pairs_a,
+                          sampling)
+    old_b, old_a = olds[:len(before)], olds[len(before):]
+    new_a = batch.new_many(pairs_a, sampling)
     eng_b = [s.logprobs for s in before]
     eng_a = [s.logprobs for s in after]
     gap_before = gap(eng_b, old_b)
@@ -198,8 +202,7 @@ def _judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict,
         # before the update (what the engine reports it actually served is kept as evidence).
         bs = _block_size(er)
         cached = [cached_boundary(len(s.prompt_token_ids), bs) for s in after]
-        stale = [scorer.score(s.prompt_token_ids, s.token_ids, c, sampling)
-                 for s, c in zip(after, cached)]
+        stale = batch.score_many([(p, t, c) for (p, t), c in zip(pairs_a, cached)], sampling)
         g_stale = mean(gap(eng_a, stale))
         pre.append(separation(
             "stale_fresh_separation", stale, new_a, tol,
@@ -217,9 +220,9 @@ def _judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     before_bad, after_bad = (f.outcome == "fail" for f in findings)
     partial = (after_bad and not before_bad and g_old > tol
                and not (g_stale is not None and g_stale < g_new))
-    att = attribute(scorer, lambda pair, i: scorer.score(
-        after[i].prompt_token_ids, after[i].token_ids, 0, sampling, new=pair),
-        eng_a, tol, detail, findings) if partial else None
+    att = attribute(scorer, hybrids.Predictor(lambda pair, idx: batch.new_many(
+        [pairs_a[i] for i in idx], sampling, new=pair)), eng_a, tol, detail, findings) \
+        if partial else None
     outcome, diagnosis, why = decide(findings, pre, [
         (before_bad, "reference_mismatch",
          "the engine did not match the trainer on the old weights before the update, so the "
