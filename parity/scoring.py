@@ -59,6 +59,7 @@ class References:
         self._refs: dict[tuple[str, str, str, str], Any] = {}
         self._files: dict[tuple, Any] = {}
         self._current = None  # the ScenarioResult being judged
+        self._other: dict[str, dict] = {}  # other trainer-side scorers: name -> counters
 
     @contextlib.contextmanager
     def judging(self, res):
@@ -123,11 +124,22 @@ class References:
             out[name] = dict(ref.stats)  # Reference.stats carries its device
         for key, scores in self._files.items():
             out[f"scores:{Path(key[0]).name}:{key[-1]}"] = dict(scores.stats)
+        for name, counters in self._other.items():
+            out[name] = dict(counters)
         return out
 
     def seconds(self) -> float:
-        """Model loads and forward passes so far (the scoring share of judging)."""
-        return sum(r.stats["forward_s"] + r.stats["load_s"] for r in self._refs.values())
+        """Model loads and forward passes so far (the scoring share of judging), the other
+        trainer-side scorers' (`add_seconds`) included."""
+        own = sum(r.stats["forward_s"] + r.stats["load_s"] for r in self._refs.values())
+        return own + sum(other["forward_s"] for other in self._other.values())
+
+    def add_seconds(self, name: str, seconds: float, tokens: int = 0) -> None:
+        """Scoring done by another trainer-side scorer (weight updates: the old and the new
+        checkpoint, parity.updates.SplitScorer), counted as reference time."""
+        other = self._other.setdefault(name, {"forward_s": 0.0, "scored_tokens": 0})
+        other["forward_s"] += seconds
+        other["scored_tokens"] += tokens
 
     def close(self) -> None:
         for ref in self._refs.values():

@@ -5,6 +5,7 @@ trainer holding the old and the new checkpoint that scores sequences under each 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,15 @@ class SplitScorer:
         self.head_dtype = head_dtype
         self.dtype = dtype
         self._models = None
+        self.seconds = 0.0  # model loads and forwards: the trainer side's scoring time
+        self.tokens = 0  # completion tokens scored
+
+    def _timed(self, fn):
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.seconds += time.perf_counter() - t0
 
     def _load(self):
         if self._models is None:
@@ -130,7 +140,7 @@ class SplitScorer:
 
     def pairs(self):
         """((old model, old head), (new model, new head)), loaded once per run."""
-        return tuple(self._load())
+        return tuple(self._timed(self._load))
 
     @staticmethod
     def _logits(model_and_head, hidden):
@@ -144,8 +154,9 @@ class SplitScorer:
         weights (a hybrid hypothesis, parity.hybrids)."""
         import torch
 
+        self.tokens += len(tokens)
         with torch.inference_mode():
-            return self._score(prompt, tokens, boundary, sampling, new)
+            return self._timed(lambda: self._score(prompt, tokens, boundary, sampling, new))
 
     def _score(self, prompt, tokens, boundary, sampling, new_pair=None) -> np.ndarray:
         import torch
@@ -189,10 +200,14 @@ class SplitScorer:
 
         from parity.split_batches import score_items
 
-        old, default = self._load()
-        with torch.inference_mode():
-            return score_items(old, new or default, items, sampling,
-                               one=lambda p, t, b: self._score(p, t, b, sampling, new))
+        self.tokens += sum(len(t) for _, t, _ in items)
+
+        def scored():
+            old, default = self._load()
+            with torch.inference_mode():
+                return score_items(old, new or default, items, sampling,
+                                   one=lambda p, t, b: self._score(p, t, b, sampling, new))
+        return self._timed(scored)
 
     def old_many(self, pairs, sampling) -> list[np.ndarray]:
         """`old` of many (prompt, tokens) pairs."""

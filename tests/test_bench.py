@@ -360,3 +360,19 @@ def test_bind_bench_tries_auto_one_core_and_every_core():
     assert bindings_for([0, 1]) == ["auto", "0", "0-1"]
     assert bindings_for([3]) == ["auto", "3"]
     assert bindings_for([0, 2, 5]) == ["auto", "0", "0,2,5"]
+
+
+def test_other_trainer_side_scoring_counts_as_reference_time():
+    """The weight-update trainer's forwards (old and new checkpoint) are reference time, not
+    harness overhead: References.add_seconds adds them to seconds() and to stats()."""
+    from parity.scoring import References
+
+    refs = References(lambda m: None)
+    try:
+        assert refs.seconds() == 0.0
+        refs.add_seconds("update trainer", 2.5, 100)
+        refs.add_seconds("update trainer", 0.5, 20)
+        assert refs.seconds() == 3.0
+        assert refs.stats()["update trainer"] == {"forward_s": 3.0, "scored_tokens": 120}
+    finally:
+        refs.close()

@@ -194,3 +194,12 @@ def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch,
     assert max(abs(fast.hypotheses[k] - plain.hypotheses[k]) for k in fast.hypotheses) <= 1e-5
     assert abs(fast.gap - plain.gap) <= 1e-5
     assert n_fast < (0.8 if stale != ["embed_tokens"] else 1) * (len(calls) - n_fast)
+
+
+def test_scorer_counts_its_seconds_and_tokens(tiny_model, perturbed):
+    """What the run reports as reference time for weight updates (References.add_seconds)."""
+    fresh = SplitScorer(tiny_model, perturbed, head_dtype="model", dtype="float32")
+    assert (fresh.seconds, fresh.tokens) == (0.0, 0)
+    fresh.score_many([([1, 2, 3], [4, 5], 0), ([1, 2], [6, 7, 8], 3)], SamplingSpec())
+    fresh.score([1, 2, 3], [4], 2, SamplingSpec())
+    assert fresh.tokens == 6 and fresh.seconds > 0

@@ -114,6 +114,19 @@ def _timing_text(s: dict) -> str:
 
 
 def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
+    """`_judge` with a trainer holding the old and the new checkpoint; its model time counts
+    as the run's reference time (References.add_seconds)."""
+    sc, er = res.scenario, res.runs["candidate"]
+    scorer = SplitScorer(res.model_path, er.extra["target"], sc.head_dtype, _engine_dtype(er))
+    try:
+        return _judge(res, scorer)
+    finally:
+        if hasattr(refs, "add_seconds"):
+            refs.add_seconds("update trainer (old and new checkpoints)",
+                             getattr(scorer, "seconds", 0.0), getattr(scorer, "tokens", 0))
+
+
+def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     """The scenario's verdict (outcome, diagnosis, findings) and detail (gaps, latency, lag).
 
     Diagnoses: no_effect (the engine does not compute with the new weights: still the old ones,
@@ -127,7 +140,6 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
     er = res.runs["candidate"]
     probe, spec = sc.options["probe"], sc.options["update"]
     tol = sc.tolerances.get("abs_dlogp_mean", DEFAULT_TOLERANCE)
-    scorer = SplitScorer(res.model_path, er.extra["target"], sc.head_dtype, _engine_dtype(er))
     summary = update_summary(er.extra.get("update") or {})
     detail: dict[str, Any] = {"probe": probe, "update": summary, "spec": asdict(spec),
                               "target": er.extra["target"],
