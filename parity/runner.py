@@ -117,7 +117,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
         ScenarioError: an engine argument or a request the engine would refuse (exit 2).
     """
     from parity import engines
-    from parity.models import fingerprint, resolve_model
+    from parity.engines import process
 
     t_run, b_run = time.perf_counter(), phases.build_seconds()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,35 +125,15 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     log_dir.mkdir(exist_ok=True)
     run = RunResult(run_id=out_dir.name, results=[ScenarioResult(sc) for sc in scenarios])
     timings = run.timings
+    # The harness's validator imports vLLM while the run's models and prompts are prepared.
+    if preflight and any(s.env == "harness" and s.engine == "vllm" for r in run.results
+                         for s in r.scenario.settings().values()):
+        process.warm_validator(python_for("harness", log), log_dir / "validate-harness.log")
+    try:
+        tokenizers, pythons, drifts, refused = _prepare(run, preflight, log_dir, log)
+    finally:
+        process.close_warm()  # unused: e.g. the run's models did not resolve
 
-    # Models, tokenizers, prompts: all in the harness, so every engine gets identical tokens.
-    # Every phase's seconds leave out the builds in it (build_s: models, checkpoints, envs).
-    t0, b0 = time.perf_counter(), phases.build_seconds()
-    from transformers import AutoTokenizer
-
-    tokenizers = {}
-    for res in run.results:
-        model_path = str(resolve_model(res.scenario.model))
-        res.model_path = model_path
-        if model_path not in tokenizers:
-            tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
-            run.models[model_path] = {"name": res.scenario.model,
-                                      "fingerprint": fingerprint(model_path)}
-        sc = res.scenario
-        res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
-    timings["prepare_s"] = _lap(t0, b0)
-
-    # Engine environments, engine arguments and request limits, before any engine starts.
-    t0, b0 = time.perf_counter(), phases.build_seconds()
-    from parity import validate
-
-    if preflight:
-        pythons, drifts, refused = validate.preflight(run.results, tokenizers, log_dir, log)
-    else:
-        pythons = {s.env: python_for(s.env, log) for r in run.results
-                   for s in r.scenario.settings().values()}
-        drifts, refused = {}, {}
-    timings["validate_s"] = _lap(t0, b0)
     # One engine per distinct (setting, model): start once, serve every scenario that uses it.
     plan = _plan(run.results)
     # Scenarios with an engine that cannot run here (preflight's refusals) are unresolved
@@ -308,6 +288,43 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["harness_overhead_s"] = timings["total_s"] - sum(
         timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s", "build_s"))
     return run
+
+
+def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
+    """Models, tokenizers and prompts (all in the harness, so every engine gets identical
+    tokens), then the checks in the engines' environments (`preflight`): (tokenizers, env
+    interpreters, config drifts, refused settings). Times prepare_s and validate_s."""
+    from parity.models import fingerprint, resolve_model
+
+    timings = run.timings
+    # Every phase's seconds leave out the builds in it (build_s: models, checkpoints, envs).
+    t0, b0 = time.perf_counter(), phases.build_seconds()
+    from transformers import AutoTokenizer
+
+    tokenizers = {}
+    for res in run.results:
+        model_path = str(resolve_model(res.scenario.model))
+        res.model_path = model_path
+        if model_path not in tokenizers:
+            tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
+            run.models[model_path] = {"name": res.scenario.model,
+                                      "fingerprint": fingerprint(model_path)}
+        sc = res.scenario
+        res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
+    timings["prepare_s"] = _lap(t0, b0)
+
+    # Engine environments, engine arguments and request limits, before any engine starts.
+    t0, b0 = time.perf_counter(), phases.build_seconds()
+    from parity import validate
+
+    if preflight:
+        pythons, drifts, refused = validate.preflight(run.results, tokenizers, log_dir, log)
+    else:
+        pythons = {s.env: python_for(s.env, log) for r in run.results
+                   for s in r.scenario.settings().values()}
+        drifts, refused = {}, {}
+    timings["validate_s"] = _lap(t0, b0)
+    return tokenizers, pythons, drifts, refused
 
 
 def _lap(t0: float, b0: float) -> float:

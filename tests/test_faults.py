@@ -357,3 +357,19 @@ def test_next_engine_preloads_while_the_current_one_works(tmp_path, fakes, monke
     assert outcomes[:2] == ["pass", "pass"] and outcomes[2] == "unresolved"
     assert f"root cause: {TCMALLOC}" in run.results[2].verdict.message
     assert_engines_gone({"engines": run.engines})
+
+
+def test_warm_validator_is_used_once_and_never_left_running(tmp_path):
+    """The validator started early (importing vLLM while the harness prepares) answers the
+    next validation of its interpreter; one that nothing used is stopped by close_warm."""
+    from parity.engines import process
+
+    python = write_shim(tmp_path)
+    process.warm_validator(python, tmp_path / "validate.log")
+    warm = process._WARM[python]
+    assert process.validate_engine_args(python, [{}], tmp_path / "validate.log")["ok"]
+    assert python not in process._WARM and warm.proc.poll() is not None  # used, then closed
+    process.warm_validator(python, tmp_path / "validate.log")
+    unused = process._WARM[python]
+    process.close_warm()
+    assert not process._WARM and unused.proc.wait(timeout=10) is not None

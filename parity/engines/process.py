@@ -324,18 +324,42 @@ class VllmEngine:
         return self._worker
 
 
+_WARM: dict[str, WorkerProcess] = {}  # interpreter -> a validator importing vLLM already
+
+
+def warm_validator(python: str, log_path: Path) -> None:
+    """Start the validator of `python` now: it imports vLLM while the harness prepares the
+    run; the next validate_engine_args for `python` uses it. close_warm() stops it unused."""
+    if python not in _WARM:
+        worker = _validator(python, log_path)
+        worker.send({"op": "preload"})
+        _WARM[python] = worker
+
+
+def close_warm() -> None:
+    while _WARM:
+        _WARM.popitem()[1].close()
+
+
+def _validator(python: str, log_path: Path) -> WorkerProcess:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.update(env_preloads(python))
+    return WorkerProcess("validator", python, env, log_path)
+
+
 def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
                          timeout: float = 180.0) -> dict[str, Any]:
     """Check engine-arg names against the EngineArgs of the vLLM in `python`, starting no engine.
 
     Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
     """
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    env.update(env_preloads(python))
-    worker = WorkerProcess("validator", python, env, log_path)
+    warm = _WARM.pop(python, None)
+    worker = warm or _validator(python, log_path)
     try:
         worker.read("hello", timeout=120)
+        if warm is not None:
+            worker.read("preload", timeout=timeout)
         return worker.request({"op": "validate", "arg_sets": arg_sets}, timeout=timeout)
     finally:
         worker.close()
