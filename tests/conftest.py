@@ -32,7 +32,7 @@ def pytest_configure(config):
 # (xdist_group), so pytest-xdist does not compute it twice. The session run of the shipped
 # scenarios serves four modules; other expensive fixtures group by module or by their name.
 SUITE = {"suite_run", "shipped_run", "runtime_run", "rl_run"}
-CHEAP = {"tiny_model", "tmp_path_factory", "worker_id", "testrun_uid", "chromium"}
+CHEAP = {"tiny_model", "perturbed", "tmp_path_factory", "worker_id", "testrun_uid", "chromium"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
@@ -65,6 +65,14 @@ def tiny_model():
     from parity.models import build_model
 
     return build_model("tiny", log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def perturbed(tiny_model):
+    """The tiny model with seeded noise on its weights (the new weights of update tests)."""
+    from parity.models import perturb
+
+    return perturb(tiny_model, 1, 1.0, log=lambda m: None)
 
 
 def run_cli(args):

@@ -15,13 +15,6 @@ TOPK = SamplingSpec(temperature=0.8, top_k=400, top_p=0.995)
 
 
 @pytest.fixture(scope="module")
-def perturbed(tiny_model):
-    from parity.models import perturb
-
-    return perturb(tiny_model, 1, 1.0, log=lambda m: None)
-
-
-@pytest.fixture(scope="module")
 def scorer(tiny_model, perturbed):
     return SplitScorer(tiny_model, perturbed, head_dtype="model", dtype="float32")
 

@@ -17,13 +17,6 @@ TOKENS = [50, 51, 52, 53, 54, 55, 56, 57, 58, 59]
 
 
 @pytest.fixture(scope="module")
-def perturbed(tiny_model):
-    from parity.models import perturb
-
-    return perturb(tiny_model, 1, 1.0, log=lambda m: None)
-
-
-@pytest.fixture(scope="module")
 def scorer(tiny_model, perturbed):
     # float32 everywhere: the cached and uncached forwards then agree to ~1e-6.
     return SplitScorer(tiny_model, perturbed, head_dtype="model", dtype="float32")
