@@ -109,6 +109,7 @@ class WorkerProcess:
         self._reply = os.fdopen(read_fd, "r")
         self._buffer = ""
         self._pending: str | None = None  # the op of a request whose reply has not been read
+        self._preloading = False  # a preload request whose reply ready() still has to read
         self.on_progress = None  # called with each progress message of a running request
         _live.add(self)
 
@@ -125,6 +126,18 @@ class WorkerProcess:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._fail(f"engine {self.name} died before request {payload.get('op')!r}")
+
+    def preload(self) -> None:
+        """Have the worker import vLLM now; ready() waits for it."""
+        self.send({"op": "preload"})
+        self._preloading = True
+
+    def ready(self, timeout: float) -> None:
+        """Wait for the worker's hello, and for its vLLM import when preload() asked for it."""
+        self.read("hello", timeout=120)
+        if self._preloading:
+            self._preloading = False
+            self.read("preload", timeout=timeout)
 
     def read(self, op: str | None, timeout: float) -> dict[str, Any]:
         """The reply to `op`; progress messages that come first go to on_progress."""
@@ -236,17 +249,13 @@ class VllmEngine:
         generates); start() then only creates the engine. No engine, no device memory."""
         if self._worker is None:
             self._worker = WorkerProcess(self.name, self.python, self._env(), self.log_path)
-            self._worker.send({"op": "preload"})
-            self._preloading = True
+            self._worker.preload()
 
     def start(self) -> None:
         t0 = time.perf_counter()
         if self._worker is None:
             self._worker = WorkerProcess(self.name, self.python, self._env(), self.log_path)
-        self._worker.read("hello", timeout=120)
-        if getattr(self, "_preloading", False):
-            self._worker.read("preload", timeout=self.start_timeout)
-            self._preloading = False
+        self._worker.ready(timeout=self.start_timeout)
         reply = self._worker.request(
             {"op": "start", "model": self.model, "engine_args": self.setting.args},
             timeout=self.start_timeout)
@@ -332,7 +341,7 @@ def warm_validator(python: str, log_path: Path) -> None:
     run; the next validate_engine_args for `python` uses it. close_warm() stops it unused."""
     if python not in _WARM:
         worker = _validator(python, log_path)
-        worker.send({"op": "preload"})
+        worker.preload()
         _WARM[python] = worker
 
 
@@ -354,12 +363,9 @@ def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
 
     Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
     """
-    warm = _WARM.pop(python, None)
-    worker = warm or _validator(python, log_path)
+    worker = _WARM.pop(python, None) or _validator(python, log_path)
     try:
-        worker.read("hello", timeout=120)
-        if warm is not None:
-            worker.read("preload", timeout=timeout)
+        worker.ready(timeout=timeout)
         return worker.request({"op": "validate", "arg_sets": arg_sets}, timeout=timeout)
     finally:
         worker.close()
