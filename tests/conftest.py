@@ -62,7 +62,7 @@ def _xdist_group(item) -> str | None:
 @pytest.fixture(scope="session")
 def tiny_model():
     """The tiny fixture model, built once into the cache."""
-    from parity.models import build_model
+    from parity.setup.models import build_model
 
     return build_model("tiny", log=lambda m: None)
 
@@ -70,13 +70,13 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def perturbed(tiny_model):
     """The tiny model with seeded noise on its weights (the new weights of update tests)."""
-    from parity.models import perturb
+    from parity.setup.models import perturb
 
     return perturb(tiny_model, 1, 1.0, log=lambda m: None)
 
 
 def run_cli(args):
-    from parity.cli import app
+    from parity.cli.app import app
 
     result = CliRunner().invoke(app, args)
     return result

@@ -13,12 +13,15 @@ import time
 import types
 from pathlib import Path
 
-from parity import categories, engines, modelcheck, models, report, runner, validate
+from parity import categories, engines
+from parity.run import modelcheck, runner, preflight as validate
+from parity.setup import models
+from parity.report import report
 from parity.categories.base import Category
-from parity.core import Verdict
+from parity.verdicts.core import Verdict
 from parity.engines.base import EngineSetting, SamplingSpec, Sequence
-from parity.metrics import ClipRange
-from parity.scenario import Scenario
+from parity.verdicts.metrics import ClipRange
+from parity.run.scenario import Scenario
 
 TESTS = Path(__file__).resolve().parent
 FAKE_WORKER = TESTS / "fake_engine_worker.py"
@@ -114,10 +117,10 @@ def child(argv: list[str]) -> None:
     """Entry point of a `parity check OUT` child: argv is OUT PYTHON SCENARIOS (JSON)."""
     install_fakes(setattr, operator.setitem, argv[1])
     specs = json.loads(argv[2])
-    import parity.scenario
-    from parity.cli import app
+    import parity.run.scenario
+    from parity.cli.app import app
 
-    parity.scenario.load_scenarios = lambda targets, overrides: [scenario(**s) for s in specs]
+    parity.run.scenario.load_scenarios = lambda targets, overrides: [scenario(**s) for s in specs]
     app(["check", "--output", argv[0]], prog_name="parity")
 
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from parity import tokens as token_table
+from parity.run import tokens as token_table
 
 CLIP = {"eps_low": 0.2, "eps_high": 0.28}
 
@@ -129,7 +129,7 @@ def tokens_frame(data: dict, seed: int = 0) -> pd.DataFrame:
                     for c in cols:
                         cols[c].append(row[c])
     frame = pd.DataFrame(cols)
-    # One token the trainer excludes: never plotted, never counted (as parity.metrics).
+    # One token the trainer excludes: never plotted, never counted (as parity.verdicts.metrics).
     frame.loc[0, "trainer_logprob"] = -np.inf
     return frame
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from parity.scenario import Overrides, ScenarioError, load_scenarios
-from parity.settings import parse_setting
+from parity.run.scenario import Overrides, ScenarioError, load_scenarios
+from parity.engines.settings import parse_setting
 
 BASE = """name = "x"
 category = "logprobs"

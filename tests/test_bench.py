@@ -13,8 +13,12 @@ import pytest
 from fault_fakes import FakeCategory, install_fakes, quiet, scenario, write_shim
 from rich.console import Console
 
-from parity import bench, bench_metrics, bench_table, categories, envs, metrics, phases, runner
-from parity.models import _build_once
+from parity.bench import main as bench, metrics as bench_metrics, table as bench_table
+from parity import categories
+from parity.setup import envs, phases
+from parity.verdicts import metrics
+from parity.run import runner
+from parity.setup.models import _build_once
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -355,7 +359,7 @@ def test_nan_and_plus_inf_still_refused_with_their_count(bad):
 
 
 def test_bind_bench_tries_auto_one_core_and_every_core():
-    from parity.bench_bind import bindings_for
+    from parity.bench.bind import bindings_for
 
     assert bindings_for([0, 1]) == ["auto", "0", "0-1"]
     assert bindings_for([3]) == ["auto", "3"]
@@ -365,7 +369,7 @@ def test_bind_bench_tries_auto_one_core_and_every_core():
 def test_other_trainer_side_scoring_counts_as_reference_time():
     """The weight-update trainer's forwards (old and new checkpoint) are reference time, not
     harness overhead: References.add_seconds adds them to seconds() and to stats()."""
-    from parity.scoring import References
+    from parity.run.scoring import References
 
     refs = References(lambda m: None)
     try:

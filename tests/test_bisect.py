@@ -1,8 +1,8 @@
 """Setting differences as bisect items, and applying them back (pure; the engine runs are in
 test_engine_bisect.py)."""
 
-from parity.bisect import REMOVED, apply_items, parse_setting, setting_items
-from parity.scenario import make_setting
+from parity.bisect.search import REMOVED, apply_items, parse_setting, setting_items
+from parity.run.scenario import make_setting
 
 
 def test_items_between_parity_and_defaults():

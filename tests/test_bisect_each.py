@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from parity import bisect_each
-from parity.bisect import parse_setting
-from parity.bisect_each import lockstep
-from parity.ddmin import Outcome, ddmin
+from parity.bisect import each as bisect_each
+from parity.bisect.search import parse_setting
+from parity.bisect.each import lockstep
+from parity.bisect.ddmin import Outcome, ddmin
 
 ITEMS = list("abcde")
 

@@ -6,7 +6,7 @@ import pytest
 
 from browser_check import check_page, ensure_chromium
 from html_fakes import write_run
-from parity import html
+from parity.report import html
 
 pytestmark = pytest.mark.browser
 

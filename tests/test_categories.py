@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from parity import categories, core
+from parity import categories
+from parity.verdicts import core
 from parity.categories import lm_head, logprobs, rl, runtime, weight_update
 from parity.engines.base import SamplingSpec, Sequence
-from parity.metrics import ClipRange
-from parity.reference import RefScore
+from parity.verdicts.metrics import ClipRange
+from parity.trainer.reference import RefScore
 
 TOL = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6, "excluded_rate": 0.01}
 
@@ -183,7 +184,7 @@ class _Scorer:
 
 
 def _update_result(probe, lps_before, lps_after, versions=None, **spec):
-    from parity.updates import UpdateSpec
+    from parity.trainer.updates import UpdateSpec
 
     sc = SimpleNamespace(options={"probe": probe, "update": UpdateSpec(**spec)},
                          tolerances={"abs_dlogp_mean": 0.05}, sampling=SamplingSpec(),
@@ -197,7 +198,7 @@ def _update_result(probe, lps_before, lps_after, versions=None, **spec):
 
 
 def _failing_weight_update(monkeypatch):
-    from parity import hybrids
+    from parity.trainer import hybrids
 
     monkeypatch.setattr(weight_update, "SplitScorer", _Scorer)
     # The hybrid search on real models is tested in tests/test_hybrids.py; here it finds the head.
@@ -277,7 +278,8 @@ def test_unknown_is_never_equal_and_preconditions_gate_a_pass():
 
 
 def test_identity_findings_fail_on_a_different_model(monkeypatch):
-    from parity import identity, modelcheck
+    from parity.engines import identity
+    from parity.run import modelcheck
 
     trainer = {"model.rope_theta": 100000.0, "model.vocab_size": 49152}
     monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)
@@ -299,7 +301,7 @@ def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatc
     """A served engine's endpoints give no hf_config: those keys are shown unknown, named in
     the note, and do not make the verdict inconclusive; a key it could report but did not
     still does."""
-    from parity import modelcheck
+    from parity.run import modelcheck
     from parity.engines.openai_engine import NOT_EXPOSED
 
     trainer = {k: 1 for k in NOT_EXPOSED} | {"model.dtype": "bfloat16"}

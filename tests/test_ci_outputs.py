@@ -8,9 +8,10 @@ import pytest
 
 from conftest import SCENARIOS, run_cli
 from fake_openai_server import FakeServer
-from parity import selection, summary
-from parity.scenario import load_scenarios
-from parity.settings import parse_setting
+from parity.run import selection
+from parity.report import summary
+from parity.run.scenario import load_scenarios
+from parity.engines.settings import parse_setting
 
 SHIPPED = load_scenarios([SCENARIOS])
 CATS = ["lm_head", "logprobs", "rl", "runtime", "weight_update"]
@@ -133,7 +134,7 @@ def test_progress_lines_without_a_terminal():
 
     from rich.console import Console
 
-    from parity.progress import Display
+    from parity.run.progress import Display
 
     buf = StringIO()
     with Display(Console(file=buf, width=4096, soft_wrap=True), live=False,
@@ -154,7 +155,7 @@ def test_live_display_runs_without_a_terminal_error(live):
 
     from rich.console import Console
 
-    from parity.progress import Display
+    from parity.run.progress import Display
 
     with Display(Console(file=StringIO(), force_terminal=True), live=live) as display:
         display.log("phase")

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from parity.ddmin import BisectResult, Outcome, Trial, ddmin, is_one_minimal
+from parity.bisect.ddmin import BisectResult, Outcome, Trial, ddmin, is_one_minimal
 
 PASS, FAIL, UNRESOLVED = Outcome.PASS, Outcome.FAIL, Outcome.UNRESOLVED
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from parity.direct import summarize
+from parity.categories._direct import summarize
 from parity.engines.base import Sequence
 
 

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from parity import external, tables, tokens
+from parity.trainer import external
+from parity.data import tables
+from parity.run import tokens
 
 pytestmark = pytest.mark.engine
 

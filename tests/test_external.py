@@ -13,11 +13,15 @@ import pytest
 from fault_fakes import FakeEngine, install_fakes, quiet
 
 from conftest import run_cli
-from parity import engines, external, report, runner, tables, tokens
+from parity import engines
+from parity.trainer import external
+from parity.report import report
+from parity.run import runner, tokens
+from parity.data import tables
 from parity.categories.logprobs import CATEGORY as LOGPROBS
 from parity.engines.base import EngineSetting, SamplingSpec, Sequence
-from parity.metrics import ClipRange
-from parity.scenario import Overrides, Scenario, ScenarioError, load_scenarios
+from parity.verdicts.metrics import ClipRange
+from parity.run.scenario import Overrides, Scenario, ScenarioError, load_scenarios
 
 SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, max_tokens=6)
 N_PROMPTS, N_TOKENS = 24, 6
@@ -143,7 +147,7 @@ def test_scores_file_judges_like_a_reference(tmp_path, fakes):
 
 def test_tokens_table_matches_scores_to_sequences(tmp_path):
     """Rows for every role's tokens; scores matched by content, the scenario's head first."""
-    from parity.reference import RefScore
+    from parity.trainer.reference import RefScore
 
     sc = scenario("t")
     res = runner.ScenarioResult(sc)
@@ -353,7 +357,7 @@ def test_cuda_without_cuda_exits_2_naming_the_field_or_option(tmp_path):
 def test_references_record_device_and_scores(tmp_path, tiny_model):
     """The HF reference on the scenario's device (CUDA where this machine has it), recorded for
     tokens.parquet, with the device in the reference stats."""
-    from parity.scoring import References
+    from parity.run.scoring import References
 
     device = "cuda" if _cuda() else "cpu"
     sc = scenario("d")
@@ -375,7 +379,7 @@ def test_references_record_device_and_scores(tmp_path, tiny_model):
 @pytest.mark.skipif("not _cuda()", reason="no CUDA device on this machine: the CUDA path of "
                                           "the reference cannot run here")
 def test_reference_on_cuda_matches_cpu(tmp_path, tiny_model):
-    from parity.scoring import new_reference
+    from parity.run.scoring import new_reference
 
     pairs = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9])]
     cpu = new_reference(str(tiny_model), "float32", device="cpu").score(pairs, SAMPLING)
@@ -385,8 +389,8 @@ def test_reference_on_cuda_matches_cpu(tmp_path, tiny_model):
 
 
 def test_trainer_script_scores_an_export(tmp_path, tiny_model):
-    """python -m parity.external score: the scores of parity's own reference, every column."""
-    from parity.reference import Reference
+    """python -m parity.trainer.external score: the scores of parity's own reference, every column."""
+    from parity.trainer.reference import Reference
 
     seqs = tmp_path / "seqs.jsonl"
     pairs = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10])]

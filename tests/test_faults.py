@@ -20,8 +20,9 @@ from fault_fakes import (BLOB, install_fakes, quiet, rewrite_forever, scenario, 
                          write_shim)
 from rich.console import Console
 
-from parity import report, runner
-from parity.core import Verdict
+from parity.report import report
+from parity.run import runner
+from parity.verdicts.core import Verdict
 from parity.engines.base import EngineError
 
 TCMALLOC = ("RuntimeError: libtcmalloc is not found in LD_PRELOAD. Please install tcmalloc and "
@@ -213,10 +214,10 @@ def test_interrupt_while_judging_reports_verdicts_reached(tmp_path, fakes):
 def test_internal_error_in_engine_phase_keeps_report(tmp_path, fakes, monkeypatch):
     from conftest import run_cli
 
-    import parity.scenario
+    import parity.run.scenario
 
     specs = [scenario("a"), scenario("b", broken=True), scenario("c", items=("boom",))]
-    monkeypatch.setattr(parity.scenario, "load_scenarios", lambda targets, overrides: specs)
+    monkeypatch.setattr(parity.run.scenario, "load_scenarios", lambda targets, overrides: specs)
     result = run_cli(["check", "--output", str(tmp_path)])
     assert result.exit_code == 125, result.output
     data = json.loads((tmp_path / "report.json").read_text())

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from html_fakes import report_data, tokens_frame, write_run
-from parity import html, plots, report
-from parity.cli import app
-from parity.metrics import ClipRange
+from parity.report import html, plots, report
+from parity.cli.app import app
+from parity.verdicts.metrics import ClipRange
 
 CLIP = ClipRange(0.2, 0.28)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity import hybrids
+from parity.trainer import hybrids
 from parity.engines.base import SamplingSpec
-from parity.updates import SplitScorer
+from parity.trainer.updates import SplitScorer
 
 
 @pytest.fixture(scope="module")
 def scorer():
-    from parity.models import build_model, perturb
+    from parity.setup.models import build_model, perturb
 
     base = build_model("tiny-tied", log=lambda m: None)
     target = perturb(base, seed=1, scale=1.0, log=lambda m: None)

@@ -1,4 +1,4 @@
-"""The model-identity rule (parity.identity): `same`, each rule with a case that must be unequal;
+"""The model-identity rule (parity.engines.identity): `same`, each rule with a case that must be unequal;
 compare statuses; drift messages; and config drift read for real, before any engine starts, by
 the V0 environment's transformers 4.51 on a checkpoint written the transformers-5-only way."""
 
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from parity import identity
-from parity.identity import MODEL_KEYS, compare, drift, engine_facts, same
+from parity.engines import identity
+from parity.engines.identity import MODEL_KEYS, compare, drift, engine_facts, same
 
 IDENTITY_PY = Path(identity.__file__)
 T5_ROPE_THETA = 100000.0  # the tiny model's is 10000, 4.51's default: drift must be visible
@@ -268,7 +268,7 @@ def test_check_diagnoses_drift_before_starting_the_v0_engine(copies, tmp_path):
 def v0_python():
     """The V0 environment's interpreter (transformers 4.51.3): built once into the user's
     cache (~3 min, ~6 GB), reused after. Reading model facts there starts no engine."""
-    from parity import envs
+    from parity.setup import envs
 
     return str(envs.ensure_env(envs.get_spec("v0"), log=lambda m: None))
 

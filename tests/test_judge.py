@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from parity import dumps, judge, metrics
-from parity.cli import app
+from parity.data import dumps
+from parity import judging as judge
+from parity.verdicts import metrics
+from parity.cli.app import app
 
 N_SEQS, N_TOK = 64, 32
 
@@ -412,7 +414,7 @@ def test_bad_options_are_all_listed(tmp_path):
 
 def test_options_defaults_match_the_logprobs_category():
     from parity.categories.logprobs import CATEGORY
-    from parity.scenario import DEFAULT_MIN_TOKENS
+    from parity.run.scenario import DEFAULT_MIN_TOKENS
 
     tolerances, clip, min_tokens, problems = judge.options([])
     assert tolerances == CATEGORY.tolerances and clip == metrics.ClipRange()

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from parity import metrics as m
-from parity.metrics import GSPO_CLIP, ClipRange
+from parity.verdicts import metrics as m
+from parity.verdicts.metrics import GSPO_CLIP, ClipRange
 
 
 def a(*xs: float) -> np.ndarray:

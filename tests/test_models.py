@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from parity import models
-from parity.models import ModelError, build_model, fingerprint, mean_entropy, perturb, resolve_model
+from parity.setup import models
+from parity.setup.models import ModelError, build_model, fingerprint, mean_entropy, perturb, resolve_model
 
 # The user's cache, resolved before any test points PARITY_CACHE_DIR at a temporary directory:
 # the V0 environment is built (or reused) there.
@@ -198,7 +198,7 @@ print(json.dumps({"rope_theta": c.rope_theta, "vocab": c.vocab_size, "eos": c.eo
 def test_tiny_reads_the_same_under_transformers_4_51(tiny, monkeypatch):
     from transformers import AutoConfig, AutoTokenizer
 
-    from parity import envs
+    from parity.setup import envs
 
     if REAL_CACHE is None:
         monkeypatch.delenv("PARITY_CACHE_DIR")

@@ -13,7 +13,7 @@ from fake_openai_server import FakeServer
 from parity.engines import create
 from parity.engines.base import EngineError, SamplingSpec
 from parity.engines.openai_engine import OpenAIEngine, served_config
-from parity.settings import from_table, load_profiles, parse_setting
+from parity.engines.settings import from_table, load_profiles, parse_setting
 
 SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, top_k=50, max_tokens=4, seed=100, n=2,
                         logprobs=2, prompt_logprobs=0)
@@ -121,7 +121,7 @@ def test_misbehaving_server_is_an_engine_error_with_its_log(tmp_path, mode, mess
 
 
 def test_unreachable_server_fails_to_start(tmp_path):
-    from parity.serve import free_port
+    from parity.engines.serve import free_port
 
     eng = engine(f"http://127.0.0.1:{free_port()}", tmp_path)
     eng.start_timeout = 1

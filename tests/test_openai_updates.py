@@ -14,7 +14,7 @@ from parity.engines import create
 from parity.engines.base import EngineError
 from parity.engines.openai_updates import (NEEDED, RL_ENDPOINTS, checksum_change,
                                            endpoints_from_schema)
-from parity.settings import from_table, load_profiles
+from parity.engines.settings import from_table, load_profiles
 
 ALL = set(RL_ENDPOINTS)
 

@@ -1,4 +1,4 @@
-"""Tests for parity.preloads: which libraries a vLLM's CPU worker requires in LD_PRELOAD (read
+"""Tests for parity.setup.preloads: which libraries a vLLM's CPU worker requires in LD_PRELOAD (read
 from its source), finding them, and the LD_PRELOAD an engine process of an env gets."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from parity import envs, preloads
+from parity.setup import envs, preloads
 from parity.engines.base import EngineError
 from parity.engines.process import env_preloads
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.reference import (
+from parity.trainer.reference import (
     SCORER_VERSION, Reference, RefScore, ScoreCache, _entropy, boundary_ties, process_logits,
     tie_rule_for)
 

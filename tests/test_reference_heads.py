@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.reference import (
+from parity.trainer.reference import (
     HeadSpec, Reference, ReferenceError, head_logits, head_spec, model_head, process_logits,
     verify_head)
 

@@ -12,9 +12,10 @@ import sys
 import pytest
 from fault_fakes import install_fakes, quiet, scenario, write_shim
 
-from parity import report, runner, validate
+from parity.report import report
+from parity.run import runner, preflight as validate
 from parity.engines.base import EngineSetting
-from parity.validate import Check
+from parity.run.preflight import Check
 
 MRV2 = {"VLLM_USE_V2_MODEL_RUNNER": "1"}
 TRITON = ("ValidationError: 1 validation error for VllmConfig Value error, Model Runner V2 "
@@ -90,7 +91,7 @@ def test_refusal_is_read_from_the_validators_env_answer():
 def test_cpu_vllm_refuses_model_runner_v2_naming_the_cause(tiny_model, tmp_path):
     """The real 0.32 validator (no engine started): MRV2 is blamed on its variable, MRV1 and
     the profile without the variable build."""
-    from parity.settings import make_setting
+    from parity.engines.settings import make_setting
 
     checks = [Check(f"case-{p}.toml", "candidate.engine_args", make_setting(p), str(tiny_model))
               for p in ("v1-mrv2", "v1-mrv1", "v1-parity")]
@@ -106,7 +107,7 @@ def test_cpu_vllm_refuses_model_runner_v2_naming_the_cause(tiny_model, tmp_path)
 def test_unreadable_variable_value_is_a_usage_error_not_a_refusal(tiny_model, tmp_path):
     """Negative control: VLLM_USE_V2_MODEL_RUNNER=yes also fails the config (vLLM reads it
     with int()), but that is a mistake in the setting: a problem (exit 2), never refused_here."""
-    from parity.settings import make_setting
+    from parity.engines.settings import make_setting
 
     check = Check("case.toml", "candidate.engine_args",
                   make_setting("v1-mrv1", env_vars={"VLLM_USE_V2_MODEL_RUNNER": "yes"}),

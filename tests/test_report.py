@@ -5,10 +5,10 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from parity import report
-from parity.core import Finding, Verdict
-from parity.runner import RunResult, ScenarioResult
-from parity.scenario import load_scenarios
+from parity.report import report
+from parity.verdicts.core import Finding, Verdict
+from parity.run.runner import RunResult, ScenarioResult
+from parity.run.scenario import load_scenarios
 
 SHIPPED = Path(__file__).resolve().parents[1] / "scenarios"
 

@@ -1,4 +1,4 @@
-"""`parity diff` (parity/rundiff.py): synthetic report.json pairs shaped like real ones, each
+"""`parity diff` (parity/report/rundiff.py): synthetic report.json pairs shaped like real ones, each
 check with the input that must not move it, plus a real vLLM 0.32 vs 0.18.1 pair."""
 
 import copy
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from parity import rundiff
-from parity.cli import app
+from parity.report import rundiff
+from parity.cli.app import app
 
 DATA = Path(__file__).parent / "data"
 V032, V0181 = DATA / "diff-vllm-0.32.json", DATA / "diff-vllm-0.18.1.json"

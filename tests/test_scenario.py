@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from parity.scenario import Overrides, ScenarioError, load_scenarios, make_setting
+from parity.run.scenario import Overrides, ScenarioError, load_scenarios, make_setting
 
 SHIPPED = Path(__file__).resolve().parents[1] / "scenarios"
 

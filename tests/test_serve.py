@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_cli
 from parity.engines.base import EngineError
-from parity.serve import Server, command, flag, serve_problems
-from parity.settings import parse_setting
+from parity.engines.serve import Server, command, flag, serve_problems
+from parity.engines.settings import parse_setting
 
 
 def setting(text):
@@ -47,7 +47,7 @@ def test_v1_parity_command_parses_in_vllm_with_the_four_fixes(monkeypatch):
 def test_parallel_args_pass_through_to_vllm_serve():
     """Multi-GPU: tensor/pipeline/data parallel sizes in a setting reach `vllm serve` as its own
     flags (vLLM does the distribution; parity only passes them on)."""
-    from parity.settings import parse_setting
+    from parity.engines.settings import parse_setting
 
     parsed, problems = parse_setting("v1-parity,tensor_parallel_size=4,pipeline_parallel_size=2,"
                                      "data_parallel_size=2", "SETTING")

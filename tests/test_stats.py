@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from parity import stats as s
-from parity.stats import TestResult
+from parity.verdicts import stats as s
+from parity.verdicts.stats import TestResult
 
 
 def sample(mean: float, sd: float, n: int, seed: int) -> np.ndarray:

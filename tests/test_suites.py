@@ -4,8 +4,8 @@ from pathlib import Path
 
 from conftest import REPO, run_cli
 
-from parity import selection
-from parity.scenario import load_scenarios
+from parity.run import selection
+from parity.run.scenario import load_scenarios
 
 SCEN = REPO / "scenarios"
 

@@ -1,4 +1,4 @@
-"""SplitScorer's batched scoring (parity.split_batches) against its one-sequence path: old, new,
+"""SplitScorer's batched scoring (parity.trainer.split_batches) against its one-sequence path: old, new,
 keep at several k, stale-cache boundaries, recompute and a hybrid pair, over sequences of
 different lengths, empty completions and batches split into several chunks."""
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from parity import hybrids, split_batches
+from parity.trainer import hybrids, split_batches
 from parity.engines.base import SamplingSpec
-from parity.updates import SplitScorer, cached_boundary, keep_boundary
+from parity.trainer.updates import SplitScorer, cached_boundary, keep_boundary
 
 T1 = SamplingSpec(temperature=1.0)
 TOPK = SamplingSpec(temperature=0.8, top_k=400, top_p=0.995)

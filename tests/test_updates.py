@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.updates import (SplitScorer, cached_boundary, keep_boundary, parse_update,
+from parity.trainer.updates import (SplitScorer, cached_boundary, keep_boundary, parse_update,
                             shared_context)
 
 T1 = SamplingSpec(temperature=1.0)
@@ -105,7 +105,7 @@ def test_parse_update_reports_every_problem():
 
 
 def test_scenario_validation(tmp_path):
-    from parity.scenario import parse_scenario
+    from parity.run.scenario import parse_scenario
 
     good = tmp_path / "good.toml"
     good.write_text('category = "weight_update"\nprobe = "inflight"\n'
@@ -136,7 +136,7 @@ def update_run(tmp_path_factory):
     of its setting in turn."""
     from conftest import SCENARIOS, run_cli
 
-    from parity.models import build_model
+    from parity.setup.models import build_model
 
     build_model("tiny-tied", log=lambda m: None)
 
@@ -326,7 +326,7 @@ def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(u
     ([1, 2, 3, 4], "equal"), ([1, 2, 4, 5], "lost"), ([1, 2, 2, 3], "duplicated"),
     ([1, 2, 9, 9], "diverged"), ([1, 2, 3, 5], "diverged")])
 def test_stream_check_tells_a_shift_from_a_divergence(paused, kind):
-    from parity.updates import stream_check
+    from parity.trainer.updates import stream_check
 
     assert stream_check(paused, [1, 2, 3, 4, 5, 6], 4) == kind
     assert stream_check(paused, [1, 2], 4) == "short"

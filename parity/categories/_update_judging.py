@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity import core, hybrids, stats
+from parity.verdicts import core, stats
+from parity.trainer import hybrids
 from parity.categories.base import fmt
-from parity.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary, stream_check
+from parity.trainer.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary, stream_check
 
 
 def seq_means(per_seq: list[np.ndarray]) -> np.ndarray:
@@ -60,7 +61,7 @@ def decide(findings, pre, ordered) -> tuple[str, str | None, str]:
 def attribute(scorer: SplitScorer, predict, engine: list, tol: float, detail: dict,
               findings: list) -> hybrids.Attribution:
     """Which components stayed stale after an update that matches neither checkpoint (hybrid
-    hypotheses, parity.hybrids; `predict(pair, i)`: the probe's expected logprobs of sequence i
+    hypotheses, parity.trainer.hybrids; `predict(pair, i)`: the probe's expected logprobs of sequence i
     with `pair` as the new weights); a count-limit finding on them when a hypothesis fits."""
     att = hybrids.explain(scorer, predict, engine, tol)
     detail["attribution"] = hybrids.summary(att)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
-from parity.core import Verdict
+from parity.verdicts.core import Verdict
 
 Problem = tuple[str, str, str]  # (file, field, message with the fix)
 Log = Callable[[str], None]
@@ -22,13 +22,13 @@ class Category:
         tolerances: default tolerances (name -> value) a scenario's [tolerances] may override.
         margins: default baseline-vs-candidate margins a scenario's [margins] may override.
         diagnoses: every diagnosis code the category can give -> the fix it names.
-        findings: every finding name the category can build -> its kind (parity.core.KINDS);
+        findings: every finding name the category can build -> its kind (parity.verdicts.core.KINDS);
             a name ending in "*" stands for a family (e.g. "identity.*").
         key_metric_name: the number tables and bisect trials show for a scenario.
         reuses_generations: whether the engine work may be served from an identical request of
             another scenario in the run (True when it is plain generation; False for probes
             that repeat requests or change engine state on purpose).
-        scores_columns: the columns of a `[reference] scores` file (parity.external) its judging
+        scores_columns: the columns of a `[reference] scores` file (parity.trainer.external) its judging
             reads -> why; None when it cannot be judged from a scores file, because its judging
             scores something an export does not hold (scores_refusal says what).
     """

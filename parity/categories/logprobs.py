@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity import core
+from parity.verdicts import core
 from parity.categories import _common
 from parity.categories.base import Category, fmt
-from parity.reference import GREEDY_EPS
+from parity.trainer.reference import GREEDY_EPS
 
 
 class Logprobs(Category):

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from parity import core, stats
+from parity.verdicts import core, stats
 from parity.categories import _common
 from parity.categories.base import Category, fmt, sampling_for
-from parity.direct import semantics_specs, summarize, teacher_force
-from parity.external import ScoresUnavailable
+from parity.categories._direct import semantics_specs, summarize, teacher_force
+from parity.trainer.external import ScoresUnavailable
 
 # Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
 # behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.
@@ -146,7 +146,7 @@ def check(runs, margins: dict[str, float], clip, min_tokens: int,
 
 
 def _direct(res, scores: dict, refs) -> dict[str, Any] | None:
-    """The engine-vs-engine gap on the same tokens (see parity.direct), when the second engine
+    """The engine-vs-engine gap on the same tokens (see parity.categories._direct), when the second engine
     of the pair was teacher-forced on the first one's tokens."""
     for role, er in res.runs.items():
         forced, other_role = er.extra.get("direct_forced"), er.extra.get("direct_of")

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from parity import configdiff, core, metrics, stats
+from parity.engines import configdiff
+from parity.verdicts import core, metrics, stats
 from parity.categories import _common
 from parity.categories.base import Category, choice, fmt, sampling_for
 from parity.engines.base import Sequence

@@ -1,6 +1,6 @@
 """Category `weight_update`: pushes new weights into a live engine (between calls, over a warm
 prefix cache, mid-generation) and judges its samples against a trainer holding both checkpoints
-(parity.updates), including which in-flight semantics (keep the old KV, or recompute) the engine
+(parity.trainer.updates), including which in-flight semantics (keep the old KV, or recompute) the engine
 implements."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from parity import core, hybrids
+from parity.verdicts import core
+from parity.trainer import hybrids
 from parity.categories._update_judging import (attribute, attributed, batched, decide, effect,
                                                gap, judge_inflight, mean, separation, threshold)
 from parity.categories.base import Category, choice, fmt
-from parity.updates import (DEFAULT_TOLERANCE, PROBES, SplitScorer, UpdateSpec, cached_boundary,
+from parity.trainer.updates import (DEFAULT_TOLERANCE, PROBES, SplitScorer, UpdateSpec, cached_boundary,
                             parse_update, pushed_path, shared_context, target_path)
 
 
@@ -285,7 +286,7 @@ class WeightUpdate(Category):
     key_metric_name = "mean |dlogp| after the update to the expected weights"
     reuses_generations = False  # the generation before an update fills the prefix cache
     scores_refusal = ("its trainer holds the old and the new checkpoint and scores across the "
-                      "update (parity.updates.SplitScorer), a scores file holds one checkpoint")
+                      "update (parity.trainer.updates.SplitScorer), a scores file holds one checkpoint")
 
     def parse(self, data, sampling, path):
         problems = []

@@ -189,7 +189,7 @@ def _flat(args: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _profile_bases() -> dict[str, tuple[dict, dict, str]]:
-    from parity.settings import load_profiles
+    from parity.engines.settings import load_profiles
 
     return {name: (p.engine_args, p.env_vars, p.env) for name, p in load_profiles().items()}
 

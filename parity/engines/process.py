@@ -58,8 +58,8 @@ def stop_group(proc: subprocess.Popen, term_wait: float, kill_wait: float) -> No
 
 def env_preloads(python: str) -> dict[str, str]:
     """LD_PRELOAD for a process run by `python`: the libraries its environment's vLLM refuses
-    to start without (parity.preloads; recorded when the environment was built)."""
-    from parity.preloads import PreloadError, process_vars
+    to start without (parity.setup.preloads; recorded when the environment was built)."""
+    from parity.setup.preloads import PreloadError, process_vars
 
     try:
         return process_vars(python)
@@ -382,10 +382,10 @@ _FACTS_CODE = ("import json, sys; sys.path.insert(0, sys.argv[1]); import vllm_w
 def read_model_facts(python: str, model_path: str | Path, log_path: Path,
                      timeout: float = 180.0) -> dict[str, Any]:
     """A checkpoint's model-identity facts as the transformers of `python` (an engine env) reads
-    them, starting no engine (parity.identity.read_facts run there; a few seconds).
+    them, starting no engine (parity.engines.identity.read_facts run there; a few seconds).
 
     Returns:
-        parity.identity.MODEL_KEYS -> value, plus transformers_version, errors, config_json.
+        parity.engines.identity.MODEL_KEYS -> value, plus transformers_version, errors, config_json.
     Raises:
         EngineError: the interpreter cannot run, times out, or returns no facts (with the log).
     """

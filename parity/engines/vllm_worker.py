@@ -255,7 +255,7 @@ class VllmHost:
             "model.hidden_size": _hf_value(hf, "hidden_size"),
         }
         # The rest of the identity facts, read from the engine's own hf_config by the rule the
-        # trainer side uses (parity/identity.py); the live values above take precedence.
+        # trainer side uses (parity/engines/identity.py); the live values above take precedence.
         try:
             import transformers
 
@@ -364,14 +364,13 @@ def _prompt_logprobs(request) -> list | None:
 
 
 def _identity():
-    """parity/identity.py, imported by path where parity is not on the path (engine envs)."""
+    """parity/engines/identity.py, imported by path where parity is not on the path (engine envs)."""
     if __package__:  # imported as parity.engines.vllm_worker
-        from parity import identity
+        from parity.engines import identity
         return identity
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "identity.py")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.py")
     spec = importlib.util.spec_from_file_location("parity_identity", path)
     identity = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(identity)
@@ -381,9 +380,9 @@ def _identity():
 def read_model_facts(model_path: str) -> dict:
     """The model-identity facts of a checkpoint as this interpreter's transformers reads it
     (AutoConfig, GenerationConfig, AutoTokenizer; no vLLM import, so it takes seconds), by
-    parity.identity's names and normalisation (see identity.read_facts).
+    parity.engines.identity's names and normalisation (see identity.read_facts).
 
-    parity/identity.py needs only the standard library at import time; it is loaded by file path
+    parity/engines/identity.py needs only the standard library at import time; it is loaded by file path
     because the worker's interpreter (e.g. the V0 env) has no parity on its path.
     """
     return _identity().read_facts(model_path)

@@ -1,0 +1,5 @@
+"""`python -m parity.cli ...`: the same as the `parity` command."""
+
+from parity.cli import app
+
+app()

@@ -1,0 +1,353 @@
+"""`parity judge`: a per-token table made elsewhere (parity.data.dumps) judged like the logprobs
+category, trainer = reference and engine = candidate (same metrics, statistics, tolerances),
+and its reports: report.json, report.md, junit.xml and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.verdicts import core, metrics, stats
+from parity.data import dumps
+from parity.categories import _common
+from parity.categories.base import fmt
+from parity.categories.logprobs import Logprobs
+from parity.run.faults import atomic_write
+
+TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
+# A gap is a shift rather than noise when its signed mean carries most of its mean size.
+ONE_SIGNED = 0.8
+# A shift that grows with the token's logprob (slope of engine - trainer on trainer) is a
+# temperature applied on one side: log softmax(z / T) ~ log softmax(z) / T + c per position.
+SLOPE = 0.1
+DIAGNOSES = {
+    "support_mismatch": "align top_k/top_p/min_p between the engine and the trainer's scoring",
+    "systematic_offset": "apply the same temperature/top-k/top-p on both sides (engine: "
+                         "processed logprobs, e.g. vLLM logprobs_mode=processed_logprobs)",
+    "heavy_tail": "compute the lm_head / logits in fp32 on both sides",
+    "numeric_mismatch": "check the lm_head dtype, kernels, and that both sides hold the same "
+                        "weights (weight_version)",
+}
+VERSION_KEYS = ("n_seqs", "n_tokens", "abs_dlogp_mean", "abs_dlogp_p99", "kl_k3_mean",
+                "kl_k1_mean", "n_ref_excluded")
+
+
+@dataclass
+class Judged:
+    group: dumps.Group
+    verdict: core.Verdict
+    detail: dict[str, Any]
+
+
+def options(tolerance_items: list[str], clip_low: float | None = None,
+            clip_high: float | None = None, min_tokens: int | None = None,
+            ) -> tuple[dict[str, float], metrics.ClipRange | None, int,
+                       list[tuple[str, str, str]]]:
+    """The tolerances (defaults with `--tolerance name=value` applied), the clip range (None:
+    metrics.ClipRange's default end), the minimum of tokens (None: the scenarios' default) and
+    every problem with them."""
+    from parity.run.scenario import DEFAULT_MIN_TOKENS
+
+    tolerances, problems = dict(TOLERANCES), []
+    for item in tolerance_items:
+        name, sep, value = (s.strip() for s in item.partition("="))
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or name not in TOLERANCES:
+            problems.append(("--tolerance", name or item, f"use name=value with name one of "
+                                                          f"{', '.join(TOLERANCES)}"))
+        elif not (math.isfinite(number) and number >= 0):
+            problems.append(("--tolerance", name, f"{value!r}: expected a number >= 0"))
+        else:
+            tolerances[name] = number
+    clip, default = None, metrics.ClipRange()
+    try:
+        clip = metrics.ClipRange(default.eps_low if clip_low is None else clip_low,
+                                 default.eps_high if clip_high is None else clip_high)
+    except ValueError as exc:
+        problems.append(("--clip-low/--clip-high", "value", str(exc)))
+    min_tokens = DEFAULT_MIN_TOKENS if min_tokens is None else min_tokens
+    if min_tokens < 1:
+        problems.append(("--min-tokens", "value", f"{min_tokens}: must be >= 1"))
+    return tolerances, clip, min_tokens, problems
+
+
+def judge(dump: dumps.Dump, tolerances: dict[str, float], clip: metrics.ClipRange,
+          min_tokens: int) -> list[Judged]:
+    return [Judged(g, *judge_group(g, tolerances, clip, min_tokens)) for g in dump.groups]
+
+
+def judge_group(g: dumps.Group, tolerances: dict[str, float], clip: metrics.ClipRange,
+                min_tokens: int) -> tuple[core.Verdict, dict[str, Any]]:
+    """One group's verdict and detail.
+
+    Findings, as in the logprobs category: per-sequence mean |dlogp| and k3 KL by a one-sample
+    bound on their means (over prompts when prompts have several samples), the p99 |dlogp|,
+    and the share of tokens the trainer excludes (logprob -inf) where the engine's is finite.
+    Precondition: at least `min_tokens` scored tokens. Diagnosis: support_mismatch (excluded
+    tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails), else
+    numeric_mismatch.
+    """
+    summary = metrics.summarize(g.trainer, g.engine, g.entropy, clip)
+    per_seq = metrics.per_sequence(g.trainer, g.engine, g.entropy, clip)
+    clusters = g.prompt_ids if g.prompt_ids is not None and \
+        len(np.unique(g.prompt_ids)) < len(g.prompt_ids) else None
+    findings = _common.threshold_findings(per_seq, summary, tolerances, clusters)
+    findings.append(_excluded(g, per_seq, summary, tolerances, clusters))
+    pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, "scored tokens")]
+    shape = _shape(g)
+    versions = by_version(g, clip)
+    worst = _worst(versions)
+    outcome = core.combine(findings, pre)
+    diagnosis, message = _diagnose(outcome, findings, summary, shape, pre)
+    if worst and len(versions) > 1:
+        best = min(versions, key=lambda v: _nan_last(versions[v]["abs_dlogp_mean"]))
+        message += (f"; worst weight version {worst}: mean |dlogp| "
+                    f"{fmt(versions[worst]['abs_dlogp_mean'], 4)} over "
+                    f"{versions[worst]['n_tokens']} tokens (best, version {best}: "
+                    f"{fmt(versions[best]['abs_dlogp_mean'], 4)})")
+    detail = {"metrics": summary, "shape": shape, "per_weight_version": versions,
+              "worst_weight_version": worst, "key_metric": summary["abs_dlogp_mean"],
+              "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset "
+                          f"{fmt(shape['offset_mean'])}"}
+    return core.Verdict(outcome, diagnosis, message, findings, pre), detail
+
+
+def _excluded(g, per_seq, summary, tolerances, clusters) -> core.Finding:
+    """The share of scored tokens the trainer gives probability 0 while the engine sampled
+    them, by a one-sample bound. Tokens tied at the top-k/top-p cut (boundary_tie) are the tie
+    rule's choice and do not count; without that column every such token counts."""
+    limit = tolerances.get("excluded_rate", _common.EXCLUDED_RATE_DEFAULT)
+    rates, ties = per_seq["ref_excluded_rate"], "no boundary_tie column: ties at the cut count"
+    if g.boundary_tie is not None:
+        tied = np.array([np.sum(np.isneginf(t) & ~np.isneginf(e) & b)
+                         for t, e, b in zip(g.trainer, g.engine, g.boundary_tie)])
+        rates = (per_seq["n_ref_excluded"] - tied) / np.maximum(per_seq["n_tokens"], 1)
+        summary["n_tied_excluded"] = int(tied.sum())
+        ties = f"{int(tied.sum())} of them tied at the cut, not counted"
+    test = stats.threshold(rates, limit, clusters=clusters)
+    return core.from_test("excluded_rate", test, note=(
+        f"{int(summary['n_ref_excluded'])} of {int(summary['n_tokens'])} scored tokens have "
+        f"trainer logprob -inf while the engine's is finite ({ties}); {test.reason}"))
+
+
+def _shape(g: dumps.Group) -> dict[str, float]:
+    """How engine - trainer behaves over the tokens both give a finite logprob: its mean and
+    sd (a shift shows as |mean| ~ mean |gap|), and its slope on the trainer logprob."""
+    eng, tr = np.concatenate(g.engine), np.concatenate(g.trainer)
+    ok = np.isfinite(eng) & np.isfinite(tr)
+    d, tr = eng[ok] - tr[ok], tr[ok]
+    if not d.size:
+        return {"offset_mean": math.nan, "offset_sd": math.nan, "slope": math.nan}
+    var = float(np.var(tr))
+    slope = float(np.mean((d - d.mean()) * (tr - tr.mean())) / var) if var > 0 else math.nan
+    return {"offset_mean": float(d.mean()), "offset_sd": float(d.std()), "slope": slope}
+
+
+def _diagnose(outcome, findings, summary, shape, pre) -> tuple[str | None, str]:
+    gap, off, p99 = summary["abs_dlogp_mean"], shape["offset_mean"], summary["abs_dlogp_p99"]
+    text = (f"mean |dlogp| {fmt(gap, 4)}, mean engine - trainer {fmt(off, 4)} (sd "
+            f"{fmt(shape['offset_sd'], 3)}), p99 |dlogp| {fmt(p99, 4)}")
+    failed = {f.name for f in findings if f.outcome == "fail"}
+    if outcome == "pass":
+        return None, f"engine logprobs match the trainer's ({text})"
+    if outcome != "fail":
+        why = [p.note for p in pre if not p.met] + [
+            f"{f.name}: {f.note}" for f in findings if f.outcome == "inconclusive"]
+        return None, f"inconclusive: {'; '.join(why)} ({text})"
+    if "excluded_rate" in failed:
+        n = int(summary["n_ref_excluded"]) - int(summary.get("n_tied_excluded", 0))
+        return "support_mismatch", (
+            f"{n} of {int(summary['n_tokens'])} scored tokens are "
+            "impossible under the trainer's distribution (logprob -inf) but were sampled by the "
+            "engine: the two disagree on the support; align top_k/top_p/min_p between the "
+            f"engine's sampler and the trainer's logprob computation ({text})")
+    if math.isfinite(off) and abs(off) >= ONE_SIGNED * gap:
+        if math.isfinite(shape["slope"]) and abs(shape["slope"]) > SLOPE:
+            cause = (f"the shift grows with the token's logprob (slope {fmt(shape['slope'])}): "
+                     "a temperature applied on one side only; divide the trainer's logits by "
+                     "the sampling temperature before log_softmax, or have the engine report "
+                     "logprobs of the tempered distribution")
+        elif off < 0:
+            cause = ("the engine's logprobs sit below the trainer's by a near-constant amount: "
+                     "the engine likely returns RAW logprobs (before temperature/top-k/top-p) "
+                     "while the trainer scores the processed distribution; set the engine to "
+                     "processed logprobs (vLLM: logprobs_mode=processed_logprobs)")
+        else:
+            cause = ("the engine's logprobs sit above the trainer's by a near-constant amount: "
+                     "the trainer likely scores without the temperature/top-k/top-p "
+                     "renormalisation the engine samples with (or the engine applies one the "
+                     "trainer does not); apply the same processing on both sides")
+        return "systematic_offset", f"{cause} ({text})"
+    if "abs_dlogp_p99" in failed and not failed & {"abs_dlogp_seqmean", "kl_k3_seqmean"}:
+        return "heavy_tail", (
+            f"most tokens agree but the tail does not (max |dlogp| "
+            f"{fmt(summary['abs_dlogp_max'], 4)}): typical of 16-bit logits (a bf16 lm_head on "
+            f"either side) on low-probability tokens; compute the logits in fp32 on both sides "
+            f"({text})")
+    return "numeric_mismatch", (
+        f"the gaps are two-signed and beyond tolerance ({text}): the two sides compute "
+        "different distributions; check the lm_head/logits dtype (fp32 on both sides), that "
+        "both hold the same weights (a stale rollout policy: see weight_version), attention "
+        "kernels and batch invariance")
+
+
+def by_version(g: dumps.Group, clip: metrics.ClipRange) -> dict[str, dict[str, Any]] | None:
+    """Metrics (shown, not judged) of the tokens of each weight version ("none": unknown);
+    None when no token has a version."""
+    flat = np.concatenate(g.weight_version) if g.weight_version is not None else np.zeros(0)
+    if not np.isfinite(flat).any():
+        return None
+    keys: list[Any] = sorted({int(v) for v in flat[np.isfinite(flat)]})
+    keys += ["none"] if np.isnan(flat).any() else []
+    out = {}
+    for v in keys:
+        sel = [np.isnan(w) if v == "none" else w == v for w in g.weight_version]
+        tr = [t[m] for t, m in zip(g.trainer, sel) if m.any()]
+        en = [e[m] for e, m in zip(g.engine, sel) if m.any()]
+        s = metrics.summarize(tr, en, None, clip)
+        out[str(v)] = {k: s[k] for k in VERSION_KEYS}
+    return out
+
+
+def _nan_last(x: float) -> float:
+    return x if x == x else math.inf
+
+
+def _worst(versions: dict[str, dict[str, Any]] | None) -> str | None:
+    scored = {v: m["abs_dlogp_mean"] for v, m in (versions or {}).items()
+              if m["abs_dlogp_mean"] == m["abs_dlogp_mean"]}
+    return max(scored, key=scored.get) if scored else None
+
+
+def exit_code(results: list[Judged]) -> int:
+    """0 every group passes, 1 any fails, 125 otherwise (inconclusive: too little data)."""
+    from parity.report.report import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED
+
+    outcomes = {r.verdict.outcome for r in results}
+    if "fail" in outcomes:
+        return EXIT_DIVERGENCE
+    return EXIT_OK if outcomes == {"pass"} else EXIT_UNRESOLVED
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+def to_json(dump: dumps.Dump, results: list[Judged], tolerances: dict[str, float],
+            clip: metrics.ClipRange, min_tokens: int, code: int, run_id: str) -> dict[str, Any]:
+    from parity.report.report import _clean, provenance
+
+    return _clean({
+        "kind": "judge", "run_id": run_id, "exit_code": code,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "provenance": provenance(),
+        "input": {"file": str(dump.path), "resolved": str(dump.path.resolve()),
+                  "sha256": dump.sha256, "format": dump.format, "mapping": dump.mapping,
+                  "layout": dump.layout, "n_rows": dump.n_rows, "notes": dump.notes},
+        "tolerances": tolerances, "clip": {"eps_low": clip.eps_low, "eps_high": clip.eps_high},
+        "min_tokens": min_tokens,
+        "groups": [{"name": r.group.name, "labels": r.group.labels,
+                    "n_sequences": len(r.group.engine),
+                    "dropped_unscored": r.group.dropped_unscored,
+                    "verdict": r.verdict.to_dict(), **{k: v for k, v in r.detail.items()
+                                                       if k != "key_metric"}}
+                   for r in results],
+    })
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    from parity.report.report import _fmt
+
+    inp = data["input"]
+    lines = [f"# parity judge {data['run_id']}", "",
+             f"Exit code **{data['exit_code']}**. Created {data['created_utc']}, parity "
+             f"{data['provenance']['parity_version']}.", "",
+             f"File `{inp['file']}` (sha256 `{inp['sha256'][:16]}...`), format {inp['format']}, "
+             f"{inp['layout']} layout, {inp['n_rows']} rows. Columns: " + ", ".join(
+                 f"{k} = `{v}`" for k, v in inp["mapping"].items()) + ".", ""]
+    lines += [f"- {note}" for note in inp["notes"]] + ([""] if inp["notes"] else [])
+    lines += ["Tolerances: " + ", ".join(f"{k} {v}" for k, v in data["tolerances"].items())
+              + f"; clip [1 - {data['clip']['eps_low']}, 1 + {data['clip']['eps_high']}]; "
+              f"min tokens {data['min_tokens']}.", "",
+              "| group | verdict | diagnosis | tokens | mean abs dlogp | kl_k3 | p99 abs dlogp "
+              "| excluded |", "|---|---|---|---|---|---|---|---|"]
+    for g in data["groups"]:
+        m = g["metrics"]
+        lines.append(f"| {g['name']} | **{g['verdict']['outcome']}** | "
+                     f"{g['verdict']['diagnosis'] or ''} | {m['n_tokens']} | "
+                     f"{_fmt(m['abs_dlogp_mean'])} | {_fmt(m['kl_k3_mean'])} | "
+                     f"{_fmt(m['abs_dlogp_p99'])} | {m['n_ref_excluded']} |")
+    for g in data["groups"]:
+        v = g["verdict"]
+        lines += ["", f"## {g['name']}: {v['outcome']}", "", f"**Diagnosis:** {v['message']}",
+                  "", "| finding | kind | value | limit | 90% CI | p | outcome |",
+                  "|---|---|---|---|---|---|---|"]
+        for f in v["findings"]:
+            t = f.get("test") or {}
+            ci = f"[{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}]" if "ci_low" in t else ""
+            lines.append(f"| {f['name']} | {f['kind']} | {_fmt(f['value'])} | "
+                         f"{_fmt(f['limit'])} | {ci} | {_fmt(t.get('p_value'), 3)} | "
+                         f"{f['outcome']} |")
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(val)} |" for k, val in {**g["metrics"], **g["shape"]}.items()]
+        if g.get("per_weight_version"):
+            lines += ["", f"Per weight version (shown, not judged; worst: "
+                          f"{g['worst_weight_version']}):", "",
+                      "| version | " + " | ".join(VERSION_KEYS) + " |",
+                      "|---|" + "---|" * len(VERSION_KEYS)]
+            lines += [f"| {ver} | " + " | ".join(_fmt(m[k]) for k in VERSION_KEYS) + " |"
+                      for ver, m in g["per_weight_version"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(data: dict[str, Any]) -> str:
+    """One testcase per group, in the shape report.to_junit reads (a group must pass)."""
+    from parity.report.report import to_junit
+
+    return to_junit({"timings": {}, "scenarios": [
+        {"name": g["name"], "category": "judge", "verdict": g["verdict"], "expect": "pass",
+         "as_expected": g["verdict"]["outcome"] == "pass"} for g in data["groups"]]})
+
+
+def write(data: dict[str, Any], out_dir: Path) -> None:
+    """report.json first (the other renderings cannot cost it), each file replaced atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
+    atomic_write(out_dir / "report.md", to_markdown(data))
+    atomic_write(out_dir / "junit.xml", to_junit(data) + "\n")
+
+
+def print_table(data: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    from parity.report.report import _fmt
+
+    table = Table(title=f"parity judge {data['input']['file']}")
+    for col in ("group", "verdict", "tokens", "mean |dlogp|", "kl_k3", "p99 |dlogp|",
+                "excluded", "diagnosis"):
+        table.add_column(col, overflow="fold")
+    colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
+    for g in data["groups"]:
+        v, m = g["verdict"], g["metrics"]
+        table.add_row(g["name"], f"[{colours.get(v['outcome'], 'white')}]{v['outcome']}[/]",
+                      str(m["n_tokens"]), _fmt(m["abs_dlogp_mean"]), _fmt(m["kl_k3_mean"]),
+                      _fmt(m["abs_dlogp_p99"]), str(m["n_ref_excluded"]), v["diagnosis"] or "")
+    console.print(table)
+    for note in data["input"]["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    for g in data["groups"]:
+        if len(g.get("per_weight_version") or {}) > 1:  # one version: nothing to compare
+            console.print(f"{g['name']}: per weight version mean |dlogp| " + ", ".join(
+                f"{ver} {_fmt(m['abs_dlogp_mean'])} ({m['n_tokens']} tok)"
+                for ver, m in g["per_weight_version"].items())
+                + f"; worst {g['worst_weight_version']}", highlight=False)
+        if g["verdict"]["outcome"] != "pass":
+            console.print(f"[bold]{g['name']}[/]: {g['verdict']['message']}", highlight=False)

