@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
-from parity.verdicts import core, metrics, stats
-from parity.data import dumps
 from parity.categories import _common
-from parity.categories.base import fmt
 from parity.categories.logprobs import Logprobs
-from parity.run.faults import atomic_write
+from parity.data import dumps
+from parity.data.atomic import atomic_write
+from parity.report import junit
+from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
+from parity.report.build import clean as _clean
+from parity.run.scenario import DEFAULT_MIN_TOKENS
+from parity.verdicts import core, metrics, stats
+from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
 # A gap is a shift rather than noise when its signed mean carries most of its mean size.
@@ -52,7 +57,6 @@ def options(tolerance_items: list[str], clip_low: float | None = None,
     """The tolerances (defaults with `--tolerance name=value` applied), the clip range (None:
     metrics.ClipRange's default end), the minimum of tokens (None: the scenarios' default) and
     every problem with them."""
-    from parity.run.scenario import DEFAULT_MIN_TOKENS
 
     tolerances, problems = dict(TOLERANCES), []
     for item in tolerance_items:
@@ -230,7 +234,6 @@ def _worst(versions: dict[str, dict[str, Any]] | None) -> str | None:
 
 def exit_code(results: list[Judged]) -> int:
     """0 every group passes, 1 any fails, 125 otherwise (inconclusive: too little data)."""
-    from parity.report.report import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED
 
     outcomes = {r.verdict.outcome for r in results}
     if "fail" in outcomes:
@@ -243,7 +246,6 @@ def exit_code(results: list[Judged]) -> int:
 
 def to_json(dump: dumps.Dump, results: list[Judged], tolerances: dict[str, float],
             clip: metrics.ClipRange, min_tokens: int, code: int, run_id: str) -> dict[str, Any]:
-    from parity.report.report import _clean, provenance
 
     return _clean({
         "kind": "judge", "run_id": run_id, "exit_code": code,
@@ -264,7 +266,6 @@ def to_json(dump: dumps.Dump, results: list[Judged], tolerances: dict[str, float
 
 
 def to_markdown(data: dict[str, Any]) -> str:
-    from parity.report.report import _fmt
 
     inp = data["input"]
     lines = [f"# parity judge {data['run_id']}", "",
@@ -283,8 +284,8 @@ def to_markdown(data: dict[str, Any]) -> str:
         m = g["metrics"]
         lines.append(f"| {g['name']} | **{g['verdict']['outcome']}** | "
                      f"{g['verdict']['diagnosis'] or ''} | {m['n_tokens']} | "
-                     f"{_fmt(m['abs_dlogp_mean'])} | {_fmt(m['kl_k3_mean'])} | "
-                     f"{_fmt(m['abs_dlogp_p99'])} | {m['n_ref_excluded']} |")
+                     f"{fmt(m['abs_dlogp_mean'], 4)} | {fmt(m['kl_k3_mean'], 4)} | "
+                     f"{fmt(m['abs_dlogp_p99'], 4)} | {m['n_ref_excluded']} |")
     for g in data["groups"]:
         v = g["verdict"]
         lines += ["", f"## {g['name']}: {v['outcome']}", "", f"**Diagnosis:** {v['message']}",
@@ -292,27 +293,25 @@ def to_markdown(data: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|"]
         for f in v["findings"]:
             t = f.get("test") or {}
-            ci = f"[{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}]" if "ci_low" in t else ""
-            lines.append(f"| {f['name']} | {f['kind']} | {_fmt(f['value'])} | "
-                         f"{_fmt(f['limit'])} | {ci} | {_fmt(t.get('p_value'), 3)} | "
+            ci = f"[{fmt(t.get('ci_low'), 4)}, {fmt(t.get('ci_high'), 4)}]" if "ci_low" in t else ""
+            lines.append(f"| {f['name']} | {f['kind']} | {fmt(f['value'], 4)} | "
+                         f"{fmt(f['limit'], 4)} | {ci} | {fmt(t.get('p_value'), 3)} | "
                          f"{f['outcome']} |")
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(val)} |" for k, val in {**g["metrics"], **g["shape"]}.items()]
+        lines += [f"| {k} | {fmt(val, 4)} |" for k, val in {**g["metrics"], **g["shape"]}.items()]
         if g.get("per_weight_version"):
             lines += ["", f"Per weight version (shown, not judged; worst: "
                           f"{g['worst_weight_version']}):", "",
                       "| version | " + " | ".join(VERSION_KEYS) + " |",
                       "|---|" + "---|" * len(VERSION_KEYS)]
-            lines += [f"| {ver} | " + " | ".join(_fmt(m[k]) for k in VERSION_KEYS) + " |"
+            lines += [f"| {ver} | " + " | ".join(fmt(m[k], 4) for k in VERSION_KEYS) + " |"
                       for ver, m in g["per_weight_version"].items()]
     return "\n".join(lines) + "\n"
 
 
 def to_junit(data: dict[str, Any]) -> str:
-    """One testcase per group, in the shape report.to_junit reads (a group must pass)."""
-    from parity.report.report import to_junit
-
-    return to_junit({"timings": {}, "scenarios": [
+    """One testcase per group, in the shape parity.report.junit reads (a group must pass)."""
+    return junit.to_junit({"timings": {}, "scenarios": [
         {"name": g["name"], "category": "judge", "verdict": g["verdict"], "expect": "pass",
          "as_expected": g["verdict"]["outcome"] == "pass"} for g in data["groups"]]})
 
@@ -326,9 +325,7 @@ def write(data: dict[str, Any], out_dir: Path) -> None:
 
 
 def print_table(data: dict[str, Any], console) -> None:
-    from rich.table import Table
 
-    from parity.report.report import _fmt
 
     table = Table(title=f"parity judge {data['input']['file']}")
     for col in ("group", "verdict", "tokens", "mean |dlogp|", "kl_k3", "p99 |dlogp|",
@@ -338,15 +335,15 @@ def print_table(data: dict[str, Any], console) -> None:
     for g in data["groups"]:
         v, m = g["verdict"], g["metrics"]
         table.add_row(g["name"], f"[{colours.get(v['outcome'], 'white')}]{v['outcome']}[/]",
-                      str(m["n_tokens"]), _fmt(m["abs_dlogp_mean"]), _fmt(m["kl_k3_mean"]),
-                      _fmt(m["abs_dlogp_p99"]), str(m["n_ref_excluded"]), v["diagnosis"] or "")
+                      str(m["n_tokens"]), fmt(m["abs_dlogp_mean"], 4), fmt(m["kl_k3_mean"], 4),
+                      fmt(m["abs_dlogp_p99"], 4), str(m["n_ref_excluded"]), v["diagnosis"] or "")
     console.print(table)
     for note in data["input"]["notes"]:
         console.print(f"note: {note}", highlight=False)
     for g in data["groups"]:
         if len(g.get("per_weight_version") or {}) > 1:  # one version: nothing to compare
             console.print(f"{g['name']}: per weight version mean |dlogp| " + ", ".join(
-                f"{ver} {_fmt(m['abs_dlogp_mean'])} ({m['n_tokens']} tok)"
+                f"{ver} {fmt(m['abs_dlogp_mean'], 4)} ({m['n_tokens']} tok)"
                 for ver, m in g["per_weight_version"].items())
                 + f"; worst {g['worst_weight_version']}", highlight=False)
         if g["verdict"]["outcome"] != "pass":

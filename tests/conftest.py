@@ -76,7 +76,7 @@ def perturbed(tiny_model):
 
 
 def run_cli(args):
-    from parity.cli.app import app
+    from parity.cli import app
 
     result = CliRunner().invoke(app, args)
     return result

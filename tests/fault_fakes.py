@@ -14,14 +14,15 @@ import types
 from pathlib import Path
 
 from parity import categories, engines
-from parity.run import modelcheck, runner, preflight as validate
-from parity.setup import models
-from parity.report import report
 from parity.categories.base import Category
-from parity.verdicts.core import Verdict
 from parity.engines.base import EngineSetting, SamplingSpec, Sequence
-from parity.verdicts.metrics import ClipRange
+from parity.report import files as report_files
+from parity.run import modelcheck, runner
+from parity.run import preflight as validate
 from parity.run.scenario import Scenario
+from parity.setup import envs, models
+from parity.verdicts.core import Verdict
+from parity.verdicts.metrics import ClipRange
 
 TESTS = Path(__file__).resolve().parent
 FAKE_WORKER = TESTS / "fake_engine_worker.py"
@@ -89,7 +90,7 @@ def install_fakes(setattr_, setitem, python: str) -> None:
     setattr_(models, "fingerprint", lambda path: "fake-fingerprint")
     setattr_(validate, "engine_problems", lambda checks, pythons, log_dir: [])
     setattr_(modelcheck, "add_identity", lambda res, verdict, detail: None)
-    setattr_(runner, "python_for", lambda env, log: python)
+    setattr_(envs, "python_for", lambda env, log: python)
     setattr_(runner, "render", fake_render)
     setitem(categories.registry(), "fake", FakeCategory())
     setitem(engines.ENGINES, "fake", "fault_fakes:FakeEngine")
@@ -118,14 +119,14 @@ def child(argv: list[str]) -> None:
     install_fakes(setattr, operator.setitem, argv[1])
     specs = json.loads(argv[2])
     import parity.run.scenario
-    from parity.cli.app import app
+    from parity.cli import app
 
     parity.run.scenario.load_scenarios = lambda targets, overrides: [scenario(**s) for s in specs]
     app(["check", "--output", argv[0]], prog_name="parity")
 
 
 def rewrite_forever(out: Path) -> None:
-    """Rewrite a large report through report.write until killed."""
+    """Rewrite a large report through report_files.write until killed."""
     out.mkdir(exist_ok=True)
     results = [runner.ScenarioResult(scenario(f"s{i}")) for i in range(3)]
     for res in results:
@@ -134,7 +135,7 @@ def rewrite_forever(out: Path) -> None:
     run = runner.RunResult("kill-test", results, timings={"total_s": 1.0})
     for n in itertools.count():
         run.timings["writes"] = n
-        report.write(run, out, 0)
+        report_files.write(run, out, 0)
 
 
 def spawn(tmp_path: Path, *args: str) -> subprocess.Popen:

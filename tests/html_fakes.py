@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from parity.run import tokens as token_table
+from parity.data import schema as data_schema
+from parity.data import tables
 
 CLIP = {"eps_low": 0.2, "eps_high": 0.28}
 
@@ -106,7 +107,7 @@ def tokens_frame(data: dict, seed: int = 0) -> pd.DataFrame:
     must draw no token plot); the update scenario's tokens switch to weight version 1 at
     position 4."""
     rng = np.random.default_rng(seed)
-    cols = {c: [] for c in token_table.COLUMNS}
+    cols = {c: [] for c in data_schema.COLUMNS}
     for rec in data["scenarios"]:
         if rec["category"] == "lm_head":
             continue
@@ -143,8 +144,8 @@ def write_run(out_dir, data: dict | None = None, with_tokens: bool = True):
     frame = None
     if with_tokens:
         frame = tokens_frame(data)
-        table = pa.Table.from_pandas(frame, schema=token_table.schema(), preserve_index=False)
-        token_table.tables.write_parquet(table, out_dir / "tokens.parquet")
+        table = pa.Table.from_pandas(frame, schema=data_schema.schema(), preserve_index=False)
+        tables.write_parquet(table, out_dir / "tokens.parquet")
         data["tokens"] = {"file": "tokens.parquet", "rows": len(frame)}
     (out_dir / "report.json").write_text(json.dumps(data, indent=2))
     return data, frame

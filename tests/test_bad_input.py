@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from parity.run.scenario import Overrides, ScenarioError, load_scenarios
+
 from parity.engines.settings import parse_setting
+from parity.run.scenario import Overrides, ScenarioError, load_scenarios
 
 BASE = """name = "x"
 category = "logprobs"

@@ -13,12 +13,14 @@ import pytest
 from fault_fakes import FakeCategory, install_fakes, quiet, scenario, write_shim
 from rich.console import Console
 
-from parity.bench import main as bench, metrics as bench_metrics, table as bench_table
 from parity import categories
-from parity.setup import envs, phases
-from parity.verdicts import metrics
+from parity.bench import main as bench
+from parity.bench import metrics as bench_metrics
+from parity.bench import table as bench_table
 from parity.run import runner
+from parity.setup import envs, phases
 from parity.setup.models import _build_once
+from parity.verdicts import metrics
 
 DATA = Path(__file__).resolve().parent / "data"
 

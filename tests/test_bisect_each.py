@@ -5,9 +5,9 @@ import json
 import pytest
 
 from parity.bisect import each as bisect_each
-from parity.bisect.search import parse_setting
-from parity.bisect.each import lockstep
 from parity.bisect.ddmin import Outcome, ddmin
+from parity.bisect.each import lockstep
+from parity.bisect.search import parse_setting
 
 ITEMS = list("abcde")
 

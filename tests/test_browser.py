@@ -3,9 +3,9 @@ error is one), every plot shows data marks, screenshots saved; and the check's n
 a page whose plot has no data and whose script throws, must be caught."""
 
 import pytest
-
 from browser_check import check_page, ensure_chromium
 from html_fakes import write_run
+
 from parity.report import html
 
 pytestmark = pytest.mark.browser

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from parity import categories
-from parity.verdicts import core
 from parity.categories import lm_head, logprobs, rl, runtime, weight_update
 from parity.engines.base import SamplingSpec, Sequence
-from parity.verdicts.metrics import ClipRange
 from parity.trainer.reference import RefScore
+from parity.verdicts import core
+from parity.verdicts.metrics import ClipRange
 
 TOL = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6, "excluded_rate": 0.01}
 
@@ -155,9 +155,9 @@ def _failing_runtime():
 
 
 def _failing_lm_head():
-    from tests.test_lm_head import _result
-
     import torch
+
+    from tests.test_lm_head import _result
 
     res, refs = _result(torch.bfloat16, "vllm.v1.engine.llm_engine.LLMEngine")
     return {"head_dtype": lm_head.judge(res, refs)[0]}
@@ -301,8 +301,8 @@ def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatc
     """A served engine's endpoints give no hf_config: those keys are shown unknown, named in
     the note, and do not make the verdict inconclusive; a key it could report but did not
     still does."""
-    from parity.run import modelcheck
     from parity.engines.openai_engine import NOT_EXPOSED
+    from parity.run import modelcheck
 
     trainer = {k: 1 for k in NOT_EXPOSED} | {"model.dtype": "bfloat16"}
     monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)

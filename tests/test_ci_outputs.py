@@ -5,13 +5,13 @@ unwrapped lines in logs, progress lines; end to end against a fake served engine
 import json
 
 import pytest
-
 from conftest import SCENARIOS, run_cli
 from fake_openai_server import FakeServer
-from parity.run import selection
-from parity.report import summary
-from parity.run.scenario import load_scenarios
+
 from parity.engines.settings import parse_setting
+from parity.report import summary
+from parity.run import selection
+from parity.run.scenario import load_scenarios
 
 SHIPPED = load_scenarios([SCENARIOS])
 CATS = ["lm_head", "logprobs", "rl", "runtime", "weight_update"]

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from parity.cli.app import app
+from parity.cli import app
 
 
 def invoke(*args):

@@ -6,7 +6,6 @@ the stale-cache probe runs in fp32, a setting of its own."""
 import json
 
 import pytest
-
 from conftest import SCENARIOS, run_cli
 
 pytestmark = pytest.mark.engine

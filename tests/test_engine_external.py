@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli
-from parity.trainer import external
+
+from parity.data import schema as data_schema
 from parity.data import tables
-from parity.run import tokens
+from parity.trainer import external
 
 pytestmark = pytest.mark.engine
 
@@ -59,8 +59,8 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
     cand = sc["engines"]["candidate"]
     n_seqs, n_tokens = cand["n_sequences"], cand["n_tokens"]
     assert report["export"]["sequences"] == n_seqs == 64
-    table = pq.read_table(first / tokens.FILE)
-    assert table.column_names == list(tokens.COLUMNS)
+    table = pq.read_table(first / data_schema.FILE)
+    assert table.column_names == list(data_schema.COLUMNS)
     assert table.num_rows == n_tokens == report["tokens"]["rows"]
 
     scores = tmp_path / "scores.parquet"
@@ -95,7 +95,7 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
     hf_stats = [v for k, v in report["reference"].items() if not k.startswith("scores:")]
     assert hf_stats and all(v["device"] == "cpu" for v in hf_stats)
 
-    table = pq.read_table(second / tokens.FILE).to_pandas()
+    table = pq.read_table(second / data_schema.FILE).to_pandas()
     assert len(table) == 3 * n_tokens == report["tokens"]["rows"]
     hf_rows, file_rows = (table[table.scenario == n] for n in ("ext-hf", "ext-scores"))
     assert np.allclose(hf_rows.trainer_logprob.to_numpy(), file_rows.trainer_logprob.to_numpy(),

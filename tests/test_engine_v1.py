@@ -6,7 +6,6 @@ import os
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import SCENARIOS, run_cli
 
 pytestmark = pytest.mark.engine

@@ -10,18 +10,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli
 from fault_fakes import FakeEngine, install_fakes, quiet
 
-from conftest import run_cli
 from parity import engines
-from parity.trainer import external
-from parity.report import report
-from parity.run import runner, tokens
-from parity.data import tables
 from parity.categories.logprobs import CATEGORY as LOGPROBS
+from parity.data import schema as data_schema
+from parity.data import tables
 from parity.engines.base import EngineSetting, SamplingSpec, Sequence
-from parity.verdicts.metrics import ClipRange
+from parity.report import build as report_build
+from parity.report import files as report_files
+from parity.run import runner, tokens
 from parity.run.scenario import Overrides, Scenario, ScenarioError, load_scenarios
+from parity.trainer import external
+from parity.verdicts.metrics import ClipRange
 
 SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, max_tokens=6)
 N_PROMPTS, N_TOKENS = 24, 6
@@ -105,10 +107,10 @@ def test_export_writes_sequences_and_judges_nothing(tmp_path, fakes, name):
                                                                 "sequences_exported")
     assert "written to" in run.results[0].verdict.message
     assert "cannot be judged from a scores file" not in run.results[0].verdict.message
-    assert report.exit_code(run) == 125
-    data = report.write(run, out, report.exit_code(run))
+    assert report_build.exit_code(run) == 125
+    data = report_files.write(run, out, report_build.exit_code(run))
     assert data["export"]["sequences"] == N_PROMPTS
-    table = pq.read_table(out / tokens.FILE)
+    table = pq.read_table(out / data_schema.FILE)
     assert table.num_rows == 2 * N_PROMPTS * N_TOKENS == data["tokens"]["rows"]
     assert np.isnan(table.column("trainer_logprob").to_numpy()).all()
 
@@ -136,7 +138,7 @@ def test_scores_file_judges_like_a_reference(tmp_path, fakes):
     stats = run.reference_stats
     assert stats["scores:good.parquet:float32"]["scored_seqs"] == N_PROMPTS
     assert stats["scores:partial.parquet:float32"]["missing_seqs"] == 5
-    table = pq.read_table(out / tokens.FILE).to_pandas()
+    table = pq.read_table(out / data_schema.FILE).to_pandas()
     assert len(table) == 4 * N_PROMPTS * N_TOKENS
     good = table[table.scenario == "good"]
     assert np.allclose(good.trainer_logprob, good.engine_logprob)
@@ -164,7 +166,7 @@ def test_tokens_table_matches_scores_to_sequences(tmp_path):
     res.ref_scores[key] = [("model", "keep_ties", score(-9.0)), ("float32", "keep_ties",
                                                                  score(-1.5))]
     table = tokens.build(runner.RunResult("r1", [res])).to_pandas()
-    assert list(table.columns) == list(tokens.COLUMNS)
+    assert list(table.columns) == list(data_schema.COLUMNS)
     assert len(table) == 3 + 1 + 3
     cand = table[table.engine == "candidate"]
     assert list(cand.trainer_logprob[:3]) == [-1.5] * 3 and set(cand.head_dtype[:3]) == {"float32"}
@@ -174,7 +176,7 @@ def test_tokens_table_matches_scores_to_sequences(tmp_path):
     base = table[table.engine == "baseline"]
     assert list(base.engine_logprob) == [-1.1, -2.1, -3.1]
     assert list(base.trainer_logprob) == [-1.5] * 3
-    schema = tokens.schema()
+    schema = data_schema.schema()
     assert schema.field("token_id").type == pa.int64()
     assert schema.field("weight_version").type == pa.int64()
 
@@ -185,7 +187,7 @@ def test_tokens_written_for_an_interrupted_run(tmp_path, fakes):
     run = runner.run([fake_scenario("a"), fake_scenario("b", judge="interrupt")], tmp_path,
                      log=quiet)
     assert run.interrupted and run.tokens["rows"] == 2 * 2 * 2  # 2 scenarios x 2 prompts x 2
-    assert pq.read_table(tmp_path / tokens.FILE).num_rows == 8
+    assert pq.read_table(tmp_path / data_schema.FILE).num_rows == 8
 
 
 def test_tokens_write_failure_makes_the_run_incomplete(tmp_path, fakes, monkeypatch):
@@ -195,9 +197,9 @@ def test_tokens_write_failure_makes_the_run_incomplete(tmp_path, fakes, monkeypa
     monkeypatch.setattr(tables, "write_parquet", disk_full)
     run = runner.run([scenario("a")], tmp_path, log=quiet)
     assert run.interrupted.startswith("tokens.parquet not written: OSError")
-    assert report.exit_code(run) == 125
-    data = report.write(run, tmp_path, report.exit_code(run))
-    assert "No space left" in data["tokens"]["error"] and not (tmp_path / tokens.FILE).exists()
+    assert report_build.exit_code(run) == 125
+    data = report_files.write(run, tmp_path, report_build.exit_code(run))
+    assert "No space left" in data["tokens"]["error"] and not (tmp_path / data_schema.FILE).exists()
 
 
 # ----------------------------------------------------------------------------- validation
@@ -379,7 +381,7 @@ def test_references_record_device_and_scores(tmp_path, tiny_model):
 @pytest.mark.skipif("not _cuda()", reason="no CUDA device on this machine: the CUDA path of "
                                           "the reference cannot run here")
 def test_reference_on_cuda_matches_cpu(tmp_path, tiny_model):
-    from parity.run.scoring import new_reference
+    from parity.trainer import new_scorer as new_reference
 
     pairs = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9])]
     cpu = new_reference(str(tiny_model), "float32", device="cpu").score(pairs, SAMPLING)
@@ -394,7 +396,7 @@ def test_trainer_script_scores_an_export(tmp_path, tiny_model):
 
     seqs = tmp_path / "seqs.jsonl"
     pairs = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10])]
-    cols = {k: [] for k in tokens.EXPORT_COLUMNS}
+    cols = {k: [] for k in data_schema.EXPORT_COLUMNS}
     for i, (p, t) in enumerate(pairs):
         row = {"sequence_key": external.sequence_key(p, t), "scenario": "s", "engine": "candidate",
                "engine_label": "x", "sequence_id": i, "prompt_index": i, "sample_index": 0,

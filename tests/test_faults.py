@@ -16,14 +16,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from fault_fakes import (BLOB, install_fakes, quiet, rewrite_forever, scenario, spawn,
-                         write_shim)
+from fault_fakes import BLOB, install_fakes, quiet, rewrite_forever, scenario, spawn, write_shim
 from rich.console import Console
 
-from parity.report import report
+from parity.engines.base import EngineError
+from parity.report import build as report_build
+from parity.report import files as report_files
 from parity.run import runner
 from parity.verdicts.core import Verdict
-from parity.engines.base import EngineError
 
 TCMALLOC = ("RuntimeError: libtcmalloc is not found in LD_PRELOAD. Please install tcmalloc and "
             "add it to LD_PRELOAD")
@@ -139,11 +139,11 @@ def judged_run(*names: str) -> runner.RunResult:
 def test_serialisation_error_keeps_previous_report(tmp_path, fakes):
     out = tmp_path / "out"
     run = judged_run("a", "b")
-    report.write(run, out, 0)
+    report_files.write(run, out, 0)
     before = (out / "report.json").read_bytes()
     run.timings["bad"] = object()  # json.dumps fails midway through the report
     with pytest.raises(TypeError):
-        report.write(run, out, 0)
+        report_files.write(run, out, 0)
     assert (out / "report.json").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json",
                                                    "report.md"]
@@ -152,7 +152,7 @@ def test_serialisation_error_keeps_previous_report(tmp_path, fakes):
 def test_failed_write_keeps_previous_report(tmp_path, fakes, monkeypatch):
     out = tmp_path / "out"
     run = judged_run("a")
-    report.write(run, out, 0)
+    report_files.write(run, out, 0)
     before = (out / "report.json").read_bytes()
     run.timings["total_s"] = 2.0
 
@@ -161,7 +161,7 @@ def test_failed_write_keeps_previous_report(tmp_path, fakes, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError):
-        report.write(run, out, 0)
+        report_files.write(run, out, 0)
     assert (out / "report.json").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json",
                                                    "report.md"]
@@ -177,7 +177,7 @@ def test_judge_error_is_unresolved_for_that_scenario_only(tmp_path, fakes):
     assert [verdicts[n].outcome for n in "abc"] == ["pass", "unresolved", "pass"]
     assert verdicts["b"].diagnosis == "judge_error"
     assert "ValueError: bad data in judging" in verdicts["b"].message
-    data = report.write(run, tmp_path, report.exit_code(run))
+    data = report_files.write(run, tmp_path, report_build.exit_code(run))
     assert data["exit_code"] == 125 and run.interrupted is None
     assert json.loads((tmp_path / "report.json").read_text())["scenarios"][2]["as_expected"]
 
@@ -187,9 +187,9 @@ def test_interrupt_while_judging_reports_verdicts_reached(tmp_path, fakes):
                      tmp_path, log=quiet)
     assert run.interrupted == "terminated by signal 15"
     assert [r.verdict is None for r in run.results] == [False, True, True]
-    code = report.exit_code(run)
+    code = report_build.exit_code(run)
     assert code == 125
-    report.write(run, tmp_path, code)
+    report_files.write(run, tmp_path, code)
     data = json.loads((tmp_path / "report.json").read_text())
     verdicts = [s["verdict"] for s in data["scenarios"]]
     assert verdicts[0]["outcome"] == "pass"
@@ -203,7 +203,7 @@ def test_interrupt_while_judging_reports_verdicts_reached(tmp_path, fakes):
     errors = {c.get("name"): c.find("error") for c in suite}
     assert errors["a"] is None and errors["b"].get("message").startswith("not judged")
     console = Console(record=True, width=200, file=io.StringIO())
-    report.print_table(run, console)
+    report_files.print_table(run, console)
     table = console.export_text()
     assert table.count("unresolved") == 2 and "not judged: interrupted" in table
 

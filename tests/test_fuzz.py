@@ -19,8 +19,8 @@ import tomli_w
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from parity.run.scenario import Overrides, ScenarioError, load_scenarios
 from parity.engines.settings import parse_setting
+from parity.run.scenario import Overrides, ScenarioError, load_scenarios
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.toml"))
 EXAMPLES = int(os.environ.get("PARITY_FUZZ_EXAMPLES", "0"))

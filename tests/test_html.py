@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from html_fakes import report_data, tokens_frame, write_run
 from typer.testing import CliRunner
 
-from html_fakes import report_data, tokens_frame, write_run
-from parity.report import html, plots, report
-from parity.cli.app import app
+from parity.cli import app
+from parity.report import build, files, html, markdown, plots
 from parity.verdicts.metrics import ClipRange
 
 CLIP = ClipRange(0.2, 0.28)
@@ -180,7 +180,7 @@ def test_parity_report_rerenders(tmp_path):
     result = invoke("report", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     md = (tmp_path / "run" / "report.md").read_text()
-    assert md == report.to_markdown(data) and "rl-compare" in md
+    assert md == markdown.to_markdown(data) and "rl-compare" in md
     page = (tmp_path / "run" / "report.html").read_text()
     assert "plot-s1-hist-baseline" in page  # tokens.parquet was read
 
@@ -192,7 +192,7 @@ def test_live_markdown_equals_rerendered(tmp_path):
                   ("logprobs-raw-control", "fail", "raw_logprobs"))
     for res in run.results:
         res.detail = {"headline": f"{res.scenario.name} headline", "key_metric": 0.5}
-    report.write(run, tmp_path, report.exit_code(run))
+    files.write(run, tmp_path, build.exit_code(run))
     live = (tmp_path / "report.md").read_text()
     assert "logprobs-raw-control headline" in live
     assert (tmp_path / "report.html").exists()
@@ -208,7 +208,7 @@ def test_failed_page_keeps_the_other_reports(tmp_path, monkeypatch):
 
     monkeypatch.setattr(html, "render", broken)
     run = results(("logprobs-processed", "pass", None))
-    report.write(run, tmp_path, 0)
+    files.write(run, tmp_path, 0)
     for name in ("report.json", "report.md", "junit.xml"):
         assert (tmp_path / name).stat().st_size > 0
     assert "no plots today" in (tmp_path / "report.html").read_text()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity.trainer import hybrids
 from parity.engines.base import SamplingSpec
+from parity.trainer import hybrids
 from parity.trainer.updates import SplitScorer
 
 

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from parity.data import dumps
 from parity import judging as judge
+from parity.cli import app
+from parity.data import dumps
 from parity.verdicts import metrics
-from parity.cli.app import app
 
 N_SEQS, N_TOK = 64, 32
 

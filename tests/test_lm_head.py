@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from parity.categories import lm_head
-from parity.verdicts.core import expected
 from parity.engines.base import SamplingSpec, Sequence
 from parity.engines.vllm_patches import Fp32HeadMethod, _patch_model, fp32_head_requested
 from parity.trainer.reference import RefScore
+from parity.verdicts.core import expected
 
 V = 64
 

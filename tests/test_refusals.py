@@ -12,9 +12,10 @@ import sys
 import pytest
 from fault_fakes import install_fakes, quiet, scenario, write_shim
 
-from parity.report import report
-from parity.run import runner, preflight as validate
 from parity.engines.base import EngineSetting
+from parity.report import build as report_build
+from parity.run import preflight as validate
+from parity.run import runner
 from parity.run.preflight import Check
 
 MRV2 = {"VLLM_USE_V2_MODEL_RUNNER": "1"}
@@ -61,7 +62,7 @@ def test_refused_engine_makes_its_scenarios_unresolved_only(tmp_path, fakes):
     # The refused engines and the pair's baseline (needed by nothing else) never start.
     assert len(skipped) == 3 and all("start_s" not in e for e in skipped)
     assert any(e["skipped"].startswith("not needed") for e in skipped)
-    assert report.exit_code(run) == 125
+    assert report_build.exit_code(run) == 125
 
 
 def test_refusal_is_read_from_the_validators_env_answer():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from parity.cli import app
 from parity.report import rundiff
-from parity.cli.app import app
 
 DATA = Path(__file__).parent / "data"
 V032, V0181 = DATA / "diff-vllm-0.32.json", DATA / "diff-vllm-0.18.1.json"

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from parity.engines import configdiff
 from parity.categories import runtime
+from parity.engines import configdiff
 from parity.engines.base import SamplingSpec, Sequence
 from parity.engines.vllm_worker import _rope_theta
-from parity.verdicts.metrics import ClipRange
 from parity.run.scenario import parse_scenario
+from parity.verdicts.metrics import ClipRange
 
 V0_KEY = {"engine_impl": "vllm.engine.llm_engine.LLMEngine", "vllm_version": "0.8.5.post2",
           "enable_prefix_caching": False, "async_scheduling": False,

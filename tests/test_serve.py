@@ -6,8 +6,8 @@ import os
 import stat
 
 import pytest
-
 from conftest import run_cli
+
 from parity.engines.base import EngineError
 from parity.engines.serve import Server, command, flag, serve_problems
 from parity.engines.settings import parse_setting

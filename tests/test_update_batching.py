@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from parity.trainer import hybrids, split_batches
 from parity.engines.base import SamplingSpec
+from parity.trainer import hybrids, split_batches
 from parity.trainer.updates import SplitScorer, cached_boundary, keep_boundary
 
 T1 = SamplingSpec(temperature=1.0)

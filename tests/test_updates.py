@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.updates import (SplitScorer, cached_boundary, keep_boundary, parse_update,
-                            shared_context)
+from parity.trainer.updates import (
+    SplitScorer,
+    cached_boundary,
+    keep_boundary,
+    parse_update,
+    shared_context,
+)
 
 T1 = SamplingSpec(temperature=1.0)
 PROMPT = [1, 40, 41, 42, 43, 44, 45]

@@ -14,6 +14,9 @@ import json
 import os
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from parity.bench import table as bench_table
 
 
@@ -63,8 +66,6 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps({"rows": rows, "fastest": best}, indent=1))
     else:
-        from rich.console import Console
-        from rich.table import Table
 
         table = Table(title=f"generation per CPU binding: {args.scenario} on {args.profile}")
         for col in ("VLLM_CPU_OMP_THREADS_BIND", "engine start s", "generate s", "tokens",

@@ -21,9 +21,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
+from parity.bench import bind as bench_bind
+from parity.bench import metrics as bench_metrics
+from parity.bench import reference as bench_reference
+from parity.bench import table as bench_table
 from parity.categories.rl import role_metrics
-from parity.run.scenario import Scenario, load_scenarios
+from parity.run import runner
+from parity.run.runner import new_run_dir
+from parity.run.scenario import Overrides, Scenario, load_scenarios, make_setting
 
 METRICS = ("kl_k3_mean", "abs_dlogp_mean", "clip_rate_token", "entropy_ref_mean", "reward_mean")
 
@@ -31,8 +38,6 @@ METRICS = ("kl_k3_mean", "abs_dlogp_mean", "clip_rate_token", "entropy_ref_mean"
 def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Path) -> dict:
     """Run `template` once per (profile, seed) - one engine start per profile - and report each
     metric's per-seed values and the largest |difference| between two seeds of one profile."""
-    from parity.run import runner
-    from parity.run.scenario import make_setting
 
     scenarios = []
     for profile in profiles:
@@ -66,9 +71,7 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
 
 
 def _print_table(data: dict, as_json: bool, extra: dict | None = None) -> None:
-    from rich.console import Console
 
-    from parity.bench import table as bench_table
 
     table = {**bench_table.phase_table(data), **(extra or {})}
     if as_json:
@@ -79,8 +82,6 @@ def _print_table(data: dict, as_json: bool, extra: dict | None = None) -> None:
 
 def run_main(argv: list[str]) -> int:
     """bench run: `parity check` with the other arguments, then its table; check's exit code."""
-    from parity.bench import table as bench_table
-    from parity.run.runner import new_run_dir
 
     p = argparse.ArgumentParser(prog="python -m parity.bench run",
                                 description="Run `parity check` (every argument but --json "
@@ -98,18 +99,16 @@ def run_main(argv: list[str]) -> int:
     return code
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["reference"]:
-        from parity.bench import reference as bench_reference
-
-        sys.exit(bench_reference.main(sys.argv[2:]))
-    if sys.argv[1:2] == ["run"]:
-        sys.exit(run_main(sys.argv[2:]))
-    if sys.argv[1:2] == ["bind"]:
-        from parity.bench import bind as bench_bind
-
-        sys.exit(bench_bind.main(sys.argv[2:]))
-    parser = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__,
+def main(argv: list[str] | None = None) -> None:
+    """`parity bench ARGS` and `python -m parity.bench ARGS` (argv: ARGS, default sys.argv)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reference"]:
+        sys.exit(bench_reference.main(argv[1:]))
+    if argv[:1] == ["run"]:
+        sys.exit(run_main(argv[1:]))
+    if argv[:1] == ["bind"]:
+        sys.exit(bench_bind.main(argv[1:]))
+    parser = argparse.ArgumentParser(prog="parity bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("reference", help="trainer-side reference scoring at a real model shape: "
@@ -135,18 +134,13 @@ def main() -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--output", default="results/bench-noise")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.cmd == "table":
-        from parity.bench import table as bench_table
-
         _print_table(bench_table.load(args.run_dir), args.json)
         return
     if args.cmd == "metrics":
-        from parity.bench import metrics as bench_metrics
-
         sys.exit(bench_metrics.main(args.tokens, args.seed, args.json, args.repeat,
                                     args.samples_per_prompt))
-    from parity.run.scenario import Overrides
 
     (template,) = load_scenarios([Path(args.scenario)], Overrides(model=args.model))
     seeds = [1000 * (i + 1) for i in range(args.seeds)]

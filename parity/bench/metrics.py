@@ -12,11 +12,13 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from parity.verdicts import metrics, stats
 from parity.categories import _common, logprobs, rl
 from parity.engines.base import Sequence
 from parity.trainer.reference import RefScore
+from parity.verdicts import metrics, stats
 
 SAMPLES_PER_PROMPT = 4
 TARGET_S = 1.0
@@ -144,7 +146,6 @@ def _one_role(data) -> tuple[list[Sequence], list[RefScore]]:
 
 def render(result: dict[str, Any], console) -> None:
     """The timings as a rich table: functions, then the categories' whole judgements."""
-    from rich.table import Table
 
     grid = Table(title=f"metrics and statistics on {result['n_tokens']:,} tokens "
                        f"({result['n_sequences']:,} sequences, "
@@ -170,7 +171,6 @@ def main(n_tokens: int, seed: int = 0, as_json: bool = False, repeat: int = 3,
     if as_json:
         print(json.dumps(result, indent=1))
     else:
-        from rich.console import Console
 
         render(result, Console())
     return 0 if result["meets_target"] else 1

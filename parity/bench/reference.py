@@ -9,6 +9,7 @@ batched forward plus the head matmul over the same tokens (what scoring cannot g
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -17,6 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from parity.engines.base import SamplingSpec
+from parity.setup.paths import cache_dir
+from parity.trainer.reference import Reference
+
 SHAPES = {  # name -> (hidden, intermediate, layers, heads, kv heads, vocab)
     "1b": (2048, 8192, 16, 32, 8, 128256),
     "8b": (4096, 14336, 32, 32, 8, 128256),
@@ -24,7 +31,6 @@ SHAPES = {  # name -> (hidden, intermediate, layers, heads, kv heads, vocab)
 
 
 def model_path(shape: str, layers: int | None, vocab: int | None) -> Path:
-    from parity.setup.paths import cache_dir
 
     h, i, n, a, kv, v = SHAPES[shape]
     return cache_dir() / "bench" / f"llama-{shape}-L{layers or n}-V{vocab or v}"
@@ -36,8 +42,8 @@ def build(shape: str, layers: int | None, vocab: int | None) -> Path:
     path = model_path(shape, layers, vocab)
     if (path / "config.json").exists():
         return path
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch  # lazy: torch takes seconds to import
+    from transformers import LlamaConfig, LlamaForCausalLM  # lazy: transformers imports torch
 
     h, i, n, a, kv, v = SHAPES[shape]
     config = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=layers or n,
@@ -63,13 +69,9 @@ def _rss_mb() -> float:
 
 def score_once(args) -> dict:
     """One configuration, in this process: load, score, measure."""
-    import inspect
 
-    import numpy as np
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
-    from parity.engines.base import SamplingSpec
-    from parity.trainer.reference import Reference
 
     rng = np.random.default_rng(args.seed)
     path = Path(args.model)
@@ -114,7 +116,7 @@ def score_once(args) -> dict:
 def _floor(ref, pairs, cuda: bool) -> float:
     """One batched forward plus the head matmul over the same tokens (the model's own dtype
     head; no sampler transform), batched like the reference."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     model = ref._load()
     out = model.get_output_embeddings()

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 TARGET_SHARE = 0.05  # harness overhead (wall - builds - floor) at most 5 % of the wall
 
 
@@ -31,6 +33,11 @@ def scored_tokens(data: dict[str, Any]) -> int | None:
     counts = [s.get("scored_tokens") for s in (data.get("reference") or {}).values()]
     counts = [c for c in counts if c is not None]
     return sum(counts) if counts else None
+
+
+def _share(seconds: float, wall: float) -> float | None:
+    """`seconds` as a share of the wall time (None for a run that took no time)."""
+    return seconds / wall if wall > 0 else None
 
 
 def phase_table(data: dict[str, Any]) -> dict[str, Any]:
@@ -64,13 +71,12 @@ def phase_table(data: dict[str, Any]) -> dict[str, Any]:
     rows.append(("other (unaccounted)", other, None, "overhead"))
     floor = sum(r[1] for r in rows if r[3] == "floor")
     overhead = wall - sec("build_s") - floor
-    share = (lambda s: s / wall if wall > 0 else None)
-    out = [{"phase": name, "seconds": s, "share": share(s), "kind": kind, "tokens": n,
+    out = [{"phase": name, "seconds": s, "share": _share(s, wall), "kind": kind, "tokens": n,
             "tokens_per_s": (n / s if n is not None and s > 0 else None)}
            for name, s, n, kind in rows]
     return {"run_id": data.get("run_id"), "rows": out, "wall_s": wall, "floor_s": floor,
-            "floor_share": share(floor), "build_s": sec("build_s"), "overhead_s": overhead,
-            "overhead_share": share(overhead), "target_share": TARGET_SHARE,
+            "floor_share": _share(floor, wall), "build_s": sec("build_s"), "overhead_s": overhead,
+            "overhead_share": _share(overhead, wall), "target_share": TARGET_SHARE,
             "meets_target": (overhead / wall <= TARGET_SHARE) if wall > 0 else None,
             "recorded": {k: k in t for k in ("build_s", "engine_stop_s", "report_s",
                                              "tokens_generated")}}
@@ -82,7 +88,6 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def render(table: dict[str, Any], console) -> None:
     """Print the table with rich: phases, then the floor, the overhead and the wall."""
-    from rich.table import Table
 
     grid = Table(title=f"where the time went: {table.get('run_id')}")
     for col, justify in (("phase", "left"), ("seconds", "right"), ("% of wall", "right"),

@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
-from parity.bisect.search import (BisectReport, _trial_row, check_settings, combined, finish,
-                           markdown, setting_items, to_data, trial)
 from parity.bisect.ddmin import Outcome, ddmin
+from parity.bisect.search import (
+    BisectReport,
+    _trial_row,
+    check_settings,
+    combined,
+    finish,
+    markdown,
+    setting_items,
+    to_data,
+    trial,
+)
 from parity.engines.base import EngineSetting
 from parity.run.scenario import Scenario
 

@@ -9,10 +9,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from parity.engines import settings
+from parity import categories
 from parity.bisect.ddmin import BisectResult, Outcome, ddmin
+from parity.engines import settings
 from parity.engines.base import EngineSetting
+from parity.report.build import verdict_of
+from parity.run import preflight, runner
+from parity.run.preflight import Check
 from parity.run.scenario import Scenario, ScenarioError
+from parity.setup import envs, models
 
 REMOVED = "<unset>"  # the bad setting does not set this item: the engine's default applies
 
@@ -43,13 +48,10 @@ def check_settings(scenarios: list[Scenario], named: dict[str, EngineSetting], l
                    log: Callable[[str], None]) -> None:
     """The good and bad settings' engine args, judged by the vLLM of their environments on
     every model of the scenarios before trial 1; ScenarioError naming the option otherwise."""
-    from parity.run import runner
-    from parity.setup.models import resolve_model
-    from parity.run.preflight import Check, engine_problems
 
-    models = sorted({str(resolve_model(sc.model, log=log)) for sc in scenarios})
-    pythons = {s.env: runner.python_for(s.env, log) for s in named.values()}
-    problems = engine_problems([Check(where, "engine_args", setting, model)
+    models = sorted({str(models.resolve_model(sc.model, log=log)) for sc in scenarios})
+    pythons = {s.env: envs.python_for(s.env, log) for s in named.values()}
+    problems = preflight.engine_problems([Check(where, "engine_args", setting, model)
                                 for where, setting in named.items() for model in models],
                                pythons, log_dir)
     if problems:
@@ -203,8 +205,6 @@ def trial(scenarios: list[Scenario], names: list[str], good: EngineSetting, item
     Raises:
         KeyboardInterrupt: Ctrl-C/SIGTERM during the run ends the bisection.
     """
-    from parity.run import runner
-    from parity.report.report import verdict_of
 
     setting = apply_items(good, [i for i in items if i in config])
     trial_dir = out_dir / f"trial-{n:02d}"
@@ -252,7 +252,6 @@ def _value_in(setting: EngineSetting, name: str) -> Any:
 
 def _key_metric(res) -> Any:
     """The category's key metric as a number where it has one, else its headline."""
-    from parity import categories
 
     value, text = categories.get(res.scenario.category).key_metric(res.detail or {})
     if value is not None and value == value:

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.verdicts import core, metrics, stats
 from parity.engines.base import Sequence
 from parity.trainer.reference import RefScore
+from parity.verdicts import core, metrics, stats
 
 # Sampled tokens the trainer's processed distribution excludes (probability 0). Tokens tied
 # with the lowest kept logit are the platform's tie rule and never count. The rest are judged as

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.verdicts import core, stats
 from parity.trainer import hybrids
-from parity.categories.base import fmt
 from parity.trainer.updates import SEMANTICS, SEPARATION, SplitScorer, keep_boundary, stream_check
+from parity.verdicts import core, stats
+from parity.verdicts.fmt import fmt
 
 
 def seq_means(per_seq: list[np.ndarray]) -> np.ndarray:

@@ -107,10 +107,3 @@ def sampling_for(scenario, role: str):
     return replace(scenario.sampling, **overrides) if overrides else scenario.sampling
 
 
-def fmt(v: Any, digits: int = 3) -> str:
-    """A number for a headline ("n/a" when not measured)."""
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if v == v and abs(v) != float("inf") else "n/a"
-    return str(v)

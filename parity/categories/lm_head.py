@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.verdicts import core, metrics, stats
 from parity.categories.base import Category, choice
 from parity.trainer.reference import HEAD_DTYPES
+from parity.verdicts import core, metrics, stats
 
 # Explicit mantissa bits of the 16-bit dtypes a head can round its logits to.
 MANTISSA_BITS = {"bfloat16": 7, "float16": 10}

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity.verdicts import core
 from parity.categories import _common
-from parity.categories.base import Category, fmt
+from parity.categories.base import Category
 from parity.trainer.reference import GREEDY_EPS
+from parity.verdicts import core
+from parity.verdicts.fmt import fmt
 
 
 class Logprobs(Category):

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from parity.verdicts import core, stats
 from parity.categories import _common
-from parity.categories.base import Category, fmt, sampling_for
 from parity.categories._direct import semantics_specs, summarize, teacher_force
+from parity.categories.base import Category, sampling_for
 from parity.trainer.external import ScoresUnavailable
+from parity.verdicts import core, stats
+from parity.verdicts.fmt import fmt
 
 # Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
 # behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.

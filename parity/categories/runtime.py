@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from parity.engines import configdiff
-from parity.verdicts import core, metrics, stats
 from parity.categories import _common
-from parity.categories.base import Category, choice, fmt, sampling_for
+from parity.categories.base import Category, choice, sampling_for
+from parity.engines import configdiff
 from parity.engines.base import Sequence
+from parity.verdicts import core, metrics, stats
+from parity.verdicts.fmt import fmt
 
 PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
 # Two runs of one engine on the same tokens: only kernel and batching noise may separate them.

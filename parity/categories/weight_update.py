@@ -10,13 +10,33 @@ from typing import Any
 
 import numpy as np
 
-from parity.verdicts import core
+from parity.categories._update_judging import (
+    attribute,
+    attributed,
+    batched,
+    decide,
+    effect,
+    gap,
+    judge_inflight,
+    mean,
+    separation,
+    threshold,
+)
+from parity.categories.base import Category, choice
 from parity.trainer import hybrids
-from parity.categories._update_judging import (attribute, attributed, batched, decide, effect,
-                                               gap, judge_inflight, mean, separation, threshold)
-from parity.categories.base import Category, choice, fmt
-from parity.trainer.updates import (DEFAULT_TOLERANCE, PROBES, SplitScorer, UpdateSpec, cached_boundary,
-                            parse_update, pushed_path, shared_context, target_path)
+from parity.trainer.updates import (
+    DEFAULT_TOLERANCE,
+    PROBES,
+    SplitScorer,
+    UpdateSpec,
+    cached_boundary,
+    parse_update,
+    pushed_path,
+    shared_context,
+    target_path,
+)
+from parity.verdicts import core
+from parity.verdicts.fmt import fmt
 
 
 def _block_size(er) -> int:

@@ -1,4 +1,5 @@
-"""The `parity` command line: one module per command over the Python API (parity.api)."""
+"""The `parity` command line: one module per command, each registering itself on the Typer app
+of parity.cli.app (which imports none of them); this package imports them all."""
 
-from parity.cli import tools  # noqa: F401  (registers its commands on the app)
+from parity.cli import bench, bisect, check, diff, env, judge, models, report, serve  # noqa: F401
 from parity.cli.app import app  # noqa: F401

@@ -2,4 +2,4 @@
 
 from parity.cli import app
 
-app()
+app(prog_name="parity")

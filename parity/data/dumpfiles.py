@@ -65,15 +65,15 @@ def read_columns(path: Path) -> dict[str, Any]:
 
 
 def _read_arrow(path: Path) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # lazy: pyarrow, only when a table is read or written
+    import pyarrow.compute as pc  # lazy: pyarrow, only when a table is read or written
 
     if path.suffix.lower() == ".csv":
-        from pyarrow import csv
+        from pyarrow import csv  # lazy: pyarrow, only when a table is read or written
 
         table = csv.read_csv(path)
     else:
-        from pyarrow import parquet
+        from pyarrow import parquet  # lazy: pyarrow, only when a table is read or written
 
         table = parquet.read_table(path)
     out = {}
@@ -125,7 +125,7 @@ def _column(values: list) -> Any:
 
 
 def _read_torch(path: Path) -> dict[str, Any]:
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

@@ -305,7 +305,7 @@ def _apply_mask(rows: dict[str, Any], name: str, path: str) -> dict[str, Any]:
 
 def _groups(rows, vals, parity_own, path, problems) -> tuple[list[Group], list[str]]:
     """Split the rows into groups (scenario, engine) and sequences (ordered by position)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas, only when a table is read
 
     keys = [k for k in GROUP_BY if k in rows] if all(k in rows for k in GROUP_BY) else []
     if keys:
@@ -354,7 +354,7 @@ def _groups(rows, vals, parity_own, path, problems) -> tuple[list[Group], list[s
 def _sequences(rows, vals, idx, name, path, problems) -> list[tuple[Any, np.ndarray]] | None:
     """(sequence id, row indices in position order) for the rows `idx` of one group; None
     (and a problem) when a sequence's positions are not 0..n-1."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas, only when a table is read
 
     codes, uniques = pd.factorize(rows["sequence_id"][idx])
     counts = np.bincount(codes, minlength=len(uniques))

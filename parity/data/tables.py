@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from parity.run.faults import atomic_path
+from parity.data.atomic import atomic_path
 
 FORMATS = (".parquet", ".jsonl")
 
@@ -24,7 +24,7 @@ def format_problem(path: Path) -> str | None:
 
 def write_parquet(table, path: Path) -> None:
     """Write a pyarrow Table to `path` (zstd), atomically."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: pyarrow, only when a table is read or written
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -35,7 +35,7 @@ def write_rows(columns: dict[str, list], path: Path, schema=None) -> None:
     atomically. `schema`: the pyarrow schema for parquet (inferred when None). JSON lines hold
     non-finite floats as NaN / Infinity / -Infinity (Python's json reads them back)."""
     if Path(path).suffix == ".parquet":
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: pyarrow, only when a table is read or written
 
         write_parquet(pa.table(columns, schema=schema), path)
         return
@@ -62,7 +62,7 @@ def read_columns(path: Path) -> dict[str, list]:
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: pyarrow, only when a table is read or written
 
         try:
             table = pq.read_table(path)

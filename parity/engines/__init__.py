@@ -1,12 +1,15 @@
 """The engine registry: engine kind (a setting's `engine`, from its profile) -> the class that
 implements parity.engines.base.Engine, imported lazily ("module:Class") so that the CLI and the
 metric code start without importing torch or vLLM. A new engine kind is one module plus one
-line here."""
+line here, or one module in another package offered in the `parity.engines` entry-point group
+(parity.plugins)."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+
+from parity import plugins
 
 ENGINES: dict[str, str] = {
     # vLLM in a worker process of the setting's environment (V0 or V1 by the env and its vars).
@@ -16,11 +19,17 @@ ENGINES: dict[str, str] = {
 }
 
 
+def kinds() -> dict[str, str]:
+    """Engine kind -> "module:Class": the built-ins, then the plugins' (parity.plugins)."""
+    return plugins.targets(plugins.ENGINES, ENGINES)
+
+
 def engine_class(kind: str):
     """The class registered for an engine kind (KeyError naming the known kinds)."""
-    if kind not in ENGINES:
-        raise KeyError(f"unknown engine kind {kind!r}; known: {', '.join(ENGINES)}")
-    module, _, name = ENGINES[kind].partition(":")
+    known = kinds()
+    if kind not in known:
+        raise KeyError(f"unknown engine kind {kind!r}; known: {', '.join(known)}")
+    module, _, name = known[kind].partition(":")
     return getattr(importlib.import_module(module), name)
 
 

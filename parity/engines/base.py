@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from parity.engines.profiles import load_profiles
+
 
 @dataclass(frozen=True)
 class SamplingSpec:
@@ -189,8 +191,6 @@ def _flat(args: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _profile_bases() -> dict[str, tuple[dict, dict, str]]:
-    from parity.engines.settings import load_profiles
-
     return {name: (p.engine_args, p.env_vars, p.env) for name, p in load_profiles().items()}
 
 

@@ -200,8 +200,12 @@ def read_facts(model_path: str | os.PathLike) -> dict[str, Any]:
         (which of the fields transformers 4 and 5 spell apart config.json has, and the
         tokenizer_class of tokenizer_config.json): the evidence `drift` explains from.
     """
-    import transformers
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    import transformers  # lazy: transformers imports torch
+    from transformers import (  # lazy: transformers imports torch
+        AutoConfig,
+        AutoTokenizer,
+        GenerationConfig,
+    )
 
     path = str(model_path)
     errors: dict[str, str] = {}

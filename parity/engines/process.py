@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
+from parity.setup.preloads import PreloadError, process_vars
 
 WORKER_SCRIPT = Path(__file__).with_name("vllm_worker.py")
 LOG_TAIL_LINES = 30
@@ -59,7 +60,6 @@ def stop_group(proc: subprocess.Popen, term_wait: float, kill_wait: float) -> No
 def env_preloads(python: str) -> dict[str, str]:
     """LD_PRELOAD for a process run by `python`: the libraries its environment's vLLM refuses
     to start without (parity.setup.preloads; recorded when the environment was built)."""
-    from parity.setup.preloads import PreloadError, process_vars
 
     try:
         return process_vars(python)

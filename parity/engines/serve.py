@@ -4,6 +4,7 @@ with nothing left behind. Tests start their servers through the same class."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -73,7 +74,6 @@ def _die_with_parent() -> None:
     """In the server's process before exec (Linux): SIGTERM when parity goes away, even by
     SIGKILL, so a killed `parity serve` leaves no server behind (best effort elsewhere)."""
     try:
-        import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:

@@ -5,13 +5,15 @@ Every problem is collected (where, field, message with the fix); nothing here st
 
 from __future__ import annotations
 
+import os
 import tomllib
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
-from parity.setup import inputs
 from parity.engines.base import EngineSetting
+from parity.engines.profiles import Profile, load_profiles
+from parity.setup import inputs
+from parity.setup.envs import ENV_PIN
 
 Problem = tuple[str, str, str]
 SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env", "sampling", "engine", "url",
@@ -20,26 +22,6 @@ SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env", "sampling", "engi
 # these fields describe it; the in-process ones are refused.
 SERVED_FIELDS = {"engine", "url", "api_key_env", "server_log", "sampling"}
 ENGINE_KINDS = ("vllm", "openai")
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    description: str
-    engine: str
-    env: str
-    engine_args: dict[str, Any]
-    env_vars: dict[str, str]
-
-
-def load_profiles() -> dict[str, Profile]:
-    """The built-in profiles (parity/profiles/builtin.toml)."""
-    text = resources.files("parity").joinpath("profiles/builtin.toml").read_text()
-    data = tomllib.loads(text)
-    return {name: Profile(name, d.get("description", ""), d.get("engine", "vllm"),
-                          d.get("env", "harness"), dict(d.get("engine_args", {})),
-                          {k: str(v) for k, v in d.get("env_vars", {}).items()})
-            for name, d in data.items()}
 
 
 def make_setting(profile_name: str, engine_args: dict | None = None, env_vars: dict | None = None,
@@ -68,7 +50,6 @@ def merged(base: dict, over: dict) -> dict:
 def override_problems(profile: Any, args: Any, env_vars: Any, env: Any, where: str, fld: str,
                       profiles: dict[str, Profile]) -> list[Problem]:
     """Problems of a profile name plus engine_args / env_vars / env overrides, all at once."""
-    from parity.setup.envs import ENV_PIN
 
     out = []
     if not isinstance(profile, str) or profile not in profiles:
@@ -143,7 +124,6 @@ def is_url(text: Any) -> bool:
 
 def url_problem(url: Any) -> str | None:
     """Why a served engine's base URL is unusable (None when it is fine)."""
-    from urllib.parse import urlsplit
 
     if not isinstance(url, str) or not url.strip():
         return "must be the server's base URL, e.g. \"http://127.0.0.1:8000\""
@@ -170,7 +150,6 @@ def served_setting(data: dict, where: str, role: str,
     server_log = ...) as a setting; (None, problems) when it has any. The API key is read from
     the named environment variable when the engine starts, never from the file; the variable
     must be set now."""
-    import os
 
     problems: list[Problem] = []
     for key in data:

@@ -9,9 +9,11 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from parity.data.atomic import atomic_write
 from parity.report import plots
-from parity.run.faults import atomic_write, describe
 from parity.report.html_cards import engines_card, scenario_card, summary
+from parity.report.markdown import to_markdown
+from parity.run.faults import describe
 
 if TYPE_CHECKING:
     import pandas
@@ -98,7 +100,7 @@ def load_tokens(data: dict[str, Any], out_dir: Path):
     path = Path(out_dir) / str(tok.get("file") or "tokens.parquet")
     if tok.get("rows") is None or not path.exists():
         return None
-    import pandas as pd
+    import pandas as pd  # lazy: pandas, only when a table is read
 
     return pd.read_parquet(path)
 
@@ -175,7 +177,6 @@ def rerender(run_dir: Path) -> list[Path]:
         RunDirError: as load().
         RenderError: report.html could not be rendered (report.md is written).
     """
-    from parity.report.report import to_markdown
 
     data = load(run_dir)
     md = Path(run_dir) / "report.md"

@@ -6,13 +6,15 @@ with every text escaped."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from html import escape
 from typing import Any, Callable
 
+from parity import categories
 from parity.report import plots
+from parity.report.build import headline_of
 from parity.run.faults import describe
+from parity.verdicts.fmt import fmt
 from parity.verdicts.metrics import ClipRange
 
 EXIT_MEANING = {0: "every scenario as expected", 1: "divergence", 2: "usage or scenario error",
@@ -22,18 +24,10 @@ KEY_METRICS = ("n_tokens", "abs_dlogp_mean", "abs_dlogp_p99", "kl_k3_mean", "cli
                "clip_rate_seq", "entropy_ref_mean", "entropy_cand_mc", "reward_mean")
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if math.isfinite(v) else "n/a"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v)[:200]
-    return str(v)
 
 
 def _e(v: Any, digits: int = 4) -> str:
-    return escape(_fmt(v, digits))
+    return escape(fmt(v, digits))
 
 
 def _badge(text: str, cls: str | None = None) -> str:
@@ -165,7 +159,6 @@ def _fix(category: str, diagnosis: str | None) -> str | None:
     if not diagnosis:
         return None
     try:
-        from parity import categories
 
         return categories.get(category).diagnoses.get(diagnosis)
     except Exception:  # an unknown category in an old report: no fix to show
@@ -173,7 +166,6 @@ def _fix(category: str, diagnosis: str | None) -> str | None:
 
 
 def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
-    from parity.report.report import headline_of
 
     v = rec.get("verdict") or {}
     outcome = v.get("outcome") or "unresolved"
@@ -200,7 +192,7 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
                                                 for a, b in facts) + "</dl>")
     unmet = [c for c in v.get("preconditions") or [] if not c.get("met")]
     if unmet:
-        why = "; ".join(f"{c['name']} {_fmt(c.get('value'))} < {_fmt(c.get('needed'))}: "
+        why = "; ".join(f"{c['name']} {fmt(c.get('value'), 4)} < {fmt(c.get('needed'), 4)}: "
                         f"{c.get('note', '')}" for c in unmet)
         parts.append(f"<p><b>Preconditions not met</b> (the data cannot decide): {escape(why)}</p>")
     parts.append(_findings(v))
@@ -224,7 +216,6 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
 
 def summary(data: dict[str, Any]) -> str:
     """The run's header card: exit code, as-expected counts, versions, machine."""
-    from parity.report.report import headline_of
 
     scen = data.get("scenarios") or []
     code = data.get("exit_code")
@@ -302,5 +293,5 @@ def engines_card(data: dict[str, Any]) -> str:
     return ('<section class="card"><h2>Engines</h2>'
             '<p class="mute">Effective configuration as each engine resolved it.</p>'
             + "".join(rows) + ("<h3>Timings</h3><p>" + escape(", ".join(
-                f"{k} {_fmt(v, 3)}" for k, v in timings.items())) + "</p>" if timings else "")
+                f"{k} {fmt(v, 3)}" for k, v in timings.items())) + "</p>" if timings else "")
             + "</section>")

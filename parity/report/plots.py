@@ -27,7 +27,7 @@ def colour(role: str) -> str:
 
 def _figure(width: float = 6.4, height: float = 3.6, ncols: int = 1, nrows: int = 1):
     """A figure with its axes, built without pyplot (no global state, no GUI backend)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib, only when report.html is drawn
 
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -47,7 +47,7 @@ def _mark(*artists) -> None:
 def _svg(fig, key: str) -> str:
     """The figure as SVG text for inlining in HTML: deterministic (svg.hashsalt is the plot's
     key, no date), ids unique per key, no XML prolog or metadata, width/height left to CSS."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib, only when report.html is drawn
 
     params = {"svg.hashsalt": f"parity-{key}", "svg.fonttype": "none", "font.size": 9}
     with matplotlib.rc_context(params):
@@ -175,7 +175,7 @@ def weight_versions(tokens, key: str) -> str | None:
     rows = tokens[tokens["weight_version"].notna()]
     if len(rows) == 0:
         return None
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: matplotlib, only when report.html is drawn
 
     versions = sorted(int(v) for v in rows["weight_version"].unique())
     cmap = colormaps["viridis"].resampled(max(len(versions), 2))

@@ -8,7 +8,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from parity.report.report import EXIT_DIVERGENCE, EXIT_OK
+from rich.markup import escape
+from rich.table import Table
+
+from parity.report.build import EXIT_DIVERGENCE, EXIT_OK
+from parity.verdicts.fmt import fmt
 
 DEFAULT_THRESHOLD = 0.10
 FLIPS = {("pass", "fail"), ("fail", "pass")}
@@ -312,18 +316,12 @@ def diff(path_a: Path, path_b: Path, threshold: float = DEFAULT_THRESHOLD,
             "verdicts_moved": moved, "exit_code": EXIT_DIVERGENCE if moved else EXIT_OK}
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return v if isinstance(v, str) else json.dumps(v)
 
 
 def _est(side: dict) -> str:
-    ci = (f" [{_fmt(side['ci_low'])}, {_fmt(side['ci_high'])}]"
+    ci = (f" [{fmt(side['ci_low'], 4)}, {fmt(side['ci_high'], 4)}]"
           if side["ci_low"] is not None and side["ci_high"] is not None else "")
-    return f"{_fmt(side['estimate'])}{ci} {side['outcome']}"
+    return f"{fmt(side['estimate'], 4)}{ci} {side['outcome']}"
 
 
 def _rel(r: float | None) -> str:
@@ -332,7 +330,7 @@ def _rel(r: float | None) -> str:
 
 
 def _arrow(a: Any, b: Any) -> str:
-    return _fmt(a) if a == b else f"{_fmt(a)} -> {_fmt(b)}"
+    return fmt(a, 4) if a == b else f"{fmt(a, 4)} -> {fmt(b, 4)}"
 
 
 def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str], list]]:
@@ -358,7 +356,7 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
     if heads:
         out.append(("Headlines that changed", ["scenario", "A", "B"], heads))
     for s in d["scenarios"]:
-        frows = [[f["name"], f["kind"] or "", _est(f["a"]), _est(f["b"]), _fmt(f["b"]["limit"]),
+        frows = [[f["name"], f["kind"] or "", _est(f["a"]), _est(f["b"]), fmt(f["b"]["limit"], 4),
                   {True: "yes", False: "NO", None: "n/a"}[f["overlap"]], _rel(f["rel_change"])]
                  for f in s["findings"]["compared"] if f["moved"]]
         frows += [[n, "", *where, "", "", ""] for side, where in (
@@ -369,8 +367,8 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
                 "finding", "kind", "A: estimate [CI] outcome", "B: estimate [CI] outcome",
                 "limit (B)", "CIs overlap", "change"], frows))
         moved = s["metrics"]["moved"]
-        mrows = [[r["path"], *(_fmt(r[k]) + (f" [{_fmt(r['ci_' + k][0])}, "
-                                              f"{_fmt(r['ci_' + k][1])}]" if "ci_a" in r else "")
+        mrows = [[r["path"], *(fmt(r[k], 4) + (f" [{fmt(r['ci_' + k][0], 4)}, "
+                                              f"{fmt(r['ci_' + k][1], 4)}]" if "ci_a" in r else "")
                                for k in "ab"), _rel(r["rel_change"]), r["why"]]
                  for r in moved[:max_metrics]]
         if len(moved) > max_metrics:
@@ -382,7 +380,7 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
     for e in d["engines"]:
         if e["differs"]:
             title = f"{e['role']} engine {_arrow(e['a'], e['b'])} ({', '.join(e['scenarios'])})"
-            out.append((title, ["key", "A", "B"], [[k["key"], _fmt(k["a"]), _fmt(k["b"])]
+            out.append((title, ["key", "A", "B"], [[k["key"], fmt(k["a"], 4), fmt(k["b"], 4)]
                                                    for k in e["differs"]]))
     return out
 
@@ -426,8 +424,6 @@ def to_markdown(d: dict[str, Any]) -> str:
 
 def print_table(d: dict[str, Any], console) -> None:
     """The diff on a rich console."""
-    from rich.markup import escape
-    from rich.table import Table
 
     lines = summary(d)
     for line in lines[:-1]:

@@ -9,8 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from parity.run import faults
+from parity import engines
 from parity.engines.base import Sequence
+from parity.run import faults
 
 
 class MemoEngine:
@@ -67,7 +68,6 @@ class Ahead:
         return self.engines.pop(n, None)
 
     def preload_after(self, n: int) -> None:
-        from parity import engines
 
         nxt = next((i for i in range(n + 1, len(self.items) + 1) if i not in self.skip), None)
         if nxt is None or nxt in self.engines:

@@ -9,9 +9,11 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
+from parity.engines import identity
+from parity.engines.base import EngineError
+from parity.engines.process import read_model_facts
 from parity.verdicts import core
 from parity.verdicts.core import Verdict
-from parity.engines.base import EngineError
 
 Log = Callable[[str], None]
 
@@ -20,8 +22,6 @@ def config_drift(results, pythons: dict[str, str], log_dir: Path,
                  log: Log) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """What each engine environment's own transformers reads from each checkpoint, against what
     the trainer reads (identity.drift), before any engine starts: {(env, model): rows}."""
-    from parity.engines import identity
-    from parity.engines.process import read_model_facts
 
     out = {}
     for env, model_path in sorted({(s.env, r.model_path) for r in results
@@ -44,7 +44,6 @@ def config_drift(results, pythons: dict[str, str], log_dir: Path,
 @functools.cache
 def trainer_facts(model_path: str) -> dict[str, Any]:
     """The model-identity facts the trainer side reads, once per checkpoint and process."""
-    from parity.engines import identity
 
     return identity.trainer_facts(model_path)
 
@@ -61,7 +60,6 @@ def drift_verdict(res) -> Verdict:
 
 def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
     """Model identity, engine vs trainer and engine vs engine, by the one rule (identity.py)."""
-    from parity.engines import identity
 
     trainer = trainer_facts(res.model_path)
     facts = {role: identity.engine_facts((er.effective_config or {}).get("key") or {})

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from parity.categories.base import sampling_for
 from parity.engines.base import EngineSetting
+from parity.engines.process import validate_engine_args
+from parity.run import modelcheck
+from parity.run.prompts import render
+from parity.run.scenario import ScenarioError
+from parity.setup import envs
 
 Problem = tuple[str, str, str]
 Log = Callable[[str], None]
@@ -73,16 +79,11 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
     Raises:
         ScenarioError: every problem found, at once.
     """
-    from parity.run import modelcheck
-    from parity.categories.base import sampling_for
-    from parity.run.prompts import render
-    from parity.run.runner import python_for
-    from parity.run.scenario import ScenarioError
 
     jobs = checks_for(results)
-    envs = {c.setting.env for *_, c in jobs} | {
+    names = {c.setting.env for *_, c in jobs} | {
         s.env for r in results for s in r.scenario.settings().values()}
-    pythons = {env: python_for(env, log) for env in sorted(envs)}
+    pythons = {env: envs.python_for(env, log) for env in sorted(names)}
     engine_problems([c for *_, c in jobs], pythons, log_dir)
     refused = {}
     for res, role, check in jobs:
@@ -119,7 +120,6 @@ def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
     Raises:
         EngineError: a validator process could not run (the environment is broken).
     """
-    from parity.engines.process import validate_engine_args
 
     todo: dict[str, dict[str, dict]] = {}
     for c in checks:

@@ -9,6 +9,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
 
 class Display:
     """Use as a context manager; pass `log` as the run's log and `progress` as its progress."""
@@ -24,8 +33,6 @@ class Display:
 
     def __enter__(self) -> "Display":
         if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                                       SpinnerColumn, TextColumn, TimeElapsedColumn)
 
             self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                  BarColumn(), MofNCompleteColumn(),

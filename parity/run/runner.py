@@ -3,93 +3,27 @@ on it, scores them with the reference (batched, cached), and judges each scenari
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from parity import categories
-from parity.verdicts import core
+from parity import categories, engines
+from parity.engines import process
+from parity.engines.base import EngineError
 from parity.run import faults, modelcheck, scoring, tokens
-from parity.setup import phases
-from parity.verdicts.core import Verdict
-from parity.engines.base import EngineError, EngineSetting, Sequence
-from parity.run.prompts import REWARDS, Prompt, load_prompts, render
+from parity.run import preflight as validate
+from parity.run.enginework import Ahead, MemoEngine
+from parity.run.prompts import load_prompts, render
+from parity.run.results import EngineRun, RunResult, ScenarioResult
 from parity.run.scenario import Scenario
 from parity.run.scoring import References  # noqa: F401  (runner.References: bench, older callers)
-from parity.run.enginework import Ahead, MemoEngine
+from parity.setup import envs, models, phases
+from parity.trainer.external import ScoresMissing
+from parity.verdicts import core
+from parity.verdicts.core import Verdict
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class EngineRun:
-    """One engine role (candidate or baseline) of one scenario."""
-
-    role: str
-    setting: EngineSetting
-    sequences: list[Sequence] = field(default_factory=list)
-    effective_config: dict[str, Any] | None = None
-    start_s: float | None = None
-    generate_s: float | None = None
-    error: str | None = None
-    log_path: str | None = None
-    log_offset: int = 0  # where this run's part of an appended engine log starts
-    extra: dict[str, Any] = field(default_factory=dict)  # category-specific engine data
-    reused: bool = False  # sequences taken from an earlier identical request on this engine
-
-
-@dataclass
-class ScenarioResult:
-    scenario: Scenario
-    model_path: str = ""
-    prompts: list[Prompt] = field(default_factory=list)
-    runs: dict[str, EngineRun] = field(default_factory=dict)
-    verdict: Verdict | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-    score_s: float = 0.0
-    check_s: float = 0.0
-    drift: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # role -> drift rows
-    # What the reference scored while judging (scoring.Recorded): (temperature, top_p, top_k,
-    # prompt ids, completion ids) -> [(head dtype, tie rule, RefScore)], for tokens.parquet.
-    ref_scores: dict[tuple, list] = field(default_factory=dict)
-
-    @property
-    def as_expected(self) -> bool:
-        return self.verdict is not None and core.expected(self.verdict, self.scenario.expect,
-                                                          self.scenario.expect_diagnosis)
-
-    def rewards(self, seqs: list[Sequence]) -> list[float] | None:
-        """Per-sequence reward, or None when the scenario has no reward function."""
-        if not self.scenario.reward:
-            return None
-        fn = REWARDS[self.scenario.reward]
-        values = [fn(self.prompts[s.prompt_index], s.text) for s in seqs]
-        return None if any(v is None for v in values) else values
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    results: list[ScenarioResult]
-    timings: dict[str, float] = field(default_factory=dict)
-    engines: list[dict[str, Any]] = field(default_factory=list)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    interrupted: str | None = None
-    reference_stats: dict[str, dict] = field(default_factory=dict)
-    tokens: dict[str, Any] = field(default_factory=dict)  # tokens.parquet: file and rows
-    export: dict[str, Any] | None = None  # --export-sequences: file and row count
-
-
-def python_for(env_name: str, log: Log) -> str:
-    """The interpreter of an engine environment ("harness" = this one), built if missing."""
-    if env_name == "harness":
-        return sys.executable
-    from parity.setup import envs
-
-    return str(envs.ensure_env(envs.get_spec(env_name), log=log))
 
 
 def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[ScenarioResult, str]]]:
@@ -119,8 +53,6 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     Raises:
         ScenarioError: an engine argument or a request the engine would refuse (exit 2).
     """
-    from parity import engines
-    from parity.engines import process
 
     t_run, b_run = time.perf_counter(), phases.build_seconds()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +63,7 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     # The harness's validator imports vLLM while the run's models and prompts are prepared.
     if preflight and any(s.env == "harness" and s.engine == "vllm" for r in run.results
                          for s in r.scenario.settings().values()):
-        process.warm_validator(python_for("harness", log), log_dir / "validate-harness.log")
+        process.warm_validator(envs.python_for("harness", log), log_dir / "validate-harness.log")
     try:
         tokenizers, pythons, drifts, refused = _prepare(run, preflight, log_dir, log)
     finally:
@@ -297,33 +229,31 @@ def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
     """Models, tokenizers and prompts (all in the harness, so every engine gets identical
     tokens), then the checks in the engines' environments (`preflight`): (tokenizers, env
     interpreters, config drifts, refused settings). Times prepare_s and validate_s."""
-    from parity.setup.models import fingerprint, resolve_model
 
     timings = run.timings
     # Every phase's seconds leave out the builds in it (build_s: models, checkpoints, envs).
     t0, b0 = time.perf_counter(), phases.build_seconds()
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers imports torch
 
     tokenizers = {}
     for res in run.results:
-        model_path = str(resolve_model(res.scenario.model))
+        model_path = str(models.resolve_model(res.scenario.model))
         res.model_path = model_path
         if model_path not in tokenizers:
             tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
             run.models[model_path] = {"name": res.scenario.model,
-                                      "fingerprint": fingerprint(model_path)}
+                                      "fingerprint": models.fingerprint(model_path)}
         sc = res.scenario
         res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
     timings["prepare_s"] = _lap(t0, b0)
 
     # Engine environments, engine arguments and request limits, before any engine starts.
     t0, b0 = time.perf_counter(), phases.build_seconds()
-    from parity.run import preflight as validate
 
     if preflight:
         pythons, drifts, refused = validate.preflight(run.results, tokenizers, log_dir, log)
     else:
-        pythons = {s.env: python_for(s.env, log) for r in run.results
+        pythons = {s.env: envs.python_for(s.env, log) for r in run.results
                    for s in r.scenario.settings().values()}
         drifts, refused = {}, {}
     timings["validate_s"] = _lap(t0, b0)
@@ -342,7 +272,6 @@ def judge(res: ScenarioResult, refs: References, export: dict[str, Any] | None =
     model-identity findings (every engine must run the model the trainer loads, and both
     engines of a pair the same one); inconclusive when its scores file lacks sequences. A
     judging error is unresolved for this scenario only."""
-    from parity.trainer.external import ScoresMissing
 
     if res.drift:
         return modelcheck.drift_verdict(res), {"drift": res.drift}

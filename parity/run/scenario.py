@@ -7,17 +7,19 @@ Each effective value records where it came from (`Scenario.provenance`).
 
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from parity.setup import inputs
+from parity import categories
 from parity.engines.base import EngineSetting, SamplingSpec
-from parity.verdicts.metrics import ClipRange
+from parity.engines.settings import SETTING_FIELDS, Profile, from_table, load_profiles, make_setting  # noqa: F401
 from parity.run.prompts import REWARDS, parse_source
-from parity.engines.settings import (SETTING_FIELDS, Profile, from_table, load_profiles,  # noqa: F401
-                             make_setting)
+from parity.run.scoring import parse_reference
+from parity.setup import inputs
+from parity.setup.models import MODEL_NAMES, is_built_name
+from parity.verdicts.metrics import ClipRange
 
 SAMPLING_FIELDS = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int,
                    "seed": int, "n": int, "logprobs": int}
@@ -72,6 +74,7 @@ class Scenario:
     engine_sampling: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> overrides
     reference_device: str = "auto"  # where the HF reference runs (parity.trainer.reference.resolve_device)
     scores: Path | None = None  # trainer scores file standing in for the HF reference
+    reference_scorer: str = "hf"  # the trainer-side scorer (parity.trainer registry)
 
     def settings(self) -> dict[str, EngineSetting]:
         out = {"candidate": self.candidate}
@@ -138,7 +141,6 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
                    profiles: dict[str, Profile] | None = None,
                    ) -> tuple[Scenario | None, list[tuple[str, str, str]]]:
     """Parse and validate one scenario file; returns (scenario or None, problems)."""
-    from parity import categories
 
     overrides = overrides or Overrides()
     profiles = profiles or load_profiles()
@@ -159,7 +161,7 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         if key not in allowed:
             problems.append((p, key, f"unknown field; allowed: {', '.join(sorted(allowed))}"))
     provenance: dict[str, str] = {}
-    model, provenance["model"] = _precedence(overrides.model, "PARITY_MODEL",
+    model, provenance["model"] = inputs.precedence(overrides.model, "PARITY_MODEL",
                                              _name(data, "model", p, problems), DEFAULT_MODEL)
     problems += _model_problems(model, provenance["model"], p)
     expect = _name(data, "expect", p, problems, "pass")
@@ -242,7 +244,6 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
                                         "start an engine whose result is never used; remove it"))
 
     # reference (head, device, scores file), tolerances, margins, clip
-    from parity.run.scoring import parse_reference
 
     reference, found = parse_reference(_table(data, "reference", p, problems), category,
                                        sampling, p, overrides.reference_device)
@@ -280,7 +281,7 @@ def parse_scenario(path: Path, overrides: Overrides | None = None,
         expect=expect, expect_diagnosis=expect_diagnosis, reward=reward,
         min_tokens=min_tokens, provenance=provenance, options=options,
         engine_sampling=engine_sampling, reference_device=reference["device"],
-        scores=reference["scores"])
+        scores=reference["scores"], reference_scorer=reference["scorer"])
     found = category.check_settings(scenario, p)
     refusal = category.served_refusal(options)
     found += [(p, f"{role}.engine", refusal) for role, setting in scenario.settings().items()
@@ -294,7 +295,6 @@ MAX_LOGPROBS = 20
 
 def sampling_problems(sampling: SamplingSpec, fld: str, path: str) -> list[tuple[str, str, str]]:
     """Range problems of a sampling spec (checked before any engine sees it)."""
-    import math
 
     out = []
     if not (math.isfinite(sampling.temperature) and 0 <= sampling.temperature <= 100):
@@ -333,7 +333,6 @@ def _limits(data: dict, key: str, defaults: dict[str, float], path: str, problem
 def _model_problems(model: Any, source: str, path: str) -> list[tuple[str, str, str]]:
     """The model must name a checkpoint (checked without building anything); a bad --model or
     $PARITY_MODEL is blamed on the option, not the file."""
-    from parity.setup.models import MODEL_NAMES, is_built_name
 
     message = inputs.model_problem(model, MODEL_NAMES, is_built_name)
     if message is None:
@@ -341,17 +340,6 @@ def _model_problems(model: Any, source: str, path: str) -> list[tuple[str, str, 
     where = {"cli": "--model"}.get(source, "$" + source[4:] if source.startswith("env:")
                                    else path)
     return [(where, "model", message)]
-
-
-def _precedence(cli_value, env_name, file_value, default):
-    """(value, source) by the one precedence rule: cli > environment > scenario > default."""
-    if cli_value is not None:
-        return cli_value, "cli"
-    if os.environ.get(env_name):
-        return os.environ[env_name], f"env:{env_name}"
-    if file_value is not None:
-        return file_value, "scenario"
-    return default, "default"
 
 
 def discover(targets: list[Path]) -> list[Path]:

@@ -9,19 +9,23 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
+from parity import categories, trainer
+from parity.categories.base import choice
+from parity.setup import inputs, models
+from parity.trainer import external
+from parity.trainer.reference import (
+    HEAD_DTYPES,
+    ReferenceError,
+    ScoreCache,
+    resolve_device,
+    tie_rule_for,
+)
 from parity.verdicts import core
 
 Log = Callable[[str], None]
 Problem = tuple[str, str, str]
-REFERENCE_FIELDS = ("head_dtype", "device", "scores")
+REFERENCE_FIELDS = ("head_dtype", "device", "scores", "scorer")
 DEVICE_ENV = "PARITY_REFERENCE_DEVICE"
-
-
-def new_reference(model_path: str, head_dtype: str, **kwargs):
-    """A parity.trainer.reference.Reference (kwargs: model_fp, cache, tie_rule, device, ...)."""
-    from parity.trainer.reference import Reference
-
-    return Reference(model_path, head_dtype, **kwargs)
 
 
 class Recorded:
@@ -52,7 +56,6 @@ class References:
     (`judging`), every score is recorded into its ScenarioResult.ref_scores."""
 
     def __init__(self, log: Log):
-        from parity.trainer.reference import ScoreCache
 
         self.cache = ScoreCache()
         self.log = log
@@ -77,8 +80,6 @@ class References:
         Raises:
             ScoresUnavailable: the scenario's scores file was asked for another head dtype.
         """
-        from parity.setup.models import fingerprint
-        from parity.trainer.reference import resolve_device, tie_rule_for
 
         res = self._current
         sc = res.scenario if res is not None else None
@@ -87,18 +88,19 @@ class References:
         key_cfg = ((run.effective_config or {}).get("key") or {}) if run is not None else {}
         rule = tie_rule_for(key_cfg.get("platform"), key_cfg.get("vllm_version"))
         device = resolve_device(getattr(sc, "reference_device", None) or "auto")
-        key = (str(model_path), head_dtype, rule, device)
+        scorer = getattr(sc, "reference_scorer", None) or trainer.DEFAULT
+        key = (str(model_path), head_dtype, rule, device, scorer)
         if key not in self._refs:
-            self.log(f"[reference] HF transformers on {Path(model_path).name} "
+            what = "HF transformers" if scorer == "hf" else f"scorer {scorer}"
+            self.log(f"[reference] {what} on {Path(model_path).name} "
                      f"({head_dtype} lm_head, top-k ties: {rule}, device {device})")
-            self._refs[key] = new_reference(model_path, head_dtype,
-                                            model_fp=fingerprint(model_path), cache=self.cache,
-                                            tie_rule=rule, device=device)
+            self._refs[key] = trainer.new_scorer(model_path, head_dtype, scorer,
+                                                 model_fp=models.fingerprint(model_path),
+                                                 cache=self.cache, tie_rule=rule, device=device)
         ref = self._refs[key]
         return ref if res is None else Recorded(ref, head_dtype, rule, res.ref_scores)
 
     def _file(self, sc, head_dtype: str):
-        from parity.trainer import external
 
         if head_dtype != sc.head_dtype:
             raise external.ScoresUnavailable(
@@ -117,8 +119,8 @@ class References:
     def stats(self) -> dict[str, dict]:
         """Per reference: its counters and the device it ran on (files: "scores:<name>")."""
         out = {}
-        for (m, h, r, device), ref in self._refs.items():
-            name = f"{Path(m).name}:{h}:{r}"
+        for (m, h, r, device, scorer), ref in self._refs.items():
+            name = f"{Path(m).name}:{h}:{r}" + ("" if scorer == trainer.DEFAULT else f":{scorer}")
             if name in out:  # the same model and head on a second device
                 name += f"@{device}"
             out[name] = dict(ref.stats)  # Reference.stats carries its device
@@ -153,7 +155,6 @@ class References:
 def exported_verdict(res, export: dict[str, Any]) -> core.Verdict:
     """The verdict of a scenario in a `--export-sequences` run: never judged (the reference is
     not run), its sequences in the file when its category can be judged from a scores file."""
-    from parity import categories
 
     if export.get("error"):
         return core.unresolved("sequences_exported", f"not judged: {export['error']}")
@@ -199,11 +200,9 @@ def parse_reference(table: dict, category, sampling, path: str, device_override:
                     ) -> tuple[dict[str, Any], list[Problem]]:
     """The [reference] table of one scenario: head_dtype, device (by the one precedence rule:
     --reference-device > $PARITY_REFERENCE_DEVICE > the file > "auto"), scores (a file
-    relative to the scenario, validated in full). Returns ({"head_dtype", "device",
-    "device_source", "scores"}, problems)."""
-    from parity.categories.base import choice
-    from parity.trainer.reference import HEAD_DTYPES
-    from parity.run.scenario import _precedence
+    relative to the scenario, validated in full), scorer (a name in the parity.trainer
+    registry, "hf" by default). Returns ({"head_dtype", "device", "device_source", "scores",
+    "scorer"}, problems)."""
 
     problems: list[Problem] = []
     for key in table:
@@ -212,12 +211,14 @@ def parse_reference(table: dict, category, sampling, path: str, device_override:
                                                        + ", ".join(REFERENCE_FIELDS)))
     head_dtype = choice(table, "head_dtype", HEAD_DTYPES, "float32", path, problems,
                         fld="reference.head_dtype")
+    scorer = choice(table, "scorer", tuple(trainer.names()), trainer.DEFAULT, path, problems,
+                    fld="reference.scorer")
     file_device = table.get("device")
     if file_device is not None and not isinstance(file_device, str):
         problems.append((path, "reference.device", f"must be a string (\"auto\", \"cpu\", "
                                                    f"\"cuda\" or \"cuda:N\"), got {file_device!r}"))
         file_device = None
-    device, source = _precedence(device_override, DEVICE_ENV, file_device, "auto")
+    device, source = inputs.precedence(device_override, DEVICE_ENV, file_device, "auto")
     why = device_problem(device)
     if why:
         where = {"cli": "--reference-device", f"env:{DEVICE_ENV}": f"${DEVICE_ENV}"}.get(
@@ -228,14 +229,13 @@ def parse_reference(table: dict, category, sampling, path: str, device_override:
         scores, found = _scores(scores, category, sampling, head_dtype, path)
         problems += found
     return {"head_dtype": head_dtype, "device": device, "device_source": source,
-            "scores": scores}, problems
+            "scores": scores, "scorer": scorer}, problems
 
 
 def device_problem(spec: str) -> str | None:
     """Why the reference cannot run on `spec` here (None when it can)."""
     if spec in ("auto", "cpu"):  # always usable: no need to import torch to know
         return None
-    from parity.trainer.reference import ReferenceError, resolve_device
 
     try:
         resolve_device(spec)
@@ -246,7 +246,6 @@ def device_problem(spec: str) -> str | None:
 
 def _scores(value: Any, category, sampling, head_dtype: str, path: str,
             ) -> tuple[Path | None, list[Problem]]:
-    from parity.trainer import external
 
     fld = "reference.scores"
     if not isinstance(value, str) or not value.strip():

@@ -9,46 +9,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from parity import categories
+from parity.data import schema, tables
+from parity.data.schema import COLUMNS, EXPORT_COLUMNS, FILE
 from parity.run import faults
-from parity.data import tables
+from parity.trainer.external import context_of, sequence_key
+from parity.trainer.reference import tie_rule_for
 
-FILE = "tokens.parquet"
-# Column -> meaning; the order of the file. `parity judge` reads them by name.
-COLUMNS = {
-    "run_id": "the run (its directory name)",
-    "scenario": "scenario name",
-    "engine": "engine role: candidate or baseline",
-    "engine_label": "the engine setting (EngineSetting.label())",
-    "sequence_id": "index of the sequence in its role's list",
-    "prompt_index": "index of the prompt in the scenario",
-    "sample_index": "0..n-1 among that prompt's samples",
-    "position": "0-based position of the token in the completion",
-    "token_id": "the sampled token id",
-    "engine_logprob": "the engine's own logprob of the sampled token (its logprobs mode)",
-    "trainer_logprob": "the reference's processed logprob (NaN: not scored by the reference)",
-    "trainer_raw_logprob": "the reference's raw logprob (NaN: not scored)",
-    "entropy": "entropy of the reference's processed distribution (NaN: not scored)",
-    "boundary_tie": "the token is tied at the top-k/top-p cut (null: not scored or unknown)",
-    "weight_version": "weight version that produced the token (null: no update)",
-    "head_dtype": "the reference head the trainer_* columns come from (null: not scored)",
-}
 Log = Callable[[str], None]
-
-
-def schema():
-    import pyarrow as pa
-
-    types = {"run_id": pa.string(), "scenario": pa.string(), "engine": pa.string(),
-             "engine_label": pa.string(), "boundary_tie": pa.bool_(), "head_dtype": pa.string(),
-             **{c: pa.float64() for c in ("engine_logprob", "trainer_logprob",
-                                          "trainer_raw_logprob", "entropy")}}
-    return pa.schema([(c, types.get(c, pa.int64())) for c in COLUMNS])
 
 
 def _match(res, er, seq) -> tuple[str | None, Any]:
     """(head dtype, RefScore) the reference gave this sequence while its scenario was judged,
     or (None, None): the scenario's own head first, then the tie rule of the role's engine."""
-    from parity.trainer.reference import tie_rule_for
 
     sc = res.scenario
     s = sc.sampling
@@ -73,7 +46,7 @@ def _values(score, name: str, n: int) -> np.ndarray:
 def build(run):
     """The per-token table of a run (a runner.RunResult), as a pyarrow Table: one row per
     sampled token of every role's sequences, scored or not (COLUMNS)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow, only when a table is read or written
 
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for res in run.results:
@@ -103,7 +76,7 @@ def build(run):
                              ("weight_version", versions + [None] * (n - len(versions))),
                              ("head_dtype", [head] * n)):
                     cols[c].extend(v.tolist() if isinstance(v, np.ndarray) else v)
-    return pa.table(cols, schema=schema())
+    return pa.table(cols, schema=schema.schema())
 
 
 def record(run, out_dir: Path, log: Log) -> None:
@@ -138,18 +111,10 @@ def export(run, path: Path, log: Log) -> None:
 
 # ----------------------------------------------------------------------------- export
 
-EXPORT_COLUMNS = ("sequence_key", "scenario", "engine", "engine_label", "sequence_id",
-                  "prompt_index", "sample_index", "model", "prompt_token_ids", "token_ids",
-                  "engine_logprobs", "temperature", "top_p", "top_k", "head_dtype", "tie_rule")
-
-
 def export_columns(results) -> dict[str, list]:
     """One row per sequence the reference would score: every role's sequences of every
     scenario whose category can be judged from a scores file (Category.scores_columns), with
     the sampling and head dtype the trainer must score them with."""
-    from parity import categories
-    from parity.trainer.external import context_of, sequence_key
-    from parity.trainer.reference import tie_rule_for
 
     cols: dict[str, list] = {k: [] for k in EXPORT_COLUMNS}
     for res in results:
@@ -173,26 +138,11 @@ def export_columns(results) -> dict[str, list]:
     return cols
 
 
-def _export_schema():
-    import pyarrow as pa
-
-    return pa.schema([("sequence_key", pa.string()), ("scenario", pa.string()),
-                      ("engine", pa.string()), ("engine_label", pa.string()),
-                      ("sequence_id", pa.int64()), ("prompt_index", pa.int64()),
-                      ("sample_index", pa.int64()), ("model", pa.string()),
-                      ("prompt_token_ids", pa.list_(pa.int64())),
-                      ("token_ids", pa.list_(pa.int64())),
-                      ("engine_logprobs", pa.list_(pa.float64())),
-                      ("temperature", pa.float64()), ("top_p", pa.float64()),
-                      ("top_k", pa.int64()), ("head_dtype", pa.string()),
-                      ("tie_rule", pa.string())])
-
-
 def write_export(results, path: Path) -> dict[str, Any]:
     """Write the sequences file (parquet or JSON lines by suffix, atomically); returns
     {"file", "sequences", "scenarios"} for report.json."""
     cols = export_columns(results)
-    schema = _export_schema() if Path(path).suffix == ".parquet" else None
-    tables.write_rows(cols, Path(path), schema)
+    arrow = schema.export_schema() if Path(path).suffix == ".parquet" else None
+    tables.write_rows(cols, Path(path), arrow)
     return {"file": str(path), "sequences": len(cols["sequence_key"]),
             "scenarios": sorted(set(cols["scenario"]))}

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.setup.models import Log, _build_once, copy_side_files, fingerprint, model_dir
+from parity.setup.models import (
+    Log,
+    ModelError,
+    _build_once,
+    copy_side_files,
+    fingerprint,
+    model_dir,
+)
 
 
 def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Log = print) -> Path:
@@ -25,9 +32,8 @@ def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Lo
             "old_fingerprint": fingerprint(old), "old_layers": sorted(set(layers))}
 
     def build(tmp: Path) -> None:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save_file  # lazy: safetensors.torch imports torch
 
-        from parity.setup.models import ModelError
 
         old_tensors = {}
         for f in sorted(old.glob("*.safetensors")):

@@ -37,7 +37,7 @@ def system_libstdcxx() -> Path | None:
 
 def provides_version(lib: Path, version: str) -> bool:
     """True if `lib` defines the symbol version `version` (e.g. GLIBCXX_3.4.32)."""
-    import lief
+    import lief  # lazy: LIEF, only to patch an engine env's extension
 
     binary = lief.ELF.parse(str(lib))
     return any(aux.name == version
@@ -65,7 +65,7 @@ def needs_fix(so_path: str | os.PathLike, libstdcxx: Path | None = None) -> bool
         so_path: the extension module to check.
         libstdcxx: the libstdc++ to check against; default: the one the loader picks.
     """
-    import lief
+    import lief  # lazy: LIEF, only to patch an engine env's extension
 
     if not _requires(lief.ELF.parse(str(so_path)), MISSING_VERSION):
         return False
@@ -84,7 +84,7 @@ def apply_fix(so_path: str | os.PathLike) -> bool:
     Raises:
         ElfFixError: another symbol needs 3.4.32, so the fix would break it.
     """
-    import lief
+    import lief  # lazy: LIEF, only to patch an engine env's extension
 
     so_path = Path(so_path)
     binary = lief.ELF.parse(str(so_path))

@@ -13,9 +13,14 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from parity.setup import elf_fix, phases, preloads
 from parity.setup.paths import cache_dir
@@ -145,9 +150,6 @@ def cpu_spec_from_metadata(version: str, metadata: str, python: str = "python3.1
         metadata: the wheel's METADATA text (its `Requires-Dist` lines are used).
         python: the interpreter the env will use; markers are evaluated for its version.
     """
-    from packaging.markers import default_environment
-    from packaging.requirements import Requirement
-    from packaging.version import Version
 
     marker_env = {**default_environment(), "extra": ""}
     if m := re.fullmatch(r"python(\d+\.\d+)", python):
@@ -172,7 +174,6 @@ def cpu_spec_from_metadata(version: str, metadata: str, python: str = "python3.1
 
 def _wheel_metadata(dist: str, version: str) -> str:
     """METADATA of the wheel pip picks for `dist==version`, downloaded once into the cache."""
-    import zipfile
 
     where = cache_dir() / "wheels" / f"{dist}-{version}"
     wheels = sorted(where.glob("*.whl"))
@@ -397,3 +398,10 @@ def list_envs() -> list[dict]:
             "preload": (stamp or {}).get("preload", []),
         })
     return entries
+
+
+def python_for(env_name: str, log: Callable[[str], None]) -> str:
+    """The interpreter of an engine environment ("harness" = this one), built if missing."""
+    if env_name == "harness":
+        return sys.executable
+    return str(ensure_env(get_spec(env_name), log=log))

@@ -7,6 +7,7 @@ reports all of them at once (exit 2). Standard library only: nothing here may be
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import tomllib
@@ -126,3 +127,15 @@ def depth(value: Any) -> int:
         if deepest > 64:
             break
     return deepest
+
+
+def precedence(cli_value, env_name, file_value, default):
+    """(value, source) by the one precedence rule for every setting a user can give in several
+    places: command line > environment variable > scenario file > default."""
+    if cli_value is not None:
+        return cli_value, "cli"
+    if os.environ.get(env_name):
+        return os.environ[env_name], f"env:{env_name}"
+    if file_value is not None:
+        return file_value, "scenario"
+    return default, "default"

@@ -157,8 +157,8 @@ def perturb(base: str | os.PathLike, seed: int, scale: float, out: str | os.Path
 def mean_entropy(path: str | os.PathLike, texts: Iterable[str]) -> float:
     """Mean next-token entropy in nats of a checkpoint (transformers, float32) over `texts`."""
     _offline()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # lazy: torch takes seconds to import
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers imports torch
 
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
@@ -344,9 +344,16 @@ def _build_tiny(out: Path, log: Log = print, tied: bool = False) -> None:
     sums) and broad where it is not (which subject, which operands): ~1.5-2 nats on average.
     """
     _offline()
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch  # lazy: torch takes seconds to import
+    from tokenizers import (  # lazy: tokenizers, only when a model is built
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import LlamaConfig, LlamaForCausalLM  # lazy: transformers imports torch
 
     corpus = _tiny_corpus(_TINY_SEED, 4000)
     special = {"bos": "<s>", "eos": "</s>", "pad": "<pad>"}
@@ -414,9 +421,9 @@ def _smollm2_gguf(log: Log) -> Path:
 def _build_smollm2(out: Path, log: Log = print) -> None:
     """Dequantize SmolLM2-135M-Instruct (Q4_1 gguf) into bf16 safetensors, chat template kept."""
     _offline()
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # lazy: torch takes seconds to import
+    import transformers  # lazy: transformers imports torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers imports torch
 
     gguf = _smollm2_gguf(log)
     kwargs = {"gguf_file": gguf.name}
@@ -447,8 +454,8 @@ def copy_side_files(src: Path, out: Path) -> None:
 
 
 def _perturb_into(src: Path, out: Path, seed: int, scale: float) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
+    import torch  # lazy: torch takes seconds to import
+    from safetensors.torch import load_file, save_file  # lazy: safetensors.torch imports torch
 
     copy_side_files(src, out)
     for weights in sorted(src.glob("*.safetensors")):

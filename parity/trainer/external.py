@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from parity import trainer
 from parity.data import tables
+from parity.data.schema import EXPORT_COLUMNS
+from parity.engines.base import SamplingSpec
+from parity.setup import models
+from parity.setup.models import ModelError
+from parity.trainer.reference import RefScore
 
 # Columns of a scores file: the processed logprob is required; the others are optional (a
 # category that needs one refuses a file without it when the scenario is parsed).
@@ -226,7 +232,6 @@ class ExternalScores:
         return sum(1 for p, t in pairs if t and self.lookup(p, t) is None)
 
     def score(self, pairs, sampling):
-        from parity.trainer.reference import RefScore
 
         asked = context_of(sampling, self.head_dtype)
         if any(asked[c] != self._context[c] for c in ("temperature", "top_p", "top_k")):
@@ -261,17 +266,13 @@ def score_file(seqs: Path, out: Path, model: str, head_dtype: str | None = None,
     """Score an exported sequences file with parity's HF reference and write a scores file
     (long rows with every score column and the context columns); returns its row count.
     `head_dtype`: score every row with this head (default: each row's own)."""
-    from parity.engines.base import SamplingSpec
-    from parity.setup.models import resolve_model
-    from parity.run.scoring import new_reference
 
-    from parity.run.tokens import EXPORT_COLUMNS
 
     cols = tables.read_columns(seqs)
     lacking = [c for c in EXPORT_COLUMNS if c not in cols]
     if lacking:
         raise ValueError(f"{seqs}: not a parity sequences export (no {', '.join(lacking)})")
-    model_path = resolve_model(model, log=log)
+    model_path = models.resolve_model(model, log=log)
     jobs: dict[tuple, dict[tuple, dict[str, tuple]]] = {}
     for i, key in enumerate(cols["sequence_key"]):
         head = head_dtype or cols["head_dtype"][i]
@@ -281,7 +282,7 @@ def score_file(seqs: Path, out: Path, model: str, head_dtype: str | None = None,
     rows: dict[str, list] = {k: [] for k in ("sequence_key", "position", *SCORE_COLUMNS,
                                               *CONTEXT_COLUMNS)}
     for (head, rule), by_ctx in jobs.items():
-        ref = new_reference(str(model_path), head, tie_rule=rule, device=device)
+        ref = trainer.new_scorer(str(model_path), head, tie_rule=rule, device=device)
         for (t, p, k), pairs in by_ctx.items():
             log(f"scoring {len(pairs)} sequences ({head} head, T={t}, top_p={p}, top_k={k})")
             scores = ref.score(list(pairs.values()), SamplingSpec(temperature=t, top_p=p,
@@ -320,7 +321,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="lm_head dtype for every row (default: each row's head_dtype)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    from parity.setup.models import ModelError
 
     for path in (args.seqs, args.out):
         why = tables.format_problem(path)

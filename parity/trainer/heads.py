@@ -103,7 +103,7 @@ def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32
     zero-padded), so a row's logits do not depend on how many rows are scored with it (a GEMM's
     rounding depends on its shape).
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if head_dtype not in HEAD_DTYPES:
         raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
@@ -123,7 +123,7 @@ def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32
 
 
 def _linear(h, weight, bias, dtype, cast_block: int | None, tile: int | None):
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # lazy: torch takes seconds to import
 
     vocab = weight.shape[0]
     step = cast_block if weight.dtype != dtype and cast_block and cast_block < vocab else vocab
@@ -167,7 +167,7 @@ def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
     in the model's dtype with the same ops (so the tolerance is ~1 ulp of the largest logit).
     Catches what the config scan cannot see (a forward that scales or caps without a config
     attribute). Returns the max |difference|; raises ReferenceError when it is larger."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     out = model.get_output_embeddings()
     vocab = out.weight.shape[0]

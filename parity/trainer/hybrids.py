@@ -145,7 +145,7 @@ class HybridModel:
         """Components `names` return what they returned on `tape`, call by call, instead of
         computing: for a hypothesis scoring the same sequences as the taped one, with these
         components set alike (see `shared`). A call on other inputs raises."""
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
         modules = [self._module(self.body, n) for n in names] if tape else []
         for name, module in zip(names, modules):

@@ -17,11 +17,25 @@ from pathlib import Path
 import numpy as np
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.heads import (HEAD_DTYPES, Head, HeadSpec, ReferenceError, head_logits,  # noqa: F401
-                          head_spec, model_head, verify_head)
 from parity.setup.paths import cache_dir
-from parity.trainer.sampler import (GREEDY_EPS, TIE_RULES, _entropy, boundary_ties,  # noqa: F401
-                            process_logits, tie_rule_for)
+from parity.trainer.heads import (  # noqa: F401
+    HEAD_DTYPES,
+    Head,
+    HeadSpec,
+    ReferenceError,
+    head_logits,
+    head_spec,
+    model_head,
+    verify_head,
+)
+from parity.trainer.sampler import (  # noqa: F401
+    GREEDY_EPS,
+    TIE_RULES,
+    _entropy,
+    boundary_ties,
+    process_logits,
+    tie_rule_for,
+)
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
@@ -61,7 +75,7 @@ class RefScore:
 def resolve_device(spec: str | None = "auto") -> str:
     """"auto" -> "cuda" where torch sees a CUDA device, else "cpu"; "cpu", "cuda", "cuda:N" as
     given when usable. ReferenceError (naming the fix) for a device this machine does not have."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     spec = (spec or "auto").strip()
     if spec == "auto":
@@ -85,7 +99,7 @@ def resolve_device(spec: str | None = "auto") -> str:
 def available_bytes(device: str) -> int:
     """Memory free for scoring on `device`: CUDA's free memory, or on a CPU host the smaller of
     MemAvailable and what the cgroup (container) limit leaves."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if device.startswith("cuda"):
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
@@ -129,7 +143,7 @@ def score_rows(head, hidden, targets, sampling: SamplingSpec, tie_rule: str = "k
     positions at a time (None: all at once). Each chunk runs the same ops on its rows as the
     whole would, so the result does not depend on `rows`; memory is ~LIVE_BUFFERS x rows x
     vocab x 4 bytes. Returns float64 arrays raw, processed, entropy and a bool array."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     n = int(hidden.shape[0])
     rows = n if not rows else max(1, int(rows))
@@ -255,8 +269,8 @@ class Reference:
 
     def _load(self):
         if self._model is None:
-            import torch
-            from transformers import AutoModelForCausalLM
+            import torch  # lazy: torch takes seconds to import
+            from transformers import AutoModelForCausalLM  # lazy: transformers imports torch
 
             t0 = time.perf_counter()
             on_cuda = self.device.startswith("cuda")
@@ -321,13 +335,13 @@ class Reference:
         return results  # type: ignore[return-value]
 
     def _score_batch(self, pairs, batch, sampling, results) -> None:
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
         with torch.inference_mode():
             self._score_batch_no_grad(pairs, batch, sampling, results)
 
     def _score_batch_no_grad(self, pairs, batch, sampling, results) -> None:
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
         model = self._load()
         t0 = time.perf_counter()

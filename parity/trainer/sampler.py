@@ -41,7 +41,7 @@ def process_logits(logits, sampling: SamplingSpec, tie_rule: str = "keep_ties"):
         arithmetic; its fp32 pivot search may cut one token differently when the top-p mass
         lands within rounding of p.
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if tie_rule not in TIE_RULES:
         raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
@@ -108,7 +108,7 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
     the reverse. (With the wrong rule a tie at k changes the normalisation of the whole row.)
     `processed`: process_logits's output under either rule, if already computed.
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     n = logits.shape[0]
     none = torch.zeros(n, dtype=torch.bool)
@@ -137,7 +137,7 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
 
 
 def _entropy(logprobs):
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     p = logprobs.exp()
     return -(torch.where(p > 0, p * logprobs, torch.zeros_like(p))).sum(dim=-1)

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from parity.engines.base import SamplingSpec
+from parity.trainer.reference import chunk_budget, chunk_rows, score_rows
 
 # Padded positions per forward, cache included: bounds the activations and the KV held for a
 # chunk (SmolLM2-135M: ~46 KB of fp32 KV per position, so ~190 MB at this size).
@@ -31,7 +32,6 @@ def score_items(old, new, items, sampling: SamplingSpec, one=None,
         max_tokens: padded positions per forward.
     Returns: one float64 array per item (empty for an empty completion).
     """
-    from parity.trainer.reference import chunk_budget, chunk_rows
 
     if _sliding(old[0].base_model) or _sliding(new[0].base_model):
         return [one(p, t, b) if len(t) else np.zeros(0) for p, t, b in items]
@@ -174,8 +174,8 @@ def _segments(body, parent: _KV | None, rows: list[tuple[int, list[int], int]],
     attending to the parent row's cached positions before start (none without a parent).
     Returns hidden states [rows, W, H] (index j = position start + j) and, when `cache`,
     the rows' _KV (the parent's slots they saw, then their own)."""
-    import torch
-    from transformers import DynamicCache
+    import torch  # lazy: torch takes seconds to import
+    from transformers import DynamicCache  # lazy: transformers imports torch
 
     width = max(len(t) for _, t, _ in rows)
     ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -225,9 +225,8 @@ class _Rows:
 
     def score(self, sampling: SamplingSpec, chunk: int) -> None:
         """Every head once over all its rows (`chunk` rows at a time), into `results`."""
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
-        from parity.trainer.reference import score_rows
 
         for head, hidden, targets, where in self.heads.values():
             _, lp, _, _ = score_rows(head, torch.cat(hidden), torch.tensor(targets), sampling,

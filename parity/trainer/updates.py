@@ -12,6 +12,12 @@ from typing import Any
 import numpy as np
 
 from parity.engines.base import SamplingSpec
+from parity.setup import models
+from parity.setup.checkpoints import with_old_layers
+from parity.setup.models import perturb
+from parity.trainer.heads import model_head
+from parity.trainer.reference import process_logits
+from parity.trainer.split_batches import score_items
 
 PROBES = ("takes_effect", "stale_cache", "inflight")
 VIAS = ("reload", "inplace")
@@ -152,16 +158,15 @@ class SplitScorer:
         the rest by the new weights over the old KV), one sequence alone: the definition
         `score_many` is tested against. `new`: a (model, head) pair standing in for the new
         weights (a hybrid hypothesis, parity.trainer.hybrids)."""
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
         self.tokens += len(tokens)
         with torch.inference_mode():
             return self._timed(lambda: self._score(prompt, tokens, boundary, sampling, new))
 
     def _score(self, prompt, tokens, boundary, sampling, new_pair=None) -> np.ndarray:
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
-        from parity.trainer.reference import process_logits
 
         if not tokens:
             return np.zeros(0)
@@ -196,9 +201,8 @@ class SplitScorer:
         the work sequences have in common (a prompt template, a prompt sampled twice, the
         old weights' pass under every boundary of a sequence: parity.trainer.split_batches); equal
         to scoring each alone with `score` up to float rounding."""
-        import torch
+        import torch  # lazy: torch takes seconds to import
 
-        from parity.trainer.split_batches import score_items
 
         self.tokens += sum(len(t) for _, t, _ in items)
 
@@ -251,10 +255,9 @@ _KEEP_MODELS = 4
 
 
 def _loaded(path: str, dtype: str | None, head_dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # lazy: torch takes seconds to import
+    from transformers import AutoModelForCausalLM  # lazy: transformers imports torch
 
-    from parity.trainer.heads import model_head
 
     key = (path, dtype, head_dtype)
     if key not in _MODELS:
@@ -284,11 +287,10 @@ def cached_boundary(n_prompt: int, block_size: int) -> int:
 
 def target_path(sc, model_path: str, log=print) -> str:
     """The checkpoint a scenario updates to (a perturbed copy of its model unless named)."""
-    from parity.setup.models import perturb, resolve_model
 
     spec: UpdateSpec = sc.options["update"]
     if spec.target:
-        return str(resolve_model(spec.target, log=log))
+        return str(models.resolve_model(spec.target, log=log))
     return str(perturb(model_path, spec.seed, spec.scale, log=log))
 
 
@@ -298,7 +300,6 @@ def pushed_path(sc, target: str, model_path: str, log=print) -> str:
     spec: UpdateSpec = sc.options["update"]
     if not spec.stale_layers:
         return target
-    from parity.setup.checkpoints import with_old_layers
 
     return str(with_old_layers(target, model_path, list(spec.stale_layers), log=log))
 
