@@ -34,12 +34,21 @@ Problem = tuple[str, str, str]
 Log = Callable[[str], None]
 
 
-def scenarios(targets: Sequence[str | Path] = (), *, suite: str | None = None,
-              model: str | None = None, candidate: str | None = None,
-              baseline: str | None = None, reference_device: str | None = None,
-              select: Sequence[str] = (), category: Sequence[str] = (),
-              prompts: int | None = None, max_tokens: int | None = None,
-              seed: int | None = None, problems: Sequence[Problem] = ()) -> list[Scenario]:
+def scenarios(
+    targets: Sequence[str | Path] = (),
+    *,
+    suite: str | None = None,
+    model: str | None = None,
+    candidate: str | None = None,
+    baseline: str | None = None,
+    reference_device: str | None = None,
+    select: Sequence[str] = (),
+    category: Sequence[str] = (),
+    prompts: int | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    problems: Sequence[Problem] = (),
+) -> list[Scenario]:
     """The scenarios a check runs, validated in full: `targets` (files or directories; default
     scenarios/) or a `suite`, overridden by model/candidate/baseline/reference_device (the
     command line's precedence), picked by `select` patterns and `category`, shrunk by
@@ -59,11 +68,13 @@ def scenarios(targets: Sequence[str | Path] = (), *, suite: str | None = None,
     try:
         if targets or not problems:  # (a suite that names nothing found: its problems say why)
             found_scenarios = scenario.load_scenarios(
-                targets, Overrides(model, candidate, baseline, reference_device))
+                targets, Overrides(model, candidate, baseline, reference_device)
+            )
     except ScenarioError as exc:
         problems = exc.problems + problems
-    picked, found = selection.select(found_scenarios, list(select), list(category),
-                                     categories.names())
+    picked, found = selection.select(
+        found_scenarios, list(select), list(category), categories.names()
+    )
     problems += found
     picked, found = selection.override(picked, prompts, max_tokens, seed)
     problems += found
@@ -89,11 +100,18 @@ def plan(chosen: list[Scenario], log: Log = print) -> RunResult:
         return runner.run(chosen, Path(tmp), log=log, dry_run=True)
 
 
-def check(targets: Sequence[str | Path] = (), *, output: str | Path | None = None,
-          export_sequences: str | Path | None = None, start_timeout: float = 600.0,
-          request_timeout: float = 1800.0, log: Log = print,
-          progress: Callable[[dict], None] | None = None,
-          problems: Sequence[Problem] = (), **choose: Any) -> RunResult:
+def check(
+    targets: Sequence[str | Path] = (),
+    *,
+    output: str | Path | None = None,
+    export_sequences: str | Path | None = None,
+    start_timeout: float = 600.0,
+    request_timeout: float = 1800.0,
+    log: Log = print,
+    progress: Callable[[dict], None] | None = None,
+    problems: Sequence[Problem] = (),
+    **choose: Any,
+) -> RunResult:
     """Run scenarios and write report.json, report.md, report.html, junit.xml and tokens.parquet
     into `output` (default results/<run-id>/).
 
@@ -112,8 +130,15 @@ def check(targets: Sequence[str | Path] = (), *, output: str | Path | None = Non
     export = Path(export_sequences) if export_sequences is not None else None
     chosen = scenarios(targets, problems=[*export_problems(export), *problems], **choose)
     out_dir = runner.new_run_dir(Path(output) if output is not None else None)
-    run = runner.run(chosen, out_dir, log=log, start_timeout=start_timeout,
-                     request_timeout=request_timeout, export=export, progress=progress)
+    run = runner.run(
+        chosen,
+        out_dir,
+        log=log,
+        start_timeout=start_timeout,
+        request_timeout=request_timeout,
+        export=export,
+        progress=progress,
+    )
     return write_reports(run, out_dir)
 
 
@@ -137,10 +162,17 @@ class Judgement:
     report: dict[str, Any]
 
 
-def judge(file: str | Path, *, fmt: str | None = None, maps: Sequence[str] = (),
-          tolerances: Sequence[str] = (), clip_low: float | None = None,
-          clip_high: float | None = None, min_tokens: int | None = None,
-          output: str | Path | None = None) -> Judgement:
+def judge(
+    file: str | Path,
+    *,
+    fmt: str | None = None,
+    maps: Sequence[str] = (),
+    tolerances: Sequence[str] = (),
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+    min_tokens: int | None = None,
+    output: str | Path | None = None,
+) -> Judgement:
     """Judge a per-token table a trainer dumped (engine vs trainer logprobs, as the logprobs
     category; no engine starts) and write report.json, report.md and junit.xml.
 
@@ -153,8 +185,9 @@ def judge(file: str | Path, *, fmt: str | None = None, maps: Sequence[str] = (),
         OSError: the report directory cannot be written.
     """
     mapping, problems = dumps.parse_map(list(maps))
-    limits, clip, min_tokens, found = judging.options(list(tolerances), clip_low, clip_high,
-                                                      min_tokens)
+    limits, clip, min_tokens, found = judging.options(
+        list(tolerances), clip_low, clip_high, min_tokens
+    )
     problems += found
     dump = None
     try:

@@ -34,13 +34,20 @@ SLOPE = 0.1
 DIAGNOSES = {
     "support_mismatch": "align top_k/top_p/min_p between the engine and the trainer's scoring",
     "systematic_offset": "apply the same temperature/top-k/top-p on both sides (engine: "
-                         "processed logprobs, e.g. vLLM logprobs_mode=processed_logprobs)",
+    "processed logprobs, e.g. vLLM logprobs_mode=processed_logprobs)",
     "heavy_tail": "compute the lm_head / logits in fp32 on both sides",
     "numeric_mismatch": "check the lm_head dtype, kernels, and that both sides hold the same "
-                        "weights (weight_version)",
+    "weights (weight_version)",
 }
-VERSION_KEYS = ("n_seqs", "n_tokens", "abs_dlogp_mean", "abs_dlogp_p99", "kl_k3_mean",
-                "kl_k1_mean", "n_ref_excluded")
+VERSION_KEYS = (
+    "n_seqs",
+    "n_tokens",
+    "abs_dlogp_mean",
+    "abs_dlogp_p99",
+    "kl_k3_mean",
+    "kl_k1_mean",
+    "n_ref_excluded",
+)
 
 
 @dataclass
@@ -50,10 +57,12 @@ class Judged:
     detail: dict[str, Any]
 
 
-def options(tolerance_items: list[str], clip_low: float | None = None,
-            clip_high: float | None = None, min_tokens: int | None = None,
-            ) -> tuple[dict[str, float], metrics.ClipRange | None, int,
-                       list[tuple[str, str, str]]]:
+def options(
+    tolerance_items: list[str],
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+    min_tokens: int | None = None,
+) -> tuple[dict[str, float], metrics.ClipRange | None, int, list[tuple[str, str, str]]]:
     """The tolerances (defaults with `--tolerance name=value` applied), the clip range (None:
     metrics.ClipRange's default end), the minimum of tokens (None: the scenarios' default) and
     every problem with them."""
@@ -66,16 +75,23 @@ def options(tolerance_items: list[str], clip_low: float | None = None,
         except ValueError:
             number = float("nan")
         if not sep or name not in TOLERANCES:
-            problems.append(("--tolerance", name or item, f"use name=value with name one of "
-                                                          f"{', '.join(TOLERANCES)}"))
+            problems.append(
+                (
+                    "--tolerance",
+                    name or item,
+                    f"use name=value with name one of {', '.join(TOLERANCES)}",
+                )
+            )
         elif not (math.isfinite(number) and number >= 0):
             problems.append(("--tolerance", name, f"{value!r}: expected a number >= 0"))
         else:
             tolerances[name] = number
     clip, default = None, metrics.ClipRange()
     try:
-        clip = metrics.ClipRange(default.eps_low if clip_low is None else clip_low,
-                                 default.eps_high if clip_high is None else clip_high)
+        clip = metrics.ClipRange(
+            default.eps_low if clip_low is None else clip_low,
+            default.eps_high if clip_high is None else clip_high,
+        )
     except ValueError as exc:
         problems.append(("--clip-low/--clip-high", "value", str(exc)))
     min_tokens = DEFAULT_MIN_TOKENS if min_tokens is None else min_tokens
@@ -84,13 +100,15 @@ def options(tolerance_items: list[str], clip_low: float | None = None,
     return tolerances, clip, min_tokens, problems
 
 
-def judge(dump: dumps.Dump, tolerances: dict[str, float], clip: metrics.ClipRange,
-          min_tokens: int) -> list[Judged]:
+def judge(
+    dump: dumps.Dump, tolerances: dict[str, float], clip: metrics.ClipRange, min_tokens: int
+) -> list[Judged]:
     return [Judged(g, *judge_group(g, tolerances, clip, min_tokens)) for g in dump.groups]
 
 
-def judge_group(g: dumps.Group, tolerances: dict[str, float], clip: metrics.ClipRange,
-                min_tokens: int) -> tuple[core.Verdict, dict[str, Any]]:
+def judge_group(
+    g: dumps.Group, tolerances: dict[str, float], clip: metrics.ClipRange, min_tokens: int
+) -> tuple[core.Verdict, dict[str, Any]]:
     """One group's verdict and detail.
 
     Findings, as in the logprobs category: per-sequence mean |dlogp| and k3 KL by a one-sample
@@ -102,8 +120,11 @@ def judge_group(g: dumps.Group, tolerances: dict[str, float], clip: metrics.Clip
     """
     summary = metrics.summarize(g.trainer, g.engine, g.entropy, clip)
     per_seq = metrics.per_sequence(g.trainer, g.engine, g.entropy, clip)
-    clusters = g.prompt_ids if g.prompt_ids is not None and \
-        len(np.unique(g.prompt_ids)) < len(g.prompt_ids) else None
+    clusters = (
+        g.prompt_ids
+        if g.prompt_ids is not None and len(np.unique(g.prompt_ids)) < len(g.prompt_ids)
+        else None
+    )
     findings = _common.threshold_findings(per_seq, summary, tolerances, clusters)
     findings.append(_excluded(g, per_seq, summary, tolerances, clusters))
     pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, "scored tokens")]
@@ -114,14 +135,20 @@ def judge_group(g: dumps.Group, tolerances: dict[str, float], clip: metrics.Clip
     diagnosis, message = _diagnose(outcome, findings, summary, shape, pre)
     if worst and len(versions) > 1:
         best = min(versions, key=lambda v: _nan_last(versions[v]["abs_dlogp_mean"]))
-        message += (f"; worst weight version {worst}: mean |dlogp| "
-                    f"{fmt(versions[worst]['abs_dlogp_mean'], 4)} over "
-                    f"{versions[worst]['n_tokens']} tokens (best, version {best}: "
-                    f"{fmt(versions[best]['abs_dlogp_mean'], 4)})")
-    detail = {"metrics": summary, "shape": shape, "per_weight_version": versions,
-              "worst_weight_version": worst, "key_metric": summary["abs_dlogp_mean"],
-              "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset "
-                          f"{fmt(shape['offset_mean'])}"}
+        message += (
+            f"; worst weight version {worst}: mean |dlogp| "
+            f"{fmt(versions[worst]['abs_dlogp_mean'], 4)} over "
+            f"{versions[worst]['n_tokens']} tokens (best, version {best}: "
+            f"{fmt(versions[best]['abs_dlogp_mean'], 4)})"
+        )
+    detail = {
+        "metrics": summary,
+        "shape": shape,
+        "per_weight_version": versions,
+        "worst_weight_version": worst,
+        "key_metric": summary["abs_dlogp_mean"],
+        "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset {fmt(shape['offset_mean'])}",
+    }
     return core.Verdict(outcome, diagnosis, message, findings, pre), detail
 
 
@@ -132,15 +159,24 @@ def _excluded(g, per_seq, summary, tolerances, clusters) -> core.Finding:
     limit = tolerances.get("excluded_rate", _common.EXCLUDED_RATE_DEFAULT)
     rates, ties = per_seq["ref_excluded_rate"], "no boundary_tie column: ties at the cut count"
     if g.boundary_tie is not None:
-        tied = np.array([np.sum(np.isneginf(t) & ~np.isneginf(e) & b)
-                         for t, e, b in zip(g.trainer, g.engine, g.boundary_tie)])
+        tied = np.array(
+            [
+                np.sum(np.isneginf(t) & ~np.isneginf(e) & b)
+                for t, e, b in zip(g.trainer, g.engine, g.boundary_tie)
+            ]
+        )
         rates = (per_seq["n_ref_excluded"] - tied) / np.maximum(per_seq["n_tokens"], 1)
         summary["n_tied_excluded"] = int(tied.sum())
         ties = f"{int(tied.sum())} of them tied at the cut, not counted"
     test = stats.threshold(rates, limit, clusters=clusters)
-    return core.from_test("excluded_rate", test, note=(
-        f"{int(summary['n_ref_excluded'])} of {int(summary['n_tokens'])} scored tokens have "
-        f"trainer logprob -inf while the engine's is finite ({ties}); {test.reason}"))
+    return core.from_test(
+        "excluded_rate",
+        test,
+        note=(
+            f"{int(summary['n_ref_excluded'])} of {int(summary['n_tokens'])} scored tokens have "
+            f"trainer logprob -inf while the engine's is finite ({ties}); {test.reason}"
+        ),
+    )
 
 
 def _shape(g: dumps.Group) -> dict[str, float]:
@@ -158,14 +194,17 @@ def _shape(g: dumps.Group) -> dict[str, float]:
 
 def _diagnose(outcome, findings, summary, shape, pre) -> tuple[str | None, str]:
     gap, off, p99 = summary["abs_dlogp_mean"], shape["offset_mean"], summary["abs_dlogp_p99"]
-    text = (f"mean |dlogp| {fmt(gap, 4)}, mean engine - trainer {fmt(off, 4)} (sd "
-            f"{fmt(shape['offset_sd'], 3)}), p99 |dlogp| {fmt(p99, 4)}")
+    text = (
+        f"mean |dlogp| {fmt(gap, 4)}, mean engine - trainer {fmt(off, 4)} (sd "
+        f"{fmt(shape['offset_sd'], 3)}), p99 |dlogp| {fmt(p99, 4)}"
+    )
     failed = {f.name for f in findings if f.outcome == "fail"}
     if outcome == "pass":
         return None, f"engine logprobs match the trainer's ({text})"
     if outcome != "fail":
         why = [p.note for p in pre if not p.met] + [
-            f"{f.name}: {f.note}" for f in findings if f.outcome == "inconclusive"]
+            f"{f.name}: {f.note}" for f in findings if f.outcome == "inconclusive"
+        ]
         return None, f"inconclusive: {'; '.join(why)} ({text})"
     if "excluded_rate" in failed:
         n = int(summary["n_ref_excluded"]) - int(summary.get("n_tied_excluded", 0))
@@ -173,35 +212,44 @@ def _diagnose(outcome, findings, summary, shape, pre) -> tuple[str | None, str]:
             f"{n} of {int(summary['n_tokens'])} scored tokens are "
             "impossible under the trainer's distribution (logprob -inf) but were sampled by the "
             "engine: the two disagree on the support; align top_k/top_p/min_p between the "
-            f"engine's sampler and the trainer's logprob computation ({text})")
+            f"engine's sampler and the trainer's logprob computation ({text})"
+        )
     if math.isfinite(off) and abs(off) >= ONE_SIGNED * gap:
         if math.isfinite(shape["slope"]) and abs(shape["slope"]) > SLOPE:
-            cause = (f"the shift grows with the token's logprob (slope {fmt(shape['slope'])}): "
-                     "a temperature applied on one side only; divide the trainer's logits by "
-                     "the sampling temperature before log_softmax, or have the engine report "
-                     "logprobs of the tempered distribution")
+            cause = (
+                f"the shift grows with the token's logprob (slope {fmt(shape['slope'])}): "
+                "a temperature applied on one side only; divide the trainer's logits by "
+                "the sampling temperature before log_softmax, or have the engine report "
+                "logprobs of the tempered distribution"
+            )
         elif off < 0:
-            cause = ("the engine's logprobs sit below the trainer's by a near-constant amount: "
-                     "the engine likely returns RAW logprobs (before temperature/top-k/top-p) "
-                     "while the trainer scores the processed distribution; set the engine to "
-                     "processed logprobs (vLLM: logprobs_mode=processed_logprobs)")
+            cause = (
+                "the engine's logprobs sit below the trainer's by a near-constant amount: "
+                "the engine likely returns RAW logprobs (before temperature/top-k/top-p) "
+                "while the trainer scores the processed distribution; set the engine to "
+                "processed logprobs (vLLM: logprobs_mode=processed_logprobs)"
+            )
         else:
-            cause = ("the engine's logprobs sit above the trainer's by a near-constant amount: "
-                     "the trainer likely scores without the temperature/top-k/top-p "
-                     "renormalisation the engine samples with (or the engine applies one the "
-                     "trainer does not); apply the same processing on both sides")
+            cause = (
+                "the engine's logprobs sit above the trainer's by a near-constant amount: "
+                "the trainer likely scores without the temperature/top-k/top-p "
+                "renormalisation the engine samples with (or the engine applies one the "
+                "trainer does not); apply the same processing on both sides"
+            )
         return "systematic_offset", f"{cause} ({text})"
     if "abs_dlogp_p99" in failed and not failed & {"abs_dlogp_seqmean", "kl_k3_seqmean"}:
         return "heavy_tail", (
             f"most tokens agree but the tail does not (max |dlogp| "
             f"{fmt(summary['abs_dlogp_max'], 4)}): typical of 16-bit logits (a bf16 lm_head on "
             f"either side) on low-probability tokens; compute the logits in fp32 on both sides "
-            f"({text})")
+            f"({text})"
+        )
     return "numeric_mismatch", (
         f"the gaps are two-signed and beyond tolerance ({text}): the two sides compute "
         "different distributions; check the lm_head/logits dtype (fp32 on both sides), that "
         "both hold the same weights (a stale rollout policy: see weight_version), attention "
-        "kernels and batch invariance")
+        "kernels and batch invariance"
+    )
 
 
 def by_version(g: dumps.Group, clip: metrics.ClipRange) -> dict[str, dict[str, Any]] | None:
@@ -227,8 +275,11 @@ def _nan_last(x: float) -> float:
 
 
 def _worst(versions: dict[str, dict[str, Any]] | None) -> str | None:
-    scored = {v: m["abs_dlogp_mean"] for v, m in (versions or {}).items()
-              if m["abs_dlogp_mean"] == m["abs_dlogp_mean"]}
+    scored = {
+        v: m["abs_dlogp_mean"]
+        for v, m in (versions or {}).items()
+        if m["abs_dlogp_mean"] == m["abs_dlogp_mean"]
+    }
     return max(scored, key=scored.get) if scored else None
 
 
@@ -244,76 +295,138 @@ def exit_code(results: list[Judged]) -> int:
 # ---------------------------------------------------------------------------------- reports
 
 
-def to_json(dump: dumps.Dump, results: list[Judged], tolerances: dict[str, float],
-            clip: metrics.ClipRange, min_tokens: int, code: int, run_id: str) -> dict[str, Any]:
+def to_json(
+    dump: dumps.Dump,
+    results: list[Judged],
+    tolerances: dict[str, float],
+    clip: metrics.ClipRange,
+    min_tokens: int,
+    code: int,
+    run_id: str,
+) -> dict[str, Any]:
 
-    return _clean({
-        "kind": "judge", "run_id": run_id, "exit_code": code,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "provenance": provenance(),
-        "input": {"file": str(dump.path), "resolved": str(dump.path.resolve()),
-                  "sha256": dump.sha256, "format": dump.format, "mapping": dump.mapping,
-                  "layout": dump.layout, "n_rows": dump.n_rows, "notes": dump.notes},
-        "tolerances": tolerances, "clip": {"eps_low": clip.eps_low, "eps_high": clip.eps_high},
-        "min_tokens": min_tokens,
-        "groups": [{"name": r.group.name, "labels": r.group.labels,
+    return _clean(
+        {
+            "kind": "judge",
+            "run_id": run_id,
+            "exit_code": code,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "provenance": provenance(),
+            "input": {
+                "file": str(dump.path),
+                "resolved": str(dump.path.resolve()),
+                "sha256": dump.sha256,
+                "format": dump.format,
+                "mapping": dump.mapping,
+                "layout": dump.layout,
+                "n_rows": dump.n_rows,
+                "notes": dump.notes,
+            },
+            "tolerances": tolerances,
+            "clip": {"eps_low": clip.eps_low, "eps_high": clip.eps_high},
+            "min_tokens": min_tokens,
+            "groups": [
+                {
+                    "name": r.group.name,
+                    "labels": r.group.labels,
                     "n_sequences": len(r.group.engine),
                     "dropped_unscored": r.group.dropped_unscored,
-                    "verdict": r.verdict.to_dict(), **{k: v for k, v in r.detail.items()
-                                                       if k != "key_metric"}}
-                   for r in results],
-    })
+                    "verdict": r.verdict.to_dict(),
+                    **{k: v for k, v in r.detail.items() if k != "key_metric"},
+                }
+                for r in results
+            ],
+        }
+    )
 
 
 def to_markdown(data: dict[str, Any]) -> str:
 
     inp = data["input"]
-    lines = [f"# parity judge {data['run_id']}", "",
-             f"Exit code **{data['exit_code']}**. Created {data['created_utc']}, parity "
-             f"{data['provenance']['parity_version']}.", "",
-             f"File `{inp['file']}` (sha256 `{inp['sha256'][:16]}...`), format {inp['format']}, "
-             f"{inp['layout']} layout, {inp['n_rows']} rows. Columns: " + ", ".join(
-                 f"{k} = `{v}`" for k, v in inp["mapping"].items()) + ".", ""]
+    lines = [
+        f"# parity judge {data['run_id']}",
+        "",
+        f"Exit code **{data['exit_code']}**. Created {data['created_utc']}, parity "
+        f"{data['provenance']['parity_version']}.",
+        "",
+        f"File `{inp['file']}` (sha256 `{inp['sha256'][:16]}...`), format {inp['format']}, "
+        f"{inp['layout']} layout, {inp['n_rows']} rows. Columns: "
+        + ", ".join(f"{k} = `{v}`" for k, v in inp["mapping"].items())
+        + ".",
+        "",
+    ]
     lines += [f"- {note}" for note in inp["notes"]] + ([""] if inp["notes"] else [])
-    lines += ["Tolerances: " + ", ".join(f"{k} {v}" for k, v in data["tolerances"].items())
-              + f"; clip [1 - {data['clip']['eps_low']}, 1 + {data['clip']['eps_high']}]; "
-              f"min tokens {data['min_tokens']}.", "",
-              "| group | verdict | diagnosis | tokens | mean abs dlogp | kl_k3 | p99 abs dlogp "
-              "| excluded |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "Tolerances: "
+        + ", ".join(f"{k} {v}" for k, v in data["tolerances"].items())
+        + f"; clip [1 - {data['clip']['eps_low']}, 1 + {data['clip']['eps_high']}]; "
+        f"min tokens {data['min_tokens']}.",
+        "",
+        "| group | verdict | diagnosis | tokens | mean abs dlogp | kl_k3 | p99 abs dlogp "
+        "| excluded |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for g in data["groups"]:
         m = g["metrics"]
-        lines.append(f"| {g['name']} | **{g['verdict']['outcome']}** | "
-                     f"{g['verdict']['diagnosis'] or ''} | {m['n_tokens']} | "
-                     f"{fmt(m['abs_dlogp_mean'], 4)} | {fmt(m['kl_k3_mean'], 4)} | "
-                     f"{fmt(m['abs_dlogp_p99'], 4)} | {m['n_ref_excluded']} |")
+        lines.append(
+            f"| {g['name']} | **{g['verdict']['outcome']}** | "
+            f"{g['verdict']['diagnosis'] or ''} | {m['n_tokens']} | "
+            f"{fmt(m['abs_dlogp_mean'], 4)} | {fmt(m['kl_k3_mean'], 4)} | "
+            f"{fmt(m['abs_dlogp_p99'], 4)} | {m['n_ref_excluded']} |"
+        )
     for g in data["groups"]:
         v = g["verdict"]
-        lines += ["", f"## {g['name']}: {v['outcome']}", "", f"**Diagnosis:** {v['message']}",
-                  "", "| finding | kind | value | limit | 90% CI | p | outcome |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {g['name']}: {v['outcome']}",
+            "",
+            f"**Diagnosis:** {v['message']}",
+            "",
+            "| finding | kind | value | limit | 90% CI | p | outcome |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for f in v["findings"]:
             t = f.get("test") or {}
             ci = f"[{fmt(t.get('ci_low'), 4)}, {fmt(t.get('ci_high'), 4)}]" if "ci_low" in t else ""
-            lines.append(f"| {f['name']} | {f['kind']} | {fmt(f['value'], 4)} | "
-                         f"{fmt(f['limit'], 4)} | {ci} | {fmt(t.get('p_value'), 3)} | "
-                         f"{f['outcome']} |")
+            lines.append(
+                f"| {f['name']} | {f['kind']} | {fmt(f['value'], 4)} | "
+                f"{fmt(f['limit'], 4)} | {ci} | {fmt(t.get('p_value'), 3)} | "
+                f"{f['outcome']} |"
+            )
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {fmt(val, 4)} |" for k, val in {**g["metrics"], **g["shape"]}.items()]
         if g.get("per_weight_version"):
-            lines += ["", f"Per weight version (shown, not judged; worst: "
-                          f"{g['worst_weight_version']}):", "",
-                      "| version | " + " | ".join(VERSION_KEYS) + " |",
-                      "|---|" + "---|" * len(VERSION_KEYS)]
-            lines += [f"| {ver} | " + " | ".join(fmt(m[k], 4) for k in VERSION_KEYS) + " |"
-                      for ver, m in g["per_weight_version"].items()]
+            lines += [
+                "",
+                f"Per weight version (shown, not judged; worst: {g['worst_weight_version']}):",
+                "",
+                "| version | " + " | ".join(VERSION_KEYS) + " |",
+                "|---|" + "---|" * len(VERSION_KEYS),
+            ]
+            lines += [
+                f"| {ver} | " + " | ".join(fmt(m[k], 4) for k in VERSION_KEYS) + " |"
+                for ver, m in g["per_weight_version"].items()
+            ]
     return "\n".join(lines) + "\n"
 
 
 def to_junit(data: dict[str, Any]) -> str:
     """One testcase per group, in the shape parity.report.junit reads (a group must pass)."""
-    return junit.to_junit({"timings": {}, "scenarios": [
-        {"name": g["name"], "category": "judge", "verdict": g["verdict"], "expect": "pass",
-         "as_expected": g["verdict"]["outcome"] == "pass"} for g in data["groups"]]})
+    return junit.to_junit(
+        {
+            "timings": {},
+            "scenarios": [
+                {
+                    "name": g["name"],
+                    "category": "judge",
+                    "verdict": g["verdict"],
+                    "expect": "pass",
+                    "as_expected": g["verdict"]["outcome"] == "pass",
+                }
+                for g in data["groups"]
+            ],
+        }
+    )
 
 
 def write(data: dict[str, Any], out_dir: Path) -> None:
@@ -326,25 +439,44 @@ def write(data: dict[str, Any], out_dir: Path) -> None:
 
 def print_table(data: dict[str, Any], console) -> None:
 
-
     table = Table(title=f"parity judge {data['input']['file']}")
-    for col in ("group", "verdict", "tokens", "mean |dlogp|", "kl_k3", "p99 |dlogp|",
-                "excluded", "diagnosis"):
+    for col in (
+        "group",
+        "verdict",
+        "tokens",
+        "mean |dlogp|",
+        "kl_k3",
+        "p99 |dlogp|",
+        "excluded",
+        "diagnosis",
+    ):
         table.add_column(col, overflow="fold")
     colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
     for g in data["groups"]:
         v, m = g["verdict"], g["metrics"]
-        table.add_row(g["name"], f"[{colours.get(v['outcome'], 'white')}]{v['outcome']}[/]",
-                      str(m["n_tokens"]), fmt(m["abs_dlogp_mean"], 4), fmt(m["kl_k3_mean"], 4),
-                      fmt(m["abs_dlogp_p99"], 4), str(m["n_ref_excluded"]), v["diagnosis"] or "")
+        table.add_row(
+            g["name"],
+            f"[{colours.get(v['outcome'], 'white')}]{v['outcome']}[/]",
+            str(m["n_tokens"]),
+            fmt(m["abs_dlogp_mean"], 4),
+            fmt(m["kl_k3_mean"], 4),
+            fmt(m["abs_dlogp_p99"], 4),
+            str(m["n_ref_excluded"]),
+            v["diagnosis"] or "",
+        )
     console.print(table)
     for note in data["input"]["notes"]:
         console.print(f"note: {note}", highlight=False)
     for g in data["groups"]:
         if len(g.get("per_weight_version") or {}) > 1:  # one version: nothing to compare
-            console.print(f"{g['name']}: per weight version mean |dlogp| " + ", ".join(
-                f"{ver} {fmt(m['abs_dlogp_mean'], 4)} ({m['n_tokens']} tok)"
-                for ver, m in g["per_weight_version"].items())
-                + f"; worst {g['worst_weight_version']}", highlight=False)
+            console.print(
+                f"{g['name']}: per weight version mean |dlogp| "
+                + ", ".join(
+                    f"{ver} {fmt(m['abs_dlogp_mean'], 4)} ({m['n_tokens']} tok)"
+                    for ver, m in g["per_weight_version"].items()
+                )
+                + f"; worst {g['worst_weight_version']}",
+                highlight=False,
+            )
         if g["verdict"]["outcome"] != "pass":
             console.print(f"[bold]{g['name']}[/]: {g['verdict']['message']}", highlight=False)

@@ -45,8 +45,10 @@ def targets(group: str, builtin: dict[str, str]) -> dict[str, str]:
     out = dict(builtin)
     for name, ep in entry_points(group).items():
         if name in builtin:
-            raise PluginError(f"entry point {name!r} in group {group} ({_origin(ep)}) reuses the "
-                              f"name of a built-in; give it another name")
+            raise PluginError(
+                f"entry point {name!r} in group {group} ({_origin(ep)}) reuses the "
+                f"name of a built-in; give it another name"
+            )
         out[name] = ep.value
     return out
 
@@ -56,5 +58,7 @@ def load(group: str, name: str, ep: metadata.EntryPoint):
     try:
         return ep.load()
     except Exception as exc:  # a broken plugin must say which one it is
-        raise PluginError(f"the {group} entry point {name!r} = {_origin(ep)} failed to load: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"the {group} entry point {name!r} = {_origin(ep)} failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

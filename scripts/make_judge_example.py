@@ -15,8 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def example_table(n_prompts: int = 32, samples: int = 2, n_tokens: int = 32, shift: float = 0.0,
-                  noise: float = 0.02, seed: int = 0) -> pa.Table:
+def example_table(
+    n_prompts: int = 32,
+    samples: int = 2,
+    n_tokens: int = 32,
+    shift: float = 0.0,
+    noise: float = 0.02,
+    seed: int = 0,
+) -> pa.Table:
     """Trainer logprobs mostly near 0 with a tail (Gamma), the engine's within `noise` of them
     plus a constant `shift` (negative: the engine below the trainer, as raw logprobs are)."""
     rng = np.random.default_rng(seed)
@@ -25,16 +31,18 @@ def example_table(n_prompts: int = 32, samples: int = 2, n_tokens: int = 32, shi
     trainer = -rng.gamma(0.4, 1.5, n)
     engine = np.minimum(trainer + rng.normal(0.0, noise, n) + shift, 0.0)
     seq = np.repeat(np.arange(n_seqs), n_tokens)
-    return pa.table({
-        "sequence_id": seq,
-        "prompt_id": seq // samples,
-        "position": np.tile(np.arange(n_tokens), n_seqs),
-        "token_id": rng.integers(0, 32000, n),
-        "engine_logprob": engine.astype(np.float32),
-        "trainer_logprob": trainer.astype(np.float32),
-        "entropy": (rng.gamma(1.2, 0.8, n) + 0.01).astype(np.float32),
-        "weight_version": seq % 4,
-    })
+    return pa.table(
+        {
+            "sequence_id": seq,
+            "prompt_id": seq // samples,
+            "position": np.tile(np.arange(n_tokens), n_seqs),
+            "token_id": rng.integers(0, 32000, n),
+            "engine_logprob": engine.astype(np.float32),
+            "trainer_logprob": trainer.astype(np.float32),
+            "entropy": (rng.gamma(1.2, 0.8, n) + 0.01).astype(np.float32),
+            "weight_version": seq % 4,
+        }
+    )
 
 
 def main() -> None:

@@ -14,8 +14,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--enable-logging=stderr", "--v=0", "--no-first-run", "--disable-extensions"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--no-first-run",
+    "--disable-extensions",
+]
 # Chromium prints console messages to stderr as `...:INFO:CONSOLE:<line>] "<text>", source: ...`
 CONSOLE = re.compile(r":CONSOLE(?::\d+|\(\d+\))\] (.*)")
 
@@ -52,24 +60,34 @@ def ensure_chromium() -> tuple[str | None, str]:
     if found:
         return found, ""
     if os.geteuid() != 0:
-        return None, ("chromium is not installed and this user is not root: install it with "
-                      "`sudo apt-get install -y chromium` (Debian) to run the browser tests")
+        return None, (
+            "chromium is not installed and this user is not root: install it with "
+            "`sudo apt-get install -y chromium` (Debian) to run the browser tests"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    proc = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True,
-                          text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "-q", "chromium"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if proc.returncode != 0 or not find_chromium():
-        raise RuntimeError(f"apt-get install chromium failed ({proc.returncode}): "
-                           f"{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"apt-get install chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )
     return find_chromium(), ""
 
 
 def _run(browser: str, url: str, extra: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([browser, *FLAGS, *extra, url], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [browser, *FLAGS, *extra, url], capture_output=True, text=True, timeout=timeout
+    )
 
 
-def check_page(page: Path, out_dir: Path, browser: str | None = None,
-               timeout: float = 60.0) -> PageCheck:
+def check_page(
+    page: Path, out_dir: Path, browser: str | None = None, timeout: float = 60.0
+) -> PageCheck:
     """Load `page` twice in headless Chromium: --dump-dom (the DOM after scripts ran, console
     messages from stderr) and --screenshot at a wide and a phone width, into out_dir."""
     browser = browser or find_chromium()
@@ -89,13 +107,15 @@ def check_page(page: Path, out_dir: Path, browser: str | None = None,
             continue
         fid = re.search(r'id="([^"]*)"', tag)
         marks = re.search(r'data-marks="(\d+)"', tag)
-        result.figures[fid.group(1) if fid else f"figure {len(result.figures)}"] = \
+        result.figures[fid.group(1) if fid else f"figure {len(result.figures)}"] = (
             int(marks.group(1)) if marks else -1
+        )
     result.script_ran = 'data-plots-checked="yes"' in dom.stdout
     for name, size in (("wide", "1280,2200"), ("phone", "390,2200")):
         shot = out_dir / f"{page.stem}-{name}.png"
-        proc = _run(browser, url, profile + [f"--window-size={size}", f"--screenshot={shot}"],
-                    timeout)
+        proc = _run(
+            browser, url, profile + [f"--window-size={size}", f"--screenshot={shot}"], timeout
+        )
         if proc.returncode == 0 and shot.exists():
             result.screenshots.append(shot)
     return result

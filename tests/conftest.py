@@ -85,18 +85,26 @@ def run_cli(args):
 def check_tiny(files, out):
     """`parity check FILES --model tiny --output OUT`: (cli result, report.json or None)."""
     result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(out)])
-    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() \
-        else None
+    report = (
+        json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    )
     return result, report
 
 
 LOGPROBS_SCENARIOS = ("logprobs-processed", "logprobs-raw-control", "logprobs-support-control")
-RUNTIME_SCENARIOS = ("runtime-v0-vs-v1-defaults", "runtime-v0-vs-v1-parity",
-                     "runtime-model-mismatch-control",
-                     "runtime-prefix-cache", "runtime-batch-invariance",
-                     "runtime-prefill-consistency", "runtime-prefill-semantics-control",
-                     "lmhead-v1-fp32", "lmhead-v1-bf16-control", "lmhead-v0-fp32head",
-                     "lmhead-v0-bf16-control")
+RUNTIME_SCENARIOS = (
+    "runtime-v0-vs-v1-defaults",
+    "runtime-v0-vs-v1-parity",
+    "runtime-model-mismatch-control",
+    "runtime-prefix-cache",
+    "runtime-batch-invariance",
+    "runtime-prefill-consistency",
+    "runtime-prefill-semantics-control",
+    "lmhead-v1-fp32",
+    "lmhead-v1-bf16-control",
+    "lmhead-v0-fp32head",
+    "lmhead-v0-bf16-control",
+)
 RL_SCENARIOS = ("rl-v0-vs-v1-parity", "rl-v0-vs-v1-defaults")
 
 

@@ -15,24 +15,36 @@ import subprocess
 import sys
 import time
 
-SUMMARY = "RuntimeError: Engine core initialization failed. See root cause above. " \
-          "Failed core proc(s): {}"
+SUMMARY = (
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+)
 
 
 def generate(prompts: list[list[int]], sleep: float) -> dict:
     """One two-token sequence per prompt, after `sleep` seconds."""
     print("generating", flush=True)
     time.sleep(sleep)
-    return {"sequences": [{"prompt_index": i, "sample_index": 0, "prompt_token_ids": p,
-                           "token_ids": [5, 6], "logprobs": [-0.5, -0.25], "text": "ok"}
-                          for i, p in enumerate(prompts)]}
+    return {
+        "sequences": [
+            {
+                "prompt_index": i,
+                "sample_index": 0,
+                "prompt_token_ids": p,
+                "token_ids": [5, 6],
+                "logprobs": [-0.5, -0.25],
+                "text": "ok",
+            }
+            for i, p in enumerate(prompts)
+        ]
+    }
 
 
 def serve(reply_fd: int) -> None:
     reply = os.fdopen(reply_fd, "w", buffering=1)
     core = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    reply.write(json.dumps({"ok": True, "op": "hello", "pid": os.getpid(),
-                            "core_pid": core.pid}) + "\n")
+    reply.write(
+        json.dumps({"ok": True, "op": "hello", "pid": os.getpid(), "core_pid": core.pid}) + "\n"
+    )
     args: dict = {}
     for line in sys.stdin:
         request = json.loads(line)

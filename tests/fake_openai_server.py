@@ -18,9 +18,16 @@ class FakeServer:
     without VLLM_SERVER_DEV_MODE). rl_fail: {path: HTTP status} for endpoints that fail.
     `calls` holds (method, path with query, body) of every RL call."""
 
-    def __init__(self, mode: str = "ok", server_info: dict | None = None,
-                 api_key: str | None = None, log_path=None, rl: set | None = None,
-                 rl_fail: dict | None = None, schema: bool = True):
+    def __init__(
+        self,
+        mode: str = "ok",
+        server_info: dict | None = None,
+        api_key: str | None = None,
+        log_path=None,
+        rl: set | None = None,
+        rl_fail: dict | None = None,
+        schema: bool = True,
+    ):
         self.mode = mode
         self.rl = rl
         self.rl_fail = rl_fail or {}
@@ -62,9 +69,20 @@ class FakeServer:
                 if not self._authorized():
                     return None
                 if self.path == "/v1/models":
-                    return self._send(200, {"object": "list", "data": [
-                        {"id": "tiny", "object": "model", "root": "/models/tiny",
-                         "max_model_len": 512}]})
+                    return self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {
+                                    "id": "tiny",
+                                    "object": "model",
+                                    "root": "/models/tiny",
+                                    "max_model_len": 512,
+                                }
+                            ],
+                        },
+                    )
                 if self.path == "/version":
                     return self._send(200, {"version": "0.32.0"})
                 if self.path.startswith("/server_info") and fake.server_info is not None:
@@ -72,8 +90,7 @@ class FakeServer:
                 if self.path == "/openapi.json" and fake.rl is not None and fake.schema:
                     paths = {"/v1/completions": {"post": {}}, "/health": {"get": {}}}
                     for p in fake.rl:
-                        paths[p] = {"get" if p in ("/weight_info", "/is_paused")
-                                    else "post": {}}
+                        paths[p] = {"get" if p in ("/weight_info", "/is_paused") else "post": {}}
                     return self._send(200, {"openapi": "3.1.0", "paths": paths})
                 if fake.rl is not None and self.path in fake.rl:
                     return self._rl("GET", {})
@@ -101,8 +118,10 @@ class FakeServer:
                     fake.weights = body.get("kwargs", {}).get("weights_path")
                     return self._send(200, {"results": [None]})
                 if path == "/weight_checker":  # the head's parameter changes with a reload
-                    return self._send(200, {"checksums": {"lm_head.weight": str(fake.weights),
-                                                          "norm.weight": "same"}})
+                    return self._send(
+                        200,
+                        {"checksums": {"lm_head.weight": str(fake.weights), "norm.weight": "same"}},
+                    )
                 return self._send(200, {"message": "ok"})
 
             def do_POST(self):
@@ -149,17 +168,30 @@ def completion(body: dict, bad: bool = False) -> dict:
     choices = []
     for j in range(body.get("n", 1)):
         toks = [(body.get("seed", 0) + j + t) % 100 for t in range(body["max_tokens"])]
-        lp = {"tokens": [f"token_id:{t}" for t in toks],
-              "token_logprobs": [-0.1 * (t + 1) for t in range(len(toks))],
-              "top_logprobs": [{f"token_id:{t}": -0.1 * (i + 1), "token_id:999": -5.0}
-                               for i, t in enumerate(toks)],
-              "text_offset": list(range(len(toks)))}
-        choice = {"index": j, "text": " ".join(map(str, toks)), "finish_reason": "length",
-                  "logprobs": None if bad else lp, "token_ids": toks}
+        lp = {
+            "tokens": [f"token_id:{t}" for t in toks],
+            "token_logprobs": [-0.1 * (t + 1) for t in range(len(toks))],
+            "top_logprobs": [
+                {f"token_id:{t}": -0.1 * (i + 1), "token_id:999": -5.0} for i, t in enumerate(toks)
+            ],
+            "text_offset": list(range(len(toks))),
+        }
+        choice = {
+            "index": j,
+            "text": " ".join(map(str, toks)),
+            "finish_reason": "length",
+            "logprobs": None if bad else lp,
+            "token_ids": toks,
+        }
         if body.get("prompt_logprobs") is not None:
             choice["prompt_logprobs"] = [None] + [
-                {str(t): {"logprob": -0.5, "rank": 1, "decoded_token": "x"}}
-                for t in prompt[1:]]
+                {str(t): {"logprob": -0.5, "rank": 1, "decoded_token": "x"}} for t in prompt[1:]
+            ]
         choices.append(choice)
-    return {"id": "cmpl-1", "object": "text_completion", "model": body["model"],
-            "choices": choices, "usage": {"prompt_tokens": len(prompt)}}
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": body["model"],
+        "choices": choices,
+        "usage": {"prompt_tokens": len(prompt)},
+    }

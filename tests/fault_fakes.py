@@ -26,8 +26,10 @@ from parity.verdicts.metrics import ClipRange
 
 TESTS = Path(__file__).resolve().parent
 FAKE_WORKER = TESTS / "fake_engine_worker.py"
-CHILD = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import fault_fakes; " \
-        "fault_fakes.child(sys.argv[1:])"
+CHILD = (
+    f"import sys; sys.path.insert(0, {str(TESTS)!r}); import fault_fakes; "
+    "fault_fakes.child(sys.argv[1:])"
+)
 BLOB = 2_000_000  # characters of one scenario's metrics: a report.json of 2 MB
 
 
@@ -71,13 +73,28 @@ class FakeEngine:
         pass
 
 
-def scenario(name: str, judge: str = "pass", engine: str = "fake", items=("a", "b"),
-             **engine_args) -> Scenario:
+def scenario(
+    name: str, judge: str = "pass", engine: str = "fake", items=("a", "b"), **engine_args
+) -> Scenario:
     """A fake-category scenario; scenarios with equal engine args share one engine."""
-    return Scenario(Path(f"{name}.toml"), name, "fake", "", "fake-model", None, list(items), 0,
-                    False, SamplingSpec(max_tokens=2),
-                    EngineSetting.make(engine, "harness", engine_args, profile="fake"), None,
-                    "float32", {}, ClipRange(), options={"judge": judge})
+    return Scenario(
+        Path(f"{name}.toml"),
+        name,
+        "fake",
+        "",
+        "fake-model",
+        None,
+        list(items),
+        0,
+        False,
+        SamplingSpec(max_tokens=2),
+        EngineSetting.make(engine, "harness", engine_args, profile="fake"),
+        None,
+        "float32",
+        {},
+        ClipRange(),
+        options={"judge": judge},
+    )
 
 
 def install_fakes(setattr_, setitem, python: str) -> None:
@@ -140,5 +157,9 @@ def rewrite_forever(out: Path) -> None:
 
 def spawn(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PARITY_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )

@@ -27,14 +27,28 @@ DATA = Path(__file__).resolve().parent / "data"
 
 # ------------------------------------------------------------------------------ the table
 
+
 def _report(**timings) -> dict:
-    base = {"prepare_s": 2.0, "validate_s": 3.0, "engine_start_s": 20.0, "generate_s": 60.0,
-            "engine_stop_s": 1.5, "score_s": 10.0, "judge_s": 1.0, "total_s": 100.0,
-            "build_s": 2.0,
-            "report_s": 1.0, "tokens_generated": 6000}
-    return {"run_id": "r", "timings": {**base, **timings},
-            "engines": [{"n": 1, "start_s": 12.0}, {"n": 2, "start_s": 8.0}, {"n": 3}],
-            "reference": {"m:float32:keep_ties": {"scored_tokens": 2000}}, "scenarios": []}
+    base = {
+        "prepare_s": 2.0,
+        "validate_s": 3.0,
+        "engine_start_s": 20.0,
+        "generate_s": 60.0,
+        "engine_stop_s": 1.5,
+        "score_s": 10.0,
+        "judge_s": 1.0,
+        "total_s": 100.0,
+        "build_s": 2.0,
+        "report_s": 1.0,
+        "tokens_generated": 6000,
+    }
+    return {
+        "run_id": "r",
+        "timings": {**base, **timings},
+        "engines": [{"n": 1, "start_s": 12.0}, {"n": 2, "start_s": 8.0}, {"n": 3}],
+        "reference": {"m:float32:keep_ties": {"scored_tokens": 2000}},
+        "scenarios": [],
+    }
 
 
 def _row(table: dict, prefix: str) -> dict:
@@ -59,8 +73,9 @@ def test_table_adds_up_and_meets_the_target():
 
 
 def test_table_meets_the_target_when_the_harness_is_thin():
-    t = bench_table.phase_table(_report(prepare_s=0.5, validate_s=0.5, judge_s=0.5,
-                                        report_s=0.5, total_s=94.0))
+    t = bench_table.phase_table(
+        _report(prepare_s=0.5, validate_s=0.5, judge_s=0.5, report_s=0.5, total_s=94.0)
+    )
     assert t["overhead_s"] == pytest.approx(94.5 - 2.0 - 90.0)
     assert t["meets_target"] is True
 
@@ -89,10 +104,20 @@ def test_render_and_the_table_command(tmp_path, monkeypatch, capsys):
     console = Console(record=True, width=120, file=io.StringIO())
     bench_table.render(bench_table.phase_table(_report()), console)
     text = console.export_text()
-    for phase in ("builds", "prepare + validate", "engine starts (2)", "generation",
-                  "engine stops",
-                  "reference forward", "judging", "report writing", "floor", "overhead",
-                  "misses 5%", "wall"):
+    for phase in (
+        "builds",
+        "prepare + validate",
+        "engine starts (2)",
+        "generation",
+        "engine stops",
+        "reference forward",
+        "judging",
+        "report writing",
+        "floor",
+        "overhead",
+        "misses 5%",
+        "wall",
+    ):
         assert phase in text
     (tmp_path / "report.json").write_text(json.dumps(_report()))
     monkeypatch.setattr(sys, "argv", ["bench", "table", str(tmp_path), "--json"])
@@ -111,8 +136,9 @@ def test_bench_run_passes_the_check_arguments_on(tmp_path, monkeypatch, capsys):
         return 1, 123.0
 
     monkeypatch.setattr(bench_table, "run_check", fake_check)
-    code = bench.run_main(["scenarios/x.toml", "--model", "tiny", "-o", str(tmp_path / "o"),
-                           "--json"])
+    code = bench.run_main(
+        ["scenarios/x.toml", "--model", "tiny", "-o", str(tmp_path / "o"), "--json"]
+    )
     assert code == 1
     assert seen == {"args": ["scenarios/x.toml", "--model", "tiny"], "output": tmp_path / "o"}
     out = json.loads(capsys.readouterr().out)
@@ -120,6 +146,7 @@ def test_bench_run_passes_the_check_arguments_on(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------ build phase
+
 
 @pytest.fixture
 def clock(monkeypatch):
@@ -187,8 +214,9 @@ def test_runner_reports_builds_as_their_own_phase(tmp_path, monkeypatch, clock):
     (tmp_path / "bin").mkdir()
     install_fakes(monkeypatch.setattr, monkeypatch.setitem, write_shim(tmp_path / "bin"))
     monkeypatch.setitem(categories.registry(), "fake", BuildingCategory(clock))
-    run = runner.run([scenario("a"), scenario("b", items=("a", "b", "c"))], tmp_path / "out",
-                     log=quiet)
+    run = runner.run(
+        [scenario("a"), scenario("b", items=("a", "b", "c"))], tmp_path / "out", log=quiet
+    )
     t = run.timings
     assert t["build_s"] == 10.0
     assert t["generate_s"] == 4.0  # the builds inside the engine work left out
@@ -197,19 +225,30 @@ def test_runner_reports_builds_as_their_own_phase(tmp_path, monkeypatch, clock):
     assert t["engine_stop_s"] == 0.0  # the fake engine stops at once
     assert t["total_s"] == 14.0
     assert t["harness_overhead_s"] == pytest.approx(
-        t["total_s"] - t["engine_start_s"] - t["generate_s"] - t["score_s"] - t["build_s"])
+        t["total_s"] - t["engine_start_s"] - t["generate_s"] - t["score_s"] - t["build_s"]
+    )
 
 
 # ------------------------------------------------------------------------------ metrics bench
+
 
 def test_metrics_bench_times_every_function():
     result = bench_metrics.run(10_000, repeat=1)
     assert result["n_tokens"] == 10_000
     assert set(result["functions"]) == {
-        "_common.arrays", "metrics.summarize", "metrics.per_sequence", "_common.excluded_rates",
-        "_common.clusters", "stats.non_inferiority", "stats.equivalence_tost", "stats.threshold"}
-    assert set(result["categories"]) == {"rl.check (both roles)",
-                                         "logprobs.check (all tokens, one role)"}
+        "_common.arrays",
+        "metrics.summarize",
+        "metrics.per_sequence",
+        "_common.excluded_rates",
+        "_common.clusters",
+        "stats.non_inferiority",
+        "stats.equivalence_tost",
+        "stats.threshold",
+    }
+    assert set(result["categories"]) == {
+        "rl.check (both roles)",
+        "logprobs.check (all tokens, one role)",
+    }
     assert all(s >= 0 for s in [*result["functions"].values(), *result["categories"].values()])
     console = Console(record=True, width=120, file=io.StringIO())
     bench_metrics.render(result, console)
@@ -229,6 +268,7 @@ def test_synthetic_data_has_the_shape_of_a_run():
 
 
 # ------------------------------------------------------------------------------ identical results
+
 
 def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=metrics.GSPO_CLIP):
     """summarize and per_sequence as they were before the speed-up (parity 57af1a3^): every
@@ -262,17 +302,26 @@ def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=metrics.GSPO_CLIP):
         return float(np.mean(x)) if x.size else float("nan")
 
     with np.errstate(invalid="ignore", over="ignore"):
-        tok = {"r": metrics.log_ratio(fr, fc), "abs_dlogp": metrics.abs_dlogp(fr, fc),
-               "abs_dprob": metrics.abs_dprob(fr, fc), "kl_k1": metrics.kl_k1(fr, fc),
-               "kl_k2": metrics.kl_k2(fr, fc), "kl_k3": metrics.kl_k3(fr, fc),
-               "clipped": metrics.token_clipped(fr, fc, clip).astype(np.float64)}
+        tok = {
+            "r": metrics.log_ratio(fr, fc),
+            "abs_dlogp": metrics.abs_dlogp(fr, fc),
+            "abs_dprob": metrics.abs_dprob(fr, fc),
+            "kl_k1": metrics.kl_k1(fr, fc),
+            "kl_k2": metrics.kl_k2(fr, fc),
+            "kl_k3": metrics.kl_k3(fr, fc),
+            "clipped": metrics.token_clipped(fr, fc, clip).astype(np.float64),
+        }
     names = ("abs_dlogp", "abs_dprob", "kl_k1", "kl_k2", "kl_k3")
     n_ref = np.bincount(seq[ref_excl], minlength=lengths.size).astype(np.int64)
     rate = np.full(lengths.size, np.nan)
     np.divide(n_ref, lengths, out=rate, where=lengths > 0)
-    per = {"n_tokens": lengths.astype(np.int64), "n_masked_tokens": lengths - counts,
-           "n_ref_excluded": n_ref, "ref_excluded_rate": rate,
-           "n_cand_excluded": np.bincount(seq[cand_excl], minlength=lengths.size).astype(np.int64)}
+    per = {
+        "n_tokens": lengths.astype(np.int64),
+        "n_masked_tokens": lengths - counts,
+        "n_ref_excluded": n_ref,
+        "ref_excluded_rate": rate,
+        "n_cand_excluded": np.bincount(seq[cand_excl], minlength=lengths.size).astype(np.int64),
+    }
     for name in names:
         per[f"{name}_mean"] = seq_means(tok[name])
     per["clip_rate_token"] = seq_means(tok["clipped"])
@@ -289,9 +338,15 @@ def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=metrics.GSPO_CLIP):
     def share(n):
         return n / n_tokens if n_tokens else float("nan")
 
-    out = {"n_seqs": len(ref), "n_tokens": n_tokens, "n_masked_tokens": n_masked,
-           "masked_token_rate": share(n_masked), "n_ref_excluded": n_ref_excl,
-           "ref_excluded_rate": share(n_ref_excl), "n_cand_excluded": int(cand_excl.sum())}
+    out = {
+        "n_seqs": len(ref),
+        "n_tokens": n_tokens,
+        "n_masked_tokens": n_masked,
+        "masked_token_rate": share(n_masked),
+        "n_ref_excluded": n_ref_excl,
+        "ref_excluded_rate": share(n_ref_excl),
+        "n_cand_excluded": int(cand_excl.sum()),
+    }
     v = {name: pick(x) for name, x in tok.items()}
     adl = v["abs_dlogp"]
     out["abs_dlogp_mean"] = mean(adl)

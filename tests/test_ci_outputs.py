@@ -21,9 +21,13 @@ def test_select_by_pattern_and_category():
     picked, problems = selection.select(SHIPPED, ["raw"], [], CATS)
     assert not problems and [s.name for s in picked] == ["logprobs-raw-control"]
     picked, _ = selection.select(SHIPPED, ["update-*-control", "LMHEAD-v1"], [], CATS)
-    assert {s.name for s in picked} == {"update-stale-cache-control", "update-inplace-control",
-                                        "update-stale-layer-control", "lmhead-v1-fp32",
-                                        "lmhead-v1-bf16-control"}
+    assert {s.name for s in picked} == {
+        "update-stale-cache-control",
+        "update-inplace-control",
+        "update-stale-layer-control",
+        "lmhead-v1-fp32",
+        "lmhead-v1-bf16-control",
+    }
     picked, _ = selection.select(SHIPPED, [], ["rl", "lm_head"], CATS)
     assert {s.category for s in picked} == {"rl", "lm_head"}
     picked, _ = selection.select(SHIPPED, ["v0"], ["rl"], CATS)  # both must hold
@@ -52,16 +56,33 @@ def test_quick_run_overrides():
 def test_labels_are_the_profile_plus_what_differs():
     label = lambda text: parse_setting(text, "x")[0].label()  # noqa: E731
     assert label("v1-parity") == "v1-parity"
-    assert label("v1-defaults,logprobs_mode=processed_logprobs") == \
-        "v1-defaults [logprobs_mode=processed_logprobs]"
-    assert label("v1-parity,hf_overrides.head_dtype=bfloat16,env.X=1") == \
-        "v1-parity [hf_overrides.head_dtype=bfloat16, env.X=1]"
+    assert (
+        label("v1-defaults,logprobs_mode=processed_logprobs")
+        == "v1-defaults [logprobs_mode=processed_logprobs]"
+    )
+    assert (
+        label("v1-parity,hf_overrides.head_dtype=bfloat16,env.X=1")
+        == "v1-parity [hf_overrides.head_dtype=bfloat16, env.X=1]"
+    )
     assert label("v1-parity,enforce_eager=true") == "v1-parity"  # the profile's own value
 
 
 def test_bad_selection_is_exit_2_before_anything_starts(tmp_path):
-    result = run_cli(["check", str(SCENARIOS), "-k", "zzz", "--category", "nope", "--prompts",
-                      "0", "--junit", str(tmp_path / "no" / "j.xml"), "--dry-run"])
+    result = run_cli(
+        [
+            "check",
+            str(SCENARIOS),
+            "-k",
+            "zzz",
+            "--category",
+            "nope",
+            "--prompts",
+            "0",
+            "--junit",
+            str(tmp_path / "no" / "j.xml"),
+            "--dry-run",
+        ]
+    )
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     for what in ("--category: nope", "--prompts: value", "--junit: PATH"):
@@ -69,12 +90,29 @@ def test_bad_selection_is_exit_2_before_anything_starts(tmp_path):
 
 
 def test_summaries_from_report_data(tmp_path):
-    data = {"run_id": "r1", "exit_code": 1, "interrupted": None, "scenarios": [
-        {"name": "a|b", "category": "logprobs", "expect": "pass", "as_expected": False,
-         "key_metric": "|dlogp| 0.26", "verdict": {"outcome": "fail", "diagnosis": "raw_logprobs",
-                                                  "message": "m"}},
-        {"name": "c", "category": "rl", "expect": "pass", "as_expected": True,
-         "key_metric": None, "verdict": {"outcome": "pass", "diagnosis": None, "message": ""}}]}
+    data = {
+        "run_id": "r1",
+        "exit_code": 1,
+        "interrupted": None,
+        "scenarios": [
+            {
+                "name": "a|b",
+                "category": "logprobs",
+                "expect": "pass",
+                "as_expected": False,
+                "key_metric": "|dlogp| 0.26",
+                "verdict": {"outcome": "fail", "diagnosis": "raw_logprobs", "message": "m"},
+            },
+            {
+                "name": "c",
+                "category": "rl",
+                "expect": "pass",
+                "as_expected": True,
+                "key_metric": None,
+                "verdict": {"outcome": "pass", "diagnosis": None, "message": ""},
+            },
+        ],
+    }
     (tmp_path / "report.json").write_text("{}")
     m = summary.machine(data, tmp_path)
     assert m["counts"] == {"pass": 1, "fail": 1, "inconclusive": 0, "unresolved": 0}
@@ -113,8 +151,21 @@ def test_json_junit_and_step_summary_end_to_end(tmp_path, tiny_model, monkeypatc
         sc = tmp_path / "served.toml"
         sc.write_text(SCENARIO.format(url=server.url))
         out, junit = tmp_path / "out", tmp_path / "ci-junit.xml"
-        result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out), "--json",
-                          "--junit", str(junit), "--max-tokens", "3"])
+        result = run_cli(
+            [
+                "check",
+                str(sc),
+                "--model",
+                "tiny",
+                "--output",
+                str(out),
+                "--json",
+                "--junit",
+                str(junit),
+                "--max-tokens",
+                "3",
+            ]
+        )
     summary_data = json.loads(result.stdout)  # nothing else on stdout
     assert summary_data["exit_code"] == result.exit_code
     assert summary_data["scenarios"][0]["name"] == "served"
@@ -137,13 +188,21 @@ def test_progress_lines_without_a_terminal():
     from parity.run.progress import Display
 
     buf = StringIO()
-    with Display(Console(file=buf, width=4096, soft_wrap=True), live=False,
-                 every_s=0.0) as display:
+    with Display(Console(file=buf, width=4096, soft_wrap=True), live=False, every_s=0.0) as display:
         display.log("[engine 1/1] starting v1-parity on tiny")
-        display.progress({"scenario": "s", "role": "candidate", "done": 0, "total": 4,
-                          "elapsed_s": 0.0})
-        display.progress({"scenario": "s", "role": "candidate", "done": 2, "total": 4,
-                          "elapsed_s": 1.5, "out_tok_s": 12.25})
+        display.progress(
+            {"scenario": "s", "role": "candidate", "done": 0, "total": 4, "elapsed_s": 0.0}
+        )
+        display.progress(
+            {
+                "scenario": "s",
+                "role": "candidate",
+                "done": 2,
+                "total": 4,
+                "elapsed_s": 1.5,
+                "out_tok_s": 12.25,
+            }
+        )
     lines = buf.getvalue().splitlines()
     assert lines[0] == "[engine 1/1] starting v1-parity on tiny"
     assert "s [candidate]: 2/4 requests, 2s, 12.2 tok/s" in lines[-1]
@@ -176,8 +235,18 @@ def test_dry_run_starts_no_engine(tmp_path, tiny_model, monkeypatch):
     with FakeServer() as server:
         sc = tmp_path / "served.toml"
         sc.write_text(SCENARIO.format(url=server.url))
-        result = run_cli(["check", str(sc), str(SCENARIOS / "logprobs-processed.toml"),
-                          "--model", "tiny", "--dry-run", "--prompts", "4"])
+        result = run_cli(
+            [
+                "check",
+                str(sc),
+                str(SCENARIOS / "logprobs-processed.toml"),
+                "--model",
+                "tiny",
+                "--dry-run",
+                "--prompts",
+                "4",
+            ]
+        )
         assert not server.bodies
     assert result.exit_code == 0, result.output
     assert "2 engine(s) would start; nothing started" in result.output

@@ -35,8 +35,10 @@ profile = "v1-parity"
 
 def write(tmp_path, name, expect="pass", scores=None):
     path = tmp_path / f"{name}.toml"
-    path.write_text(SCENARIO.format(name=name, expect=expect)
-                    + (f'[reference]\nscores = "{scores}"\n' if scores else ""))
+    path.write_text(
+        SCENARIO.format(name=name, expect=expect)
+        + (f'[reference]\nscores = "{scores}"\n' if scores else "")
+    )
     return path
 
 
@@ -48,13 +50,25 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
     hf = write(tmp_path, "ext-hf")
     seqs = tmp_path / "seqs.parquet"
     first = tmp_path / "export"
-    result = run_cli(["check", str(hf), "--model", "tiny", "--export-sequences", str(seqs),
-                      "--output", str(first)])
+    result = run_cli(
+        [
+            "check",
+            str(hf),
+            "--model",
+            "tiny",
+            "--export-sequences",
+            str(seqs),
+            "--output",
+            str(first),
+        ]
+    )
     assert result.exit_code == 125, result.output  # nothing judged: never a pass
     report = json.loads((first / "report.json").read_text())
     (sc,) = report["scenarios"]
-    assert (sc["verdict"]["outcome"], sc["verdict"]["diagnosis"]) == ("unresolved",
-                                                                      "sequences_exported")
+    assert (sc["verdict"]["outcome"], sc["verdict"]["diagnosis"]) == (
+        "unresolved",
+        "sequences_exported",
+    )
     assert report["reference"] == {}  # no reference model was loaded
     cand = sc["engines"]["candidate"]
     n_seqs, n_tokens = cand["n_sequences"], cand["n_tokens"]
@@ -70,8 +84,11 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
     tables.write_rows(cols, tmp_path / "shifted.parquet")
 
     second = tmp_path / "judged"
-    files = [hf, write(tmp_path, "ext-scores", scores="scores.parquet"),
-             write(tmp_path, "ext-shifted", "fail", scores="shifted.parquet")]
+    files = [
+        hf,
+        write(tmp_path, "ext-scores", scores="scores.parquet"),
+        write(tmp_path, "ext-shifted", "fail", scores="shifted.parquet"),
+    ]
     result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(second)])
     report = json.loads((second / "report.json").read_text())
     s = by_name(report)
@@ -80,8 +97,10 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
         # vLLM CPU runs have been token-identical run to run on the machines seen (FACTS.md),
         # but that is the hardware's property, not parity's.
         assert s["ext-scores"]["verdict"]["outcome"] == "inconclusive"
-        pytest.skip("this machine's engine did not regenerate the exported sequences token for "
-                    f"token: {s['ext-scores']['verdict']['message']}")
+        pytest.skip(
+            "this machine's engine did not regenerate the exported sequences token for "
+            f"token: {s['ext-scores']['verdict']['message']}"
+        )
     assert result.exit_code == 0, result.output
     assert s["ext-hf"]["verdict"]["outcome"] == s["ext-scores"]["verdict"]["outcome"] == "pass"
     assert s["ext-shifted"]["verdict"]["outcome"] == "fail", s["ext-shifted"]["verdict"]
@@ -98,6 +117,11 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
     table = pq.read_table(second / data_schema.FILE).to_pandas()
     assert len(table) == 3 * n_tokens == report["tokens"]["rows"]
     hf_rows, file_rows = (table[table.scenario == n] for n in ("ext-hf", "ext-scores"))
-    assert np.allclose(hf_rows.trainer_logprob.to_numpy(), file_rows.trainer_logprob.to_numpy(),
-                       rtol=0, atol=1e-2, equal_nan=True)  # bf16 forwards, other batches
+    assert np.allclose(
+        hf_rows.trainer_logprob.to_numpy(),
+        file_rows.trainer_logprob.to_numpy(),
+        rtol=0,
+        atol=1e-2,
+        equal_nan=True,
+    )  # bf16 forwards, other batches
     assert set(table.head_dtype) == {"float32"} and not table.trainer_logprob.isna().all()

@@ -30,8 +30,7 @@ def _gone(pgid) -> bool:
 def served_scenario(src: Path, dst: Path, url: str, log: Path) -> Path:
     """The shipped scenario with its [candidate] replaced by the served engine at `url`."""
     text = src.read_text().split("[candidate]")[0]
-    dst.write_text(text + f'[candidate]\nengine = "openai"\nurl = "{url}"\n'
-                          f'server_log = "{log}"\n')
+    dst.write_text(text + f'[candidate]\nengine = "openai"\nurl = "{url}"\nserver_log = "{log}"\n')
     return dst
 
 
@@ -47,27 +46,54 @@ def v1_servers(tiny_model, tmp_path_factory):
     port = free_port()
     cli_log = tmp / "defaults.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    cli = subprocess.Popen([sys.executable, "-m", "parity.cli", "serve", "v1-defaults",
-                            "--model", "tiny", "--port", str(port), "--log", str(cli_log),
-                            "--start-timeout", "300"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           cwd=tmp, env=env, start_new_session=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "parity.cli",
+            "serve",
+            "v1-defaults",
+            "--model",
+            "tiny",
+            "--port",
+            str(port),
+            "--log",
+            str(cli_log),
+            "--start-timeout",
+            "300",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp,
+        env=env,
+        start_new_session=True,
+    )
     # Tensor parallel over two CPU workers, as a multi-GPU user passes it: vLLM's automatic
     # thread binding wants a NUMA node per worker, so each worker is bound to one core.
     cores = sorted(os.sched_getaffinity(0))[:2]
     parity_setting, problems = parse_setting(
         "v1-parity,tensor_parallel_size=2,env.VLLM_CPU_OMP_THREADS_BIND="
-        + "|".join(map(str, cores)), "test")
+        + "|".join(map(str, cores)),
+        "test",
+    )
     assert not problems, problems
     server = Server(parity_setting, str(tiny_model), sys.executable, tmp / "parity.log")
     try:
         server.start(timeout=300)
         url = cli.stdout.readline().strip()  # printed once healthy
-        assert url == f"http://127.0.0.1:{port}", (url, cli.stderr.read()
-                                                    if cli.poll() is not None else "")
-        info = {"tmp": tmp, "parity": (server.url, server.log_path),
-                "defaults": (url, cli_log), "start_s": time.perf_counter() - t0,
-                "server": server, "cli": cli}
+        assert url == f"http://127.0.0.1:{port}", (
+            url,
+            cli.stderr.read() if cli.poll() is not None else "",
+        )
+        info = {
+            "tmp": tmp,
+            "parity": (server.url, server.log_path),
+            "defaults": (url, cli_log),
+            "start_s": time.perf_counter() - t0,
+            "server": server,
+            "cli": cli,
+        }
         yield info
     finally:
         server.stop()
@@ -84,10 +110,14 @@ def v1_servers(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served_run(v1_servers):
     tmp = v1_servers["tmp"]
-    files = [served_scenario(SCENARIOS / "logprobs-processed.toml", tmp / "processed.toml",
-                             *v1_servers["parity"]),
-             served_scenario(SCENARIOS / "logprobs-raw-control.toml", tmp / "raw.toml",
-                             *v1_servers["defaults"])]
+    files = [
+        served_scenario(
+            SCENARIOS / "logprobs-processed.toml", tmp / "processed.toml", *v1_servers["parity"]
+        ),
+        served_scenario(
+            SCENARIOS / "logprobs-raw-control.toml", tmp / "raw.toml", *v1_servers["defaults"]
+        ),
+    ]
     out = tmp / "report"
     t0 = time.perf_counter()
     result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(out)])
@@ -121,12 +151,19 @@ def test_served_effective_config_is_read_from_the_server(v1_servers, served_run)
         assert e["setting"]["engine"] == "openai"
         assert key["engine_impl"].startswith("vllm.v1.") and key["vllm_version"]
         assert key["platform"] == "cpu" and key["max_model_len"]
-        modes[e["setting"]["url"]] = (key["logprobs_mode"], key["enable_prefix_caching"],
-                                      key["head_dtype"])
-    assert sorted(modes.values()) == [("processed_logprobs", False, "float32"),
-                                      ("raw_logprobs", True, "torch.bfloat16")]
-    tp = {e["setting"]["url"]: e["effective_config"]["key"]["tensor_parallel_size"]
-          for e in report["engines"]}
+        modes[e["setting"]["url"]] = (
+            key["logprobs_mode"],
+            key["enable_prefix_caching"],
+            key["head_dtype"],
+        )
+    assert sorted(modes.values()) == [
+        ("processed_logprobs", False, "float32"),
+        ("raw_logprobs", True, "torch.bfloat16"),
+    ]
+    tp = {
+        e["setting"]["url"]: e["effective_config"]["key"]["tensor_parallel_size"]
+        for e in report["engines"]
+    }
     assert tp == {v1_servers["parity"][0]: 2, v1_servers["defaults"][0]: 1}
 
 
@@ -135,8 +172,18 @@ def test_candidate_url_option_over_a_shipped_scenario(v1_servers, tmp_path):
     replaced by the server (here tensor parallel over two workers): the fixed setting passes."""
     url, _ = v1_servers["parity"]
     out = tmp_path / "report"
-    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model", "tiny",
-                      "--candidate", url, "--output", str(out)])
+    result = run_cli(
+        [
+            "check",
+            str(SCENARIOS / "logprobs-processed.toml"),
+            "--model",
+            "tiny",
+            "--candidate",
+            url,
+            "--output",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     s = report["scenarios"][0]
@@ -161,15 +208,15 @@ def test_a_server_that_went_away_is_unresolved_with_its_log(v1_servers, served_r
     sc = served_scenario(SCENARIOS / "logprobs-raw-control.toml", tmp / "gone.toml", url, log)
     out = tmp / "gone"
     t0 = time.perf_counter()
-    result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out),
-                      "--start-timeout", "5"])
+    result = run_cli(
+        ["check", str(sc), "--model", "tiny", "--output", str(out), "--start-timeout", "5"]
+    )
     assert time.perf_counter() - t0 < 120
     assert result.exit_code == 125, result.output
     report = json.loads((out / "report.json").read_text())
     verdict = report["scenarios"][0]["verdict"]
     assert verdict["outcome"] == "unresolved" and "not healthy" in verdict["message"]
     assert "--- server log" in Path(report["engines"][0]["log"]).read_text()
-
 
 
 def test_v0_server_from_its_environment(tiny_model, tmp_path):
@@ -186,16 +233,21 @@ def test_v0_server_from_its_environment(tiny_model, tmp_path):
     t0 = time.perf_counter()
     with server:
         start_s = time.perf_counter() - t0
-        sc = served_scenario(SCENARIOS / "logprobs-processed.toml", tmp_path / "v0.toml",
-                             server.url, log)
+        sc = served_scenario(
+            SCENARIOS / "logprobs-processed.toml", tmp_path / "v0.toml", server.url, log
+        )
         out = tmp_path / "report"
         result = run_cli(["check", str(sc), "--model", "tiny", "--output", str(out)])
         # rl: V1-parity in process against the served V0, which runs second and is
         # teacher-forced on V1's tokens through its prompt logprobs over HTTP.
         rl = tmp_path / "rl.toml"
-        rl.write_text((SCENARIOS / "rl-v0-vs-v1-parity.toml").read_text().replace(
-            '[baseline]\nprofile = "v0"',
-            f'[baseline]\nengine = "openai"\nurl = "{server.url}"'))
+        rl.write_text(
+            (SCENARIOS / "rl-v0-vs-v1-parity.toml")
+            .read_text()
+            .replace(
+                '[baseline]\nprofile = "v0"', f'[baseline]\nengine = "openai"\nurl = "{server.url}"'
+            )
+        )
         rl_out = tmp_path / "rl"
         rl_result = run_cli(["check", str(rl), "--model", "tiny", "--output", str(rl_out)])
     assert _gone(server.proc.pid)
@@ -226,8 +278,7 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     from parity.engines.serve import Server
     from parity.engines.settings import parse_setting
 
-    setting, problems = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true",
-                                      "test")
+    setting, problems = parse_setting("v1-parity,dtype=float32,enable_prefix_caching=true", "test")
     assert not problems, problems
     log = tmp_path / "server.log"
     server = Server(setting, str(tiny_model), sys.executable, log)
@@ -235,8 +286,10 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     t0 = time.perf_counter()
     with server:
         start_s = time.perf_counter() - t0
-        files = [served_scenario(SCENARIOS / f"{n}.toml", tmp_path / f"{n}.toml", server.url,
-                                 log) for n in names]
+        files = [
+            served_scenario(SCENARIOS / f"{n}.toml", tmp_path / f"{n}.toml", server.url, log)
+            for n in names
+        ]
         out = tmp_path / "report"
         t1 = time.perf_counter()
         result = run_cli(["check", *map(str, files), "--model", "tiny", "--output", str(out)])
@@ -247,11 +300,32 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     print(f"\nserver start {start_s:.1f} s, parity check {check_s:.1f} s")
     for n in names:
         m = got[n]["metrics"]
-        print(n, got[n]["verdict"]["outcome"], got[n]["verdict"]["diagnosis"],
-              {k: m.get(k) for k in ("abs_dlogp_before_vs_old", "abs_dlogp_after_vs_old",
-                                     "abs_dlogp_after_vs_new", "abs_dlogp_after_vs_stale")},
-              {k: m["update"].get(k) for k in ("latency_s", "load_s", "pause_s", "resume_s",
-                                               "evidence_s", "checksums", "endpoints")})
+        print(
+            n,
+            got[n]["verdict"]["outcome"],
+            got[n]["verdict"]["diagnosis"],
+            {
+                k: m.get(k)
+                for k in (
+                    "abs_dlogp_before_vs_old",
+                    "abs_dlogp_after_vs_old",
+                    "abs_dlogp_after_vs_new",
+                    "abs_dlogp_after_vs_stale",
+                )
+            },
+            {
+                k: m["update"].get(k)
+                for k in (
+                    "latency_s",
+                    "load_s",
+                    "pause_s",
+                    "resume_s",
+                    "evidence_s",
+                    "checksums",
+                    "endpoints",
+                )
+            },
+        )
     assert result.exit_code == 0, result.output  # every scenario as expected
     ok = got["update-takes-effect"]
     assert ok["verdict"]["outcome"] == "pass", ok["verdict"]["message"]
@@ -265,8 +339,7 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     assert sums["total"] > 0 and sums["changed"] > 0, sums
     rl = report["engines"][0]["effective_config"]["rl_endpoints"]
     assert rl["update_from_disk"] is True
-    assert {"/pause", "/resume", "/collective_rpc", "/update_weight_version"} <= set(
-        rl["present"])
+    assert {"/pause", "/resume", "/collective_rpc", "/update_weight_version"} <= set(rl["present"])
     assert "RL endpoints (GET /openapi.json)" in (out / "report.md").read_text()
 
 
@@ -284,14 +357,20 @@ def test_weight_update_over_http_reports_the_tied_head_bug(tmp_path):
     log = tmp_path / "server.log"
     server = Server(setting, str(model), sys.executable, log)
     with server:
-        sc = served_scenario(SCENARIOS / "update-reload-v1-stale-head.toml",
-                             tmp_path / "tied.toml", server.url, log)
+        sc = served_scenario(
+            SCENARIOS / "update-reload-v1-stale-head.toml", tmp_path / "tied.toml", server.url, log
+        )
         out = tmp_path / "report"
         result = run_cli(["check", str(sc), "--model", "tiny-tied", "--output", str(out)])
     assert _gone(server.proc.pid)
     s = json.loads((out / "report.json").read_text())["scenarios"][0]
-    print("\ntied:", s["verdict"]["outcome"], s["verdict"]["diagnosis"],
-          s["metrics"].get("abs_dlogp_after_vs_new"), s["metrics"].get("abs_dlogp_after_vs_old"))
+    print(
+        "\ntied:",
+        s["verdict"]["outcome"],
+        s["verdict"]["diagnosis"],
+        s["metrics"].get("abs_dlogp_after_vs_new"),
+        s["metrics"].get("abs_dlogp_after_vs_old"),
+    )
     assert result.exit_code == 0, result.output
     assert s["verdict"]["diagnosis"] == "stale_lm_head" and s["as_expected"], s["verdict"]
     assert "ParallelLMHead: Failed to load weights" in log.read_text()

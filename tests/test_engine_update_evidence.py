@@ -61,10 +61,12 @@ class Model(torch.nn.Module):
 def _checkpoint(model, path, scale=1.0):
     """A tied checkpoint of the stand-in (q/k/v split, no lm_head.weight), perturbed."""
     gen = torch.Generator().manual_seed(1)
-    w = {"model.embed_tokens.weight": model.model.embed_tokens.weight,
-         "model.o_proj.weight": model.model.o_proj.weight}
+    w = {
+        "model.embed_tokens.weight": model.model.embed_tokens.weight,
+        "model.o_proj.weight": model.model.o_proj.weight,
+    }
     for i, part in enumerate(("q_proj", "k_proj", "v_proj")):
-        w[f"model.{part}.weight"] = model.model.qkv_proj.weight[8 * i:8 * (i + 1)]
+        w[f"model.{part}.weight"] = model.model.qkv_proj.weight[8 * i : 8 * (i + 1)]
     w = {k: (v + scale * torch.randn(v.shape, generator=gen)).contiguous() for k, v in w.items()}
     path.mkdir()
     save_file(w, str(path / "model.safetensors"))
@@ -78,8 +80,10 @@ def test_classification_and_reprocess_on_stand_ins(tmp_path):
     # the tied head's parameter follows the embedding but keeps its old packed copy; qkv_proj's
     # weight was emptied at load (the packed copy is all there is) and is not reloaded.
     with torch.no_grad():
-        for mod, key in ((model.model.embed_tokens, "model.embed_tokens.weight"),
-                         (model.model.o_proj, "model.o_proj.weight")):
+        for mod, key in (
+            (model.model.embed_tokens, "model.embed_tokens.weight"),
+            (model.model.o_proj, "model.o_proj.weight"),
+        ):
             mod.weight.copy_(new[key])
             mod.quant_method.process_weights_after_loading(mod)
     model.model.qkv_proj.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
@@ -97,8 +101,10 @@ def test_classification_and_reprocess_on_stand_ins(tmp_path):
     assert fixed["evidence"]["compute_stale"] == [] and fixed["evidence"]["ok"] == 3
     assert fixed["evidence"]["param_stale"] == ["model.qkv_proj"]
     # A stacked parameter is checked against its concatenated parts.
-    model.model.qkv_proj.weight = torch.nn.Parameter(torch.cat(
-        [new[f"model.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")]), requires_grad=False)
+    model.model.qkv_proj.weight = torch.nn.Parameter(
+        torch.cat([new[f"model.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")]),
+        requires_grad=False,
+    )
     model.model.qkv_proj.quant_method.process_weights_after_loading(model.model.qkv_proj)
     clean = vllm_evidence.collect(model, str(tmp_path / "ckpt"), reprocess_stale=True)
     assert clean["reprocessed"] == [] and clean["evidence"]["ok"] == 4
@@ -107,8 +113,10 @@ def test_classification_and_reprocess_on_stand_ins(tmp_path):
 
 def test_evidence_never_raises(tmp_path):
     out = vllm_evidence.collect(Model(), str(tmp_path))  # no checkpoint there
-    assert out == {"evidence_error": out["evidence_error"]} and "safetensors" in out[
-        "evidence_error"]
+    assert (
+        out == {"evidence_error": out["evidence_error"]} and "safetensors" in out["evidence_error"]
+    )
+
 
 # The real-engine evidence (V1 reload on a tied head: lm_head compute_stale; the workaround
 # re-processes it on every reload; the in-place control's emptied linear weights) is asserted on

@@ -32,8 +32,11 @@ def test_generation_progress_comes_from_both_engines(rl_run):
     result, _ = rl_run
     lines = result.output.splitlines()
     for role in ("baseline", "candidate"):  # V0 and V1
-        done = [ln for ln in lines if f"] [{role}]: " not in ln and f" [{role}]: " in ln
-                and " requests, " in ln]
+        done = [
+            ln
+            for ln in lines
+            if f"] [{role}]: " not in ln and f" [{role}]: " in ln and " requests, " in ln
+        ]
         assert done, (role, result.output[-3000:])
         got, total = done[-1].split(": ")[1].split(" requests")[0].split("/")
         assert got == total, done[-1]
@@ -42,12 +45,18 @@ def test_generation_progress_comes_from_both_engines(rl_run):
 def test_both_engines_loaded_the_same_model(rl_run):
     _, report = rl_run
     keys = [e["effective_config"]["key"] for e in report["engines"]]
-    for name in ("model.rope_theta", "model.vocab_size", "model.eos_token_id",
-                 "model.tie_word_embeddings", "model.num_hidden_layers"):
+    for name in (
+        "model.rope_theta",
+        "model.vocab_size",
+        "model.eos_token_id",
+        "model.tie_word_embeddings",
+        "model.num_hidden_layers",
+    ):
         assert len({json.dumps(k[name]) for k in keys}) == 1, name
     for sc in report["scenarios"]:
-        identity = {f["name"]: f for f in sc["verdict"]["findings"]
-                    if f["name"].startswith("identity.")}
+        identity = {
+            f["name"]: f for f in sc["verdict"]["findings"] if f["name"].startswith("identity.")
+        }
         assert identity and all(f["outcome"] == "pass" for f in identity.values()), identity
 
 

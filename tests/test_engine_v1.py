@@ -72,8 +72,16 @@ def test_same_seed_same_numbers(shipped_run, tmp_path):
     machine; under `make test`'s two workers the engine core may step before every request
     arrived, and AVX512's kernels are not batch invariant: 6.9e-6 relative was measured)."""
     _, _, first = shipped_run
-    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model", "tiny",
-                      "--output", str(tmp_path)])
+    result = run_cli(
+        [
+            "check",
+            str(SCENARIOS / "logprobs-processed.toml"),
+            "--model",
+            "tiny",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert result.exit_code == 0, result.output
     second = json.loads((tmp_path / "report.json").read_text())
     a = by_name(first)["logprobs-processed"]["metrics"]["vs_processed"]
@@ -113,8 +121,16 @@ def test_engine_start_failure_is_unresolved(tiny_model, tmp_path):
     shutil.copytree(tiny_model, broken)
     for weights in broken.glob("*.safetensors"):
         weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
-    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model",
-                      str(broken), "--output", str(tmp_path / "o")])
+    result = run_cli(
+        [
+            "check",
+            str(SCENARIOS / "logprobs-processed.toml"),
+            "--model",
+            str(broken),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert result.exit_code == 125, result.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     (sc,) = report["scenarios"]
@@ -125,8 +141,18 @@ def test_engine_start_failure_is_unresolved(tiny_model, tmp_path):
 
 
 def test_engine_hang_times_out_and_leaves_nothing(tiny_model, tmp_path):
-    result = run_cli(["check", str(SCENARIOS / "logprobs-processed.toml"), "--model", "tiny",
-                      "--output", str(tmp_path), "--start-timeout", "3"])
+    result = run_cli(
+        [
+            "check",
+            str(SCENARIOS / "logprobs-processed.toml"),
+            "--model",
+            "tiny",
+            "--output",
+            str(tmp_path),
+            "--start-timeout",
+            "3",
+        ]
+    )
     assert result.exit_code == 125, result.output
     import json
 
@@ -137,10 +163,15 @@ def test_engine_hang_times_out_and_leaves_nothing(tiny_model, tmp_path):
 
 def test_unknown_engine_arg_is_a_usage_error(tiny_model, tmp_path):
     scenario = tmp_path / "typo.toml"
-    scenario.write_text((SCENARIOS / "logprobs-processed.toml").read_text().replace(
-        'profile = "v1-parity"',
-        'profile = "v1-parity"\nengine_args = { logprob_mode = "processed_logprobs", '
-        'enable_prefix_cache = false }'))
+    scenario.write_text(
+        (SCENARIOS / "logprobs-processed.toml")
+        .read_text()
+        .replace(
+            'profile = "v1-parity"',
+            'profile = "v1-parity"\nengine_args = { logprob_mode = "processed_logprobs", '
+            "enable_prefix_cache = false }",
+        )
+    )
     result = run_cli(["check", str(scenario), "--model", "tiny", "--output", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert "logprob_mode" in result.output and "enable_prefix_cache" in result.output

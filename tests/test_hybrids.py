@@ -33,25 +33,35 @@ def _engine(scorer, seqs, stale):
     return [scorer.score(p, t, 0, SamplingSpec(), new=hybrid.pair()) for p, t in seqs]
 
 
-@pytest.mark.parametrize("stale,diagnosis", [
-    (["lm_head"], "stale_lm_head"), (["layers.1"], "stale_layers"),
-    (["embed_tokens"], "stale_components"), ([], None)])
+@pytest.mark.parametrize(
+    "stale,diagnosis",
+    [
+        (["lm_head"], "stale_lm_head"),
+        (["layers.1"], "stale_layers"),
+        (["embed_tokens"], "stale_components"),
+        ([], None),
+    ],
+)
 def test_search_names_the_stale_component(scorer, stale, diagnosis):
     seqs = _sequences()
     engine = _engine(scorer, seqs, stale)
-    att = hybrids.explain(scorer, lambda pair, i: scorer.score(*seqs[i], 0, SamplingSpec(),
-                                                               new=pair), engine, 0.05)
+    att = hybrids.explain(
+        scorer, lambda pair, i: scorer.score(*seqs[i], 0, SamplingSpec(), new=pair), engine, 0.05
+    )
     assert att.stale == stale and att.fitted and att.gap < 1e-4, att
     assert att.diagnosis() == diagnosis
-    assert att.hypotheses["new weights"] > 0.05 or not stale  # the plain new weights do not explain it
+    assert (
+        att.hypotheses["new weights"] > 0.05 or not stale
+    )  # the plain new weights do not explain it
 
 
 def test_unexplained_engine_is_not_attributed(scorer):
     seqs = _sequences()
     rng = np.random.default_rng(1)
     engine = [np.log(rng.uniform(0.01, 1.0, len(t))) for _, t in seqs]  # no model at all
-    att = hybrids.explain(scorer, lambda pair, i: scorer.score(*seqs[i], 0, SamplingSpec(),
-                                                               new=pair), engine, 0.05)
+    att = hybrids.explain(
+        scorer, lambda pair, i: scorer.score(*seqs[i], 0, SamplingSpec(), new=pair), engine, 0.05
+    )
     assert not att.fitted and att.diagnosis() is None
     assert "not attributed" in hybrids.message(att, 0.05)
 
@@ -60,6 +70,10 @@ def test_hybrid_is_restored(scorer):
     """After a search the hybrid body is the new body again (no leak into later scoring)."""
     seqs = _sequences(2)
     new = [scorer.new(p, t, SamplingSpec()) for p, t in seqs]
-    hybrids.explain(scorer, lambda pair, i: scorer.score(*seqs[i], 0, SamplingSpec(), new=pair),
-                    _engine(scorer, seqs, ["layers.0"]), 0.05)
+    hybrids.explain(
+        scorer,
+        lambda pair, i: scorer.score(*seqs[i], 0, SamplingSpec(), new=pair),
+        _engine(scorer, seqs, ["layers.0"]),
+        0.05,
+    )
     assert all(np.allclose(a, scorer.new(p, t, SamplingSpec())) for a, (p, t) in zip(new, seqs))

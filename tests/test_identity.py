@@ -21,29 +21,52 @@ T5_ROPE_THETA = 100000.0  # the tiny model's is 10000, 4.51's default: drift mus
 # ----------------------------------------------------------------------------- same
 
 
-@pytest.mark.parametrize("a, b", [
-    ([2], 2), (["LlamaForCausalLM"], "LlamaForCausalLM"),    # [x] == x
-    (10000, 10000.0), (1e-6, 1e-6 * (1 + 1e-12)),            # numbers, rtol 1e-9
-    ("torch.bfloat16", "bfloat16"), ("bf16", "torch.bfloat16"), ("torch.float32", "float"),
-    ([2, 3], [3, 2]), ([2, 2], 2), ({"eos_token_id": [1, 2]}, {"eos_token_id": [2, 1]}),
-    ({"rope_type": "llama3", "factor": 8}, {"factor": 8.0, "rope_type": "llama3"}),
-    ({"rope_type": "default", "factor": None}, {"rope_type": "default"}),
-    (True, True), (None, None), ("LlamaForCausalLM", "LlamaForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([2], 2),
+        (["LlamaForCausalLM"], "LlamaForCausalLM"),  # [x] == x
+        (10000, 10000.0),
+        (1e-6, 1e-6 * (1 + 1e-12)),  # numbers, rtol 1e-9
+        ("torch.bfloat16", "bfloat16"),
+        ("bf16", "torch.bfloat16"),
+        ("torch.float32", "float"),
+        ([2, 3], [3, 2]),
+        ([2, 2], 2),
+        ({"eos_token_id": [1, 2]}, {"eos_token_id": [2, 1]}),
+        ({"rope_type": "llama3", "factor": 8}, {"factor": 8.0, "rope_type": "llama3"}),
+        ({"rope_type": "default", "factor": None}, {"rope_type": "default"}),
+        (True, True),
+        (None, None),
+        ("LlamaForCausalLM", "LlamaForCausalLM"),
+    ],
+)
 def test_same_holds(a, b):
     assert same(a, b) and same(b, a)
 
 
-@pytest.mark.parametrize("a, b", [
-    ([2], 3), (["LlamaForCausalLM"], "MistralForCausalLM"),
-    (10000, 100000), (1.0, 1.0 + 1e-6),
-    (True, 1), (False, 0), (True, False), (1, True),           # a bool is not a number
-    ("torch.bfloat16", "float16"), ("torch.float16", "bfloat16"),
-    ([2, 3], 2), ([2, 3], [2, 4]), (2, None), ([1, 2], [1, 2, 3]),
-    ({"rope_type": "llama3", "factor": 8}, {"rope_type": "llama3", "factor": 4}),
-    ({"rope_type": "default"}, "default"),
-    ({"mrope_section": [16, 24, 24]}, {"mrope_section": [24, 16, 24]}),  # order kept inside
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([2], 3),
+        (["LlamaForCausalLM"], "MistralForCausalLM"),
+        (10000, 100000),
+        (1.0, 1.0 + 1e-6),
+        (True, 1),
+        (False, 0),
+        (True, False),
+        (1, True),  # a bool is not a number
+        ("torch.bfloat16", "float16"),
+        ("torch.float16", "bfloat16"),
+        ([2, 3], 2),
+        ([2, 3], [2, 4]),
+        (2, None),
+        ([1, 2], [1, 2, 3]),
+        ({"rope_type": "llama3", "factor": 8}, {"rope_type": "llama3", "factor": 4}),
+        ({"rope_type": "default"}, "default"),
+        ({"mrope_section": [16, 24, 24]}, {"mrope_section": [24, 16, 24]}),  # order kept inside
+    ],
+)
 def test_same_fails(a, b):
     assert not same(a, b) and not same(b, a)
 
@@ -58,22 +81,39 @@ def test_only_token_id_keys_read_int_lists_as_sets():
 
 def _facts(**over):
     """Facts of one model, as the trainer or an engine would report them."""
-    base = {"model.architectures": ["LlamaForCausalLM"], "model.dtype": "bfloat16",
-            "model.rope_theta": T5_ROPE_THETA, "model.rope_scaling": {"rope_type": "default"},
-            "model.max_position_embeddings": 512, "model.vocab_size": 768,
-            "model.tie_word_embeddings": False, "model.eos_token_id": 1,
-            "model.generation_eos_token_id": 1, "model.tokenizer_eos_token_id": 1,
-            "model.bos_token_id": 0, "model.norm_eps": 1e-6, "model.num_hidden_layers": 2,
-            "model.hidden_size": 128}
+    base = {
+        "model.architectures": ["LlamaForCausalLM"],
+        "model.dtype": "bfloat16",
+        "model.rope_theta": T5_ROPE_THETA,
+        "model.rope_scaling": {"rope_type": "default"},
+        "model.max_position_embeddings": 512,
+        "model.vocab_size": 768,
+        "model.tie_word_embeddings": False,
+        "model.eos_token_id": 1,
+        "model.generation_eos_token_id": 1,
+        "model.tokenizer_eos_token_id": 1,
+        "model.bos_token_id": 0,
+        "model.norm_eps": 1e-6,
+        "model.num_hidden_layers": 2,
+        "model.hidden_size": 128,
+    }
     return {**base, **over}
 
 
 ENGINE_KEY = {  # as VllmHost.effective_config reports it (no rope_scaling, max pos, norm eps)
-    "dtype": "torch.bfloat16", "max_num_seqs": 256, "model.architectures": ["LlamaForCausalLM"],
-    "model.rope_theta": 100000, "model.vocab_size": 768, "model.tie_word_embeddings": False,
-    "model.eos_token_id": [1], "model.generation_eos_token_id": 1,
-    "model.tokenizer_eos_token_id": 1, "model.bos_token_id": 0, "model.num_hidden_layers": 2,
-    "model.hidden_size": 128}
+    "dtype": "torch.bfloat16",
+    "max_num_seqs": 256,
+    "model.architectures": ["LlamaForCausalLM"],
+    "model.rope_theta": 100000,
+    "model.vocab_size": 768,
+    "model.tie_word_embeddings": False,
+    "model.eos_token_id": [1],
+    "model.generation_eos_token_id": 1,
+    "model.tokenizer_eos_token_id": 1,
+    "model.bos_token_id": 0,
+    "model.num_hidden_layers": 2,
+    "model.hidden_size": 128,
+}
 
 
 def test_engine_facts_normalise_the_engine_key():
@@ -82,17 +122,26 @@ def test_engine_facts_normalise_the_engine_key():
     assert facts["model.dtype"] == "bfloat16" and facts["model.eos_token_id"] == 1
     assert facts["model.rope_scaling"] is None  # not reported: unknown, not "default"
     assert engine_facts({"key": ENGINE_KEY, "notes": {}, "raw": {}}) == facts
-    assert engine_facts({**ENGINE_KEY, "model.rope_scaling": None})["model.rope_scaling"] == \
-        {"rope_type": "default"}
+    assert engine_facts({**ENGINE_KEY, "model.rope_scaling": None})["model.rope_scaling"] == {
+        "rope_type": "default"
+    }
 
 
 def test_config_facts_read_each_transformers_generation_its_own_way():
-    old = SimpleNamespace(torch_dtype="bfloat16", dtype="float32", rope_theta=10000.0,
-                          rope_scaling={"type": "linear", "factor": 2.0}, rms_norm_eps=1e-5,
-                          eos_token_id=[2, 1])
-    new = SimpleNamespace(dtype="torch.bfloat16", standardize_rope_params=True,
-                          rope_parameters={"rope_theta": 5e5, "rope_type": "default"},
-                          layer_norm_eps=1e-5)
+    old = SimpleNamespace(
+        torch_dtype="bfloat16",
+        dtype="float32",
+        rope_theta=10000.0,
+        rope_scaling={"type": "linear", "factor": 2.0},
+        rms_norm_eps=1e-5,
+        eos_token_id=[2, 1],
+    )
+    new = SimpleNamespace(
+        dtype="torch.bfloat16",
+        standardize_rope_params=True,
+        rope_parameters={"rope_theta": 5e5, "rope_type": "default"},
+        layer_norm_eps=1e-5,
+    )
     f_old = identity.config_facts(old, [7], None, transformers_major=4)
     f_new = identity.config_facts(new, None, 3, transformers_major=5)
     assert f_old["model.dtype"] == "bfloat16" and f_new["model.dtype"] == "bfloat16"
@@ -106,14 +155,17 @@ def test_config_facts_read_each_transformers_generation_its_own_way():
 
 def test_identity_imports_with_the_standard_library_only():
     """The V0 worker loads identity.py by path into an interpreter without parity."""
-    code = ("import importlib.util, sys; "
-            f"s = importlib.util.spec_from_file_location('i', {str(IDENTITY_PY)!r}); "
-            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
-            "assert m.same([1], 1.0) and m.normalize_dtype('torch.float16') == 'float16'; "
-            "print(sorted({n.split('.')[0] for n in sys.modules} & {'numpy', 'torch', "
-            "'transformers', 'parity'}))")
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
-                          text=True, check=True)
+    code = (
+        "import importlib.util, sys; "
+        f"s = importlib.util.spec_from_file_location('i', {str(IDENTITY_PY)!r}); "
+        "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+        "assert m.same([1], 1.0) and m.normalize_dtype('torch.float16') == 'float16'; "
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'numpy', 'torch', "
+        "'transformers', 'parity'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
     assert done.stdout.strip() == "[]"
 
 
@@ -125,18 +177,29 @@ def test_compare_statuses():
     rows = {r["key"]: r for r in compare(_facts(), engine, ("trainer", "v1"))}
     assert list(rows) == list(MODEL_KEYS)
     assert {k for k, r in rows.items() if r["status"] == "unknown"} == {
-        "model.rope_scaling", "model.max_position_embeddings", "model.norm_eps"}
-    assert {r["status"] for k, r in rows.items() if k not in (
-        "model.rope_scaling", "model.max_position_embeddings", "model.norm_eps")} == {"same"}
-    assert rows["model.dtype"] == {"key": "model.dtype", "trainer": "bfloat16",
-                                   "v1": "bfloat16", "status": "same"}
+        "model.rope_scaling",
+        "model.max_position_embeddings",
+        "model.norm_eps",
+    }
+    assert {
+        r["status"]
+        for k, r in rows.items()
+        if k not in ("model.rope_scaling", "model.max_position_embeddings", "model.norm_eps")
+    } == {"same"}
+    assert rows["model.dtype"] == {
+        "key": "model.dtype",
+        "trainer": "bfloat16",
+        "v1": "bfloat16",
+        "status": "same",
+    }
     # Negative controls: one value apart fails; a missing side is unknown, never same.
     bad = compare(_facts(), engine_facts({**ENGINE_KEY, "model.rope_theta": 10000.0}))
     assert [r["key"] for r in bad if r["status"] == "differs"] == ["model.rope_theta"]
     eos = compare(_facts(**{"model.generation_eos_token_id": [1, 5]}), _facts())
     assert [r["key"] for r in eos if r["status"] == "differs"] == ["model.generation_eos_token_id"]
     assert compare({"model.vocab_size": 768}, {}) == [
-        {"key": "model.vocab_size", "a": 768, "b": None, "status": "unknown"}]
+        {"key": "model.vocab_size", "a": 768, "b": None, "status": "unknown"}
+    ]
     assert compare({"dtype": "x"}, {"other": 1}) == []
 
 
@@ -155,17 +218,25 @@ T5_ONLY_EVIDENCE = {"fields": ["rope_parameters", "dtype"], "tokenizer_class": "
 
 def test_drift_names_cause_and_fix():
     trainer = {**_facts(), "config_json": T5_ONLY_EVIDENCE}
-    old = {**_facts(**{"model.rope_theta": 10000.0, "model.dtype": None,
-                       "model.tokenizer_eos_token_id": None}),
-           "errors": {"tokenizer": "ValueError: Tokenizer class TokenizersBackend does not exist"}}
+    old = {
+        **_facts(
+            **{
+                "model.rope_theta": 10000.0,
+                "model.dtype": None,
+                "model.tokenizer_eos_token_id": None,
+            }
+        ),
+        "errors": {"tokenizer": "ValueError: Tokenizer class TokenizersBackend does not exist"},
+    }
     rows = {r["key"]: r for r in drift(trainer, old, "v0", "4.51.3")}
     assert set(rows) == {"model.rope_theta", "model.dtype", "model.tokenizer_eos_token_id"}
     rope = rows["model.rope_theta"]
     assert rope["status"] == "differs" and rope["trainer"] == T5_ROPE_THETA and rope["v0"] == 1e4
     assert rope["message"] == (
         "config.json has only rope_parameters (transformers >= 5); transformers 4.51.3 in env v0 "
-        "reads rope_theta=10000.0 instead of 100000.0: add \"rope_theta\": 100000.0 to "
-        "config.json (parity's model builders write both)")
+        'reads rope_theta=10000.0 instead of 100000.0: add "rope_theta": 100000.0 to '
+        "config.json (parity's model builders write both)"
+    )
     dtype = rows["model.dtype"]
     assert dtype["status"] == "unreadable"
     assert "config.json has only dtype" in dtype["cause"] and "float16" in dtype["cause"]
@@ -181,8 +252,9 @@ def test_drift_generic_message_and_what_is_not_drift():
     old = _facts(**{"model.norm_eps": 1e-5, "model.max_position_embeddings": 2048})
     rows = drift(trainer, old, "v0", "4.51.3")
     assert [r["key"] for r in rows] == ["model.norm_eps"]  # trainer-unknown keys: not judged
-    assert rows[0]["message"].startswith("transformers 4.51.3 in env v0 reads norm_eps=1e-05 "
-                                         "instead of 1e-06")
+    assert rows[0]["message"].startswith(
+        "transformers 4.51.3 in env v0 reads norm_eps=1e-05 instead of 1e-06"
+    )
     assert drift(trainer, trainer, "v0", "4.51.3") == []  # negative control
 
 
@@ -208,8 +280,11 @@ def _t5_only(src: Path, dst: Path, tokenizer_too: bool = False) -> Path:
 @pytest.fixture(scope="module")
 def copies(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("identity")
-    return {"tiny": tiny_model, "t5": _t5_only(tiny_model, root / "t5"),
-            "t5_tok": _t5_only(tiny_model, root / "t5_tok", tokenizer_too=True)}
+    return {
+        "tiny": tiny_model,
+        "t5": _t5_only(tiny_model, root / "t5"),
+        "t5_tok": _t5_only(tiny_model, root / "t5_tok", tokenizer_too=True),
+    }
 
 
 def test_trainer_reads_both_spellings(copies):
@@ -250,9 +325,11 @@ def test_check_diagnoses_drift_before_starting_the_v0_engine(copies, tmp_path):
     from tests.conftest import run_cli
 
     scenario = tmp_path / "drift.toml"
-    scenario.write_text('name = "drift"\ncategory = "logprobs"\nexpect = "fail"\n'
-                        'expect_diagnosis = "config_drift"\n[prompts]\nsource = "arithmetic:4"\n'
-                        '[sampling]\ntemperature = 0.7\n[candidate]\nprofile = "v0"\n')
+    scenario.write_text(
+        'name = "drift"\ncategory = "logprobs"\nexpect = "fail"\n'
+        'expect_diagnosis = "config_drift"\n[prompts]\nsource = "arithmetic:4"\n'
+        '[sampling]\ntemperature = 0.7\n[candidate]\nprofile = "v0"\n'
+    )
     out = tmp_path / "out"
     result = run_cli(["check", str(scenario), "--model", str(copies["t5"]), "--output", str(out)])
     report = json.loads((out / "report.json").read_text())

@@ -25,11 +25,13 @@ def table(shift=0.0, noise=0.02, n_seqs=N_SEQS, n_tok=N_TOK, seed=0, floor=0.0):
     rng = np.random.default_rng(seed)
     n = n_seqs * n_tok
     trainer = -floor - rng.gamma(0.4, 1.5, n)
-    return {"sequence_id": np.repeat(np.arange(n_seqs), n_tok),
-            "position": np.tile(np.arange(n_tok), n_seqs),
-            "token_id": rng.integers(0, 32000, n),
-            "engine_logprob": trainer + rng.normal(0.0, noise, n) + shift,
-            "trainer_logprob": trainer}
+    return {
+        "sequence_id": np.repeat(np.arange(n_seqs), n_tok),
+        "position": np.tile(np.arange(n_tok), n_seqs),
+        "token_id": rng.integers(0, 32000, n),
+        "engine_logprob": trainer + rng.normal(0.0, noise, n) + shift,
+        "trainer_logprob": trainer,
+    }
 
 
 def write(path, cols):
@@ -86,8 +88,12 @@ def test_shift_below_fails_with_the_right_numbers(tmp_path):
     # k3 by hand for r = ref - cand = +0.2: exp(0.2) - 1 - 0.2
     assert m["kl_k3_mean"] == pytest.approx(math.exp(0.2) - 1.2, abs=0.001)
     outcomes = {f["name"]: f["outcome"] for f in g["verdict"]["findings"]}
-    assert outcomes == {"abs_dlogp_seqmean": "fail", "kl_k3_seqmean": "fail",
-                        "abs_dlogp_p99": "pass", "excluded_rate": "pass"}
+    assert outcomes == {
+        "abs_dlogp_seqmean": "fail",
+        "kl_k3_seqmean": "fail",
+        "abs_dlogp_p99": "pass",
+        "excluded_rate": "pass",
+    }
     assert g["verdict"]["diagnosis"] == "systematic_offset"
     assert "processed_logprobs" in g["verdict"]["message"]
     assert "abs_dlogp_seqmean" in (tmp_path / "out" / "report.md").read_text()
@@ -114,8 +120,14 @@ def test_temperature_on_one_side_shows_as_a_slope(tmp_path):
 
 
 def test_tolerances_can_be_overridden(tmp_path):
-    result, data = judged(tmp_path, table(shift=-0.2), "--tolerance", "abs_dlogp_mean=0.5",
-                          "--tolerance", "kl_k3_mean=0.05")
+    result, data = judged(
+        tmp_path,
+        table(shift=-0.2),
+        "--tolerance",
+        "abs_dlogp_mean=0.5",
+        "--tolerance",
+        "kl_k3_mean=0.05",
+    )
     assert result.exit_code == 0, result.output
     assert data["tolerances"]["abs_dlogp_mean"] == 0.5
 
@@ -176,14 +188,22 @@ def test_weight_versions_are_shown_and_the_worst_named(tmp_path):
 
 def test_parity_tokens_parquet_is_judged_per_scenario_and_engine(tmp_path):
     parts = []
-    for scenario, engine, shift in (("a", "candidate", 0.0), ("a", "baseline", -0.2),
-                                    ("b", "candidate", 0.0)):
+    for scenario, engine, shift in (
+        ("a", "candidate", 0.0),
+        ("a", "baseline", -0.2),
+        ("b", "candidate", 0.0),
+    ):
         cols = table(shift=shift, seed=len(parts))
         n = cols["engine_logprob"].size
-        cols.update(run_id=np.full(n, "r1"), scenario=np.full(n, scenario),
-                    entropy=np.full(n, 1.5), prompt_index=cols["sequence_id"] // 2,
-                    engine=np.full(n, engine), engine_label=np.full(n, f"{engine}-label"),
-                    trainer_raw_logprob=cols["trainer_logprob"] - 0.01)
+        cols.update(
+            run_id=np.full(n, "r1"),
+            scenario=np.full(n, scenario),
+            entropy=np.full(n, 1.5),
+            prompt_index=cols["sequence_id"] // 2,
+            engine=np.full(n, engine),
+            engine_label=np.full(n, f"{engine}-label"),
+            trainer_raw_logprob=cols["trainer_logprob"] - 0.01,
+        )
         parts.append(cols)
     unscored = slice(-2 * N_TOK, None)  # two sequences not scored by the reference (probes)
     for k in ("trainer_logprob", "trainer_raw_logprob", "entropy"):
@@ -226,12 +246,17 @@ def test_verl_pt_dump_with_format_verl(tmp_path):
     torch = pytest.importorskip("torch")
     engine, trainer, mask = wide(shift=-0.2)
     path = tmp_path / "batch.pt"
-    torch.save({"rollout_log_probs": torch.tensor(engine, dtype=torch.float32),
-                "old_log_probs": torch.tensor(trainer, dtype=torch.float32),
-                "response_mask": torch.tensor(mask),
-                "responses": torch.zeros(mask.shape, dtype=torch.long),
-                "entropys": torch.ones(mask.shape),
-                "uid": [f"p{i // 2}" for i in range(N_SEQS)]}, path)
+    torch.save(
+        {
+            "rollout_log_probs": torch.tensor(engine, dtype=torch.float32),
+            "old_log_probs": torch.tensor(trainer, dtype=torch.float32),
+            "response_mask": torch.tensor(mask),
+            "responses": torch.zeros(mask.shape, dtype=torch.long),
+            "entropys": torch.ones(mask.shape),
+            "uid": [f"p{i // 2}" for i in range(N_SEQS)],
+        },
+        path,
+    )
     result = run("judge", path, "--format", "verl", "--output", tmp_path / "out")
     assert result.exit_code == 1, result.output
     data = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -245,9 +270,14 @@ def test_verl_pt_dump_with_format_verl(tmp_path):
 
 def test_verl_names_without_format_are_recognised(tmp_path):
     engine, trainer, mask = wide()
-    path = write(tmp_path / "verl.parquet", {"rollout_log_probs": list(engine),
-                                             "old_log_probs": list(trainer),
-                                             "response_mask": list(mask)})
+    path = write(
+        tmp_path / "verl.parquet",
+        {
+            "rollout_log_probs": list(engine),
+            "old_log_probs": list(trainer),
+            "response_mask": list(mask),
+        },
+    )
     text = bad(tmp_path, path)
     assert "engine_logprob" in text and "rollout_log_probs" in text
     assert "--format verl" in text
@@ -257,8 +287,10 @@ def test_verl_names_without_format_are_recognised(tmp_path):
 
 def test_wide_table_without_its_mask_is_refused(tmp_path):
     engine, trainer, _ = wide()
-    path = write(tmp_path / "verl.parquet", {"rollout_log_probs": list(engine),
-                                             "old_log_probs": list(trainer)})
+    path = write(
+        tmp_path / "verl.parquet",
+        {"rollout_log_probs": list(engine), "old_log_probs": list(trainer)},
+    )
     text = bad(tmp_path, path, "--format", "verl")
     assert "response_mask" in text and "--map mask=" in text
 
@@ -269,13 +301,29 @@ def test_nemo_rl_jsonl(tmp_path):
     with open(tmp_path / "train_data_step1.jsonl", "w") as fh:
         for i in range(N_SEQS):
             m = [0] * prompt + mask[i].tolist()
-            fh.write(json.dumps({
-                "content": ["..."], "rewards": [1.0], "input_lengths": [sum(m)],
-                "token_ids": [[1] * len(m)], "token_loss_mask": [m],
-                "generation_logprobs": [[0.0] * prompt + engine[i].tolist()],
-                "prev_logprobs": [[0.0] * prompt + trainer[i].tolist()], "idx": i}) + "\n")
-    result = run("judge", tmp_path / "train_data_step1.jsonl", "--format", "nemo-rl",
-                 "--output", tmp_path / "out")
+            fh.write(
+                json.dumps(
+                    {
+                        "content": ["..."],
+                        "rewards": [1.0],
+                        "input_lengths": [sum(m)],
+                        "token_ids": [[1] * len(m)],
+                        "token_loss_mask": [m],
+                        "generation_logprobs": [[0.0] * prompt + engine[i].tolist()],
+                        "prev_logprobs": [[0.0] * prompt + trainer[i].tolist()],
+                        "idx": i,
+                    }
+                )
+                + "\n"
+            )
+    result = run(
+        "judge",
+        tmp_path / "train_data_step1.jsonl",
+        "--format",
+        "nemo-rl",
+        "--output",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["groups"][0]["metrics"]["n_tokens"] == mask.sum()
@@ -284,27 +332,35 @@ def test_nemo_rl_jsonl(tmp_path):
 
 def test_trl_names_and_map_override(tmp_path):
     engine, trainer, mask = wide(shift=-0.2)
-    path = write(tmp_path / "trl.parquet", {"sampling_per_token_logps": list(engine),
-                                            "old_per_token_logps": list(trainer),
-                                            "completion_mask": list(mask),
-                                            "my_lp": list(trainer)})
+    path = write(
+        tmp_path / "trl.parquet",
+        {
+            "sampling_per_token_logps": list(engine),
+            "old_per_token_logps": list(trainer),
+            "completion_mask": list(mask),
+            "my_lp": list(trainer),
+        },
+    )
     dump = dumps.load(path, "trl")
     assert sum(len(s) for s in dump.groups[0].engine) == mask.sum()
     # --map wins over the preset: the trainer column compared with itself (up to the shift)
     dump = dumps.load(path, "trl", {"engine_logprob": "my_lp"})
     assert dump.mapping["engine_logprob"] == "my_lp"
-    assert all(np.array_equal(a, b) for a, b in zip(dump.groups[0].engine,
-                                                    dump.groups[0].trainer))
+    assert all(np.array_equal(a, b) for a, b in zip(dump.groups[0].engine, dump.groups[0].trainer))
 
 
 def test_prime_rl_pt_with_per_sample_tensor_lists(tmp_path):
     torch = pytest.importorskip("torch")
     t = table(shift=-0.2)
     split = lambda a: list(torch.tensor(a).split(N_TOK))  # noqa: E731  (one tensor per sample)
-    torch.save({"inference_logprobs": split(t["engine_logprob"]),
-                "trainer_logprobs": split(t["trainer_logprob"]),
-                "loss_mask": split(np.ones(t["engine_logprob"].size, np.int64))},
-               tmp_path / "prime.pt")
+    torch.save(
+        {
+            "inference_logprobs": split(t["engine_logprob"]),
+            "trainer_logprobs": split(t["trainer_logprob"]),
+            "loss_mask": split(np.ones(t["engine_logprob"].size, np.int64)),
+        },
+        tmp_path / "prime.pt",
+    )
     dump = dumps.load(tmp_path / "prime.pt", "prime-rl")
     assert dump.layout == "wide" and len(dump.groups[0].engine) == N_SEQS
     verdict, detail = judge.judge_group(dump.groups[0], *judge.options([])[:3])
@@ -329,7 +385,7 @@ def test_rows_are_ordered_by_position(tmp_path):
     g = dump.groups[0]
     assert g.sequence_ids[0] == cols["sequence_id"][order[0]]  # first appearance order
     i = g.sequence_ids.index(3)
-    assert np.array_equal(g.trainer[i], cols["trainer_logprob"][3 * N_TOK:4 * N_TOK])
+    assert np.array_equal(g.trainer[i], cols["trainer_logprob"][3 * N_TOK : 4 * N_TOK])
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -362,8 +418,10 @@ def test_misaligned_wide_rows(tmp_path):
     engine, trainer, mask = wide()
     trainer_rows = [r for r in trainer]
     trainer_rows[3] = trainer_rows[3][:-1]
-    path = write(tmp_path / "w.parquet", {"engine_logprob": list(engine),
-                                          "trainer_logprob": trainer_rows, "mask": list(mask)})
+    path = write(
+        tmp_path / "w.parquet",
+        {"engine_logprob": list(engine), "trainer_logprob": trainer_rows, "mask": list(mask)},
+    )
     text = bad(tmp_path, path)
     assert "w.parquet" in text and "trainer_logprob" in text
     assert f"{N_TOK + 7} values in row 3" in text and "1 of 64 rows differ" in text
@@ -376,14 +434,17 @@ def test_position_gap_or_duplicate(tmp_path):
     assert "sequence 1" in text and "gap or a duplicate" in text
 
 
-@pytest.mark.parametrize("content,name,expected", [
-    (b"", "empty.parquet", "is empty"),
-    (b"not a parquet file at all", "junk.parquet", "cannot be read as parquet"),
-    (b"", "x.xlsx", "unknown file type"),
-    (b"", "empty.jsonl", "is empty"),
-    (b"{not json\n", "bad.jsonl", "cannot be read as jsonl"),
-    (b"not a pickle", "bad.pt", "torch.load(weights_only=True)"),
-])
+@pytest.mark.parametrize(
+    "content,name,expected",
+    [
+        (b"", "empty.parquet", "is empty"),
+        (b"not a parquet file at all", "junk.parquet", "cannot be read as parquet"),
+        (b"", "x.xlsx", "unknown file type"),
+        (b"", "empty.jsonl", "is empty"),
+        (b"{not json\n", "bad.jsonl", "cannot be read as jsonl"),
+        (b"not a pickle", "bad.pt", "torch.load(weights_only=True)"),
+    ],
+)
 def test_unreadable_files(tmp_path, content, name, expected):
     if name.endswith(".pt"):
         pytest.importorskip("torch")
@@ -402,8 +463,18 @@ def test_no_rows_missing_path_and_directory(tmp_path):
 
 def test_bad_options_are_all_listed(tmp_path):
     path = write(tmp_path / "d.parquet", table())
-    text = bad(tmp_path, path, "--map", "nonsense=x", "--tolerance", "kl=1",
-               "--tolerance", "abs_dlogp_mean=-1", "--clip-low", "2")
+    text = bad(
+        tmp_path,
+        path,
+        "--map",
+        "nonsense=x",
+        "--tolerance",
+        "kl=1",
+        "--tolerance",
+        "abs_dlogp_mean=-1",
+        "--clip-low",
+        "2",
+    )
     assert "4 problem(s)" in text
     assert "not a canonical column" in text and "kl" in text and "-1" in text
     assert "eps_low" in text

@@ -77,9 +77,15 @@ class _Refs:
 
     def get(self, model_path, head, run=None):
         def score(pairs, sampling):
-            return [RefScore(np.asarray(self.lps[i]) + self.offsets[head],
-                             np.asarray(self.lps[i]) + self.offsets[head], np.zeros(len(t)))
-                    for i, (_, t) in enumerate(pairs)]
+            return [
+                RefScore(
+                    np.asarray(self.lps[i]) + self.offsets[head],
+                    np.asarray(self.lps[i]) + self.offsets[head],
+                    np.zeros(len(t)),
+                )
+                for i, (_, t) in enumerate(pairs)
+            ]
+
         return SimpleNamespace(score=score)
 
 
@@ -88,13 +94,21 @@ def _result(head_dtype, engine_impl, require="float32", offsets=None):
     for i in range(30):
         tops = _positions(10, head_dtype, seed=i)
         tokens = [max(p, key=p.get) for p in tops]
-        seqs.append(Sequence(i, 0, [1, 2], tokens, [tops[j][t] for j, t in enumerate(tokens)],
-                             tops))
-    key = {"dtype": "torch.bfloat16", "head_dtype": "torch.bfloat16",
-           "logprobs_mode": "raw_logprobs", "engine_impl": engine_impl}
+        seqs.append(
+            Sequence(i, 0, [1, 2], tokens, [tops[j][t] for j, t in enumerate(tokens)], tops)
+        )
+    key = {
+        "dtype": "torch.bfloat16",
+        "head_dtype": "torch.bfloat16",
+        "logprobs_mode": "raw_logprobs",
+        "engine_impl": engine_impl,
+    }
     run = SimpleNamespace(sequences=seqs, effective_config={"key": key})
-    sc = SimpleNamespace(options={"require_head": require}, sampling=SamplingSpec(logprobs=5),
-                         clip=lm_head.metrics.ClipRange())
+    sc = SimpleNamespace(
+        options={"require_head": require},
+        sampling=SamplingSpec(logprobs=5),
+        clip=lm_head.metrics.ClipRange(),
+    )
     res = SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
     refs = _Refs(offsets or {"float32": 0.01, "model": 0.02})
     refs.lps = [s.logprobs for s in seqs]
@@ -106,8 +120,11 @@ def test_judge_bf16_head_fails_with_the_fix_per_engine():
     verdict, detail = lm_head.judge(res, refs)
     assert verdict.outcome == "fail" and verdict.diagnosis == "bf16_head"
     assert "hf_overrides={head_dtype: float32}" in verdict.message
-    assert detail["head"] == "model" and detail["vs_ref"]["float32"]["abs_dlogp_mean"] < \
-        detail["vs_ref"]["model"]["abs_dlogp_mean"]  # closer to fp32, still diagnosed bf16
+    assert (
+        detail["head"] == "model"
+        and detail["vs_ref"]["float32"]["abs_dlogp_mean"]
+        < detail["vs_ref"]["model"]["abs_dlogp_mean"]
+    )  # closer to fp32, still diagnosed bf16
     res, refs = _result(torch.bfloat16, "vllm.engine.llm_engine.LLMEngine")
     verdict, _ = lm_head.judge(res, refs)
     assert verdict.diagnosis == "bf16_head" and "PARITY_FP32_HEAD=1" in verdict.message
@@ -136,8 +153,7 @@ class UnquantizedEmbeddingMethod:  # named like vLLM's, which the patch accepts
 
 
 def _fake_model(tied):
-    weight = torch.nn.Parameter((torch.randn(V, 32) * 0.5).to(torch.bfloat16),
-                                requires_grad=False)
+    weight = torch.nn.Parameter((torch.randn(V, 32) * 0.5).to(torch.bfloat16), requires_grad=False)
     head = SimpleNamespace(weight=weight, quant_method=UnquantizedEmbeddingMethod())
     embed = head if tied else SimpleNamespace(weight=weight.clone())
     model = SimpleNamespace(lm_head=head, model=SimpleNamespace(embed_tokens=embed))
@@ -184,8 +200,9 @@ def _scenario(report, name):
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("name, head", [("lmhead-v1-fp32", "float32"),
-                                        ("lmhead-v0-fp32head", "float32")])
+@pytest.mark.parametrize(
+    "name, head", [("lmhead-v1-fp32", "float32"), ("lmhead-v0-fp32head", "float32")]
+)
 def test_fp32_head_engines_pass(runtime_run, name, head):
     _, _, report = runtime_run
     sc = _scenario(report, name)
@@ -196,8 +213,10 @@ def test_fp32_head_engines_pass(runtime_run, name, head):
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("name, fix", [("lmhead-v1-bf16-control", "hf_overrides"),
-                                       ("lmhead-v0-bf16-control", "PARITY_FP32_HEAD=1")])
+@pytest.mark.parametrize(
+    "name, fix",
+    [("lmhead-v1-bf16-control", "hf_overrides"), ("lmhead-v0-bf16-control", "PARITY_FP32_HEAD=1")],
+)
 def test_bf16_head_engines_fail_with_the_fix(runtime_run, name, fix):
     _, _, report = runtime_run
     sc = _scenario(report, name)
@@ -209,8 +228,11 @@ def test_bf16_head_engines_fail_with_the_fix(runtime_run, name, fix):
 @pytest.mark.engine
 def test_v0_patch_is_reported_in_the_effective_config(runtime_run):
     _, _, report = runtime_run
-    engines = {e["setting"]["profile"]: e["effective_config"] for e in report["engines"]
-               if "effective_config" in e}
+    engines = {
+        e["setting"]["profile"]: e["effective_config"]
+        for e in report["engines"]
+        if "effective_config" in e
+    }
     patched = engines["v0-fp32head"]
     assert patched["key"]["head_dtype"] == "torch.float32"
     assert patched["notes"]["head_dtype"] == "parity fp32 head patch"
@@ -223,8 +245,10 @@ def test_fix_follows_where_the_engine_resolved_its_head_dtype():
     fix is parity's patch, not the hf_overrides it ignores (its notes say it has no option)."""
     v1 = {"engine_impl": "vllm.v1.engine.llm_engine.LLMEngine"}
     native = {"key": v1, "notes": {"head_dtype": "model_config.head_dtype"}}
-    pooling_only = {"key": v1, "notes": {"head_dtype": "engine has no head_dtype option: "
-                                                       "model dtype"}}
+    pooling_only = {
+        "key": v1,
+        "notes": {"head_dtype": "engine has no head_dtype option: model dtype"},
+    }
     patched = {"key": v1, "notes": {"head_dtype": "parity fp32 head patch"}}
     assert "hf_overrides" in lm_head._engine_fix(native, "float32")
     assert "PARITY_FP32_HEAD=1" in lm_head._engine_fix(pooling_only, "float32")
@@ -250,8 +274,9 @@ def test_pooling_only_head_dtype_is_no_option():
     from parity.engines import vllm_patches
 
     def llm(cfg):
-        return SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
-            model_config=cfg)))
+        return SimpleNamespace(
+            llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(model_config=cfg))
+        )
 
     assert vllm_patches.has_native_head_dtype(llm(_NativeConfig()))
     assert not vllm_patches.has_native_head_dtype(llm(_PoolingOnlyConfig()))

@@ -61,8 +61,10 @@ def test_tiny_build_is_deterministic_and_on_demand(tiny, tmp_path, monkeypatch):
     assert "not built yet" in logs[0]
     assert again != tiny
     assert fingerprint(again) == fingerprint(tiny)
-    assert load_file(str(again / "model.safetensors")).keys() == \
-        load_file(str(tiny / "model.safetensors")).keys()
+    assert (
+        load_file(str(again / "model.safetensors")).keys()
+        == load_file(str(tiny / "model.safetensors")).keys()
+    )
 
 
 def test_tiny_config_reads_the_same_in_old_and_new_transformers(tiny):
@@ -109,7 +111,9 @@ def test_untrained_model_fails_the_entropy_check(tiny, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(tiny))).save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(tiny))).save_pretrained(
+        tmp_path
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(tiny / name, tmp_path / name)
     assert mean_entropy(tmp_path, SAMPLE) > 0.9 * math.log(_config(tiny)["vocab_size"])
@@ -123,9 +127,16 @@ def test_tiny_sampling_gives_varied_continuations(tiny):
     model = AutoModelForCausalLM.from_pretrained(str(tiny))
     ids = tok("The cat", return_tensors="pt")["input_ids"]
     torch.manual_seed(0)
-    out = model.generate(ids, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=8,
-                         num_return_sequences=8, pad_token_id=tok.pad_token_id)
-    assert len({tuple(row[ids.shape[1]:].tolist()) for row in out}) >= 4
+    out = model.generate(
+        ids,
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.9,
+        max_new_tokens=8,
+        num_return_sequences=8,
+        pad_token_id=tok.pad_token_id,
+    )
+    assert len({tuple(row[ids.shape[1] :].tolist()) for row in out}) >= 4
 
 
 def test_build_is_idempotent_and_rebuilds_an_unstamped_dir(tiny):
@@ -168,7 +179,10 @@ def test_perturb_changes_weights_deterministically(tiny, tmp_path):
     assert fingerprint(again) == fingerprint(one) != fingerprint(other) != fingerprint(tiny)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (one / name).read_bytes() == (tiny / name).read_bytes()
-    base, new = load_file(str(tiny / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    base, new = (
+        load_file(str(tiny / "model.safetensors")),
+        load_file(str(one / "model.safetensors")),
+    )
     assert base.keys() == new.keys()
     for key, w in base.items():
         assert new[key].dtype == w.dtype and new[key].shape == w.shape
@@ -181,7 +195,10 @@ def test_perturb_with_zero_scale_keeps_the_weights(tiny, tmp_path):
     import torch
 
     same = perturb(tiny, seed=3, scale=0.0, out=tmp_path / "same", log=lambda m: None)
-    base, new = load_file(str(tiny / "model.safetensors")), load_file(str(same / "model.safetensors"))
+    base, new = (
+        load_file(str(tiny / "model.safetensors")),
+        load_file(str(same / "model.safetensors")),
+    )
     assert all(torch.equal(base[k], new[k]) for k in base)
 
 
@@ -213,13 +230,20 @@ def test_tiny_reads_the_same_under_transformers_4_51(tiny, monkeypatch):
         monkeypatch.setenv("PARITY_CACHE_DIR", REAL_CACHE)
     V0_PYTHON = envs.ensure_env(envs.get_spec("v0"), log=lambda m: None)  # built once, reused
     text = "12 + 7 = 19. The cat sees a red ball!"
-    done = subprocess.run([str(V0_PYTHON), "-c", _READ_BACK, str(tiny), text],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(V0_PYTHON), "-c", _READ_BACK, str(tiny), text],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     old = json.loads(done.stdout.strip().splitlines()[-1])
     cfg = AutoConfig.from_pretrained(str(tiny))
-    assert old == {"rope_theta": cfg.rope_parameters["rope_theta"], "vocab": cfg.vocab_size,
-                   "eos": cfg.eos_token_id,
-                   "ids": AutoTokenizer.from_pretrained(str(tiny))(text)["input_ids"]}
+    assert old == {
+        "rope_theta": cfg.rope_parameters["rope_theta"],
+        "vocab": cfg.vocab_size,
+        "eos": cfg.eos_token_id,
+        "ids": AutoTokenizer.from_pretrained(str(tiny))(text)["input_ids"],
+    }
 
 
 @pytest.mark.engine
@@ -234,10 +258,13 @@ def test_smollm2_builds_and_answers_arithmetic(tmp_path, monkeypatch):
     assert "quantization_config" not in cfg and cfg["torch_dtype"] == "bfloat16"
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 5?"}],
-                                  add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 7 + 5?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     # Greedy, it explains first ("To add 7 and 5, you simply add them together: 7 + 5 = 12."):
     # 12 new tokens stop before the number, 24 reach it.
     out = model.generate(ids, do_sample=False, max_new_tokens=24)
-    assert "12" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "12" in tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -24,11 +24,18 @@ ALL = set(RL_ENDPOINTS)
 
 
 def engine(url, tmp_path):
-    setting, problems = from_table({"engine": "openai", "url": url}, "candidate", "s.toml",
-                                   load_profiles())
+    setting, problems = from_table(
+        {"engine": "openai", "url": url}, "candidate", "s.toml", load_profiles()
+    )
     assert not problems, problems
-    return create(setting, "/models/tiny", "python", tmp_path / "client.log",
-                  start_timeout=5, request_timeout=3)
+    return create(
+        setting,
+        "/models/tiny",
+        "python",
+        tmp_path / "client.log",
+        start_timeout=5,
+        request_timeout=3,
+    )
 
 
 def paths(calls):
@@ -42,13 +49,23 @@ def test_update_calls_the_rl_endpoints_in_order(tmp_path):
         rl = eng.effective_config()["rl_endpoints"]
     one = ["/pause", "/weight_checker", "/collective_rpc", "/weight_checker"]
     assert paths(server.calls) == [
-        *one, "/reset_prefix_cache", "/update_weight_version", "/resume", "/weight_info",
-        *one, "/update_weight_version", "/resume", "/weight_info"]
+        *one,
+        "/reset_prefix_cache",
+        "/update_weight_version",
+        "/resume",
+        "/weight_info",
+        *one,
+        "/update_weight_version",
+        "/resume",
+        "/weight_info",
+    ]
     pause = server.calls[0][1]
     assert "mode=keep" in pause and "clear_cache=true" in pause
     assert "clear_cache=false" in server.calls[8][1]
-    assert server.calls[2][2] == {"method": "reload_weights",
-                                  "kwargs": {"weights_path": "/ckpt/new"}}
+    assert server.calls[2][2] == {
+        "method": "reload_weights",
+        "kwargs": {"weights_path": "/ckpt/new"},
+    }
     assert server.calls[5][2] == {"new_version": "1"} and not server.paused
     # The workers' checksums before and after the reload: the head changed, the norm did not.
     assert rec["checksums"] == {"total": 2, "changed": 1, "unchanged": ["norm.weight"]}
@@ -105,8 +122,7 @@ def test_no_schema_but_endpoints_are_found_when_called(tmp_path):
 
 @pytest.mark.parametrize("failing", ["/collective_rpc", "/update_weight_version"])
 def test_an_endpoint_error_is_an_engine_error_and_the_server_resumes(tmp_path, failing):
-    with FakeServer(rl=ALL, rl_fail={failing: 500}) as server, \
-            engine(server.url, tmp_path) as eng:
+    with FakeServer(rl=ALL, rl_fail={failing: 500}) as server, engine(server.url, tmp_path) as eng:
         with pytest.raises(EngineError) as err:
             eng.update_weights("/ckpt/new")
     assert f"POST {failing}: HTTP 500" in str(err.value) and f"{failing} failed" in str(err.value)
@@ -115,20 +131,25 @@ def test_an_endpoint_error_is_an_engine_error_and_the_server_resumes(tmp_path, f
 
 
 def test_a_failing_weight_checker_is_evidence_not_a_failed_update(tmp_path):
-    with FakeServer(rl=ALL, rl_fail={"/weight_checker": 500}) as server, \
-            engine(server.url, tmp_path) as eng:
+    with (
+        FakeServer(rl=ALL, rl_fail={"/weight_checker": 500}) as server,
+        engine(server.url, tmp_path) as eng,
+    ):
         rec = eng.update_weights("/ckpt/new")
     assert rec["version"] == 1 and "HTTP 500" in rec["checksums"]["error"]
     assert paths(server.calls).count("/weight_checker") == 1  # not asked again after the load
     assert checksum_change({"a": "1"}, {"a": "1", "b": "2"}) == {
-        "total": 2, "changed": 1, "unchanged": ["a"]}
+        "total": 2,
+        "changed": 1,
+        "unchanged": ["a"],
+    }
 
 
 def test_a_failing_pause_is_an_error_without_resume(tmp_path):
-    with FakeServer(rl=ALL, rl_fail={"/pause": 400}) as server, \
-            engine(server.url, tmp_path) as eng:
-        with pytest.raises(EngineError,
-                           match=r"POST /pause\?mode=keep&clear_cache=false: HTTP 400"):
+    with FakeServer(rl=ALL, rl_fail={"/pause": 400}) as server, engine(server.url, tmp_path) as eng:
+        with pytest.raises(
+            EngineError, match=r"POST /pause\?mode=keep&clear_cache=false: HTTP 400"
+        ):
             eng.update_weights("/ckpt/new")
     assert paths(server.calls) == ["/pause"]
 
@@ -180,8 +201,9 @@ def test_check_on_a_server_lacking_an_endpoint_is_unresolved_naming_it(tmp_path,
     verdict = report["scenarios"][0]["verdict"]
     assert verdict["outcome"] == "unresolved"
     named = "/collective_rpc" if rl else "/pause"
-    assert f"lacks {named}" in verdict["message"] or \
-        f"{named}: the server lacks" in verdict["message"], verdict["message"]
+    assert (
+        f"lacks {named}" in verdict["message"] or f"{named}: the server lacks" in verdict["message"]
+    ), verdict["message"]
     assert not server.paused
     md = (out / "report.md").read_text()
     assert "RL endpoints (GET /openapi.json)" in md

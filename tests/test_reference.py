@@ -31,8 +31,9 @@ def _vllm_processed(logits: torch.Tensor, s: SamplingSpec) -> torch.Tensor:
     """vLLM's own implementation, called directly (temperature, then its top-k/top-p op)."""
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
 
-    return apply_top_k_top_p_pytorch(logits.clone() / s.temperature, *_kp(s, len(logits)),
-                                     allow_cpu_sync=True)
+    return apply_top_k_top_p_pytorch(
+        logits.clone() / s.temperature, *_kp(s, len(logits)), allow_cpu_sync=True
+    )
 
 
 def _tied_logits(seed: int = 0) -> torch.Tensor:
@@ -47,7 +48,7 @@ def _tied_at_k(logits: torch.Tensor, s: SamplingSpec) -> torch.Tensor:
     """Rows with more tokens at or above the k-th largest logit than k (independent of
     boundary_ties: counted with a full sort)."""
     x = logits / s.temperature
-    kth = x.sort(dim=-1, descending=True).values[:, s.top_k - 1: s.top_k]
+    kth = x.sort(dim=-1, descending=True).values[:, s.top_k - 1 : s.top_k]
     return (x >= kth).sum(dim=-1) > s.top_k
 
 
@@ -82,8 +83,9 @@ def test_cpu_dispatch_is_the_pytorch_path():
     logits = _tied_logits(1)
     for spec in SPECS:
         theirs = apply_top_k_top_p(logits.clone() / spec.temperature, *_kp(spec, len(logits)))
-        assert torch.equal(torch.isinf(process_logits(logits, spec, "keep_ties")),
-                           torch.isinf(theirs))
+        assert torch.equal(
+            torch.isinf(process_logits(logits, spec, "keep_ties")), torch.isinf(theirs)
+        )
 
 
 def _exact_k_by_hand(x: np.ndarray, k: int | None, p: float | None) -> set[int]:
@@ -152,7 +154,13 @@ def test_boundary_ties_per_token():
     assert boundary_ties(logits, spec, tokens=torch.tensor([4, 2])).tolist() == [True, False]
     assert boundary_ties(logits, spec, tokens=torch.tensor([0, 2])).tolist() == [False, False]
     assert torch.isfinite(process_logits(logits, spec, "exact_k"))[0].tolist() == [
-        True, True, True, False, False, False]
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert not boundary_ties(logits, SamplingSpec(temperature=0.0, top_k=3)).any()  # greedy
 
 
@@ -173,8 +181,7 @@ def test_cache_key_and_entry_carry_the_tie_rule(tmp_path):
     key = ScoreCache.key("fp", "float32", s, [1, 2], [3], "keep_ties")
     assert key != ScoreCache.key("fp", "float32", s, [1, 2], [3], "exact_k")
     cache = ScoreCache(tmp_path / "c.sqlite")
-    cache.put(key, RefScore(np.array([-1.0]), np.array([-2.0]), np.array([0.5]),
-                            np.array([True])))
+    cache.put(key, RefScore(np.array([-1.0]), np.array([-2.0]), np.array([0.5]), np.array([True])))
     got = cache.get(key)
     assert got.boundary_tie.tolist() == [True] and got.processed_logprob.tolist() == [-2.0]
     with pytest.raises(ValueError):

@@ -18,8 +18,15 @@ from parity.trainer.reference import (
     verify_head,
 )
 
-DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=128, max_position_embeddings=256)
+DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=256,
+)
 PAIRS = [([1, 5, 9, 14], [20, 33, 47, 2, 101]), ([7, 3], [64, 65, 66]), ([12] * 9, [0, 127])]
 
 
@@ -34,8 +41,14 @@ def _config(kind: str, **extra):
         "hyperclovax": lambda: T.HyperCLOVAXConfig(**DIMS, logits_scaling=0.5),
         "phi": lambda: T.PhiConfig(**DIMS),  # lm_head has a bias
         "minicpm3": lambda: T.MiniCPM3Config(  # hidden / (hidden_size / dim_model_base)
-            **{**DIMS, "num_key_value_heads": 4}, dim_model_base=16, q_lora_rank=32,
-            kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16),
+            **{**DIMS, "num_key_value_heads": 4},
+            dim_model_base=16,
+            q_lora_rank=32,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+        ),
     }
     config = make[kind]()
     for name, value in extra.items():
@@ -70,7 +83,7 @@ def _hf_logprobs(model, pairs, sampling=None):
     for prompt, tokens in pairs:
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
-        rows = logits[len(prompt) - 1: len(prompt) + len(tokens) - 1]
+        rows = logits[len(prompt) - 1 : len(prompt) + len(tokens) - 1]
         if sampling is not None:
             rows = process_logits(rows, sampling)
         out.append(rows.log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1))
@@ -82,7 +95,7 @@ def _greedy(model, prompt, n):
     for _ in range(n):
         with torch.no_grad():
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 KINDS = ["llama", "gemma2", "cohere", "granite", "hyperclovax", "phi", "minicpm3"]
@@ -111,8 +124,14 @@ def test_reference_logprobs_equal_the_models_own(kind, tmp_path_factory):
 def test_specs_read_from_configs():
     assert head_spec(_config("llama")) == HeadSpec("? (model_type llama)")
     assert head_spec(_config("gemma2")).softcap == 5.0
-    assert (head_spec(_config("cohere")).scale, head_spec(_config("cohere")).scale_op) == (0.25, "mul")
-    assert (head_spec(_config("granite")).scale, head_spec(_config("granite")).scale_op) == (4.0, "div")
+    assert (head_spec(_config("cohere")).scale, head_spec(_config("cohere")).scale_op) == (
+        0.25,
+        "mul",
+    )
+    assert (head_spec(_config("granite")).scale, head_spec(_config("granite")).scale_op) == (
+        4.0,
+        "div",
+    )
     assert head_spec(_config("hyperclovax")).scale_op == "mul"
     assert head_spec(_config("minicpm3")).scale == 4.0  # a property, absent from to_dict()
     assert head_spec(_config("llama", lm_head_multiplier=1.0)).scale is None  # identity: fine
@@ -149,12 +168,15 @@ def test_model_dtype_head_mirrors_bf16_forward():
     assert 0 < (fp32 - want).abs().max() < 0.1  # the fp32 head differs by bf16 rounding only
 
 
-@pytest.mark.parametrize("extra, name", [
-    ({"output_logit_soft_cap": 30.0}, "output_logit_soft_cap"),
-    ({"lm_head_multiplier": 2.0}, "lm_head_multiplier"),
-    ({"logits_mup_width_multiplier": 8.0}, "logits_mup_width_multiplier"),
-    ({"logits_scaling": 2.0}, "logits_scaling"),  # divides in Granite, multiplies elsewhere
-])
+@pytest.mark.parametrize(
+    "extra, name",
+    [
+        ({"output_logit_soft_cap": 30.0}, "output_logit_soft_cap"),
+        ({"lm_head_multiplier": 2.0}, "lm_head_multiplier"),
+        ({"logits_mup_width_multiplier": 8.0}, "logits_mup_width_multiplier"),
+        ({"logits_scaling": 2.0}, "logits_scaling"),  # divides in Granite, multiplies elsewhere
+    ],
+)
 def test_unknown_logit_modifier_is_refused_by_name(extra, name):
     with pytest.raises(ReferenceError, match=name) as err:
         head_spec(_config("llama", **extra))

@@ -32,8 +32,9 @@ def _rows(n=37, hidden=64, vocab=1000, seed=1):
     return h, torch.randint(0, vocab, (n,), generator=gen)
 
 
-@pytest.mark.parametrize("sampling", [SAMPLING, SamplingSpec(temperature=1.3, top_p=0.5),
-                                      SamplingSpec(temperature=0.0)])
+@pytest.mark.parametrize(
+    "sampling", [SAMPLING, SamplingSpec(temperature=1.3, top_p=0.5), SamplingSpec(temperature=0.0)]
+)
 @pytest.mark.parametrize("rows", [1, 5, 16])
 def test_chunked_scoring_equals_unchunked(sampling, rows):
     head = _head(torch.float32, tile=4)
@@ -59,16 +60,23 @@ def test_head_cast_block_by_block_equals_the_fp32_copy():
 
 @pytest.mark.parametrize("sampling", [SAMPLING, SamplingSpec(temperature=0.7)])
 def test_reference_chunked_equals_unchunked_on_a_real_model(tiny_model, sampling):
-    pairs = [([1, 5, 9, 13], [20, 21, 22, 23, 24, 25]), ([7, 8], [30, 31, 32]),
-             ([2, 3, 4, 5, 6], [40] * 9)]
-    whole = Reference(tiny_model, "float32", chunk_rows=10_000, device="cpu", tile_rows=2
-                      ).score(pairs, sampling)
+    pairs = [
+        ([1, 5, 9, 13], [20, 21, 22, 23, 24, 25]),
+        ([7, 8], [30, 31, 32]),
+        ([2, 3, 4, 5, 6], [40] * 9),
+    ]
+    whole = Reference(tiny_model, "float32", chunk_rows=10_000, device="cpu", tile_rows=2).score(
+        pairs, sampling
+    )
     ref = Reference(tiny_model, "float32", chunk_rows=2, device="cpu", tile_rows=2)
     chunked = ref.score(pairs, sampling)
     assert ref.stats["chunk_rows"] == 2 and ref.stats["device"] == "cpu"
     for a, b in zip(whole, chunked):
-        for x, y in ((a.raw_logprob, b.raw_logprob), (a.processed_logprob, b.processed_logprob),
-                     (a.entropy, b.entropy)):
+        for x, y in (
+            (a.raw_logprob, b.raw_logprob),
+            (a.processed_logprob, b.processed_logprob),
+            (a.entropy, b.entropy),
+        ):
             finite = np.isfinite(x)
             assert (finite == np.isfinite(y)).all()
             assert np.abs(x[finite] - y[finite]).max(initial=0.0) <= 1e-6
@@ -103,15 +111,19 @@ def test_device_auto_is_cuda_where_torch_sees_one(monkeypatch):
 
 def test_cache_keys_differ_by_device_type():
     key = ScoreCache.key
-    assert key("fp", "float32", SAMPLING, [1], [2], "keep_ties", "cuda:0") == \
-        key("fp", "float32", SAMPLING, [1], [2], "keep_ties", "cuda")
-    assert key("fp", "float32", SAMPLING, [1], [2], "keep_ties", "cuda") != \
-        key("fp", "float32", SAMPLING, [1], [2], "keep_ties", "cpu")
+    assert key("fp", "float32", SAMPLING, [1], [2], "keep_ties", "cuda:0") == key(
+        "fp", "float32", SAMPLING, [1], [2], "keep_ties", "cuda"
+    )
+    assert key("fp", "float32", SAMPLING, [1], [2], "keep_ties", "cuda") != key(
+        "fp", "float32", SAMPLING, [1], [2], "keep_ties", "cpu"
+    )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="no CUDA device on this machine (torch.cuda.is_available() is False):"
-                           " the reference's CUDA path runs where a GPU is")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device on this machine (torch.cuda.is_available() is False):"
+    " the reference's CUDA path runs where a GPU is",
+)
 def test_reference_on_cuda_matches_cpu(tiny_model):
     pairs = [([1, 5, 9, 13], [20, 21, 22, 23, 24, 25]), ([7, 8], [30, 31, 32])]
     cpu = Reference(tiny_model, "float32", device="cpu").score(pairs, SAMPLING)

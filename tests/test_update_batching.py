@@ -25,8 +25,13 @@ def _pairs(n=9, seed=0, shared=True):
     completions each (samples, or the sequences before and after an update), one of them a
     prompt of one token."""
     rng = np.random.default_rng(seed)
-    out = [(list(rng.integers(3, 200, rng.integers(1, 15))),
-            list(rng.integers(3, 200, rng.integers(2, 18)))) for _ in range(n)]
+    out = [
+        (
+            list(rng.integers(3, 200, rng.integers(1, 15))),
+            list(rng.integers(3, 200, rng.integers(2, 18))),
+        )
+        for _ in range(n)
+    ]
     out[1] = (out[1][0], [])
     out[2] = (out[2][0], out[2][1][:1])
     if shared:
@@ -59,8 +64,11 @@ def _every_boundary(pairs):
     return items
 
 
-@pytest.mark.parametrize("sampling,shared", [(T1, True), (TOPK, True), (T1, False)],
-                         ids=["t1", "topk-topp", "nothing-shared"])
+@pytest.mark.parametrize(
+    "sampling,shared",
+    [(T1, True), (TOPK, True), (T1, False)],
+    ids=["t1", "topk-topp", "nothing-shared"],
+)
 def test_batched_equals_one_sequence_at_every_boundary(scorer, sampling, shared):
     items = _every_boundary(_pairs(shared=shared))
     many = scorer.score_many(items, sampling)
@@ -72,19 +80,25 @@ def test_batched_equals_one_sequence_at_every_boundary(scorer, sampling, shared)
 
 def test_old_new_keep_and_recompute_batched(scorer):
     pairs = [pt for pt in _pairs(seed=1) if pt[1]]
-    assert _max_diff(scorer.old_many(pairs, T1),
-                     [scorer.old(p, t, T1) for p, t in pairs]) <= 1e-5
+    assert _max_diff(scorer.old_many(pairs, T1), [scorer.old(p, t, T1) for p, t in pairs]) <= 1e-5
     news = scorer.new_many(pairs, T1)
     assert _max_diff(news, [scorer.new(p, t, T1) for p, t in pairs]) <= 1e-5
     olds = scorer.old_many(pairs, T1)
     for k in (0, 1, 3, 7):
         ks = [min(k, len(t)) for _, t in pairs]
-        assert _max_diff(scorer.keep_many(pairs, ks, T1),
-                         [scorer.keep(p, t, kk, T1) for (p, t), kk in zip(pairs, ks)]) <= 1e-5
+        assert (
+            _max_diff(
+                scorer.keep_many(pairs, ks, T1),
+                [scorer.keep(p, t, kk, T1) for (p, t), kk in zip(pairs, ks)],
+            )
+            <= 1e-5
+        )
         # recompute as the in-flight judging builds it: old before k, new from k on
         rec = [np.concatenate([o[:kk], n[kk:]]) for o, n, kk in zip(olds, news, ks)]
-        assert _max_diff(rec, [scorer.recompute(p, t, kk, T1)
-                               for (p, t), kk in zip(pairs, ks)]) <= 1e-5
+        assert (
+            _max_diff(rec, [scorer.recompute(p, t, kk, T1) for (p, t), kk in zip(pairs, ks)])
+            <= 1e-5
+        )
 
 
 def test_a_batch_larger_than_one_chunk(scorer, monkeypatch):
@@ -119,12 +133,12 @@ def test_hybrid_pair_batched(scorer):
     pairs = [pt for pt in _pairs(seed=3) if pt[1]]
     ks = [min(3, len(t)) for _, t in pairs]
     many = scorer.new_many(pairs, T1, new=pair) + scorer.keep_many(pairs, ks, T1, new=pair)
-    one = ([scorer.score(p, t, 0, T1, new=pair) for p, t in pairs]
-           + [scorer.score(p, t, keep_boundary(len(p), k), T1, new=pair)
-              for (p, t), k in zip(pairs, ks)])
+    one = [scorer.score(p, t, 0, T1, new=pair) for p, t in pairs] + [
+        scorer.score(p, t, keep_boundary(len(p), k), T1, new=pair) for (p, t), k in zip(pairs, ks)
+    ]
     assert _max_diff(many, one) <= 1e-5
     # and it is another model than the new weights (the check can fail)
-    assert _max_diff(many[:len(pairs)], scorer.new_many(pairs, T1)) > 1e-2
+    assert _max_diff(many[: len(pairs)], scorer.new_many(pairs, T1)) > 1e-2
 
 
 def test_a_wrong_boundary_is_caught(scorer):
@@ -149,7 +163,10 @@ def test_bfloat16_batched_within_its_rounding(tiny_model, perturbed):
     diffs = np.concatenate([np.abs(a - b) for a, b in zip(many, one) if len(a)])
     rounding = np.concatenate([np.abs(a - b) for a, b in zip(one, ref) if len(a)])
     assert diffs.max() <= 0.1 and diffs.mean() <= 0.5 * rounding.mean(), (
-        diffs.max(), diffs.mean(), rounding.mean())
+        diffs.max(),
+        diffs.mean(),
+        rounding.mean(),
+    )
 
 
 def _predict(scorer, pairs, ks, pair, idx):
@@ -159,8 +176,9 @@ def _predict(scorer, pairs, ks, pair, idx):
     return [x[k:] for x, k in zip(scorer.keep_many(sub, kk, T1, new=pair), kk)]
 
 
-@pytest.mark.parametrize("stale,k", [(["layers.1"], 2), ([hybrids.HEAD], 2),
-                                     (["layers.1"], 0), (["embed_tokens"], 0)])
+@pytest.mark.parametrize(
+    "stale,k", [(["layers.1"], 2), ([hybrids.HEAD], 2), (["layers.1"], 0), (["embed_tokens"], 0)]
+)
 def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch, stale, k):
     """The search with a batched Predictor (keep semantics as the in-flight probe predicts,
     or the new weights throughout as the between-calls probes do: the shared prompt template
@@ -176,8 +194,11 @@ def test_batched_search_with_replay_equals_the_plain_search(scorer, monkeypatch,
     predict = hybrids.Predictor(lambda pair, idx: _predict(scorer, pairs, ks, pair, idx))
     calls = []
     layer_call = type(scorer.pairs()[1][0].base_model.layers[0]).__call__
-    monkeypatch.setattr(type(scorer.pairs()[1][0].base_model.layers[0]), "__call__",
-                        lambda self, *a, **k: calls.append(1) or layer_call(self, *a, **k))
+    monkeypatch.setattr(
+        type(scorer.pairs()[1][0].base_model.layers[0]),
+        "__call__",
+        lambda self, *a, **k: calls.append(1) or layer_call(self, *a, **k),
+    )
     fast = hybrids.explain(scorer, predict, engine, 0.05)
     n_fast = len(calls)
     monkeypatch.setattr(hybrids.HybridModel, "shared", lambda self, a, b: [])

@@ -42,19 +42,20 @@ def _step_loop(scorer: SplitScorer, prompt, tokens, k):
     cache = out.past_key_values
     for j in range(1, len(tokens)):
         model = old if j < k else new
-        out = model(input_ids=torch.tensor([[tokens[j - 1]]]), past_key_values=cache,
-                    use_cache=True)
+        out = model(
+            input_ids=torch.tensor([[tokens[j - 1]]]), past_key_values=cache, use_cache=True
+        )
         cache = out.past_key_values
         logps.append(out.logits[0, -1].float().log_softmax(-1)[tokens[j]].item())
     return np.array(logps)
 
 
 def test_boundaries():
-    assert keep_boundary(7, 0) == 0          # never prefilled: nothing computed by the old
-    assert keep_boundary(7, 1) == 7          # prefill computed the 7 prompt positions
-    assert keep_boundary(7, 3) == 9          # plus the KV of tokens 1 and 2
+    assert keep_boundary(7, 0) == 0  # never prefilled: nothing computed by the old
+    assert keep_boundary(7, 1) == 7  # prefill computed the 7 prompt positions
+    assert keep_boundary(7, 3) == 9  # plus the KV of tokens 1 and 2
     assert cached_boundary(129, 128) == 128  # one full block served from the cache
-    assert cached_boundary(128, 128) == 0    # the last prompt token is always recomputed
+    assert cached_boundary(128, 128) == 0  # the last prompt token is always recomputed
     assert cached_boundary(300, 128) == 256
 
 
@@ -66,13 +67,15 @@ def test_keep_matches_an_explicit_step_loop(scorer, k):
 
 def test_keep_equals_recompute_when_the_weights_do_not_change(same):
     for k in (0, 3, 10):
-        assert np.allclose(same.keep(PROMPT, TOKENS, k, T1),
-                           same.recompute(PROMPT, TOKENS, k, T1), atol=2e-4)
+        assert np.allclose(
+            same.keep(PROMPT, TOKENS, k, T1), same.recompute(PROMPT, TOKENS, k, T1), atol=2e-4
+        )
 
 
 def test_keep_with_k0_is_the_new_weights_everywhere(scorer):
-    assert np.allclose(scorer.keep(PROMPT, TOKENS, 0, T1), scorer.new(PROMPT, TOKENS, T1),
-                       atol=1e-6)
+    assert np.allclose(
+        scorer.keep(PROMPT, TOKENS, 0, T1), scorer.new(PROMPT, TOKENS, T1), atol=1e-6
+    )
 
 
 def test_keep_and_recompute_agree_before_the_update_and_differ_after(scorer):
@@ -102,32 +105,44 @@ def test_shared_context():
 def test_parse_update_reports_every_problem():
     spec, problems = parse_update({"scale": 0.5, "via": "reload", "mode": "keep"}, "f.toml")
     assert spec is not None and spec.scale == 0.5 and not problems
-    spec, problems = parse_update({"via": "magic", "mode": "later", "scale": -1, "nope": 1,
-                                   "clear_cache": "yes"}, "f.toml")
+    spec, problems = parse_update(
+        {"via": "magic", "mode": "later", "scale": -1, "nope": 1, "clear_cache": "yes"}, "f.toml"
+    )
     assert spec is None
-    assert {fld for _, fld, _ in problems} == {"update.via", "update.mode", "update.scale",
-                                               "update.nope", "update.clear_cache"}
+    assert {fld for _, fld, _ in problems} == {
+        "update.via",
+        "update.mode",
+        "update.scale",
+        "update.nope",
+        "update.clear_cache",
+    }
 
 
 def test_scenario_validation(tmp_path):
     from parity.run.scenario import parse_scenario
 
     good = tmp_path / "good.toml"
-    good.write_text('category = "weight_update"\nprobe = "inflight"\n'
-                    'update = { after_tokens = 4 }\n[prompts]\nsource = "arithmetic:4"\n')
+    good.write_text(
+        'category = "weight_update"\nprobe = "inflight"\n'
+        'update = { after_tokens = 4 }\n[prompts]\nsource = "arithmetic:4"\n'
+    )
     sc, problems = parse_scenario(good)
     assert not problems and sc.options["update"].after_tokens == 4
     assert sc.options["probe"] == "inflight"
     bad = tmp_path / "bad.toml"
-    bad.write_text('category = "weight_update"\nprobe = "sometimes"\n'
-                   'update = { via = "magic" }\n[prompts]\nsource = "arithmetic:4"\n')
+    bad.write_text(
+        'category = "weight_update"\nprobe = "sometimes"\n'
+        'update = { via = "magic" }\n[prompts]\nsource = "arithmetic:4"\n'
+    )
     sc, problems = parse_scenario(bad)
     assert sc is None and {fld for _, fld, _ in problems} == {"probe", "update.via"}
     other = tmp_path / "other.toml"
-    other.write_text('category = "logprobs"\nupdate = { scale = 1.0 }\n[prompts]\n'
-                     'source = "arithmetic:4"\n[sampling]\ntemperature = 0.7\n')
+    other.write_text(
+        'category = "logprobs"\nupdate = { scale = 1.0 }\n[prompts]\n'
+        'source = "arithmetic:4"\n[sampling]\ntemperature = 0.7\n'
+    )
     sc, problems = parse_scenario(other)
-    assert ("update" in {fld for _, fld, _ in problems})
+    assert "update" in {fld for _, fld, _ in problems}
 
 
 # ----------------------------------------------------------------------------- real engines
@@ -153,9 +168,12 @@ def update_run(tmp_path_factory):
         text = (SCENARIOS / f"update-inflight-{engine}.toml").read_text()
         for mode in ("wait", "abort"):
             f = extra / f"update-inflight-{engine}-{mode}.toml"
-            f.write_text(text.replace(f'name = "update-inflight-{engine}"',
-                                      f'name = "update-inflight-{engine}-{mode}"\nmin_tokens = 100')
-                         .replace('mode = "keep"', f'mode = "{mode}"'))
+            f.write_text(
+                text.replace(
+                    f'name = "update-inflight-{engine}"',
+                    f'name = "update-inflight-{engine}-{mode}"\nmin_tokens = 100',
+                ).replace('mode = "keep"', f'mode = "{mode}"')
+            )
             files.append(str(f))
     result = run_cli(["check", *files, "--model", "tiny-tied", "--output", str(out)])
     path = out / "report.json"
@@ -227,8 +245,12 @@ def test_reload_workaround_reprocesses_the_head_on_every_reload(update_run):
     """PARITY_RELOAD_REPROCESS=1: every reload of the scenarios that carry it re-packed the
     head, and the evidence after the fix is clean (several reloads on one engine)."""
     _, _, scenarios, _ = update_run
-    names = ["update-takes-effect", "update-stale-layer-control", "update-stale-cache-off",
-             "update-inflight-v1"]
+    names = [
+        "update-takes-effect",
+        "update-stale-layer-control",
+        "update-stale-cache-off",
+        "update-inflight-v1",
+    ]
     for name in names:
         sc = scenarios[name]
         we = sc["metrics"]["worker_evidence"]
@@ -251,8 +273,10 @@ def test_stale_layer_control_names_its_layer(update_run):
 @pytest.mark.engine
 def test_inplace_update_fails_as_no_effect(update_run):
     _, _, scenarios, _ = update_run
-    v, m = _verdict(scenarios, "update-inplace-control"), scenarios["update-inplace-control"][
-        "metrics"]
+    v, m = (
+        _verdict(scenarios, "update-inplace-control"),
+        scenarios["update-inplace-control"]["metrics"],
+    )
     assert (v["outcome"], v["diagnosis"]) == ("fail", "no_effect")
     assert "reload_weights" in v["message"]
     # The engine emptied the linear weights at load: the in-place copy could not reach them,
@@ -260,7 +284,8 @@ def test_inplace_update_fails_as_no_effect(update_run):
     assert any("qkv_proj" in name for name, _ in m["inplace_skipped"])
     ev = m["worker_evidence"]["evidence"]
     assert len(ev["param_stale"]) == 2 * 4 and all(
-        ev["max_rel_err"][n]["param_vs_ckpt"] is None for n in ev["param_stale"])
+        ev["max_rel_err"][n]["param_vs_ckpt"] is None for n in ev["param_stale"]
+    )
 
 
 @pytest.mark.engine
@@ -280,8 +305,9 @@ def test_stale_prefix_cache_control_and_fix(update_run):
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("name,impl", [("update-inflight-v1", "vllm.v1."),
-                                       ("update-inflight-v0", "vllm.engine.")])
+@pytest.mark.parametrize(
+    "name,impl", [("update-inflight-v1", "vllm.v1."), ("update-inflight-v0", "vllm.engine.")]
+)
 def test_inflight_update_keeps_kv_on_both_engines(update_run, name, impl):
     _, _, scenarios, _ = update_run
     sc = scenarios[name]
@@ -302,16 +328,14 @@ def test_inflight_update_keeps_kv_on_both_engines(update_run, name, impl):
 def test_cache_reset_in_flight_is_recompute_semantics(update_run):
     _, _, scenarios, _ = update_run
     sc = scenarios["update-inflight-v1-recompute"]
-    assert (sc["verdict"]["outcome"], sc["verdict"]["diagnosis"]) == ("fail",
-                                                                      "semantics_mismatch")
+    assert (sc["verdict"]["outcome"], sc["verdict"]["diagnosis"]) == ("fail", "semantics_mismatch")
     assert sc["metrics"]["semantics"] == "recompute"
     assert sc["metrics"]["abs_dlogp_post_vs_recompute"] < 0.01
 
 
 @pytest.mark.engine
 @pytest.mark.parametrize("engine", ["v1", "v0"])
-def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(update_run,
-                                                                              engine):
+def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(update_run, engine):
     _, _, scenarios, _ = update_run
     wait = scenarios[f"update-inflight-{engine}-wait"]
     abort = scenarios[f"update-inflight-{engine}-abort"]
@@ -327,9 +351,16 @@ def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(u
     assert wait["metrics"]["update"]["lag_tokens_mean"] > 20
 
 
-@pytest.mark.parametrize("paused,kind", [
-    ([1, 2, 3, 4], "equal"), ([1, 2, 4, 5], "lost"), ([1, 2, 2, 3], "duplicated"),
-    ([1, 2, 9, 9], "diverged"), ([1, 2, 3, 5], "diverged")])
+@pytest.mark.parametrize(
+    "paused,kind",
+    [
+        ([1, 2, 3, 4], "equal"),
+        ([1, 2, 4, 5], "lost"),
+        ([1, 2, 2, 3], "duplicated"),
+        ([1, 2, 9, 9], "diverged"),
+        ([1, 2, 3, 5], "diverged"),
+    ],
+)
 def test_stream_check_tells_a_shift_from_a_divergence(paused, kind):
     from parity.trainer.updates import stream_check
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-CONFTEST = '''
+CONFTEST = """
 import os, pytest
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory):
@@ -18,8 +18,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("shared"))
-'''
-TESTS = '''
+"""
+TESTS = """
 import pytest
 @pytest.mark.parametrize("i", range(6))
 def test_uses(shared, i):
@@ -27,16 +27,32 @@ def test_uses(shared, i):
 @pytest.mark.parametrize("i", range(6))
 def test_free(i):
     pass
-'''
+"""
 
 
 def test_loadgroup_keeps_a_session_fixture_on_one_worker(tmp_path):
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_toy.py").write_text(TESTS)
     setups = tmp_path / "setups"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-n", "2", "--dist", "loadgroup", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SETUPS": str(setups)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SETUPS": str(setups)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert setups.read_text() == "x", "the grouped session fixture ran on both workers"

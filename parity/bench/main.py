@@ -42,10 +42,16 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
     scenarios = []
     for profile in profiles:
         for seed in seeds:
-            scenarios.append(replace(
-                template, name=f"{profile}-seed{seed}", category="logprobs",
-                sampling=replace(template.sampling, seed=seed),
-                candidate=make_setting(profile), baseline=None))
+            scenarios.append(
+                replace(
+                    template,
+                    name=f"{profile}-seed{seed}",
+                    category="logprobs",
+                    sampling=replace(template.sampling, seed=seed),
+                    candidate=make_setting(profile),
+                    baseline=None,
+                )
+            )
     run = runner.run(scenarios, out_dir)
     refs = runner.References(print)
     result: dict = {"timings": run.timings, "profiles": {}}
@@ -56,14 +62,18 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
                 continue
             er = res.runs["candidate"]
             ref = refs.get(res.model_path, res.scenario.head_dtype, er)
-            scores = ref.score([(s.prompt_token_ids, s.token_ids) for s in er.sequences],
-                               res.scenario.sampling)
-            summary, _ = role_metrics(er.sequences, scores, res.scenario.clip,
-                                      res.rewards(er.sequences))
+            scores = ref.score(
+                [(s.prompt_token_ids, s.token_ids) for s in er.sequences], res.scenario.sampling
+            )
+            summary, _ = role_metrics(
+                er.sequences, scores, res.scenario.clip, res.rewards(er.sequences)
+            )
             for m in METRICS:
                 values[m].append(float(summary.get(m, float("nan"))))
-        spread = {m: max((abs(a - b) for a, b in itertools.combinations(v, 2)), default=None)
-                  for m, v in values.items()}
+        spread = {
+            m: max((abs(a - b) for a, b in itertools.combinations(v, 2)), default=None)
+            for m, v in values.items()
+        }
         std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()}
         result["profiles"][profile] = {"values": values, "max_pair_diff": spread, "std": std}
     refs.close()
@@ -71,7 +81,6 @@ def noise(template: Scenario, profiles: list[str], seeds: list[int], out_dir: Pa
 
 
 def _print_table(data: dict, as_json: bool, extra: dict | None = None) -> None:
-
 
     table = {**bench_table.phase_table(data), **(extra or {})}
     if as_json:
@@ -83,9 +92,11 @@ def _print_table(data: dict, as_json: bool, extra: dict | None = None) -> None:
 def run_main(argv: list[str]) -> int:
     """bench run: `parity check` with the other arguments, then its table; check's exit code."""
 
-    p = argparse.ArgumentParser(prog="python -m parity.bench run",
-                                description="Run `parity check` (every argument but --json "
-                                            "and --output goes to it), then print the table.")
+    p = argparse.ArgumentParser(
+        prog="python -m parity.bench run",
+        description="Run `parity check` (every argument but --json "
+        "and --output goes to it), then print the table.",
+    )
     p.add_argument("--output", "-o", type=Path, default=None)
     p.add_argument("--json", action="store_true", help="the table as JSON")
     args, check_args = p.parse_known_args(argv)
@@ -94,8 +105,9 @@ def run_main(argv: list[str]) -> int:
     if not (out / "report.json").is_file():
         print(f"parity check exited {code} without writing {out}/report.json", file=sys.stderr)
         return code or 2
-    _print_table(bench_table.load(out), args.json, {"check_exit_code": code,
-                                                    "process_wall_s": wall})
+    _print_table(
+        bench_table.load(out), args.json, {"check_exit_code": code, "process_wall_s": wall}
+    )
     return code
 
 
@@ -108,25 +120,41 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_main(argv[1:]))
     if argv[:1] == ["bind"]:
         sys.exit(bench_bind.main(argv[1:]))
-    parser = argparse.ArgumentParser(prog="parity bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="parity bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("reference", help="trainer-side reference scoring at a real model shape: "
-                                     "python -m parity.bench reference --help")
-    sub.add_parser("run", help="run `parity check ARGS`, then print its table: "
-                               "python -m parity.bench run --help")
-    sub.add_parser("bind", help="generation tokens/s per CPU binding of the engine: "
-                                "python -m parity.bench bind --help")
+    sub.add_parser(
+        "reference",
+        help="trainer-side reference scoring at a real model shape: "
+        "python -m parity.bench reference --help",
+    )
+    sub.add_parser(
+        "run",
+        help="run `parity check ARGS`, then print its table: python -m parity.bench run --help",
+    )
+    sub.add_parser(
+        "bind",
+        help="generation tokens/s per CPU binding of the engine: "
+        "python -m parity.bench bind --help",
+    )
     p = sub.add_parser("table", help="where a run's wall time went, from RUN_DIR/report.json")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="the table as JSON")
-    p = sub.add_parser("metrics", help="per-token metrics and statistics on synthetic data, "
-                                       "timed per function")
+    p = sub.add_parser(
+        "metrics", help="per-token metrics and statistics on synthetic data, timed per function"
+    )
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="best of this many passes")
-    p.add_argument("--samples-per-prompt", type=int, default=4,
-                   help="sequences per prompt (the statistics resample prompts)")
+    p.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        help="sequences per prompt (the statistics resample prompts)",
+    )
     p.add_argument("--json", action="store_true", help="the timings as JSON")
     p = sub.add_parser("noise", help="run-to-run noise of the RL metrics")
     p.add_argument("--scenario", default="scenarios/rl-v0-vs-v1-parity.toml")
@@ -139,8 +167,11 @@ def main(argv: list[str] | None = None) -> None:
         _print_table(bench_table.load(args.run_dir), args.json)
         return
     if args.cmd == "metrics":
-        sys.exit(bench_metrics.main(args.tokens, args.seed, args.json, args.repeat,
-                                    args.samples_per_prompt))
+        sys.exit(
+            bench_metrics.main(
+                args.tokens, args.seed, args.json, args.repeat, args.samples_per_prompt
+            )
+        )
 
     (template,) = load_scenarios([Path(args.scenario)], Overrides(model=args.model))
     seeds = [1000 * (i + 1) for i in range(args.seeds)]

@@ -22,8 +22,12 @@ def generated_tokens(data: dict[str, Any]) -> int | None:
     t = data.get("timings") or {}
     if t.get("tokens_generated") is not None:
         return int(t["tokens_generated"])
-    counts = [e.get("n_tokens") for s in data.get("scenarios") or []
-              for e in (s.get("engines") or {}).values() if not e.get("reused_sequences")]
+    counts = [
+        e.get("n_tokens")
+        for s in data.get("scenarios") or []
+        for e in (s.get("engines") or {}).values()
+        if not e.get("reused_sequences")
+    ]
     counts = [c for c in counts if c is not None]
     return sum(counts) if counts else None
 
@@ -71,15 +75,32 @@ def phase_table(data: dict[str, Any]) -> dict[str, Any]:
     rows.append(("other (unaccounted)", other, None, "overhead"))
     floor = sum(r[1] for r in rows if r[3] == "floor")
     overhead = wall - sec("build_s") - floor
-    out = [{"phase": name, "seconds": s, "share": _share(s, wall), "kind": kind, "tokens": n,
-            "tokens_per_s": (n / s if n is not None and s > 0 else None)}
-           for name, s, n, kind in rows]
-    return {"run_id": data.get("run_id"), "rows": out, "wall_s": wall, "floor_s": floor,
-            "floor_share": _share(floor, wall), "build_s": sec("build_s"), "overhead_s": overhead,
-            "overhead_share": _share(overhead, wall), "target_share": TARGET_SHARE,
-            "meets_target": (overhead / wall <= TARGET_SHARE) if wall > 0 else None,
-            "recorded": {k: k in t for k in ("build_s", "engine_stop_s", "report_s",
-                                             "tokens_generated")}}
+    out = [
+        {
+            "phase": name,
+            "seconds": s,
+            "share": _share(s, wall),
+            "kind": kind,
+            "tokens": n,
+            "tokens_per_s": (n / s if n is not None and s > 0 else None),
+        }
+        for name, s, n, kind in rows
+    ]
+    return {
+        "run_id": data.get("run_id"),
+        "rows": out,
+        "wall_s": wall,
+        "floor_s": floor,
+        "floor_share": _share(floor, wall),
+        "build_s": sec("build_s"),
+        "overhead_s": overhead,
+        "overhead_share": _share(overhead, wall),
+        "target_share": TARGET_SHARE,
+        "meets_target": (overhead / wall <= TARGET_SHARE) if wall > 0 else None,
+        "recorded": {
+            k: k in t for k in ("build_s", "engine_stop_s", "report_s", "tokens_generated")
+        },
+    }
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -90,25 +111,47 @@ def render(table: dict[str, Any], console) -> None:
     """Print the table with rich: phases, then the floor, the overhead and the wall."""
 
     grid = Table(title=f"where the time went: {table.get('run_id')}")
-    for col, justify in (("phase", "left"), ("seconds", "right"), ("% of wall", "right"),
-                         ("tokens/s", "right"), ("counts as", "left")):
+    for col, justify in (
+        ("phase", "left"),
+        ("seconds", "right"),
+        ("% of wall", "right"),
+        ("tokens/s", "right"),
+        ("counts as", "left"),
+    ):
         grid.add_column(col, justify=justify, no_wrap=col == "phase")
     for r in table["rows"]:
-        grid.add_row(r["phase"], _fmt(r["seconds"], ".1f"), _fmt(r["share"], ".1%"),
-                     _fmt(r["tokens_per_s"], ".0f"), r["kind"])
+        grid.add_row(
+            r["phase"],
+            _fmt(r["seconds"], ".1f"),
+            _fmt(r["share"], ".1%"),
+            _fmt(r["tokens_per_s"], ".0f"),
+            r["kind"],
+        )
     grid.add_section()
-    grid.add_row("floor: starts+gen+ref", _fmt(table["floor_s"], ".1f"),
-                 _fmt(table["floor_share"], ".1%"), "", "")
+    grid.add_row(
+        "floor: starts+gen+ref",
+        _fmt(table["floor_s"], ".1f"),
+        _fmt(table["floor_share"], ".1%"),
+        "",
+        "",
+    )
     verdict = {True: "[green]meets[/]", False: "[red]misses[/]", None: "n/a"}
-    grid.add_row("overhead: wall-builds-floor", _fmt(table["overhead_s"], ".1f"),
-                 _fmt(table["overhead_share"], ".1%"), "",
-                 f"{verdict[table['meets_target']]} {table['target_share']:.0%}")
+    grid.add_row(
+        "overhead: wall-builds-floor",
+        _fmt(table["overhead_s"], ".1f"),
+        _fmt(table["overhead_share"], ".1%"),
+        "",
+        f"{verdict[table['meets_target']]} {table['target_share']:.0%}",
+    )
     grid.add_row("[bold]wall[/]", _fmt(table["wall_s"], ".1f"), "100.0%", "", "")
     console.print(grid)
     missing = [k for k, ok in table["recorded"].items() if not ok]
     if missing:
-        console.print(f"not in this report (older run, or not written by `parity check`): "
-                      f"{', '.join(missing)}", highlight=False)
+        console.print(
+            f"not in this report (older run, or not written by `parity check`): "
+            f"{', '.join(missing)}",
+            highlight=False,
+        )
 
 
 def load(run_dir: Path) -> dict[str, Any]:
@@ -121,6 +164,7 @@ def run_check(check_args: list[str], output: Path) -> tuple[int, float]:
     """`parity check CHECK_ARGS --output OUTPUT` in a child process, as a user runs it; returns
     its exit code and wall seconds (interpreter start and scenario loading included)."""
     t0 = time.perf_counter()
-    code = subprocess.call([sys.executable, "-m", "parity.cli", "check", *check_args,
-                            "--output", str(output)])
+    code = subprocess.call(
+        [sys.executable, "-m", "parity.cli", "check", *check_args, "--output", str(output)]
+    )
     return code, time.perf_counter() - t0

@@ -138,9 +138,7 @@ def _reduce(failing: list[Item], run: _Runner) -> list[Item]:
             continue
         # With two chunks each complement is the other chunk, already tested above.
         if n > 2:
-            complements = (
-                [x for j, c in enumerate(chunks) if j != i for x in c] for i in range(n)
-            )
+            complements = ([x for j, c in enumerate(chunks) if j != i for x in c] for i in range(n))
             hit = next((c for c in complements if run(c) is Outcome.FAIL), None)
             if hit is not None:
                 failing, n = hit, n - 1

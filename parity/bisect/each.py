@@ -38,8 +38,10 @@ class _Aborted(Exception):
     """The coordinator stopped (Ctrl-C, or a search failed): every waiting search ends."""
 
 
-def lockstep(searches: dict[str, Callable[[Callable[[Hashable], Any]], Any]],
-             run_batch: Callable[[dict[str, Hashable]], dict[str, Any]]) -> dict[str, Any]:
+def lockstep(
+    searches: dict[str, Callable[[Callable[[Hashable], Any]], Any]],
+    run_batch: Callable[[dict[str, Hashable]], dict[str, Any]],
+) -> dict[str, Any]:
     """Run searches that each call `test(config)` one at a time, batching their calls: once
     every live search waits on a test, run_batch({name: config}) answers them all at once.
     Returns each search's result; an exception in a search or in run_batch propagates (the
@@ -62,6 +64,7 @@ def lockstep(searches: dict[str, Callable[[Callable[[Hashable], Any]], Any]],
                 if state["aborted"]:
                     raise _Aborted()
                 return answers.pop(name)
+
         return test
 
     def worker(name: str) -> None:
@@ -116,8 +119,14 @@ class EachReport:
     wall_s: float = 0.0
 
 
-def bisect_each(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting,
-                out_dir: Path, repeats: int = 1, log: Log = print) -> EachReport:
+def bisect_each(
+    scenarios: list[Scenario],
+    good: EngineSetting,
+    bad: EngineSetting,
+    out_dir: Path,
+    repeats: int = 1,
+    log: Log = print,
+) -> EachReport:
     """Confirm good and bad on every scenario (two runs), then one ddmin per scenario where
     good passes and bad fails, in lockstep (lockstep()): a step's distinct configurations run
     once each, serving every search that asked for it."""
@@ -135,9 +144,15 @@ def bisect_each(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetti
         out = {}
         for name in who:
             outcome = combined({name: detail["verdicts"].get(name, "unresolved")})
-            out[name] = (outcome, {"verdicts": {name: detail["verdicts"].get(name)},
-                                   "key_metric": {name: detail["key_metric"].get(name)},
-                                   "dir": detail["dir"], "trial": counter["n"]})
+            out[name] = (
+                outcome,
+                {
+                    "verdicts": {name: detail["verdicts"].get(name)},
+                    "key_metric": {name: detail["key_metric"].get(name)},
+                    "dir": detail["dir"],
+                    "trial": counter["n"],
+                },
+            )
             reports[name].engine_starts += detail["engine_starts"]
         log(f"           -> {detail['verdicts']}")
         return out
@@ -148,11 +163,14 @@ def bisect_each(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetti
     for name in names:
         if name not in relevant:
             rep = reports[name]
-            rep.status = ("unresolved" if Outcome.UNRESOLVED in (first[name][0], last[name][0])
-                          else "good_does_not_pass" if first[name][0] is not Outcome.PASS
-                          else "bad_does_not_fail")
-            rep.trials = [_trial_row(0, (), *first[name]),
-                          _trial_row(1, tuple(items), *last[name])]
+            rep.status = (
+                "unresolved"
+                if Outcome.UNRESOLVED in (first[name][0], last[name][0])
+                else "good_does_not_pass"
+                if first[name][0] is not Outcome.PASS
+                else "bad_does_not_fail"
+            )
+            rep.trials = [_trial_row(0, (), *first[name]), _trial_row(1, tuple(items), *last[name])]
 
     def search(name: str):
         memo = {frozenset(): first[name], frozenset(items): last[name]}
@@ -163,7 +181,9 @@ def bisect_each(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetti
                 n = calls.get(config, 0)
                 calls[config] = n + 1
                 return memo[config] if n == 0 and config in memo else test(config)
+
             return ddmin(items, cached_test, repeats=repeats)
+
         return run
 
     def run_batch(batch: dict[str, frozenset]) -> dict[str, tuple[Outcome, dict]]:
@@ -202,14 +222,22 @@ def status(each: EachReport) -> str:
 def write(each: EachReport, out_dir: Path) -> dict[str, Any]:
     """bisect.json (one entry per scenario under "each", the run's totals) and bisect.md."""
     per = [to_data(r) for r in each.reports]
-    data = {"status": status(each), "each": per, "engine_starts": each.engine_starts,
-            "n_runs": each.n_trials, "wall_s": each.wall_s}
+    data = {
+        "status": status(each),
+        "each": per,
+        "engine_starts": each.engine_starts,
+        "n_runs": each.n_trials,
+        "wall_s": each.wall_s,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bisect.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    lines = [f"# parity bisect --each: {data['status']}", "",
-             f"{len(per)} scenarios bisected each on its own, trials shared: "
-             f"{each.n_trials} runs, {each.engine_starts} engine starts, {each.wall_s:.0f} s.",
-             ""]
+    lines = [
+        f"# parity bisect --each: {data['status']}",
+        "",
+        f"{len(per)} scenarios bisected each on its own, trials shared: "
+        f"{each.n_trials} runs, {each.engine_starts} engine starts, {each.wall_s:.0f} s.",
+        "",
+    ]
     for rep, d in zip(each.reports, per):
         lines += [f"## {rep.scenarios[0]}: {rep.status}", "", *markdown(rep, d), ""]
     (out_dir / "bisect.md").write_text("\n".join(lines) + "\n")

@@ -26,11 +26,14 @@ KNOWN_FIXES = {
     "engine_args.logprobs_mode": ("logprob semantics", "logprobs_mode=processed_logprobs"),
     "engine_args.enable_prefix_caching": (
         "runtime defaults / weight updates",
-        "enable_prefix_caching=False (or reset the prefix cache after every weight update)"),
+        "enable_prefix_caching=False (or reset the prefix cache after every weight update)",
+    ),
     "engine_args.async_scheduling": ("runtime defaults", "async_scheduling=False"),
     "engine_args.disable_cascade_attn": ("runtime defaults", "disable_cascade_attn=True"),
-    "engine_args.hf_overrides.head_dtype": ("fp32 lm_head",
-                                            'hf_overrides={"head_dtype": "float32"}'),
+    "engine_args.hf_overrides.head_dtype": (
+        "fp32 lm_head",
+        'hf_overrides={"head_dtype": "float32"}',
+    ),
     "env_vars.PARITY_FP32_HEAD": ("fp32 lm_head", "PARITY_FP32_HEAD=1 (parity's V0 head patch)"),
     "env": ("engine version", "pin the engine environment that passes"),
 }
@@ -44,16 +47,26 @@ def parse_setting(text: str, where: str = "--good/--bad") -> EngineSetting:
     return setting
 
 
-def check_settings(scenarios: list[Scenario], named: dict[str, EngineSetting], log_dir: Path,
-                   log: Callable[[str], None]) -> None:
+def check_settings(
+    scenarios: list[Scenario],
+    named: dict[str, EngineSetting],
+    log_dir: Path,
+    log: Callable[[str], None],
+) -> None:
     """The good and bad settings' engine args, judged by the vLLM of their environments on
     every model of the scenarios before trial 1; ScenarioError naming the option otherwise."""
 
     models = sorted({str(models.resolve_model(sc.model, log=log)) for sc in scenarios})
     pythons = {s.env: envs.python_for(s.env, log) for s in named.values()}
-    problems = preflight.engine_problems([Check(where, "engine_args", setting, model)
-                                for where, setting in named.items() for model in models],
-                               pythons, log_dir)
+    problems = preflight.engine_problems(
+        [
+            Check(where, "engine_args", setting, model)
+            for where, setting in named.items()
+            for model in models
+        ],
+        pythons,
+        log_dir,
+    )
     if problems:
         raise ScenarioError(problems)
 
@@ -70,10 +83,16 @@ def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
 
 def setting_items(good: EngineSetting, bad: EngineSetting) -> list[tuple[str, Any]]:
     """The differences between two settings, as (name, bad value) items in a stable order."""
-    g = {**_flatten("engine_args.", good.args), **_flatten("env_vars.", good.variables),
-         "env": good.env}
-    b = {**_flatten("engine_args.", bad.args), **_flatten("env_vars.", bad.variables),
-         "env": bad.env}
+    g = {
+        **_flatten("engine_args.", good.args),
+        **_flatten("env_vars.", good.variables),
+        "env": good.env,
+    }
+    b = {
+        **_flatten("engine_args.", bad.args),
+        **_flatten("env_vars.", bad.variables),
+        "env": bad.env,
+    }
     items = []
     for name in sorted(set(g) | set(b)):
         gv, bv = g.get(name, REMOVED), b.get(name, REMOVED)
@@ -117,8 +136,14 @@ class BisectReport:
     culprits: list[dict[str, Any]] = field(default_factory=list)
 
 
-def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, out_dir: Path,
-           repeats: int = 1, log: Callable[[str], None] = print) -> BisectReport:
+def bisect(
+    scenarios: list[Scenario],
+    good: EngineSetting,
+    bad: EngineSetting,
+    out_dir: Path,
+    repeats: int = 1,
+    log: Callable[[str], None] = print,
+) -> BisectReport:
     """Confirm good passes and bad fails, keep only the scenarios they differ on, then ddmin
     over the setting differences. Each trial runs the relevant scenarios with the candidate
     replaced by the trial's setting (reference scores come from the shared on-disk cache)."""
@@ -147,13 +172,18 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
         b_out, b_detail = run_trial(frozenset(items), names)
     except KeyboardInterrupt:
         return _interrupted(report, finished, t0)
-    relevant = [n for n in names if g_detail["verdicts"].get(n) == "pass"
-                and b_detail["verdicts"].get(n) == "fail"]
+    relevant = [
+        n
+        for n in names
+        if g_detail["verdicts"].get(n) == "pass" and b_detail["verdicts"].get(n) == "fail"
+    ]
     report.scenarios = relevant
     if not relevant:
-        report.status = ("good_does_not_pass" if g_out != Outcome.PASS else "bad_does_not_fail")
-        report.trials = [_trial_row(0, (), g_out, g_detail), _trial_row(1, tuple(items), b_out,
-                                                                       b_detail)]
+        report.status = "good_does_not_pass" if g_out != Outcome.PASS else "bad_does_not_fail"
+        report.trials = [
+            _trial_row(0, (), g_out, g_detail),
+            _trial_row(1, tuple(items), b_out, b_detail),
+        ]
         report.wall_s = time.perf_counter() - t0
         return report
     if relevant != names:
@@ -186,18 +216,34 @@ def bisect(scenarios: list[Scenario], good: EngineSetting, bad: EngineSetting, o
 def finish(report: BisectReport, result: BisectResult) -> None:
     """The report of a finished ddmin: status, trial rows, culprits with category and fix."""
     report.result, report.status = result, result.status
-    report.trials = [_trial_row(t.index, t.items, t.outcome, t.detail, t.cached)
-                     for t in result.trials]
+    report.trials = [
+        _trial_row(t.index, t.items, t.outcome, t.detail, t.cached) for t in result.trials
+    ]
     for name, value in result.minimal:
-        category, fix = KNOWN_FIXES.get(name, KNOWN_FIXES.get(name.rsplit(".", 1)[0],
-                                                              ("unknown", "see the trial reports")))
-        report.culprits.append({"item": name, "bad_value": value,
-                                "good_value": _value_in(report.good, name),
-                                "category": category, "fix": fix})
+        category, fix = KNOWN_FIXES.get(
+            name, KNOWN_FIXES.get(name.rsplit(".", 1)[0], ("unknown", "see the trial reports"))
+        )
+        report.culprits.append(
+            {
+                "item": name,
+                "bad_value": value,
+                "good_value": _value_in(report.good, name),
+                "category": category,
+                "fix": fix,
+            }
+        )
 
 
-def trial(scenarios: list[Scenario], names: list[str], good: EngineSetting, items: list,
-          config: frozenset, out_dir: Path, n: int, log: Callable[[str], None]) -> dict[str, Any]:
+def trial(
+    scenarios: list[Scenario],
+    names: list[str],
+    good: EngineSetting,
+    items: list,
+    config: frozenset,
+    out_dir: Path,
+    n: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """Trial n: the named scenarios with their candidate replaced by good + the items in
     `config`, one runner.run (one engine start per distinct setting) in out_dir/trial-NN:
     {"verdicts", "key_metric", "dir", "engine_starts"} ("error" when vLLM refuses the mix).
@@ -209,23 +255,31 @@ def trial(scenarios: list[Scenario], names: list[str], good: EngineSetting, item
     setting = apply_items(good, [i for i in items if i in config])
     trial_dir = out_dir / f"trial-{n:02d}"
     chosen = [replace(s, candidate=setting) for s in scenarios if s.name in names]
-    log(f"[trial {n}] {len(config)} item(s): "
+    log(
+        f"[trial {n}] {len(config)} item(s): "
         + (", ".join(f"{k}={v}" for k, v in items if (k, v) in config) or "(good)")
-        + (f" on {', '.join(names)}" if len(names) < len(scenarios) else ""))
+        + (f" on {', '.join(names)}" if len(names) < len(scenarios) else "")
+    )
     try:  # the confirmation runs (good, bad) check everything in the engines' envs; the
         # mixes after them only start engines (a mix vLLM refuses fails at its start)
         run = runner.run(chosen, trial_dir, log=lambda m: None, preflight=n <= 2)
     except ScenarioError as exc:  # a mix of good and bad values the engine refuses
         log(f"           -> unresolved: the engine refuses this mix: {exc}")
-        return {"verdicts": {name: "unresolved" for name in names}, "key_metric": {},
-                "dir": str(trial_dir), "error": str(exc), "engine_starts": 0}
+        return {
+            "verdicts": {name: "unresolved" for name in names},
+            "key_metric": {},
+            "dir": str(trial_dir),
+            "error": str(exc),
+            "engine_starts": 0,
+        }
     if run.interrupted and not run.interrupted.startswith("internal error"):
         raise KeyboardInterrupt(run.interrupted)
-    return {"verdicts": {r.scenario.name: verdict_of(r, run.interrupted).outcome
-                         for r in run.results},
-            "key_metric": {r.scenario.name: _key_metric(r) for r in run.results},
-            "dir": str(trial_dir),
-            "engine_starts": sum(1 for e in run.engines if "start_s" in e or "error" in e)}
+    return {
+        "verdicts": {r.scenario.name: verdict_of(r, run.interrupted).outcome for r in run.results},
+        "key_metric": {r.scenario.name: _key_metric(r) for r in run.results},
+        "dir": str(trial_dir),
+        "engine_starts": sum(1 for e in run.engines if "start_s" in e or "error" in e),
+    }
 
 
 def combined(verdicts: dict[str, str]) -> Outcome:
@@ -236,8 +290,11 @@ def combined(verdicts: dict[str, str]) -> Outcome:
     return Outcome.FAIL if "fail" in verdicts.values() else Outcome.PASS
 
 
-def _interrupted(report: BisectReport, finished: list[dict[str, Any]], t0: float,
-                 ) -> BisectReport:
+def _interrupted(
+    report: BisectReport,
+    finished: list[dict[str, Any]],
+    t0: float,
+) -> BisectReport:
     """A bisection stopped by Ctrl-C/SIGTERM: the trials that finished, status "interrupted"."""
     report.status, report.trials = "interrupted", finished
     report.wall_s = time.perf_counter() - t0
@@ -245,8 +302,11 @@ def _interrupted(report: BisectReport, finished: list[dict[str, Any]], t0: float
 
 
 def _value_in(setting: EngineSetting, name: str) -> Any:
-    g = {**_flatten("engine_args.", setting.args), **_flatten("env_vars.", setting.variables),
-         "env": setting.env}
+    g = {
+        **_flatten("engine_args.", setting.args),
+        **_flatten("env_vars.", setting.variables),
+        "env": setting.env,
+    }
     return g.get(name, REMOVED)
 
 
@@ -260,9 +320,14 @@ def _key_metric(res) -> Any:
 
 
 def _trial_row(index, items, outcome, detail, cached=False) -> dict[str, Any]:
-    return {"index": index, "items": [f"{k}={v}" for k, v in items], "outcome": outcome.value,
-            "cached": cached, "verdicts": (detail or {}).get("verdicts"),
-            "key_metric": (detail or {}).get("key_metric")}
+    return {
+        "index": index,
+        "items": [f"{k}={v}" for k, v in items],
+        "outcome": outcome.value,
+        "cached": cached,
+        "verdicts": (detail or {}).get("verdicts"),
+        "key_metric": (detail or {}).get("key_metric"),
+    }
 
 
 def write(report: BisectReport, out_dir: Path) -> dict[str, Any]:
@@ -270,37 +335,53 @@ def write(report: BisectReport, out_dir: Path) -> dict[str, Any]:
     data = to_data(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bisect.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    (out_dir / "bisect.md").write_text("\n".join(
-        [f"# parity bisect: {report.status}", "", *markdown(report, data)]) + "\n")
+    (out_dir / "bisect.md").write_text(
+        "\n".join([f"# parity bisect: {report.status}", "", *markdown(report, data)]) + "\n"
+    )
     return data
 
 
 def to_data(report: BisectReport) -> dict[str, Any]:
     """bisect.json's fields for one bisection."""
     return {
-        "status": report.status, "good": report.good.to_dict(), "bad": report.bad.to_dict(),
-        "items": [f"{k}={v}" for k, v in report.items], "scenarios": report.scenarios,
-        "culprits": report.culprits, "trials": report.trials,
+        "status": report.status,
+        "good": report.good.to_dict(),
+        "bad": report.bad.to_dict(),
+        "items": [f"{k}={v}" for k, v in report.items],
+        "scenarios": report.scenarios,
+        "culprits": report.culprits,
+        "trials": report.trials,
         "n_trials": len(report.trials),
         "n_tests": report.result.n_tests if report.result else len(report.trials),
-        "engine_starts": report.engine_starts, "wall_s": report.wall_s,
+        "engine_starts": report.engine_starts,
+        "wall_s": report.wall_s,
     }
 
 
 def markdown(report: BisectReport, data: dict[str, Any]) -> list[str]:
     """bisect.md's lines for one bisection, after its heading."""
-    lines = [f"good `{report.good.label()}`, bad `{report.bad.label()}`; scenarios "
-             f"{', '.join(report.scenarios) or '(none differ)'}.", "",
-             f"{data['n_trials']} trials ({data['n_tests']} run, the rest cached), "
-             f"{report.engine_starts} engine starts, {report.wall_s:.0f} s.", ""]
+    lines = [
+        f"good `{report.good.label()}`, bad `{report.bad.label()}`; scenarios "
+        f"{', '.join(report.scenarios) or '(none differ)'}.",
+        "",
+        f"{data['n_trials']} trials ({data['n_tests']} run, the rest cached), "
+        f"{report.engine_starts} engine starts, {report.wall_s:.0f} s.",
+        "",
+    ]
     if report.culprits:
         lines += ["| culprit | good | bad | category | fix |", "|---|---|---|---|---|"]
-        lines += [f"| {c['item']} | {c['good_value']} | {c['bad_value']} | {c['category']} | "
-                  f"{c['fix']} |" for c in report.culprits]
+        lines += [
+            f"| {c['item']} | {c['good_value']} | {c['bad_value']} | {c['category']} | {c['fix']} |"
+            for c in report.culprits
+        ]
         lines.append("")
-    lines += ["| trial | items applied to good | outcome | cached | key metric |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "| trial | items applied to good | outcome | cached | key metric |",
+        "|---|---|---|---|---|",
+    ]
     for t in report.trials:
-        lines.append(f"| {t['index']} | {', '.join(t['items']) or '(good)'} | {t['outcome']} | "
-                     f"{t['cached']} | {t['key_metric']} |")
+        lines.append(
+            f"| {t['index']} | {', '.join(t['items']) or '(good)'} | {t['outcome']} | "
+            f"{t['cached']} | {t['key_metric']} |"
+        )
     return lines

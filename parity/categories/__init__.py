@@ -34,11 +34,15 @@ def registry() -> dict[str, Category]:
         if isinstance(category, type) and issubclass(category, Category):
             category = category()
         if not isinstance(category, Category):
-            raise plugins.PluginError(f"the parity.categories entry point {name!r} names "
-                                      f"{ep.value}, which is not a parity Category")
+            raise plugins.PluginError(
+                f"the parity.categories entry point {name!r} names "
+                f"{ep.value}, which is not a parity Category"
+            )
         if category.name in found:
-            raise plugins.PluginError(f"the parity.categories entry point {name!r} reuses the "
-                                      f"category name {category.name!r}; give it another name")
+            raise plugins.PluginError(
+                f"the parity.categories entry point {name!r} reuses the "
+                f"category name {category.name!r}; give it another name"
+            )
         found[category.name] = category
     return found
 

@@ -26,16 +26,20 @@ def arrays(values) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.float64) for v in values]
 
 
-def logprob_gaps(seqs: list[Sequence], scores: list[RefScore], clip: metrics.ClipRange,
-                 ) -> dict[str, Any]:
+def logprob_gaps(
+    seqs: list[Sequence],
+    scores: list[RefScore],
+    clip: metrics.ClipRange,
+) -> dict[str, Any]:
     """An engine's sampled-token logprobs against the reference's processed and raw logprobs:
     {"vs_processed": summary, "vs_raw": summary, "per_seq": per-sequence arrays}."""
     cand = arrays([s.logprobs for s in seqs])
     processed = arrays([r.processed_logprob for r in scores])
     raw = arrays([r.raw_logprob for r in scores])
     # A scores file without entropy (the logprobs category does not need it) leaves it None.
-    entropy = arrays([r.entropy for r in scores]) \
-        if all(r.entropy is not None for r in scores) else None
+    entropy = (
+        arrays([r.entropy for r in scores]) if all(r.entropy is not None for r in scores) else None
+    )
     summary = metrics.summarize(processed, cand, entropy, clip)
     per_seq = metrics.per_sequence(processed, cand, entropy, clip)
     vs_raw = metrics.summarize(raw, cand, None, clip)
@@ -70,45 +74,66 @@ def clusters(seqs: list[Sequence]) -> np.ndarray | None:
     return ids if ids.size and len(np.unique(ids)) < ids.size else None
 
 
-def tokens_precondition(n_tokens: int, min_tokens: int, what: str = "sampled tokens",
-                        ) -> core.Precondition:
-    return core.at_least("n_tokens", n_tokens, min_tokens,
-                         f"only {n_tokens} {what} (< {min_tokens}): too little data to decide")
+def tokens_precondition(
+    n_tokens: int,
+    min_tokens: int,
+    what: str = "sampled tokens",
+) -> core.Precondition:
+    return core.at_least(
+        "n_tokens",
+        n_tokens,
+        min_tokens,
+        f"only {n_tokens} {what} (< {min_tokens}): too little data to decide",
+    )
 
 
-def excluded_finding(per_seq: dict[str, np.ndarray], summary: dict[str, Any],
-                     tolerances: dict[str, float], groups: np.ndarray | None) -> core.Finding:
+def excluded_finding(
+    per_seq: dict[str, np.ndarray],
+    summary: dict[str, Any],
+    tolerances: dict[str, float],
+    groups: np.ndarray | None,
+) -> core.Finding:
     """The share of sampled tokens the trainer's processed distribution gives probability 0
     (ties at the cut not counted), by a one-sample bound against its tolerance."""
     limit = tolerances.get("excluded_rate", EXCLUDED_RATE_DEFAULT)
     test = stats.threshold(per_seq["excluded_rate"], limit, clusters=groups)
     n, tied = int(summary.get("n_ref_excluded", 0)), int(summary.get("n_tied_excluded", 0))
-    return core.from_test("excluded_rate", test, note=(
-        f"{n} of {int(summary.get('n_tokens', 0))} sampled tokens outside the trainer's "
-        f"top-k/top-p support ({tied} of them tied at the cut, not counted); {test.reason}"))
+    return core.from_test(
+        "excluded_rate",
+        test,
+        note=(
+            f"{n} of {int(summary.get('n_tokens', 0))} sampled tokens outside the trainer's "
+            f"top-k/top-p support ({tied} of them tied at the cut, not counted); {test.reason}"
+        ),
+    )
 
 
 def support_fix(count: int, n_tokens: int) -> str:
-    return (f"{count} of {n_tokens} sampled tokens are impossible under the trainer's processed "
-            "distribution (probability 0): the engine's sampler and the reference disagree on "
-            "the support. Check that the engine gets the same top_k/top_p/min_p as the trainer "
-            "assumes (request parameters, generation_config defaults), the top-k tie rule of "
-            "its platform, and sampling parameters the reference does not model (min_p, "
-            "penalties, logit bias)")
+    return (
+        f"{count} of {n_tokens} sampled tokens are impossible under the trainer's processed "
+        "distribution (probability 0): the engine's sampler and the reference disagree on "
+        "the support. Check that the engine gets the same top_k/top_p/min_p as the trainer "
+        "assumes (request parameters, generation_config defaults), the top-k tie rule of "
+        "its platform, and sampling parameters the reference does not model (min_p, "
+        "penalties, logit bias)"
+    )
 
 
-def threshold_findings(per_seq: dict[str, np.ndarray], summary: dict[str, Any],
-                       tolerances: dict[str, float], groups: np.ndarray | None,
-                       ) -> list[core.Finding]:
+def threshold_findings(
+    per_seq: dict[str, np.ndarray],
+    summary: dict[str, Any],
+    tolerances: dict[str, float],
+    groups: np.ndarray | None,
+) -> list[core.Finding]:
     """The per-sequence mean |dlogp| and k3 KL against their tolerances (one-sample bound on
     the mean over sequences, or over prompts when they have several samples), and the p99."""
     out = []
     for name, key in (("abs_dlogp_seqmean", "abs_dlogp_mean"), ("kl_k3_seqmean", "kl_k3_mean")):
         limit = tolerances.get(key)
         if limit is not None:
-            out.append(core.from_test(name, stats.threshold(per_seq[key], limit,
-                                                            clusters=groups)))
+            out.append(core.from_test(name, stats.threshold(per_seq[key], limit, clusters=groups)))
     if "abs_dlogp_p99" in tolerances:
-        out.append(core.bound("abs_dlogp_p99", summary["abs_dlogp_p99"],
-                              tolerances["abs_dlogp_p99"]))
+        out.append(
+            core.bound("abs_dlogp_p99", summary["abs_dlogp_p99"], tolerances["abs_dlogp_p99"])
+        )
     return out

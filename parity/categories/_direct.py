@@ -29,15 +29,14 @@ def teacher_force(engine, other: list[Sequence], sampling: SamplingSpec) -> list
     out = engine.generate(prompts, spec)
     forced = []
     for s, o in zip(other, out):
-        values = (o.prompt_logprobs or [])[len(s.prompt_token_ids):]
+        values = (o.prompt_logprobs or [])[len(s.prompt_token_ids) :]
         forced.append([float("nan") if v is None else float(v) for v in values])
     return forced
 
 
 def semantics_specs(sampling: SamplingSpec) -> dict[str, SamplingSpec]:
     """The reference settings for each semantics hypothesis of prompt logprobs."""
-    return {"tempered": SamplingSpec(temperature=sampling.temperature),
-            "processed": sampling}
+    return {"tempered": SamplingSpec(temperature=sampling.temperature), "processed": sampling}
 
 
 def _mean_abs(a: list[np.ndarray], b: list[np.ndarray]) -> float | None:
@@ -47,9 +46,14 @@ def _mean_abs(a: list[np.ndarray], b: list[np.ndarray]) -> float | None:
     return float(flat.mean()) if flat.size else None
 
 
-def summarize(forced: list[list[float]], other: list[Sequence], scorer_role: str,
-              other_role: str, refs: dict[str, list[np.ndarray]],
-              sampled_semantics: str | None) -> dict[str, Any]:
+def summarize(
+    forced: list[list[float]],
+    other: list[Sequence],
+    scorer_role: str,
+    other_role: str,
+    refs: dict[str, list[np.ndarray]],
+    sampled_semantics: str | None,
+) -> dict[str, Any]:
     """Per-token gap between the two engines on the other engine's tokens, and which reference
     semantics the teacher-forced logprobs match.
 
@@ -67,12 +71,17 @@ def summarize(forced: list[list[float]], other: list[Sequence], scorer_role: str
     closest = min(known, key=known.get) if known else None
     n_tokens = int(sum(np.isfinite(x).sum() for x in f))
     return {
-        "scorer": scorer_role, "tokens_of": other_role, "n_tokens": n_tokens,
+        "scorer": scorer_role,
+        "tokens_of": other_role,
+        "n_tokens": n_tokens,
         "abs_gap_mean": _mean_abs(f, sampled),
-        "scorer_semantics": closest, "sampled_semantics": sampled_semantics,
+        "scorer_semantics": closest,
+        "sampled_semantics": sampled_semantics,
         "scorer_vs_reference": to_ref,
-        "note": (f"{scorer_role} teacher-forced on {other_role}'s tokens (prompt logprobs, "
-                 f"closest to the trainer's {closest} logprobs) vs {other_role}'s sampled "
-                 f"logprobs ({sampled_semantics}): where the semantics differ, the gap includes "
-                 "that difference, not only numerics"),
+        "note": (
+            f"{scorer_role} teacher-forced on {other_role}'s tokens (prompt logprobs, "
+            f"closest to the trainer's {closest} logprobs) vs {other_role}'s sampled "
+            f"logprobs ({sampled_semantics}): where the semantics differ, the gap includes "
+            "that difference, not only numerics"
+        ),
     }

@@ -21,8 +21,11 @@ def gap(eng: list[np.ndarray], ref: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def mean(per_seq: list[np.ndarray]) -> float:
-    flat = np.concatenate([x for x in per_seq if len(x)]) if any(len(x) for x in per_seq) \
+    flat = (
+        np.concatenate([x for x in per_seq if len(x)])
+        if any(len(x) for x in per_seq)
         else np.zeros(0)
+    )
     return float(flat.mean()) if len(flat) else float("nan")
 
 
@@ -32,8 +35,9 @@ def threshold(name: str, per_seq: list[np.ndarray], tol: float) -> core.Finding:
     return finding
 
 
-def separation(name: str, a: list[np.ndarray], b: list[np.ndarray], tol: float,
-                why: str) -> core.Precondition:
+def separation(
+    name: str, a: list[np.ndarray], b: list[np.ndarray], tol: float, why: str
+) -> core.Precondition:
     """Two hypotheses are told apart only when their predictions differ by SEPARATION
     tolerances: a precondition, not a finding (closer, the data cannot decide)."""
     return core.at_least(name, mean(gap(a, b)), SEPARATION * tol, why)
@@ -58,18 +62,24 @@ def decide(findings, pre, ordered) -> tuple[str, str | None, str]:
     return outcome, None, unmet or "not enough evidence to decide"
 
 
-def attribute(scorer: SplitScorer, predict, engine: list, tol: float, detail: dict,
-              findings: list) -> hybrids.Attribution:
+def attribute(
+    scorer: SplitScorer, predict, engine: list, tol: float, detail: dict, findings: list
+) -> hybrids.Attribution:
     """Which components stayed stale after an update that matches neither checkpoint (hybrid
     hypotheses, parity.trainer.hybrids; `predict(pair, i)`: the probe's expected logprobs of sequence i
     with `pair` as the new weights); a count-limit finding on them when a hypothesis fits."""
     att = hybrids.explain(scorer, predict, engine, tol)
     detail["attribution"] = hybrids.summary(att)
     if att.fitted:
-        findings.append(core.count_limit(
-            "stale_components", len(att.stale), 0,
-            note=f"components computing with the old weights after the update: "
-                 f"{', '.join(att.stale) or 'none'}"))
+        findings.append(
+            core.count_limit(
+                "stale_components",
+                len(att.stale),
+                0,
+                note=f"components computing with the old weights after the update: "
+                f"{', '.join(att.stale) or 'none'}",
+            )
+        )
     return att
 
 
@@ -81,8 +91,9 @@ def attributed(att: hybrids.Attribution | None, tol: float) -> tuple[bool, str |
     return diagnosis is not None, diagnosis, why
 
 
-def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
-                    pre: list) -> core.Verdict:
+def judge_inflight(
+    sc, er, scorer: SplitScorer, tol: float, detail: dict, pre: list
+) -> core.Verdict:
     """inflight: split each sequence at its weight-version labels; tokens before must match the
     old weights, tokens after the keep or the recompute prediction; the labels must put the
     update where the trainer's split fits best."""
@@ -96,12 +107,17 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     pairs = [(s.prompt_token_ids, s.token_ids) for s in seqs]
     olds, news = batch.old_many(pairs, sampling), batch.new_many(pairs, sampling)
     # Keep at the labelled split, and one token either side of it for the labels' check.
-    near = [(i, kk) for i, (s, k) in enumerate(zip(seqs, ks)) if 0 < k < len(s.token_ids)
-            for kk in (k - 1, k + 1)]
-    keeps = batch.keep_many(pairs + [pairs[i] for i, _ in near], ks + [kk for _, kk in near],
-                            sampling)
+    near = [
+        (i, kk)
+        for i, (s, k) in enumerate(zip(seqs, ks))
+        if 0 < k < len(s.token_ids)
+        for kk in (k - 1, k + 1)
+    ]
+    keeps = batch.keep_many(
+        pairs + [pairs[i] for i, _ in near], ks + [kk for _, kk in near], sampling
+    )
     keep_at: list[dict[int, np.ndarray]] = [{k: keeps[i]} for i, k in enumerate(ks)]
-    for (i, kk), keep in zip(near, keeps[len(seqs):]):
+    for (i, kk), keep in zip(near, keeps[len(seqs) :]):
         keep_at[i][kk] = keep
     pre_eng, pre_ref, post_eng, post_keep, post_rec, post_old = [], [], [], [], [], []
     label_bad = 0
@@ -126,71 +142,146 @@ def judge_inflight(sc, er, scorer: SplitScorer, tol: float, detail: dict,
     expected = spec.expect_semantics
     if spec.mode in ("wait", "abort"):
         semantics = "n/a"
-        findings.append(core.count_limit("post_update_tokens", n_post, 0,
-                                         note=f"mode {spec.mode} must not sample in-flight "
-                                              "tokens under the new weights"))
+        findings.append(
+            core.count_limit(
+                "post_update_tokens",
+                n_post,
+                0,
+                note=f"mode {spec.mode} must not sample in-flight tokens under the new weights",
+            )
+        )
     else:
-        pre.append(core.at_least("post_update_tokens", n_post, 1,
-                                 "every request finished before the update: raise max_tokens"))
-        pre.append(separation("keep_recompute_separation", post_keep, post_rec, tol,
-                               "keep and recompute predict nearly the same logprobs here: "
-                               "raise update.scale or update.after_tokens"))
-        findings.append(threshold(f"abs_dlogp_post_vs_{expected}",
-                                   gap(post_eng, post_keep if expected == "keep" else post_rec),
-                                   tol))
+        pre.append(
+            core.at_least(
+                "post_update_tokens",
+                n_post,
+                1,
+                "every request finished before the update: raise max_tokens",
+            )
+        )
+        pre.append(
+            separation(
+                "keep_recompute_separation",
+                post_keep,
+                post_rec,
+                tol,
+                "keep and recompute predict nearly the same logprobs here: "
+                "raise update.scale or update.after_tokens",
+            )
+        )
+        findings.append(
+            threshold(
+                f"abs_dlogp_post_vs_{expected}",
+                gap(post_eng, post_keep if expected == "keep" else post_rec),
+                tol,
+            )
+        )
         close = sep >= SEPARATION * tol
         semantics = ("keep" if g_keep < g_rec else "recompute") if close else "indistinguishable"
     _token_stream(er, seqs, ks, findings, detail)
-    findings.append(core.count_limit(
-        "version_labels", label_bad, 0, len(seqs),
-        note=f"{label_bad} sequence(s) whose version labels put the update at the wrong token "
-             "(the trainer fits a split one token earlier or later clearly better)"))
-    detail.update(semantics=semantics, abs_dlogp_pre_vs_old=mean(gap(pre_eng, pre_ref)),
-                  abs_dlogp_post_vs_keep=g_keep, abs_dlogp_post_vs_recompute=g_rec,
-                  abs_dlogp_post_vs_old=g_old, keep_recompute_separation=sep,
-                  n_pre_tokens=sum(ks), n_post_tokens=n_post, labels_monotone=all(monotone),
-                  tokens_before_update=ks, seen_at_request=rec.get("seen_at_request"),
-                  effect=effect(g_old, min(g_keep, g_rec)) if n_post else None)
-    gaps = (f"{sum(ks)} tokens before the update, {n_post} after; after it, mean |dlogp| to "
-            f"keep {fmt(g_keep)}, to recompute {fmt(g_rec)}, to the old weights {fmt(g_old)} "
-            f"(keep vs recompute differ by {fmt(sep)}; tolerance {tol:g})")
-    head = (f"in-flight requests continue with {semantics.upper()} semantics" if semantics
-            not in ("n/a", "indistinguishable") else f"semantics {semantics} (mode {spec.mode})")
+    findings.append(
+        core.count_limit(
+            "version_labels",
+            label_bad,
+            0,
+            len(seqs),
+            note=f"{label_bad} sequence(s) whose version labels put the update at the wrong token "
+            "(the trainer fits a split one token earlier or later clearly better)",
+        )
+    )
+    detail.update(
+        semantics=semantics,
+        abs_dlogp_pre_vs_old=mean(gap(pre_eng, pre_ref)),
+        abs_dlogp_post_vs_keep=g_keep,
+        abs_dlogp_post_vs_recompute=g_rec,
+        abs_dlogp_post_vs_old=g_old,
+        keep_recompute_separation=sep,
+        n_pre_tokens=sum(ks),
+        n_post_tokens=n_post,
+        labels_monotone=all(monotone),
+        tokens_before_update=ks,
+        seen_at_request=rec.get("seen_at_request"),
+        effect=effect(g_old, min(g_keep, g_rec)) if n_post else None,
+    )
+    gaps = (
+        f"{sum(ks)} tokens before the update, {n_post} after; after it, mean |dlogp| to "
+        f"keep {fmt(g_keep)}, to recompute {fmt(g_rec)}, to the old weights {fmt(g_old)} "
+        f"(keep vs recompute differ by {fmt(sep)}; tolerance {tol:g})"
+    )
+    head = (
+        f"in-flight requests continue with {semantics.upper()} semantics"
+        if semantics not in ("n/a", "indistinguishable")
+        else f"semantics {semantics} (mode {spec.mode})"
+    )
     by_name = {f.name: f for f in findings}
     post = by_name.get(f"abs_dlogp_post_vs_{expected}")
     post_bad = post is not None and post.outcome == "fail" and semantics in SEMANTICS
     pre_bad = by_name["abs_dlogp_pre_vs_old"].outcome == "fail"
     att = None
-    if post is not None and post.outcome == "fail" and not pre_bad \
-            and min(g_old, g_keep, g_rec) > tol:  # neither weights explain it: partial update?
+    if (
+        post is not None
+        and post.outcome == "fail"
+        and not pre_bad
+        and min(g_old, g_keep, g_rec) > tol
+    ):  # neither weights explain it: partial update?
+
         def predict(pair, idx):
             sub = [pairs[i] for i in idx]
-            out = (batch.keep_many(sub, [ks[i] for i in idx], sampling, new=pair)
-                   if expected == "keep" else batch.new_many(sub, sampling, new=pair))
-            return [x[ks[i]:] for x, i in zip(out, idx)]
+            out = (
+                batch.keep_many(sub, [ks[i] for i in idx], sampling, new=pair)
+                if expected == "keep"
+                else batch.new_many(sub, sampling, new=pair)
+            )
+            return [x[ks[i] :] for x, i in zip(out, idx)]
 
         att = attribute(scorer, hybrids.Predictor(predict), post_eng, tol, detail, findings)
-    outcome, diagnosis, why = decide(findings, pre, [
-        (pre_bad, "reference_mismatch",
-         "tokens sampled before the update do not match the old weights: check the model, "
-         "dtype and logprobs mode first"),
-        attributed(att, tol),
-        (post_bad and g_old < min(g_keep, g_rec), "no_effect",
-         "the update did not take effect for the in-flight requests: they still sample from "
-         "the old weights"),
-        (post_bad, "semantics_mismatch",
-         f"in-flight requests continue with {semantics.upper()} semantics, the scenario "
-         f"expects {expected}" + (" (their KV was recomputed: a cache reset with running "
-                                  "requests preempts them)" if semantics == "recompute" else "")),
-        (by_name.get("token_stream") is not None
-         and by_name["token_stream"].outcome == "fail", "token_stream",
-         by_name["token_stream"].note if "token_stream" in by_name else ""),
-        (by_name["version_labels"].outcome == "fail", "wrong_version_labels",
-         by_name["version_labels"].note),
-        (by_name.get("post_update_tokens") is not None
-         and by_name["post_update_tokens"].outcome == "fail", "wrong_mode",
-         by_name.get("post_update_tokens").note if by_name.get("post_update_tokens") else ""),
-    ])
+    outcome, diagnosis, why = decide(
+        findings,
+        pre,
+        [
+            (
+                pre_bad,
+                "reference_mismatch",
+                "tokens sampled before the update do not match the old weights: check the model, "
+                "dtype and logprobs mode first",
+            ),
+            attributed(att, tol),
+            (
+                post_bad and g_old < min(g_keep, g_rec),
+                "no_effect",
+                "the update did not take effect for the in-flight requests: they still sample from "
+                "the old weights",
+            ),
+            (
+                post_bad,
+                "semantics_mismatch",
+                f"in-flight requests continue with {semantics.upper()} semantics, the scenario "
+                f"expects {expected}"
+                + (
+                    " (their KV was recomputed: a cache reset with running requests preempts them)"
+                    if semantics == "recompute"
+                    else ""
+                ),
+            ),
+            (
+                by_name.get("token_stream") is not None
+                and by_name["token_stream"].outcome == "fail",
+                "token_stream",
+                by_name["token_stream"].note if "token_stream" in by_name else "",
+            ),
+            (
+                by_name["version_labels"].outcome == "fail",
+                "wrong_version_labels",
+                by_name["version_labels"].note,
+            ),
+            (
+                by_name.get("post_update_tokens") is not None
+                and by_name["post_update_tokens"].outcome == "fail",
+                "wrong_mode",
+                by_name.get("post_update_tokens").note if by_name.get("post_update_tokens") else "",
+            ),
+        ],
+    )
     if outcome == "pass":
         return core.Verdict("pass", None, f"{head}: {gaps}", findings, pre)
     return core.Verdict(outcome, diagnosis, f"{why}: {gaps}", findings, pre)
@@ -200,21 +291,31 @@ def _token_stream(er, seqs, ks: list[int], findings: list, detail: dict) -> None
     """Tokens lost or duplicated at the pause: each paused request's tokens before the update
     against the same seeded request run without a pause (a count-limit finding, 0 allowed; a
     divergence that is no shift, e.g. numerics picking another token, is shown, not counted)."""
-    ref = {(s.prompt_index, s.sample_index): s.token_ids
-           for s in er.extra.get("uninterrupted") or []}
+    ref = {
+        (s.prompt_index, s.sample_index): s.token_ids for s in er.extra.get("uninterrupted") or []
+    }
     if not ref:
         return
-    kinds = [stream_check(s.token_ids, ref.get((s.prompt_index, s.sample_index), []), k)
-             for s, k in zip(seqs, ks)]
-    counts = {kind: kinds.count(kind) for kind in ("equal", "lost", "duplicated", "diverged",
-                                                   "short")}
+    kinds = [
+        stream_check(s.token_ids, ref.get((s.prompt_index, s.sample_index), []), k)
+        for s, k in zip(seqs, ks)
+    ]
+    counts = {
+        kind: kinds.count(kind) for kind in ("equal", "lost", "duplicated", "diverged", "short")
+    }
     detail["token_stream"] = counts
     bad = counts["lost"] + counts["duplicated"]
-    findings.append(core.count_limit(
-        "token_stream", bad, 0, len(seqs),
-        note=f"{counts['lost']} request(s) lost a token and {counts['duplicated']} repeated one "
-             f"at the pause ({counts['equal']} equal to the uninterrupted run, "
-             f"{counts['diverged']} diverged otherwise)"))
+    findings.append(
+        core.count_limit(
+            "token_stream",
+            bad,
+            0,
+            len(seqs),
+            note=f"{counts['lost']} request(s) lost a token and {counts['duplicated']} repeated one "
+            f"at the pause ({counts['equal']} equal to the uninterrupted run, "
+            f"{counts['diverged']} diverged otherwise)",
+        )
+    )
 
 
 def _label_off(eng, old, new, keep: dict[int, np.ndarray], k: int, tol: float) -> int:
@@ -250,8 +351,9 @@ class _OneByOne:
     def keep_many(self, pairs, ks, sampling, new=None) -> list[np.ndarray]:
         if new is None:
             return [self.scorer.keep(p, t, k, sampling) for (p, t), k in zip(pairs, ks)]
-        return self.score_many([(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)],
-                               sampling, new)
+        return self.score_many(
+            [(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)], sampling, new
+        )
 
     def score_many(self, items, sampling, new=None) -> list[np.ndarray]:
         extra = {} if new is None else {"new": new}

@@ -45,8 +45,12 @@ class Category:
     scores_columns: dict[str, str] | None = None
     scores_refusal: str = "its judging does not read trainer logprobs of the sampled tokens"
 
-    def parse(self, data: dict[str, Any], sampling, path: str,
-              ) -> tuple[dict[str, Any], list[Problem]]:
+    def parse(
+        self,
+        data: dict[str, Any],
+        sampling,
+        path: str,
+    ) -> tuple[dict[str, Any], list[Problem]]:
         """Validate the category's own fields of one scenario file.
 
         Args:
@@ -85,18 +89,33 @@ class Category:
     def key_metric(self, detail: dict[str, Any]) -> tuple[float | None, str]:
         """(value, text) of the scenario's key metric for tables and bisect."""
         value = detail.get("key_metric") if detail else None
-        return (value if isinstance(value, (int, float)) else None,
-                (detail or {}).get("headline", "n/a"))
+        return (
+            value if isinstance(value, (int, float)) else None,
+            (detail or {}).get("headline", "n/a"),
+        )
 
 
-def choice(data: dict[str, Any], key: str, choices, default, path: str,
-           problems: list[Problem], hint: str = "", fld: str | None = None) -> Any:
+def choice(
+    data: dict[str, Any],
+    key: str,
+    choices,
+    default,
+    path: str,
+    problems: list[Problem],
+    hint: str = "",
+    fld: str | None = None,
+) -> Any:
     """data[key] (default when absent), which must be one of `choices`; else a problem naming
     them (reported under `fld`, default `key`)."""
     value = data.get(key, default)
     if not any(value == c and type(value) is type(c) for c in choices):
-        problems.append((path, fld or key, f"{value!r}: {hint}use one of "
-                                    + ", ".join(f'"{c}"' for c in choices)))
+        problems.append(
+            (
+                path,
+                fld or key,
+                f"{value!r}: {hint}use one of " + ", ".join(f'"{c}"' for c in choices),
+            )
+        )
     return value
 
 
@@ -105,5 +124,3 @@ def sampling_for(scenario, role: str):
     `sampling` overrides (an engine configured to sample otherwise than the trainer assumes)."""
     overrides = (scenario.engine_sampling or {}).get(role)
     return replace(scenario.sampling, **overrides) if overrides else scenario.sampling
-
-

@@ -19,7 +19,7 @@ SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # logits is a multiple of it. Logprobs are fp32 (|lp| < 64: ulp <= 2^-18), so differences of
 # grid values land within ~1e-5 of the grid; fp32-head logits land there by chance only.
 GRID_TOL = 3e-5
-LATTICE_ON = 0.9   # at least this share of positions on the grid: a 16-bit head
+LATTICE_ON = 0.9  # at least this share of positions on the grid: a 16-bit head
 LATTICE_OFF = 0.3  # at most this share: an fp32 head
 MIN_POSITIONS = 50
 
@@ -42,14 +42,15 @@ def on_grid(logprobs: list[float], mantissa_bits: int, tol: float = GRID_TOL) ->
         return None
     d = v[0] - v[1:]
     for k in range(0, mantissa_bits + 3):
-        spacing = 2.0 ** -k
+        spacing = 2.0**-k
         if np.all(np.abs(d - spacing * np.round(d / spacing)) < tol):
             return True
     return False
 
 
-def lattice(top_logprobs: list[list[dict[int, float]] | None], mantissa_bits: int,
-            temperature: float = 1.0) -> dict[str, Any]:
+def lattice(
+    top_logprobs: list[list[dict[int, float]] | None], mantissa_bits: int, temperature: float = 1.0
+) -> dict[str, Any]:
     """Share of positions whose top logprobs sit on the 16-bit grid (see on_grid).
 
     Processed logprobs at temperature T are (l_i - l_j) / T apart, so the differences are
@@ -62,12 +63,15 @@ def lattice(top_logprobs: list[list[dict[int, float]] | None], mantissa_bits: in
     Returns:
         {"n_positions", "n_on_grid", "fraction", "scale"}.
     """
-    scales = [1.0] + ([temperature] if abs(temperature - 1.0) > 1e-6 and temperature > 1e-5
-                      else [])
+    scales = [1.0] + ([temperature] if abs(temperature - 1.0) > 1e-6 and temperature > 1e-5 else [])
     best = {"n_positions": 0, "n_on_grid": 0, "fraction": float("nan"), "scale": 1.0}
     for scale in scales:
-        flags = [on_grid([x * scale for x in pos.values()], mantissa_bits)
-                 for seq in top_logprobs if seq for pos in seq]
+        flags = [
+            on_grid([x * scale for x in pos.values()], mantissa_bits)
+            for seq in top_logprobs
+            if seq
+            for pos in seq
+        ]
         flags = [f for f in flags if f is not None]
         n, on = len(flags), int(sum(flags))
         frac = on / n if n else float("nan")
@@ -76,8 +80,11 @@ def lattice(top_logprobs: list[list[dict[int, float]] | None], mantissa_bits: in
     return best
 
 
-def classify(lat: dict[str, Any], gap_diff: dict[str, float] | None, model_dtype: str,
-             ) -> tuple[str | None, str]:
+def classify(
+    lat: dict[str, Any],
+    gap_diff: dict[str, float] | None,
+    model_dtype: str,
+) -> tuple[str | None, str]:
     """Which head the logits come from: "float32", "model" or None (undecided), and the evidence.
 
     The grid share decides when it is clear; the trainer comparison (mean |dlogp| to the
@@ -91,14 +98,23 @@ def classify(lat: dict[str, Any], gap_diff: dict[str, float] | None, model_dtype
         return "float32", "the model runs in float32: every head is fp32"
     if lat.get("n_positions", 0) >= MIN_POSITIONS and np.isfinite(frac):
         if frac >= LATTICE_ON:
-            return "model", f"{frac:.0%} of positions on the {SHORT.get(model_dtype, model_dtype)} grid"
+            return (
+                "model",
+                f"{frac:.0%} of positions on the {SHORT.get(model_dtype, model_dtype)} grid",
+            )
         if frac <= LATTICE_OFF:
-            return "float32", f"only {frac:.0%} of positions on the {SHORT.get(model_dtype, model_dtype)} grid"
+            return (
+                "float32",
+                f"only {frac:.0%} of positions on the {SHORT.get(model_dtype, model_dtype)} grid",
+            )
     if gap_diff is not None and np.isfinite(gap_diff["ci_low"]):
         if gap_diff["ci_low"] > 0:
             return "float32", "closer to the fp32-head trainer (90% CI of the gap difference > 0)"
         if gap_diff["ci_high"] < 0:
-            return "model", "closer to the model-dtype-head trainer (90% CI of the gap difference < 0)"
+            return (
+                "model",
+                "closer to the model-dtype-head trainer (90% CI of the gap difference < 0)",
+            )
     return None, "neither the grid share nor the trainer comparison is clear"
 
 
@@ -108,8 +124,12 @@ def paired_gap(gap_fp32: np.ndarray, gap_model: np.ndarray) -> dict[str, float]:
     diff = np.asarray(gap_model, np.float64) - np.asarray(gap_fp32, np.float64)
     diff = diff[np.isfinite(diff)]
     lo, hi = stats.bootstrap_ci(diff, confidence=0.9) if diff.size >= 2 else (np.nan, np.nan)
-    return {"mean": float(diff.mean()) if diff.size else float("nan"), "ci_low": float(lo),
-            "ci_high": float(hi), "n_seqs": int(diff.size)}
+    return {
+        "mean": float(diff.mean()) if diff.size else float("nan"),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n_seqs": int(diff.size),
+    }
 
 
 def _engine_fix(config: dict[str, Any], want: str) -> str:
@@ -124,12 +144,13 @@ def _engine_fix(config: dict[str, Any], want: str) -> str:
         if native:
             return "set hf_overrides={head_dtype: float32}"
         if v1:
-            return ("this vLLM honours head_dtype for pooling models only: enable parity's fp32 "
-                    "head patch (env_vars PARITY_FP32_HEAD=1)")
-        return ("enable parity's fp32 head patch (PARITY_FP32_HEAD=1, e.g. profile "
-                "\"v0-fp32head\")")
+            return (
+                "this vLLM honours head_dtype for pooling models only: enable parity's fp32 "
+                "head patch (env_vars PARITY_FP32_HEAD=1)"
+            )
+        return 'enable parity\'s fp32 head patch (PARITY_FP32_HEAD=1, e.g. profile "v0-fp32head")'
     if native:
-        return "drop hf_overrides head_dtype (or set it to \"model\")"
+        return 'drop hf_overrides head_dtype (or set it to "model")'
     return "unset PARITY_FP32_HEAD"
 
 
@@ -149,75 +170,110 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
         scores = refs.get(res.model_path, head, er).score(pairs, sc.sampling)
         ref = [np.asarray(r.processed_logprob if processed else r.raw_logprob) for r in scores]
         summary = metrics.summarize(ref, cand, None, sc.clip)
-        vs_ref[head] = {k: summary[k] for k in ("abs_dlogp_mean", "abs_dlogp_p99",
-                                                "kl_k3_mean", "n_tokens")}
+        vs_ref[head] = {
+            k: summary[k] for k in ("abs_dlogp_mean", "abs_dlogp_p99", "kl_k3_mean", "n_tokens")
+        }
         per_seq[head] = metrics.per_sequence(ref, cand, None, sc.clip)["abs_dlogp_mean"]
     gap_diff = paired_gap(per_seq["float32"], per_seq["model"])
     bits = MANTISSA_BITS.get(model_dtype)
-    lat = (lattice([s.top_logprobs for s in seqs], bits, sc.sampling.temperature) if bits
-           else {"n_positions": 0, "n_on_grid": 0, "fraction": float("nan")})
+    lat = (
+        lattice([s.top_logprobs for s in seqs], bits, sc.sampling.temperature)
+        if bits
+        else {"n_positions": 0, "n_on_grid": 0, "fraction": float("nan")}
+    )
     head, evidence = classify(lat, gap_diff, model_dtype)
     want = sc.options["require_head"]
     short = SHORT.get(model_dtype, model_dtype)
-    gaps = (f"mean |dlogp| to the trainer with an fp32 head "
-            f"{vs_ref['float32']['abs_dlogp_mean']:.4f}, with a {short} head "
-            f"{vs_ref['model']['abs_dlogp_mean']:.4f}")
+    gaps = (
+        f"mean |dlogp| to the trainer with an fp32 head "
+        f"{vs_ref['float32']['abs_dlogp_mean']:.4f}, with a {short} head "
+        f"{vs_ref['model']['abs_dlogp_mean']:.4f}"
+    )
     config_head = _dtype_name(key.get("head_dtype"))
     measured = None if head is None else ("float32" if head == "float32" else model_dtype)
     required = "float32" if want == "float32" or model_dtype == "float32" else model_dtype
-    finding = core.equality("head_dtype", measured, required,
-                            note=f"measured from the logits: {evidence}; "
-                                 f"{lat.get('n_on_grid', 0)}/{lat.get('n_positions', 0)} "
-                                 f"positions on the {short} grid")
+    finding = core.equality(
+        "head_dtype",
+        measured,
+        required,
+        note=f"measured from the logits: {evidence}; "
+        f"{lat.get('n_on_grid', 0)}/{lat.get('n_positions', 0)} "
+        f"positions on the {short} grid",
+    )
     mismatch_note = ""
     if measured and config_head and config_head != measured:
-        mismatch_note = (f"; the engine's config says head {config_head}, its logits say "
-                         f"{measured}")
-    detail = {"head": head, "required": want, "head_measured_dtype": measured,
-              "config_head_dtype": config_head, "lattice": lat, "vs_ref": vs_ref,
-              "gap_model_minus_fp32": gap_diff, "evidence": evidence,
-              "key_metric": lat.get("fraction"),
-              "headline": f"head {measured or '?'} (grid {lat.get('fraction', float('nan')):.2f}; "
-                          f"|dlogp| fp32 {vs_ref['float32']['abs_dlogp_mean']:.3g} / "
-                          f"{short} {vs_ref['model']['abs_dlogp_mean']:.3g})"}
+        mismatch_note = f"; the engine's config says head {config_head}, its logits say {measured}"
+    detail = {
+        "head": head,
+        "required": want,
+        "head_measured_dtype": measured,
+        "config_head_dtype": config_head,
+        "lattice": lat,
+        "vs_ref": vs_ref,
+        "gap_model_minus_fp32": gap_diff,
+        "evidence": evidence,
+        "key_metric": lat.get("fraction"),
+        "headline": f"head {measured or '?'} (grid {lat.get('fraction', float('nan')):.2f}; "
+        f"|dlogp| fp32 {vs_ref['float32']['abs_dlogp_mean']:.3g} / "
+        f"{short} {vs_ref['model']['abs_dlogp_mean']:.3g})",
+    }
     if finding.outcome == "inconclusive":
-        return core.Verdict("inconclusive", None, f"cannot tell the head dtype: {evidence} "
-                            f"({gaps})", [finding]), detail
+        return core.Verdict(
+            "inconclusive", None, f"cannot tell the head dtype: {evidence} ({gaps})", [finding]
+        ), detail
     if finding.outcome == "pass":
-        return core.Verdict("pass", None, f"the engine computes the lm_head in "
-                            f"{SHORT.get(measured, measured)} as required ({evidence}; {gaps})"
-                            f"{mismatch_note}", [finding]), detail
+        return core.Verdict(
+            "pass",
+            None,
+            f"the engine computes the lm_head in "
+            f"{SHORT.get(measured, measured)} as required ({evidence}; {gaps})"
+            f"{mismatch_note}",
+            [finding],
+        ), detail
     fix = _engine_fix(er.effective_config or {}, want)
     if want == "float32":
         diagnosis = f"{short}_head"
-        message = (f"the engine computes the lm_head in {short} ({evidence}; {gaps}), the "
-                   f"trainer in fp32: {fix}")
+        message = (
+            f"the engine computes the lm_head in {short} ({evidence}; {gaps}), the "
+            f"trainer in fp32: {fix}"
+        )
     else:
         diagnosis = "fp32_head"
-        message = (f"the engine computes the lm_head in fp32 ({evidence}; {gaps}) but the "
-                   f"scenario requires the model dtype: {fix}")
+        message = (
+            f"the engine computes the lm_head in fp32 ({evidence}; {gaps}) but the "
+            f"scenario requires the model dtype: {fix}"
+        )
     return core.Verdict("fail", diagnosis, message + mismatch_note, [finding]), detail
 
 
 class LmHead(Category):
     name = "lm_head"
     summary = "fp32 or model-dtype lm_head, read from the engine's own logits"
-    fields = {"require_head": "\"float32\" (default) or \"model\": the head the engine must use"}
-    diagnoses = {"bf16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
-                 "fp16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
-                 "fp32_head": "drop the fp32 head override"}
+    fields = {"require_head": '"float32" (default) or "model": the head the engine must use'}
+    diagnoses = {
+        "bf16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
+        "fp16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
+        "fp32_head": "drop the fp32 head override",
+    }
     findings = {"head_dtype": "equality"}
     key_metric_name = "share of positions on the 16-bit grid"
-    scores_refusal = ("it scores every sequence with an fp32 and a model-dtype head, a scores "
-                      "file holds one head")
+    scores_refusal = (
+        "it scores every sequence with an fp32 and a model-dtype head, a scores file holds one head"
+    )
 
     def parse(self, data, sampling, path):
         problems = []
         want = choice(data, "require_head", HEAD_DTYPES, "float32", path, problems)
         if sampling.logprobs < 1:
-            problems.append((path, "sampling.logprobs", "an lm_head check needs logprobs >= 1: "
-                                                        "the head dtype is read from the "
-                                                        "differences between the top logprobs"))
+            problems.append(
+                (
+                    path,
+                    "sampling.logprobs",
+                    "an lm_head check needs logprobs >= 1: "
+                    "the head dtype is read from the "
+                    "differences between the top logprobs",
+                )
+            )
         return {"require_head": want}, problems
 
     def judge(self, res, refs):

@@ -17,8 +17,12 @@ from parity.verdicts.fmt import fmt
 
 # Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
 # behaviour metrics by equivalence (TOST). Per-sequence key in metrics.per_sequence.
-MISMATCH_METRICS = {"kl_k3": "kl_k3_mean", "abs_dlogp": "abs_dlogp_mean",
-                    "clip_rate": "clip_rate_token", "excluded_rate": "excluded_rate"}
+MISMATCH_METRICS = {
+    "kl_k3": "kl_k3_mean",
+    "abs_dlogp": "abs_dlogp_mean",
+    "clip_rate": "clip_rate_token",
+    "excluded_rate": "excluded_rate",
+}
 BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
 
 
@@ -28,22 +32,35 @@ class RL(Category):
     # See README "How the margins were chosen" for the run-to-run noise they come from.
     # excluded_rate: the share of sampled tokens the trainer excludes, as in the logprobs
     # category (its tolerance there; _common.EXCLUDED_RATE_DEFAULT for the measurements).
-    margins = {"kl_k3": 0.005, "abs_dlogp": 0.01, "clip_rate": 0.03,
-               "excluded_rate": _common.EXCLUDED_RATE_DEFAULT, "entropy": 0.2, "reward": 0.2}
+    margins = {
+        "kl_k3": 0.005,
+        "abs_dlogp": 0.01,
+        "clip_rate": 0.03,
+        "excluded_rate": _common.EXCLUDED_RATE_DEFAULT,
+        "entropy": 0.2,
+        "reward": 0.2,
+    }
     diagnoses = {
         "support_mismatch": "an engine samples tokens the trainer's processed distribution "
-                            "excludes: align top_k/top_p/min_p and the tie rule",
+        "excludes: align top_k/top_p/min_p and the tie rule",
         "raw_logprobs": "set logprobs_mode=processed_logprobs on the candidate",
         "rl_divergence": "the candidate is worse than the baseline on an RL metric beyond the "
-                         "margin: bisect the setting differences (parity bisect)",
+        "margin: bisect the setting differences (parity bisect)",
     }
-    findings = {"kl_k3": "non_inferiority", "abs_dlogp": "non_inferiority",
-                "clip_rate": "non_inferiority", "entropy": "equivalence",
-                "reward": "equivalence", "excluded_rate": "non_inferiority"}
+    findings = {
+        "kl_k3": "non_inferiority",
+        "abs_dlogp": "non_inferiority",
+        "clip_rate": "non_inferiority",
+        "entropy": "equivalence",
+        "reward": "equivalence",
+        "excluded_rate": "non_inferiority",
+    }
     key_metric_name = "kl_k3_mean (candidate)"
-    scores_columns = {"trainer_logprob": "the processed logprobs both engines are judged by",
-                      "trainer_raw_logprob": "its raw_logprobs diagnosis",
-                      "entropy": "its entropy equivalence finding"}
+    scores_columns = {
+        "trainer_logprob": "the processed logprobs both engines are judged by",
+        "trainer_raw_logprob": "its raw_logprobs diagnosis",
+        "entropy": "its entropy equivalence finding",
+    }
 
     def roles(self, options):
         return ("candidate", "baseline")
@@ -55,8 +72,9 @@ class RL(Category):
         if other is not None and other.sequences:
             # The second engine of the pair scores the first one's tokens.
             er.extra["direct_of"] = other.role
-            er.extra["direct_forced"] = teacher_force(engine, other.sequences,
-                                                      res.scenario.sampling)
+            er.extra["direct_forced"] = teacher_force(
+                engine, other.sequences, res.scenario.sampling
+            )
 
     def judge(self, res, refs):
         sc = res.scenario
@@ -86,8 +104,12 @@ def role_metrics(seqs, scores, clip, rewards) -> tuple[dict[str, float], dict[st
     return summary, per_seq
 
 
-def check(runs, margins: dict[str, float], clip, min_tokens: int,
-          ) -> tuple[core.Verdict, dict[str, Any]]:
+def check(
+    runs,
+    margins: dict[str, float],
+    clip,
+    min_tokens: int,
+) -> tuple[core.Verdict, dict[str, Any]]:
     """Baseline vs candidate on the RL metrics, each engine scored by the same trainer.
 
     Args:
@@ -102,47 +124,60 @@ def check(runs, margins: dict[str, float], clip, min_tokens: int,
     for role, (seqs, scores, rewards) in runs.items():
         per_role[role], per_seq[role] = role_metrics(seqs, scores, clip, rewards)
         groups[role] = np.asarray([s.prompt_index for s in seqs])
-        pre.append(core.at_least(f"{role}.n_tokens", int(per_role[role]["n_tokens"]), min_tokens,
-                                 f"only {int(per_role[role]['n_tokens'])} sampled tokens: too "
-                                 "little data"))
-    kwargs = dict(paired=True, base_clusters=groups["baseline"],
-                  cand_clusters=groups["candidate"])
+        pre.append(
+            core.at_least(
+                f"{role}.n_tokens",
+                int(per_role[role]["n_tokens"]),
+                min_tokens,
+                f"only {int(per_role[role]['n_tokens'])} sampled tokens: too little data",
+            )
+        )
+    kwargs = dict(paired=True, base_clusters=groups["baseline"], cand_clusters=groups["candidate"])
     for name, key in MISMATCH_METRICS.items():
         if name in margins:
-            t = stats.non_inferiority(per_seq["baseline"][key], per_seq["candidate"][key],
-                                      margins[name], **kwargs)
+            t = stats.non_inferiority(
+                per_seq["baseline"][key], per_seq["candidate"][key], margins[name], **kwargs
+            )
             findings.append(core.from_test(name, t))
     for name, key in BEHAVIOUR_METRICS.items():
         if name in margins and key in per_seq["baseline"] and key in per_seq["candidate"]:
-            t = stats.equivalence_tost(per_seq["baseline"][key], per_seq["candidate"][key],
-                                       margins[name], **kwargs)
+            t = stats.equivalence_tost(
+                per_seq["baseline"][key], per_seq["candidate"][key], margins[name], **kwargs
+            )
             findings.append(core.from_test(name, t))
     outcome = core.combine(findings, pre)
     diagnosis, message = None, "candidate is no worse than the baseline on every RL metric"
     cand = per_role["candidate"]
     failed = [f for f in findings if f.outcome == "fail"]
     if outcome != "pass":
-        message = f"{outcome}: " + ", ".join(f"{f.name} {f.outcome} ({f.note})"
-                                             for f in findings if f.outcome != "pass")
+        message = f"{outcome}: " + ", ".join(
+            f"{f.name} {f.outcome} ({f.note})" for f in findings if f.outcome != "pass"
+        )
         unmet = [p for p in pre if not p.met]
         if unmet:
             message += "; " + "; ".join(p.note for p in unmet)
         support = [f for f in failed if f.name == "excluded_rate"]
         if cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
             diagnosis = "raw_logprobs"
-            message += ("; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
-                        "set logprobs_mode=processed_logprobs")
+            message += (
+                "; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
+                "set logprobs_mode=processed_logprobs"
+            )
         elif support:
             diagnosis = "support_mismatch"
-            message += "; " + _common.support_fix(int(cand["n_ref_excluded"]),
-                                                   int(cand["n_tokens"]))
+            message += "; " + _common.support_fix(
+                int(cand["n_ref_excluded"]), int(cand["n_tokens"])
+            )
         elif failed:
             diagnosis = "rl_divergence"
     b = per_role["baseline"]
-    detail = {"per_role": per_role, "key_metric": cand.get("kl_k3_mean"),
-              "headline": f"k3 {fmt(b.get('kl_k3_mean'))} -> {fmt(cand.get('kl_k3_mean'))}, "
-                          f"clip {fmt(b.get('clip_rate_token'))} -> "
-                          f"{fmt(cand.get('clip_rate_token'))}"}
+    detail = {
+        "per_role": per_role,
+        "key_metric": cand.get("kl_k3_mean"),
+        "headline": f"k3 {fmt(b.get('kl_k3_mean'))} -> {fmt(cand.get('kl_k3_mean'))}, "
+        f"clip {fmt(b.get('clip_rate_token'))} -> "
+        f"{fmt(cand.get('clip_rate_token'))}",
+    }
     return core.Verdict(outcome, diagnosis, message, findings, pre), detail
 
 
@@ -156,11 +191,14 @@ def _direct(res, scores: dict, refs) -> dict[str, Any] | None:
             continue
         sampling = res.scenario.sampling
         pairs = [(s.prompt_token_ids, s.token_ids) for s in other.sequences]
-        ref = {"raw": [r.raw_logprob for r in scores[other_role]],
-               "processed": [r.processed_logprob for r in scores[other_role]]}
+        ref = {
+            "raw": [r.raw_logprob for r in scores[other_role]],
+            "processed": [r.processed_logprob for r in scores[other_role]],
+        }
         try:
             tempered = refs.get(res.model_path, res.scenario.head_dtype, other).score(
-                pairs, semantics_specs(sampling)["tempered"])
+                pairs, semantics_specs(sampling)["tempered"]
+            )
             ref["tempered"] = [r.processed_logprob for r in tempered]
         except ScoresUnavailable:  # a scores file holds the scenario's sampling only
             pass

@@ -61,15 +61,18 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
         return
     if probe == "prefix_cache":
         if not key.get("enable_prefix_caching"):
-            er.extra["probe_error"] = ("prefix caching is off on this engine: the probe has "
-                                       "no cache to compare")
+            er.extra["probe_error"] = (
+                "prefix caching is off on this engine: the probe has no cache to compare"
+            )
             return
         block = int(key.get("block_size") or 16)
         room = int(key.get("max_model_len") or 2048) - sampling.max_tokens - max(map(len, prompts))
         length = min(2 * block, room - 1)
         if length < block:
-            er.extra["probe_error"] = (f"max_model_len leaves room for {room} prefix tokens, "
-                                       f"less than one KV block ({block})")
+            er.extra["probe_error"] = (
+                f"max_model_len leaves room for {room} prefix tokens, "
+                f"less than one KV block ({block})"
+            )
             return
         shared = _shared_prefix(prompts, length)
         full = [shared + p for p in prompts]
@@ -105,18 +108,34 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
         texts = [(s.prompt_token_ids + s.token_ids)[:limit] for s in decoded]
         # Same request parameters as the decode, so V0 tempers its prompt logprobs alike;
         # V1 returns raw prompt logprobs whatever the parameters.
-        scored = engine.generate(texts, replace(sampling, max_tokens=1, n=1, logprobs=0,
-                                                prompt_logprobs=0))
+        scored = engine.generate(
+            texts, replace(sampling, max_tokens=1, n=1, logprobs=0, prompt_logprobs=0)
+        )
         prefill = []
         for s, p in zip(decoded, scored):
-            lps = (p.prompt_logprobs or [])[len(s.prompt_token_ids):]
+            lps = (p.prompt_logprobs or [])[len(s.prompt_token_ids) :]
             n = len(lps)
-            prefill.append(Sequence(s.prompt_index, s.sample_index, s.prompt_token_ids,
-                                    s.token_ids[:n], [float(x) for x in lps]))
+            prefill.append(
+                Sequence(
+                    s.prompt_index,
+                    s.sample_index,
+                    s.prompt_token_ids,
+                    s.token_ids[:n],
+                    [float(x) for x in lps],
+                )
+            )
         er.sequences = decoded
-        er.extra.update(ref=prefill, cand=[replace(s, token_ids=s.token_ids[:len(p.token_ids)],
-                                                   logprobs=s.logprobs[:len(p.token_ids)])
-                                           for s, p in zip(decoded, prefill)])
+        er.extra.update(
+            ref=prefill,
+            cand=[
+                replace(
+                    s,
+                    token_ids=s.token_ids[: len(p.token_ids)],
+                    logprobs=s.logprobs[: len(p.token_ids)],
+                )
+                for s, p in zip(decoded, prefill)
+            ],
+        )
         return
     raise ValueError(f"unknown probe {probe!r}")
 
@@ -145,13 +164,21 @@ def aligned(ref: list[Sequence], cand: list[Sequence]) -> dict[str, Any]:
         out_cand.append(np.asarray(c.logprobs[:k], np.float64))
         if k:
             first.append(abs(r.logprobs[0] - c.logprobs[0]))
-    return {"ref": out_ref, "cand": out_cand, "n_pairs": len(out_ref), "n_diverged": diverged,
-            "first_abs_dlogp": np.asarray(first, np.float64)}
+    return {
+        "ref": out_ref,
+        "cand": out_cand,
+        "n_pairs": len(out_ref),
+        "n_diverged": diverged,
+        "first_abs_dlogp": np.asarray(first, np.float64),
+    }
 
 
-def probe_findings(pairs: dict[str, Any], tolerances: dict[str, float], min_tokens: int,
-                   clip: metrics.ClipRange,
-                   ) -> tuple[list[core.Finding], list[core.Precondition], dict[str, Any]]:
+def probe_findings(
+    pairs: dict[str, Any],
+    tolerances: dict[str, float],
+    min_tokens: int,
+    clip: metrics.ClipRange,
+) -> tuple[list[core.Finding], list[core.Precondition], dict[str, Any]]:
     """Per-sequence mean |dlogp| and k3 KL between the two runs, each judged against its
     tolerance with a one-sample bound (stats.threshold), as the logprobs category does."""
     summary = metrics.summarize(pairs["ref"], pairs["cand"], None, clip)
@@ -161,15 +188,31 @@ def probe_findings(pairs: dict[str, Any], tolerances: dict[str, float], min_toke
     findings = []
     for name in ("abs_dlogp_mean", "kl_k3_mean"):
         if name in tolerances:
-            findings.append(core.from_test(name.replace("_mean", "_seqmean"),
-                                           stats.threshold(per_seq[name], tolerances[name])))
+            findings.append(
+                core.from_test(
+                    name.replace("_mean", "_seqmean"),
+                    stats.threshold(per_seq[name], tolerances[name]),
+                )
+            )
     first = pairs["first_abs_dlogp"]
-    stats_out = {k: summary[k] for k in ("n_seqs", "n_tokens", "abs_dlogp_mean", "abs_dlogp_p99",
-                                         "abs_dlogp_max", "kl_k3_mean", "abs_dlogp_seqmean",
-                                         "kl_k3_seqmean")}
-    stats_out.update(n_diverged=pairs["n_diverged"],
-                     first_token_abs_dlogp_mean=float(first.mean()) if first.size else None,
-                     bitwise_equal=bool(n_tokens and summary["abs_dlogp_max"] == 0.0))
+    stats_out = {
+        k: summary[k]
+        for k in (
+            "n_seqs",
+            "n_tokens",
+            "abs_dlogp_mean",
+            "abs_dlogp_p99",
+            "abs_dlogp_max",
+            "kl_k3_mean",
+            "abs_dlogp_seqmean",
+            "kl_k3_seqmean",
+        )
+    }
+    stats_out.update(
+        n_diverged=pairs["n_diverged"],
+        first_token_abs_dlogp_mean=float(first.mean()) if first.size else None,
+        bitwise_equal=bool(n_tokens and summary["abs_dlogp_max"] == 0.0),
+    )
     return findings, pre, stats_out
 
 
@@ -180,8 +223,11 @@ def _semantics(key: dict[str, Any], sampling) -> dict[str, str]:
         return {"decode": same, "prefill": same}
     v1 = str(key.get("engine_impl", "")).startswith("vllm.v1.")
     decode = str(key.get("logprobs_mode") or "processed_logprobs")
-    prefill = "raw_logprobs (V1 never tempers prompt logprobs)" if v1 else \
-        "processed_logprobs (V0 applies the request's temperature/top-k/top-p to prompt logprobs)"
+    prefill = (
+        "raw_logprobs (V1 never tempers prompt logprobs)"
+        if v1
+        else "processed_logprobs (V0 applies the request's temperature/top-k/top-p to prompt logprobs)"
+    )
     return {"decode": decode, "prefill": prefill}
 
 
@@ -201,15 +247,24 @@ def _measured_semantics(res, refs, seqs: list[Sequence], er=None) -> str | None:
 
 
 DIAGNOSES = {
-    "prefix_cache": ("prefix_cache_drift", "a warm prefix cache moves the logprobs beyond "
-                     "numeric noise: cached KV is not equivalent to recomputed KV on this "
-                     "engine; set enable_prefix_caching=False"),
-    "batch_invariance": ("batch_variance", "the logprobs depend on the batch a request is "
-                         "served in beyond numeric noise: use the engine's batch-invariant mode "
-                         "or fixed batch shapes, or budget this noise in the RL margins"),
-    "prefill_consistency": ("prefill_decode_mismatch", "scoring the generated text by prefill "
-                            "does not reproduce the decode logprobs: the engine's decode and "
-                            "prefill paths disagree beyond numeric noise"),
+    "prefix_cache": (
+        "prefix_cache_drift",
+        "a warm prefix cache moves the logprobs beyond "
+        "numeric noise: cached KV is not equivalent to recomputed KV on this "
+        "engine; set enable_prefix_caching=False",
+    ),
+    "batch_invariance": (
+        "batch_variance",
+        "the logprobs depend on the batch a request is "
+        "served in beyond numeric noise: use the engine's batch-invariant mode "
+        "or fixed batch shapes, or budget this noise in the RL margins",
+    ),
+    "prefill_consistency": (
+        "prefill_decode_mismatch",
+        "scoring the generated text by prefill "
+        "does not reproduce the decode logprobs: the engine's decode and "
+        "prefill paths disagree beyond numeric noise",
+    ),
 }
 
 
@@ -219,9 +274,14 @@ def _judge_probe(res, refs, role: str) -> tuple[core.Verdict, dict[str, Any]]:
     probe = sc.options["probe"]
     key = (er.effective_config or {}).get("key", {})
     if er.extra.get("probe_error"):
-        return core.Verdict("inconclusive", "probe_not_run", er.extra["probe_error"],
-                            preconditions=[core.Precondition("probe_ran", False, None, True,
-                                                             er.extra["probe_error"])]), {}
+        return core.Verdict(
+            "inconclusive",
+            "probe_not_run",
+            er.extra["probe_error"],
+            preconditions=[
+                core.Precondition("probe_ran", False, None, True, er.extra["probe_error"])
+            ],
+        ), {}
     pairs = aligned(er.extra["ref"], er.extra["cand"])
     findings, pre, out = probe_findings(pairs, sc.tolerances, sc.min_tokens, sc.clip)
     detail: dict[str, Any] = {"probe": probe, **out, "key_metric": out["abs_dlogp_mean"]}
@@ -229,100 +289,150 @@ def _judge_probe(res, refs, role: str) -> tuple[core.Verdict, dict[str, Any]]:
     if probe == "prefix_cache":
         cold_hits = sum(s.num_cached_tokens or 0 for s in er.extra["ref"])
         warm_hits = sum(s.num_cached_tokens or 0 for s in er.extra["cand"])
-        detail.update(prefix_tokens=er.extra["prefix_tokens"], cached_tokens_cold=cold_hits,
-                      cached_tokens_warm=warm_hits,
-                      enable_prefix_caching=key.get("enable_prefix_caching"))
-        pre.append(core.at_least("cache_hits", warm_hits, 1, "prefix caching is on but the "
-                                                            "warm run reused nothing"))
+        detail.update(
+            prefix_tokens=er.extra["prefix_tokens"],
+            cached_tokens_cold=cold_hits,
+            cached_tokens_warm=warm_hits,
+            enable_prefix_caching=key.get("enable_prefix_caching"),
+        )
+        pre.append(
+            core.at_least(
+                "cache_hits", warm_hits, 1, "prefix caching is on but the warm run reused nothing"
+            )
+        )
         if cold_hits:
             notes.append(f"the cold run reused {cold_hits} cached tokens")
     if probe == "prefill_consistency":
         sem = _semantics(key, sc.sampling)
-        measured = {"decode": _measured_semantics(res, refs, er.extra["cand"], er),
-                    "prefill": _measured_semantics(res, refs, er.extra["ref"], er)}
+        measured = {
+            "decode": _measured_semantics(res, refs, er.extra["cand"], er),
+            "prefill": _measured_semantics(res, refs, er.extra["ref"], er),
+        }
         detail.update(semantics=sem, semantics_measured=measured)
         notes.append(f"decode logprobs: {sem['decode']}; prefill logprobs: {sem['prefill']}")
     outcome = core.combine(findings, pre)
-    m = (f"|dlogp| mean {fmt(out['abs_dlogp_mean'])} (max {fmt(out['abs_dlogp_max'])}), k3 "
-         f"{fmt(out['kl_k3_mean'])} over {out['n_tokens']} tokens of {out['n_seqs']} sequences, "
-         f"{out['n_diverged']} diverged")
-    detail["headline"] = (f"{probe}: |dlogp| {fmt(out['abs_dlogp_mean'])}, k3 "
-                          f"{fmt(out['kl_k3_mean'], 2)}, {out['n_diverged']}/{out['n_seqs']} "
-                          "diverged")
+    m = (
+        f"|dlogp| mean {fmt(out['abs_dlogp_mean'])} (max {fmt(out['abs_dlogp_max'])}), k3 "
+        f"{fmt(out['kl_k3_mean'])} over {out['n_tokens']} tokens of {out['n_seqs']} sequences, "
+        f"{out['n_diverged']} diverged"
+    )
+    detail["headline"] = (
+        f"{probe}: |dlogp| {fmt(out['abs_dlogp_mean'])}, k3 "
+        f"{fmt(out['kl_k3_mean'], 2)}, {out['n_diverged']}/{out['n_seqs']} "
+        "diverged"
+    )
     text = m + (f" ({'; '.join(notes)})" if notes else "")
     if outcome == "pass":
-        return core.Verdict("pass", None, f"{probe}: within numeric noise: {text}", findings,
-                            pre), detail
+        return core.Verdict(
+            "pass", None, f"{probe}: within numeric noise: {text}", findings, pre
+        ), detail
     if outcome != "fail":
         unmet = "; ".join(p.note for p in pre if not p.met)
-        return core.Verdict(outcome, None, f"{probe}: {outcome}: {text}"
-                            + (f"; {unmet}" if unmet else ""), findings, pre), detail
+        return core.Verdict(
+            outcome,
+            None,
+            f"{probe}: {outcome}: {text}" + (f"; {unmet}" if unmet else ""),
+            findings,
+            pre,
+        ), detail
     diagnosis, fix = DIAGNOSES[probe]
     if probe == "prefill_consistency":
         measured = detail["semantics_measured"]
         if measured["decode"] and measured["prefill"] and measured["decode"] != measured["prefill"]:
             diagnosis = "prompt_logprobs_semantics"
-            fix = (f"the decode logprobs are {measured['decode']} but the prompt logprobs are "
-                   f"{measured['prefill']}: teacher-forcing through prompt_logprobs gives other "
-                   "semantics on this engine; score at T=1 without truncation, or compare raw "
-                   "with raw")
+            fix = (
+                f"the decode logprobs are {measured['decode']} but the prompt logprobs are "
+                f"{measured['prefill']}: teacher-forcing through prompt_logprobs gives other "
+                "semantics on this engine; score at T=1 without truncation, or compare raw "
+                "with raw"
+            )
     return core.Verdict("fail", diagnosis, f"{fix} ({text})", findings, pre), detail
 
 
-def judge_config_diff(base: dict[str, Any], cand: dict[str, Any],
-                      keys=configdiff.V0_PARITY_KEYS) -> tuple[core.Verdict, dict]:
+def judge_config_diff(
+    base: dict[str, Any], cand: dict[str, Any], keys=configdiff.V0_PARITY_KEYS
+) -> tuple[core.Verdict, dict]:
     """Every key that must match is an equality finding (fails naming the key and its fix; a
     key one engine does not report is inconclusive); every other difference is listed with its
     RL consequence in the detail. Model identity is judged for every category by the runner."""
     rows = configdiff.config_diff(base, cand)
     checks = configdiff.must_match(base, cand, keys)
-    findings = [core.equality(f"match.{r['key']}", r["baseline"], r["candidate"],
-                              lambda a, b, k=r["key"]: configdiff.equal(k, a, b),
-                              note="" if r["status"] == "same" else
-                              (f"fix: {r['fix']}" if r["status"] == "differs"
-                               else "one engine does not report it"))
-                for r in checks]
+    findings = [
+        core.equality(
+            f"match.{r['key']}",
+            r["baseline"],
+            r["candidate"],
+            lambda a, b, k=r["key"]: configdiff.equal(k, a, b),
+            note=""
+            if r["status"] == "same"
+            else (
+                f"fix: {r['fix']}" if r["status"] == "differs" else "one engine does not report it"
+            ),
+        )
+        for r in checks
+    ]
     rl = [r for r in rows if r["severity"] == "rl"]
-    detail = {"differences": rows, "must_match": checks, "candidate_risks": configdiff.risks(cand),
-              "baseline_risks": configdiff.risks(base), "key_metric": float(len(rl)),
-              "headline": f"{len(rows)} differences, {len(rl)} with RL consequences, "
-                          f"{sum(r['status'] == 'differs' for r in checks)} must-match keys "
-                          "differ"}
+    detail = {
+        "differences": rows,
+        "must_match": checks,
+        "candidate_risks": configdiff.risks(cand),
+        "baseline_risks": configdiff.risks(base),
+        "key_metric": float(len(rl)),
+        "headline": f"{len(rows)} differences, {len(rl)} with RL consequences, "
+        f"{sum(r['status'] == 'differs' for r in checks)} must-match keys "
+        "differ",
+    }
     outcome = core.combine(findings)
     differing = [r for r in checks if r["status"] == "differs"]
     if differing:
-        text = "; ".join(f"{r['key']} {r['baseline']!r} vs {r['candidate']!r}: {r['fix']}"
-                         for r in differing)
-        return core.Verdict("fail", "runtime_defaults", f"runtime settings the V0-parity fixes "
-                            f"pin differ: {text}", findings), detail
+        text = "; ".join(
+            f"{r['key']} {r['baseline']!r} vs {r['candidate']!r}: {r['fix']}" for r in differing
+        )
+        return core.Verdict(
+            "fail",
+            "runtime_defaults",
+            f"runtime settings the V0-parity fixes pin differ: {text}",
+            findings,
+        ), detail
     if outcome != "pass":
         unknown = ", ".join(r["key"] for r in checks if r["status"] == "unknown")
-        return core.Verdict(outcome, None, f"cannot compare {unknown}: not reported by both "
-                            "engines", findings), detail
-    others = "; ".join(f"{r['key']} {r['baseline']!r} -> {r['candidate']!r}: {r['consequence']}"
-                       for r in rl)
-    return core.Verdict("pass", None, "the V0-parity settings match"
-                        + (f"; other differences with RL consequences: {others}" if others
-                           else ""), findings), detail
+        return core.Verdict(
+            outcome, None, f"cannot compare {unknown}: not reported by both engines", findings
+        ), detail
+    others = "; ".join(
+        f"{r['key']} {r['baseline']!r} -> {r['candidate']!r}: {r['consequence']}" for r in rl
+    )
+    return core.Verdict(
+        "pass",
+        None,
+        "the V0-parity settings match"
+        + (f"; other differences with RL consequences: {others}" if others else ""),
+        findings,
+    ), detail
 
 
 class Runtime(Category):
     name = "runtime"
     summary = "effective configuration diff (V0-parity keys must match) and behavioural probes"
-    fields = {"probe": f"one of {', '.join(PROBES)} (default config_diff)",
-              "must_match": "config_diff: the keys that must be equal (default: "
-                            + ", ".join(configdiff.V0_PARITY_KEYS) + ")"}
+    fields = {
+        "probe": f"one of {', '.join(PROBES)} (default config_diff)",
+        "must_match": "config_diff: the keys that must be equal (default: "
+        + ", ".join(configdiff.V0_PARITY_KEYS)
+        + ")",
+    }
     tolerances = {"abs_dlogp_mean": RUNTIME_ABS_DLOGP, "kl_k3_mean": RUNTIME_KL_K3}
-    diagnoses = {"runtime_defaults": "set the differing V0-parity keys alike (the message "
-                                     "names each fix)",
-                 **{code: fix for code, fix in DIAGNOSES.values()},
-                 "prompt_logprobs_semantics": "score at T=1 without truncation, or compare "
-                                              "raw with raw"}
+    diagnoses = {
+        "runtime_defaults": "set the differing V0-parity keys alike (the message names each fix)",
+        **{code: fix for code, fix in DIAGNOSES.values()},
+        "prompt_logprobs_semantics": "score at T=1 without truncation, or compare raw with raw",
+    }
     findings = {"match.*": "equality", "abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound"}
     key_metric_name = "abs_dlogp_mean (probes) / RL-relevant differences (config_diff)"
     reuses_generations = False  # cold vs warm cache, batch 1 vs N: every call must be real
-    scores_refusal = ("its probes compare the engine with itself; prefill_consistency's "
-                      "semantics diagnosis scores truncated sequences an export does not hold")
+    scores_refusal = (
+        "its probes compare the engine with itself; prefill_consistency's "
+        "semantics diagnosis scores truncated sequences an export does not hold"
+    )
 
     def parse(self, data, sampling, path):
         problems = []
@@ -331,19 +441,28 @@ class Runtime(Category):
         if "must_match" in data and probe != "config_diff":
             problems.append((path, "must_match", "only the config_diff probe compares keys"))
         if not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
-            problems.append((path, "must_match", "must be a non-empty list of effective-config "
-                                                 "key names, e.g. [\"enable_prefix_caching\"]"))
+            problems.append(
+                (
+                    path,
+                    "must_match",
+                    "must be a non-empty list of effective-config "
+                    'key names, e.g. ["enable_prefix_caching"]',
+                )
+            )
             keys = list(configdiff.V0_PARITY_KEYS)
         return {"probe": probe, "must_match": tuple(keys)}, problems
 
     def roles(self, options):
-        return ("candidate", "baseline") if options.get("probe") == "config_diff" \
-            else ("candidate",)
+        return (
+            ("candidate", "baseline") if options.get("probe") == "config_diff" else ("candidate",)
+        )
 
     def served_refusal(self, options):
         if options.get("probe") == "prefix_cache":
-            return ("the prefix_cache probe resets the engine's prefix cache between runs, "
-                    "which parity does not do over HTTP: run it on an in-process engine")
+            return (
+                "the prefix_cache probe resets the engine's prefix cache between runs, "
+                "which parity does not do over HTTP: run it on an in-process engine"
+            )
         return None
 
     def check_settings(self, scenario, path):
@@ -354,9 +473,14 @@ class Runtime(Category):
             on = setting.args.get("enable_prefix_caching")
             # vLLM V0 leaves prefix caching off unless it is asked for; V1 turns it on.
             if on is False or (on is None and setting.variables.get("VLLM_USE_V1") == "0"):
-                problems.append((path, f"{role}.engine_args.enable_prefix_caching",
-                                 "the prefix_cache probe needs prefix caching on: set "
-                                 "enable_prefix_caching = true (or use another probe)"))
+                problems.append(
+                    (
+                        path,
+                        f"{role}.engine_args.enable_prefix_caching",
+                        "the prefix_cache probe needs prefix caching on: set "
+                        "enable_prefix_caching = true (or use another probe)",
+                    )
+                )
         return problems
 
     def drive(self, engine, res, role, prompts, log):
@@ -365,10 +489,10 @@ class Runtime(Category):
     def judge(self, res, refs):
         sc = res.scenario
         if sc.options["probe"] == "config_diff":
-            keys = {role: (er.effective_config or {}).get("key", {})
-                    for role, er in res.runs.items()}
-            return judge_config_diff(keys["baseline"], keys["candidate"],
-                                     sc.options["must_match"])
+            keys = {
+                role: (er.effective_config or {}).get("key", {}) for role, er in res.runs.items()
+            }
+            return judge_config_diff(keys["baseline"], keys["candidate"], sc.options["must_match"])
         verdict, detail = _judge_probe(res, refs, "candidate")
         if "baseline" in res.runs:
             base_verdict, base_detail = _judge_probe(res, refs, "baseline")

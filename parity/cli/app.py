@@ -16,12 +16,17 @@ from rich.markup import escape
 
 from parity.report.build import EXIT_USAGE
 
-app = typer.Typer(help="Prove (or disprove) that two LLM inference backends behave the same "
-                       "for RL.", no_args_is_help=True, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Build and list the models parity runs engines on.",
-                         no_args_is_help=True)
-env_app = typer.Typer(help="Isolated engine environments (e.g. the vLLM V0 virtualenv).",
-                      no_args_is_help=True)
+app = typer.Typer(
+    help="Prove (or disprove) that two LLM inference backends behave the same for RL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Build and list the models parity runs engines on.", no_args_is_help=True
+)
+env_app = typer.Typer(
+    help="Isolated engine environments (e.g. the vLLM V0 virtualenv).", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 app.add_typer(env_app, name="env")
 
@@ -71,6 +76,8 @@ def report_problems(problems, where: str = "in the scenarios") -> None:
     """Every (file or option, field, message) problem, then exit 2."""
     console.print(f"[red]{len(problems)} problem(s) {where}:[/]", highlight=False)
     for file, field, message in problems:
-        console.print(f"  {escape(str(file))}: [bold]{escape(str(field))}[/]: "
-                      f"{escape(str(message))}", highlight=False)
+        console.print(
+            f"  {escape(str(file))}: [bold]{escape(str(field))}[/]: {escape(str(message))}",
+            highlight=False,
+        )
     raise typer.Exit(EXIT_USAGE)

@@ -9,8 +9,14 @@ from parity.bench.main import main as bench_main
 from parity.cli.app import app
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "help_option_names": []}, add_help_option=False)
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
+)
 def bench(ctx: typer.Context):
     """Benchmarks: table RUN_DIR | run CHECK-ARGS | metrics | reference | bind | noise
     (`parity bench --help` lists their options; measure with these, never with timed tests)."""

@@ -17,18 +17,30 @@ from parity.report.build import EXIT_USAGE
 
 @app.command()
 def diff(
-    run_a: Path = typer.Argument(..., help="Run A (before): a `parity check` report directory "
-                                           "or its report.json."),
+    run_a: Path = typer.Argument(
+        ..., help="Run A (before): a `parity check` report directory or its report.json."
+    ),
     run_b: Path = typer.Argument(..., help="Run B (after), same."),
-    threshold: float = typer.Option(0.10, help="Relative change (of A's value) past which a "
-                                               "metric or estimate has moved: 0.1 = 10%."),
-    pair: list[str] = typer.Option(None, "--pair", metavar="A_NAME=B_NAME",
-                                   help="Compare these two scenarios although their names "
-                                        "differ (repeatable)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON on stdout, "
-                                                       "nothing else."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE.md",
-                                          help="Also write the diff as Markdown to FILE.md."),
+    threshold: float = typer.Option(
+        0.10,
+        help="Relative change (of A's value) past which a metric or estimate has moved: 0.1 = 10%.",
+    ),
+    pair: list[str] = typer.Option(
+        None,
+        "--pair",
+        metavar="A_NAME=B_NAME",
+        help="Compare these two scenarios although their names differ (repeatable).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the diff as JSON on stdout, nothing else."
+    ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="FILE.md",
+        help="Also write the diff as Markdown to FILE.md.",
+    ),
 ):
     """Compare two runs: verdicts, findings (with both intervals), metrics and engine
     configurations that moved from RUN_A to RUN_B (e.g. before and after an engine upgrade).
@@ -38,8 +50,9 @@ def diff(
     """
     problems = []
     if output is not None and not output.parent.is_dir():
-        problems.append(("--output", "FILE.md", f"{output}: its directory {output.parent} "
-                                                "does not exist"))
+        problems.append(
+            ("--output", "FILE.md", f"{output}: its directory {output.parent} does not exist")
+        )
     try:
         result = rundiff.diff(run_a, run_b, threshold, pair or [])
     except rundiff.DiffInputError as exc:

@@ -16,25 +16,34 @@ from parity.run.scenario import ScenarioError
 
 @app.command()
 def judge(
-    file: Path = typer.Argument(..., help="Per-token table: .parquet, .csv, .jsonl/.json or "
-                                          ".pt (a torch.save'd dict of tensors)."),
-    fmt: Optional[str] = typer.Option(None, "--format",
-                                      help="Column names of: parity (default), verl, trl, "
-                                           "prime-rl, nemo-rl."),
-    maps: list[str] = typer.Option(None, "--map", help="canonical=column, e.g. "
-                                                       "engine_logprob=rollout_lp (repeatable; "
-                                                       "canonical= for none)."),
-    tolerance: list[str] = typer.Option(None, "--tolerance",
-                                        help="name=value: abs_dlogp_mean, kl_k3_mean, "
-                                             "abs_dlogp_p99, excluded_rate (repeatable)."),
-    clip_low: Optional[float] = typer.Option(None, help="PPO clip eps_low for the clip-rate "
-                                                        "metrics (default 0.2)."),
+    file: Path = typer.Argument(
+        ...,
+        help="Per-token table: .parquet, .csv, .jsonl/.json or "
+        ".pt (a torch.save'd dict of tensors).",
+    ),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="Column names of: parity (default), verl, trl, prime-rl, nemo-rl."
+    ),
+    maps: list[str] = typer.Option(
+        None,
+        "--map",
+        help="canonical=column, e.g. engine_logprob=rollout_lp (repeatable; canonical= for none).",
+    ),
+    tolerance: list[str] = typer.Option(
+        None,
+        "--tolerance",
+        help="name=value: abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate (repeatable).",
+    ),
+    clip_low: Optional[float] = typer.Option(
+        None, help="PPO clip eps_low for the clip-rate metrics (default 0.2)."
+    ),
     clip_high: Optional[float] = typer.Option(None, help="PPO clip eps_high (default 0.28)."),
-    min_tokens: Optional[int] = typer.Option(None, help="Fewer scored tokens: inconclusive "
-                                                        "(default: as scenarios, 200)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="Report directory (default "
-                                               "results/judge-<UTC stamp>/)."),
+    min_tokens: Optional[int] = typer.Option(
+        None, help="Fewer scored tokens: inconclusive (default: as scenarios, 200)."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Report directory (default results/judge-<UTC stamp>/)."
+    ),
 ):
     """Judge a per-token table dumped by a trainer (verl, TRL, prime-rl, NeMo-RL, parity's own
     tokens.parquet): engine vs trainer logprobs, as the logprobs category; no engine starts.
@@ -43,14 +52,22 @@ def judge(
     125 inconclusive (too little data).
     """
     try:
-        done = api.judge(file, fmt=fmt, maps=maps or (), tolerances=tolerance or (),
-                         clip_low=clip_low, clip_high=clip_high, min_tokens=min_tokens,
-                         output=output)
+        done = api.judge(
+            file,
+            fmt=fmt,
+            maps=maps or (),
+            tolerances=tolerance or (),
+            clip_low=clip_low,
+            clip_high=clip_high,
+            min_tokens=min_tokens,
+            output=output,
+        )
     except ScenarioError as exc:
         report_problems(exc.problems, f"with {file}")
     except OSError as exc:
         fail(str(exc), EXIT_USAGE, exc)
     judging.print_table(done.report, out)
-    out.print(f"report: {done.out_dir}/report.md (json, junit.xml beside it); exit code "
-              f"{done.exit_code}")
+    out.print(
+        f"report: {done.out_dir}/report.md (json, junit.xml beside it); exit code {done.exit_code}"
+    )
     raise typer.Exit(done.exit_code)

@@ -10,8 +10,10 @@ from parity.setup.models import MODEL_NAMES, ModelError, build_model, model_dir,
 
 
 @models_app.command("build")
-def models_build(name: str = typer.Argument(..., help="tiny | smollm2-135m"),
-                 force: bool = typer.Option(False, help="Rebuild even if present.")):
+def models_build(
+    name: str = typer.Argument(..., help="tiny | smollm2-135m"),
+    force: bool = typer.Option(False, help="Rebuild even if present."),
+):
     """Build a model into the cache (idempotent)."""
     try:
         path = build_model(name, force=force, log=log)
@@ -30,8 +32,11 @@ def models_list():
 
 
 @models_app.command("perturb")
-def models_perturb(base: str = typer.Argument(..., help="Model name or path."),
-                   seed: int = typer.Option(0), scale: float = typer.Option(0.05)):
+def models_perturb(
+    base: str = typer.Argument(..., help="Model name or path."),
+    seed: int = typer.Option(0),
+    scale: float = typer.Option(0.05),
+):
     """A second checkpoint of the same architecture with deterministic noise."""
     try:
         out.print(str(perturb(base, seed=seed, scale=scale)))

@@ -12,8 +12,11 @@ from parity.report.build import EXIT_USAGE
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory `parity check` wrote "
-                                                       "(results/<run-id>/ or its --output).")):
+def report_cmd(
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory `parity check` wrote (results/<run-id>/ or its --output)."
+    ),
+):
     """Re-render report.md and report.html from RUN_DIR/report.json (and tokens.parquet where
     present); no engine starts.
 

@@ -21,15 +21,20 @@ from parity.setup.models import MODEL_NAMES, ModelError, is_built_name
 
 @app.command()
 def serve(
-    setting: str = typer.Argument(..., help="PROFILE[,arg=value,env.VAR=value,envname=ENV], "
-                                            "e.g. v1-parity or v1-defaults,logprobs_mode="
-                                            "processed_logprobs"),
+    setting: str = typer.Argument(
+        ...,
+        help="PROFILE[,arg=value,env.VAR=value,envname=ENV], "
+        "e.g. v1-parity or v1-defaults,logprobs_mode="
+        "processed_logprobs",
+    ),
     model: str = typer.Option("smollm2-135m", help="Model to serve (name or checkpoint path)."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (the server's dev endpoints "
-                                               "are on: keep it local)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind (the server's dev endpoints are on: keep it local)."
+    ),
     port: Optional[int] = typer.Option(None, help="Port (default: a free one)."),
-    log_file: Optional[Path] = typer.Option(None, "--log", help="Server log (default: "
-                                                               "results/serve-<port>.log)."),
+    log_file: Optional[Path] = typer.Option(
+        None, "--log", help="Server log (default: results/serve-<port>.log)."
+    ),
     start_timeout: float = typer.Option(600.0, help="Seconds the server may take to start."),
 ):
     """Start a real `vllm serve` with a profile's settings (the V0-parity fixes included; v0
@@ -55,22 +60,28 @@ def serve(
     except (ModelError, EnvError) as exc:
         fail(str(exc), EXIT_UNRESOLVED, exc)
     port = port or serving.free_port(host)
-    server = serving.Server(parsed, model_path, python,
-                            log_file or Path("results") / f"serve-{port}.log", host, port)
+    server = serving.Server(
+        parsed, model_path, python, log_file or Path("results") / f"serve-{port}.log", host, port
+    )
     log(f"starting {parsed.label()} on {Path(model_path).name}: {' '.join(server.argv)}")
     log(f"log: {server.log_path}")
     try:
         server.start(timeout=start_timeout)
         out.print(server.url, highlight=False)
         sys.stdout.flush()  # a script reading our stdout gets the URL now
-        log(f"healthy in {server.start_s:.1f}s (pid {server.proc.pid}); scenarios: "
-            f"[candidate] engine = \"openai\", url = \"{server.url}\", server_log = "
-            f"\"{server.log_path}\"; Ctrl-C stops it")
+        log(
+            f"healthy in {server.start_s:.1f}s (pid {server.proc.pid}); scenarios: "
+            f'[candidate] engine = "openai", url = "{server.url}", server_log = '
+            f'"{server.log_path}"; Ctrl-C stops it'
+        )
         while server.alive():
             time.sleep(1.0)
         code = server.proc.returncode
-        fail(f"the server exited (code {code}); its log: {server.log_path}\n"
-             + serving.tail(server.log_path), EXIT_UNRESOLVED)
+        fail(
+            f"the server exited (code {code}); its log: {server.log_path}\n"
+            + serving.tail(server.log_path),
+            EXIT_UNRESOLVED,
+        )
     except EngineError as exc:
         fail(str(exc), EXIT_UNRESOLVED, exc)
     except KeyboardInterrupt:

@@ -39,11 +39,25 @@ def read_columns(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DumpError([(p, "-", "is not a regular file")])
     suffix = path.suffix.lower()
-    readers = {".parquet": _read_arrow, ".csv": _read_arrow, ".jsonl": _read_json,
-               ".json": _read_json, ".pt": _read_torch, ".pth": _read_torch}
+    readers = {
+        ".parquet": _read_arrow,
+        ".csv": _read_arrow,
+        ".jsonl": _read_json,
+        ".json": _read_json,
+        ".pt": _read_torch,
+        ".pth": _read_torch,
+    }
     if suffix not in readers:
-        raise DumpError([(p, "-", f"unknown file type {suffix or '(none)'!r}: use .parquet, "
-                                  ".csv, .jsonl, .json or .pt")])
+        raise DumpError(
+            [
+                (
+                    p,
+                    "-",
+                    f"unknown file type {suffix or '(none)'!r}: use .parquet, "
+                    ".csv, .jsonl, .json or .pt",
+                )
+            ]
+        )
     if path.stat().st_size == 0:
         raise DumpError([(p, "-", "is empty (0 bytes): nothing to judge")])
     try:
@@ -51,14 +65,24 @@ def read_columns(path: Path) -> dict[str, Any]:
     except DumpError:
         raise
     except Exception as exc:  # every reader's own parse errors: one line, exit 2
-        raise DumpError([(p, "-", f"cannot be read as {suffix[1:]}: {type(exc).__name__}: "
-                                  f"{str(exc)[:300]}")]) from exc
+        raise DumpError(
+            [(p, "-", f"cannot be read as {suffix[1:]}: {type(exc).__name__}: {str(exc)[:300]}")]
+        ) from exc
     lengths = {k: len(v) for k, v in cols.items()}
     usual = Counter(lengths.values()).most_common(1)[0][0] if lengths else 0
     if any(n != usual for n in lengths.values()):
-        raise DumpError([(p, k, f"has {n} rows where the other columns have {usual}: every "
-                                "column needs one entry per row")
-                         for k, n in lengths.items() if n != usual])
+        raise DumpError(
+            [
+                (
+                    p,
+                    k,
+                    f"has {n} rows where the other columns have {usual}: every "
+                    "column needs one entry per row",
+                )
+                for k, n in lengths.items()
+                if n != usual
+            ]
+        )
     if not cols:
         raise DumpError([(p, "-", "holds no columns: nothing to judge")])
     return cols
@@ -79,8 +103,11 @@ def _read_arrow(path: Path) -> dict[str, Any]:
     out = {}
     for name, col in zip(table.column_names, table.columns):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) \
-                or pa.types.is_fixed_size_list(col.type):
+        if (
+            pa.types.is_list(col.type)
+            or pa.types.is_large_list(col.type)
+            or pa.types.is_fixed_size_list(col.type)
+        ):
             lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
             flat = col.flatten().to_numpy(zero_copy_only=False)
             out[name] = np.split(flat, np.cumsum(lengths)[:-1]) if len(col) else []
@@ -98,8 +125,9 @@ def _read_json(path: Path) -> dict[str, list]:
     if isinstance(data, dict):  # {column: [value per row]}
         return {k: _column(v if isinstance(v, list) else [v]) for k, v in data.items()}
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DumpError([(str(path), "-", "expected JSON objects (one per row) or one object "
-                                          "of columns")])
+        raise DumpError(
+            [(str(path), "-", "expected JSON objects (one per row) or one object of columns")]
+        )
     keys = list(dict.fromkeys(k for row in data for k in row))
     return {k: _column([row.get(k) for row in data]) for k in keys}
 
@@ -107,8 +135,11 @@ def _read_json(path: Path) -> dict[str, list]:
 def _column(values: list) -> Any:
     """One column from Python values: lists (a wide column; NeMo-RL's [[...]] unwrapped) or
     scalars."""
-    if values and all(isinstance(v, list) or v is None for v in values) \
-            and any(isinstance(v, list) for v in values):
+    if (
+        values
+        and all(isinstance(v, list) or v is None for v in values)
+        and any(isinstance(v, list) for v in values)
+    ):
         rows = []
         for v in values:
             while isinstance(v, list) and len(v) == 1 and isinstance(v[0], list):
@@ -130,16 +161,32 @@ def _read_torch(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DumpError([(str(path), "-", f"cannot be loaded with torch.load(weights_only=True) "
-                                          f"({type(exc).__name__}: {str(exc)[:200]}): save a "
-                                          "plain dict of tensors, e.g. torch.save({k: "
-                                          "batch.batch[k] for k in KEYS}, path)")]) from exc
+        raise DumpError(
+            [
+                (
+                    str(path),
+                    "-",
+                    f"cannot be loaded with torch.load(weights_only=True) "
+                    f"({type(exc).__name__}: {str(exc)[:200]}): save a "
+                    "plain dict of tensors, e.g. torch.save({k: "
+                    "batch.batch[k] for k in KEYS}, path)",
+                )
+            ]
+        ) from exc
     if not isinstance(data, dict):
-        raise DumpError([(str(path), "-", f"holds a {type(data).__name__}: expected a dict of "
-                                          "tensors ([B, T] or [B]) or of per-token 1-D tensors")])
+        raise DumpError(
+            [
+                (
+                    str(path),
+                    "-",
+                    f"holds a {type(data).__name__}: expected a dict of "
+                    "tensors ([B, T] or [B]) or of per-token 1-D tensors",
+                )
+            ]
+        )
     flat: dict[str, Any] = {}
     for key, value in data.items():  # one level of nesting ({"batch": {...}, ...}) flattened
-        for k, v in (value.items() if isinstance(value, dict) else [(key, value)]):
+        for k, v in value.items() if isinstance(value, dict) else [(key, value)]:
             flat[k if k not in flat else f"{key}.{k}"] = v
     out = {}
     for k, v in flat.items():
@@ -150,8 +197,9 @@ def _read_torch(path: Path) -> dict[str, Any]:
             elif v.dim() == 1:
                 out[k] = v.numpy()
             elif v.dim() != 0:  # a scalar is metadata; more dims are not a token table
-                raise DumpError([(str(path), k, f"has shape {list(v.shape)}: expected [B, T] "
-                                                "or [B]")])
+                raise DumpError(
+                    [(str(path), k, f"has shape {list(v.shape)}: expected [B, T] or [B]")]
+                )
         elif isinstance(v, (list, tuple)) and v and all(isinstance(t, torch.Tensor) for t in v):
             out[k] = [t.detach().float().numpy().reshape(-1) for t in v]  # ragged rows
         elif isinstance(v, (list, tuple)):
@@ -159,8 +207,12 @@ def _read_torch(path: Path) -> dict[str, Any]:
     return out
 
 
-def token_rows(cols: dict[str, Any], names: dict[str, str], path: str, problems: list,
-               ) -> dict[str, np.ndarray]:
+def token_rows(
+    cols: dict[str, Any],
+    names: dict[str, str],
+    path: str,
+    problems: list,
+) -> dict[str, np.ndarray]:
     """The columns `names` ({canonical or label: the file's column}) one entry per token: a
     wide table exploded row by row, with `_row` (the file's row) and `_pos` (the position in a
     wide row, else None). Every misaligned column is added to `problems`."""
@@ -169,10 +221,16 @@ def token_rows(cols: dict[str, Any], names: dict[str, str], path: str, problems:
         out = {"_row": np.arange(len(cols[engine_col])), "_pos": None}
         for canon, name in names.items():
             if isinstance(cols[name], list):
-                problems.append((path, name, f"{canon} holds a list per row while "
-                                             f"{_named('engine_logprob', engine_col)} holds "
-                                             "one value: a table is either long (one token "
-                                             "per row) or wide (one sequence per row)"))
+                problems.append(
+                    (
+                        path,
+                        name,
+                        f"{canon} holds a list per row while "
+                        f"{_named('engine_logprob', engine_col)} holds "
+                        "one value: a table is either long (one token "
+                        "per row) or wide (one sequence per row)",
+                    )
+                )
             else:
                 out[canon] = np.asarray(cols[name])
         return out
@@ -188,11 +246,17 @@ def token_rows(cols: dict[str, Any], names: dict[str, str], path: str, problems:
         got = np.array([len(r) for r in col], dtype=np.int64)
         bad = np.flatnonzero(got != lens)
         if bad.size:
-            problems.append((path, name, f"{canon} has {got[bad[0]]} values in row {bad[0]} "
-                                         f"where {_named('engine_logprob', engine_col)} has "
-                                         f"{lens[bad[0]]} ({bad.size} of {lens.size} rows "
-                                         "differ): list columns must align token by token, "
-                                         "with the same padding"))
+            problems.append(
+                (
+                    path,
+                    name,
+                    f"{canon} has {got[bad[0]]} values in row {bad[0]} "
+                    f"where {_named('engine_logprob', engine_col)} has "
+                    f"{lens[bad[0]]} ({bad.size} of {lens.size} rows "
+                    "differ): list columns must align token by token, "
+                    "with the same padding",
+                )
+            )
         else:
             out[canon] = np.concatenate(col) if col else np.zeros(0)
     out.setdefault("sequence_id", row)  # rows keep their order: no position needed

@@ -24,8 +24,8 @@ CANONICAL = {
     "weight_version": "the policy version that generated the token (optional, nullable int)",
     "prompt_id": "the prompt a sequence answers (optional; its samples are resampled together)",
     "boundary_tie": "1 = the token is tied with the lowest kept logit at the top-k/top-p cut "
-                    "(optional; such a token the trainer excludes is the tie rule's choice and "
-                    "does not count)",
+    "(optional; such a token the trainer excludes is the tie rule's choice and "
+    "does not count)",
     "mask": "1 = a scored token, 0 = padding or prompt, dropped (optional)",
 }
 REQUIRED = ("engine_logprob", "trainer_logprob")
@@ -47,18 +47,35 @@ MAX_LOGPROB = 0.1
 # and data.py; NeMo-RL nemo_rl/algorithms/grpo.py (train_data, train_data_step<N>.jsonl).
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "parity": {"prompt_id": ("prompt_id", "prompt_index")},
-    "verl": {"engine_logprob": ("rollout_log_probs",), "trainer_logprob": ("old_log_probs",),
-             "mask": ("response_mask",), "token_id": ("responses",), "entropy": ("entropys",),
-             "prompt_id": ("uid",), "weight_version": ("param_version_start",)},
-    "trl": {"engine_logprob": ("sampling_per_token_logps",),
-            "trainer_logprob": ("old_per_token_logps",), "mask": ("completion_mask",),
-            "token_id": ("completion_ids",)},
-    "prime-rl": {"engine_logprob": ("inference_logprobs",),
-                 "trainer_logprob": ("trainer_logprobs",), "mask": ("loss_mask",),
-                 "token_id": ("input_ids",), "entropy": ("entropy",)},
-    "nemo-rl": {"engine_logprob": ("generation_logprobs",), "trainer_logprob": ("prev_logprobs",),
-                "mask": ("token_loss_mask", "token_mask"), "token_id": ("token_ids", "input_ids"),
-                "sequence_id": ("idx",)},
+    "verl": {
+        "engine_logprob": ("rollout_log_probs",),
+        "trainer_logprob": ("old_log_probs",),
+        "mask": ("response_mask",),
+        "token_id": ("responses",),
+        "entropy": ("entropys",),
+        "prompt_id": ("uid",),
+        "weight_version": ("param_version_start",),
+    },
+    "trl": {
+        "engine_logprob": ("sampling_per_token_logps",),
+        "trainer_logprob": ("old_per_token_logps",),
+        "mask": ("completion_mask",),
+        "token_id": ("completion_ids",),
+    },
+    "prime-rl": {
+        "engine_logprob": ("inference_logprobs",),
+        "trainer_logprob": ("trainer_logprobs",),
+        "mask": ("loss_mask",),
+        "token_id": ("input_ids",),
+        "entropy": ("entropy",),
+    },
+    "nemo-rl": {
+        "engine_logprob": ("generation_logprobs",),
+        "trainer_logprob": ("prev_logprobs",),
+        "mask": ("token_loss_mask", "token_mask"),
+        "token_id": ("token_ids", "input_ids"),
+        "sequence_id": ("idx",),
+    },
 }
 
 
@@ -98,11 +115,13 @@ def parse_map(items: list[str]) -> tuple[dict[str, str], list[tuple[str, str, st
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
-            problems.append(("--map", item, "expected canonical=column, e.g. "
-                                            "engine_logprob=rollout_log_probs"))
+            problems.append(
+                ("--map", item, "expected canonical=column, e.g. engine_logprob=rollout_log_probs")
+            )
         elif key not in CANONICAL:
-            problems.append(("--map", key, f"not a canonical column: use one of "
-                                           f"{', '.join(CANONICAL)}"))
+            problems.append(
+                ("--map", key, f"not a canonical column: use one of {', '.join(CANONICAL)}")
+            )
         else:
             out[key] = value.strip()
     return out, problems
@@ -111,8 +130,12 @@ def parse_map(items: list[str]) -> tuple[dict[str, str], list[tuple[str, str, st
 # ------------------------------------------------------------------------- mapping, layout
 
 
-def resolve(names: list[str], fmt: str | None, overrides: dict[str, str], path: str,
-            ) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+def resolve(
+    names: list[str],
+    fmt: str | None,
+    overrides: dict[str, str],
+    path: str,
+) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
     """{canonical: the file's column}: --map first, then the preset's names, then the canonical
     name itself. Every problem: a --map column the file lacks, a required column not found."""
     preset = PRESETS[fmt or "parity"]
@@ -122,8 +145,9 @@ def resolve(names: list[str], fmt: str | None, overrides: dict[str, str], path: 
         if canon in overrides:
             theirs = overrides[canon]
             if theirs and theirs not in names:
-                problems.append((path, theirs, f"--map {canon}={theirs}: no such column; the "
-                                               f"file has: {shown}"))
+                problems.append(
+                    (path, theirs, f"--map {canon}={theirs}: no such column; the file has: {shown}")
+                )
             elif theirs:
                 mapping[canon] = theirs
             continue
@@ -134,12 +158,25 @@ def resolve(names: list[str], fmt: str | None, overrides: dict[str, str], path: 
         if canon in mapping or canon in overrides:
             continue
         looked = ", ".join(dict.fromkeys(preset.get(canon, ()) + (canon,)))
-        guess = [f for f, p in PRESETS.items() if f != (fmt or "parity") and all(
-            any(n in names for n in p.get(c, ())) for c in REQUIRED)]
-        hint = (f"this looks like a {guess[0]} dump: add --format {guess[0]}" if guess else
-                f"name it with --map {canon}=COLUMN or use --format {{{','.join(PRESETS)}}}")
-        problems.append((path, canon, f"no {canon} column ({CANONICAL[canon]}); looked for "
-                                      f"{looked}; the file has: {shown}; {hint}"))
+        guess = [
+            f
+            for f, p in PRESETS.items()
+            if f != (fmt or "parity")
+            and all(any(n in names for n in p.get(c, ())) for c in REQUIRED)
+        ]
+        hint = (
+            f"this looks like a {guess[0]} dump: add --format {guess[0]}"
+            if guess
+            else f"name it with --map {canon}=COLUMN or use --format {{{','.join(PRESETS)}}}"
+        )
+        problems.append(
+            (
+                path,
+                canon,
+                f"no {canon} column ({CANONICAL[canon]}); looked for "
+                f"{looked}; the file has: {shown}; {hint}",
+            )
+        )
     return mapping, problems
 
 
@@ -157,10 +194,20 @@ def _floats(rows, canon, name, path, problems) -> np.ndarray | None:
     except (TypeError, ValueError):
         bad = next((i for i, v in enumerate(values) if not _is_number(v)), 0)
         wide = str(values[bad]).lstrip().startswith("[")
-        problems.append((path, name, f"{canon} must be numeric; {values[bad]!r} at "
-                                     f"{_where(rows, bad)}" + (
-                                         " (a wide table, one list per row, needs .parquet, "
-                                         ".jsonl/.json or .pt, not .csv)" if wide else "")))
+        problems.append(
+            (
+                path,
+                name,
+                f"{canon} must be numeric; {values[bad]!r} at "
+                f"{_where(rows, bad)}"
+                + (
+                    " (a wide table, one list per row, needs .parquet, "
+                    ".jsonl/.json or .pt, not .csv)"
+                    if wide
+                    else ""
+                ),
+            )
+        )
         return None
 
 
@@ -172,20 +219,29 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def _count(rows, bad: np.ndarray, what: str, name: str, canon: str, path: str, fix: str,
-           problems: list) -> None:
+def _count(
+    rows, bad: np.ndarray, what: str, name: str, canon: str, path: str, fix: str, problems: list
+) -> None:
     idx = np.flatnonzero(bad)
     if idx.size:
-        problems.append((path, name, f"{idx.size} {what} in {canon}, first at "
-                                     f"{_where(rows, idx[0])}: {fix}"))
+        problems.append(
+            (path, name, f"{idx.size} {what} in {canon}, first at {_where(rows, idx[0])}: {fix}")
+        )
 
 
 def _validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]:
     """The numeric canonical columns as floats, every problem named (NaN trainer logprobs of
     parity's own format are kept: they mark unscored rows, dropped per sequence later)."""
     vals = {}
-    for canon in ("engine_logprob", "trainer_logprob", "entropy", "token_id", "position",
-                  "weight_version", "boundary_tie"):
+    for canon in (
+        "engine_logprob",
+        "trainer_logprob",
+        "entropy",
+        "token_id",
+        "position",
+        "weight_version",
+        "boundary_tie",
+    ):
         if canon in rows:
             vals[canon] = _floats(rows, canon, mapping.get(canon, canon), path, problems)
     name = mapping.get
@@ -194,42 +250,102 @@ def _validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray
         if v is None:
             continue
         if canon == "engine_logprob" or not parity_own:
-            _count(rows, np.isnan(v), "NaN value(s)", name(canon), canon, path,
-                   "every scored token needs a logprob (-inf means probability 0); fill them "
-                   "or drop those rows (or mask them out)", problems)
-        _count(rows, np.isposinf(v), "+inf value(s)", name(canon), canon, path,
-               "a logprob is at most 0", problems)
-        _count(rows, v > MAX_LOGPROB, f"value(s) > {MAX_LOGPROB}", name(canon), canon, path,
-               "a logprob is at most 0: is this a probability or a ratio column?", problems)
+            _count(
+                rows,
+                np.isnan(v),
+                "NaN value(s)",
+                name(canon),
+                canon,
+                path,
+                "every scored token needs a logprob (-inf means probability 0); fill them "
+                "or drop those rows (or mask them out)",
+                problems,
+            )
+        _count(
+            rows,
+            np.isposinf(v),
+            "+inf value(s)",
+            name(canon),
+            canon,
+            path,
+            "a logprob is at most 0",
+            problems,
+        )
+        _count(
+            rows,
+            v > MAX_LOGPROB,
+            f"value(s) > {MAX_LOGPROB}",
+            name(canon),
+            canon,
+            path,
+            "a logprob is at most 0: is this a probability or a ratio column?",
+            problems,
+        )
     trainer = vals.get("trainer_logprob")
     scored = ~np.isnan(trainer) if parity_own and trainer is not None else True
     if vals.get("entropy") is not None:
         e = vals["entropy"]
-        _count(rows, (~np.isfinite(e) | (e < -1e-6)) & scored,
-               "NaN, infinite or negative value(s)",
-               name("entropy"), "entropy", path, "an entropy is finite and >= 0; drop the "
-               "column with --map entropy= if it is not the trainer's entropy", problems)
+        _count(
+            rows,
+            (~np.isfinite(e) | (e < -1e-6)) & scored,
+            "NaN, infinite or negative value(s)",
+            name("entropy"),
+            "entropy",
+            path,
+            "an entropy is finite and >= 0; drop the "
+            "column with --map entropy= if it is not the trainer's entropy",
+            problems,
+        )
     for canon in ("token_id", "position"):
         v = vals.get(canon)
         if v is not None:
-            _count(rows, ~np.isfinite(v) | (v != np.round(v)) | (v < 0),
-                   "missing, negative or non-integer value(s)", name(canon, canon), canon,
-                   path, "expected integers >= 0", problems)
+            _count(
+                rows,
+                ~np.isfinite(v) | (v != np.round(v)) | (v < 0),
+                "missing, negative or non-integer value(s)",
+                name(canon, canon),
+                canon,
+                path,
+                "expected integers >= 0",
+                problems,
+            )
     if vals.get("weight_version") is not None:
         w = vals["weight_version"]
-        _count(rows, np.isinf(w) | (np.isfinite(w) & (w != np.round(w))),
-               "non-integer value(s)", name("weight_version"), "weight_version", path,
-               "expected integer versions (empty = unknown)", problems)
+        _count(
+            rows,
+            np.isinf(w) | (np.isfinite(w) & (w != np.round(w))),
+            "non-integer value(s)",
+            name("weight_version"),
+            "weight_version",
+            path,
+            "expected integer versions (empty = unknown)",
+            problems,
+        )
     if vals.get("boundary_tie") is not None:
         t = vals["boundary_tie"]
-        _count(rows, ~(np.isnan(t) | np.isin(t, (0, 1))), "value(s) other than 0/1",
-               name("boundary_tie"), "boundary_tie", path, "true/false (empty = unknown)",
-               problems)
+        _count(
+            rows,
+            ~(np.isnan(t) | np.isin(t, (0, 1))),
+            "value(s) other than 0/1",
+            name("boundary_tie"),
+            "boundary_tie",
+            path,
+            "true/false (empty = unknown)",
+            problems,
+        )
         vals["boundary_tie"] = t == 1
     for canon in ("sequence_id", "prompt_id"):
         if canon in rows:
-            _count(rows, _missing(rows[canon]), "missing value(s)", name(canon, canon), canon,
-                   path, "every token needs one", problems)
+            _count(
+                rows,
+                _missing(rows[canon]),
+                "missing value(s)",
+                name(canon, canon),
+                canon,
+                path,
+                "every token needs one",
+                problems,
+            )
     return vals
 
 
@@ -269,9 +385,15 @@ def load(path: Path, fmt: str | None = None, overrides: dict[str, str] | None = 
     wide = isinstance(engine, list)
     pads = PRESETS[fmt or "parity"].get("mask")
     if wide and pads and "mask" not in mapping and "mask" not in overrides:
-        problems.append((p, "mask", f"a {fmt} table pads its list columns and marks the tokens "
-                                    f"in {pads[0]}, which the file lacks: add it, or --map "
-                                    "mask=COLUMN, or --map mask= to judge every position"))
+        problems.append(
+            (
+                p,
+                "mask",
+                f"a {fmt} table pads its list columns and marks the tokens "
+                f"in {pads[0]}, which the file lacks: add it, or --map "
+                "mask=COLUMN, or --map mask= to judge every position",
+            )
+        )
     rows = token_rows(cols, {**mapping, **{k: k for k in LABELS if k in cols}}, p, problems)
     if problems:
         raise DumpError(problems)
@@ -284,22 +406,39 @@ def load(path: Path, fmt: str | None = None, overrides: dict[str, str] | None = 
     groups, notes = _groups(rows, vals, parity_own, p, problems)
     if problems:
         raise DumpError(problems)
-    return Dump(path, sha256(path), fmt or "parity", mapping, "wide" if wide else "long",
-                len(engine), groups, notes)
+    return Dump(
+        path,
+        sha256(path),
+        fmt or "parity",
+        mapping,
+        "wide" if wide else "long",
+        len(engine),
+        groups,
+        notes,
+    )
 
 
 def _apply_mask(rows: dict[str, Any], name: str, path: str) -> dict[str, Any]:
     problems: list = []
     m = _floats(rows, "mask", name, path, problems)
     if m is not None:
-        _count(rows, ~np.isin(m, (0, 1)), "value(s) other than 0/1", name, "mask", path,
-               "1 = a scored token, 0 = padding or prompt", problems)
+        _count(
+            rows,
+            ~np.isin(m, (0, 1)),
+            "value(s) other than 0/1",
+            name,
+            "mask",
+            path,
+            "1 = a scored token, 0 = padding or prompt",
+            problems,
+        )
     if problems:
         raise DumpError(problems)
     keep = m != 0
     if not keep.any():
-        raise DumpError([(path, name, "every token is masked out (no 1 in the mask): nothing "
-                                      "to judge")])
+        raise DumpError(
+            [(path, name, "every token is masked out (no 1 in the mask): nothing to judge")]
+        )
     return {k: (v[keep] if v is not None else None) for k, v in rows.items()}
 
 
@@ -336,18 +475,18 @@ def _groups(rows, vals, parity_own, path, problems) -> tuple[list[Group], list[s
                     getattr(g, k).append(vals[k][ix])
             if "prompt_id" in rows:
                 prompts.append(_py(rows["prompt_id"][ix[0]]))
-        g.prompt_ids = np.asarray(pd.factorize(np.asarray(prompts, object))[0]) \
-            if prompts else None
+        g.prompt_ids = np.asarray(pd.factorize(np.asarray(prompts, object))[0]) if prompts else None
         if g.dropped_unscored:
-            notes.append(f"{name}: dropped {g.dropped_unscored} row(s) whose trainer_logprob is "
-                         "NaN (not scored by the reference, e.g. weight-update probes)")
+            notes.append(
+                f"{name}: dropped {g.dropped_unscored} row(s) whose trainer_logprob is "
+                "NaN (not scored by the reference, e.g. weight-update probes)"
+            )
         if g.engine:
             groups.append(g)
         else:
             notes.append(f"{name}: no scored row left: not judged")
     if not groups and not problems:
-        problems.append((path, "trainer_logprob", "no scored row in any group: nothing to "
-                                                  "judge"))
+        problems.append((path, "trainer_logprob", "no scored row in any group: nothing to judge"))
     return groups, notes
 
 
@@ -368,10 +507,16 @@ def _sequences(rows, vals, idx, name, path, problems) -> list[tuple[Any, np.ndar
             got = np.sort(pos[codes == s]).astype(np.int64).tolist()
             shown = ", ".join(map(str, got[:8])) + (", ..." if len(got) > 8 else "")
             where = "" if name == "all" else f" (group {name})"
-            problems.append((path, "position", f"sequence {_py(uniques[s])!r}{where} has "
-                                               f"positions [{shown}], not 0..{len(got) - 1}: "
-                                               "a gap or a duplicate; each (sequence, "
-                                               "position) must appear exactly once"))
+            problems.append(
+                (
+                    path,
+                    "position",
+                    f"sequence {_py(uniques[s])!r}{where} has "
+                    f"positions [{shown}], not 0..{len(got) - 1}: "
+                    "a gap or a duplicate; each (sequence, "
+                    "position) must appear exactly once",
+                )
+            )
             return None
     else:
         order = np.argsort(codes, kind="stable")

@@ -28,28 +28,61 @@ COLUMNS = {
 def schema():
     import pyarrow as pa  # lazy: pyarrow, only when a table is read or written
 
-    types = {"run_id": pa.string(), "scenario": pa.string(), "engine": pa.string(),
-             "engine_label": pa.string(), "boundary_tie": pa.bool_(), "head_dtype": pa.string(),
-             **{c: pa.float64() for c in ("engine_logprob", "trainer_logprob",
-                                          "trainer_raw_logprob", "entropy")}}
+    types = {
+        "run_id": pa.string(),
+        "scenario": pa.string(),
+        "engine": pa.string(),
+        "engine_label": pa.string(),
+        "boundary_tie": pa.bool_(),
+        "head_dtype": pa.string(),
+        **{
+            c: pa.float64()
+            for c in ("engine_logprob", "trainer_logprob", "trainer_raw_logprob", "entropy")
+        },
+    }
     return pa.schema([(c, types.get(c, pa.int64())) for c in COLUMNS])
 
 
-EXPORT_COLUMNS = ("sequence_key", "scenario", "engine", "engine_label", "sequence_id",
-                  "prompt_index", "sample_index", "model", "prompt_token_ids", "token_ids",
-                  "engine_logprobs", "temperature", "top_p", "top_k", "head_dtype", "tie_rule")
+EXPORT_COLUMNS = (
+    "sequence_key",
+    "scenario",
+    "engine",
+    "engine_label",
+    "sequence_id",
+    "prompt_index",
+    "sample_index",
+    "model",
+    "prompt_token_ids",
+    "token_ids",
+    "engine_logprobs",
+    "temperature",
+    "top_p",
+    "top_k",
+    "head_dtype",
+    "tie_rule",
+)
 
 
 def export_schema():
     import pyarrow as pa  # lazy: pyarrow, only when a table is read or written
 
-    return pa.schema([("sequence_key", pa.string()), ("scenario", pa.string()),
-                      ("engine", pa.string()), ("engine_label", pa.string()),
-                      ("sequence_id", pa.int64()), ("prompt_index", pa.int64()),
-                      ("sample_index", pa.int64()), ("model", pa.string()),
-                      ("prompt_token_ids", pa.list_(pa.int64())),
-                      ("token_ids", pa.list_(pa.int64())),
-                      ("engine_logprobs", pa.list_(pa.float64())),
-                      ("temperature", pa.float64()), ("top_p", pa.float64()),
-                      ("top_k", pa.int64()), ("head_dtype", pa.string()),
-                      ("tie_rule", pa.string())])
+    return pa.schema(
+        [
+            ("sequence_key", pa.string()),
+            ("scenario", pa.string()),
+            ("engine", pa.string()),
+            ("engine_label", pa.string()),
+            ("sequence_id", pa.int64()),
+            ("prompt_index", pa.int64()),
+            ("sample_index", pa.int64()),
+            ("model", pa.string()),
+            ("prompt_token_ids", pa.list_(pa.int64())),
+            ("token_ids", pa.list_(pa.int64())),
+            ("engine_logprobs", pa.list_(pa.float64())),
+            ("temperature", pa.float64()),
+            ("top_p", pa.float64()),
+            ("top_k", pa.int64()),
+            ("head_dtype", pa.string()),
+            ("tie_rule", pa.string()),
+        ]
+    )

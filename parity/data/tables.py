@@ -17,8 +17,9 @@ FORMATS = (".parquet", ".jsonl")
 def format_problem(path: Path) -> str | None:
     """Why a path cannot name a table file (None when its suffix is one parity reads)."""
     if Path(path).suffix not in FORMATS:
-        return (f"unknown format {Path(path).suffix or '(no suffix)'!r}; name a .parquet or "
-                ".jsonl file")
+        return (
+            f"unknown format {Path(path).suffix or '(no suffix)'!r}; name a .parquet or .jsonl file"
+        )
     return None
 
 

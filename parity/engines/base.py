@@ -128,10 +128,17 @@ class EngineSetting:
     server_log: str | None = field(default=None, compare=False)
 
     @classmethod
-    def make(cls, engine: str = "vllm", env: str = "harness", engine_args: dict | None = None,
-             env_vars: dict | None = None, profile: str | None = None, url: str | None = None,
-             api_key_env: str | None = None, server_log: str | None = None,
-             ) -> "EngineSetting":
+    def make(
+        cls,
+        engine: str = "vllm",
+        env: str = "harness",
+        engine_args: dict | None = None,
+        env_vars: dict | None = None,
+        profile: str | None = None,
+        url: str | None = None,
+        api_key_env: str | None = None,
+        server_log: str | None = None,
+    ) -> "EngineSetting":
         args = tuple(sorted((engine_args or {}).items()))
         envs = tuple(sorted((k, str(v)) for k, v in (env_vars or {}).items()))
         return cls(engine, env, _freeze(args), envs, profile, url, api_key_env, server_log)
@@ -145,8 +152,13 @@ class EngineSetting:
         return dict(self.env_vars)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"engine": self.engine, "env": self.env, "engine_args": self.args,
-             "env_vars": self.variables, "profile": self.profile}
+        d = {
+            "engine": self.engine,
+            "env": self.env,
+            "engine_args": self.args,
+            "env_vars": self.variables,
+            "profile": self.profile,
+        }
         if self.url is not None:  # served engines only: in-process settings keep their keys
             d.update(url=self.url, api_key_env=self.api_key_env, server_log=self.server_log)
         return d
@@ -171,8 +183,11 @@ class EngineSetting:
         parts = [f"{k}={v}" for k, v in _flat(self.args).items() if flat_base.get(k, _NO) != v]
         parts += [f"env.{k}={v}" for k, v in self.variables.items() if env_vars.get(k) != v]
         head = self.profile or self.engine
-        return head + (f" [{', '.join(parts)}]" if parts else "") + (
-            f" @{self.env}" if self.env != env else "")
+        return (
+            head
+            + (f" [{', '.join(parts)}]" if parts else "")
+            + (f" @{self.env}" if self.env != env else "")
+        )
 
 
 _NO = object()
@@ -224,7 +239,9 @@ class EngineError(Exception):
 
     def __str__(self) -> str:
         base = super().__str__()
-        return f"{base}\n--- engine log (last lines) ---\n{self.log_tail}" if self.log_tail else base
+        return (
+            f"{base}\n--- engine log (last lines) ---\n{self.log_tail}" if self.log_tail else base
+        )
 
 
 @runtime_checkable
@@ -260,7 +277,8 @@ class Engine(Protocol):
 
     def effective_config(self) -> dict[str, Any]: ...
 
-    def update_weights(self, checkpoint: str, mode: str = "keep",
-                       clear_cache: bool = False) -> dict[str, Any]: ...
+    def update_weights(
+        self, checkpoint: str, mode: str = "keep", clear_cache: bool = False
+    ) -> dict[str, Any]: ...
 
     def close(self) -> None: ...

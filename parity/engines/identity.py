@@ -28,14 +28,36 @@ MODEL_KEYS = (
     "model.num_hidden_layers",
     "model.hidden_size",
 )
-ID_KEYS = frozenset({"model.eos_token_id", "model.generation_eos_token_id",
-                     "model.tokenizer_eos_token_id", "model.bos_token_id"})
+ID_KEYS = frozenset(
+    {
+        "model.eos_token_id",
+        "model.generation_eos_token_id",
+        "model.tokenizer_eos_token_id",
+        "model.bos_token_id",
+    }
+)
 # Config attributes read under their own name on every transformers version.
-_PLAIN_FIELDS = ("architectures", "max_position_embeddings", "vocab_size", "tie_word_embeddings",
-                 "eos_token_id", "bos_token_id", "num_hidden_layers", "hidden_size")
+_PLAIN_FIELDS = (
+    "architectures",
+    "max_position_embeddings",
+    "vocab_size",
+    "tie_word_embeddings",
+    "eos_token_id",
+    "bos_token_id",
+    "num_hidden_layers",
+    "hidden_size",
+)
 _NORM_EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
-_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "float": "float32",
-           "fp32": "float32", "float16": "float16", "half": "float16", "fp16": "float16"}
+_DTYPES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "float": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "half": "float16",
+    "fp16": "float16",
+}
 # config.json fields whose spelling differs between transformers 4.x and 5 (drift's evidence).
 _DRIFT_FIELDS = ("rope_theta", "rope_parameters", "rope_scaling", "torch_dtype", "dtype")
 
@@ -87,8 +109,7 @@ def _is_number(v: Any, kinds: tuple = (int, float)) -> bool:
 def _id_set(v: Any) -> frozenset | None:
     """The token ids in `v` (an int or a list of ints) as a set; None for anything else."""
     v = [v] if _is_number(v, (int,)) else v
-    if isinstance(v, (list, tuple, set, frozenset)) and v and all(
-            _is_number(x, (int,)) for x in v):
+    if isinstance(v, (list, tuple, set, frozenset)) and v and all(_is_number(x, (int,)) for x in v):
         return frozenset(v)
     return None
 
@@ -102,7 +123,7 @@ def _norm_str(s: str) -> str:
 
 
 def normalize_dtype(v: Any) -> str | None:
-    """"torch.bfloat16", torch.bfloat16, "bf16" -> "bfloat16" (float32, float16 likewise)."""
+    """ "torch.bfloat16", torch.bfloat16, "bf16" -> "bfloat16" (float32, float16 likewise)."""
     return None if v is None else _norm_str(str(v))
 
 
@@ -158,8 +179,9 @@ def rope_theta_of(cfg: Any) -> Any:
     return getattr(cfg, "rope_theta", None)
 
 
-def config_facts(cfg: Any, generation_eos: Any = None, tokenizer_eos: Any = None,
-                 transformers_major: int = 5) -> dict[str, Any]:
+def config_facts(
+    cfg: Any, generation_eos: Any = None, tokenizer_eos: Any = None, transformers_major: int = 5
+) -> dict[str, Any]:
     """Identity facts from loaded transformers objects (duck-typed: no import here).
 
     Args:
@@ -178,12 +200,19 @@ def config_facts(cfg: Any, generation_eos: Any = None, tokenizer_eos: Any = None
         dtype, scaling = getattr(cfg, "dtype", None), getattr(cfg, "rope_parameters", None)
     else:
         dtype, scaling = getattr(cfg, "torch_dtype", None), getattr(cfg, "rope_scaling", None)
-    eps = next((getattr(cfg, f) for f in _NORM_EPS_FIELDS if getattr(cfg, f, None) is not None),
-               None)
+    eps = next(
+        (getattr(cfg, f) for f in _NORM_EPS_FIELDS if getattr(cfg, f, None) is not None), None
+    )
     for name in _PLAIN_FIELDS:
         facts[f"model.{name}"] = getattr(cfg, name, None)
-    facts.update({"model.dtype": dtype, "model.rope_theta": rope_theta_of(cfg),
-                  "model.rope_scaling": scaling, "model.norm_eps": eps})
+    facts.update(
+        {
+            "model.dtype": dtype,
+            "model.rope_theta": rope_theta_of(cfg),
+            "model.rope_scaling": scaling,
+            "model.norm_eps": eps,
+        }
+    )
     return {k: normalize(k, v) for k, v in facts.items()}
 
 
@@ -225,8 +254,9 @@ def read_facts(model_path: str | os.PathLike) -> dict[str, Any]:
         errors["tokenizer"] = _error(exc)
     major = int(transformers.__version__.split(".")[0])
     facts = config_facts(cfg, gen_eos, tok_eos, major)
-    facts.update(transformers_version=transformers.__version__, errors=errors,
-                 config_json=_config_json(path))
+    facts.update(
+        transformers_version=transformers.__version__, errors=errors, config_json=_config_json(path)
+    )
     return facts
 
 
@@ -262,16 +292,22 @@ def _config_json(path: str) -> dict[str, Any]:
                 return json.load(fh)
         except (OSError, ValueError):
             return {}
+
     cfg, tok = load("config.json"), load("tokenizer_config.json")
-    return {"fields": [k for k in _DRIFT_FIELDS if k in cfg],
-            "tokenizer_class": tok.get("tokenizer_class")}
+    return {
+        "fields": [k for k in _DRIFT_FIELDS if k in cfg],
+        "tokenizer_class": tok.get("tokenizer_class"),
+    }
 
 
 # ----------------------------------------------------------------------------- comparisons
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("a", "b"),
-            ) -> list[dict[str, Any]]:
+def compare(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    names: tuple[str, str] = ("a", "b"),
+) -> list[dict[str, Any]]:
     """One row per identity key present on either side, in MODEL_KEYS order:
     {"key", names[0]: value, names[1]: value, "status": "same" | "differs" | "unknown"};
     unknown when either side could not read the value (None or missing). Callers make "differs"
@@ -288,8 +324,9 @@ def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("a",
     return rows
 
 
-def drift(trainer: dict[str, Any], engine_env: dict[str, Any], env_name: str,
-          transformers_version: str) -> list[dict[str, Any]]:
+def drift(
+    trainer: dict[str, Any], engine_env: dict[str, Any], env_name: str, transformers_version: str
+) -> list[dict[str, Any]]:
     """Each identity key the engine's environment reads differently from the trainer (config
     drift between transformers versions), found before any engine starts.
 
@@ -313,49 +350,75 @@ def drift(trainer: dict[str, Any], engine_env: dict[str, Any], env_name: str,
         if t is None or row["status"] == "same":
             continue
         cause, fix = _explain(row["key"], t, e, transformers_version, env_name, evidence, errors)
-        rows.append({**row, "status": "unreadable" if e is None else "differs", "cause": cause,
-                     "fix": fix, "message": f"{cause}: {fix}"})
+        rows.append(
+            {
+                **row,
+                "status": "unreadable" if e is None else "differs",
+                "cause": cause,
+                "fix": fix,
+                "message": f"{cause}: {fix}",
+            }
+        )
     return rows
 
 
-def _explain(key: str, t: Any, e: Any, version: str, env_name: str, evidence: dict,
-             errors: dict) -> tuple[str, str]:
+def _explain(
+    key: str, t: Any, e: Any, version: str, env_name: str, evidence: dict, errors: dict
+) -> tuple[str, str]:
     """(cause, fix) of one drifted key, from what config.json has and what failed to load."""
     reader = f"transformers {version} in env {env_name}"
     fields = set(evidence.get("fields") or ())
     short = key.split(".", 1)[1]
     only_new = "config.json has only {} (transformers >= 5); "
     if key == "model.rope_theta":
-        cause = only_new.format("rope_parameters") if "rope_theta" not in fields \
-            and "rope_parameters" in fields else ""
-        return (f"{cause}{reader} reads rope_theta={e} instead of {t}",
-                f'add "rope_theta": {t} to config.json (parity\'s model builders write both)')
+        cause = (
+            only_new.format("rope_parameters")
+            if "rope_theta" not in fields and "rope_parameters" in fields
+            else ""
+        )
+        return (
+            f"{cause}{reader} reads rope_theta={e} instead of {t}",
+            f'add "rope_theta": {t} to config.json (parity\'s model builders write both)',
+        )
     if key == "model.rope_scaling":
         cause = only_new.format("rope_parameters") if "rope_scaling" not in fields else ""
-        return (f"{cause}{reader} reads RoPE scaling {json.dumps(e)} instead of {json.dumps(t)}",
-                f'add "rope_scaling": {json.dumps(t)} to config.json')
+        return (
+            f"{cause}{reader} reads RoPE scaling {json.dumps(e)} instead of {json.dumps(t)}",
+            f'add "rope_scaling": {json.dumps(t)} to config.json',
+        )
     if key == "model.dtype":
-        cause = only_new.format("dtype") if "torch_dtype" not in fields and "dtype" in fields \
-            else ""
+        cause = (
+            only_new.format("dtype") if "torch_dtype" not in fields and "dtype" in fields else ""
+        )
         if e is None:
-            return (f"{cause}{reader} reads no torch_dtype, so vLLM's dtype=auto falls back to "
-                    "float16 there (V0 0.8.5 on CPU then fails: \"reshape_and_cache_cpu_impl "
-                    "not implemented for 'Half'\")",
-                    f'add "torch_dtype": "{t}" to config.json (or set the engine\'s dtype)')
+            return (
+                f"{cause}{reader} reads no torch_dtype, so vLLM's dtype=auto falls back to "
+                'float16 there (V0 0.8.5 on CPU then fails: "reshape_and_cache_cpu_impl '
+                "not implemented for 'Half'\")",
+                f'add "torch_dtype": "{t}" to config.json (or set the engine\'s dtype)',
+            )
         return f"{cause}{reader} reads dtype {e} instead of {t}", f'set "torch_dtype": "{t}"'
     if key == "model.tokenizer_eos_token_id" and e is None:
         tok_class = evidence.get("tokenizer_class")
         why = errors.get("tokenizer", "no eos token")
         if tok_class == "TokenizersBackend":
-            return (f'tokenizer_config.json has tokenizer_class "TokenizersBackend" '
-                    f"(transformers >= 5); {reader} cannot load the tokenizer ({why})",
-                    'set "tokenizer_class": "PreTrainedTokenizerFast" in tokenizer_config.json')
-        return (f"{reader} cannot read the tokenizer's eos token ({why})",
-                "write tokenizer files both transformers versions load")
+            return (
+                f'tokenizer_config.json has tokenizer_class "TokenizersBackend" '
+                f"(transformers >= 5); {reader} cannot load the tokenizer ({why})",
+                'set "tokenizer_class": "PreTrainedTokenizerFast" in tokenizer_config.json',
+            )
+        return (
+            f"{reader} cannot read the tokenizer's eos token ({why})",
+            "write tokenizer files both transformers versions load",
+        )
     if key == "model.generation_eos_token_id" and e is None:
-        return (f"{reader} cannot read generation_config.json "
-                f"({errors.get('generation_config', 'no eos_token_id')})",
-                "write generation_config.json with eos_token_id only")
-    return (f"{reader} reads {short}={json.dumps(e)} instead of {json.dumps(t)}",
-            f"write {short} in config.json under the name transformers {version} reads "
-            "(both spellings where transformers versions differ)")
+        return (
+            f"{reader} cannot read generation_config.json "
+            f"({errors.get('generation_config', 'no eos_token_id')})",
+            "write generation_config.json with eos_token_id only",
+        )
+    return (
+        f"{reader} reads {short}={json.dumps(e)} instead of {json.dumps(t)}",
+        f"write {short} in config.json under the name transformers {version} reads "
+        "(both spellings where transformers versions differ)",
+    )

@@ -10,20 +10,32 @@ from parity.engines.vllm_worker import PARALLEL_KEYS
 
 # Identity facts no OpenAI endpoint of vLLM exposes (its /server_info config dump leaves out
 # hf_config, the tokenizer and the generation config): reported unknown, never guessed.
-NOT_EXPOSED = ("model.architectures", "model.rope_theta", "model.rope_scaling",
-               "model.max_position_embeddings", "model.vocab_size", "model.tie_word_embeddings",
-               "model.eos_token_id", "model.generation_eos_token_id",
-               "model.tokenizer_eos_token_id", "model.bos_token_id", "model.norm_eps",
-               "model.num_hidden_layers", "model.hidden_size")
+NOT_EXPOSED = (
+    "model.architectures",
+    "model.rope_theta",
+    "model.rope_scaling",
+    "model.max_position_embeddings",
+    "model.vocab_size",
+    "model.tie_word_embeddings",
+    "model.eos_token_id",
+    "model.generation_eos_token_id",
+    "model.tokenizer_eos_token_id",
+    "model.bos_token_id",
+    "model.norm_eps",
+    "model.num_hidden_layers",
+    "model.hidden_size",
+)
 
-_TEXT_FIELDS = {"dtype": ("model_config", "dtype"), "max_seq_len": ("model_config",
-                                                                    "max_model_len"),
-                "enforce_eager": ("model_config", "enforce_eager"),
-                "seed": ("model_config", "seed"),
-                "kv_cache_dtype": ("cache_config", "cache_dtype"),
-                "enable_prefix_caching": ("cache_config", "enable_prefix_caching"),
-                "chunked_prefill_enabled": ("scheduler_config", "enable_chunked_prefill"),
-                "device_config": ("device_config", "device")}
+_TEXT_FIELDS = {
+    "dtype": ("model_config", "dtype"),
+    "max_seq_len": ("model_config", "max_model_len"),
+    "enforce_eager": ("model_config", "enforce_eager"),
+    "seed": ("model_config", "seed"),
+    "kv_cache_dtype": ("cache_config", "cache_dtype"),
+    "enable_prefix_caching": ("cache_config", "enable_prefix_caching"),
+    "chunked_prefill_enabled": ("scheduler_config", "enable_chunked_prefill"),
+    "device_config": ("device_config", "device"),
+}
 
 
 def _text_config(text: str) -> dict:
@@ -52,12 +64,16 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
     notes: dict[str, str] = {}
     cfg = (info or {}).get("vllm_config") if isinstance(info, dict) else None
     if isinstance(cfg, str):  # vLLM 0.8.5's /server_info: str(VllmConfig), a text dump
-        notes["server_info"] = ("text only (vLLM < 0.9): read its plain fields; the rest "
-                                "(logprobs mode, async scheduling, cascade attention) unknown")
+        notes["server_info"] = (
+            "text only (vLLM < 0.9): read its plain fields; the rest "
+            "(logprobs mode, async scheduling, cascade attention) unknown"
+        )
         cfg = _text_config(cfg)
     if cfg is None and "server_info" not in notes:
-        notes["server_info"] = ("not exposed: start the server with VLLM_SERVER_DEV_MODE=1 "
-                                "(parity serve does) to read its configuration")
+        notes["server_info"] = (
+            "not exposed: start the server with VLLM_SERVER_DEV_MODE=1 "
+            "(parity serve does) to read its configuration"
+        )
     cfg = cfg if isinstance(cfg, dict) else {}
     model_cfg = cfg.get("model_config") or {}
     cache_cfg = cfg.get("cache_config") or {}
@@ -76,8 +92,11 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
         engine_impl = "vllm.v1.engine.async_llm.AsyncLLM"
         notes["engine_impl"] = "vLLM >= 0.11 has only the V1 engine (from /version)"
     elif isinstance(env, dict) and "VLLM_USE_V1" in env:
-        engine_impl = ("vllm.v1.engine.async_llm.AsyncLLM" if env["VLLM_USE_V1"] in (True, 1, "1")
-                       else "vllm.engine.async_llm_engine.AsyncLLMEngine")
+        engine_impl = (
+            "vllm.v1.engine.async_llm.AsyncLLM"
+            if env["VLLM_USE_V1"] in (True, 1, "1")
+            else "vllm.engine.async_llm_engine.AsyncLLMEngine"
+        )
         notes["engine_impl"] = "from the server's VLLM_USE_V1 (/server_info)"
     else:
         notes["engine_impl"] = "unknown: the server exposes no engine class and no VLLM_USE_V1"
@@ -121,14 +140,23 @@ def served_config(model_entry: dict, version: Any, info: Any, url: str) -> dict[
         "url": url,
     }
     if key["logprobs_mode"] is None and cfg:  # vLLM < 0.9: no such option to report
-        notes["logprobs_mode"] = ("unknown: this vLLM's server info has no logprobs mode "
-                                  "(V0's sampler returns processed logprobs, but the server "
-                                  "does not say it runs V0)")
+        notes["logprobs_mode"] = (
+            "unknown: this vLLM's server info has no logprobs mode "
+            "(V0's sampler returns processed logprobs, but the server "
+            "does not say it runs V0)"
+        )
     elif key["logprobs_mode"] is None:
-        notes["logprobs_mode"] = ("unknown: the server's --logprobs-mode is not exposed "
-                                  "(VLLM_SERVER_DEV_MODE=1 exposes it)")
+        notes["logprobs_mode"] = (
+            "unknown: the server's --logprobs-mode is not exposed "
+            "(VLLM_SERVER_DEV_MODE=1 exposes it)"
+        )
     for name, value in key.items():
         if value is None and name not in notes:
             notes[name] = "unknown: not exposed by the server"
-    return {"key": key, "notes": notes, "patches": {}, "not_exposed": list(NOT_EXPOSED),
-            "raw": {"v1_models": model_entry, "version": version, "server_info": cfg}}
+    return {
+        "key": key,
+        "notes": notes,
+        "patches": {},
+        "not_exposed": list(NOT_EXPOSED),
+        "raw": {"v1_models": model_entry, "version": version, "server_info": cfg},
+    }

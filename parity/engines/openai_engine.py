@@ -21,8 +21,14 @@ from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequen
 from parity.engines.openai_config import NOT_EXPOSED, served_config
 from parity.engines.openai_updates import HttpUpdater, endpoints_from_schema, rl_summary
 
-__all__ = ["NOT_EXPOSED", "OpenAIEngine", "parse_completion", "request_body", "served_config",
-           "tail"]
+__all__ = [
+    "NOT_EXPOSED",
+    "OpenAIEngine",
+    "parse_completion",
+    "request_body",
+    "served_config",
+    "tail",
+]
 
 LOG_TAIL_LINES = 30
 _TOKEN = re.compile(r"token_id:(-?\d+)")
@@ -61,9 +67,17 @@ class OpenAIEngine:
         update_timeout: seconds one call of a weight update (pause, load, resume) may take.
     """
 
-    def __init__(self, setting: EngineSetting, model: str, python: str, log_path: Path,
-                 start_timeout: float = 600.0, request_timeout: float = 1800.0,
-                 concurrency: int = 64, update_timeout: float = 600.0):
+    def __init__(
+        self,
+        setting: EngineSetting,
+        model: str,
+        python: str,
+        log_path: Path,
+        start_timeout: float = 600.0,
+        request_timeout: float = 1800.0,
+        concurrency: int = 64,
+        update_timeout: float = 600.0,
+    ):
         self.setting = setting
         self.name = setting.label()
         self.model = model
@@ -103,12 +117,16 @@ class OpenAIEngine:
         self._log(f"ERROR {message}")
         server_tail = tail(self.setting.server_log)
         if server_tail:  # parity's engine log (the report's) keeps the server's last lines
-            self._log(f"--- server log {self.setting.server_log} (last lines) ---\n"
-                      f"{server_tail}")
+            self._log(f"--- server log {self.setting.server_log} (last lines) ---\n{server_tail}")
         return EngineError(f"engine {self.name}: {message}", server_tail or tail(self.log_path))
 
-    def _http(self, method: str, path: str, body: dict | None, timeout: float,
-              ) -> tuple[int, bytes]:
+    def _http(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        timeout: float,
+    ) -> tuple[int, bytes]:
         """(status, body) of one request; OSError/URLError on a connection problem."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -121,8 +139,9 @@ class OpenAIEngine:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def _json(self, method: str, path: str, body: dict | None, timeout: float,
-              optional: bool = False) -> Any:
+    def _json(
+        self, method: str, path: str, body: dict | None, timeout: float, optional: bool = False
+    ) -> Any:
         """The JSON answer of one request. EngineError on a refused connection, a timeout, an
         HTTP error (unless `optional`: None for 404/401/403/405) or a body that is not JSON."""
         try:
@@ -136,20 +155,23 @@ class OpenAIEngine:
                 what = "is unreachable"
             else:
                 what = "broke off the connection"
-            raise self._error(f"{method} {path}: the server {what} "
-                              f"({type(reason).__name__}: {reason})") from exc
+            raise self._error(
+                f"{method} {path}: the server {what} ({type(reason).__name__}: {reason})"
+            ) from exc
         if status != 200:
             if optional and status in (401, 403, 404, 405):
                 self._log(f"{method} {path}: HTTP {status} (not exposed)")
                 return None
             hint = " (check api_key_env)" if status in (401, 403) else ""
-            raise self._error(f"{method} {path}: HTTP {status}{hint}: "
-                              f"{raw[:300].decode('utf-8', 'replace')}")
+            raise self._error(
+                f"{method} {path}: HTTP {status}{hint}: {raw[:300].decode('utf-8', 'replace')}"
+            )
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise self._error(f"{method} {path}: the server answered garbage, not JSON: "
-                              f"{raw[:200]!r}") from exc
+            raise self._error(
+                f"{method} {path}: the server answered garbage, not JSON: {raw[:200]!r}"
+            ) from exc
 
     # ------------------------------------------------------------------ Engine
 
@@ -168,28 +190,37 @@ class OpenAIEngine:
             except (OSError, http.client.HTTPException) as exc:
                 why = str(getattr(exc, "reason", exc)) or type(exc).__name__
             if time.monotonic() > deadline:
-                raise self._error(f"GET /health: not healthy after {self.start_timeout:.0f}s "
-                                  f"({why})")
+                raise self._error(
+                    f"GET /health: not healthy after {self.start_timeout:.0f}s ({why})"
+                )
             time.sleep(0.5)
         models = self._json("GET", "/v1/models", None, self.start_timeout)
         entries = models.get("data") if isinstance(models, dict) else None
-        if not isinstance(entries, list) or not entries or not all(
-                isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries):
+        if (
+            not isinstance(entries, list)
+            or not entries
+            or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries)
+        ):
             raise self._error(f"GET /v1/models: the server answered garbage: {str(models)[:200]}")
         entry = _pick_model(entries, self.model)
         if entry is None:
-            raise self._error("the server serves several models and none is "
-                              f"{self.model}: " + ", ".join(e["id"] for e in entries))
+            raise self._error(
+                "the server serves several models and none is "
+                f"{self.model}: " + ", ".join(e["id"] for e in entries)
+            )
         self.served_model = entry["id"]
         version = self._json("GET", "/version", None, self.start_timeout, optional=True)
-        info = self._json("GET", "/server_info?config_format=json", None, self.start_timeout,
-                          optional=True)
+        info = self._json(
+            "GET", "/server_info?config_format=json", None, self.start_timeout, optional=True
+        )
         self._effective = served_config(entry, version, info, self.url)
         self.rl_endpoints = self._probe_rl_endpoints()
         self._effective["rl_endpoints"] = self.rl_endpoints
         self.start_s = time.perf_counter() - t0
-        self._log(f"engine {self.name}: serving {self.served_model!r}, vLLM "
-                  f"{self._effective['key'].get('vllm_version')}")
+        self._log(
+            f"engine {self.name}: serving {self.served_model!r}, vLLM "
+            f"{self._effective['key'].get('vllm_version')}"
+        )
 
     def effective_config(self) -> dict[str, Any]:
         if self._effective is None:
@@ -231,8 +262,10 @@ class OpenAIEngine:
         t0 = last = time.monotonic()
         with done:
             while not failures and any(r is None for r in results):
-                if not done.wait(timeout=max(0.0, min(deadline - time.monotonic(), 1.0))) \
-                        and time.monotonic() >= deadline:
+                if (
+                    not done.wait(timeout=max(0.0, min(deadline - time.monotonic(), 1.0)))
+                    and time.monotonic() >= deadline
+                ):
                     break
                 if self.on_progress is not None and time.monotonic() - last >= 0.5:
                     last = time.monotonic()
@@ -241,25 +274,32 @@ class OpenAIEngine:
                 raise failures[0]
             missing = sum(r is None for r in results)
         if missing:
-            raise self._error(f"generate: {missing} of {len(prompts)} requests unanswered "
-                              f"after {self.request_timeout:.0f}s (the server hangs)")
+            raise self._error(
+                f"generate: {missing} of {len(prompts)} requests unanswered "
+                f"after {self.request_timeout:.0f}s (the server hangs)"
+            )
         if self.on_progress is not None:
             self.on_progress(_progress(results, len(prompts), time.monotonic() - t0))
         out = [s for seqs in results for s in seqs]
-        self._log(f"generate: {len(prompts)} prompts, {len(out)} sequences, "
-                  f"{sum(len(s.token_ids) for s in out)} tokens")
+        self._log(
+            f"generate: {len(prompts)} prompts, {len(out)} sequences, "
+            f"{sum(len(s.token_ids) for s in out)} tokens"
+        )
         return out
 
-    def _complete(self, index: int, prompt: list[int], sampling: SamplingSpec,
-                  deadline: float) -> list[Sequence]:
+    def _complete(
+        self, index: int, prompt: list[int], sampling: SamplingSpec, deadline: float
+    ) -> list[Sequence]:
         body = request_body(self.served_model, prompt, sampling, index)
         reply = self._json("POST", "/v1/completions", body, deadline - time.monotonic())
         try:
             return parse_completion(reply, index, prompt, sampling)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise self._error(f"POST /v1/completions (prompt {index}): the server answered "
-                              f"garbage ({type(exc).__name__}: {exc}): "
-                              f"{json.dumps(reply)[:300]}") from exc
+            raise self._error(
+                f"POST /v1/completions (prompt {index}): the server answered "
+                f"garbage ({type(exc).__name__}: {exc}): "
+                f"{json.dumps(reply)[:300]}"
+            ) from exc
 
     def _probe_rl_endpoints(self) -> dict[str, Any]:
         """Which RL endpoints the server has, from GET /openapi.json (a read-only request:
@@ -273,8 +313,9 @@ class OpenAIEngine:
         self._log(f"rl endpoints: {out['note']}; missing {out['missing']}")
         return out
 
-    def update_weights(self, checkpoint: str, mode: str = "keep", clear_cache: bool = False,
-                       via: str = "reload") -> dict[str, Any]:
+    def update_weights(
+        self, checkpoint: str, mode: str = "keep", clear_cache: bool = False, via: str = "reload"
+    ) -> dict[str, Any]:
         """Load the checkpoint directory `checkpoint` into the served engine (HttpUpdater);
         EngineError naming the endpoint the server lacks or that failed."""
         if self.served_model is None:
@@ -298,12 +339,21 @@ def request_body(model: str, prompt: list[int], sampling: SamplingSpec, index: i
     server's generation-config defaults (repetition penalty, min_p, ...) cannot apply where
     the in-process engine would not apply them either."""
     body = {
-        "model": model, "prompt": list(prompt), "max_tokens": sampling.max_tokens,
-        "temperature": sampling.temperature, "top_p": sampling.top_p,
-        "top_k": sampling.top_k if sampling.top_k > 0 else -1, "n": sampling.n,
-        "logprobs": sampling.logprobs, "min_p": 0.0, "repetition_penalty": 1.0,
-        "presence_penalty": 0.0, "frequency_penalty": 0.0, "stream": False,
-        "return_tokens_as_token_ids": True, "return_token_ids": True,
+        "model": model,
+        "prompt": list(prompt),
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k if sampling.top_k > 0 else -1,
+        "n": sampling.n,
+        "logprobs": sampling.logprobs,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "stream": False,
+        "return_tokens_as_token_ids": True,
+        "return_token_ids": True,
     }
     if sampling.seed is not None:
         body["seed"] = sampling.seed + index
@@ -319,15 +369,18 @@ def _token_id(text: Any) -> int:
     return int(m.group(1))
 
 
-def parse_completion(reply: dict, index: int, prompt: list[int],
-                     sampling: SamplingSpec) -> list[Sequence]:
+def parse_completion(
+    reply: dict, index: int, prompt: list[int], sampling: SamplingSpec
+) -> list[Sequence]:
     """The sequences of one /v1/completions answer (vLLM 0.8.5 or later). Token ids come from
     the logprobs' "token_id:N" strings (vLLM 0.8.5 has no token_ids field), checked against
     `token_ids` where the server returns them. ValueError/KeyError/TypeError on anything else."""
     choices = reply["choices"]
     if not isinstance(choices, list) or len(choices) != sampling.n:
-        raise ValueError(f"{len(choices) if isinstance(choices, list) else choices!r} choices "
-                         f"for n = {sampling.n}")
+        raise ValueError(
+            f"{len(choices) if isinstance(choices, list) else choices!r} choices "
+            f"for n = {sampling.n}"
+        )
     out = []
     for choice in sorted(choices, key=lambda c: c["index"]):
         lp = choice["logprobs"]
@@ -337,23 +390,34 @@ def parse_completion(reply: dict, index: int, prompt: list[int],
             raise ValueError(f"{len(token_ids)} tokens but {len(logprobs)} logprobs")
         if choice.get("token_ids") is not None and list(choice["token_ids"]) != token_ids:
             raise ValueError("token_ids disagree with the logprobs' tokens")
-        if choice.get("prompt_token_ids") is not None and list(choice["prompt_token_ids"]) \
-                != list(prompt):
+        if choice.get("prompt_token_ids") is not None and list(choice["prompt_token_ids"]) != list(
+            prompt
+        ):
             raise ValueError("the server changed the prompt's token ids")
         top = None
         if sampling.logprobs > 0:
-            top = [{_token_id(t): float(v) for t, v in (pos or {}).items()}
-                   for pos in lp["top_logprobs"]]
+            top = [
+                {_token_id(t): float(v) for t, v in (pos or {}).items()}
+                for pos in lp["top_logprobs"]
+            ]
             if len(top) != len(token_ids):
                 raise ValueError(f"{len(top)} top-logprob positions for {len(token_ids)} tokens")
-        out.append(Sequence(
-            prompt_index=index, sample_index=int(choice["index"]),
-            prompt_token_ids=list(prompt), token_ids=token_ids, logprobs=logprobs,
-            top_logprobs=top, finish_reason=choice.get("finish_reason"),
-            text=str(choice.get("text") or ""),
-            prompt_logprobs=_prompt_logprobs(choice.get("prompt_logprobs"), prompt)
-            if sampling.prompt_logprobs is not None else None,
-            num_cached_tokens=_cached_tokens(reply)))
+        out.append(
+            Sequence(
+                prompt_index=index,
+                sample_index=int(choice["index"]),
+                prompt_token_ids=list(prompt),
+                token_ids=token_ids,
+                logprobs=logprobs,
+                top_logprobs=top,
+                finish_reason=choice.get("finish_reason"),
+                text=str(choice.get("text") or ""),
+                prompt_logprobs=_prompt_logprobs(choice.get("prompt_logprobs"), prompt)
+                if sampling.prompt_logprobs is not None
+                else None,
+                num_cached_tokens=_cached_tokens(reply),
+            )
+        )
     return out
 
 
@@ -385,5 +449,10 @@ def _progress(results: list[Any], total: int, elapsed: float) -> dict[str, Any]:
     tokens per second so far."""
     finished = [r for r in results if isinstance(r, list)]
     tokens = sum(len(s.token_ids) for seqs in finished for s in seqs)
-    return {"op": "progress", "done": len(finished), "total": total, "elapsed_s": elapsed,
-            "out_tok_s": tokens / elapsed if elapsed > 0 else None}
+    return {
+        "op": "progress",
+        "done": len(finished),
+        "total": total,
+        "elapsed_s": elapsed,
+        "out_tok_s": tokens / elapsed if elapsed > 0 else None,
+    }

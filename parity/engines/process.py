@@ -87,8 +87,14 @@ class WorkerProcess:
     engine prints cannot corrupt the protocol.
     """
 
-    def __init__(self, name: str, python: str, env: dict[str, str], log_path: Path,
-                 script: Path = WORKER_SCRIPT):
+    def __init__(
+        self,
+        name: str,
+        python: str,
+        env: dict[str, str],
+        log_path: Path,
+        script: Path = WORKER_SCRIPT,
+    ):
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +103,12 @@ class WorkerProcess:
         try:
             self.proc = subprocess.Popen(
                 [python, "-u", str(script), "--reply-fd", str(write_fd)],
-                stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
-                env=env, pass_fds=(write_fd,), start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=(write_fd,),
+                start_new_session=True,
             )
         except OSError as exc:
             os.close(read_fd)
@@ -150,8 +160,9 @@ class WorkerProcess:
                 self.on_progress(reply)
         self._pending = None
         if not reply.get("ok"):
-            raise EngineError(f"engine {self.name}: {op} failed: {reply.get('error')}",
-                              tail(self.log_path))
+            raise EngineError(
+                f"engine {self.name}: {op} failed: {reply.get('error')}", tail(self.log_path)
+            )
         return reply
 
     def _line(self, op: str | None, deadline: float, timeout: float) -> str:
@@ -202,8 +213,15 @@ class VllmEngine:
     """The vLLM engine (V0 or V1, whichever the interpreter's vLLM and env vars select), run in
     a worker process. Implements parity.engines.base.Engine."""
 
-    def __init__(self, setting: EngineSetting, model: str, python: str, log_path: Path,
-                 start_timeout: float = 600.0, request_timeout: float = 1800.0):
+    def __init__(
+        self,
+        setting: EngineSetting,
+        model: str,
+        python: str,
+        log_path: Path,
+        start_timeout: float = 600.0,
+        request_timeout: float = 1800.0,
+    ):
         self.setting = setting
         self.name = setting.label()
         self.model = model
@@ -258,7 +276,8 @@ class VllmEngine:
         self._worker.ready(timeout=self.start_timeout)
         reply = self._worker.request(
             {"op": "start", "model": self.model, "engine_args": self.setting.args},
-            timeout=self.start_timeout)
+            timeout=self.start_timeout,
+        )
         self._effective = reply["effective_config"]
         self.start_s = time.perf_counter() - t0
 
@@ -266,21 +285,26 @@ class VllmEngine:
         self._require().on_progress = self.on_progress
         reply = self._require().request(
             {"op": "generate", "prompts": prompts, "sampling": sampling.to_dict()},
-            timeout=self.request_timeout)
+            timeout=self.request_timeout,
+        )
         return [Sequence.from_dict(d) for d in reply["sequences"]]
 
     def reset_prefix_cache(self) -> bool:
         """Drop the engine's cached KV blocks (for probes that need a cold cache)."""
-        return bool(self._require().request({"op": "reset_prefix_cache"},
-                                            timeout=self.request_timeout)["reset"])
+        return bool(
+            self._require().request({"op": "reset_prefix_cache"}, timeout=self.request_timeout)[
+                "reset"
+            ]
+        )
 
     def effective_config(self) -> dict[str, Any]:
         if self._effective is None:
             raise EngineError(f"engine {self.name} has not started")
         return self._effective
 
-    def update_weights(self, checkpoint: str, mode: str = "keep", clear_cache: bool = False,
-                       via: str = "reload") -> dict[str, Any]:
+    def update_weights(
+        self, checkpoint: str, mode: str = "keep", clear_cache: bool = False, via: str = "reload"
+    ) -> dict[str, Any]:
         """Load the checkpoint directory's weights into the live engine between generate calls.
 
         Args:
@@ -294,15 +318,29 @@ class VllmEngine:
             resume_s, latency_s, cache_cleared.
         """
         reply = self._require().request(
-            {"op": "update_weights", "checkpoint": str(checkpoint), "mode": mode,
-             "clear_cache": clear_cache, "via": via}, timeout=self.request_timeout)
+            {
+                "op": "update_weights",
+                "checkpoint": str(checkpoint),
+                "mode": mode,
+                "clear_cache": clear_cache,
+                "via": via,
+            },
+            timeout=self.request_timeout,
+        )
         self.checkpoint = str(checkpoint)
         return reply["update"]
 
-    def generate_with_update(self, prompts: list[list[int]], sampling: SamplingSpec,
-                             checkpoint: str, after_tokens: int, mode: str = "keep",
-                             clear_cache: bool = False, via: str = "reload",
-                             ignore_eos: bool = False) -> tuple[list[Sequence], dict[str, Any]]:
+    def generate_with_update(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingSpec,
+        checkpoint: str,
+        after_tokens: int,
+        mode: str = "keep",
+        clear_cache: bool = False,
+        via: str = "reload",
+        ignore_eos: bool = False,
+    ) -> tuple[list[Sequence], dict[str, Any]]:
         """Generate and update the weights in flight, once every running request has sampled
         `after_tokens` tokens (arguments as in update_weights).
 
@@ -313,14 +351,24 @@ class VllmEngine:
             update was requested) and requested_after_s.
         """
         reply = self._require().request(
-            {"op": "generate_with_update", "prompts": prompts, "sampling": sampling.to_dict(),
-             "checkpoint": str(checkpoint), "after_tokens": after_tokens, "mode": mode,
-             "clear_cache": clear_cache, "via": via, "ignore_eos": ignore_eos},
-            timeout=self.request_timeout)
+            {
+                "op": "generate_with_update",
+                "prompts": prompts,
+                "sampling": sampling.to_dict(),
+                "checkpoint": str(checkpoint),
+                "after_tokens": after_tokens,
+                "mode": mode,
+                "clear_cache": clear_cache,
+                "via": via,
+                "ignore_eos": ignore_eos,
+            },
+            timeout=self.request_timeout,
+        )
         self.checkpoint = str(checkpoint)
         return [Sequence.from_dict(d) for d in reply["sequences"]], {
-            **reply["update"], "seen_at_request": [d["seen_at_request"]
-                                                   for d in reply["sequences"]]}
+            **reply["update"],
+            "seen_at_request": [d["seen_at_request"] for d in reply["sequences"]],
+        }
 
     def close(self) -> None:
         if self._worker is not None:
@@ -357,8 +405,9 @@ def _validator(python: str, log_path: Path) -> WorkerProcess:
     return WorkerProcess("validator", python, env, log_path)
 
 
-def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
-                         timeout: float = 180.0) -> dict[str, Any]:
+def validate_engine_args(
+    python: str, arg_sets: list[dict], log_path: Path, timeout: float = 180.0
+) -> dict[str, Any]:
     """Check engine-arg names against the EngineArgs of the vLLM in `python`, starting no engine.
 
     Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
@@ -374,13 +423,15 @@ def validate_engine_args(python: str, arg_sets: list[dict], log_path: Path,
 # One-shot: vllm_worker.read_model_facts in `python`, its JSON on the line after the marker.
 # -I keeps the current directory (and so the harness's parity) off the interpreter's path.
 _FACTS_MARKER = "PARITY-MODEL-FACTS "
-_FACTS_CODE = ("import json, sys; sys.path.insert(0, sys.argv[1]); import vllm_worker; "
-               "print(%r + json.dumps(vllm_worker.read_model_facts(sys.argv[2])), flush=True)"
-               % _FACTS_MARKER)
+_FACTS_CODE = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); import vllm_worker; "
+    "print(%r + json.dumps(vllm_worker.read_model_facts(sys.argv[2])), flush=True)" % _FACTS_MARKER
+)
 
 
-def read_model_facts(python: str, model_path: str | Path, log_path: Path,
-                     timeout: float = 180.0) -> dict[str, Any]:
+def read_model_facts(
+    python: str, model_path: str | Path, log_path: Path, timeout: float = 180.0
+) -> dict[str, Any]:
     """A checkpoint's model-identity facts as the transformers of `python` (an engine env) reads
     them, starting no engine (parity.engines.identity.read_facts run there; a few seconds).
 
@@ -397,18 +448,29 @@ def read_model_facts(python: str, model_path: str | Path, log_path: Path,
     cmd = [python, "-I", "-c", _FACTS_CODE, str(WORKER_SCRIPT.parent), str(model_path)]
     with open(log_path, "ab") as log:
         try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=log, env=env, timeout=timeout)
+            done = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                timeout=timeout,
+            )
         except OSError as exc:
             raise EngineError(f"model facts: cannot run {python}: {exc}") from exc
         except subprocess.TimeoutExpired as exc:
-            raise EngineError(f"model facts: {python} timed out after {timeout:.0f}s",
-                              tail(log_path)) from exc
+            raise EngineError(
+                f"model facts: {python} timed out after {timeout:.0f}s", tail(log_path)
+            ) from exc
         out = done.stdout.decode("utf-8", "replace")
-        log.write("".join(line for line in out.splitlines(True)
-                          if not line.startswith(_FACTS_MARKER)).encode())
+        log.write(
+            "".join(
+                line for line in out.splitlines(True) if not line.startswith(_FACTS_MARKER)
+            ).encode()
+        )
     for line in out.splitlines():
         if line.startswith(_FACTS_MARKER):
-            return json.loads(line[len(_FACTS_MARKER):])
-    raise EngineError(f"model facts: {python} exited (code {done.returncode}) without facts",
-                      tail(log_path))
+            return json.loads(line[len(_FACTS_MARKER) :])
+    raise EngineError(
+        f"model facts: {python} exited (code {done.returncode}) without facts", tail(log_path)
+    )

@@ -23,7 +23,14 @@ def load_profiles() -> dict[str, Profile]:
     """The built-in profiles (parity/profiles/builtin.toml)."""
     text = resources.files("parity").joinpath("profiles/builtin.toml").read_text()
     data = tomllib.loads(text)
-    return {name: Profile(name, d.get("description", ""), d.get("engine", "vllm"),
-                          d.get("env", "harness"), dict(d.get("engine_args", {})),
-                          {k: str(v) for k, v in d.get("env_vars", {}).items()})
-            for name, d in data.items()}
+    return {
+        name: Profile(
+            name,
+            d.get("description", ""),
+            d.get("engine", "vllm"),
+            d.get("env", "harness"),
+            dict(d.get("engine_args", {})),
+            {k: str(v) for k, v in d.get("env_vars", {}).items()},
+        )
+        for name, d in data.items()
+    }

@@ -32,9 +32,15 @@ def serve_problems(setting: EngineSetting, where: str) -> list[tuple[str, str, s
         out.append((where, "engine", f"{setting.engine!r}: only vLLM settings can be served"))
     for name in WORKER_PATCH_VARS:
         if setting.variables.get(name) not in (None, "", "0"):
-            out.append((where, f"env.{name}", "a patch parity applies inside its own engine "
-                        "worker; `vllm serve` cannot run it: serve a profile without it "
-                        "(e.g. v1-parity has a native fp32 head)"))
+            out.append(
+                (
+                    where,
+                    f"env.{name}",
+                    "a patch parity applies inside its own engine "
+                    "worker; `vllm serve` cannot run it: serve a profile without it "
+                    "(e.g. v1-parity has a native fp32 head)",
+                )
+            )
     return out
 
 
@@ -51,13 +57,27 @@ def flag(name: str, value: Any) -> list[str]:
     return [opt, str(value)]
 
 
-def command(setting: EngineSetting, model_path: str, python: str, host: str, port: int,
-            ) -> tuple[list[str], dict[str, str]]:
+def command(
+    setting: EngineSetting,
+    model_path: str,
+    python: str,
+    host: str,
+    port: int,
+) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the server for a setting: its engine args as flags, its env vars
     (VLLM_USE_V1=0 selects V0 in the 0.8.5 environment), VLLM_SERVER_DEV_MODE=1 so that
     /server_info exposes the resolved configuration to parity's served engine."""
-    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
-            "--host", host, "--port", str(port)]
+    argv = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     for name, value in setting.args.items():
         argv += flag(name, value)
     env = dict(os.environ)
@@ -74,7 +94,6 @@ def _die_with_parent() -> None:
     """In the server's process before exec (Linux): SIGTERM when parity goes away, even by
     SIGKILL, so a killed `parity serve` leaves no server behind (best effort elsewhere)."""
     try:
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
@@ -92,8 +111,15 @@ class Server:
     answers (EngineError with the log's last lines when the process exits or the timeout
     passes first), stop() terminates the whole group and waits for it."""
 
-    def __init__(self, setting: EngineSetting, model_path: str, python: str, log_path: Path,
-                 host: str = "127.0.0.1", port: int | None = None):
+    def __init__(
+        self,
+        setting: EngineSetting,
+        model_path: str,
+        python: str,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+    ):
         self.setting = setting
         self.host = host
         self.port = port or free_port(host)
@@ -121,10 +147,15 @@ class Server:
             log.write(("$ " + " ".join(self.argv) + "\n").encode())
             log.flush()
             try:
-                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=self.env,
-                                             start_new_session=True,
-                                             preexec_fn=_die_with_parent)
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
             except OSError as exc:
                 raise EngineError(f"server: cannot run {self.argv[0]}: {exc}") from exc
         deadline = time.monotonic() + timeout
@@ -132,13 +163,15 @@ class Server:
             while True:
                 code = self.proc.poll()
                 if code is not None:
-                    raise EngineError(f"server exited (code {code}) before it was healthy",
-                                      tail(self.log_path))
+                    raise EngineError(
+                        f"server exited (code {code}) before it was healthy", tail(self.log_path)
+                    )
                 if self.healthy():
                     break
                 if time.monotonic() > deadline:
-                    raise EngineError(f"server not healthy after {timeout:.0f}s",
-                                      tail(self.log_path))
+                    raise EngineError(
+                        f"server not healthy after {timeout:.0f}s", tail(self.log_path)
+                    )
                 time.sleep(0.5)
         except BaseException:
             self.stop()

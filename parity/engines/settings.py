@@ -16,24 +16,42 @@ from parity.setup import inputs
 from parity.setup.envs import ENV_PIN
 
 Problem = tuple[str, str, str]
-SETTING_FIELDS = {"profile", "engine_args", "env_vars", "env", "sampling", "engine", "url",
-                  "api_key_env", "server_log"}
+SETTING_FIELDS = {
+    "profile",
+    "engine_args",
+    "env_vars",
+    "env",
+    "sampling",
+    "engine",
+    "url",
+    "api_key_env",
+    "server_log",
+}
 # A served engine ([candidate] engine = "openai") runs with its server's configuration: only
 # these fields describe it; the in-process ones are refused.
 SERVED_FIELDS = {"engine", "url", "api_key_env", "server_log", "sampling"}
 ENGINE_KINDS = ("vllm", "openai")
 
 
-def make_setting(profile_name: str, engine_args: dict | None = None, env_vars: dict | None = None,
-                 env: str | None = None, profiles: dict[str, Profile] | None = None,
-                 ) -> EngineSetting:
+def make_setting(
+    profile_name: str,
+    engine_args: dict | None = None,
+    env_vars: dict | None = None,
+    env: str | None = None,
+    profiles: dict[str, Profile] | None = None,
+) -> EngineSetting:
     """A profile plus overrides: engine_args/env_vars are merged over the profile's (a nested
     table such as hf_overrides is merged key by key), env replaces it."""
     profiles = profiles or load_profiles()
     prof = profiles[profile_name]
     args = merged(prof.engine_args, engine_args or {})
-    return EngineSetting.make(prof.engine, env or prof.env, args,
-                              {**prof.env_vars, **(env_vars or {})}, profile=profile_name)
+    return EngineSetting.make(
+        prof.engine,
+        env or prof.env,
+        args,
+        {**prof.env_vars, **(env_vars or {})},
+        profile=profile_name,
+    )
 
 
 def merged(base: dict, over: dict) -> dict:
@@ -47,18 +65,35 @@ def merged(base: dict, over: dict) -> dict:
     return out
 
 
-def override_problems(profile: Any, args: Any, env_vars: Any, env: Any, where: str, fld: str,
-                      profiles: dict[str, Profile]) -> list[Problem]:
+def override_problems(
+    profile: Any,
+    args: Any,
+    env_vars: Any,
+    env: Any,
+    where: str,
+    fld: str,
+    profiles: dict[str, Profile],
+) -> list[Problem]:
     """Problems of a profile name plus engine_args / env_vars / env overrides, all at once."""
 
     out = []
     if not isinstance(profile, str) or profile not in profiles:
-        out.append((where, f"{fld}profile", f"unknown profile {profile!r}; built-in profiles: "
-                                            f"{', '.join(profiles)}"))
+        out.append(
+            (
+                where,
+                f"{fld}profile",
+                f"unknown profile {profile!r}; built-in profiles: {', '.join(profiles)}",
+            )
+        )
     for name, value in (("engine_args", args), ("env_vars", env_vars)):
         if not isinstance(value, dict):
-            out.append((where, f"{fld}{name}", f"must be a table, e.g. {name} = {{ key = ... }},"
-                                               f" got {type(value).__name__}"))
+            out.append(
+                (
+                    where,
+                    f"{fld}{name}",
+                    f"must be a table, e.g. {name} = {{ key = ... }}, got {type(value).__name__}",
+                )
+            )
     if isinstance(args, dict):
         out += [(where, f, m) for f, m in inputs.arg_problems(args, f"{fld}engine_args")]
     if isinstance(env_vars, dict):
@@ -70,29 +105,43 @@ def override_problems(profile: Any, args: Any, env_vars: Any, env: Any, where: s
     return out
 
 
-def from_table(data: Any, role: str, where: str, profiles: dict[str, Profile],
-               override: str | None = None) -> tuple[EngineSetting | None, list[Problem]]:
+def from_table(
+    data: Any, role: str, where: str, profiles: dict[str, Profile], override: str | None = None
+) -> tuple[EngineSetting | None, list[Problem]]:
     """A scenario's [candidate]/[baseline] table (its profile replaced by `override`, the
     --candidate/--baseline option) as a setting; (None, problems) when it has any."""
     if not isinstance(data, dict):
-        return None, [(where, role, "must be a table like [candidate] with profile = \"...\"")]
+        return None, [(where, role, 'must be a table like [candidate] with profile = "..."')]
     if override is not None and is_url(override):
         return served_setting({"engine": "openai", "url": override}, f"--{role}", role)
     if override is None and (data.get("engine") == "openai" or "url" in data):
         return served_setting(data, where, role)
-    problems = [(where, f"{role}.{key}", "unknown field; allowed: "
-                 + ", ".join(sorted(SETTING_FIELDS))) for key in data if key not in SETTING_FIELDS]
+    problems = [
+        (where, f"{role}.{key}", "unknown field; allowed: " + ", ".join(sorted(SETTING_FIELDS)))
+        for key in data
+        if key not in SETTING_FIELDS
+    ]
     if override is None and data.get("engine", "vllm") != "vllm":
-        problems.append((where, f"{role}.engine", f"{data['engine']!r}: use one of "
-                                                 + ", ".join(f'"{k}"' for k in ENGINE_KINDS)))
+        problems.append(
+            (
+                where,
+                f"{role}.engine",
+                f"{data['engine']!r}: use one of " + ", ".join(f'"{k}"' for k in ENGINE_KINDS),
+            )
+        )
     profile = data.get("profile", "v1-defaults")
     args, env_vars, env = data.get("engine_args", {}), data.get("env_vars", {}), data.get("env")
     if override is not None:  # "PROFILE[,key=value,...]" replaces the profile, merges the rest
         name, o_args, o_vars, o_env, found = split_setting(override, f"--{role}")
         problems += found
         if name and name not in profiles:
-            problems.append((f"--{role}", "profile", f"unknown profile {name!r}; built-in "
-                                                     f"profiles: {', '.join(profiles)}"))
+            problems.append(
+                (
+                    f"--{role}",
+                    "profile",
+                    f"unknown profile {name!r}; built-in profiles: {', '.join(profiles)}",
+                )
+            )
         profile = name if name in profiles else profile
         if isinstance(args, dict) and isinstance(env_vars, dict):
             args, env_vars = merged(args, o_args), {**env_vars, **o_vars}
@@ -110,10 +159,16 @@ def inprocess_problems(setting: EngineSetting, where: str, fld: str) -> list[Pro
     refuses data parallelism in one process (it may hang), so replicas are a server's job."""
     size = setting.args.get("data_parallel_size", 1)
     if setting.engine == "vllm" and isinstance(size, int) and size > 1:
-        return [(where, f"{fld}.data_parallel_size", f"{size}: vLLM's LLM refuses data "
-                 "parallelism in one process; serve the replicas (parity serve "
-                 "PROFILE,data_parallel_size=N, or your own vllm serve) and point the scenario "
-                 "at the URL; tensor/pipeline parallel sizes work in process")]
+        return [
+            (
+                where,
+                f"{fld}.data_parallel_size",
+                f"{size}: vLLM's LLM refuses data "
+                "parallelism in one process; serve the replicas (parity serve "
+                "PROFILE,data_parallel_size=N, or your own vllm serve) and point the scenario "
+                "at the URL; tensor/pipeline parallel sizes work in process",
+            )
+        ]
     return []
 
 
@@ -126,26 +181,31 @@ def url_problem(url: Any) -> str | None:
     """Why a served engine's base URL is unusable (None when it is fine)."""
 
     if not isinstance(url, str) or not url.strip():
-        return "must be the server's base URL, e.g. \"http://127.0.0.1:8000\""
+        return 'must be the server\'s base URL, e.g. "http://127.0.0.1:8000"'
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"{url!r} is not a URL ({exc}); e.g. \"http://127.0.0.1:8000\""
+        return f'{url!r} is not a URL ({exc}); e.g. "http://127.0.0.1:8000"'
     if parts.scheme not in ("http", "https"):
-        return f"{url!r}: the scheme must be http or https, e.g. \"http://127.0.0.1:8000\""
+        return f'{url!r}: the scheme must be http or https, e.g. "http://127.0.0.1:8000"'
     if not parts.hostname:
-        return f"{url!r} names no host; e.g. \"http://127.0.0.1:8000\""
+        return f'{url!r} names no host; e.g. "http://127.0.0.1:8000"'
     if parts.query or parts.fragment or parts.username or parts.password:
-        return (f"{url!r}: give the base URL only (no query, fragment or credentials: the API "
-                "key comes from api_key_env)")
+        return (
+            f"{url!r}: give the base URL only (no query, fragment or credentials: the API "
+            "key comes from api_key_env)"
+        )
     if port == 0:
         return f"{url!r}: port 0 is not a server's port"
     return None
 
 
-def served_setting(data: dict, where: str, role: str,
-                   ) -> tuple[EngineSetting | None, list[Problem]]:
+def served_setting(
+    data: dict,
+    where: str,
+    role: str,
+) -> tuple[EngineSetting | None, list[Problem]]:
     """A served engine's table ([candidate] engine = "openai", url = ..., api_key_env = ...,
     server_log = ...) as a setting; (None, problems) when it has any. The API key is read from
     the named environment variable when the engine starts, never from the file; the variable
@@ -154,18 +214,41 @@ def served_setting(data: dict, where: str, role: str,
     problems: list[Problem] = []
     for key in data:
         if key not in SETTING_FIELDS:
-            problems.append((where, f"{role}.{key}", "unknown field; allowed for a served "
-                                                     "engine: " + ", ".join(sorted(SERVED_FIELDS))))
+            problems.append(
+                (
+                    where,
+                    f"{role}.{key}",
+                    "unknown field; allowed for a served "
+                    "engine: " + ", ".join(sorted(SERVED_FIELDS)),
+                )
+            )
         elif key not in SERVED_FIELDS:
-            problems.append((where, f"{role}.{key}", "a served engine (engine = \"openai\") "
-                             "runs with its server's own configuration: set it when starting "
-                             "the server (parity serve PROFILE,key=value) and remove it here"))
+            problems.append(
+                (
+                    where,
+                    f"{role}.{key}",
+                    'a served engine (engine = "openai") '
+                    "runs with its server's own configuration: set it when starting "
+                    "the server (parity serve PROFILE,key=value) and remove it here",
+                )
+            )
     if data.get("engine", "openai") != "openai":
-        problems.append((where, f"{role}.engine", "a url is given: the engine kind must be "
-                                                  "\"openai\" (a served endpoint)"))
+        problems.append(
+            (
+                where,
+                f"{role}.engine",
+                'a url is given: the engine kind must be "openai" (a served endpoint)',
+            )
+        )
     elif "url" not in data:
-        problems.append((where, f"{role}.url", "engine = \"openai\" needs the server's base "
-                                               "URL, e.g. url = \"http://127.0.0.1:8000\""))
+        problems.append(
+            (
+                where,
+                f"{role}.url",
+                'engine = "openai" needs the server\'s base '
+                'URL, e.g. url = "http://127.0.0.1:8000"',
+            )
+        )
     else:
         message = url_problem(data["url"])
         if message:
@@ -173,20 +256,31 @@ def served_setting(data: dict, where: str, role: str,
     key_env = data.get("api_key_env")
     if key_env is not None:
         if not isinstance(key_env, str) or not inputs.ENV_VAR_NAME.fullmatch(key_env):
-            problems.append((where, f"{role}.api_key_env", f"{key_env!r}: the NAME of an "
-                                                           "environment variable, e.g. "
-                                                           "\"VLLM_API_KEY\""))
+            problems.append(
+                (
+                    where,
+                    f"{role}.api_key_env",
+                    f'{key_env!r}: the NAME of an environment variable, e.g. "VLLM_API_KEY"',
+                )
+            )
         elif not os.environ.get(key_env):
-            problems.append((where, f"{role}.api_key_env", f"${key_env} is not set (or empty):"
-                                                           " export the server's API key in it"))
+            problems.append(
+                (
+                    where,
+                    f"{role}.api_key_env",
+                    f"${key_env} is not set (or empty): export the server's API key in it",
+                )
+            )
     log = data.get("server_log")
     if log is not None and not isinstance(log, str):
-        problems.append((where, f"{role}.server_log", "must be the path of the server's log "
-                                                      "file (a string)"))
+        problems.append(
+            (where, f"{role}.server_log", "must be the path of the server's log file (a string)")
+        )
     if problems:
         return None, problems
-    return EngineSetting.make("openai", url=data["url"].rstrip("/"), api_key_env=key_env,
-                              server_log=log, profile=None), []
+    return EngineSetting.make(
+        "openai", url=data["url"].rstrip("/"), api_key_env=key_env, server_log=log, profile=None
+    ), []
 
 
 def parse_setting(text: Any, where: str) -> tuple[EngineSetting | None, list[Problem]]:
@@ -209,8 +303,20 @@ def split_setting(text: Any, where: str) -> tuple[str, dict, dict, str | None, l
     against the profiles (parse_setting and from_table check the merged result)."""
     parts = [p.strip() for p in str(text or "").split(",")]
     if not parts[0]:
-        return "", {}, {}, None, [(where, "profile", "empty setting: start with a profile name, "
-                                   "e.g. v1-defaults or v1-defaults,async_scheduling=false")]
+        return (
+            "",
+            {},
+            {},
+            None,
+            [
+                (
+                    where,
+                    "profile",
+                    "empty setting: start with a profile name, "
+                    "e.g. v1-defaults or v1-defaults,async_scheduling=false",
+                )
+            ],
+        )
     profile, pairs = parts[0], parts[1:]
     problems: list[Problem] = []
     args: dict[str, Any] = {}
@@ -224,8 +330,7 @@ def split_setting(text: Any, where: str) -> tuple[str, dict, dict, str | None, l
         elif not sep or not key:
             problems.append((where, pair, "expected key=value, e.g. async_scheduling=false"))
         elif not raw.strip():
-            problems.append((where, key, "no value; write key=value (key=\"\" for an empty "
-                                         "string)"))
+            problems.append((where, key, 'no value; write key=value (key="" for an empty string)'))
         elif key.startswith("env."):
             _put(env_vars, [key[4:]], _literal(raw), where, key, problems)
         elif key == "envname":
@@ -244,8 +349,9 @@ def _literal(raw: str) -> Any:
         return raw
 
 
-def _put(target: dict, path: list[str], value: Any, where: str, key: str,
-         problems: list[Problem]) -> None:
+def _put(
+    target: dict, path: list[str], value: Any, where: str, key: str, problems: list[Problem]
+) -> None:
     """target[a][b]... = value, with a problem (not an exception) when the path is empty in a
     part, given twice, or runs through a value that is not a table."""
     if any(not p for p in path):
@@ -254,8 +360,13 @@ def _put(target: dict, path: list[str], value: Any, where: str, key: str,
     for part in path[:-1]:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
-            problems.append((where, key, f"{part!r} is given a value and is also used as a "
-                                         "table; give one of them"))
+            problems.append(
+                (
+                    where,
+                    key,
+                    f"{part!r} is given a value and is also used as a table; give one of them",
+                )
+            )
             return
     if path[-1] in target:
         problems.append((where, key, "given twice (or as a value and a table); give it once"))

@@ -27,8 +27,12 @@ import time
 # Relative error (Frobenius norm of the difference over the reference's) under which two
 # computations of one module count as the same weights: well above kernel rounding (fp32
 # ~1e-7, bf16 outputs ~2e-3, fp16 ~5e-4), well below a real update (rms-scaled noise: ~1).
-TOLERANCE = {"torch.float32": 1e-4, "torch.float64": 1e-6, "torch.bfloat16": 1e-2,
-             "torch.float16": 5e-3}
+TOLERANCE = {
+    "torch.float32": 1e-4,
+    "torch.float64": 1e-6,
+    "torch.bfloat16": 1e-2,
+    "torch.float16": 5e-3,
+}
 PROBE_ROWS = 4
 PROBE_SEED = 0
 MAX_SKIPPED = 20  # skip reasons kept in the record (the total is kept too)
@@ -109,8 +113,13 @@ def _targets(model) -> tuple[list, list]:
             continue
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
-            skipped.append((name, f"{type(qm).__name__}: no `weight` parameter (e.g. MoE "
-                                  "experts, attention scales)"))
+            skipped.append(
+                (
+                    name,
+                    f"{type(qm).__name__}: no `weight` parameter (e.g. MoE "
+                    "experts, attention scales)",
+                )
+            )
         elif not weight.dtype.is_floating_point:
             skipped.append((name, f"{type(qm).__name__}: quantized weight ({weight.dtype})"))
         elif (getattr(module, "tp_size", 1) or 1) > 1:
@@ -130,8 +139,13 @@ def _module_check(name, module, value, index: int) -> dict:
     dtype = weight.dtype
     ref_w = value.to(dtype).float()
     gen = torch.Generator().manual_seed(PROBE_SEED + index)
-    live = weight if weight.dim() == 2 and weight.shape[1] == ref_w.shape[1] \
-        and weight.shape[0] >= ref_w.shape[0] else None
+    live = (
+        weight
+        if weight.dim() == 2
+        and weight.shape[1] == ref_w.shape[1]
+        and weight.shape[0] >= ref_w.shape[0]
+        else None
+    )
     if _is_embedding(name, module):
         if not hasattr(qm, "embedding"):
             raise ValueError(f"{type(qm).__name__} has no embedding()")
@@ -149,12 +163,15 @@ def _module_check(name, module, value, index: int) -> dict:
         ref = F.linear(x.float(), ref_w)
         n = ref.shape[-1]
         if engine.dim() != 2 or engine.shape[0] != x.shape[0] or engine.shape[-1] < n:
-            raise ValueError(f"engine output {tuple(engine.shape)}, checkpoint output "
-                             f"{tuple(ref.shape)}")
+            raise ValueError(
+                f"engine output {tuple(engine.shape)}, checkpoint output {tuple(ref.shape)}"
+            )
         engine = engine[:, :n]  # a vocab-padded head computes extra (padding) columns
         param = None if live is None else F.linear(x.float(), live[:n].float())
-    return {"engine_vs_ckpt": _rel(engine, ref),
-            "param_vs_ckpt": None if param is None else _rel(param, ref)}
+    return {
+        "engine_vs_ckpt": _rel(engine, ref),
+        "param_vs_ckpt": None if param is None else _rel(param, ref),
+    }
 
 
 def _classify(model, checkpoint: str, only=None) -> tuple[dict, list]:
@@ -201,9 +218,16 @@ def _classify(model, checkpoint: str, only=None) -> tuple[dict, list]:
 
 def _record(results: dict, skipped: list) -> dict:
     """The evidence record (see check) of _classify's results."""
-    out = {"modules_checked": 0, "ok": 0, "compute_stale": [], "param_stale": [],
-           "no_checkpoint_value": [], "max_rel_err": {}, "max_ok_rel_err": 0.0,
-           "tolerance": {}}
+    out = {
+        "modules_checked": 0,
+        "ok": 0,
+        "compute_stale": [],
+        "param_stale": [],
+        "no_checkpoint_value": [],
+        "max_rel_err": {},
+        "max_ok_rel_err": 0.0,
+        "tolerance": {},
+    }
     for name, (status, errs, dtype) in results.items():
         if status == "no_checkpoint_value":
             out[status].append(name)

@@ -96,11 +96,16 @@ def _patch_model(model) -> dict:
     if isinstance(inner, Fp32HeadMethod):
         return {"applied": True, "already": True}
     if type(inner).__name__ not in ("UnquantizedEmbeddingMethod", "UnquantizedLinearMethod"):
-        raise RuntimeError(f"the fp32 head patch supports unquantized heads only, this head "
-                           f"uses {type(inner).__name__}")
+        raise RuntimeError(
+            f"the fp32 head patch supports unquantized heads only, this head "
+            f"uses {type(inner).__name__}"
+        )
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    tied = embed is not None and (head is embed or getattr(embed, "weight", None) is head.weight
-                                  or embed.weight.data_ptr() == head.weight.data_ptr())
+    tied = embed is not None and (
+        head is embed
+        or getattr(embed, "weight", None) is head.weight
+        or embed.weight.data_ptr() == head.weight.data_ptr()
+    )
     weight = head.weight
     with torch.inference_mode():
         gen = torch.Generator().manual_seed(0)
@@ -111,12 +116,20 @@ def _patch_model(model) -> dict:
     wrapper = head.quant_method
     if wrapper.calls < 1 or after.dtype != torch.float32:
         head.quant_method = inner
-        raise RuntimeError("fp32 head patch did not take effect: compute_logits does not go "
-                           "through lm_head.quant_method.apply on this vLLM")
-    return {"applied": True, "tied": bool(tied), "weight_dtype": str(weight.dtype),
-            "self_test": {"logits_dtype_before": str(before.dtype),
-                          "logits_dtype_after": str(after.dtype),
-                          "max_abs_change": float((after - before.float()).abs().max())}}
+        raise RuntimeError(
+            "fp32 head patch did not take effect: compute_logits does not go "
+            "through lm_head.quant_method.apply on this vLLM"
+        )
+    return {
+        "applied": True,
+        "tied": bool(tied),
+        "weight_dtype": str(weight.dtype),
+        "self_test": {
+            "logits_dtype_before": str(before.dtype),
+            "logits_dtype_after": str(after.dtype),
+            "max_abs_change": float((after - before.float()).abs().max()),
+        },
+    }
 
 
 def _logits(model, hidden):
@@ -125,8 +138,11 @@ def _logits(model, hidden):
     import inspect
 
     try:
-        params = [p for p in inspect.signature(model.compute_logits).parameters.values()
-                  if p.default is inspect.Parameter.empty]
+        params = [
+            p
+            for p in inspect.signature(model.compute_logits).parameters.values()
+            if p.default is inspect.Parameter.empty
+        ]
     except (TypeError, ValueError):
         params = [None, None]
     return model.compute_logits(hidden) if len(params) < 2 else model.compute_logits(hidden, None)
@@ -144,9 +160,11 @@ def apply_fp32_head(llm) -> dict:
             reachable in this process, or the patch did not take effect.
     """
     if has_native_head_dtype(llm):
-        raise RuntimeError(f"{FP32_HEAD_ENV} is for engines without a head_dtype option (vLLM "
-                           "V0); this vLLM has one: set hf_overrides={\"head_dtype\": "
-                           "\"float32\"} instead")
+        raise RuntimeError(
+            f"{FP32_HEAD_ENV} is for engines without a head_dtype option (vLLM "
+            'V0); this vLLM has one: set hf_overrides={"head_dtype": '
+            '"float32"} instead'
+        )
     if not hasattr(llm, "apply_model"):
         raise RuntimeError("this vLLM has no LLM.apply_model: cannot reach the model")
     results = llm.apply_model(_patch_model)
@@ -162,8 +180,11 @@ def _read_model(model) -> dict:
     if head is not None and hasattr(head, "weight"):
         patched = isinstance(getattr(head, "quant_method", None), Fp32HeadMethod)
         out["head_dtype"] = "torch.float32" if patched else str(head.weight.dtype)
-        out["head_dtype_source"] = ("parity fp32 head patch" if patched
-                                    else "lm_head weight dtype (engine has no head_dtype option)")
+        out["head_dtype_source"] = (
+            "parity fp32 head patch"
+            if patched
+            else "lm_head weight dtype (engine has no head_dtype option)"
+        )
         if patched:
             out["head_patch_calls"] = head.quant_method.calls
         embed = getattr(getattr(model, "model", None), "embed_tokens", None)

@@ -49,7 +49,15 @@ class ProgressBar:
             except ValueError:
                 pass
         try:
-            PROGRESS["send"]({"ok": True, "op": "progress", "done": self.n, "total": self.total,
-                              "elapsed_s": self.format_dict["elapsed"], "out_tok_s": speed})
+            PROGRESS["send"](
+                {
+                    "ok": True,
+                    "op": "progress",
+                    "done": self.n,
+                    "total": self.total,
+                    "elapsed_s": self.format_dict["elapsed"],
+                    "out_tok_s": speed,
+                }
+            )
         except Exception:  # progress is best effort: never the cause of a failed generate
             pass

@@ -61,8 +61,9 @@ def inplace_update(model, checkpoint: str) -> dict:
             if new is None:
                 missing.append(name)
             elif tuple(param.shape) != tuple(new.shape):
-                skipped.append((name, f"engine shape {tuple(param.shape)}, checkpoint "
-                                      f"{tuple(new.shape)}"))
+                skipped.append(
+                    (name, f"engine shape {tuple(param.shape)}, checkpoint {tuple(new.shape)}")
+                )
             else:
                 param.data.copy_(new.to(param.dtype))
                 copied += 1
@@ -88,10 +89,15 @@ def _v1_core(llm):
 def _sampling_params(sampling: dict, index: int, ignore_eos: bool):
     from vllm import SamplingParams
 
-    kwargs = dict(n=sampling["n"], temperature=sampling["temperature"], top_p=sampling["top_p"],
-                  top_k=sampling["top_k"] if sampling["top_k"] > 0 else -1,
-                  max_tokens=sampling["max_tokens"], logprobs=sampling["logprobs"],
-                  ignore_eos=ignore_eos)
+    kwargs = dict(
+        n=sampling["n"],
+        temperature=sampling["temperature"],
+        top_p=sampling["top_p"],
+        top_k=sampling["top_k"] if sampling["top_k"] > 0 else -1,
+        max_tokens=sampling["max_tokens"],
+        logprobs=sampling["logprobs"],
+        ignore_eos=ignore_eos,
+    )
     if sampling.get("seed") is not None:
         kwargs["seed"] = sampling["seed"] + index
     return SamplingParams(**kwargs)
@@ -140,11 +146,13 @@ class Updater:
         t0 = time.perf_counter()
         try:
             if is_v1(llm):
-                out = llm.collective_rpc(vllm_evidence.collect_on_worker,
-                                         args=(checkpoint, fix))[0]
+                out = llm.collective_rpc(vllm_evidence.collect_on_worker, args=(checkpoint, fix))[0]
             else:
-                out = llm.apply_model(functools.partial(
-                    vllm_evidence.collect, checkpoint=checkpoint, reprocess_stale=fix))[0]
+                out = llm.apply_model(
+                    functools.partial(
+                        vllm_evidence.collect, checkpoint=checkpoint, reprocess_stale=fix
+                    )
+                )[0]
         except Exception as exc:  # the evidence must never break the update
             out = {"evidence_error": f"{type(exc).__name__}: {exc}"[:500]}
         out = dict(out)
@@ -157,8 +165,9 @@ class Updater:
         self.host.update_via = via
         return self.host.weight_version
 
-    def update(self, checkpoint: str, mode: str = "keep", clear_cache: bool = False,
-               via: str = "reload") -> dict:
+    def update(
+        self, checkpoint: str, mode: str = "keep", clear_cache: bool = False, via: str = "reload"
+    ) -> dict:
         """Update between generate calls (nothing in flight).
 
         Returns the update record: version (the new one), version_before, via, mechanism,
@@ -166,8 +175,13 @@ class Updater:
         reached (evidence, evidence_s; see _evidence).
         """
         _check(mode, via)
-        rec = {"via": via, "mode": mode, "clear_cache": clear_cache, "checkpoint": checkpoint,
-               "version_before": self.version}
+        rec = {
+            "via": via,
+            "mode": mode,
+            "clear_cache": clear_cache,
+            "checkpoint": checkpoint,
+            "version_before": self.version,
+        }
         rec.update(self._swap(checkpoint, mode, clear_cache, via))
         return rec
 
@@ -200,12 +214,19 @@ class Updater:
             rec["cache_cleared"] = self._v0_reset_cache() if clear_cache else False
         t4 = time.perf_counter()
         fix_s = rec.get("reprocess_s", 0.0)
-        rec.update(version=version, pause_s=t1 - t0, load_s=t2 - t1, resume_s=t4 - t3,
-                   latency_s=(t2 - t0) + fix_s + (t4 - t3))
+        rec.update(
+            version=version,
+            pause_s=t1 - t0,
+            load_s=t2 - t1,
+            resume_s=t4 - t3,
+            latency_s=(t2 - t0) + fix_s + (t4 - t3),
+        )
         try:  # the engine log's line; a report line must never fail the update
-            print(f"parity: update {via} v{version} latency {1000 * rec['latency_s']:.1f} ms "
-                  f"(load {1000 * rec['load_s']:.1f} ms); evidence: {_evidence_line(rec)}",
-                  flush=True)
+            print(
+                f"parity: update {via} v{version} latency {1000 * rec['latency_s']:.1f} ms "
+                f"(load {1000 * rec['load_s']:.1f} ms); evidence: {_evidence_line(rec)}",
+                flush=True,
+            )
         except Exception:
             pass
         return rec
@@ -222,9 +243,17 @@ class Updater:
 
     # ------------------------------------------------------------------------- in flight
 
-    def generate_with_update(self, prompts: list, sampling: dict, checkpoint: str,
-                             after_tokens: int, mode: str = "keep", clear_cache: bool = False,
-                             via: str = "reload", ignore_eos: bool = False) -> dict:
+    def generate_with_update(
+        self,
+        prompts: list,
+        sampling: dict,
+        checkpoint: str,
+        after_tokens: int,
+        mode: str = "keep",
+        clear_cache: bool = False,
+        via: str = "reload",
+        ignore_eos: bool = False,
+    ) -> dict:
         """Generate, updating the weights once every running request has sampled at least
         `after_tokens` tokens (requests already finished count as done).
 
@@ -243,21 +272,28 @@ class Updater:
             _v1_core(llm).call_utility("set_weight_version", str(old))
         ids = [f"parity-upd-{old}-{i}" for i in range(len(prompts))]
         for i, (rid, prompt) in enumerate(zip(ids, prompts)):
-            engine.add_request(rid, {"prompt_token_ids": list(prompt)},
-                               _sampling_params(sampling, i, ignore_eos))
+            engine.add_request(
+                rid, {"prompt_token_ids": list(prompt)}, _sampling_params(sampling, i, ignore_eos)
+            )
         track = _Tracker(old)
         seen_at_request: dict | None = None
-        rec: dict = {"via": via, "mode": mode, "clear_cache": clear_cache,
-                     "checkpoint": checkpoint, "after_tokens": after_tokens,
-                     "version_before": old}
+        rec: dict = {
+            "via": via,
+            "mode": mode,
+            "clear_cache": clear_cache,
+            "checkpoint": checkpoint,
+            "after_tokens": after_tokens,
+            "version_before": old,
+        }
         t_start = time.perf_counter()
         while engine.has_unfinished_requests():
             track.add(engine.step())
             if seen_at_request is None and track.ready(ids, sampling["n"], after_tokens):
                 seen_at_request = track.counts()
                 rec["requested_after_s"] = time.perf_counter() - t_start
-                rec.update(self._update_in_flight(ids, track, checkpoint, mode, clear_cache,
-                                                  via, v1))
+                rec.update(
+                    self._update_in_flight(ids, track, checkpoint, mode, clear_cache, via, v1)
+                )
                 track.current = self.version
         if seen_at_request is None:  # every request finished before the trigger
             rec.update(self.update(checkpoint, mode, clear_cache, via))
@@ -276,12 +312,17 @@ class Updater:
                 if seq["finish_reason"] is None:  # V0 returns nothing more for aborted requests
                     seq["finish_reason"] = "abort"
                 sequences.append(seq)
-        lags = [sum(1 for v in s["weight_versions"] if v == old) - s["seen_at_request"]
-                for s in sequences]
+        lags = [
+            sum(1 for v in s["weight_versions"] if v == old) - s["seen_at_request"]
+            for s in sequences
+        ]
         rec["lag_tokens"] = lags
         rec["version"] = self.version
-        return {"sequences": sequences, "update": rec,
-                "n_tokens": sum(len(s["token_ids"]) for s in sequences)}
+        return {
+            "sequences": sequences,
+            "update": rec,
+            "n_tokens": sum(len(s["token_ids"]) for s in sequences),
+        }
 
     def _update_in_flight(self, ids, track, checkpoint, mode, clear_cache, via, v1) -> dict:
         """The update with requests running. V1's pause applies the mode itself; V0 stops at
@@ -339,13 +380,17 @@ def _evidence_line(out: dict) -> str:
     ev = out.get("evidence")
     if ev is None:
         return f"error: {out.get('evidence_error')}"
-    text = (f"{ev['ok']}/{ev['modules_checked']} modules compute the checkpoint; compute_stale "
-            f"{ev['compute_stale']}, param_stale {ev['param_stale']}, skipped "
-            f"{ev['skipped_total']}, {out['evidence_s']:.3f} s")
+    text = (
+        f"{ev['ok']}/{ev['modules_checked']} modules compute the checkpoint; compute_stale "
+        f"{ev['compute_stale']}, param_stale {ev['param_stale']}, skipped "
+        f"{ev['skipped_total']}, {out['evidence_s']:.3f} s"
+    )
     if "reprocessed" in out:
         before = (out.get("evidence_before_reprocess") or ev)["compute_stale"]
-        text += (f"; PARITY_RELOAD_REPROCESS: compute_stale before {before}, reprocessed "
-                 f"{out['reprocessed']} in {out['reprocess_s']:.3f} s")
+        text += (
+            f"; PARITY_RELOAD_REPROCESS: compute_stale before {before}, reprocessed "
+            f"{out['reprocessed']} in {out['reprocess_s']:.3f} s"
+        )
     return text
 
 
@@ -376,9 +421,13 @@ def _sequence(prompt_index: int, request, completion, with_top: bool) -> dict:
         logprobs.append(float(pos[tok].logprob))
         top.append({str(t): float(lp.logprob) for t, lp in pos.items()})
     return {
-        "prompt_index": prompt_index, "sample_index": completion.index,
-        "prompt_token_ids": list(request.prompt_token_ids), "token_ids": token_ids,
-        "logprobs": logprobs, "top_logprobs": top if with_top else None,
-        "finish_reason": completion.finish_reason, "text": completion.text,
+        "prompt_index": prompt_index,
+        "sample_index": completion.index,
+        "prompt_token_ids": list(request.prompt_token_ids),
+        "token_ids": token_ids,
+        "logprobs": logprobs,
+        "top_logprobs": top if with_top else None,
+        "finish_reason": completion.finish_reason,
+        "text": completion.text,
         "num_cached_tokens": getattr(request, "num_cached_tokens", None),
     }

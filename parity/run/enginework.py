@@ -58,9 +58,13 @@ class Ahead:
 
     def __init__(self, items, refused, doomed, drifts, pythons, log_dir: Path, kwargs):
         self.items, self.pythons, self.log_dir, self.kwargs = items, pythons, log_dir, kwargs
-        self.skip = {i for i, ((key, model), jobs) in enumerate(items, 1)
-                     if (key, model) in refused or all(id(r) in doomed for r, _ in jobs)
-                     or drifts.get((jobs[0][0].scenario.settings()[jobs[0][1]].env, model))}
+        self.skip = {
+            i
+            for i, ((key, model), jobs) in enumerate(items, 1)
+            if (key, model) in refused
+            or all(id(r) in doomed for r, _ in jobs)
+            or drifts.get((jobs[0][0].scenario.settings()[jobs[0][1]].env, model))
+        }
         self.engines: dict[int, Any] = {}
         self.offsets: dict[int, int] = {}
 
@@ -77,8 +81,7 @@ class Ahead:
         path = self.log_dir / f"engine-{nxt}-{key}.log"
         engine = None
         try:  # a failure here is the next engine's own: its turn creates it again and says why
-            engine = engines.create(setting, model, self.pythons[setting.env], path,
-                                    **self.kwargs)
+            engine = engines.create(setting, model, self.pythons[setting.env], path, **self.kwargs)
             if not hasattr(engine, "preload"):
                 return
             self.offsets[nxt] = faults.log_size(path)

@@ -14,8 +14,12 @@ from parity.verdicts.core import Verdict
 
 # Lines that only point elsewhere (vLLM: "Engine core initialization failed. See root cause
 # above."): never the root cause themselves.
-GENERIC = ("See root cause above", "Engine core initialization failed",
-           "EngineCore failed to start", "encountered a fatal error")
+GENERIC = (
+    "See root cause above",
+    "Engine core initialization failed",
+    "EngineCore failed to start",
+    "encountered a fatal error",
+)
 MAX_CAUSE_CHARS = 400
 # "(EngineCore_DP0 pid=12) " and "[rank0]: " in front of what a process logs.
 _PREFIX = re.compile(r"^(?:\([^()]*pid=\d+\)\s*|\[rank\d+\]:\s*)+")
@@ -23,15 +27,22 @@ _PREFIX = re.compile(r"^(?:\([^()]*pid=\d+\)\s*|\[rank\d+\]:\s*)+")
 _LOGGED = re.compile(r"^(?:ERROR|CRITICAL)\s+[^\[]*\[[^\]\s]+:\d+\]\s?(?P<msg>.*)$")
 # The last line of a traceback: "RuntimeError: ...", "torch.OutOfMemoryError: ...".
 _RAISED = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::\s.*)?$")
-_TRACEBACK = ("Traceback (most recent call last)", 'File "', "The above exception",
-              "During handling of the above exception")
+_TRACEBACK = (
+    "Traceback (most recent call last)",
+    'File "',
+    "The above exception",
+    "During handling of the above exception",
+)
 
 
 def describe(exc: BaseException) -> str:
     """'Type: message (at file.py:12 in function)': an unexpected exception in one line."""
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" \
-        if frames else ""
+    where = (
+        f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})"
+        if frames
+        else ""
+    )
     return f"{type(exc).__name__}: {exc}{where}"
 
 
@@ -109,16 +120,18 @@ def engine_verdict(res) -> Verdict | None:
     for role in res.scenario.settings():  # a refusal explains the other roles' absence
         er = res.runs.get(role)
         if er is not None and er.extra.get("refused"):
-            return core.unresolved("refused_here", f"{role} engine cannot run on this machine "
-                                                   f"(not started): {er.extra['refused']}")
+            return core.unresolved(
+                "refused_here",
+                f"{role} engine cannot run on this machine (not started): {er.extra['refused']}",
+            )
     for role in res.scenario.settings():
         er = res.runs.get(role)
         if er is None:
-            return core.unresolved("engine_failed", f"{role} engine failed: the engine did "
-                                                    "not run")
+            return core.unresolved("engine_failed", f"{role} engine failed: the engine did not run")
         if er.error:
-            return core.unresolved("engine_failed", engine_failure(role, er.error, er.log_path,
-                                                                   er.log_offset))
+            return core.unresolved(
+                "engine_failed", engine_failure(role, er.error, er.log_path, er.log_offset)
+            )
         if not er.sequences and not er.extra.get("probe_error"):
             return core.unresolved("no_samples", f"{role} engine returned no sequences")
     return None

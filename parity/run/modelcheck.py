@@ -18,15 +18,21 @@ from parity.verdicts.core import Verdict
 Log = Callable[[str], None]
 
 
-def config_drift(results, pythons: dict[str, str], log_dir: Path,
-                 log: Log) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def config_drift(
+    results, pythons: dict[str, str], log_dir: Path, log: Log
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """What each engine environment's own transformers reads from each checkpoint, against what
     the trainer reads (identity.drift), before any engine starts: {(env, model): rows}."""
 
     out = {}
-    for env, model_path in sorted({(s.env, r.model_path) for r in results
-                                   for s in r.scenario.settings().values()
-                                   if s.engine != "openai"}):
+    for env, model_path in sorted(
+        {
+            (s.env, r.model_path)
+            for r in results
+            for s in r.scenario.settings().values()
+            if s.engine != "openai"
+        }
+    ):
         if env == "harness":  # the trainer's own interpreter: nothing to drift
             continue
         try:
@@ -34,8 +40,9 @@ def config_drift(results, pythons: dict[str, str], log_dir: Path,
         except EngineError as exc:
             log(f"[validate] could not read {Path(model_path).name} in env {env}: {exc}")
             continue  # the engine start will say what is wrong with the environment
-        rows = identity.drift(trainer_facts(model_path), facts, env,
-                              str(facts.get("transformers_version")))
+        rows = identity.drift(
+            trainer_facts(model_path), facts, env, str(facts.get("transformers_version"))
+        )
         if rows:
             out[(env, model_path)] = rows
     return out
@@ -50,32 +57,67 @@ def trainer_facts(model_path: str) -> dict[str, Any]:
 
 def drift_verdict(res) -> Verdict:
     envs = {role: s.env for role, s in res.scenario.settings().items()}
-    findings = [core.Finding(f"drift.{role}.{r['key']}", "equality", "fail", r.get(envs[role]),
-                             r.get("trainer"), {"row": r}, r["message"])
-                for role, rows in res.drift.items() for r in rows]
+    findings = [
+        core.Finding(
+            f"drift.{role}.{r['key']}",
+            "equality",
+            "fail",
+            r.get(envs[role]),
+            r.get("trainer"),
+            {"row": r},
+            r["message"],
+        )
+        for role, rows in res.drift.items()
+        for r in rows
+    ]
     text = "; ".join(f"{role}: {r['message']}" for role, rows in res.drift.items() for r in rows)
-    return Verdict("fail", "config_drift", "the engine's environment would read this checkpoint "
-                   f"differently from the trainer (engine not started): {text}", findings)
+    return Verdict(
+        "fail",
+        "config_drift",
+        "the engine's environment would read this checkpoint "
+        f"differently from the trainer (engine not started): {text}",
+        findings,
+    )
 
 
 def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
     """Model identity, engine vs trainer and engine vs engine, by the one rule (identity.py)."""
 
     trainer = trainer_facts(res.model_path)
-    facts = {role: identity.engine_facts((er.effective_config or {}).get("key") or {})
-             for role, er in res.runs.items()}
+    facts = {
+        role: identity.engine_facts((er.effective_config or {}).get("key") or {})
+        for role, er in res.runs.items()
+    }
     # Facts an engine kind cannot expose at all (a served engine's endpoints give no
     # hf_config): shown as unknown, not compared, and named in the finding's note.
-    hidden = {role: set((er.effective_config or {}).get("not_exposed") or ())
-              for role, er in res.runs.items()}
+    hidden = {
+        role: set((er.effective_config or {}).get("not_exposed") or ())
+        for role, er in res.runs.items()
+    }
     # The dtype an engine computes in is a setting (the update scenarios run fp32 engines on
     # bf16 checkpoints, scored by an fp32 trainer); it is compared engine vs engine only.
-    pairs = [(f"identity.{role}_vs_trainer", (role, "trainer"), facts[role], trainer,
-              {"model.dtype"}, hidden[role]) for role in facts]
+    pairs = [
+        (
+            f"identity.{role}_vs_trainer",
+            (role, "trainer"),
+            facts[role],
+            trainer,
+            {"model.dtype"},
+            hidden[role],
+        )
+        for role in facts
+    ]
     if len(facts) == 2:
-        pairs.append(("identity.baseline_vs_candidate", ("baseline", "candidate"),
-                      facts["baseline"], facts["candidate"], set(),
-                      hidden["baseline"] | hidden["candidate"]))
+        pairs.append(
+            (
+                "identity.baseline_vs_candidate",
+                ("baseline", "candidate"),
+                facts["baseline"],
+                facts["candidate"],
+                set(),
+                hidden["baseline"] | hidden["candidate"],
+            )
+        )
     rows_out = {}
     for name, names, a, b, skip, not_exposed in pairs:
         rows = [r for r in identity.compare(a, b, names=names) if r["key"] not in skip]
@@ -86,20 +128,30 @@ def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
         if not compared:  # nothing this pair can show: no finding, only the rows
             continue
         outcome = "fail" if differs else ("inconclusive" if unknown else "pass")
-        note = "; ".join(f"{r['key']}: {r[names[0]]!r} vs {r[names[1]]!r}" for r in differs) \
-            or (("not readable on one side: " + ", ".join(r["key"] for r in unknown))
-                if unknown else "")
+        note = "; ".join(f"{r['key']}: {r[names[0]]!r} vs {r[names[1]]!r}" for r in differs) or (
+            ("not readable on one side: " + ", ".join(r["key"] for r in unknown)) if unknown else ""
+        )
         if not_exposed & {r["key"] for r in rows}:
-            note = "; ".join(filter(None, [note, "not exposed by a served engine, not "
-                                                 "compared: " + ", ".join(sorted(
-                                                     not_exposed & {r["key"] for r in rows}))]))
-        verdict.findings.append(core.Finding(name, "equality", outcome, len(differs), 0,
-                                             {"rows": rows}, note))
+            note = "; ".join(
+                filter(
+                    None,
+                    [
+                        note,
+                        "not exposed by a served engine, not "
+                        "compared: " + ", ".join(sorted(not_exposed & {r["key"] for r in rows})),
+                    ],
+                )
+            )
+        verdict.findings.append(
+            core.Finding(name, "equality", outcome, len(differs), 0, {"rows": rows}, note)
+        )
         if differs:
             verdict.diagnosis = "model_mismatch"
-            verdict.message = (f"{names[0]} and {names[1]} do not run the same model ({note}): "
-                               "check the checkpoint each side loads, its hf_overrides, and "
-                               "config drift between transformers versions (rope_theta vs "
-                               "rope_parameters); " + verdict.message)
+            verdict.message = (
+                f"{names[0]} and {names[1]} do not run the same model ({note}): "
+                "check the checkpoint each side loads, its hf_overrides, and "
+                "config drift between transformers versions (rope_theta vs "
+                "rope_parameters); " + verdict.message
+            )
     detail["identity"] = rows_out
     verdict.recombine()

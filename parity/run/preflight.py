@@ -41,8 +41,10 @@ _SEEN: dict[tuple[str, str], tuple[list[dict], str, dict]] = {}
 
 
 def _key(c: Check) -> str:
-    return json.dumps({"model": c.model_path, "engine_args": c.setting.args,
-                       "env_vars": c.setting.variables}, sort_keys=True)
+    return json.dumps(
+        {"model": c.model_path, "engine_args": c.setting.args, "env_vars": c.setting.variables},
+        sort_keys=True,
+    )
 
 
 def checks_for(results) -> list[tuple[Any, str, Check]]:
@@ -59,8 +61,12 @@ def checks_for(results) -> list[tuple[Any, str, Check]]:
     return out
 
 
-def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
-              ) -> tuple[dict[str, str], dict, dict[tuple[str, str], str]]:
+def preflight(
+    results,
+    tokenizers: dict[str, Any],
+    log_dir: Path,
+    log: Log,
+) -> tuple[dict[str, str], dict, dict[tuple[str, str], str]]:
     """Everything checked in the engines' environments before any engine starts: the
     environments are built, every engine argument judged by its vLLM, every request checked
     against the limits the engine's config sets, and each checkpoint read as each environment
@@ -82,7 +88,8 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
 
     jobs = checks_for(results)
     names = {c.setting.env for *_, c in jobs} | {
-        s.env for r in results for s in r.scenario.settings().values()}
+        s.env for r in results for s in r.scenario.settings().values()
+    }
     pythons = {env: envs.python_for(env, log) for env in sorted(names)}
     engine_problems([c for *_, c in jobs], pythons, log_dir)
     refused = {}
@@ -91,25 +98,30 @@ def preflight(results, tokenizers: dict[str, Any], log_dir: Path, log: Log,
         if reason:
             refused[(check.setting.key(), res.model_path)] = reason
             log(f"{res.scenario.name} [{role}]: cannot run here: {reason}")
-    problems = engine_problems([c for *_, c in jobs
-                                if (c.setting.key(), c.model_path) not in refused],
-                               pythons, log_dir)
+    problems = engine_problems(
+        [c for *_, c in jobs if (c.setting.key(), c.model_path) not in refused], pythons, log_dir
+    )
     lengths: dict[int, list[int]] = {}
     for res, role, check in jobs:
         if not limits(check, pythons[check.setting.env]):
             continue  # refused config (reported above), or no limits we know of
         if id(res) not in lengths:
-            lengths[id(res)] = [len(p) for p in render(tokenizers[res.model_path], res.prompts,
-                                                       res.scenario.chat)]
-        problems += request_problems(check, pythons[check.setting.env], lengths[id(res)],
-                                     sampling_for(res.scenario, role))
+            lengths[id(res)] = [
+                len(p) for p in render(tokenizers[res.model_path], res.prompts, res.scenario.chat)
+            ]
+        problems += request_problems(
+            check, pythons[check.setting.env], lengths[id(res)], sampling_for(res.scenario, role)
+        )
     if problems:
         raise ScenarioError(list(dict.fromkeys(problems)))
     return pythons, modelcheck.config_drift(results, pythons, log_dir, log), refused
 
 
-def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
-                    ) -> list[Problem]:
+def engine_problems(
+    checks: list[Check],
+    pythons: dict[str, str],
+    log_dir: Path,
+) -> list[Problem]:
     """Every unknown engine-arg name and every value vLLM's config classes refuse, for all
     checks at once (sorted, each reported once per place and field).
 
@@ -129,12 +141,15 @@ def engine_problems(checks: list[Check], pythons: dict[str, str], log_dir: Path,
     for python, items in todo.items():
         env = next(c.setting.env for c in checks if pythons[c.setting.env] == python)
         keys = list(items)
-        reply = validate_engine_args(python, [items[k] for k in keys],
-                                     log_dir / f"validate-{env}.log")
+        reply = validate_engine_args(
+            python, [items[k] for k in keys], log_dir / f"validate-{env}.log"
+        )
         for i, key in enumerate(keys):
-            _SEEN[(python, key)] = ([p for p in reply["problems"] if p["index"] == i],
-                                    reply["vllm_version"],
-                                    (reply.get("limits") or {}).get(str(i)) or {})
+            _SEEN[(python, key)] = (
+                [p for p in reply["problems"] if p["index"] == i],
+                reply["vllm_version"],
+                (reply.get("limits") or {}).get(str(i)) or {},
+            )
     problems = set()
     for c in checks:
         found, version, _ = _SEEN[(pythons[c.setting.env], _key(c))]
@@ -149,8 +164,12 @@ def limits(check: Check, python: str) -> dict:
     return found[2] if found else {}
 
 
-def request_problems(check: Check, python: str, prompt_lens: list[int], sampling,
-                     ) -> list[Problem]:
+def request_problems(
+    check: Check,
+    python: str,
+    prompt_lens: list[int],
+    sampling,
+) -> list[Problem]:
     """Requests this engine would refuse: a prompt as long as its max_model_len (no room for
     one token; vLLM caps max_tokens silently but refuses such prompts), more logprobs than its
     max_logprobs."""
@@ -159,15 +178,25 @@ def request_problems(check: Check, python: str, prompt_lens: list[int], sampling
     where, role = check.where, check.field.split(".")[0]
     max_len, longest = lim.get("max_model_len"), max(prompt_lens, default=0)
     if isinstance(max_len, int) and longest >= max_len:
-        out.append((where, "prompts",
-                    f"the longest prompt has {longest} tokens: the {role} engine's "
-                    f"max_model_len {max_len} leaves no room to generate; shorten the prompts "
-                    "or raise engine_args.max_model_len"))
+        out.append(
+            (
+                where,
+                "prompts",
+                f"the longest prompt has {longest} tokens: the {role} engine's "
+                f"max_model_len {max_len} leaves no room to generate; shorten the prompts "
+                "or raise engine_args.max_model_len",
+            )
+        )
     max_lp = lim.get("max_logprobs")
     if isinstance(max_lp, int) and max_lp >= 0 and sampling.logprobs > max_lp:
-        out.append((where, "sampling.logprobs",
-                    f"{sampling.logprobs} exceeds the {role} engine's max_logprobs {max_lp}; "
-                    "ask for fewer or raise engine_args.max_logprobs"))
+        out.append(
+            (
+                where,
+                "sampling.logprobs",
+                f"{sampling.logprobs} exceeds the {role} engine's max_logprobs {max_lp}; "
+                "ask for fewer or raise engine_args.max_logprobs",
+            )
+        )
     return out
 
 
@@ -185,25 +214,40 @@ def refusal(check: Check, python: str) -> str | None:
     message = next(p["message"] for p in found[0] if p.get("kind") == "env")
     reason = re.search(r"Value error, (.*?)(?: \[type=|$)", message)
     setting = ", ".join(f"{n}={check.setting.variables.get(n)}" for n in names)
-    return (f"vLLM {found[1]} ({check.setting.env}) refuses {setting} on this machine: "
-            f"{reason[1] if reason else message}")
+    return (
+        f"vLLM {found[1]} ({check.setting.env}) refuses {setting} on this machine: "
+        f"{reason[1] if reason else message}"
+    )
 
 
 def _problem(c: Check, p: dict, version: str) -> Problem:
     where = f"vLLM {version} ({c.setting.env})"
     if p.get("kind") == "env":
-        return (c.where, f"{c.field.split('.')[0]}.env_vars.{p['name']}",
-                f"{where} refuses this mode on this machine: {p['message']}; run it where that "
-                "vLLM supports it (or remove the variable)")
+        return (
+            c.where,
+            f"{c.field.split('.')[0]}.env_vars.{p['name']}",
+            f"{where} refuses this mode on this machine: {p['message']}; run it where that "
+            "vLLM supports it (or remove the variable)",
+        )
     if p.get("kind") == "env_value":
-        return (c.where, f"{c.field.split('.')[0]}.env_vars.{p['name']}",
-                f"{where} cannot read this value: {p['message']}; fix the value (or remove "
-                "the variable)")
+        return (
+            c.where,
+            f"{c.field.split('.')[0]}.env_vars.{p['name']}",
+            f"{where} cannot read this value: {p['message']}; fix the value (or remove "
+            "the variable)",
+        )
     if p.get("kind", "name") == "name":
         close = p.get("suggestions") or []
-        hint = (f"did you mean {', '.join(close)}?" if close
-                else "see vLLM's EngineArgs for the accepted names")
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "see vLLM's EngineArgs for the accepted names"
+        )
         return (c.where, f"{c.field}.{p['name']}", f"not an engine argument of {where}; {hint}")
     fld = f"{c.field}.{p['name']}" if p.get("name") else c.field
-    return (c.where, fld, f"{where} refuses this value: {p['message']}; fix the value "
-                          "(or remove it to use the engine's default)")
+    return (
+        c.where,
+        fld,
+        f"{where} refuses this value: {p['message']}; fix the value "
+        "(or remove it to use the engine's default)",
+    )

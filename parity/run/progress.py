@@ -33,11 +33,16 @@ class Display:
 
     def __enter__(self) -> "Display":
         if self.live:
-
-            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                 BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[speed]}"), TimeElapsedColumn(),
-                                 console=self.console, transient=True)
+            self._bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[speed]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
             self._bar.start()
             self._phase = self._bar.add_task("preparing", total=None, speed="")
         return self
@@ -59,8 +64,7 @@ class Display:
         text = f"{speed:.1f} tok/s" if isinstance(speed, (int, float)) else ""
         if self._bar is not None:
             if key not in self._tasks:
-                self._tasks[key] = self._bar.add_task(f"{key[0]} [{key[1]}]", total=total,
-                                                      speed="")
+                self._tasks[key] = self._bar.add_task(f"{key[0]} [{key[1]}]", total=total, speed="")
             self._bar.update(self._tasks[key], completed=done, total=total, speed=text)
             if total is not None and done >= total:
                 self._bar.remove_task(self._tasks.pop(key))
@@ -68,11 +72,14 @@ class Display:
         now = time.monotonic()
         if now - self._last.setdefault(key, now) >= self.every_s:
             self._last[key] = now
-            self.console.print(f"  {key[0]} [{key[1]}]: {done}/{total} requests, "
-                               f"{event.get('elapsed_s', 0):.0f}s" + (f", {text}" if text else ""),
-                               highlight=False, markup=False)
+            self.console.print(
+                f"  {key[0]} [{key[1]}]: {done}/{total} requests, "
+                f"{event.get('elapsed_s', 0):.0f}s" + (f", {text}" if text else ""),
+                highlight=False,
+                markup=False,
+            )
 
 
 def _short(message: str, width: int = 70) -> str:
     line = message.strip().splitlines()[0] if message.strip() else ""
-    return line if len(line) <= width else line[:width - 1] + "…"
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -37,8 +37,10 @@ def arithmetic(n: int, seed: int = 0) -> list[Prompt]:
 
 def shared_prefix(n: int, seed: int = 0) -> list[Prompt]:
     """`n` prompts sharing a long common prefix (for prefix-cache probes)."""
-    prefix = ("You are a careful assistant. Read the question, think about the numbers involved, "
-              "and answer with a short sentence that states the result clearly. ")
+    prefix = (
+        "You are a careful assistant. Read the question, think about the numbers involved, "
+        "and answer with a short sentence that states the result clearly. "
+    )
     return [Prompt(prefix + p.text, p.answer) for p in arithmetic(n, seed)]
 
 
@@ -55,8 +57,10 @@ def parse_source(source: str) -> tuple[str, int]:
     """Split "name:N" into (name, N); raises ValueError with the accepted forms."""
     m = re.fullmatch(r"([a-z-]+):(\d+)", source.strip())
     if not m or m.group(1) not in GENERATORS:
-        raise ValueError(f"unknown prompt source {source!r}; use one of "
-                         + ", ".join(f"'{g}:N'" for g in GENERATORS))
+        raise ValueError(
+            f"unknown prompt source {source!r}; use one of "
+            + ", ".join(f"'{g}:N'" for g in GENERATORS)
+        )
     n = int(m.group(2))
     if not 1 <= n <= MAX_PROMPTS:
         raise ValueError(f"prompt source {source!r} must ask for 1 to {MAX_PROMPTS} prompts")
@@ -78,8 +82,9 @@ def render(tokenizer, prompts: list[Prompt], chat: bool | None = None) -> list[l
     out = []
     for p in prompts:
         if use_chat:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": p.text}],
-                                                add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": p.text}], add_generation_prompt=True, tokenize=True
+            )
             if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
                 ids = ids["input_ids"]
         else:

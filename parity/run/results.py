@@ -48,8 +48,9 @@ class ScenarioResult:
 
     @property
     def as_expected(self) -> bool:
-        return self.verdict is not None and core.expected(self.verdict, self.scenario.expect,
-                                                          self.scenario.expect_diagnosis)
+        return self.verdict is not None and core.expected(
+            self.verdict, self.scenario.expect, self.scenario.expect_diagnosis
+        )
 
     def rewards(self, seqs: list[Sequence]) -> list[float] | None:
         """Per-sequence reward, or None when the scenario has no reward function."""

@@ -35,10 +35,17 @@ def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[Sce
     return plan
 
 
-def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
-        start_timeout: float = 600.0, request_timeout: float = 1800.0,
-        dry_run: bool = False, export: Path | None = None,
-        progress: Callable[[dict], None] | None = None, preflight: bool = True) -> RunResult:
+def run(
+    scenarios: list[Scenario],
+    out_dir: Path,
+    log: Log = print,
+    start_timeout: float = 600.0,
+    request_timeout: float = 1800.0,
+    dry_run: bool = False,
+    export: Path | None = None,
+    progress: Callable[[dict], None] | None = None,
+    preflight: bool = True,
+) -> RunResult:
     """Run scenarios end to end. Engine failures make the affected scenarios "unresolved";
     an interrupt, or a harness bug outside one scenario's work, keeps what finished
     (RunResult.interrupted says why) and the rest of the run is still judged. `dry_run`:
@@ -61,8 +68,11 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     run = RunResult(run_id=out_dir.name, results=[ScenarioResult(sc) for sc in scenarios])
     timings = run.timings
     # The harness's validator imports vLLM while the run's models and prompts are prepared.
-    if preflight and any(s.env == "harness" and s.engine == "vllm" for r in run.results
-                         for s in r.scenario.settings().values()):
+    if preflight and any(
+        s.env == "harness" and s.engine == "vllm"
+        for r in run.results
+        for s in r.scenario.settings().values()
+    ):
         process.warm_validator(envs.python_for("harness", log), log_dir / "validate-harness.log")
     try:
         tokenizers, pythons, drifts, refused = _prepare(run, preflight, log_dir, log)
@@ -75,13 +85,23 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     # whatever their other engines do: those are started only when another scenario needs them.
     doomed = {id(r) for where, jobs in plan.items() if where in refused for r, _ in jobs}
     if dry_run:
-        run.engines = [{"n": n, "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
-                        "model": where[1], "planned": True,
-                        "scenarios": [r.scenario.name for r, _ in jobs],
-                        **({"skipped": f"cannot run here: {refused[where]}"} if where in refused
-                           else {"skipped": "not needed: its scenarios cannot run here"}
-                           if all(id(r) in doomed for r, _ in jobs) else {})}
-                       for n, (where, jobs) in enumerate(plan.items(), 1)]
+        run.engines = [
+            {
+                "n": n,
+                "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
+                "model": where[1],
+                "planned": True,
+                "scenarios": [r.scenario.name for r, _ in jobs],
+                **(
+                    {"skipped": f"cannot run here: {refused[where]}"}
+                    if where in refused
+                    else {"skipped": "not needed: its scenarios cannot run here"}
+                    if all(id(r) in doomed for r, _ in jobs)
+                    else {}
+                ),
+            }
+            for n, (where, jobs) in enumerate(plan.items(), 1)
+        ]
         timings["build_s"] = phases.build_seconds() - b_run
         return run
 
@@ -89,27 +109,45 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["engine_stop_s"] = 0.0
     timings["tokens_generated"] = 0
     closing: list[threading.Thread] = []
-    ahead = Ahead(list(plan.items()), refused, doomed, drifts, pythons, log_dir,
-                   dict(start_timeout=start_timeout, request_timeout=request_timeout))
+    ahead = Ahead(
+        list(plan.items()),
+        refused,
+        doomed,
+        drifts,
+        pythons,
+        log_dir,
+        dict(start_timeout=start_timeout, request_timeout=request_timeout),
+    )
     try:
         for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
             setting = jobs[0][0].scenario.settings()[jobs[0][1]]
             log_path = log_dir / f"engine-{n}-{key}.log"
             offset = ahead.offsets.get(n, faults.log_size(log_path))
-            log(f"[engine {n}/{len(plan)}] starting {setting.label()} on "
-                f"{Path(model_path).name}")
-            record = {"n": n, "setting": setting.to_dict(), "model": model_path,
-                      "log": str(log_path), "scenarios": [r.scenario.name for r, _ in jobs]}
+            log(f"[engine {n}/{len(plan)}] starting {setting.label()} on {Path(model_path).name}")
+            record = {
+                "n": n,
+                "setting": setting.to_dict(),
+                "model": model_path,
+                "log": str(log_path),
+                "scenarios": [r.scenario.name for r, _ in jobs],
+            }
             run.engines.append(record)
             if (key, model_path) in refused or all(id(r) in doomed for r, _ in jobs):
                 why = refused.get((key, model_path))
-                record["skipped"] = (f"cannot run here: {why}" if why else "not needed: every "
-                                     "scenario it serves needs an engine that cannot run here")
+                record["skipped"] = (
+                    f"cannot run here: {why}"
+                    if why
+                    else "not needed: every scenario it serves needs an engine that cannot run here"
+                )
                 log(f"[engine {n}/{len(plan)}] not started: {record['skipped']}")
                 for res, role in jobs:
-                    res.runs[role] = EngineRun(role, setting, log_path=str(log_path),
-                                               error=record["skipped"],
-                                               extra={"refused": why} if why else {})
+                    res.runs[role] = EngineRun(
+                        role,
+                        setting,
+                        log_path=str(log_path),
+                        error=record["skipped"],
+                        extra={"refused": why} if why else {},
+                    )
                 continue
             drift = drifts.get((setting.env, model_path))
             if drift:
@@ -122,8 +160,13 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
             engine = None
             try:
                 engine = ahead.take(n) or engines.create(
-                    setting, model_path, pythons[setting.env], log_path,
-                    start_timeout=start_timeout, request_timeout=request_timeout)
+                    setting,
+                    model_path,
+                    pythons[setting.env],
+                    log_path,
+                    start_timeout=start_timeout,
+                    request_timeout=request_timeout,
+                )
                 engine.start()
                 ahead.preload_after(n)  # the next engine imports vLLM while this one works
                 record["start_s"] = engine.start_s
@@ -132,20 +175,27 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                 log(f"[engine {n}/{len(plan)}] started in {engine.start_s:.1f}s")
                 memo = MemoEngine(engine)
                 for res, role in jobs:
-                    er = EngineRun(role, setting, log_path=str(log_path), log_offset=offset,
-                                   effective_config=engine.effective_config(),
-                                   start_s=engine.start_s)
+                    er = EngineRun(
+                        role,
+                        setting,
+                        log_path=str(log_path),
+                        log_offset=offset,
+                        effective_config=engine.effective_config(),
+                        start_s=engine.start_s,
+                    )
                     res.runs[role] = er
                     t0, b0 = time.perf_counter(), phases.build_seconds()
                     reused = memo.reused
                     category = categories.get(res.scenario.category)
                     if progress is not None:
-                        engine.on_progress = (lambda m, name=res.scenario.name, role=role:
-                                              progress({**m, "scenario": name, "role": role}))
+                        engine.on_progress = lambda m, name=res.scenario.name, role=role: progress(
+                            {**m, "scenario": name, "role": role}
+                        )
                     try:
                         prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
-                        category.drive(memo if category.reuses_generations else engine, res,
-                                       role, prompts, log)
+                        category.drive(
+                            memo if category.reuses_generations else engine, res, role, prompts, log
+                        )
                     except EngineError:
                         raise
                     except Exception as exc:  # a bug in one scenario's engine work: that
@@ -157,9 +207,11 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                     timings["generate_s"] += er.generate_s
                     n_tok = sum(len(s.token_ids) for s in er.sequences)
                     timings["tokens_generated"] += 0 if er.reused else n_tok
-                    log(f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
+                    log(
+                        f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
                         f"{n_tok} tokens in {er.generate_s:.1f}s"
-                        + (" (reused: same prompts and sampling)" if er.reused else ""))
+                        + (" (reused: same prompts and sampling)" if er.reused else "")
+                    )
             except Exception as exc:  # EngineError, or a harness bug around this engine
                 internal = not isinstance(exc, EngineError)
                 why = faults.internal_error(exc) if internal else str(exc)
@@ -168,8 +220,9 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
                 record["error"] = why
                 log(f"[engine {n}/{len(plan)}] FAILED: {why}")
                 for res, role in jobs:
-                    er = res.runs.setdefault(role, EngineRun(role, setting, log_offset=offset,
-                                                             log_path=str(log_path)))
+                    er = res.runs.setdefault(
+                        role, EngineRun(role, setting, log_offset=offset, log_path=str(log_path))
+                    )
                     if not er.sequences:
                         er.error = why
             finally:
@@ -221,7 +274,8 @@ def run(scenarios: list[Scenario], out_dir: Path, log: Log = print,
     timings["total_s"] = time.perf_counter() - t_run
     timings["build_s"] = phases.build_seconds() - b_run
     timings["harness_overhead_s"] = timings["total_s"] - sum(
-        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s", "build_s"))
+        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s", "build_s")
+    )
     return run
 
 
@@ -241,8 +295,10 @@ def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
         res.model_path = model_path
         if model_path not in tokenizers:
             tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
-            run.models[model_path] = {"name": res.scenario.model,
-                                      "fingerprint": models.fingerprint(model_path)}
+            run.models[model_path] = {
+                "name": res.scenario.model,
+                "fingerprint": models.fingerprint(model_path),
+            }
         sc = res.scenario
         res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
     timings["prepare_s"] = _lap(t0, b0)
@@ -253,8 +309,11 @@ def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
     if preflight:
         pythons, drifts, refused = validate.preflight(run.results, tokenizers, log_dir, log)
     else:
-        pythons = {s.env: envs.python_for(s.env, log) for r in run.results
-                   for s in r.scenario.settings().values()}
+        pythons = {
+            s.env: envs.python_for(s.env, log)
+            for r in run.results
+            for s in r.scenario.settings().values()
+        }
         drifts, refused = {}, {}
     timings["validate_s"] = _lap(t0, b0)
     return tokenizers, pythons, drifts, refused
@@ -265,8 +324,11 @@ def _lap(t0: float, b0: float) -> float:
     return time.perf_counter() - t0 - (phases.build_seconds() - b0)
 
 
-def judge(res: ScenarioResult, refs: References, export: dict[str, Any] | None = None,
-          ) -> tuple[Verdict, dict[str, Any]]:
+def judge(
+    res: ScenarioResult,
+    refs: References,
+    export: dict[str, Any] | None = None,
+) -> tuple[Verdict, dict[str, Any]]:
     """The scenario's verdict: unresolved when an engine it needs failed, or when its sequences
     were exported instead (`export`: RunResult.export); else its category's judgement plus the
     model-identity findings (every engine must run the model the trainer loads, and both
@@ -297,12 +359,15 @@ def _add_reward(res: ScenarioResult, detail: dict[str, Any]) -> None:
     for role, er in res.runs.items():
         values = res.rewards(er.sequences)
         if values:
-            detail.setdefault("reward", {})[role] = {"mean": sum(values) / len(values),
-                                                     "n": len(values)}
+            detail.setdefault("reward", {})[role] = {
+                "mean": sum(values) / len(values),
+                "n": len(values),
+            }
 
 
-def new_run_dir(output: Path | None, results_root: Path = Path("results"),
-                prefix: str = "") -> Path:
+def new_run_dir(
+    output: Path | None, results_root: Path = Path("results"), prefix: str = ""
+) -> Path:
     """results/<prefix><run-id>/ (a UTC timestamp, suffixed when it exists), or the --output
     directory as given."""
     if output is not None:

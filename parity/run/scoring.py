@@ -92,11 +92,19 @@ class References:
         key = (str(model_path), head_dtype, rule, device, scorer)
         if key not in self._refs:
             what = "HF transformers" if scorer == "hf" else f"scorer {scorer}"
-            self.log(f"[reference] {what} on {Path(model_path).name} "
-                     f"({head_dtype} lm_head, top-k ties: {rule}, device {device})")
-            self._refs[key] = trainer.new_scorer(model_path, head_dtype, scorer,
-                                                 model_fp=models.fingerprint(model_path),
-                                                 cache=self.cache, tie_rule=rule, device=device)
+            self.log(
+                f"[reference] {what} on {Path(model_path).name} "
+                f"({head_dtype} lm_head, top-k ties: {rule}, device {device})"
+            )
+            self._refs[key] = trainer.new_scorer(
+                model_path,
+                head_dtype,
+                scorer,
+                model_fp=models.fingerprint(model_path),
+                cache=self.cache,
+                tie_rule=rule,
+                device=device,
+            )
         ref = self._refs[key]
         return ref if res is None else Recorded(ref, head_dtype, rule, res.ref_scores)
 
@@ -105,9 +113,15 @@ class References:
         if head_dtype != sc.head_dtype:
             raise external.ScoresUnavailable(
                 f"{sc.scores} holds scores for the {sc.head_dtype} head only, {head_dtype} "
-                "was asked for")
-        key = (str(sc.scores), sc.sampling.temperature, sc.sampling.top_p, sc.sampling.top_k,
-               sc.head_dtype)
+                "was asked for"
+            )
+        key = (
+            str(sc.scores),
+            sc.sampling.temperature,
+            sc.sampling.top_p,
+            sc.sampling.top_k,
+            sc.head_dtype,
+        )
         if key not in self._files:
             data, problems = external.load_scores(sc.scores)
             if data is None:  # changed on disk since the scenario was validated
@@ -160,15 +174,23 @@ def exported_verdict(res, export: dict[str, Any]) -> core.Verdict:
         return core.unresolved("sequences_exported", f"not judged: {export['error']}")
     category = categories.get(res.scenario.category)
     if category.scores_columns is None:
-        return core.unresolved("sequences_exported", (
-            f"not judged (sequences exported): the {category.name} category cannot be judged "
-            f"from a scores file ({category.scores_refusal}), so its sequences are not in "
-            f"{export.get('file')}; run it without --export-sequences"))
+        return core.unresolved(
+            "sequences_exported",
+            (
+                f"not judged (sequences exported): the {category.name} category cannot be judged "
+                f"from a scores file ({category.scores_refusal}), so its sequences are not in "
+                f"{export.get('file')}; run it without --export-sequences"
+            ),
+        )
     n = sum(len(er.sequences) for er in res.runs.values())
-    return core.unresolved("sequences_exported", (
-        f"not judged (sequences exported): {n} sequence(s) written to {export.get('file')}; "
-        "score them with the trainer (e.g. python -m parity.trainer.external score SEQS OUT --model M) "
-        "and judge them with [reference] scores = \"OUT\""))
+    return core.unresolved(
+        "sequences_exported",
+        (
+            f"not judged (sequences exported): {n} sequence(s) written to {export.get('file')}; "
+            "score them with the trainer (e.g. python -m parity.trainer.external score SEQS OUT --model M) "
+            'and judge them with [reference] scores = "OUT"'
+        ),
+    )
 
 
 def missing_verdict(res, exc) -> core.Verdict:
@@ -182,13 +204,15 @@ def missing_verdict(res, exc) -> core.Verdict:
         n = scores.count_missing(pairs)
         total_missing, total = total_missing + n, total + len(pairs)
         counts.append(f"{role} {n} of {len(pairs)}")
-    message = (f"{total_missing} of {total} sequences ({', '.join(counts)}) have no trainer "
-               f"scores in {scores.path}: the file scores the sequences of an earlier "
-               "--export-sequences run, and this run's engine did not reproduce them token for "
-               "token (vLLM is not bitwise reproducible across runs, batch shapes, versions or "
-               "hardware), or the file was made for other scenarios. Export and score this "
-               "run's sequences again, or judge with the HF reference (remove "
-               "reference.scores)")
+    message = (
+        f"{total_missing} of {total} sequences ({', '.join(counts)}) have no trainer "
+        f"scores in {scores.path}: the file scores the sequences of an earlier "
+        "--export-sequences run, and this run's engine did not reproduce them token for "
+        "token (vLLM is not bitwise reproducible across runs, batch shapes, versions or "
+        "hardware), or the file was made for other scenarios. Export and score this "
+        "run's sequences again, or judge with the HF reference (remove "
+        "reference.scores)"
+    )
     pre = core.Precondition("scored_sequences", False, total - total_missing, total, message)
     return core.Verdict("inconclusive", "scores_missing", message, preconditions=[pre])
 
@@ -196,8 +220,13 @@ def missing_verdict(res, exc) -> core.Verdict:
 # ----------------------------------------------------------------------------- [reference]
 
 
-def parse_reference(table: dict, category, sampling, path: str, device_override: str | None,
-                    ) -> tuple[dict[str, Any], list[Problem]]:
+def parse_reference(
+    table: dict,
+    category,
+    sampling,
+    path: str,
+    device_override: str | None,
+) -> tuple[dict[str, Any], list[Problem]]:
     """The [reference] table of one scenario: head_dtype, device (by the one precedence rule:
     --reference-device > $PARITY_REFERENCE_DEVICE > the file > "auto"), scores (a file
     relative to the scenario, validated in full), scorer (a name in the parity.trainer
@@ -207,29 +236,49 @@ def parse_reference(table: dict, category, sampling, path: str, device_override:
     problems: list[Problem] = []
     for key in table:
         if key not in REFERENCE_FIELDS:
-            problems.append((path, f"reference.{key}", "unknown field; allowed: "
-                                                       + ", ".join(REFERENCE_FIELDS)))
-    head_dtype = choice(table, "head_dtype", HEAD_DTYPES, "float32", path, problems,
-                        fld="reference.head_dtype")
-    scorer = choice(table, "scorer", tuple(trainer.names()), trainer.DEFAULT, path, problems,
-                    fld="reference.scorer")
+            problems.append(
+                (path, f"reference.{key}", "unknown field; allowed: " + ", ".join(REFERENCE_FIELDS))
+            )
+    head_dtype = choice(
+        table, "head_dtype", HEAD_DTYPES, "float32", path, problems, fld="reference.head_dtype"
+    )
+    scorer = choice(
+        table,
+        "scorer",
+        tuple(trainer.names()),
+        trainer.DEFAULT,
+        path,
+        problems,
+        fld="reference.scorer",
+    )
     file_device = table.get("device")
     if file_device is not None and not isinstance(file_device, str):
-        problems.append((path, "reference.device", f"must be a string (\"auto\", \"cpu\", "
-                                                   f"\"cuda\" or \"cuda:N\"), got {file_device!r}"))
+        problems.append(
+            (
+                path,
+                "reference.device",
+                f'must be a string ("auto", "cpu", "cuda" or "cuda:N"), got {file_device!r}',
+            )
+        )
         file_device = None
     device, source = inputs.precedence(device_override, DEVICE_ENV, file_device, "auto")
     why = device_problem(device)
     if why:
         where = {"cli": "--reference-device", f"env:{DEVICE_ENV}": f"${DEVICE_ENV}"}.get(
-            source, path)
+            source, path
+        )
         problems.append((where, "reference.device", why))
     scores = table.get("scores")
     if scores is not None:
         scores, found = _scores(scores, category, sampling, head_dtype, path)
         problems += found
-    return {"head_dtype": head_dtype, "device": device, "device_source": source,
-            "scores": scores, "scorer": scorer}, problems
+    return {
+        "head_dtype": head_dtype,
+        "device": device,
+        "device_source": source,
+        "scores": scores,
+        "scorer": scorer,
+    }, problems
 
 
 def device_problem(spec: str) -> str | None:
@@ -244,17 +293,34 @@ def device_problem(spec: str) -> str | None:
     return None
 
 
-def _scores(value: Any, category, sampling, head_dtype: str, path: str,
-            ) -> tuple[Path | None, list[Problem]]:
+def _scores(
+    value: Any,
+    category,
+    sampling,
+    head_dtype: str,
+    path: str,
+) -> tuple[Path | None, list[Problem]]:
 
     fld = "reference.scores"
     if not isinstance(value, str) or not value.strip():
-        return None, [(path, fld, f"must be the path of a scores file (.parquet or .jsonl, "
-                                  f"relative to the scenario file), got {value!r}")]
+        return None, [
+            (
+                path,
+                fld,
+                f"must be the path of a scores file (.parquet or .jsonl, "
+                f"relative to the scenario file), got {value!r}",
+            )
+        ]
     if category is not None and category.scores_columns is None:
-        return None, [(path, fld, f"the {category.name} category cannot be judged from a "
-                                  f"scores file: {category.scores_refusal}; remove "
-                                  "reference.scores")]
+        return None, [
+            (
+                path,
+                fld,
+                f"the {category.name} category cannot be judged from a "
+                f"scores file: {category.scores_refusal}; remove "
+                "reference.scores",
+            )
+        ]
     file = Path(path).parent / Path(value).expanduser()
     data, found = external.load_scores(file)
     problems = [(path, fld, f"{file}: {m}") for m in found]
@@ -262,17 +328,31 @@ def _scores(value: Any, category, sampling, head_dtype: str, path: str,
         return file, problems
     for column, why in category.scores_columns.items():
         if column not in data.columns:
-            problems.append((path, fld, f"{file}: no {column} column, which the "
-                                        f"{category.name} category needs ({why}); write it with "
-                                        "the trainer (python -m parity.trainer.external score writes "
-                                        "every column) or judge with the HF reference"))
+            problems.append(
+                (
+                    path,
+                    fld,
+                    f"{file}: no {column} column, which the "
+                    f"{category.name} category needs ({why}); write it with "
+                    "the trainer (python -m parity.trainer.external score writes "
+                    "every column) or judge with the HF reference",
+                )
+            )
     want = external.context_of(sampling, head_dtype)
     want = tuple(want[c] for c in data.context)
     if data.context and want not in data.contexts():
-        have = "; ".join(", ".join(f"{c}={v}" for c, v in zip(data.context, t))
-                         for t in sorted(data.contexts(), key=str)[:3])
-        problems.append((path, fld, f"{file}: no scores for this scenario's "
-                         + ", ".join(f"{c}={v}" for c, v in zip(data.context, want))
-                         + f" (the file has {have}); score the sequences with the scenario's "
-                         "sampling and head dtype"))
+        have = "; ".join(
+            ", ".join(f"{c}={v}" for c, v in zip(data.context, t))
+            for t in sorted(data.contexts(), key=str)[:3]
+        )
+        problems.append(
+            (
+                path,
+                fld,
+                f"{file}: no scores for this scenario's "
+                + ", ".join(f"{c}={v}" for c, v in zip(data.context, want))
+                + f" (the file has {have}); score the sequences with the scenario's "
+                "sampling and head dtype",
+            )
+        )
     return file, problems

@@ -24,8 +24,10 @@ def matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or pattern in name
 
 
-def suite_files(suite: str, root: Path = Path("scenarios"),
-                ) -> tuple[list[Path], list[Problem]]:
+def suite_files(
+    suite: str,
+    root: Path = Path("scenarios"),
+) -> tuple[list[Path], list[Problem]]:
     """The scenario files of a suite: `suite` is a name (root/suites/NAME.toml) or a suite
     file's path; the file lists scenario names (`scenarios = [...]`) found in root."""
     path = Path(suite) if suite.endswith(".toml") else root / "suites" / f"{suite}.toml"
@@ -33,54 +35,93 @@ def suite_files(suite: str, root: Path = Path("scenarios"),
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return [], [("--suite", suite, f"no suite file {path}; the suites are: "
-                                       f"{', '.join(known) or 'none'}")]
+        return [], [
+            (
+                "--suite",
+                suite,
+                f"no suite file {path}; the suites are: {', '.join(known) or 'none'}",
+            )
+        ]
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return [], [(str(path), "(file)", f"not a readable TOML suite file: {exc}")]
     names = data.get("scenarios")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        return [], [(str(path), "scenarios", "must be a non-empty list of scenario names, e.g. "
-                                             'scenarios = ["logprobs-processed"]')]
+        return [], [
+            (
+                str(path),
+                "scenarios",
+                "must be a non-empty list of scenario names, e.g. "
+                'scenarios = ["logprobs-processed"]',
+            )
+        ]
     files, problems = [], []
     for name in names:
         file = root / f"{name}.toml"
         if file.is_file():
             files.append(file)
         else:
-            problems.append((str(path), "scenarios", f"{name!r}: no {file}; list the names of "
-                                                     f"scenario files in {root}/"))
+            problems.append(
+                (
+                    str(path),
+                    "scenarios",
+                    f"{name!r}: no {file}; list the names of scenario files in {root}/",
+                )
+            )
     unknown = sorted(set(data) - {"scenarios", "description"})
-    problems += [(str(path), key, "unknown field; allowed: description, scenarios")
-                 for key in unknown]
+    problems += [
+        (str(path), key, "unknown field; allowed: description, scenarios") for key in unknown
+    ]
     return files, problems
 
 
-def select(scenarios: list[Scenario], patterns: list[str], categories: list[str],
-           known_categories: list[str]) -> tuple[list[Scenario], list[Problem]]:
+def select(
+    scenarios: list[Scenario],
+    patterns: list[str],
+    categories: list[str],
+    known_categories: list[str],
+) -> tuple[list[Scenario], list[Problem]]:
     """The scenarios whose name matches any pattern and whose category is any of `categories`
     (an empty list selects all); problems for unknown categories and for a selection that
     leaves nothing of the scenarios given."""
     problems: list[Problem] = []
     for cat in categories:
         if cat not in known_categories:
-            problems.append(("--category", cat, "unknown category; use one of "
-                             + ", ".join(known_categories)))
-    picked = [s for s in scenarios
-              if (not patterns or any(matches(s.name, p) for p in patterns))
-              and (not categories or s.category in categories)]
+            problems.append(
+                ("--category", cat, "unknown category; use one of " + ", ".join(known_categories))
+            )
+    picked = [
+        s
+        for s in scenarios
+        if (not patterns or any(matches(s.name, p) for p in patterns))
+        and (not categories or s.category in categories)
+    ]
     if scenarios and not picked and not problems:  # (none loaded: the loader said why)
-        asked = " and ".join(filter(None, [
-            "-k " + " -k ".join(patterns) if patterns else "",
-            "--category " + " --category ".join(categories) if categories else ""]))
+        asked = " and ".join(
+            filter(
+                None,
+                [
+                    "-k " + " -k ".join(patterns) if patterns else "",
+                    "--category " + " --category ".join(categories) if categories else "",
+                ],
+            )
+        )
         names = ", ".join(sorted(s.name for s in scenarios)) or "none"
-        problems.append(("-k/--category", "selection", f"{asked} selects no scenario; "
-                                                       f"the scenarios are: {names}"))
+        problems.append(
+            (
+                "-k/--category",
+                "selection",
+                f"{asked} selects no scenario; the scenarios are: {names}",
+            )
+        )
     return picked, problems
 
 
-def override(scenarios: list[Scenario], prompts: int | None = None,
-             max_tokens: int | None = None, seed: int | None = None,
-             ) -> tuple[list[Scenario], list[Problem]]:
+def override(
+    scenarios: list[Scenario],
+    prompts: int | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+) -> tuple[list[Scenario], list[Problem]]:
     """Every scenario with its number of prompts, max tokens and sampling seed replaced where
     given. Fewer tokens than a scenario's min_tokens make its verdict inconclusive, as always."""
     problems: list[Problem] = []
@@ -95,8 +136,9 @@ def override(scenarios: list[Scenario], prompts: int | None = None,
     return [_override_one(s, prompts, max_tokens, seed) for s in scenarios], []
 
 
-def _override_one(sc: Scenario, prompts: int | None, max_tokens: int | None,
-                  seed: int | None) -> Scenario:
+def _override_one(
+    sc: Scenario, prompts: int | None, max_tokens: int | None, seed: int | None
+) -> Scenario:
     changes: dict[str, Any] = {}
     provenance = dict(sc.provenance)
     if prompts is not None:
@@ -117,5 +159,6 @@ def _override_one(sc: Scenario, prompts: int | None, max_tokens: int | None,
         changes["sampling"] = dataclasses.replace(sc.sampling, **sampling)
         changes["engine_sampling"] = {
             role: {**over, **{k: v for k, v in sampling.items() if k in over}}
-            for role, over in sc.engine_sampling.items()}
+            for role, over in sc.engine_sampling.items()
+        }
     return dataclasses.replace(sc, provenance=provenance, **changes) if changes else sc

@@ -25,14 +25,22 @@ def _match(res, er, seq) -> tuple[str | None, Any]:
 
     sc = res.scenario
     s = sc.sampling
-    found = res.ref_scores.get((float(s.temperature), float(s.top_p), int(s.top_k),
-                                tuple(seq.prompt_token_ids), tuple(seq.token_ids)))
+    found = res.ref_scores.get(
+        (
+            float(s.temperature),
+            float(s.top_p),
+            int(s.top_k),
+            tuple(seq.prompt_token_ids),
+            tuple(seq.token_ids),
+        )
+    )
     if not found:
         return None, None
     key = (er.effective_config or {}).get("key") or {}
     rule = tie_rule_for(key.get("platform"), key.get("vllm_version"))
-    head, _, score = min(found, key=lambda e: (e[0] != sc.head_dtype,
-                                               e[1] not in (rule, "external")))
+    head, _, score = min(
+        found, key=lambda e: (e[0] != sc.head_dtype, e[1] not in (rule, "external"))
+    )
     return head, score
 
 
@@ -59,22 +67,31 @@ def build(run):
                 head, score = _match(res, er, seq)
                 lp = np.full(n, np.nan)
                 engine = np.asarray(seq.logprobs[:n], dtype=np.float64)
-                lp[:engine.size] = engine
-                tie = None if score is None or score.boundary_tie is None \
-                    or len(score.boundary_tie) != n else np.asarray(score.boundary_tie, bool)
+                lp[: engine.size] = engine
+                tie = (
+                    None
+                    if score is None or score.boundary_tie is None or len(score.boundary_tie) != n
+                    else np.asarray(score.boundary_tie, bool)
+                )
                 versions = list(seq.weight_versions or [])[:n]
-                for c, v in (("run_id", [run.run_id] * n), ("scenario", [res.scenario.name] * n),
-                             ("engine", [role] * n), ("engine_label", [label] * n),
-                             ("sequence_id", [i] * n), ("prompt_index", [seq.prompt_index] * n),
-                             ("sample_index", [seq.sample_index] * n),
-                             ("position", range(n)), ("token_id", seq.token_ids),
-                             ("engine_logprob", lp),
-                             ("trainer_logprob", _values(score, "processed_logprob", n)),
-                             ("trainer_raw_logprob", _values(score, "raw_logprob", n)),
-                             ("entropy", _values(score, "entropy", n)),
-                             ("boundary_tie", [None] * n if tie is None else tie.tolist()),
-                             ("weight_version", versions + [None] * (n - len(versions))),
-                             ("head_dtype", [head] * n)):
+                for c, v in (
+                    ("run_id", [run.run_id] * n),
+                    ("scenario", [res.scenario.name] * n),
+                    ("engine", [role] * n),
+                    ("engine_label", [label] * n),
+                    ("sequence_id", [i] * n),
+                    ("prompt_index", [seq.prompt_index] * n),
+                    ("sample_index", [seq.sample_index] * n),
+                    ("position", range(n)),
+                    ("token_id", seq.token_ids),
+                    ("engine_logprob", lp),
+                    ("trainer_logprob", _values(score, "processed_logprob", n)),
+                    ("trainer_raw_logprob", _values(score, "raw_logprob", n)),
+                    ("entropy", _values(score, "entropy", n)),
+                    ("boundary_tie", [None] * n if tie is None else tie.tolist()),
+                    ("weight_version", versions + [None] * (n - len(versions))),
+                    ("head_dtype", [head] * n),
+                ):
                     cols[c].extend(v.tolist() if isinstance(v, np.ndarray) else v)
     return pa.table(cols, schema=schema.schema())
 
@@ -111,6 +128,7 @@ def export(run, path: Path, log: Log) -> None:
 
 # ----------------------------------------------------------------------------- export
 
+
 def export_columns(results) -> dict[str, list]:
     """One row per sequence the reference would score: every role's sequences of every
     scenario whose category can be judged from a scores file (Category.scores_columns), with
@@ -125,14 +143,21 @@ def export_columns(results) -> dict[str, list]:
             key = (er.effective_config or {}).get("key") or {}
             rule = tie_rule_for(key.get("platform"), key.get("vllm_version"))
             for i, s in enumerate(er.sequences):
-                row = {"sequence_key": sequence_key(s.prompt_token_ids, s.token_ids),
-                       "scenario": sc.name, "engine": role, "engine_label": er.setting.label(),
-                       "sequence_id": i, "prompt_index": s.prompt_index,
-                       "sample_index": s.sample_index, "model": res.model_path,
-                       "prompt_token_ids": list(s.prompt_token_ids),
-                       "token_ids": list(s.token_ids),
-                       "engine_logprobs": [float(x) for x in s.logprobs],
-                       **context_of(sc.sampling, sc.head_dtype), "tie_rule": rule}
+                row = {
+                    "sequence_key": sequence_key(s.prompt_token_ids, s.token_ids),
+                    "scenario": sc.name,
+                    "engine": role,
+                    "engine_label": er.setting.label(),
+                    "sequence_id": i,
+                    "prompt_index": s.prompt_index,
+                    "sample_index": s.sample_index,
+                    "model": res.model_path,
+                    "prompt_token_ids": list(s.prompt_token_ids),
+                    "token_ids": list(s.token_ids),
+                    "engine_logprobs": [float(x) for x in s.logprobs],
+                    **context_of(sc.sampling, sc.head_dtype),
+                    "tie_rule": rule,
+                }
                 for k in cols:
                     cols[k].append(row[k])
     return cols
@@ -144,5 +169,8 @@ def write_export(results, path: Path) -> dict[str, Any]:
     cols = export_columns(results)
     arrow = schema.export_schema() if Path(path).suffix == ".parquet" else None
     tables.write_rows(cols, Path(path), arrow)
-    return {"file": str(path), "sequences": len(cols["sequence_key"]),
-            "scenarios": sorted(set(cols["scenario"]))}
+    return {
+        "file": str(path),
+        "sequences": len(cols["sequence_key"]),
+        "scenarios": sorted(set(cols["scenario"])),
+    }

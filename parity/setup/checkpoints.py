@@ -28,12 +28,16 @@ def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Lo
     new, old = Path(new), Path(old)
     tag = "-".join(str(i) for i in sorted(set(layers)))
     target = model_dir(f"{new.name}-old-layers-{tag}")
-    meta = {"name": target.name, "base": str(new), "base_fingerprint": fingerprint(new),
-            "old_fingerprint": fingerprint(old), "old_layers": sorted(set(layers))}
+    meta = {
+        "name": target.name,
+        "base": str(new),
+        "base_fingerprint": fingerprint(new),
+        "old_fingerprint": fingerprint(old),
+        "old_layers": sorted(set(layers)),
+    }
 
     def build(tmp: Path) -> None:
         from safetensors.torch import load_file, save_file  # lazy: safetensors.torch imports torch
-
 
         old_tensors = {}
         for f in sorted(old.glob("*.safetensors")):

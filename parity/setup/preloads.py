@@ -27,12 +27,20 @@ X86 = {"x86_64", "amd64", "i386", "i686"}
 
 # name vLLM checks -> (where it comes from, file names in order of preference, what provides it)
 PROVIDERS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "libtcmalloc": ("system", ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
-                    "libtcmalloc-minimal4"),
+    "libtcmalloc": (
+        "system",
+        ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
+        "libtcmalloc-minimal4",
+    ),
     "libiomp": ("env", ("libiomp5.so",), "intel-openmp"),
 }
-SYSTEM_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
-               "/usr/lib", "/usr/local/lib")
+SYSTEM_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
 
 Log = Callable[[str], None]
 
@@ -75,7 +83,7 @@ def _check_raises(text: str) -> bool:
     for i, line in enumerate(lines):
         if re.match(r"\s*def check_preloaded_libs\(", line):
             indent = len(line) - len(line.lstrip())
-            for body in lines[i + 1:]:
+            for body in lines[i + 1 :]:
                 if body.strip() and len(body) - len(body.lstrip()) <= indent:
                     break
                 if re.match(r"\s*raise\b", body):
@@ -84,8 +92,14 @@ def _check_raises(text: str) -> bool:
     return False
 
 
-def resolve(names: list[str], root: Path, version: str = "", install: bool = True,
-            log: Log = print, logfile: Path | None = None) -> list[str]:
+def resolve(
+    names: list[str],
+    root: Path,
+    version: str = "",
+    install: bool = True,
+    log: Log = print,
+    logfile: Path | None = None,
+) -> list[str]:
     """The absolute paths to preload for `names`, providing what is missing.
 
     An env library (libiomp5.so of the intel-openmp wheel) is looked for in the environment;
@@ -99,20 +113,27 @@ def resolve(names: list[str], root: Path, version: str = "", install: bool = Tru
     paths = []
     for name in names:
         if name not in PROVIDERS:
-            raise PreloadError(f"vLLM {version} requires {name} in LD_PRELOAD, and parity does "
-                               f"not know what provides it; add it to parity.setup.preloads.PROVIDERS")
+            raise PreloadError(
+                f"vLLM {version} requires {name} in LD_PRELOAD, and parity does "
+                f"not know what provides it; add it to parity.setup.preloads.PROVIDERS"
+            )
         where, files, package = PROVIDERS[name]
-        found = (_in_env(root, files) if where == "env" else _on_system(files))
+        found = _in_env(root, files) if where == "env" else _on_system(files)
         if found is None and where == "system" and install:
             _apt_install(package, log, logfile)
             found = _on_system(files)
         if found is None:
-            how = (f"install the {package} package (Debian/Ubuntu: apt-get install {package}),"
-                   " then run the command again" if where == "system" else
-                   f"the environment lacks the {package} wheel that vLLM's requirements name; "
-                   "rebuild it (remove its directory, then parity env create ...)")
-            raise PreloadError(f"vLLM {version}'s CPU worker refuses to start without {name} in"
-                               f" LD_PRELOAD, and no {' or '.join(files)} was found: {how}")
+            how = (
+                f"install the {package} package (Debian/Ubuntu: apt-get install {package}),"
+                " then run the command again"
+                if where == "system"
+                else f"the environment lacks the {package} wheel that vLLM's requirements name; "
+                "rebuild it (remove its directory, then parity env create ...)"
+            )
+            raise PreloadError(
+                f"vLLM {version}'s CPU worker refuses to start without {name} in"
+                f" LD_PRELOAD, and no {' or '.join(files)} was found: {how}"
+            )
         paths.append(str(found))
     return paths
 
@@ -161,8 +182,9 @@ def _apt_install(package: str, log: Log, logfile: Path | None) -> None:
         with open(logfile or os.devnull, "a") as out:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=env).returncode
+            code = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            ).returncode
         if code == 0 and cmd is install:
             return
 
@@ -185,9 +207,11 @@ def process_vars(python: str | Path, stamp_name: str = "parity-env.json") -> dic
         return {}
     missing = [p for p in preload if not Path(p).is_file()]
     if missing:
-        raise PreloadError(f"environment {root.name} needs {', '.join(missing)} in LD_PRELOAD "
-                           "and it is gone; run `parity env create` for it again (or reinstall "
-                           "the library)")
+        raise PreloadError(
+            f"environment {root.name} needs {', '.join(missing)} in LD_PRELOAD "
+            "and it is gone; run `parity env create` for it again (or reinstall "
+            "the library)"
+        )
     if not preload:
         return {}
     current = os.environ.get("LD_PRELOAD", "")

@@ -29,8 +29,11 @@ class Scorer(Protocol):
 
     stats: dict[str, Any]
 
-    def score(self, pairs: list[tuple[list[int], list[int]]], sampling: SamplingSpec,
-              ) -> list[RefScore]:
+    def score(
+        self,
+        pairs: list[tuple[list[int], list[int]]],
+        sampling: SamplingSpec,
+    ) -> list[RefScore]:
         """One RefScore per (prompt token ids, completion token ids) pair, one entry per
         completion token: raw and processed logprob, entropy of the processed distribution."""
 

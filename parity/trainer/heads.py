@@ -26,10 +26,14 @@ _LOGITS_SCALING = {"granite": "div", "hyperclovax": "mul", "minicpm3": "div_hidd
 # Names that look like an output-logit modifier (e.g. xLSTM `output_logit_soft_cap`, Falcon-H1
 # `lm_head_multiplier`, `logits_mup_width_multiplier`, `output_multiplier`); the excluded
 # prefixes act inside attention or the MoE router, which the base model already computes.
-_SUSPECT = re.compile(r"(logit|lm_head|output).*(scal|cap|mult|temp)"
-                      r"|(scal|cap|mult|temp).*(logit|lm_head)")
-_INTERNAL = re.compile(r"^(attn|attention|conf_attention|router|moe_router|gate|contrastive)_"
-                       r"|_init_value$")
+_SUSPECT = re.compile(
+    r"(logit|lm_head|output).*(scal|cap|mult|temp)"
+    r"|(scal|cap|mult|temp).*(logit|lm_head)"
+)
+_INTERNAL = re.compile(
+    r"^(attn|attention|conf_attention|router|moe_router|gate|contrastive)_"
+    r"|_init_value$"
+)
 
 
 @dataclass(frozen=True)
@@ -70,25 +74,40 @@ def head_spec(config) -> HeadSpec:
             softcap = float(value)
         elif name in _SCALE_ATTRS or name == "logits_scaling":
             how = _SCALE_ATTRS.get(name) or next(
-                (o for prefix, o in _LOGITS_SCALING.items() if model_type.startswith(prefix)), None)
+                (o for prefix, o in _LOGITS_SCALING.items() if model_type.startswith(prefix)), None
+            )
             if how is None:
                 raise ReferenceError(
                     f"{arch}: config.{name}={value!r} means division in Granite and "
-                    f"multiplication in HyperCLOVAX; which one {model_type} does is not known")
+                    f"multiplication in HyperCLOVAX; which one {model_type} does is not known"
+                )
             if scale is not None:
                 raise ReferenceError(f"{arch}: two logit scales set ({name})")
             scale, op = float(value), how
-        elif _SUSPECT.search(name) and not _INTERNAL.search(name) and not (
+        elif (
+            _SUSPECT.search(name)
+            and not _INTERNAL.search(name)
+            and not (
                 # a multiplier/scale/temperature of exactly 1 changes nothing; a cap always does
-                value == 1.0 and not isinstance(value, bool) and "cap" not in name):
+                value == 1.0 and not isinstance(value, bool) and "cap" not in name
+            )
+        ):
             raise ReferenceError(
                 f"{arch}: config.{name}={value!r} looks like it modifies the output logits, "
-                "which the reference cannot mirror; refusing rather than scoring wrong logits")
+                "which the reference cannot mirror; refusing rather than scoring wrong logits"
+            )
     return HeadSpec(arch, scale, op, softcap)
 
 
-def head_logits(hidden, weight, bias, spec: HeadSpec, head_dtype: str = "float32",
-                cast_block: int | None = None, tile: int | None = None):
+def head_logits(
+    hidden,
+    weight,
+    bias,
+    spec: HeadSpec,
+    head_dtype: str = "float32",
+    cast_block: int | None = None,
+    tile: int | None = None,
+):
     """Logits [..., V] in fp32 from final hidden states [..., H], as the model's forward computes
     them (HeadSpec order: hidden division, lm_head with bias, scale, softcap).
 
@@ -132,16 +151,16 @@ def _linear(h, weight, bias, dtype, cast_block: int | None, tile: int | None):
     n = h.shape[0]
     out = h.new_empty((*h.shape[:-1], vocab))
     for v in range(0, vocab, step):  # a block of vocabulary rows cast at a time: no full copy
-        w = weight[v:v + step].to(dtype)
-        b = None if bias is None else bias[v:v + step].to(dtype)
+        w = weight[v : v + step].to(dtype)
+        b = None if bias is None else bias[v : v + step].to(dtype)
         if not tile:
-            out[..., v:v + step] = F.linear(h, w, b)
+            out[..., v : v + step] = F.linear(h, w, b)
             continue
         for r in range(0, n, tile):
-            x = h[r:r + tile]
+            x = h[r : r + tile]
             if x.shape[0] < tile:
                 x = F.pad(x, (0, 0, 0, tile - x.shape[0]))
-            out[r:r + tile, v:v + step] = F.linear(x, w, b)[:min(tile, n - r)]
+            out[r : r + tile, v : v + step] = F.linear(x, w, b)[: min(tile, n - r)]
     return out
 
 
@@ -157,8 +176,9 @@ class Head:
     tile: int | None = None  # rows per GEMM (row results independent of the batch)
 
     def __call__(self, hidden):
-        return head_logits(hidden, self.weight, self.bias, self.spec, self.head_dtype,
-                           self.cast_block, self.tile)
+        return head_logits(
+            hidden, self.weight, self.bias, self.spec, self.head_dtype, self.cast_block, self.tile
+        )
 
 
 def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
@@ -182,12 +202,18 @@ def verify_head(model, spec: HeadSpec, n_tokens: int = 8) -> float:
         raise ReferenceError(
             f"{_arch(model.config, model)}: the model's forward does something to its logits "
             f"that the reference does not mirror ({spec}); max |logit difference| {diff:.3g} > "
-            f"{tol:.3g}")
+            f"{tol:.3g}"
+        )
     return diff
 
 
-def model_head(model, head_dtype: str = "float32", verify: bool = True,
-               cast_block: int | None = None, tile: int | None = None) -> Head:
+def model_head(
+    model,
+    head_dtype: str = "float32",
+    verify: bool = True,
+    cast_block: int | None = None,
+    tile: int | None = None,
+) -> Head:
     """The Head of a loaded HF causal LM: its config read by head_spec (ReferenceError if it
     cannot be mirrored), checked against the model's own forward (verify_head), and the weight
     cast to fp32 once when head_dtype is "float32" -- or, with `cast_block`, kept in the model

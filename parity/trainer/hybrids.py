@@ -89,8 +89,7 @@ class HybridModel:
 
     def components(self) -> list[str]:
         """Every component a hypothesis can keep old."""
-        return (["embed_tokens"] + [f"layers.{i}" for i in range(self.n_layers)]
-                + ["norm", HEAD])
+        return ["embed_tokens"] + [f"layers.{i}" for i in range(self.n_layers)] + ["norm", HEAD]
 
     def _module(self, body, name: str):
         if name.startswith("layers."):
@@ -130,10 +129,12 @@ class HybridModel:
                 if name == "embed_tokens":
                     tape["ids"].append(args[0].clone())
                 tape[name].append(out.clone() if hasattr(out, "clone") else out)
+
             return keep
 
-        handles = [self._module(self.body, n).register_forward_hook(hook(n))
-                   for n in tape if n != "ids"]
+        handles = [
+            self._module(self.body, n).register_forward_hook(hook(n)) for n in tape if n != "ids"
+        ]
         try:
             yield tape
         finally:
@@ -164,8 +165,12 @@ class HybridModel:
                 del module.forward
 
 
-def attribute(hybrid: HybridModel, predict: Callable[[object, list[int]], list[np.ndarray]],
-              engine: list[np.ndarray], tol: float) -> Attribution:
+def attribute(
+    hybrid: HybridModel,
+    predict: Callable[[object, list[int]], list[np.ndarray]],
+    engine: list[np.ndarray],
+    tol: float,
+) -> Attribution:
     """Search the stale components.
 
     Args:
@@ -230,19 +235,23 @@ def attribute(hybrid: HybridModel, predict: Callable[[object, list[int]], list[n
         final = gap(chosen, list(range(len(engine))))
     finally:
         hybrid.set(frozenset())
-    return Attribution(sorted(chosen, key=_order), final, bool(final <= tol),
-                       {label(k): v for k, v in sorted(scored.items(), key=lambda kv: kv[1])},
-                       len(scored))
+    return Attribution(
+        sorted(chosen, key=_order),
+        final,
+        bool(final <= tol),
+        {label(k): v for k, v in sorted(scored.items(), key=lambda kv: kv[1])},
+        len(scored),
+    )
 
 
 FIXES = {
     "stale_lm_head": "the output head kept the old weights (a tied head the reload did not "
-                     "re-process): set PARITY_RELOAD_REPROCESS=1 on the engine (re-processes "
-                     "the modules the reload skipped), or push the tied head as lm_head.weight",
+    "re-process): set PARITY_RELOAD_REPROCESS=1 on the engine (re-processes "
+    "the modules the reload skipped), or push the tied head as lm_head.weight",
     "stale_layers": "these decoder layers kept the old weights: check that the pushed "
-                    "checkpoint has their tensors under the names the engine loads",
+    "checkpoint has their tensors under the names the engine loads",
     "stale_components": "these components kept the old weights: re-process them after the "
-                        "reload (PARITY_RELOAD_REPROCESS=1) or push them explicitly",
+    "reload (PARITY_RELOAD_REPROCESS=1) or push them explicitly",
 }
 
 
@@ -258,8 +267,9 @@ class Predictor:
         return self.many(pair, [i])[0]
 
 
-def explain(scorer, predict_one: Callable[[object, int], np.ndarray], engine: list[np.ndarray],
-            tol: float) -> Attribution:
+def explain(
+    scorer, predict_one: Callable[[object, int], np.ndarray], engine: list[np.ndarray], tol: float
+) -> Attribution:
     """Attribute an update that matches neither checkpoint: `predict_one(pair, i)` is the
     probe's expected logprobs of sequence i with `pair` as the new weights (a Predictor: each
     hypothesis scores its sequences in one batched call), `engine` the engine's logprobs of
@@ -267,23 +277,33 @@ def explain(scorer, predict_one: Callable[[object, int], np.ndarray], engine: li
     old_pair, new_pair = scorer.pairs()
     hybrid = HybridModel(old_pair, new_pair)
     many = getattr(predict_one, "many", None) or (
-        lambda pair, idx: [predict_one(pair, i) for i in idx])
+        lambda pair, idx: [predict_one(pair, i) for i in idx]
+    )
     return attribute(hybrid, many, engine, tol)
 
 
 def summary(att: Attribution, top: int = 100) -> dict:
     """The attribution for report.json: stale components, gap, and the hypotheses scored
     (closest first)."""
-    return {"stale": att.stale, "gap": att.gap, "fitted": att.fitted,
-            "diagnosis": att.diagnosis(), "n_hypotheses": att.n_scored,
-            "closest": dict(list(att.hypotheses.items())[:top])}
+    return {
+        "stale": att.stale,
+        "gap": att.gap,
+        "fitted": att.fitted,
+        "diagnosis": att.diagnosis(),
+        "n_hypotheses": att.n_scored,
+        "closest": dict(list(att.hypotheses.items())[:top]),
+    }
 
 
 def message(att: Attribution, tol: float) -> str:
     """One sentence: what stayed stale (or that no hypothesis explains the engine)."""
     if att.fitted and att.stale:
-        return (f"the engine matches the {label(att.stale)} (mean |dlogp| {att.gap:.3g} <= "
-                f"{tol:g}; {att.n_scored} hypotheses scored): {FIXES[att.diagnosis()]}")
+        return (
+            f"the engine matches the {label(att.stale)} (mean |dlogp| {att.gap:.3g} <= "
+            f"{tol:g}; {att.n_scored} hypotheses scored): {FIXES[att.diagnosis()]}"
+        )
     best = next(iter(att.hypotheses.items()), ("none", float("nan")))
-    return (f"not attributed: no hybrid of old and new components explains the engine (closest "
-            f"{best[0]}, mean |dlogp| {best[1]:.3g}; {att.n_scored} hypotheses scored)")
+    return (
+        f"not attributed: no hybrid of old and new components explains the engine (closest "
+        f"{best[0]}, mean |dlogp| {best[1]:.3g}; {att.n_scored} hypotheses scored)"
+    )

@@ -72,8 +72,9 @@ class RefScore:
 
 # --- Device and memory ------------------------------------------------------------------------
 
+
 def resolve_device(spec: str | None = "auto") -> str:
-    """"auto" -> "cuda" where torch sees a CUDA device, else "cpu"; "cpu", "cuda", "cuda:N" as
+    """ "auto" -> "cuda" where torch sees a CUDA device, else "cpu"; "cpu", "cuda", "cuda:N" as
     given when usable. ReferenceError (naming the fix) for a device this machine does not have."""
     import torch  # lazy: torch takes seconds to import
 
@@ -84,15 +85,18 @@ def resolve_device(spec: str | None = "auto") -> str:
         return spec
     m = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if m is None:
-        raise ReferenceError(f"reference device {spec!r}: use \"auto\", \"cpu\", \"cuda\" or "
-                             "\"cuda:N\"")
+        raise ReferenceError(f'reference device {spec!r}: use "auto", "cpu", "cuda" or "cuda:N"')
     if not torch.cuda.is_available():
-        raise ReferenceError(f"reference device {spec!r}: torch {torch.__version__} sees no CUDA "
-                             "device on this machine; use \"auto\" (CUDA where there is one) or "
-                             "\"cpu\"")
+        raise ReferenceError(
+            f"reference device {spec!r}: torch {torch.__version__} sees no CUDA "
+            'device on this machine; use "auto" (CUDA where there is one) or '
+            '"cpu"'
+        )
     if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-        raise ReferenceError(f"reference device {spec!r}: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+        raise ReferenceError(
+            f"reference device {spec!r}: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
     return spec
 
 
@@ -136,8 +140,14 @@ def chunk_rows(vocab: int, budget: int) -> int:
     return max(1, budget // (vocab * 4 * LIVE_BUFFERS))
 
 
-def score_rows(head, hidden, targets, sampling: SamplingSpec, tie_rule: str = "keep_ties",
-               rows: int | None = None) -> tuple[np.ndarray, ...]:
+def score_rows(
+    head,
+    hidden,
+    targets,
+    sampling: SamplingSpec,
+    tie_rule: str = "keep_ties",
+    rows: int | None = None,
+) -> tuple[np.ndarray, ...]:
     """Raw and processed logprob of each target token, the processed distribution's entropy,
     and the boundary-tie flag, from final hidden states [N, H] and targets [N], `rows`
     positions at a time (None: all at once). Each chunk runs the same ops on its rows as the
@@ -190,13 +200,22 @@ class ScoreCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, data BLOB)")
 
     @staticmethod
-    def key(model_fp: str, head_dtype: str, sampling: SamplingSpec, prompt: list[int],
-            tokens: list[int], tie_rule: str = "keep_ties", device: str = "cpu") -> str:
+    def key(
+        model_fp: str,
+        head_dtype: str,
+        sampling: SamplingSpec,
+        prompt: list[int],
+        tokens: list[int],
+        tie_rule: str = "keep_ties",
+        device: str = "cpu",
+    ) -> str:
         h = hashlib.sha256()
         kind = device.split(":")[0]
-        h.update(f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{tie_rule}|{kind}|"
-                 f"{sampling.temperature!r}|"
-                 f"{sampling.top_k}|{sampling.top_p!r}|".encode())
+        h.update(
+            f"{SCORER_VERSION}|{model_fp}|{head_dtype}|{tie_rule}|{kind}|"
+            f"{sampling.temperature!r}|"
+            f"{sampling.top_k}|{sampling.top_p!r}|".encode()
+        )
         h.update(np.asarray(prompt, dtype=np.int64).tobytes() + b"|")
         h.update(np.asarray(tokens, dtype=np.int64).tobytes())
         return h.hexdigest()
@@ -244,11 +263,18 @@ class Reference:
         tile_rows: rows per head GEMM (default TILE_ROWS of the device); chunks are whole tiles.
     """
 
-    def __init__(self, model_path: str | Path, head_dtype: str = "float32",
-                 model_fp: str | None = None, max_batch_tokens: int = 8192,
-                 cache: ScoreCache | None = None, tie_rule: str = "keep_ties",
-                 device: str = "auto", chunk_rows: int | None = None,
-                 tile_rows: int | None = None):
+    def __init__(
+        self,
+        model_path: str | Path,
+        head_dtype: str = "float32",
+        model_fp: str | None = None,
+        max_batch_tokens: int = 8192,
+        cache: ScoreCache | None = None,
+        tie_rule: str = "keep_ties",
+        device: str = "auto",
+        chunk_rows: int | None = None,
+        tile_rows: int | None = None,
+    ):
         if head_dtype not in HEAD_DTYPES:
             raise ValueError(f"head_dtype must be one of {HEAD_DTYPES}, got {head_dtype!r}")
         if tie_rule not in TIE_RULES:
@@ -264,8 +290,14 @@ class Reference:
         self.cache = cache if model_fp else None
         self._model = None
         self.head: Head | None = None
-        self.stats = {"scored_seqs": 0, "scored_tokens": 0, "cached_seqs": 0, "forward_s": 0.0,
-                      "load_s": 0.0, "device": self.device}
+        self.stats = {
+            "scored_seqs": 0,
+            "scored_tokens": 0,
+            "cached_seqs": 0,
+            "forward_s": 0.0,
+            "load_s": 0.0,
+            "device": self.device,
+        }
 
     def _load(self):
         if self._model is None:
@@ -275,7 +307,8 @@ class Reference:
             t0 = time.perf_counter()
             on_cuda = self.device.startswith("cuda")
             model = AutoModelForCausalLM.from_pretrained(
-                self.model_path, dtype="auto", **({"device_map": self.device} if on_cuda else {}))
+                self.model_path, dtype="auto", **({"device_map": self.device} if on_cuda else {})
+            )
             model.eval()
             out = model.get_output_embeddings().weight
             vocab, hidden = out.shape
@@ -285,31 +318,48 @@ class Reference:
             # An fp32 copy of a bf16 head is kept when it fits the chunk budget; a larger one
             # (a 128k-vocabulary 1B model's is 1 GB) is cast block by block on each chunk.
             cast = None
-            if self.head_dtype == "float32" and out.dtype != torch.float32 \
-                    and vocab * hidden * 4 > budget:
+            if (
+                self.head_dtype == "float32"
+                and out.dtype != torch.float32
+                and vocab * hidden * 4 > budget
+            ):
                 cast = max(256, budget // (4 * hidden * 4))
             self.head = model_head(model, self.head_dtype, cast_block=cast, tile=self.tile_rows)
             self._model = model
-            self.stats.update(chunk_rows=self.chunk_rows, tile_rows=self.tile_rows,
-                              head_cast_block=cast,
-                              chunk_budget_mb=round(budget / 2**20))
+            self.stats.update(
+                chunk_rows=self.chunk_rows,
+                tile_rows=self.tile_rows,
+                head_cast_block=cast,
+                chunk_budget_mb=round(budget / 2**20),
+            )
             self.stats["load_s"] += time.perf_counter() - t0
         return self._model
 
-    def score(self, pairs: list[tuple[list[int], list[int]]], sampling: SamplingSpec,
-              ) -> list[RefScore]:
+    def score(
+        self,
+        pairs: list[tuple[list[int], list[int]]],
+        sampling: SamplingSpec,
+    ) -> list[RefScore]:
         """Score completions: pairs of (prompt_token_ids, completion_token_ids)."""
         results: list[RefScore | None] = [None] * len(pairs)
         keys: list[str | None] = [None] * len(pairs)
         todo = []
         for i, (prompt, tokens) in enumerate(pairs):
             if not tokens:
-                results[i] = RefScore(np.zeros(0), np.zeros(0), np.zeros(0),
-                                      np.zeros(0, dtype=bool))
+                results[i] = RefScore(
+                    np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool)
+                )
                 continue
             if self.cache is not None:
-                keys[i] = self.cache.key(self.model_fp, self.head_dtype, sampling, prompt,
-                                          tokens, self.tie_rule, self.device)
+                keys[i] = self.cache.key(
+                    self.model_fp,
+                    self.head_dtype,
+                    sampling,
+                    prompt,
+                    tokens,
+                    self.tie_rule,
+                    self.device,
+                )
                 hit = self.cache.get(keys[i])
                 if hit is not None:
                     results[i] = hit
@@ -352,8 +402,9 @@ class Reference:
         for row, s in enumerate(seqs):
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
-        hidden = model.base_model(input_ids=ids.to(self.device),
-                                  attention_mask=mask.to(self.device)).last_hidden_state
+        hidden = model.base_model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+        ).last_hidden_state
         # Hidden state at position t predicts token t+1: gather the positions before each
         # completion token, then apply the head only there, a chunk of positions at a time.
         rows, cols, targets = [], [], []
@@ -364,14 +415,23 @@ class Reference:
             targets += list(pairs[i][1])
         h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
         del hidden
-        raw_lp, proc_lp, ent, tied = score_rows(self.head, h, torch.tensor(targets,
-                                                                           device=self.device),
-                                                sampling, self.tie_rule, self.chunk_rows)
+        raw_lp, proc_lp, ent, tied = score_rows(
+            self.head,
+            h,
+            torch.tensor(targets, device=self.device),
+            sampling,
+            self.tie_rule,
+            self.chunk_rows,
+        )
         start = 0
         for i in batch:
             n = len(pairs[i][1])
-            results[i] = RefScore(raw_lp[start:start + n], proc_lp[start:start + n],
-                                  ent[start:start + n], tied[start:start + n])
+            results[i] = RefScore(
+                raw_lp[start : start + n],
+                proc_lp[start : start + n],
+                ent[start : start + n],
+                tied[start : start + n],
+            )
             start += n
         self.stats["scored_seqs"] += len(batch)
         self.stats["scored_tokens"] += start

@@ -64,9 +64,19 @@ class UpdateSpec:
     stale_layers: tuple[int, ...] = ()
 
 
-_FIELD_TYPES = {"target": str, "seed": int, "scale": float, "via": str, "mode": str,
-                "clear_cache": bool, "after_tokens": int, "expect_semantics": str,
-                "ignore_eos": bool, "context_tokens": int, "stale_layers": list}
+_FIELD_TYPES = {
+    "target": str,
+    "seed": int,
+    "scale": float,
+    "via": str,
+    "mode": str,
+    "clear_cache": bool,
+    "after_tokens": int,
+    "expect_semantics": str,
+    "ignore_eos": bool,
+    "context_tokens": int,
+    "stale_layers": list,
+}
 _CHOICES = {"via": VIAS, "mode": MODES, "expect_semantics": SEMANTICS}
 
 
@@ -82,8 +92,9 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
         fld = f"update.{key}"
         if typ is None:
             problems.append((path, fld, f"unknown field; allowed: {', '.join(_FIELD_TYPES)}"))
-        elif not (isinstance(value, typ) or (typ is float and isinstance(value, int)))\
-                or (typ is not bool and isinstance(value, bool)):
+        elif not (isinstance(value, typ) or (typ is float and isinstance(value, int))) or (
+            typ is not bool and isinstance(value, bool)
+        ):
             problems.append((path, fld, f"expected {typ.__name__}, got {value!r}"))
         elif key in _CHOICES and value not in _CHOICES[key]:
             problems.append((path, fld, f"{value!r}: use one of {', '.join(_CHOICES[key])}"))
@@ -92,10 +103,12 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
         elif key == "scale" and not (np.isfinite(value) and value > 0):
             problems.append((path, fld, "must be a finite number > 0 (0 would be no update)"))
         elif key == "stale_layers":
-            if not value or not all(isinstance(i, int) and not isinstance(i, bool)
-                                    and 0 <= i < 10_000 for i in value):
-                problems.append((path, fld, "must be a non-empty list of decoder layer indices, "
-                                            "e.g. [1]"))
+            if not value or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 10_000 for i in value
+            ):
+                problems.append(
+                    (path, fld, "must be a non-empty list of decoder layer indices, e.g. [1]")
+                )
             else:
                 kwargs[key] = tuple(sorted(set(value)))
         else:
@@ -123,8 +136,9 @@ class SplitScorer:
         dtype: torch dtype name the models run in ("bfloat16", "float32"; None = checkpoint's).
     """
 
-    def __init__(self, old_path: str, new_path: str, head_dtype: str = "float32",
-                 dtype: str | None = None):
+    def __init__(
+        self, old_path: str, new_path: str, head_dtype: str = "float32", dtype: str | None = None
+    ):
         self.paths = (str(old_path), str(new_path))
         self.head_dtype = head_dtype
         self.dtype = dtype
@@ -152,8 +166,9 @@ class SplitScorer:
     def _logits(model_and_head, hidden):
         return model_and_head[1](hidden)
 
-    def score(self, prompt: list[int], tokens: list[int], boundary: int,
-              sampling: SamplingSpec, new=None) -> np.ndarray:
+    def score(
+        self, prompt: list[int], tokens: list[int], boundary: int, sampling: SamplingSpec, new=None
+    ) -> np.ndarray:
         """Processed logprob of each completion token (positions < boundary by the old weights,
         the rest by the new weights over the old KV), one sequence alone: the definition
         `score_many` is tested against. `new`: a (model, head) pair standing in for the new
@@ -167,7 +182,6 @@ class SplitScorer:
     def _score(self, prompt, tokens, boundary, sampling, new_pair=None) -> np.ndarray:
         import torch  # lazy: torch takes seconds to import
 
-
         if not tokens:
             return np.zeros(0)
         old, new = self._load()
@@ -180,14 +194,15 @@ class SplitScorer:
         if b > 0:
             out = old[0].base_model(input_ids=ids[:, :b], use_cache=b < len(seq))
             cache = out.past_key_values
-            rows = out.last_hidden_state[0, first:min(b, last)]
+            rows = out.last_hidden_state[0, first : min(b, last)]
             if len(rows):
                 parts.append(self._logits(old, rows))
         if b < len(seq):
-            out = new[0].base_model(input_ids=ids[:, b:], past_key_values=cache,
-                                    use_cache=cache is not None)
+            out = new[0].base_model(
+                input_ids=ids[:, b:], past_key_values=cache, use_cache=cache is not None
+            )
             lo = max(first, b) - b
-            rows = out.last_hidden_state[0, lo:last - b]
+            rows = out.last_hidden_state[0, lo : last - b]
             if len(rows):
                 parts.append(self._logits(new, rows))
         logits = torch.cat(parts)
@@ -195,22 +210,28 @@ class SplitScorer:
         target = torch.tensor(tokens).unsqueeze(-1)
         return logp.gather(-1, target).squeeze(-1).double().numpy()
 
-    def score_many(self, items: list[tuple[list[int], list[int], int]], sampling: SamplingSpec,
-                   new=None) -> list[np.ndarray]:
+    def score_many(
+        self, items: list[tuple[list[int], list[int], int]], sampling: SamplingSpec, new=None
+    ) -> list[np.ndarray]:
         """`score` of many (prompt, tokens, boundary) items in batched forwards that share
         the work sequences have in common (a prompt template, a prompt sampled twice, the
         old weights' pass under every boundary of a sequence: parity.trainer.split_batches); equal
         to scoring each alone with `score` up to float rounding."""
         import torch  # lazy: torch takes seconds to import
 
-
         self.tokens += sum(len(t) for _, t, _ in items)
 
         def scored():
             old, default = self._load()
             with torch.inference_mode():
-                return score_items(old, new or default, items, sampling,
-                                   one=lambda p, t, b: self._score(p, t, b, sampling, new))
+                return score_items(
+                    old,
+                    new or default,
+                    items,
+                    sampling,
+                    one=lambda p, t, b: self._score(p, t, b, sampling, new),
+                )
+
         return self._timed(scored)
 
     def old_many(self, pairs, sampling) -> list[np.ndarray]:
@@ -223,8 +244,9 @@ class SplitScorer:
 
     def keep_many(self, pairs, ks: list[int], sampling, new=None) -> list[np.ndarray]:
         """`keep` of many (prompt, tokens) pairs, k tokens sampled before the update each."""
-        return self.score_many([(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)],
-                               sampling, new)
+        return self.score_many(
+            [(p, t, keep_boundary(len(p), k)) for (p, t), k in zip(pairs, ks)], sampling, new
+        )
 
     def old(self, prompt, tokens, sampling) -> np.ndarray:
         """Everything under the old weights."""
@@ -258,13 +280,13 @@ def _loaded(path: str, dtype: str | None, head_dtype: str):
     import torch  # lazy: torch takes seconds to import
     from transformers import AutoModelForCausalLM  # lazy: transformers imports torch
 
-
     key = (path, dtype, head_dtype)
     if key not in _MODELS:
         while len(_MODELS) >= _KEEP_MODELS:
             _MODELS.pop(next(iter(_MODELS)))
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype) if dtype else "auto").eval()
+            path, dtype=getattr(torch, dtype) if dtype else "auto"
+        ).eval()
         # The model's own logit transform (bias, scale, softcap), as the trainer has it.
         _MODELS[key] = (model, model_head(model, head_dtype))
     return _MODELS[key]
@@ -311,8 +333,6 @@ def shared_context(prompts: list[list[int]], n: int) -> list[int]:
     return [pool[i % len(pool)] for i in range(n)] if pool and n > 0 else []
 
 
-
-
 def stream_check(paused: list[int], uninterrupted: list[int], k: int) -> str:
     """How the first k tokens of a request paused for an update compare with the same seeded
     request run without a pause: "equal"; "lost" (from some token on, the paused stream is the
@@ -322,13 +342,13 @@ def stream_check(paused: list[int], uninterrupted: list[int], k: int) -> str:
     k = min(k, len(paused))
     if len(uninterrupted) < k:
         return "short"
-    a, b = list(paused[:k]), list(uninterrupted[:k + 1])
+    a, b = list(paused[:k]), list(uninterrupted[: k + 1])
     j = next((i for i in range(k) if a[i] != b[i]), None)
     if j is None:
         return "equal"
     rest = a[j:]  # a shift needs two tokens to tell it from one token sampled otherwise
-    if len(rest) >= 2 and rest == b[j + 1:j + 1 + len(rest)]:
+    if len(rest) >= 2 and rest == b[j + 1 : j + 1 + len(rest)]:
         return "lost"
-    if len(rest) >= 2 and a[j] == a[j - 1] and a[j + 1:] == b[j:k - 1]:
+    if len(rest) >= 2 and a[j] == a[j - 1] and a[j + 1 :] == b[j : k - 1]:
         return "duplicated"
     return "diverged"

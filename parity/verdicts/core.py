@@ -38,8 +38,9 @@ class Finding:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"finding {self.name!r}: kind {self.kind!r} is not one of "
-                             f"{', '.join(KINDS)}")
+            raise ValueError(
+                f"finding {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}"
+            )
         if self.outcome not in ("pass", "fail", "inconclusive"):
             raise ValueError(f"finding {self.name!r}: outcome {self.outcome!r}")
 
@@ -98,8 +99,9 @@ def unresolved(diagnosis: str, message: str) -> Verdict:
 def from_test(name: str, test, note: str = "") -> Finding:
     """A finding from a stats.TestResult (threshold -> bound, non_inferiority, equivalence)."""
     kind = "bound" if test.kind == "threshold" else test.kind
-    return Finding(name, kind, test.outcome, test.estimate, test.margin, test.to_dict(),
-                   note or test.reason)
+    return Finding(
+        name, kind, test.outcome, test.estimate, test.margin, test.to_dict(), note or test.reason
+    )
 
 
 def bound(name: str, value: float, limit: float, note: str = "") -> Finding:
@@ -110,29 +112,36 @@ def bound(name: str, value: float, limit: float, note: str = "") -> Finding:
     return Finding(name, "bound", "pass" if value <= limit else "fail", value, limit, note=note)
 
 
-def count_limit(name: str, count: int, limit: int, total: int | None = None,
-                note: str = "") -> Finding:
+def count_limit(
+    name: str, count: int, limit: int, total: int | None = None, note: str = ""
+) -> Finding:
     """At most `limit` events (of `total`)."""
     test = {"count": count, "limit": limit, "total": total}
-    return Finding(name, "count_limit", "pass" if count <= limit else "fail", count, limit,
-                   test, note)
+    return Finding(
+        name, "count_limit", "pass" if count <= limit else "fail", count, limit, test, note
+    )
 
 
-def equality(name: str, a: Any, b: Any, same: Callable[[Any, Any], bool] | None = None,
-             note: str = "") -> Finding:
+def equality(
+    name: str, a: Any, b: Any, same: Callable[[Any, Any], bool] | None = None, note: str = ""
+) -> Finding:
     """a equals b (by `same`, default ==). A side that could not be read (None) is
     inconclusive: an unknown value is never taken as equal."""
     if a is None or b is None:
-        return Finding(name, "equality", "inconclusive", a, b,
-                       note=note or "one side could not be read")
+        return Finding(
+            name, "equality", "inconclusive", a, b, note=note or "one side could not be read"
+        )
     ok = same(a, b) if same is not None else a == b
     return Finding(name, "equality", "pass" if ok else "fail", a, b, note=note)
 
 
 def at_least(name: str, value: float, needed: float, note: str = "") -> Precondition:
     """A precondition: value >= needed (NaN is unmet)."""
-    met = value is not None and not (isinstance(value, float) and math.isnan(value)) \
+    met = (
+        value is not None
+        and not (isinstance(value, float) and math.isnan(value))
         and value >= needed
+    )
     return Precondition(name, bool(met), value, needed, "" if met else note)
 
 
@@ -144,5 +153,6 @@ def expected(verdict: Verdict, expect: str, expect_diagnosis: str | None) -> boo
         return verdict.outcome == "pass"
     if expect == "report":
         return verdict.outcome in ("pass", "fail")
-    return verdict.outcome == "fail" and (expect_diagnosis is None
-                                          or verdict.diagnosis == expect_diagnosis)
+    return verdict.outcome == "fail" and (
+        expect_diagnosis is None or verdict.diagnosis == expect_diagnosis
+    )

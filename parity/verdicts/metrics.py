@@ -104,7 +104,9 @@ def abs_dprob(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     Returns:
         |dp| per token.
     """
-    return np.abs(np.exp(np.asarray(ref, dtype=np.float64)) - np.exp(np.asarray(cand, dtype=np.float64)))
+    return np.abs(
+        np.exp(np.asarray(ref, dtype=np.float64)) - np.exp(np.asarray(cand, dtype=np.float64))
+    )
 
 
 def kl_k1(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -227,7 +229,9 @@ def masked(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     Returns:
         Boolean array, True where either logprob is -inf.
     """
-    return np.isneginf(np.asarray(ref, dtype=np.float64)) | np.isneginf(np.asarray(cand, dtype=np.float64))
+    return np.isneginf(np.asarray(ref, dtype=np.float64)) | np.isneginf(
+        np.asarray(cand, dtype=np.float64)
+    )
 
 
 # --- batch summaries ---
@@ -269,9 +273,13 @@ def _flatten(
     ents = None if ref_entropy is None else [np.asarray(a, dtype=np.float64) for a in ref_entropy]
     for i, (a, b) in enumerate(zip(refs, cands)):
         if a.ndim != 1 or a.shape != b.shape:
-            raise ValueError(f"sequence {i}: ref {a.shape} and cand {b.shape} must be equal 1-D shapes")
+            raise ValueError(
+                f"sequence {i}: ref {a.shape} and cand {b.shape} must be equal 1-D shapes"
+            )
         if ents is not None and ents[i].shape != a.shape:
-            raise ValueError(f"sequence {i}: ref_entropy shape {ents[i].shape} != ref shape {a.shape}")
+            raise ValueError(
+                f"sequence {i}: ref_entropy shape {ents[i].shape} != ref shape {a.shape}"
+            )
     lengths = np.array([a.size for a in refs], dtype=np.int64)
     flat_ref = np.concatenate(refs) if refs else np.zeros(0)
     flat_cand = np.concatenate(cands) if cands else np.zeros(0)
@@ -294,8 +302,18 @@ def _flatten(
     else:
         seq_v = seq
     valid_counts = np.bincount(seq_v, minlength=lengths.size)
-    return _Flat(flat_ref, flat_cand, flat_ent, seq, lengths, valid, ref_excluded, cand_excluded,
-                 seq_v, valid_counts)
+    return _Flat(
+        flat_ref,
+        flat_cand,
+        flat_ent,
+        seq,
+        lengths,
+        valid,
+        ref_excluded,
+        cand_excluded,
+        seq_v,
+        valid_counts,
+    )
 
 
 def _seq_means(values: np.ndarray, flat: _Flat) -> np.ndarray:
@@ -372,7 +390,9 @@ def per_sequence(
     return _per_sequence(flat, _token_values(flat, clip), seq_clip)
 
 
-def _per_sequence(flat: _Flat, tok: dict[str, np.ndarray], seq_clip: ClipRange) -> dict[str, np.ndarray]:
+def _per_sequence(
+    flat: _Flat, tok: dict[str, np.ndarray], seq_clip: ClipRange
+) -> dict[str, np.ndarray]:
     """per_sequence on already-flattened input and per-token values."""
     n_ref_excl = _seq_counts(flat.ref_excluded, flat)
     rate = np.full(flat.lengths.size, np.nan)

@@ -171,7 +171,9 @@ def _design(
     if not paired:
         b, drop_b = _one_side(base, base_clusters)
         c, drop_c = _one_side(cand, cand_clusters)
-        return _Design(b, c, "prompt" if clustered else "sequence", False, _dropped_note(drop_b, drop_c))
+        return _Design(
+            b, c, "prompt" if clustered else "sequence", False, _dropped_note(drop_b, drop_c)
+        )
     if clustered:
         ids_b, mean_b = cluster_means(base, base_clusters)
         ids_c, mean_c = cluster_means(cand, cand_clusters)
@@ -185,7 +187,9 @@ def _design(
         b = np.asarray(base, dtype=np.float64).ravel()
         c = np.asarray(cand, dtype=np.float64).ravel()
         if b.shape != c.shape:
-            raise ValueError(f"paired without clusters needs aligned arrays: base {b.size}, cand {c.size}")
+            raise ValueError(
+                f"paired without clusters needs aligned arrays: base {b.size}, cand {c.size}"
+            )
         keep = np.isfinite(b) & np.isfinite(c)
         b, c = b[keep], c[keep]
         only = [(int(keep.size - keep.sum()), "non-finite")]
@@ -283,7 +287,9 @@ def _one_sample_p(x: np.ndarray, null: float, alternative: str) -> float:
     return float(stats.ttest_1samp(x, null, alternative=alternative).pvalue)
 
 
-def _diff_ci(design: _Design, confidence: float, n_resamples: int, seed: int) -> tuple[float, float, float]:
+def _diff_ci(
+    design: _Design, confidence: float, n_resamples: int, seed: int
+) -> tuple[float, float, float]:
     """(d, lo, hi): d = mean(cand) - mean(base) and its bootstrap interval.
 
     Paired: a one-sample bootstrap of the per-prompt differences cand - base; otherwise the two
@@ -293,7 +299,9 @@ def _diff_ci(design: _Design, confidence: float, n_resamples: int, seed: int) ->
     if design.paired:
         diff = c - b
         return float(np.mean(diff)), *_bootstrap((diff,), _mean_stat, confidence, n_resamples, seed)
-    return float(np.mean(c) - np.mean(b)), *_bootstrap((b, c), _diff_stat, confidence, n_resamples, seed)
+    return float(np.mean(c) - np.mean(b)), *_bootstrap(
+        (b, c), _diff_stat, confidence, n_resamples, seed
+    )
 
 
 def _diff_p(design: _Design, shift: float, alternative: str) -> float:
@@ -436,7 +444,9 @@ def non_inferiority(
     design = _design(base, cand, paired, base_clusters, cand_clusters)
     b, c = design.base, design.cand
     conf = 1.0 - 2.0 * alpha
-    early = _too_few("non_inferiority", b, c, margin, conf, min_n, design.note, design.unit, design.paired)
+    early = _too_few(
+        "non_inferiority", b, c, margin, conf, min_n, design.note, design.unit, design.paired
+    )
     if early is not None:
         return early
     d, lo, hi = _diff_ci(design, conf, n_resamples, seed)
@@ -447,7 +457,10 @@ def non_inferiority(
     elif lo > margin:
         outcome, why = "fail", f"{one_sided} lower bound {lo:.4g} > margin {margin:.4g}"
     else:
-        outcome, why = "inconclusive", f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}] contains margin {margin:.4g}"
+        outcome, why = (
+            "inconclusive",
+            f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}] contains margin {margin:.4g}",
+        )
     return TestResult(
         kind="non_inferiority",
         outcome=outcome,
@@ -514,7 +527,9 @@ def equivalence_tost(
     design = _design(base, cand, paired, base_clusters, cand_clusters)
     b, c = design.base, design.cand
     conf = 1.0 - 2.0 * alpha
-    early = _too_few("equivalence", b, c, margin, conf, min_n, design.note, design.unit, design.paired)
+    early = _too_few(
+        "equivalence", b, c, margin, conf, min_n, design.note, design.unit, design.paired
+    )
     if early is not None:
         return early
     d, lo, hi = _diff_ci(design, conf, n_resamples, seed)
@@ -600,7 +615,10 @@ def threshold(
     elif lo > limit:
         outcome, why = "fail", f"{one_sided} lower bound {lo:.4g} > limit {limit:.4g}"
     else:
-        outcome, why = "inconclusive", f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}] contains limit {limit:.4g}"
+        outcome, why = (
+            "inconclusive",
+            f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}] contains limit {limit:.4g}",
+        )
     what = "mean" if clusters is None else f"mean of {x.size} prompt means"
     return TestResult(
         kind="threshold",
