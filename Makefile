@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.parity-setup
 
-.PHONY: setup demo demo-full test unit clean
+.PHONY: setup demo demo-full test lint unit clean
 
 # The browser test (tests/test_browser.py) opens report.html in Debian's headless Chromium.
 setup: $(STAMP)
@@ -44,8 +44,15 @@ demo-full: setup
 # workers (engine starts are single-threaded imports and spawns: two at a time use both cores);
 # tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group).
 TEST_WORKERS ?= 2
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
+
+# The house rules, checked before any test runs: the layer and no-cycle contracts
+# (import-linter, pyproject.toml), lint and formatting (ruff).
+lint: setup
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check parity tests scripts
+	$(BIN)/ruff format --check parity tests scripts
 
 unit: setup
 	$(BIN)/python -m pytest -q -m "not engine"
