@@ -1,15 +1,27 @@
 """Shared fixtures: real engine runs are expensive (15-50 s per start), so each distinct run
-happens once per session and tests read its results."""
+happens once per session and tests read its results.
+
+The tree mirrors parity/ (tests/run/ tests parity/run/, ...). Markers are set by directory:
+every test under tests/e2e/ starts real engines (`engine`), every test under tests/browser/
+opens a real browser (`browser`); `make unit` deselects both. The fakes and the helpers several
+test modules share live in tests/fakes/ (on the import path)."""
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 SCENARIOS = REPO / "scenarios"
+FIXTURES = TESTS / "fixtures"
+sys.path.insert(0, str(TESTS / "fakes"))
+MARKERS_BY_DIRECTORY = {"e2e": "engine", "browser": "browser"}
+# Fixtures that unit tests and engine tests of one subject share (tests/fakes/).
+pytest_plugins = ["identity_fixtures", "models_fixtures"]
 
 
 def pytest_configure(config):
@@ -38,9 +50,30 @@ CHEAP = {"tiny_model", "perturbed", "tmp_path_factory", "worker_id", "testrun_ui
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        _mark_by_directory(item)
         group = _xdist_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _mark_by_directory(item) -> None:
+    """The marker of the test's top directory under tests/; a marker only a directory gives,
+    set by hand elsewhere, is an error (a real-engine test outside tests/e2e/ would run in
+    `make unit`'s fast lane)."""
+    parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+    mine = MARKERS_BY_DIRECTORY.get(parts[0]) if len(parts) > 1 else None
+    if mine:
+        item.add_marker(getattr(pytest.mark, mine))
+    for marker in set(MARKERS_BY_DIRECTORY.values()) - {mine}:
+        if item.get_closest_marker(marker) is not None:
+            raise pytest.UsageError(
+                f"{item.nodeid}: marked {marker!r} by hand; tests that "
+                f"need it live in tests/{_dir_of(marker)}/"
+            )
+
+
+def _dir_of(marker: str) -> str:
+    return next(d for d, m in MARKERS_BY_DIRECTORY.items() if m == marker)
 
 
 def _xdist_group(item) -> str | None:

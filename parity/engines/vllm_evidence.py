@@ -43,7 +43,7 @@ class Checkpoint:
     asked for (dict-like: `in`, [], get, keys)."""
 
     def __init__(self, path: str):
-        from safetensors import safe_open
+        from safetensors import safe_open  # lazy: safetensors.torch imports torch
 
         files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
         if not files:
@@ -70,7 +70,7 @@ class Checkpoint:
 def checkpoint_value(name: str, tensors, packed: dict):
     """The checkpoint's value for an engine parameter: by name, or, for a stacked parameter
     (qkv_proj, gate_up_proj), its checkpoint parts concatenated in the engine's order."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     if name in tensors:
         return tensors[name]
@@ -104,7 +104,7 @@ def _rel(a, b) -> float:
 def _targets(model) -> tuple[list, list]:
     """([(name, module)] to check, [(name, why)] skipped): modules whose quant method has
     `apply` (or `embedding`, for input embeddings)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     targets, skipped = [], []
     for name, module in model.named_modules():
@@ -131,8 +131,8 @@ def _targets(model) -> tuple[list, list]:
 
 def _module_check(name, module, value, index: int) -> dict:
     """Probe one module: {"engine_vs_ckpt", "param_vs_ckpt" (None: no usable parameter)}."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch takes seconds to import
+    import torch.nn.functional as F  # lazy: torch takes seconds to import
 
     qm = module.quant_method
     weight = module.weight
@@ -177,7 +177,7 @@ def _module_check(name, module, value, index: int) -> dict:
 def _classify(model, checkpoint: str, only=None) -> tuple[dict, list]:
     """({name: (status, errors or None, dtype)}, [(name, why)] skipped) for the modules to
     check (all of them, or those named in `only`)."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     ckpt = Checkpoint(checkpoint)
     packed = dict(getattr(model, "packed_modules_mapping", None) or {})
@@ -257,7 +257,7 @@ def check(model, checkpoint: str) -> dict:
 def reprocess(model, names: list) -> list:
     """Re-run each named module's quant_method.process_weights_after_loading (re-packs the
     kernel's copy of the weight from the live parameter). Returns the names done."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     modules = dict(model.named_modules())
     done = []

@@ -5,6 +5,8 @@ Imported by vllm_worker.py, so it uses only the standard library, torch and vLLM
 
 from __future__ import annotations
 
+import inspect
+
 # The environment variable that turns the fp32 head patch on (any value but "", "0", "false").
 FP32_HEAD_ENV = "PARITY_FP32_HEAD"
 
@@ -44,7 +46,6 @@ def has_native_head_dtype(llm) -> bool:
 
 
 def _pooling_only(prop) -> bool:
-    import inspect
 
     try:
         source = inspect.getsource(getattr(prop, "fget", prop))
@@ -67,7 +68,7 @@ class Fp32HeadMethod:
         self.calls = 0
 
     def apply(self, layer, x, bias=None):
-        import torch.nn.functional as F
+        import torch.nn.functional as F  # lazy: torch takes seconds to import
 
         self.calls += 1
         return F.linear(x.float(), layer.weight.float(), None if bias is None else bias.float())
@@ -87,7 +88,7 @@ def _model_config(llm):
 def _patch_model(model) -> dict:
     """Runs where the model lives (the driver worker): wrap the head, then prove it took effect
     by computing logits for two random hidden states with and without the wrapper."""
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     head = getattr(model, "lm_head", None)
     if head is None or not hasattr(head, "quant_method"):
@@ -135,7 +136,6 @@ def _patch_model(model) -> dict:
 def _logits(model, hidden):
     """model.compute_logits across versions: (hidden, sampling_metadata) in V0 0.8.5, (hidden)
     in V1 (0.18.1 on)."""
-    import inspect
 
     try:
         params = [

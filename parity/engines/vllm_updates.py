@@ -9,10 +9,10 @@ import glob
 import os
 import time
 
-try:  # run inside the engine worker script: its directory is sys.path[0]
-    import vllm_evidence
-except ImportError:  # imported as parity.engines.vllm_updates (tests)
+if __package__:  # imported as parity.engines.vllm_updates (tests)
     from parity.engines import vllm_evidence
+else:  # inside the engine worker script, and the V1 workers it reaches: beside it on sys.path
+    import vllm_evidence
 
 # The checkpoint's value for an engine parameter (stacked parameters: their parts concatenated).
 _checkpoint_value = vllm_evidence.checkpoint_value
@@ -31,7 +31,7 @@ def is_v1(llm) -> bool:
 
 def _load_checkpoint(path: str) -> dict:
     """All tensors of a safetensors checkpoint directory, by checkpoint name."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: safetensors.torch imports torch
 
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
@@ -50,7 +50,7 @@ def inplace_update(model, checkpoint: str) -> dict:
         {"copied": n, "skipped": [(name, why)], "missing": [names]}: parameters whose storage no
         longer has the checkpoint's shape (e.g. emptied by a load-time repack) are skipped.
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import
 
     tensors = _load_checkpoint(checkpoint)
     packed = dict(getattr(model, "packed_modules_mapping", None) or {})
@@ -87,7 +87,7 @@ def _v1_core(llm):
 
 
 def _sampling_params(sampling: dict, index: int, ignore_eos: bool):
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # lazy: vLLM, only in an engine's interpreter
 
     kwargs = dict(
         n=sampling["n"],

@@ -6,7 +6,10 @@ environment has no parity package)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import types
+import typing
 
 
 def validate_engine_args(arg_sets: list[dict]) -> dict:
@@ -16,10 +19,9 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
     config, allocates nothing). Each arg set is {"engine_args", "model", "env_vars"} (or a bare
     dict of engine args: names only). A failing config is blamed on the arguments whose removal
     makes it build; when none does, on the set as a whole."""
-    import difflib
 
-    import vllm
-    from vllm.engine.arg_utils import EngineArgs
+    import vllm  # lazy: vLLM, only in an engine's interpreter
+    from vllm.engine.arg_utils import EngineArgs  # lazy: vLLM, only in an engine's interpreter
 
     fields = {f.name: f.type for f in dataclasses.fields(EngineArgs)}
     problems, limits = [], {}  # limits: index -> what requests may ask of that engine
@@ -79,8 +81,6 @@ def _type_mismatch(annotation, value):
     """The expected type (text) when `value` cannot be of the simple annotation (bool, int,
     float, str, None, Literal, dict, list and unions of them); None when it fits or the
     annotation is anything richer (left to vLLM's own checks)."""
-    import types
-    import typing
 
     if isinstance(annotation, str):
         return None
@@ -160,7 +160,7 @@ def _unreadable_env(name: str, value) -> str | None:
     """vLLM's own parse of one of its environment variables (vllm.envs' getter) failing on
     `value`: the error text; None when it reads it, or when vLLM does not know the variable."""
     try:
-        import vllm.envs as vllm_envs
+        import vllm.envs as vllm_envs  # lazy: vLLM, only in an engine's interpreter
 
         getter = getattr(vllm_envs, "environment_variables", {}).get(name)
     except Exception:

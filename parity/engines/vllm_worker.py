@@ -11,31 +11,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import inspect
 import json
 import os
 import sys
 import time
 import traceback
 
-try:  # run as a script: the script's directory is sys.path[0]
+# Its siblings: by bare name when run as a script (the script's directory is sys.path[0], and
+# the V1 workers vLLM spawns find vllm_updates' functions by that name), or from the package
+# when imported as parity.engines.vllm_worker (tests). Only the standard library and vLLM
+# otherwise: the V0 engine's interpreter has no parity.
+if __package__:
+    from parity.engines import identity, vllm_patches, vllm_progress, vllm_updates, vllm_validate
+else:
+    import identity
     import vllm_patches
-except ImportError:  # imported as parity.engines.vllm_worker (tests)
-    from parity.engines import vllm_patches
-
-try:  # engine-argument validation (no engine started)
-    import vllm_validate
-except ImportError:
-    from parity.engines import vllm_validate
-
-try:  # same for the weight-update operations (their functions reach V1 workers by module name)
-    import vllm_updates
-except ImportError:
-    from parity.engines import vllm_updates
-
-try:  # finished requests reported while vLLM generates
     import vllm_progress
-except ImportError:
-    from parity.engines import vllm_progress
+    import vllm_updates
+    import vllm_validate
 
 PROTOCOL_VERSION = 1
 
@@ -113,7 +107,7 @@ class VllmHost:
         self.patches: dict = {}
 
     def start(self, model: str, engine_args: dict) -> dict:
-        import vllm
+        import vllm  # lazy: vLLM, only in an engine's interpreter
 
         t0 = time.perf_counter()
         self.llm = vllm.LLM(model=model, **engine_args)
@@ -129,7 +123,7 @@ class VllmHost:
         (curated values, same names on V0 and V1), "notes" (where a value is an engine
         behaviour rather than a config field), "patches" (parity's worker-side patches) and
         "raw" (every config section)."""
-        import vllm
+        import vllm  # lazy: vLLM, only in an engine's interpreter
 
         engine = self.llm.llm_engine
         cfg = _get(engine, "vllm_config")
@@ -143,7 +137,7 @@ class VllmHost:
         notes: dict = {}
         live = vllm_patches.live_model_facts(self.llm) or {}
         try:
-            from vllm.platforms import current_platform
+            from vllm.platforms import current_platform  # lazy: vLLM is the engine's own
 
             platform = current_platform.device_type
         except Exception:
@@ -259,10 +253,10 @@ class VllmHost:
         # The rest of the identity facts, read from the engine's own hf_config by the rule the
         # trainer side uses (parity/engines/identity.py); the live values above take precedence.
         try:
-            import transformers
+            import transformers  # lazy: transformers imports torch
 
             major = int(str(transformers.__version__).split(".")[0])
-            facts = _identity().config_facts(hf, transformers_major=major)
+            facts = identity.config_facts(hf, transformers_major=major)
             for name in ("model.rope_scaling", "model.max_position_embeddings", "model.norm_eps"):
                 if facts.get(name) is not None:
                     key[name] = facts[name]
@@ -289,7 +283,7 @@ class VllmHost:
         }
 
     def generate(self, prompts: list[list[int]], sampling: dict) -> dict:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vLLM, only in an engine's interpreter
 
         params = []
         for i in range(len(prompts)):
@@ -343,7 +337,6 @@ class VllmHost:
         tqdm is swapped for the call)."""
         if vllm_progress.PROGRESS["send"] is None:
             return self.llm.generate(inputs, params, use_tqdm=False)
-        import inspect
 
         param = inspect.signature(self.llm.generate).parameters.get("use_tqdm")
         if param is not None and "Callable" in str(param.annotation):  # vLLM >= 0.9
@@ -377,30 +370,15 @@ def _prompt_logprobs(request) -> list | None:
     return out
 
 
-def _identity():
-    """parity/engines/identity.py, imported by path where parity is not on the path (engine envs)."""
-    if __package__:  # imported as parity.engines.vllm_worker
-        from parity.engines import identity
-
-        return identity
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.py")
-    spec = importlib.util.spec_from_file_location("parity_identity", path)
-    identity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(identity)
-    return identity
-
-
 def read_model_facts(model_path: str) -> dict:
     """The model-identity facts of a checkpoint as this interpreter's transformers reads it
     (AutoConfig, GenerationConfig, AutoTokenizer; no vLLM import, so it takes seconds), by
     parity.engines.identity's names and normalisation (see identity.read_facts).
 
-    parity/engines/identity.py needs only the standard library at import time; it is loaded by file path
-    because the worker's interpreter (e.g. the V0 env) has no parity on its path.
+    parity/engines/identity.py needs only the standard library at import time: the worker's
+    interpreter (e.g. the V0 env) imports it from beside this script, without parity.
     """
-    return _identity().read_facts(model_path)
+    return identity.read_facts(model_path)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -432,8 +410,8 @@ def serve(reply_fd: int) -> None:
         op = request.get("op")
         try:
             if op == "preload":  # import vLLM now, while the harness is busy elsewhere
-                import vllm
-                from vllm.engine.arg_utils import EngineArgs
+                import vllm  # lazy: the point of this op
+                from vllm.engine.arg_utils import EngineArgs  # lazy: as above
 
                 result = {"modules": [vllm.LLM.__module__, EngineArgs.__module__]}
             elif op == "start":

@@ -1,0 +1,383 @@
+"""Category verdict logic on synthetic samples (the real-engine evidence is in test_engine_*),
+and the meta-test: every finding every category declares has an input that makes it FAIL."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from parity import categories
+from parity.categories import lm_head, logprobs, rl, runtime, weight_update
+from parity.engines.base import SamplingSpec, Sequence
+from parity.trainer.reference import RefScore
+from parity.verdicts import core
+from parity.verdicts.metrics import ClipRange
+
+TOL = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6, "excluded_rate": 0.01}
+
+
+def fake(
+    n_seqs,
+    length,
+    cand_shift,
+    raw_shift=0.5,
+    seed=0,
+    excluded=0,
+    entropy=1.0,
+    outliers=0.0,
+    samples=1,
+):
+    """Sequences and reference scores: cand = processed + noise + shift; `excluded` tokens per
+    sequence get a processed logprob of -inf (the trainer excludes the sampled token)."""
+    rng = np.random.default_rng(seed)
+    seqs, scores = [], []
+    for i in range(n_seqs):
+        processed = -rng.uniform(0.1, 2.0, length)
+        cand = processed + rng.normal(0, 0.01, length) + cand_shift
+        if outliers:
+            cand[: max(1, length // 20)] += outliers
+        ref = processed.copy()
+        ref[:excluded] = -np.inf
+        seqs.append(Sequence(i // samples, i % samples, [1], list(range(length)), list(cand)))
+        scores.append(RefScore(processed - raw_shift, ref, np.full(length, entropy)))
+    return seqs, scores
+
+
+def test_logprobs_pass_when_close():
+    seqs, scores = fake(30, 20, 0.0)
+    verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "pass" and verdict.diagnosis is None
+
+
+def test_logprobs_raw_diagnosis():
+    seqs, scores = fake(30, 20, -0.5)
+    verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "raw_logprobs"
+    assert "logprobs_mode=processed_logprobs" in verdict.message
+    assert core.expected(verdict, "fail", "raw_logprobs")
+    assert not core.expected(verdict, "pass", None)
+
+
+def test_logprobs_too_few_tokens_is_inconclusive():
+    seqs, scores = fake(30, 2, 0.0)
+    verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "inconclusive"
+    assert [p.name for p in verdict.preconditions if not p.met] == ["n_tokens"]
+
+
+def test_impossible_tokens_fail_even_when_the_rest_matches():
+    # Half the sampled tokens are excluded by the trainer: the remaining ones match exactly,
+    # which used to pass; an excluded token is the strongest possible mismatch.
+    seqs, scores = fake(30, 20, 0.0, excluded=10)
+    verdict, detail = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "support_mismatch"
+    assert detail["vs_processed"]["n_ref_excluded"] == 300
+    assert "top_k/top_p" in verdict.message
+
+
+def test_excluded_rate_tolerates_rare_boundary_flips_but_not_a_support_mismatch():
+    # 1 excluded token in 40 x 40 (0.06%, as numerics alone give: README "Excluded tokens")
+    # passes; 1 in every 40-token sequence (2.5%) fails; ties at the cut never count.
+    seqs, scores = fake(40, 40, 0.0)
+    scores[0].processed_logprob[0] = -np.inf
+    verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "pass", verdict.message
+    seqs, scores = fake(40, 40, 0.0, excluded=1)
+    verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "support_mismatch"
+    for r in scores:
+        r.boundary_tie = np.isneginf(r.processed_logprob)
+    verdict, detail = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "pass" and detail["vs_processed"]["n_tied_excluded"] == 40
+
+
+def test_several_samples_per_prompt_resample_prompts():
+    seqs, scores = fake(40, 20, 0.0, samples=4)
+    verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    bound = next(f for f in verdict.findings if f.name == "abs_dlogp_seqmean")
+    assert bound.test["unit"] == "prompt" and bound.test["n_cand"] == 10
+
+
+def test_rl_paired_by_prompt():
+    base, cand = fake(40, 20, 0.0, seed=1), fake(40, 20, 0.0, seed=3)
+    runs = {"baseline": (*base, None), "candidate": (*cand, None)}
+    verdict, _ = rl.check(runs, rl.RL.margins, ClipRange(), 100)
+    assert verdict.outcome == "pass", verdict.message
+    assert all(f.test["paired"] for f in verdict.findings if f.kind != "count_limit")
+
+
+# ----------------------------------------------------------------------------- the meta-test
+# For every category, every declared finding: an input that makes exactly that finding fail.
+
+
+def _failing_logprobs():
+    out = {}
+    for name, kwargs in {
+        "abs_dlogp_seqmean": dict(cand_shift=0.3),
+        "kl_k3_seqmean": dict(cand_shift=0.3),
+        "abs_dlogp_p99": dict(cand_shift=0.0, outliers=2.0),
+        "excluded_rate": dict(cand_shift=0.0, excluded=1),
+    }.items():
+        seqs, scores = fake(30, 40, seed=5, **kwargs)
+        out[name] = logprobs.check(seqs, scores, TOL, ClipRange(), 100)[0]
+    return out
+
+
+def _failing_rl():
+    base = fake(40, 20, 0.0, seed=1)
+    out = {}
+    worse = fake(40, 20, 0.3, seed=1)
+    for name in ("kl_k3", "abs_dlogp", "clip_rate"):
+        out[name] = rl.check(
+            {"baseline": (*base, None), "candidate": (*worse, None)},
+            {name: rl.RL.margins[name]},
+            ClipRange(),
+            100,
+        )[0]
+    hot = fake(40, 20, 0.0, seed=1, entropy=2.0)
+    out["entropy"] = rl.check(
+        {"baseline": (*base, None), "candidate": (*hot, None)}, {"entropy": 0.2}, ClipRange(), 100
+    )[0]
+    out["reward"] = rl.check(
+        {"baseline": (*base, [0.0] * 40), "candidate": (*fake(40, 20, 0.0, seed=1), [1.0] * 40)},
+        {"reward": 0.2},
+        ClipRange(),
+        100,
+    )[0]
+    bad = fake(40, 20, 0.0, seed=1, excluded=2)
+    out["excluded_rate"] = rl.check(
+        {"baseline": (*base, None), "candidate": (*bad, None)},
+        {"excluded_rate": 0.01},
+        ClipRange(),
+        100,
+    )[0]
+    return out
+
+
+def _seq(i, tokens, lps, **kw):
+    return Sequence(i, 0, [1], list(tokens), list(lps), **kw)
+
+
+def _failing_runtime():
+    out = {}
+    base = {
+        "enable_prefix_caching": False,
+        "async_scheduling": False,
+        "cascade_attention": "off",
+        "logprobs_mode": "processed_logprobs",
+        "head_dtype": "torch.float32",
+    }
+    changed = {
+        "enable_prefix_caching": True,
+        "async_scheduling": True,
+        "cascade_attention": "allowed",
+        "logprobs_mode": "raw_logprobs",
+        "head_dtype": "torch.bfloat16",
+    }
+    for key, value in changed.items():
+        out[f"match.{key}"] = runtime.judge_config_diff(base, {**base, key: value})[0]
+    ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
+    moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
+    findings, pre, _ = runtime.probe_findings(
+        runtime.aligned(ref, moved), runtime.CATEGORY.tolerances, 100, ClipRange()
+    )
+    for f in findings:
+        out[f.name] = core.Verdict(core.combine(findings, pre), None, "", findings, pre)
+    return out
+
+
+def _failing_lm_head():
+    import torch
+
+    from tests.categories.test_lm_head import _result
+
+    res, refs = _result(torch.bfloat16, "vllm.v1.engine.llm_engine.LLMEngine")
+    return {"head_dtype": lm_head.judge(res, refs)[0]}
+
+
+class _Scorer:
+    """The trainer for weight_update on synthetic logprobs: the old weights predict `old`, the
+    new ones `old - 1`, keep vs recompute differ after the update by 0.5."""
+
+    def __init__(self, *args):
+        self.dtype = None
+
+    def old(self, p, t, sampling):
+        return np.full(len(t), -1.0)
+
+    def new(self, p, t, sampling):
+        return np.full(len(t), -2.0)
+
+    def keep(self, p, t, k, sampling):
+        return np.concatenate([np.full(k, -1.0), np.full(len(t) - k, -2.5)])
+
+    def score(self, p, t, boundary, sampling):
+        return np.full(len(t), -3.0)
+
+
+def _update_result(probe, lps_before, lps_after, versions=None, **spec):
+    from parity.trainer.updates import UpdateSpec
+
+    sc = SimpleNamespace(
+        options={"probe": probe, "update": UpdateSpec(**spec)},
+        tolerances={"abs_dlogp_mean": 0.05},
+        sampling=SamplingSpec(),
+        head_dtype="float32",
+        min_tokens=10,
+    )
+    after = [_seq(i, range(20), lps_after, weight_versions=versions) for i in range(25)]
+    before = [_seq(i, range(20), lps_before) for i in range(25)]
+    run = SimpleNamespace(
+        sequences=after,
+        effective_config={"key": {}},
+        extra={"target": "t", "before": before, "update": {"version_before": 0, "version": 1}},
+    )
+    return SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
+
+
+def _failing_weight_update(monkeypatch):
+    from parity.trainer import hybrids
+
+    monkeypatch.setattr(weight_update, "SplitScorer", _Scorer)
+    # The hybrid search on real models is tested in tests/test_hybrids.py; here it finds the head.
+    monkeypatch.setattr(hybrids, "explain", lambda *a: hybrids.Attribution(["lm_head"], 0.01, True))
+    judge = weight_update.judge
+    old, new = np.full(20, -1.0), np.full(20, -2.0)
+    out = {
+        "abs_dlogp_before_vs_old": judge(_update_result("takes_effect", new, new), None)[0],
+        "abs_dlogp_after_vs_new": judge(_update_result("takes_effect", old, old), None)[0],
+        # between old and new: a partial update, whose stale part the search names
+        "stale_components": judge(_update_result("takes_effect", old, np.full(20, -1.5)), None)[0],
+    }
+    assert out["stale_components"].diagnosis == "stale_lm_head"
+    # In flight, 5 tokens before the update; keep predicts -2.5 after it, recompute -2.0.
+    v = [0] * 5 + [1] * 15
+    keep = np.concatenate([np.full(5, -1.0), np.full(15, -2.5)])
+    rec = np.concatenate([np.full(5, -1.0), np.full(15, -2.0)])
+    out["abs_dlogp_pre_vs_old"] = judge(_update_result("inflight", old, new, v), None)[0]
+    out["abs_dlogp_post_vs_keep"] = judge(_update_result("inflight", old, rec, v), None)[0]
+    out["abs_dlogp_post_vs_recompute"] = judge(
+        _update_result("inflight", old, keep, v, expect_semantics="recompute"), None
+    )[0]
+    out["post_update_tokens"] = judge(_update_result("inflight", old, rec, v, mode="wait"), None)[0]
+    # Labels that put the update 3 tokens early: the trainer's split one token later fits
+    # better than the labelled one.
+    early = [0] * 2 + [1] * 18
+    out["version_labels"] = judge(_update_result("inflight", old, keep, early), None)[0]
+    # The uninterrupted run has token 3 where the paused one skips it: a token lost at the pause.
+    lost = _update_result("inflight", old, keep, v)
+    lost.runs["candidate"].sequences = [
+        _seq(i, [0, 1, 2, 4, 5] + list(range(6, 21)), keep, weight_versions=v) for i in range(25)
+    ]
+    lost.runs["candidate"].extra["uninterrupted"] = [
+        _seq(i, range(12), np.full(12, -1.0)) for i in range(25)
+    ]
+    out["token_stream"] = judge(lost, None)[0]
+    assert out["token_stream"].diagnosis == "token_stream"
+    return out
+
+
+def test_every_finding_of_every_category_can_fail(monkeypatch):
+    failing = {
+        "logprobs": _failing_logprobs(),
+        "rl": _failing_rl(),
+        "runtime": _failing_runtime(),
+        "lm_head": _failing_lm_head(),
+        "weight_update": _failing_weight_update(monkeypatch),
+    }
+    assert set(failing) == set(categories.names()), "a category without its failing inputs"
+    for name, category in categories.registry().items():
+        declared = category.findings
+        for finding, kind in declared.items():
+            assert kind in core.KINDS, (name, finding, kind)
+            if finding.endswith("*"):
+                cases = {k: v for k, v in failing[name].items() if k.startswith(finding[:-1])}
+                assert cases, (name, finding)
+            else:
+                assert finding in failing[name], f"{name}: no failing input for {finding}"
+                cases = {finding: failing[name][finding]}
+            for case, verdict in cases.items():
+                hit = [f for f in verdict.findings if f.name == case]
+                assert hit and hit[0].outcome == "fail", (name, case, verdict.findings)
+                assert hit[0].kind == kind
+                assert verdict.outcome == "fail"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: core.bound("x", 2.0, 1.0),
+        lambda: core.count_limit("x", 3, 2),
+        lambda: core.equality("x", 1, 2),
+    ],
+)
+def test_every_finding_kind_can_fail(build):
+    assert build().outcome == "fail"
+
+
+def test_unknown_is_never_equal_and_preconditions_gate_a_pass():
+    assert core.equality("x", None, 1).outcome == "inconclusive"
+    ok = core.bound("x", 0.5, 1.0)
+    assert core.combine([ok], [core.at_least("n", 5, 10)]) == "inconclusive"
+    assert core.combine([], []) == "inconclusive"
+    with pytest.raises(ValueError):
+        core.Finding("x", "informational", "pass", 1, None)
+
+
+def test_identity_findings_fail_on_a_different_model(monkeypatch):
+    from parity.engines import identity
+    from parity.run import modelcheck
+
+    trainer = {"model.rope_theta": 100000.0, "model.vocab_size": 49152}
+    monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)
+    monkeypatch.setattr(identity, "engine_facts", lambda key: dict(key))
+    run = SimpleNamespace(
+        effective_config={"key": {"model.rope_theta": 10000, "model.vocab_size": 49152}}
+    )
+    res = SimpleNamespace(model_path="m", runs={"candidate": run})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    assert verdict.outcome == "fail" and verdict.diagnosis == "model_mismatch"
+    assert "model.rope_theta" in verdict.message
+    run.effective_config["key"]["model.rope_theta"] = 100000
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    assert verdict.outcome == "pass"
+
+
+def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatch):
+    """A served engine's endpoints give no hf_config: those keys are shown unknown, named in
+    the note, and do not make the verdict inconclusive; a key it could report but did not
+    still does."""
+    from parity.engines.openai_engine import NOT_EXPOSED
+    from parity.run import modelcheck
+
+    trainer = {k: 1 for k in NOT_EXPOSED} | {"model.dtype": "bfloat16"}
+    monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: trainer)
+    served = SimpleNamespace(
+        effective_config={"key": {"dtype": "bfloat16"}, "not_exposed": list(NOT_EXPOSED)}
+    )
+    res = SimpleNamespace(model_path="m", runs={"candidate": served})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    detail = {}
+    modelcheck.add_identity(res, verdict, detail)
+    assert verdict.outcome == "pass"
+    assert [f.name for f in verdict.findings] == ["x"]  # nothing comparable vs the trainer
+    assert {r["status"] for r in detail["identity"]["identity.candidate_vs_trainer"]} == {"unknown"}
+    # Two served engines: their dtypes are compared, a difference fails as for any engine.
+    other = SimpleNamespace(
+        effective_config={"key": {"dtype": "float32"}, "not_exposed": list(NOT_EXPOSED)}
+    )
+    res = SimpleNamespace(model_path="m", runs={"candidate": served, "baseline": other})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    pair = next(f for f in verdict.findings if f.name == "identity.baseline_vs_candidate")
+    assert pair.outcome == "fail" and "not exposed by a served engine" in pair.note
+    # An in-process engine that does not report a key it should: inconclusive, as before.
+    res = SimpleNamespace(
+        model_path="m",
+        runs={"candidate": SimpleNamespace(effective_config={"key": {"dtype": "bfloat16"}})},
+    )
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    assert verdict.outcome == "inconclusive"

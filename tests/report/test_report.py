@@ -1,0 +1,72 @@
+"""Exit codes and report files from run results (synthetic verdicts; real runs are in
+test_engine_*)."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from parity.report import build as report_build
+from parity.report import files as report_files
+from parity.run.runner import RunResult, ScenarioResult
+from parity.run.scenario import load_scenarios
+from parity.verdicts.core import Finding, Verdict
+
+SHIPPED = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def results(*outcomes):
+    scenarios = {s.name: s for s in load_scenarios([SHIPPED])}
+    out = []
+    for name, outcome, diagnosis in outcomes:
+        res = ScenarioResult(scenarios[name])
+        res.verdict = Verdict(
+            outcome,
+            diagnosis,
+            f"{outcome} message",
+            [
+                Finding(
+                    "abs_dlogp_seqmean", "bound", "pass" if outcome == "pass" else "fail", 0.1, 0.06
+                )
+            ],
+        )
+        out.append(res)
+    return RunResult("test", out, timings={"total_s": 1.0})
+
+
+def test_exit_codes():
+    ok = ("logprobs-processed", "pass", None)
+    control_ok = ("logprobs-raw-control", "fail", "raw_logprobs")
+    assert report_build.exit_code(results(ok, control_ok)) == 0
+    assert report_build.exit_code(results(("logprobs-processed", "fail", "x"), control_ok)) == 1
+    # A negative control that passes means the check could not fail: a divergence.
+    assert report_build.exit_code(results(ok, ("logprobs-raw-control", "pass", None))) == 1
+    # ... and one that fails for another reason is not the control working either.
+    assert report_build.exit_code(results(ok, ("logprobs-raw-control", "fail", "other"))) == 1
+    assert (
+        report_build.exit_code(
+            results(("logprobs-processed", "unresolved", "engine_failed"), control_ok)
+        )
+        == 125
+    )
+    assert report_build.exit_code(results(("logprobs-processed", "inconclusive", None))) == 125
+    # A measurement of the hardware (expect = "report") accepts either decided outcome.
+    measured = ("runtime-batch-invariance", "fail", "batch_variance")
+    assert report_build.exit_code(results(ok, control_ok, measured)) == 0
+    assert (
+        report_build.exit_code(
+            results(ok, control_ok, ("runtime-batch-invariance", "unresolved", "engine_failed"))
+        )
+        == 125
+    )
+
+
+def test_files_written(tmp_path):
+    run = results(
+        ("logprobs-processed", "fail", "x"), ("logprobs-raw-control", "fail", "raw_logprobs")
+    )
+    data = report_files.write(run, tmp_path, report_build.exit_code(run))
+    assert json.loads((tmp_path / "report.json").read_text())["exit_code"] == 1
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert "logprobs-processed" in (tmp_path / "report.md").read_text()
+    assert data["provenance"]["python"]
