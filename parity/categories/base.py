@@ -17,7 +17,7 @@ class Category:
 
     Attributes:
         name: the `category = "..."` of scenario files.
-        summary: one line for the README and --help.
+        summary: one line for the docs and --help.
         fields: category-specific top-level scenario fields -> one line of help each.
         tolerances: default tolerances (name -> value) a scenario's [tolerances] may override.
         margins: default baseline-vs-candidate margins a scenario's [margins] may override.

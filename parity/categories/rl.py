@@ -29,7 +29,7 @@ BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
 class RL(Category):
     name = "rl"
     summary = "baseline vs candidate on clip rate, KL, |dlogp|, entropy and reward"
-    # See README "How the margins were chosen" for the run-to-run noise they come from.
+    # See docs/measurements.md#rl-margin-noise for the run-to-run noise they come from.
     # excluded_rate: the share of sampled tokens the trainer excludes, as in the logprobs
     # category (its tolerance there; _common.EXCLUDED_RATE_DEFAULT for the measurements).
     margins = {

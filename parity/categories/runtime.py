@@ -18,8 +18,8 @@ from parity.verdicts.fmt import fmt
 
 PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
 # Two runs of one engine on the same tokens: only kernel and batching noise may separate them.
-# Chosen below the engine-to-trainer bf16 noise (~0.03-0.04 mean |dlogp|, FACTS.md); measured
-# values and the command that reproduces them: README, "Runtime probe tolerances".
+# Chosen below the engine-to-trainer bf16 noise (~0.03-0.04 mean |dlogp|, docs/measurements.md#measured-gaps); measured
+# values and the command that reproduces them: docs/measurements.md#runtime-probes.
 RUNTIME_ABS_DLOGP = 0.02
 RUNTIME_KL_K3 = 0.002
 

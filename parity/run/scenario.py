@@ -401,7 +401,7 @@ def parse_scenario(
     return (None, found) if found else (scenario, [])
 
 
-# vLLM refuses more than this many logprobs per position (max_logprobs default, FACTS.md).
+# vLLM refuses more than this many logprobs per position (max_logprobs default, docs/measurements.md#max-logprobs).
 MAX_LOGPROBS = 20
 
 

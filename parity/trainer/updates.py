@@ -26,7 +26,7 @@ SEMANTICS = ("keep", "recompute")
 # Two hypotheses (old vs new weights, keep vs recompute, stale vs fresh KV) are told apart only
 # when the references they predict differ by this many tolerances; closer, the verdict says so.
 SEPARATION = 3.0
-DEFAULT_TOLERANCE = 0.05  # mean |dlogp| to the matching reference (bf16 noise ~0.04, FACTS.md)
+DEFAULT_TOLERANCE = 0.05  # mean |dlogp| to the matching reference (bf16 noise ~0.04: docs/measurements.md#measured-gaps)
 
 
 @dataclass(frozen=True)

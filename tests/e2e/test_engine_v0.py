@@ -78,7 +78,8 @@ def test_direct_comparison_on_the_same_tokens_names_each_semantics(rl_run):
     """The engine that runs second is teacher-forced on the first one's tokens; the semantics of
     its prompt logprobs are measured against the trainer: raw on V1; on V0 0.8.5 they carry the
     request's temperature AND top-k/top-p (measured: |gap| to processed 0.009, tempered-only 0.067,
-    raw 0.27 on the tiny model), so "processed", not only "tempered" as FACTS.md says."""
+    raw 0.27 on the tiny model), so "processed", not only "tempered"
+    (docs/measurements.md#prompt-logprobs-semantics)."""
     _, report = rl_run
     scenarios = by_name(report)
     for name in ("rl-v0-vs-v1-parity", "rl-v0-vs-v1-defaults"):

@@ -66,7 +66,7 @@ def test_report_has_effective_config_and_provenance(shipped_run):
 
 def test_same_seed_same_numbers(shipped_run, tmp_path):
     """A second run of the fixed setting reproduces the first run: the same tokens, and every
-    metric within 1e-4 relative (README, "Reproducibility": 1e-9 on a quiet AVX512-BF16
+    metric within 1e-4 relative (docs/measurements.md#reproducibility: 1e-9 on a quiet AVX512-BF16
     machine; under `make test`'s two workers the engine core may step before every request
     arrived, and AVX512's kernels are not batch invariant: 6.9e-6 relative was measured)."""
     _, _, first = shipped_run
