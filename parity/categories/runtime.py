@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from parity import engines
 from parity.categories import _common
 from parity.categories.base import Category, choice, sampling_for
 from parity.engines import configdiff
@@ -17,6 +18,7 @@ from parity.verdicts import core, metrics, stats
 from parity.verdicts.fmt import fmt
 
 PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
+RESETS = PROBES[1:]  # the probes that call engine.reset_prefix_cache()
 # Two runs of one engine on the same tokens: only kernel and batching noise may separate them.
 # Chosen below the engine-to-trainer bf16 noise (~0.03-0.04 mean |dlogp|, docs/measurements.md#measured-gaps); measured
 # values and the command that reproduces them: docs/measurements.md#runtime-probes.
@@ -216,11 +218,17 @@ def probe_findings(
     return findings, pre, stats_out
 
 
-def _semantics(key: dict[str, Any], sampling) -> dict[str, str]:
-    """What the decode and the prefill logprobs of one engine mean (read in vLLM's source)."""
+def _semantics(key: dict[str, Any], sampling, kind: str = "vllm") -> dict[str, str]:
+    """What the decode and the prefill logprobs of one engine mean (read in vLLM's source; an
+    engine kind from a plugin says what it can in its effective config's logprobs_mode)."""
     if not sampling.is_processed_distinct:
         same = "raw = processed (T=1, no truncation)"
         return {"decode": same, "prefill": same}
+    if kind not in engines.ENGINES:
+        return {
+            "decode": str(key.get("logprobs_mode") or f"unknown (engine kind {kind})"),
+            "prefill": f"unknown (engine kind {kind} is not vLLM; see the measured semantics)",
+        }
     v1 = str(key.get("engine_impl", "")).startswith("vllm.v1.")
     decode = str(key.get("logprobs_mode") or "processed_logprobs")
     prefill = (
@@ -303,7 +311,7 @@ def _judge_probe(res, refs, role: str) -> tuple[core.Verdict, dict[str, Any]]:
         if cold_hits:
             notes.append(f"the cold run reused {cold_hits} cached tokens")
     if probe == "prefill_consistency":
-        sem = _semantics(key, sc.sampling)
+        sem = _semantics(key, sc.sampling, er.setting.engine)
         measured = {
             "decode": _measured_semantics(res, refs, er.extra["cand"], er),
             "prefill": _measured_semantics(res, refs, er.extra["ref"], er),
@@ -466,9 +474,22 @@ class Runtime(Category):
         return None
 
     def check_settings(self, scenario, path):
-        if scenario.options.get("probe") != "prefix_cache":
-            return []
         problems = []
+        probe = scenario.options.get("probe")
+        for role, setting in scenario.settings().items():
+            if probe in RESETS and setting.engine not in engines.ENGINES:
+                if not hasattr(engines.engine_class(setting.engine), "reset_prefix_cache"):
+                    problems.append(
+                        (
+                            path,
+                            f"{role}.engine",
+                            f"the {probe} probe resets the engine's prefix cache, and engine "
+                            f"kind {setting.engine!r} has no reset_prefix_cache(): use the "
+                            "config_diff probe, or an engine kind that has one",
+                        )
+                    )
+        if probe != "prefix_cache":
+            return problems
         for role, setting in scenario.settings().items():
             on = setting.args.get("enable_prefix_caching")
             # vLLM V0 leaves prefix caching off unless it is asked for; V1 turns it on.

@@ -13,9 +13,10 @@ from rich.table import Table
 
 from parity.bisect import each as bisect_each
 from parity.bisect import search
-from parity.cli.app import app, log, out, report_problems
+from parity.cli.app import app, fail, log, out, report_problems
 from parity.engines.settings import inprocess_problems, parse_setting
-from parity.report.build import EXIT_UNRESOLVED
+from parity.plugins import PluginError
+from parity.report.build import EXIT_UNRESOLVED, EXIT_USAGE
 from parity.run import runner
 from parity.run.scenario import Overrides, ScenarioError, load_scenarios
 
@@ -63,6 +64,8 @@ def bisect(
         scenarios = load_scenarios(scenario or [Path("scenarios")], Overrides(model=model))
     except ScenarioError as exc:
         problems += exc.problems
+    except PluginError as exc:  # an installed plugin that cannot be used: which one and why
+        fail(str(exc), EXIT_USAGE, exc)
     if problems:
         report_problems(problems)
     out_dir = runner.new_run_dir(output)

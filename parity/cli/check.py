@@ -13,6 +13,7 @@ import typer
 from parity import api
 from parity.cli.app import app, console, fail, log, out, report_problems
 from parity.engines.base import EngineError, EngineSetting
+from parity.plugins import PluginError
 from parity.report import files, junit, summary
 from parity.report.build import EXIT_UNRESOLVED, EXIT_USAGE
 from parity.run.progress import Display
@@ -141,6 +142,8 @@ def check(
         fail(f"engine failure before any scenario ran: {exc}", EXIT_UNRESOLVED, exc)
     except (EnvError, ModelError) as exc:  # models/env build failures: one clear line
         fail(str(exc), EXIT_USAGE if getattr(exc, "usage", False) else EXIT_UNRESOLVED, exc)
+    except PluginError as exc:  # an installed plugin that cannot be used: which one and why
+        fail(str(exc), EXIT_USAGE, exc)
     _ci_outputs(run.report, run.out_dir, junit_path)
     shown = console if json_out else out  # --json: stdout carries the summary only
     files.print_table(run, shown)

@@ -1,8 +1,7 @@
-"""The engine registry: engine kind (a setting's `engine`, from its profile) -> the class that
-implements parity.engines.base.Engine, imported lazily ("module:Class") so that the CLI and the
-metric code start without importing torch or vLLM. A new engine kind is one module plus one
-line here, or one module in another package offered in the `parity.engines` entry-point group
-(parity.plugins)."""
+"""The engine registry: engine kind (a setting's `engine`) -> the class implementing
+parity.engines.base.Engine, imported lazily ("module:Class") so that the CLI and the metric code
+start without importing torch or vLLM. A new engine kind is one module plus one line here, or
+one module in another package offered in the `parity.engines` entry-point group (parity.plugins)."""
 
 from __future__ import annotations
 
@@ -25,10 +24,13 @@ def kinds() -> dict[str, str]:
 
 
 def engine_class(kind: str):
-    """The class registered for an engine kind (KeyError naming the known kinds)."""
+    """The class registered for an engine kind (KeyError naming the known kinds; PluginError
+    naming the entry point and its package when a plugin's class fails to load)."""
     known = kinds()
     if kind not in known:
         raise KeyError(f"unknown engine kind {kind!r}; known: {', '.join(known)}")
+    if kind not in ENGINES:
+        return plugins.load(plugins.ENGINES, kind, plugins.entry_points(plugins.ENGINES)[kind])
     module, _, name = known[kind].partition(":")
     return getattr(importlib.import_module(module), name)
 

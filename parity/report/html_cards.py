@@ -11,6 +11,7 @@ from html import escape
 from typing import Any, Callable
 
 from parity import categories
+from parity.engines import ENGINES as BUILTIN_ENGINES
 from parity.report import plots
 from parity.report.build import headline_of
 from parity.run.faults import describe
@@ -418,10 +419,13 @@ def engines_card(data: dict[str, Any]) -> str:
     rows = []
     for e in data.get("engines") or []:
         setting = e.get("setting") or {}
+        kind = setting.get("engine", "vllm")
         what = (
             f"served {setting['url']}"
             if setting.get("url")
             else f"{setting.get('profile') or ''} {json.dumps(setting.get('engine_args') or {})}"
+            if kind in BUILTIN_ENGINES
+            else f"{kind} (a plugin's engine kind) {json.dumps(setting.get('engine_args') or {})}"
         )
         eff = e.get("effective_config") or {}
         config = "".join(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from parity.engines import ENGINES as BUILTIN_ENGINES
 from parity.report.build import headline_of
 from parity.verdicts.fmt import fmt
 
@@ -170,9 +171,15 @@ def to_markdown(data: dict[str, Any]) -> str:
                 "",
             ]
         for role, e in rec["engines"].items():
+            kind = e["setting"].get("engine", "vllm")
             lines.append(
-                f"- {role}: `{e['label']}` -> {e['engine_impl']} (vLLM "
-                f"{e['vllm_version']}), start {fmt(e['start_s'], 3)} s, generate "
+                f"- {role}: `{e['label']}` -> {e['engine_impl']} "
+                + (
+                    f"(vLLM {e['vllm_version']})"
+                    if kind in BUILTIN_ENGINES
+                    else f"(engine kind {kind}, from a plugin)"
+                )
+                + f", start {fmt(e['start_s'], 3)} s, generate "
                 f"{fmt(e['generate_s'], 3)} s, {e['n_tokens']} tokens"
                 + (f"; ERROR: {e['error'].splitlines()[0]}" if e["error"] else "")
             )
@@ -182,6 +189,11 @@ def to_markdown(data: dict[str, Any]) -> str:
         key = (e.get("effective_config") or {}).get("key", {})
         if e["setting"].get("url"):  # a served engine: its URL, and what it did not expose
             lines.append(f"### engine {e['n']}: served `{e['setting']['url']}`")
+        elif e["setting"].get("engine", "vllm") not in BUILTIN_ENGINES:  # no profile
+            lines.append(
+                f"### engine {e['n']}: engine kind `{e['setting']['engine']}` (from a plugin) "
+                f"{json.dumps(e['setting']['engine_args'])}"
+            )
         else:
             lines.append(
                 f"### engine {e['n']}: `{e['setting']['profile']}` "

@@ -11,7 +11,7 @@ from typing import Any
 
 from parity import engines
 from parity.engines.base import Sequence
-from parity.run import faults
+from parity.run import faults, modelcheck
 
 
 class MemoEngine:
@@ -63,7 +63,7 @@ class Ahead:
             for i, ((key, model), jobs) in enumerate(items, 1)
             if (key, model) in refused
             or all(id(r) in doomed for r, _ in jobs)
-            or drifts.get((jobs[0][0].scenario.settings()[jobs[0][1]].env, model))
+            or modelcheck.drift_for(drifts, jobs[0][0].scenario.settings()[jobs[0][1]], model)
         }
         self.engines: dict[int, Any] = {}
         self.offsets: dict[int, int] = {}

@@ -9,6 +9,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
+from parity import engines
 from parity.engines import identity
 from parity.engines.base import EngineError
 from parity.engines.process import read_model_facts
@@ -30,7 +31,9 @@ def config_drift(
             (s.env, r.model_path)
             for r in results
             for s in r.scenario.settings().values()
-            if s.engine != "openai"
+            # a served engine's server, and a plugin's engine kind, read the checkpoint their
+            # own way: their effective config's identity facts are judged after the run
+            if s.engine != "openai" and s.engine in engines.ENGINES
         }
     ):
         if env == "harness":  # the trainer's own interpreter: nothing to drift
@@ -46,6 +49,12 @@ def config_drift(
         if rows:
             out[(env, model_path)] = rows
     return out
+
+
+def drift_for(drifts: dict, setting, model_path: str) -> list[dict[str, Any]] | None:
+    """The config drift (config_drift's rows) that keeps this setting's engine from starting:
+    its environment's, for the engine kinds config_drift reads for; None when there is none."""
+    return drifts.get((setting.env, model_path)) if setting.engine in engines.ENGINES else None
 
 
 @functools.cache

@@ -1,5 +1,6 @@
 """Engine-side checks before any engine starts: every engine argument's name and value, in the
-environment whose vLLM will run it (one validator process per interpreter, no engine started).
+environment whose vLLM will run it (one validator process per interpreter, no engine started),
+or by the engine class of a plugin's engine kind.
 
 A problem is (where, field, message with the fix): `where` is the scenario file, or the option
 (`--candidate`, `--good`, ...) the setting came from.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from parity import engines
 from parity.categories.base import sampling_for
 from parity.engines.base import EngineSetting
 from parity.engines.process import validate_engine_args
@@ -56,8 +58,39 @@ def checks_for(results) -> list[tuple[Any, str, Check]]:
         for role, setting in sc.settings().items():
             if setting.engine == "openai":  # a served engine: its server validated its config
                 continue
+            if setting.engine not in engines.ENGINES:  # a plugin's kind: plugin_problems
+                continue
             where = f"--{role}" if sc.provenance.get(role) == "cli" else str(sc.path)
             out.append((res, role, Check(where, f"{role}.engine_args", setting, res.model_path)))
+    return out
+
+
+def plugin_problems(results, log: Log) -> list[Problem]:
+    """The settings of engine kinds from plugins (parity.engines.kinds()), which vLLM's validator
+    does not know: judged by the engine class's own `setting_problems(setting)` where it has one
+    (parity.engines.base.Engine), else left to the engine's start (said once per kind).
+
+    Raises:
+        PluginError: a plugin's engine class fails to load.
+    """
+    out: list[Problem] = []
+    unchecked = set()
+    for res in results:
+        sc = res.scenario
+        for role, setting in sc.settings().items():
+            if setting.engine in engines.ENGINES:
+                continue
+            judge = getattr(engines.engine_class(setting.engine), "setting_problems", None)
+            if judge is None:
+                unchecked.add(setting.engine)
+                continue
+            where = f"--{role}" if sc.provenance.get(role) == "cli" else str(sc.path)
+            out += [(where, f"{role}.{fld}", message) for fld, message in judge(setting)]
+    for kind in sorted(unchecked):
+        log(
+            f"[validate] engine kind {kind!r} (a plugin) defines no setting_problems: its "
+            "engine_args are first read when it starts"
+        )
     return out
 
 
@@ -68,7 +101,8 @@ def preflight(
     log: Log,
 ) -> tuple[dict[str, str], dict, dict[tuple[str, str], str]]:
     """Everything checked in the engines' environments before any engine starts: the
-    environments are built, every engine argument judged by its vLLM, every request checked
+    environments are built, every engine argument judged by its vLLM (a plugin engine kind's
+    by its own class, plugin_problems), every request checked
     against the limits the engine's config sets, and each checkpoint read as each environment
     reads it (config drift).
 
@@ -87,6 +121,7 @@ def preflight(
     """
 
     jobs = checks_for(results)
+    found = plugin_problems(results, log)
     names = {c.setting.env for *_, c in jobs} | {
         s.env for r in results for s in r.scenario.settings().values()
     }
@@ -98,7 +133,7 @@ def preflight(
         if reason:
             refused[(check.setting.key(), res.model_path)] = reason
             log(f"{res.scenario.name} [{role}]: cannot run here: {reason}")
-    problems = engine_problems(
+    problems = found + engine_problems(
         [c for *_, c in jobs if (c.setting.key(), c.model_path) not in refused], pythons, log_dir
     )
     lengths: dict[int, list[int]] = {}

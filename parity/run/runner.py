@@ -149,7 +149,7 @@ def run(
                         extra={"refused": why} if why else {},
                     )
                 continue
-            drift = drifts.get((setting.env, model_path))
+            drift = modelcheck.drift_for(drifts, setting, model_path)
             if drift:
                 record["skipped"] = "config drift: " + "; ".join(r["message"] for r in drift)
                 log(f"[engine {n}/{len(plan)}] not started: {record['skipped']}")
