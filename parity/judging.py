@@ -153,21 +153,15 @@ def judge_group(
 
 
 def _excluded(g, per_seq, summary, tolerances, clusters) -> core.Finding:
-    """The share of scored tokens the trainer gives probability 0 while the engine sampled
-    them, by a one-sample bound. Tokens tied at the top-k/top-p cut (boundary_tie) are the tie
-    rule's choice and do not count; without that column every such token counts."""
+    """The excluded-token rate (metrics.excluded_rates: the share of scored tokens the trainer
+    gives probability 0 while the engine's logprob is finite) by a one-sample bound. Tokens tied
+    at the top-k/top-p cut (boundary_tie) do not count; without that column every one counts."""
     limit = tolerances.get("excluded_rate", _common.EXCLUDED_RATE_DEFAULT)
-    rates, ties = per_seq["ref_excluded_rate"], "no boundary_tie column: ties at the cut count"
+    rates, n_tied = metrics.excluded_rates(g.trainer, g.engine, g.boundary_tie)
+    ties = "no boundary_tie column: ties at the cut count"
     if g.boundary_tie is not None:
-        tied = np.array(
-            [
-                np.sum(np.isneginf(t) & ~np.isneginf(e) & b)
-                for t, e, b in zip(g.trainer, g.engine, g.boundary_tie)
-            ]
-        )
-        rates = (per_seq["n_ref_excluded"] - tied) / np.maximum(per_seq["n_tokens"], 1)
-        summary["n_tied_excluded"] = int(tied.sum())
-        ties = f"{int(tied.sum())} of them tied at the cut, not counted"
+        summary["n_tied_excluded"] = n_tied
+        ties = f"{n_tied} of them tied at the cut, not counted"
     test = stats.threshold(rates, limit, clusters=clusters)
     return core.from_test(
         "excluded_rate",

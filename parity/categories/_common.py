@@ -40,31 +40,19 @@ def logprob_gaps(
     entropy = (
         arrays([r.entropy for r in scores]) if all(r.entropy is not None for r in scores) else None
     )
+    ties = [
+        np.zeros(np.size(r.processed_logprob), bool)
+        if r.boundary_tie is None
+        else np.asarray(r.boundary_tie, bool)
+        for r in scores
+    ]
     summary = metrics.summarize(processed, cand, entropy, clip)
     per_seq = metrics.per_sequence(processed, cand, entropy, clip)
     vs_raw = metrics.summarize(raw, cand, None, clip)
-    per_seq["excluded_rate"] = excluded_rates(scores)
-    summary["n_tied_excluded"] = int(sum(_tied_excluded(r).sum() for r in scores))
+    per_seq["excluded_rate"], summary["n_tied_excluded"] = metrics.excluded_rates(
+        processed, cand, ties
+    )
     return {"vs_processed": summary, "vs_raw": vs_raw, "per_seq": per_seq}
-
-
-def _tied_excluded(score: RefScore) -> np.ndarray:
-    """Excluded sampled tokens tied with the lowest kept logit (the tie rule's choice)."""
-    excluded = np.isneginf(np.asarray(score.processed_logprob))
-    if score.boundary_tie is None:
-        return np.zeros_like(excluded)
-    return excluded & np.asarray(score.boundary_tie, bool)
-
-
-def excluded_rates(scores: list[RefScore]) -> np.ndarray:
-    """Per sequence: the share of sampled tokens the trainer excludes, ties at the cut not
-    counted (NaN for an empty sequence)."""
-    out = []
-    for r in scores:
-        lp = np.asarray(r.processed_logprob)
-        n = lp.size
-        out.append((np.isneginf(lp).sum() - _tied_excluded(r).sum()) / n if n else np.nan)
-    return np.asarray(out, np.float64)
 
 
 def clusters(seqs: list[Sequence]) -> np.ndarray | None:
@@ -93,8 +81,8 @@ def excluded_finding(
     tolerances: dict[str, float],
     groups: np.ndarray | None,
 ) -> core.Finding:
-    """The share of sampled tokens the trainer's processed distribution gives probability 0
-    (ties at the cut not counted), by a one-sample bound against its tolerance."""
+    """The excluded-token rate (metrics.excluded_rates, per_seq["excluded_rate"]) by a
+    one-sample bound against its tolerance."""
     limit = tolerances.get("excluded_rate", EXCLUDED_RATE_DEFAULT)
     test = stats.threshold(per_seq["excluded_rate"], limit, clusters=groups)
     n, tied = int(summary.get("n_ref_excluded", 0)), int(summary.get("n_tied_excluded", 0))
