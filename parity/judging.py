@@ -1,6 +1,6 @@
-"""`parity judge`: a per-token table made elsewhere (parity.data.dumps) judged like the logprobs
-category, trainer = reference and engine = candidate (same metrics, statistics, tolerances),
-and its reports: report.json, report.md, junit.xml and the terminal table."""
+"""`parity judge`: a per-token table made elsewhere (parity.data.dumps) judged by the logprobs
+category's check (trainer = reference, engine = candidate) with its own diagnosis and weight
+versions, and its reports: report.json, report.md, junit.xml and the terminal table."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import numpy as np
 from rich.table import Table
 
 from parity.categories import _common
-from parity.categories.logprobs import Logprobs
+from parity.categories.logprobs import Logprobs, TokenJudgement, judge_tokens
 from parity.data import dumps
 from parity.data.atomic import atomic_write
 from parity.report import junit
 from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
 from parity.report.build import clean as _clean
 from parity.run.scenario import DEFAULT_MIN_TOKENS
-from parity.verdicts import core, metrics, stats
+from parity.verdicts import core, metrics
 from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
@@ -39,6 +39,9 @@ DIAGNOSES = {
     "numeric_mismatch": "check the lm_head dtype, kernels, and that both sides hold the same "
     "weights (weight_version)",
 }
+# How the findings name a dump's tokens (the category's: "sampled tokens ... outside the
+# trainer's top-k/top-p support").
+SCORED = _common.Words("scored tokens", "have trainer logprob -inf while the engine's is finite")
 VERSION_KEYS = (
     "n_seqs",
     "n_tokens",
@@ -111,28 +114,26 @@ def judge_group(
 ) -> tuple[core.Verdict, dict[str, Any]]:
     """One group's verdict and detail.
 
-    Findings, as in the logprobs category: per-sequence mean |dlogp| and k3 KL by a one-sample
-    bound on their means (over prompts when prompts have several samples), the p99 |dlogp|,
-    and the share of tokens the trainer excludes (logprob -inf) where the engine's is finite.
-    Precondition: at least `min_tokens` scored tokens. Diagnosis: support_mismatch (excluded
-    tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails), else
-    numeric_mismatch.
+    Findings and precondition: the logprobs category's (logprobs.judge_tokens), the trainer as
+    reference and the engine as candidate, over the scored tokens. Diagnosis: support_mismatch
+    (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
+    else numeric_mismatch; the worst weight version is named when there are several.
     """
-    summary = metrics.summarize(g.trainer, g.engine, g.entropy, clip)
-    per_seq = metrics.per_sequence(g.trainer, g.engine, g.entropy, clip)
-    clusters = (
-        g.prompt_ids
-        if g.prompt_ids is not None and len(np.unique(g.prompt_ids)) < len(g.prompt_ids)
-        else None
+    j = judge_tokens(
+        g.trainer,
+        g.engine,
+        tolerances,
+        clip,
+        min_tokens,
+        entropy=g.entropy,
+        boundary_tie=g.boundary_tie,
+        prompt_ids=g.prompt_ids,
+        words=SCORED,
     )
-    findings = _common.threshold_findings(per_seq, summary, tolerances, clusters)
-    findings.append(_excluded(g, per_seq, summary, tolerances, clusters))
-    pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, "scored tokens")]
-    shape = _shape(g)
+    summary, shape = j.summary, _shape(g)
     versions = by_version(g, clip)
     worst = _worst(versions)
-    outcome = core.combine(findings, pre)
-    diagnosis, message = _diagnose(outcome, findings, summary, shape, pre)
+    diagnosis, message = _diagnose(j, shape)
     if worst and len(versions) > 1:
         best = min(versions, key=lambda v: _nan_last(versions[v]["abs_dlogp_mean"]))
         message += (
@@ -149,28 +150,7 @@ def judge_group(
         "key_metric": summary["abs_dlogp_mean"],
         "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset {fmt(shape['offset_mean'])}",
     }
-    return core.Verdict(outcome, diagnosis, message, findings, pre), detail
-
-
-def _excluded(g, per_seq, summary, tolerances, clusters) -> core.Finding:
-    """The excluded-token rate (metrics.excluded_rates: the share of scored tokens the trainer
-    gives probability 0 while the engine's logprob is finite) by a one-sample bound. Tokens tied
-    at the top-k/top-p cut (boundary_tie) do not count; without that column every one counts."""
-    limit = tolerances.get("excluded_rate", _common.EXCLUDED_RATE_DEFAULT)
-    rates, n_tied = metrics.excluded_rates(g.trainer, g.engine, g.boundary_tie)
-    ties = "no boundary_tie column: ties at the cut count"
-    if g.boundary_tie is not None:
-        summary["n_tied_excluded"] = n_tied
-        ties = f"{n_tied} of them tied at the cut, not counted"
-    test = stats.threshold(rates, limit, clusters=clusters)
-    return core.from_test(
-        "excluded_rate",
-        test,
-        note=(
-            f"{int(summary['n_ref_excluded'])} of {int(summary['n_tokens'])} scored tokens have "
-            f"trainer logprob -inf while the engine's is finite ({ties}); {test.reason}"
-        ),
-    )
+    return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
 
 
 def _shape(g: dumps.Group) -> dict[str, float]:
@@ -186,7 +166,8 @@ def _shape(g: dumps.Group) -> dict[str, float]:
     return {"offset_mean": float(d.mean()), "offset_sd": float(d.std()), "slope": slope}
 
 
-def _diagnose(outcome, findings, summary, shape, pre) -> tuple[str | None, str]:
+def _diagnose(j: TokenJudgement, shape: dict[str, float]) -> tuple[str | None, str]:
+    outcome, findings, summary, pre = j.outcome, j.findings, j.summary, j.preconditions
     gap, off, p99 = summary["abs_dlogp_mean"], shape["offset_mean"], summary["abs_dlogp_p99"]
     text = (
         f"mean |dlogp| {fmt(gap, 4)}, mean engine - trainer {fmt(off, 4)} (sd "

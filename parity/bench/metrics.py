@@ -129,7 +129,10 @@ def _once(data) -> tuple[dict[str, float], dict[str, float]]:
         )
         per_seq[role]["reward"] = np.asarray(rewards)
     groups = {
-        role: add("_common.clusters", lambda: _common.clusters(data[role][0])) for role in ROLES
+        role: add(
+            "_common.clusters", lambda: _common.clusters([s.prompt_index for s in data[role][0]])
+        )
+        for role in ROLES
     }
     kw = dict(paired=True, base_clusters=groups["baseline"], cand_clusters=groups["candidate"])
     for key in rl.MISMATCH_METRICS.values():
