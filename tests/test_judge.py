@@ -184,6 +184,8 @@ def test_weight_versions_are_shown_and_the_worst_named(tmp_path):
     assert g["per_weight_version"]["2"]["abs_dlogp_mean"] == pytest.approx(0.3, abs=0.005)
     assert g["per_weight_version"]["2"]["n_tokens"] == N_SEQS // 4 * N_TOK
     assert "worst weight version 2" in g["verdict"]["message"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| version | " + " | ".join(judge.VERSION_KEYS) + " |" in md and "| 2 | 16 | 512 |" in md
 
 
 def test_parity_tokens_parquet_is_judged_per_scenario_and_engine(tmp_path):
