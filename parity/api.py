@@ -25,7 +25,7 @@ from typing import Any
 
 from parity import categories, judging
 from parity.data import atomic, dumps, tables
-from parity.report import build, files
+from parity.report import build, files, judge_report
 from parity.run import runner, scenario, selection
 from parity.run.results import RunResult
 from parity.run.scenario import Overrides, Scenario, ScenarioError
@@ -201,7 +201,7 @@ def judge(
     out_dir = runner.new_run_dir(Path(output) if output is not None else None, prefix="judge-")
     data = judging.to_json(dump, results, limits, clip, min_tokens, code, out_dir.name)
     try:
-        judging.write(data, out_dir)
+        judge_report.write(data, out_dir)
     except OSError as exc:
         raise OSError(f"cannot write the report into {out_dir}: {exc}") from exc
     return Judgement(out_dir, code, data)

@@ -1,28 +1,23 @@
-"""`parity judge`: a per-token table made elsewhere (parity.data.dumps) judged like the logprobs
-category, trainer = reference and engine = candidate (same metrics, statistics, tolerances),
-and its reports: report.json, report.md, junit.xml and the terminal table."""
+"""`parity judge`: a per-token table made elsewhere (parity.data.dumps) judged by the logprobs
+category's check, trainer = reference and engine = candidate, with its own diagnosis and
+per-weight-version breakdown; report.json data (rendered by parity.report.judge_report)."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
 
 from parity.categories import _common
-from parity.categories.logprobs import Logprobs
+from parity.categories.logprobs import Logprobs, TokenJudgement, judge_tokens
 from parity.data import dumps
-from parity.data.atomic import atomic_write
-from parity.report import junit
 from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
 from parity.report.build import clean as _clean
 from parity.run.scenario import DEFAULT_MIN_TOKENS
-from parity.verdicts import core, metrics, stats
+from parity.verdicts import core, metrics
 from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
@@ -39,6 +34,9 @@ DIAGNOSES = {
     "numeric_mismatch": "check the lm_head dtype, kernels, and that both sides hold the same "
     "weights (weight_version)",
 }
+# How the findings name a dump's tokens (the category's: "sampled tokens ... outside the
+# trainer's top-k/top-p support").
+SCORED = _common.Words("scored tokens", "have trainer logprob -inf while the engine's is finite")
 VERSION_KEYS = (
     "n_seqs",
     "n_tokens",
@@ -111,28 +109,26 @@ def judge_group(
 ) -> tuple[core.Verdict, dict[str, Any]]:
     """One group's verdict and detail.
 
-    Findings, as in the logprobs category: per-sequence mean |dlogp| and k3 KL by a one-sample
-    bound on their means (over prompts when prompts have several samples), the p99 |dlogp|,
-    and the share of tokens the trainer excludes (logprob -inf) where the engine's is finite.
-    Precondition: at least `min_tokens` scored tokens. Diagnosis: support_mismatch (excluded
-    tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails), else
-    numeric_mismatch.
+    Findings and precondition: the logprobs category's (logprobs.judge_tokens), the trainer as
+    reference and the engine as candidate, over the scored tokens. Diagnosis: support_mismatch
+    (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
+    else numeric_mismatch; the worst weight version is named when there are several.
     """
-    summary = metrics.summarize(g.trainer, g.engine, g.entropy, clip)
-    per_seq = metrics.per_sequence(g.trainer, g.engine, g.entropy, clip)
-    clusters = (
-        g.prompt_ids
-        if g.prompt_ids is not None and len(np.unique(g.prompt_ids)) < len(g.prompt_ids)
-        else None
+    j = judge_tokens(
+        g.trainer,
+        g.engine,
+        tolerances,
+        clip,
+        min_tokens,
+        entropy=g.entropy,
+        boundary_tie=g.boundary_tie,
+        prompt_ids=g.prompt_ids,
+        words=SCORED,
     )
-    findings = _common.threshold_findings(per_seq, summary, tolerances, clusters)
-    findings.append(_excluded(g, per_seq, summary, tolerances, clusters))
-    pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, "scored tokens")]
-    shape = _shape(g)
+    summary, shape = j.summary, _shape(g)
     versions = by_version(g, clip)
     worst = _worst(versions)
-    outcome = core.combine(findings, pre)
-    diagnosis, message = _diagnose(outcome, findings, summary, shape, pre)
+    diagnosis, message = _diagnose(j, shape)
     if worst and len(versions) > 1:
         best = min(versions, key=lambda v: _nan_last(versions[v]["abs_dlogp_mean"]))
         message += (
@@ -149,34 +145,7 @@ def judge_group(
         "key_metric": summary["abs_dlogp_mean"],
         "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset {fmt(shape['offset_mean'])}",
     }
-    return core.Verdict(outcome, diagnosis, message, findings, pre), detail
-
-
-def _excluded(g, per_seq, summary, tolerances, clusters) -> core.Finding:
-    """The share of scored tokens the trainer gives probability 0 while the engine sampled
-    them, by a one-sample bound. Tokens tied at the top-k/top-p cut (boundary_tie) are the tie
-    rule's choice and do not count; without that column every such token counts."""
-    limit = tolerances.get("excluded_rate", _common.EXCLUDED_RATE_DEFAULT)
-    rates, ties = per_seq["ref_excluded_rate"], "no boundary_tie column: ties at the cut count"
-    if g.boundary_tie is not None:
-        tied = np.array(
-            [
-                np.sum(np.isneginf(t) & ~np.isneginf(e) & b)
-                for t, e, b in zip(g.trainer, g.engine, g.boundary_tie)
-            ]
-        )
-        rates = (per_seq["n_ref_excluded"] - tied) / np.maximum(per_seq["n_tokens"], 1)
-        summary["n_tied_excluded"] = int(tied.sum())
-        ties = f"{int(tied.sum())} of them tied at the cut, not counted"
-    test = stats.threshold(rates, limit, clusters=clusters)
-    return core.from_test(
-        "excluded_rate",
-        test,
-        note=(
-            f"{int(summary['n_ref_excluded'])} of {int(summary['n_tokens'])} scored tokens have "
-            f"trainer logprob -inf while the engine's is finite ({ties}); {test.reason}"
-        ),
-    )
+    return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
 
 
 def _shape(g: dumps.Group) -> dict[str, float]:
@@ -192,7 +161,8 @@ def _shape(g: dumps.Group) -> dict[str, float]:
     return {"offset_mean": float(d.mean()), "offset_sd": float(d.std()), "slope": slope}
 
 
-def _diagnose(outcome, findings, summary, shape, pre) -> tuple[str | None, str]:
+def _diagnose(j: TokenJudgement, shape: dict[str, float]) -> tuple[str | None, str]:
+    outcome, findings, summary, pre = j.outcome, j.findings, j.summary, j.preconditions
     gap, off, p99 = summary["abs_dlogp_mean"], shape["offset_mean"], summary["abs_dlogp_p99"]
     text = (
         f"mean |dlogp| {fmt(gap, 4)}, mean engine - trainer {fmt(off, 4)} (sd "
@@ -292,9 +262,6 @@ def exit_code(results: list[Judged]) -> int:
     return EXIT_OK if outcomes == {"pass"} else EXIT_UNRESOLVED
 
 
-# ---------------------------------------------------------------------------------- reports
-
-
 def to_json(
     dump: dumps.Dump,
     results: list[Judged],
@@ -338,145 +305,3 @@ def to_json(
             ],
         }
     )
-
-
-def to_markdown(data: dict[str, Any]) -> str:
-
-    inp = data["input"]
-    lines = [
-        f"# parity judge {data['run_id']}",
-        "",
-        f"Exit code **{data['exit_code']}**. Created {data['created_utc']}, parity "
-        f"{data['provenance']['parity_version']}.",
-        "",
-        f"File `{inp['file']}` (sha256 `{inp['sha256'][:16]}...`), format {inp['format']}, "
-        f"{inp['layout']} layout, {inp['n_rows']} rows. Columns: "
-        + ", ".join(f"{k} = `{v}`" for k, v in inp["mapping"].items())
-        + ".",
-        "",
-    ]
-    lines += [f"- {note}" for note in inp["notes"]] + ([""] if inp["notes"] else [])
-    lines += [
-        "Tolerances: "
-        + ", ".join(f"{k} {v}" for k, v in data["tolerances"].items())
-        + f"; clip [1 - {data['clip']['eps_low']}, 1 + {data['clip']['eps_high']}]; "
-        f"min tokens {data['min_tokens']}.",
-        "",
-        "| group | verdict | diagnosis | tokens | mean abs dlogp | kl_k3 | p99 abs dlogp "
-        "| excluded |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for g in data["groups"]:
-        m = g["metrics"]
-        lines.append(
-            f"| {g['name']} | **{g['verdict']['outcome']}** | "
-            f"{g['verdict']['diagnosis'] or ''} | {m['n_tokens']} | "
-            f"{fmt(m['abs_dlogp_mean'], 4)} | {fmt(m['kl_k3_mean'], 4)} | "
-            f"{fmt(m['abs_dlogp_p99'], 4)} | {m['n_ref_excluded']} |"
-        )
-    for g in data["groups"]:
-        v = g["verdict"]
-        lines += [
-            "",
-            f"## {g['name']}: {v['outcome']}",
-            "",
-            f"**Diagnosis:** {v['message']}",
-            "",
-            "| finding | kind | value | limit | 90% CI | p | outcome |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for f in v["findings"]:
-            t = f.get("test") or {}
-            ci = f"[{fmt(t.get('ci_low'), 4)}, {fmt(t.get('ci_high'), 4)}]" if "ci_low" in t else ""
-            lines.append(
-                f"| {f['name']} | {f['kind']} | {fmt(f['value'], 4)} | "
-                f"{fmt(f['limit'], 4)} | {ci} | {fmt(t.get('p_value'), 3)} | "
-                f"{f['outcome']} |"
-            )
-        lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(val, 4)} |" for k, val in {**g["metrics"], **g["shape"]}.items()]
-        if g.get("per_weight_version"):
-            lines += [
-                "",
-                f"Per weight version (shown, not judged; worst: {g['worst_weight_version']}):",
-                "",
-                "| version | " + " | ".join(VERSION_KEYS) + " |",
-                "|---|" + "---|" * len(VERSION_KEYS),
-            ]
-            lines += [
-                f"| {ver} | " + " | ".join(fmt(m[k], 4) for k in VERSION_KEYS) + " |"
-                for ver, m in g["per_weight_version"].items()
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def to_junit(data: dict[str, Any]) -> str:
-    """One testcase per group, in the shape parity.report.junit reads (a group must pass)."""
-    return junit.to_junit(
-        {
-            "timings": {},
-            "scenarios": [
-                {
-                    "name": g["name"],
-                    "category": "judge",
-                    "verdict": g["verdict"],
-                    "expect": "pass",
-                    "as_expected": g["verdict"]["outcome"] == "pass",
-                }
-                for g in data["groups"]
-            ],
-        }
-    )
-
-
-def write(data: dict[str, Any], out_dir: Path) -> None:
-    """report.json first (the other renderings cannot cost it), each file replaced atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
-    atomic_write(out_dir / "report.md", to_markdown(data))
-    atomic_write(out_dir / "junit.xml", to_junit(data) + "\n")
-
-
-def print_table(data: dict[str, Any], console) -> None:
-
-    table = Table(title=f"parity judge {data['input']['file']}")
-    for col in (
-        "group",
-        "verdict",
-        "tokens",
-        "mean |dlogp|",
-        "kl_k3",
-        "p99 |dlogp|",
-        "excluded",
-        "diagnosis",
-    ):
-        table.add_column(col, overflow="fold")
-    colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
-    for g in data["groups"]:
-        v, m = g["verdict"], g["metrics"]
-        table.add_row(
-            g["name"],
-            f"[{colours.get(v['outcome'], 'white')}]{v['outcome']}[/]",
-            str(m["n_tokens"]),
-            fmt(m["abs_dlogp_mean"], 4),
-            fmt(m["kl_k3_mean"], 4),
-            fmt(m["abs_dlogp_p99"], 4),
-            str(m["n_ref_excluded"]),
-            v["diagnosis"] or "",
-        )
-    console.print(table)
-    for note in data["input"]["notes"]:
-        console.print(f"note: {note}", highlight=False)
-    for g in data["groups"]:
-        if len(g.get("per_weight_version") or {}) > 1:  # one version: nothing to compare
-            console.print(
-                f"{g['name']}: per weight version mean |dlogp| "
-                + ", ".join(
-                    f"{ver} {fmt(m['abs_dlogp_mean'], 4)} ({m['n_tokens']} tok)"
-                    for ver, m in g["per_weight_version"].items()
-                )
-                + f"; worst {g['worst_weight_version']}",
-                highlight=False,
-            )
-        if g["verdict"]["outcome"] != "pass":
-            console.print(f"[bold]{g['name']}[/]: {g['verdict']['message']}", highlight=False)

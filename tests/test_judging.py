@@ -184,6 +184,8 @@ def test_weight_versions_are_shown_and_the_worst_named(tmp_path):
     assert g["per_weight_version"]["2"]["abs_dlogp_mean"] == pytest.approx(0.3, abs=0.005)
     assert g["per_weight_version"]["2"]["n_tokens"] == N_SEQS // 4 * N_TOK
     assert "worst weight version 2" in g["verdict"]["message"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| version | " + " | ".join(judge.VERSION_KEYS) + " |" in md and "| 2 | 16 | 512 |" in md
 
 
 def test_parity_tokens_parquet_is_judged_per_scenario_and_engine(tmp_path):
@@ -221,6 +223,108 @@ def test_parity_tokens_parquet_is_judged_per_scenario_and_engine(tmp_path):
     assert b["labels"]["engine_label"] == "candidate-label"
     assert data["input"]["mapping"]["prompt_id"] == "prompt_index"
     assert any("dropped 64 row(s)" in n for n in data["input"]["notes"])
+
+
+# ------------------------------------------------- one check: the logprobs category's
+
+
+def per_token(shift=0.0, excluded=0, n_prompts=24, samples=2, n_tok=30, seed=0):
+    """Per sequence: trainer (processed) and engine logprobs, `excluded` tokens per sequence
+    at -inf for the trainer (every other one tied at the cut), two samples per prompt."""
+    rng = np.random.default_rng(seed)
+    out = {k: [] for k in ("trainer", "engine", "entropy", "tie", "prompt")}
+    for i in range(n_prompts * samples):
+        trainer = -rng.gamma(0.4, 1.5, n_tok)
+        out["engine"].append(trainer + rng.normal(0.0, 0.02, n_tok) + shift)
+        trainer[:excluded] = -np.inf
+        out["tie"].append(np.isneginf(trainer) & (np.arange(n_tok) % 2 == 1))
+        out["trainer"].append(trainer)
+        out["entropy"].append(rng.uniform(0.5, 2.0, n_tok))
+        out["prompt"].append(i // samples)
+    return out
+
+
+def as_category(d):
+    from parity.engines.base import Sequence
+    from parity.trainer.reference import RefScore
+
+    seqs = [
+        Sequence(p, i % 2, [1], list(range(e.size)), list(e))
+        for i, (p, e) in enumerate(zip(d["prompt"], d["engine"]))
+    ]
+    scores = [RefScore(t - 0.3, t, h, b) for t, h, b in zip(d["trainer"], d["entropy"], d["tie"])]
+    return seqs, scores
+
+
+def as_group(d):
+    return dumps.Group(
+        "all",
+        {},
+        list(range(len(d["engine"]))),
+        d["engine"],
+        d["trainer"],
+        d["entropy"],
+        None,
+        d["tie"],
+        np.asarray(d["prompt"]),
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,outcome",
+    [
+        ({}, "pass"),
+        ({"shift": -0.2}, "fail"),
+        ({"excluded": 2}, "fail"),
+        ({"excluded": 4}, "fail"),  # half tied: still 2 of 30 per sequence
+        ({"n_prompts": 3}, "inconclusive"),
+    ],
+)
+def test_judge_and_the_logprobs_category_judge_alike(kwargs, outcome):
+    """The same per-token data through `parity judge` and the logprobs category: the same
+    findings (values, limits, intervals, p-values, outcomes), precondition and metrics; only
+    the words for the tokens differ (scored by a dump, sampled by an engine)."""
+    from parity.categories import _common, logprobs
+
+    d = per_token(**kwargs)
+    tolerances, clip, min_tokens, _ = judge.options([])
+    cat, cat_detail = logprobs.check(*as_category(d), tolerances, clip, min_tokens)
+    jud, jud_detail = judge.judge_group(as_group(d), tolerances, clip, min_tokens)
+    assert cat.outcome == jud.outcome == outcome
+    assert json.dumps(cat_detail["vs_processed"]) == json.dumps(jud_detail["metrics"])
+
+    def worded(verdict, words):
+        out = json.dumps([verdict.to_dict()[k] for k in ("findings", "preconditions")])
+        return out.replace(words.excluded, "EXCLUDED").replace(words.tokens, "TOKENS")
+
+    assert worded(cat, _common.SAMPLED) == worded(jud, judge.SCORED)
+    assert cat.findings[-1].note != jud.findings[-1].note  # the words do differ
+    # and parity judge's findings are the shared function's, exactly
+    shared = logprobs.judge_tokens(
+        d["trainer"],
+        d["engine"],
+        tolerances,
+        clip,
+        min_tokens,
+        entropy=d["entropy"],
+        boundary_tie=d["tie"],
+        prompt_ids=d["prompt"],
+        words=judge.SCORED,
+    )
+    as_json = json.dumps  # NaN-aware: a NaN interval equals itself
+    assert as_json(shared.findings, default=vars) == as_json(jud.findings, default=vars)
+    assert as_json(shared.preconditions, default=vars) == as_json(jud.preconditions, default=vars)
+
+
+def test_without_a_boundary_tie_column_every_excluded_token_counts():
+    d = per_token(excluded=2)
+    group = as_group(d)
+    group.boundary_tie = None
+    verdict, detail = judge.judge_group(group, *judge.options([])[:3])
+    assert "n_tied_excluded" not in detail["metrics"]
+    assert "no boundary_tie column: ties at the cut count" in verdict.findings[-1].note
+    excluded = verdict.findings[-1]
+    assert excluded.name == "excluded_rate" and excluded.value == pytest.approx(2 / 30)
 
 
 # ------------------------------------------------------------------------------- presets

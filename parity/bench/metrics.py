@@ -118,17 +118,21 @@ def _once(data) -> tuple[dict[str, float], dict[str, float]]:
         proc = add("_common.arrays", lambda: _common.arrays([r.processed_logprob for r in scores]))
         raw = add("_common.arrays", lambda: _common.arrays([r.raw_logprob for r in scores]))
         ent = add("_common.arrays", lambda: _common.arrays([r.entropy for r in scores]))
+        ties = [r.boundary_tie for r in scores]
         add("metrics.summarize", lambda: metrics.summarize(proc, cand, ent, clip))
         add("metrics.summarize", lambda: metrics.summarize(raw, cand, None, clip))
         per_seq[role] = add(
             "metrics.per_sequence", lambda: metrics.per_sequence(proc, cand, ent, clip)
         )
         per_seq[role]["excluded_rate"] = add(
-            "_common.excluded_rates", lambda: _common.excluded_rates(scores)
+            "metrics.excluded_rates", lambda: metrics.excluded_rates(proc, cand, ties)[0]
         )
         per_seq[role]["reward"] = np.asarray(rewards)
     groups = {
-        role: add("_common.clusters", lambda: _common.clusters(data[role][0])) for role in ROLES
+        role: add(
+            "_common.clusters", lambda: _common.clusters([s.prompt_index for s in data[role][0]])
+        )
+        for role in ROLES
     }
     kw = dict(paired=True, base_clusters=groups["baseline"], cand_clusters=groups["candidate"])
     for key in rl.MISMATCH_METRICS.values():

@@ -1,9 +1,10 @@
-"""Pieces the engine-vs-trainer categories share: the gaps of sampled-token logprobs to the
-reference, the resampling units, and the findings built from them."""
+"""Pieces the engine-vs-trainer categories and `parity judge` share: the gaps of an engine's
+logprobs to the trainer's with the excluded-token rate, the resampling units, and the findings
+built from them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,8 +23,67 @@ from parity.verdicts import core, metrics, stats
 EXCLUDED_RATE_DEFAULT = 0.01
 
 
+class Words(NamedTuple):
+    """How a judgement names its tokens (the token precondition, the excluded-rate note)."""
+
+    tokens: str  # "sampled tokens"
+    excluded: str  # what an excluded token is, after "<n> of <N> <tokens> "
+
+
+# The categories judge the tokens an engine sampled; `parity judge` names its own (scored).
+SAMPLED = Words("sampled tokens", "outside the trainer's top-k/top-p support")
+
+
+class Sampled(NamedTuple):
+    """An engine's sampled-token logprobs and the reference's scores of them, per sequence."""
+
+    cand: list[np.ndarray]
+    processed: list[np.ndarray]
+    raw: list[np.ndarray]
+    entropy: list[np.ndarray] | None
+    boundary_tie: list[np.ndarray]
+
+
 def arrays(values) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.float64) for v in values]
+
+
+def sampled(seqs: list[Sequence], scores: list[RefScore]) -> Sampled:
+    # A scores file without entropy (the logprobs category does not need it) leaves it None.
+    entropy = (
+        arrays([r.entropy for r in scores]) if all(r.entropy is not None for r in scores) else None
+    )
+    ties = [
+        np.zeros(np.size(r.processed_logprob), bool)
+        if r.boundary_tie is None
+        else np.asarray(r.boundary_tie, bool)
+        for r in scores
+    ]
+    return Sampled(
+        arrays([s.logprobs for s in seqs]),
+        arrays([r.processed_logprob for r in scores]),
+        arrays([r.raw_logprob for r in scores]),
+        entropy,
+        ties,
+    )
+
+
+def gaps(
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    clip: metrics.ClipRange,
+    entropy: list[np.ndarray] | None = None,
+    boundary_tie: list[np.ndarray] | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The engine's logprobs (cand) against the trainer's (ref): the summary and per-sequence
+    metrics, with the excluded-token rate per sequence (`excluded_rate`) and, when the ties at
+    the cut are known, the count of tied ones left out (`n_tied_excluded`)."""
+    summary = metrics.summarize(ref, cand, entropy, clip)
+    per_seq = metrics.per_sequence(ref, cand, entropy, clip)
+    per_seq["excluded_rate"], n_tied = metrics.excluded_rates(ref, cand, boundary_tie)
+    if boundary_tie is not None:
+        summary["n_tied_excluded"] = n_tied
+    return summary, per_seq
 
 
 def logprob_gaps(
@@ -33,44 +93,18 @@ def logprob_gaps(
 ) -> dict[str, Any]:
     """An engine's sampled-token logprobs against the reference's processed and raw logprobs:
     {"vs_processed": summary, "vs_raw": summary, "per_seq": per-sequence arrays}."""
-    cand = arrays([s.logprobs for s in seqs])
-    processed = arrays([r.processed_logprob for r in scores])
-    raw = arrays([r.raw_logprob for r in scores])
-    # A scores file without entropy (the logprobs category does not need it) leaves it None.
-    entropy = (
-        arrays([r.entropy for r in scores]) if all(r.entropy is not None for r in scores) else None
-    )
-    summary = metrics.summarize(processed, cand, entropy, clip)
-    per_seq = metrics.per_sequence(processed, cand, entropy, clip)
-    vs_raw = metrics.summarize(raw, cand, None, clip)
-    per_seq["excluded_rate"] = excluded_rates(scores)
-    summary["n_tied_excluded"] = int(sum(_tied_excluded(r).sum() for r in scores))
+    s = sampled(seqs, scores)
+    summary, per_seq = gaps(s.processed, s.cand, clip, s.entropy, s.boundary_tie)
+    vs_raw = metrics.summarize(s.raw, s.cand, None, clip)
     return {"vs_processed": summary, "vs_raw": vs_raw, "per_seq": per_seq}
 
 
-def _tied_excluded(score: RefScore) -> np.ndarray:
-    """Excluded sampled tokens tied with the lowest kept logit (the tie rule's choice)."""
-    excluded = np.isneginf(np.asarray(score.processed_logprob))
-    if score.boundary_tie is None:
-        return np.zeros_like(excluded)
-    return excluded & np.asarray(score.boundary_tie, bool)
-
-
-def excluded_rates(scores: list[RefScore]) -> np.ndarray:
-    """Per sequence: the share of sampled tokens the trainer excludes, ties at the cut not
-    counted (NaN for an empty sequence)."""
-    out = []
-    for r in scores:
-        lp = np.asarray(r.processed_logprob)
-        n = lp.size
-        out.append((np.isneginf(lp).sum() - _tied_excluded(r).sum()) / n if n else np.nan)
-    return np.asarray(out, np.float64)
-
-
-def clusters(seqs: list[Sequence]) -> np.ndarray | None:
+def clusters(prompt_ids) -> np.ndarray | None:
     """The resampling unit: the prompt when a prompt has several samples (its sequences are
     correlated), else None (each sequence is its own unit)."""
-    ids = np.asarray([s.prompt_index for s in seqs])
+    if prompt_ids is None:
+        return None
+    ids = np.asarray(prompt_ids)
     return ids if ids.size and len(np.unique(ids)) < ids.size else None
 
 
@@ -92,19 +126,22 @@ def excluded_finding(
     summary: dict[str, Any],
     tolerances: dict[str, float],
     groups: np.ndarray | None,
+    words: Words = SAMPLED,
 ) -> core.Finding:
-    """The share of sampled tokens the trainer's processed distribution gives probability 0
-    (ties at the cut not counted), by a one-sample bound against its tolerance."""
+    """The excluded-token rate (metrics.excluded_rates, per_seq["excluded_rate"]) by a
+    one-sample bound against its tolerance; the note says whether ties at the cut were known."""
     limit = tolerances.get("excluded_rate", EXCLUDED_RATE_DEFAULT)
     test = stats.threshold(per_seq["excluded_rate"], limit, clusters=groups)
-    n, tied = int(summary.get("n_ref_excluded", 0)), int(summary.get("n_tied_excluded", 0))
+    n, n_tokens = int(summary.get("n_ref_excluded", 0)), int(summary.get("n_tokens", 0))
+    ties = (
+        f"{int(summary['n_tied_excluded'])} of them tied at the cut, not counted"
+        if "n_tied_excluded" in summary
+        else "no boundary_tie column: ties at the cut count"
+    )
     return core.from_test(
         "excluded_rate",
         test,
-        note=(
-            f"{n} of {int(summary.get('n_tokens', 0))} sampled tokens outside the trainer's "
-            f"top-k/top-p support ({tied} of them tied at the cut, not counted); {test.reason}"
-        ),
+        note=f"{n} of {n_tokens} {words.tokens} {words.excluded} ({ties}); {test.reason}",
     )
 
 

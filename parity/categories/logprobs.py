@@ -3,12 +3,15 @@ logprobs (the distribution the sampler draws from, which the RL loss needs)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from parity.categories import _common
 from parity.categories.base import Category
 from parity.trainer.reference import GREEDY_EPS
-from parity.verdicts import core
+from parity.verdicts import core, metrics
 from parity.verdicts.fmt import fmt
 
 
@@ -74,6 +77,49 @@ class Logprobs(Category):
         return check(seqs, scores, sc.tolerances, sc.clip, sc.min_tokens)
 
 
+@dataclass
+class TokenJudgement:
+    """The logprobs check of an engine's tokens against the trainer's, before any diagnosis."""
+
+    summary: dict[str, Any]  # metrics.summarize, with n_tied_excluded when ties are known
+    per_seq: dict[str, np.ndarray]  # metrics.per_sequence, with excluded_rate
+    findings: list[core.Finding]
+    preconditions: list[core.Precondition]
+    outcome: str
+
+    @property
+    def excluded(self) -> core.Finding:
+        return next(f for f in self.findings if f.name == "excluded_rate")
+
+
+def judge_tokens(
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    tolerances: dict[str, float],
+    clip: metrics.ClipRange,
+    min_tokens: int,
+    *,
+    entropy: list[np.ndarray] | None = None,
+    boundary_tie: list[np.ndarray] | None = None,
+    prompt_ids=None,
+    words: _common.Words = _common.SAMPLED,
+) -> TokenJudgement:
+    """Per-sequence logprobs of an engine (cand) judged against the trainer's (ref).
+
+    Findings: per-sequence mean |dlogp| and k3 KL by a one-sample bound (pass when the upper
+    95% bound is within the tolerance, fail when the lower one is beyond it; the unit is the
+    prompt when prompts have several samples), the p99 |dlogp|, and the excluded-token rate
+    (ties at the cut not counted when boundary_tie is given). Precondition: at least
+    `min_tokens` tokens. The category's check and `parity judge` both judge by this.
+    """
+    summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie)
+    groups = _common.clusters(prompt_ids)
+    findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
+    findings.append(_common.excluded_finding(per_seq, summary, tolerances, groups, words))
+    pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, words.tokens)]
+    return TokenJudgement(summary, per_seq, findings, pre, core.combine(findings, pre))
+
+
 def check(
     seqs,
     scores,
@@ -81,63 +127,65 @@ def check(
     clip,
     min_tokens: int,
 ) -> tuple[core.Verdict, dict[str, Any]]:
-    """Judge one engine's sampled-token logprobs against the reference's processed ones.
-
-    Findings: per-sequence mean |dlogp| and k3 KL by a one-sample bound (pass when the upper
-    95% bound is within the tolerance, fail when the lower one is beyond it; the unit is the
-    prompt when prompts have several samples), the p99 |dlogp|, and the count of sampled tokens
-    the reference excludes. Diagnosis: support_mismatch when tokens are excluded; raw_logprobs
-    when the engine sits closer to the raw logprobs; else processed_mismatch.
+    """Judge one engine's sampled-token logprobs against the reference's processed ones
+    (judge_tokens). Diagnosis: raw_logprobs when the engine sits closer to the raw logprobs;
+    support_mismatch when the excluded-token rate fails; else processed_mismatch.
     """
-    gaps = _common.logprob_gaps(seqs, scores, clip)
-    summary, vs_raw, per_seq = gaps["vs_processed"], gaps["vs_raw"], gaps["per_seq"]
-    n_tokens = int(summary["n_tokens"])
-    groups = _common.clusters(seqs)
-    findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
-    excluded = _common.excluded_finding(per_seq, summary, tolerances, groups)
-    findings.append(excluded)
-    pre = [_common.tokens_precondition(n_tokens, min_tokens)]
-    outcome = core.combine(findings, pre)
-    gap_proc, gap_raw = summary["abs_dlogp_mean"], vs_raw["abs_dlogp_mean"]
+    s = _common.sampled(seqs, scores)
+    j = judge_tokens(
+        s.processed,
+        s.cand,
+        tolerances,
+        clip,
+        min_tokens,
+        entropy=s.entropy,
+        boundary_tie=s.boundary_tie,
+        prompt_ids=[q.prompt_index for q in seqs],
+    )
+    vs_raw = metrics.summarize(s.raw, s.cand, None, clip)
+    gap_proc, gap_raw = j.summary["abs_dlogp_mean"], vs_raw["abs_dlogp_mean"]
+    diagnosis, message = _diagnose(j, gap_proc, gap_raw)
+    detail = {
+        "vs_processed": j.summary,
+        "vs_raw": vs_raw,
+        "key_metric": gap_proc,
+        "headline": f"|dlogp| {fmt(gap_proc)} (raw {fmt(gap_raw)})"
+        + (f", {j.summary['n_ref_excluded']} excluded" if j.summary["n_ref_excluded"] else ""),
+    }
+    return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
+
+
+def _diagnose(j: TokenJudgement, gap_proc: float, gap_raw: float) -> tuple[str | None, str]:
+    """raw_logprobs, support_mismatch or processed_mismatch, and the message naming the fix."""
     gap_text = (
         f"mean |dlogp| to the reference's processed logprobs {fmt(gap_proc, 4)}, to "
         f"its raw logprobs {fmt(gap_raw, 4)}"
     )
-    diagnosis, message = None, f"logprobs match the processed distribution ({gap_text})"
+    excluded, outcome = j.excluded, j.outcome
     # Raw logprobs first: a raw-logprob engine usually also has a bf16 head, whose boundary
     # tokens the fp32 trainer may exclude; the excluded count is still reported.
     if outcome != "pass" and gap_raw < gap_proc:
-        diagnosis = "raw_logprobs"
-        message = (
+        return "raw_logprobs", (
             f"the engine returns RAW logprobs ({gap_text}): the RL loss needs the "
             "processed distribution the sampler draws from; set "
             "logprobs_mode=processed_logprobs"
             + (f"; also {excluded.note}" if excluded.outcome == "fail" else "")
         )
-    elif excluded.outcome == "fail":
-        diagnosis = "support_mismatch"
-        message = (
-            f"{_common.support_fix(summary['n_ref_excluded'], n_tokens)} ({gap_text}; "
-            f"{excluded.note})"
+    if excluded.outcome == "fail":
+        n_excluded, n_tokens = j.summary["n_ref_excluded"], int(j.summary["n_tokens"])
+        return "support_mismatch", (
+            f"{_common.support_fix(n_excluded, n_tokens)} ({gap_text}; {excluded.note})"
         )
-    elif outcome == "fail":
-        diagnosis = "processed_mismatch"
-        message = (
+    if outcome == "fail":
+        return "processed_mismatch", (
             f"the engine returns processed logprobs but they differ from the reference "
             f"beyond tolerance ({gap_text}): check the lm_head dtype (lm_head category) "
             "and sampler-order differences (V0 applies min_p after top-k/top-p, V1 "
             "before)"
         )
-    elif outcome != "pass":
-        message = f"inconclusive: {gap_text}"
-    detail = {
-        "vs_processed": summary,
-        "vs_raw": vs_raw,
-        "key_metric": gap_proc,
-        "headline": f"|dlogp| {fmt(gap_proc)} (raw {fmt(gap_raw)})"
-        + (f", {summary['n_ref_excluded']} excluded" if summary["n_ref_excluded"] else ""),
-    }
-    return core.Verdict(outcome, diagnosis, message, findings, pre), detail
+    if outcome != "pass":
+        return None, f"inconclusive: {gap_text}"
+    return None, f"logprobs match the processed distribution ({gap_text})"
 
 
 CATEGORY = Logprobs()

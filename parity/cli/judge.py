@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from parity import api, judging
+from parity import api
 from parity.cli.app import app, fail, out, report_problems
+from parity.report import judge_report
 from parity.report.build import EXIT_USAGE
 from parity.run.scenario import ScenarioError
 
@@ -66,7 +67,7 @@ def judge(
         report_problems(exc.problems, f"with {file}")
     except OSError as exc:
         fail(str(exc), EXIT_USAGE, exc)
-    judging.print_table(done.report, out)
+    judge_report.print_table(done.report, out)
     out.print(
         f"report: {done.out_dir}/report.md (json, junit.xml beside it); exit code {done.exit_code}"
     )

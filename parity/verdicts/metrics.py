@@ -15,12 +15,14 @@ __all__ = [
     "abs_dlogp",
     "abs_dprob",
     "ess_normalized",
+    "excluded_rates",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "log_ratio",
     "masked",
     "per_sequence",
+    "ref_excluded",
     "sequence_clipped",
     "summarize",
     "token_clipped",
@@ -234,6 +236,54 @@ def masked(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
     )
 
 
+def ref_excluded(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Tokens the reference alone excludes: ref == -inf while cand is finite (the engine
+    sampled a token the trainer's processed distribution gives probability 0). cand == -inf
+    is the engine's own bug (n_cand_excluded), never counted here."""
+    cand = np.asarray(cand, dtype=np.float64)
+    return np.isneginf(np.asarray(ref, dtype=np.float64)) & ~np.isneginf(cand)
+
+
+def excluded_rates(
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    boundary_tie: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, int]:
+    """The excluded-token rate: per sequence, the share of its tokens in `ref_excluded`, those
+    tied with the lowest kept logit at the top-k/top-p cut (boundary_tie True: the platform's
+    tie rule) not counted; NaN for an empty sequence. Without boundary_tie every token counts
+    (per_sequence's ref_excluded_rate). Returns (rates, number of tied tokens left out).
+
+    Raises:
+        ValueError: when cand or boundary_tie differ from ref in sequence count or lengths.
+    """
+    lengths = np.array([np.size(a) for a in ref], dtype=np.int64)
+    for name, other in (("cand", cand), ("boundary_tie", boundary_tie)):
+        if other is not None and [np.size(a) for a in other] != lengths.tolist():
+            raise ValueError(f"{name} and ref differ in sequence count or lengths")
+    excluded = ref_excluded(_concat(ref), _concat(cand))
+    tied = np.zeros_like(excluded) if boundary_tie is None else _concat(boundary_tie, bool)
+    tied &= excluded
+    seq = np.repeat(np.arange(lengths.size), lengths)
+    counts = np.bincount(seq[excluded & ~tied], minlength=lengths.size)
+    return _share(counts, lengths), int(tied.sum())
+
+
+def _concat(arrays: list[np.ndarray], dtype: type = np.float64) -> np.ndarray:
+    return (
+        np.concatenate([np.asarray(a, dtype=dtype) for a in arrays])
+        if arrays
+        else np.zeros(0, dtype)
+    )
+
+
+def _share(counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """counts / lengths per sequence, NaN for an empty sequence."""
+    out = np.full(lengths.size, np.nan)
+    np.divide(counts, lengths, out=out, where=lengths > 0)
+    return out
+
+
 # --- batch summaries ---
 
 
@@ -294,8 +344,8 @@ def _flatten(
         raise ValueError("ref_entropy contains non-finite values")
     seq = np.repeat(np.arange(len(refs)), lengths)
     cand_excluded = np.isneginf(flat_cand)
-    ref_excluded = np.isneginf(flat_ref) & ~cand_excluded
-    valid = ~(ref_excluded | cand_excluded)
+    ref_excl = ref_excluded(flat_ref, flat_cand)
+    valid = ~(ref_excl | cand_excluded)
     if not valid.all():  # the usual case skips the copies that boolean indexing makes
         flat_ref, flat_cand, seq_v = flat_ref[valid], flat_cand[valid], seq[valid]
         flat_ent = None if flat_ent is None else flat_ent[valid]
@@ -309,7 +359,7 @@ def _flatten(
         seq,
         lengths,
         valid,
-        ref_excluded,
+        ref_excl,
         cand_excluded,
         seq_v,
         valid_counts,
@@ -395,13 +445,11 @@ def _per_sequence(
 ) -> dict[str, np.ndarray]:
     """per_sequence on already-flattened input and per-token values."""
     n_ref_excl = _seq_counts(flat.ref_excluded, flat)
-    rate = np.full(flat.lengths.size, np.nan)
-    np.divide(n_ref_excl, flat.lengths, out=rate, where=flat.lengths > 0)
     out: dict[str, np.ndarray] = {
         "n_tokens": flat.lengths.astype(np.int64),
         "n_masked_tokens": flat.lengths - flat.valid_counts,
         "n_ref_excluded": n_ref_excl,
-        "ref_excluded_rate": rate,
+        "ref_excluded_rate": _share(n_ref_excl, flat.lengths),
         "n_cand_excluded": _seq_counts(flat.cand_excluded, flat),
     }
     for name in _TOKEN_METRICS:

@@ -239,7 +239,7 @@ def test_metrics_bench_times_every_function():
         "_common.arrays",
         "metrics.summarize",
         "metrics.per_sequence",
-        "_common.excluded_rates",
+        "metrics.excluded_rates",
         "_common.clusters",
         "stats.non_inferiority",
         "stats.equivalence_tost",

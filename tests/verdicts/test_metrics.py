@@ -279,3 +279,24 @@ def test_bad_input_raises():
         m.summarize([a(np.nan)], [a(-1.0)])
     with pytest.raises(ValueError):
         m.summarize([a(-1.0)], [a(-1.0)], ref_entropy=[a(np.nan)])
+
+
+def test_excluded_rate_is_the_ref_excluded_share_less_ties_at_the_cut():
+    inf = np.inf
+    # seq 0: token 1 excluded by ref alone; token 2 is -inf on both sides (the engine's own
+    # bug, n_cand_excluded: never an excluded token, tied or not); token 3 excluded but tied
+    ref = [a(-0.5, -inf, -inf, -inf), a(), a(-inf, -1.0)]
+    cand = [a(-0.6, -2.0, -inf, -1.0), a(), a(-0.3, -1.1)]
+    ties = [np.array([False, False, True, True]), np.zeros(0, bool), np.array([False, True])]
+    rates, n_tied = m.excluded_rates(ref, cand, ties)
+    np.testing.assert_allclose(rates[[0, 2]], [1 / 4, 1 / 2])
+    assert math.isnan(rates[1]) and n_tied == 1  # no token: no rate
+    # without ties every ref-excluded token counts: per_sequence's ref_excluded_rate
+    rates, n_tied = m.excluded_rates(ref, cand)
+    np.testing.assert_array_equal(rates, m.per_sequence(ref, cand)["ref_excluded_rate"])
+    np.testing.assert_allclose(rates[[0, 2]], [2 / 4, 1 / 2])
+    assert n_tied == 0
+    with pytest.raises(ValueError, match="boundary_tie"):
+        m.excluded_rates(ref, cand, ties[:2])
+    with pytest.raises(ValueError, match="cand"):
+        m.excluded_rates(ref, [a(-1.0), a(), a(-1.0)])
