@@ -1,5 +1,6 @@
 """Runs scenarios: starts each distinct engine setting once, generates every scenario's samples
-on it, scores them with the reference (batched, cached), and judges each scenario."""
+on it, scores them with the reference (batched, cached), and judges each scenario. run() is the
+pipeline; its steps: prepare, plan (parity.run.engineplan), drive (parity.run.drive), judge, time."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from parity import categories, engines
+from parity import categories
 from parity.engines import process
-from parity.engines.base import EngineError
-from parity.run import faults, modelcheck, scoring, tokens
+from parity.run import drive, engineplan, faults, modelcheck, scoring, tokens
 from parity.run import preflight as validate
-from parity.run.enginework import Ahead, MemoEngine
-from parity.run.prompts import load_prompts, render
-from parity.run.results import EngineRun, RunResult, ScenarioResult
+from parity.run.prompts import load_prompts
+from parity.run.results import EngineRun, RunResult, ScenarioResult  # noqa: F401  (runner.EngineRun)
 from parity.run.scenario import Scenario
 from parity.run.scoring import References  # noqa: F401  (runner.References: bench, older callers)
 from parity.setup import envs, models, phases
@@ -24,15 +23,6 @@ from parity.verdicts import core
 from parity.verdicts.core import Verdict
 
 Log = Callable[[str], None]
-
-
-def _plan(results: list[ScenarioResult]) -> dict[tuple[str, str], list[tuple[ScenarioResult, str]]]:
-    """(setting key, model) -> the (scenario, role) jobs one engine serves."""
-    plan: dict[tuple[str, str], list[tuple[ScenarioResult, str]]] = {}
-    for res in results:
-        for role, setting in res.scenario.settings().items():
-            plan.setdefault((setting.key(), res.model_path), []).append((res, role))
-    return plan
 
 
 def run(
@@ -62,221 +52,58 @@ def run(
     """
 
     t_run, b_run = time.perf_counter(), phases.build_seconds()
+    log_dir = _log_dir(out_dir)
+    run = RunResult(run_id=out_dir.name, results=[ScenarioResult(sc) for sc in scenarios])
+    _warm_validator(run, preflight, log_dir, log)
+    try:
+        tokenizers, pythons, drifts, refused = _prepare(run, preflight, log_dir, log)
+    finally:
+        process.close_warm()  # unused: e.g. the run's models did not resolve
+    plan = engineplan.plan_engines(run.results)
+    doomed = engineplan.doomed_scenarios(plan, refused)
+    if dry_run:
+        run.engines = engineplan.dry_run_records(plan, refused, doomed)
+        run.timings["build_s"] = phases.build_seconds() - b_run
+        return run
+    ctx = drive.Engines(
+        run=run,
+        tokenizers=tokenizers,
+        pythons=pythons,
+        drifts=drifts,
+        refused=refused,
+        doomed=doomed,
+        log_dir=log_dir,
+        log=log,
+        progress=progress,
+        start_timeout=start_timeout,
+        request_timeout=request_timeout,
+    )
+    closing = drive.drive_engines(ctx, plan)
+    if export is not None:
+        tokens.export(run, export, log)
+    _judge_all(run, log, closing)
+    tokens.record(run, out_dir, log)
+    _time(run.timings, t_run, b_run)
+    return run
+
+
+def _log_dir(out_dir: Path) -> Path:
+    """out_dir/logs (the engines' and validators' logs), made with out_dir when missing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = out_dir / "logs"
     log_dir.mkdir(exist_ok=True)
-    run = RunResult(run_id=out_dir.name, results=[ScenarioResult(sc) for sc in scenarios])
-    timings = run.timings
-    # The harness's validator imports vLLM while the run's models and prompts are prepared.
+    return log_dir
+
+
+def _warm_validator(run: RunResult, preflight: bool, log_dir: Path, log: Log) -> None:
+    """The harness's validator imports vLLM while the run's models and prompts are prepared
+    (closed by the caller when preparing never used it)."""
     if preflight and any(
         s.env == "harness" and s.engine == "vllm"
         for r in run.results
         for s in r.scenario.settings().values()
     ):
         process.warm_validator(envs.python_for("harness", log), log_dir / "validate-harness.log")
-    try:
-        tokenizers, pythons, drifts, refused = _prepare(run, preflight, log_dir, log)
-    finally:
-        process.close_warm()  # unused: e.g. the run's models did not resolve
-
-    # One engine per distinct (setting, model): start once, serve every scenario that uses it.
-    plan = _plan(run.results)
-    # Scenarios with an engine that cannot run here (preflight's refusals) are unresolved
-    # whatever their other engines do: those are started only when another scenario needs them.
-    doomed = {id(r) for where, jobs in plan.items() if where in refused for r, _ in jobs}
-    if dry_run:
-        run.engines = [
-            {
-                "n": n,
-                "setting": jobs[0][0].scenario.settings()[jobs[0][1]].to_dict(),
-                "model": where[1],
-                "planned": True,
-                "scenarios": [r.scenario.name for r, _ in jobs],
-                **(
-                    {"skipped": f"cannot run here: {refused[where]}"}
-                    if where in refused
-                    else {"skipped": "not needed: its scenarios cannot run here"}
-                    if all(id(r) in doomed for r, _ in jobs)
-                    else {}
-                ),
-            }
-            for n, (where, jobs) in enumerate(plan.items(), 1)
-        ]
-        timings["build_s"] = phases.build_seconds() - b_run
-        return run
-
-    timings["engine_start_s"] = timings["generate_s"] = 0.0
-    timings["engine_stop_s"] = 0.0
-    timings["tokens_generated"] = 0
-    closing: list[threading.Thread] = []
-    ahead = Ahead(
-        list(plan.items()),
-        refused,
-        doomed,
-        drifts,
-        pythons,
-        log_dir,
-        dict(start_timeout=start_timeout, request_timeout=request_timeout),
-    )
-    try:
-        for n, ((key, model_path), jobs) in enumerate(plan.items(), 1):
-            setting = jobs[0][0].scenario.settings()[jobs[0][1]]
-            log_path = log_dir / f"engine-{n}-{key}.log"
-            offset = ahead.offsets.get(n, faults.log_size(log_path))
-            log(f"[engine {n}/{len(plan)}] starting {setting.label()} on {Path(model_path).name}")
-            record = {
-                "n": n,
-                "setting": setting.to_dict(),
-                "model": model_path,
-                "log": str(log_path),
-                "scenarios": [r.scenario.name for r, _ in jobs],
-            }
-            run.engines.append(record)
-            if (key, model_path) in refused or all(id(r) in doomed for r, _ in jobs):
-                why = refused.get((key, model_path))
-                record["skipped"] = (
-                    f"cannot run here: {why}"
-                    if why
-                    else "not needed: every scenario it serves needs an engine that cannot run here"
-                )
-                log(f"[engine {n}/{len(plan)}] not started: {record['skipped']}")
-                for res, role in jobs:
-                    res.runs[role] = EngineRun(
-                        role,
-                        setting,
-                        log_path=str(log_path),
-                        error=record["skipped"],
-                        extra={"refused": why} if why else {},
-                    )
-                continue
-            drift = modelcheck.drift_for(drifts, setting, model_path)
-            if drift:
-                record["skipped"] = "config drift: " + "; ".join(r["message"] for r in drift)
-                log(f"[engine {n}/{len(plan)}] not started: {record['skipped']}")
-                for res, role in jobs:
-                    res.drift[role] = drift
-                    res.runs[role] = EngineRun(role, setting, log_path=str(log_path))
-                continue
-            engine = None
-            try:
-                engine = ahead.take(n) or engines.create(
-                    setting,
-                    model_path,
-                    pythons[setting.env],
-                    log_path,
-                    start_timeout=start_timeout,
-                    request_timeout=request_timeout,
-                )
-                engine.start()
-                ahead.preload_after(n)  # the next engine imports vLLM while this one works
-                record["start_s"] = engine.start_s
-                record["effective_config"] = engine.effective_config()
-                timings["engine_start_s"] += engine.start_s
-                log(f"[engine {n}/{len(plan)}] started in {engine.start_s:.1f}s")
-                memo = MemoEngine(engine)
-                for res, role in jobs:
-                    er = EngineRun(
-                        role,
-                        setting,
-                        log_path=str(log_path),
-                        log_offset=offset,
-                        effective_config=engine.effective_config(),
-                        start_s=engine.start_s,
-                    )
-                    res.runs[role] = er
-                    t0, b0 = time.perf_counter(), phases.build_seconds()
-                    reused = memo.reused
-                    category = categories.get(res.scenario.category)
-                    if progress is not None:
-                        engine.on_progress = lambda m, name=res.scenario.name, role=role: progress(
-                            {**m, "scenario": name, "role": role}
-                        )
-                    try:
-                        prompts = render(tokenizers[model_path], res.prompts, res.scenario.chat)
-                        category.drive(
-                            memo if category.reuses_generations else engine, res, role, prompts, log
-                        )
-                    except EngineError:
-                        raise
-                    except Exception as exc:  # a bug in one scenario's engine work: that
-                        # scenario is unresolved, the run and its report go on
-                        er.error = f"engine work failed: {faults.describe(exc)}"
-                        log(f"  {res.scenario.name} [{role}]: {er.error}")
-                    er.reused = memo.reused > reused
-                    er.generate_s = _lap(t0, b0)  # less a perturbed checkpoint's build
-                    timings["generate_s"] += er.generate_s
-                    n_tok = sum(len(s.token_ids) for s in er.sequences)
-                    timings["tokens_generated"] += 0 if er.reused else n_tok
-                    log(
-                        f"  {res.scenario.name} [{role}]: {len(er.sequences)} sequences, "
-                        f"{n_tok} tokens in {er.generate_s:.1f}s"
-                        + (" (reused: same prompts and sampling)" if er.reused else "")
-                    )
-            except Exception as exc:  # EngineError, or a harness bug around this engine
-                internal = not isinstance(exc, EngineError)
-                why = faults.internal_error(exc) if internal else str(exc)
-                if internal:  # the run is incomplete: exit 125, whatever the other verdicts
-                    run.interrupted = run.interrupted or why
-                record["error"] = why
-                log(f"[engine {n}/{len(plan)}] FAILED: {why}")
-                for res, role in jobs:
-                    er = res.runs.setdefault(
-                        role, EngineRun(role, setting, log_offset=offset, log_path=str(log_path))
-                    )
-                    if not er.sequences:
-                        er.error = why
-            finally:
-                if engine is not None:  # stopped while the next engine starts (joined below)
-                    record["worker_pgid"] = engine.pgid
-                    closing.append(threading.Thread(target=engine.close, daemon=True))
-                    closing[-1].start()
-    except KeyboardInterrupt as exc:
-        ahead.close()
-        run.interrupted = str(exc) or "interrupted by the user"
-        log("interrupted: engines stopped; reporting what finished")
-    except Exception as exc:  # a harness bug between engines: judge what finished
-        ahead.close()
-        run.interrupted = faults.internal_error(exc)
-        log(f"{run.interrupted}: engines stopped; reporting what finished")
-    ahead.close()
-    if run.interrupted:
-        faults.mark_unfinished(run.results, run.interrupted)
-    if export is not None:
-        tokens.export(run, export, log)
-
-    # Verdicts: each category scores through the shared reference models (one load per
-    # checkpoint, head dtype, tie rule and device; batched forwards; cached scores), or a
-    # scenario's scores file.
-    t0, b0 = time.perf_counter(), phases.build_seconds()
-    refs = References(log)
-    try:
-        for res in run.results:
-            t1, s1 = time.perf_counter(), refs.seconds()
-            res.verdict, res.detail = judge(res, refs, run.export)
-            res.score_s = refs.seconds() - s1
-            res.check_s = time.perf_counter() - t1 - res.score_s
-    except KeyboardInterrupt as exc:
-        run.interrupted = str(exc) or "interrupted by the user"
-        log("interrupted while judging: reporting the verdicts reached")
-    except Exception as exc:  # a harness bug outside any one scenario's judging
-        run.interrupted = faults.internal_error(exc)
-        log(f"{run.interrupted}: reporting the verdicts reached")
-    finally:
-        run.reference_stats = refs.stats()
-        timings["score_s"] = refs.seconds()
-        timings["judge_s"] = _lap(t0, b0) - timings["score_s"]
-        refs.close()
-        t_stop = time.perf_counter()  # engine_stop_s: the stopping not hidden behind other work
-        for thread in closing:
-            thread.join()
-        timings["engine_stop_s"] = time.perf_counter() - t_stop
-    tokens.record(run, out_dir, log)
-    timings["total_s"] = time.perf_counter() - t_run
-    timings["build_s"] = phases.build_seconds() - b_run
-    timings["harness_overhead_s"] = timings["total_s"] - sum(
-        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s", "build_s")
-    )
-    return run
 
 
 def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
@@ -301,7 +128,7 @@ def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
             }
         sc = res.scenario
         res.prompts = load_prompts(sc.prompt_source, sc.prompt_items, sc.prompt_seed)
-    timings["prepare_s"] = _lap(t0, b0)
+    timings["prepare_s"] = phases.lap(t0, b0)
 
     # Engine environments, engine arguments and request limits, before any engine starts.
     t0, b0 = time.perf_counter(), phases.build_seconds()
@@ -315,13 +142,40 @@ def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
             for s in r.scenario.settings().values()
         }
         drifts, refused = {}, {}
-    timings["validate_s"] = _lap(t0, b0)
+    timings["validate_s"] = phases.lap(t0, b0)
     return tokenizers, pythons, drifts, refused
 
 
-def _lap(t0: float, b0: float) -> float:
-    """Seconds since perf_counter() read t0, less the build time since build_seconds() read b0."""
-    return time.perf_counter() - t0 - (phases.build_seconds() - b0)
+def _judge_all(run: RunResult, log: Log, closing: list[threading.Thread]) -> None:
+    """Every scenario's verdict. Each category scores through the shared reference models (one
+    load per checkpoint, head dtype, tie rule and device; batched forwards; cached scores), or a
+    scenario's scores file. An interrupt, or a harness bug outside one scenario's judging, keeps
+    the verdicts reached. Times score_s and judge_s, then waits for the engines still closing
+    (engine_stop_s: the stopping not hidden behind other work)."""
+    timings = run.timings
+    t0, b0 = time.perf_counter(), phases.build_seconds()
+    refs = References(log)
+    try:
+        for res in run.results:
+            t1, s1 = time.perf_counter(), refs.seconds()
+            res.verdict, res.detail = judge(res, refs, run.export)
+            res.score_s = refs.seconds() - s1
+            res.check_s = time.perf_counter() - t1 - res.score_s
+    except KeyboardInterrupt as exc:
+        run.interrupted = str(exc) or "interrupted by the user"
+        log("interrupted while judging: reporting the verdicts reached")
+    except Exception as exc:  # a harness bug outside any one scenario's judging
+        run.interrupted = faults.internal_error(exc)
+        log(f"{run.interrupted}: reporting the verdicts reached")
+    finally:
+        run.reference_stats = refs.stats()
+        timings["score_s"] = refs.seconds()
+        timings["judge_s"] = phases.lap(t0, b0) - timings["score_s"]
+        refs.close()
+        t_stop = time.perf_counter()
+        for thread in closing:
+            thread.join()
+        timings["engine_stop_s"] = time.perf_counter() - t_stop
 
 
 def judge(
@@ -363,6 +217,16 @@ def _add_reward(res: ScenarioResult, detail: dict[str, Any]) -> None:
                 "mean": sum(values) / len(values),
                 "n": len(values),
             }
+
+
+def _time(timings: dict[str, float], t_run: float, b_run: float) -> None:
+    """The whole run's total_s and build_s (t_run, b_run: read as it began), and the harness
+    overhead: the total less engine start, generation, scoring and builds."""
+    timings["total_s"] = time.perf_counter() - t_run
+    timings["build_s"] = phases.build_seconds() - b_run
+    timings["harness_overhead_s"] = timings["total_s"] - sum(
+        timings.get(k, 0.0) for k in ("engine_start_s", "generate_s", "score_s", "build_s")
+    )
 
 
 def new_run_dir(

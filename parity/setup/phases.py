@@ -31,3 +31,8 @@ def building() -> Iterator[None]:
 def build_seconds() -> float:
     """Seconds spent in `building()` blocks in this process so far."""
     return _total
+
+
+def lap(t0: float, b0: float) -> float:
+    """Seconds since perf_counter() read t0, less the build time since build_seconds() read b0."""
+    return time.perf_counter() - t0 - (build_seconds() - b0)

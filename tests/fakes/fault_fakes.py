@@ -17,7 +17,7 @@ from parity import categories, engines
 from parity.categories.base import Category
 from parity.engines.base import EngineSetting, SamplingSpec, Sequence
 from parity.report import files as report_files
-from parity.run import modelcheck, runner
+from parity.run import drive, modelcheck, runner
 from parity.run import preflight as validate
 from parity.run.scenario import Scenario
 from parity.setup import envs, models
@@ -108,7 +108,7 @@ def install_fakes(setattr_, setitem, python: str) -> None:
     setattr_(validate, "engine_problems", lambda checks, pythons, log_dir: [])
     setattr_(modelcheck, "add_identity", lambda res, verdict, detail: None)
     setattr_(envs, "python_for", lambda env, log: python)
-    setattr_(runner, "render", fake_render)
+    setattr_(drive, "render", fake_render)
     setitem(categories.registry(), "fake", FakeCategory())
     setitem(engines.ENGINES, "fake", "fault_fakes:FakeEngine")
 
