@@ -99,6 +99,10 @@ def events(monkeypatch):
         )
 
     monkeypatch.setattr(engines, "create", create)
+    # Registered as built-in kinds (engines.create above makes them): config drift is checked
+    # for built-in kinds only (plugin engines read no model config of their own).
+    for kind in kinds:
+        monkeypatch.setitem(engines.ENGINES, kind, f"{__name__}:Engine")
     monkeypatch.setattr(drive, "render", fake_render)
     monkeypatch.setitem(categories.registry(), "fake", FakeCategory())
     FAILS.clear()
