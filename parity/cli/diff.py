@@ -11,7 +11,7 @@ import typer
 
 from parity.cli.app import app, fail, out, report_problems
 from parity.data.atomic import atomic_write
-from parity.report import rundiff
+from parity.report import rundiff, rundiff_inputs, rundiff_render
 from parity.report.build import EXIT_USAGE
 
 
@@ -55,17 +55,17 @@ def diff(
         )
     try:
         result = rundiff.diff(run_a, run_b, threshold, pair or [])
-    except rundiff.DiffInputError as exc:
+    except rundiff_inputs.DiffInputError as exc:
         problems = exc.problems + problems
     if problems:
         report_problems(problems, "in the inputs of parity diff")
     if output is not None:
         try:
-            atomic_write(output, rundiff.to_markdown(result))
+            atomic_write(output, rundiff_render.to_markdown(result))
         except OSError as exc:
             fail(f"cannot write {output}: {exc}", EXIT_USAGE, exc)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        rundiff.print_table(result, out)
+        rundiff_render.print_table(result, out)
     raise typer.Exit(result["exit_code"])

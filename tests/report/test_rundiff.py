@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parity.cli import app
-from parity.report import rundiff
+from parity.report import rundiff, rundiff_inputs, rundiff_render
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 V032, V0181 = DATA / "diff-vllm-0.32.json", DATA / "diff-vllm-0.18.1.json"
@@ -171,7 +171,7 @@ def test_rel_change_by_hand():
 
 
 def test_change_column_reads_as_percent_then_ratio():
-    assert [rundiff._rel(r) for r in (-0.998, 0.2, 13.8, None)] == [
+    assert [rundiff_render._rel(r) for r in (-0.998, 0.2, 13.8, None)] == [
         "-99.8%",
         "+20%",
         "x14.8",
@@ -267,7 +267,7 @@ def test_ambiguous_or_cross_category_prefixes_stay_unpaired(tmp_path):
     )
     d = run_diff(tmp_path, a, b)
     assert d["scenarios"] == [] and len(d["only_in_a"]) == 2 and len(d["only_in_b"]) == 3
-    assert "no scenario is in both runs: nothing compared" in rundiff.summary(d)
+    assert "no scenario is in both runs: nothing compared" in rundiff_render.summary(d)
     paired = rundiff.diff(
         tmp_path / "a", tmp_path / "b", pairs=["update-takes-effect=update-takes-effect-v1"]
     )
@@ -304,9 +304,9 @@ def test_bad_inputs_are_all_reported_at_once(tmp_path):
         tmp_path / "noverdict.json": "not a scenario record",
     }
     for path, message in cases.items():
-        data, problems = rundiff.load_report(path)
+        data, problems = rundiff_inputs.load_report(path)
         assert data is None and len(problems) == 1 and message in problems[0][2], path
-    with pytest.raises(rundiff.DiffInputError) as exc:
+    with pytest.raises(rundiff_inputs.DiffInputError) as exc:
         rundiff.diff(tmp_path / "missing", tmp_path / "bad.json", threshold=-1, pairs=["no-equals"])
     assert [p[0] for p in exc.value.problems] == [
         "--threshold",
@@ -315,7 +315,7 @@ def test_bad_inputs_are_all_reported_at_once(tmp_path):
         str(tmp_path / "bad.json"),
     ]
     good = write(tmp_path, "good", base())
-    with pytest.raises(rundiff.DiffInputError) as exc:
+    with pytest.raises(rundiff_inputs.DiffInputError) as exc:
         rundiff.diff(good, good, pairs=["nope=logprobs-processed"])
     assert "'nope' is not a scenario of run A" in exc.value.problems[0][2]
 
@@ -344,7 +344,7 @@ def test_real_vllm_upgrade_pair():
     }
     keys = {(e["role"], k["key"]): (k["a"], k["b"]) for e in d["engines"] for k in e["differs"]}
     assert keys[("candidate", "vllm_version")] == ("0.32.0", "0.18.1")
-    md = rundiff.to_markdown(d)
+    md = rundiff_render.to_markdown(d)
     assert "lmhead-v1-fp32" in md and "pass -> fail (MOVED)" in md
 
 
