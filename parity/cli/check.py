@@ -20,7 +20,7 @@ from parity.run.progress import Display
 from parity.run.results import RunResult
 from parity.run.scenario import ScenarioError
 from parity.setup.envs import EnvError
-from parity.setup.models import ModelError
+from parity.setup.modelbuild import ModelError
 
 
 @app.command()

@@ -6,7 +6,8 @@ import typer
 
 from parity.cli.app import fail, log, models_app, out
 from parity.report.build import EXIT_USAGE
-from parity.setup.models import MODEL_NAMES, ModelError, build_model, model_dir, perturb
+from parity.setup.modelbuild import ModelError
+from parity.setup.models import MODEL_NAMES, build_model, model_dir, perturb
 
 
 @models_app.command("build")

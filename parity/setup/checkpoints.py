@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.setup.models import (
-    Log,
-    ModelError,
-    _build_once,
-    copy_side_files,
-    fingerprint,
-    model_dir,
-)
+from parity.setup.modelbuild import Log, ModelError, build_once
+from parity.setup.models import copy_side_files, fingerprint, model_dir
 
 
 def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Log = print) -> Path:
@@ -58,4 +52,4 @@ def with_old_layers(new: str | Path, old: str | Path, layers: list[int], log: Lo
         if missing:
             raise ModelError(f"no decoder layer(s) {missing} in {new}")
 
-    return _build_once(target, build, meta, False, log)
+    return build_once(target, build, meta, False, log)

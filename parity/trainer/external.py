@@ -22,7 +22,7 @@ from parity.data import tables
 from parity.data.schema import EXPORT_COLUMNS
 from parity.engines.base import SamplingSpec
 from parity.setup import models
-from parity.setup.models import ModelError
+from parity.setup.modelbuild import ModelError
 from parity.trainer.reference import RefScore
 
 # Columns of a scores file: the processed logprob is required; the others are optional (a

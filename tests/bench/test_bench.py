@@ -19,7 +19,7 @@ from parity.bench import metrics as bench_metrics
 from parity.bench import table as bench_table
 from parity.run import runner
 from parity.setup import envs, phases
-from parity.setup.models import _build_once
+from parity.setup.modelbuild import build_once
 from parity.verdicts import metrics
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
@@ -163,9 +163,9 @@ def test_a_build_counts_once_and_a_cache_hit_not(tmp_path, clock):
 
     before = phases.build_seconds()
     target = tmp_path / "models" / "m"
-    assert _build_once(target, build, {"name": "m"}, False, quiet) == target
+    assert build_once(target, build, {"name": "m"}, False, quiet) == target
     assert phases.build_seconds() - before == 3.0
-    _build_once(target, build, {"name": "m"}, False, quiet)  # built: nothing runs
+    build_once(target, build, {"name": "m"}, False, quiet)  # built: nothing runs
     assert phases.build_seconds() - before == 3.0
 
 

@@ -9,9 +9,9 @@ import pytest
 from models_fixtures import _config
 from safetensors.torch import load_file
 
-from parity.setup import models
+from parity.setup import modelbuild, models
+from parity.setup.modelbuild import ModelError
 from parity.setup.models import (
-    ModelError,
     build_model,
     fingerprint,
     mean_entropy,
@@ -117,7 +117,7 @@ def test_build_is_idempotent_and_rebuilds_an_unstamped_dir(tiny):
     assert build_model("tiny", log=logs.append) == tiny
     assert logs == []
     digest = fingerprint(tiny)
-    (tiny / models.STAMP).unlink()  # as if the build had stopped before the stamp
+    (tiny / modelbuild.STAMP).unlink()  # as if the build had stopped before the stamp
     assert build_model("tiny", log=logs.append) == tiny
     assert any("building model tiny" in line for line in logs)
     assert fingerprint(tiny) == digest
