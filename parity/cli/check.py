@@ -19,7 +19,7 @@ from parity.report.build import EXIT_UNRESOLVED, EXIT_USAGE
 from parity.run.progress import Display
 from parity.run.results import RunResult
 from parity.run.scenario import ScenarioError
-from parity.setup.envs import EnvError
+from parity.setup.envspecs import EnvError
 from parity.setup.modelbuild import ModelError
 
 

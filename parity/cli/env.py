@@ -6,7 +6,8 @@ import typer
 
 from parity.cli.app import env_app, fail, log, out
 from parity.report.build import EXIT_UNRESOLVED, EXIT_USAGE
-from parity.setup.envs import EnvError, ensure_env, get_spec, list_envs
+from parity.setup.envs import ensure_env, list_envs
+from parity.setup.envspecs import EnvError, get_spec
 
 
 @env_app.command("create")

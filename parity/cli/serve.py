@@ -15,7 +15,7 @@ from parity.engines.base import EngineError
 from parity.engines.settings import parse_setting
 from parity.report.build import EXIT_UNRESOLVED
 from parity.setup import envs, inputs, models
-from parity.setup.envs import EnvError
+from parity.setup.envspecs import EnvError
 from parity.setup.modelbuild import ModelError
 from parity.setup.models import MODEL_NAMES, is_built_name
 

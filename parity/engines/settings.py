@@ -14,7 +14,7 @@ from parity import engines
 from parity.engines.base import EngineSetting
 from parity.engines.profiles import Profile, load_profiles
 from parity.setup import inputs
-from parity.setup.envs import ENV_PIN
+from parity.setup.envspecs import ENV_PIN
 
 Problem = tuple[str, str, str]
 SETTING_FIELDS = {

@@ -18,7 +18,7 @@ from parity.bench import main as bench
 from parity.bench import metrics as bench_metrics
 from parity.bench import table as bench_table
 from parity.run import runner
-from parity.setup import envs, phases
+from parity.setup import envs, envspecs, phases
 from parity.setup.modelbuild import build_once
 from parity.verdicts import metrics
 
@@ -180,7 +180,7 @@ def test_nested_builds_count_once(clock):
 
 def test_env_build_counts_and_a_built_env_not(tmp_path, monkeypatch, clock):
     monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path))
-    spec = envs.EnvSpec("bench-test", requirements=("nothing==1",))
+    spec = envspecs.EnvSpec("bench-test", requirements=("nothing==1",))
 
     def fake_build(spec, root, log):
         clock[0] += 7.0

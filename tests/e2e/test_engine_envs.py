@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from parity.setup import envs
+from parity.setup import envs, envspecs
 
 
 def test_v0_env_builds_and_imports_vllm():
@@ -18,9 +18,9 @@ def test_v0_env_builds_and_imports_vllm():
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    expected = "0.8.5" if envs.has_cuda() else "0.8.5.post2"
+    expected = "0.8.5" if envspecs.has_cuda() else "0.8.5.post2"
     assert out.stdout.strip().splitlines()[-1] == expected
-    if not envs.has_cuda():
+    if not envspecs.has_cuda():
         from parity.setup import elf_fix
 
         so = next(python.parent.parent.glob("lib/python*/site-packages/vllm/_C.abi3.so"))

