@@ -8,7 +8,7 @@ import re
 from html import escape
 from typing import Any, Callable
 
-from parity.report import plots
+from parity.report import metric_plots, token_plots
 from parity.run.faults import describe
 from parity.verdicts.metrics import ClipRange
 
@@ -66,7 +66,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
                 f"Per-token r = trainer - engine logprob (the log importance ratio PPO clips), "
                 f"from tokens.parquet; dashed: clip bounds log(1 - {clip.eps_low}) and "
                 f"log(1 + {clip.eps_high}) ({clip_from}).",
-                plots.log_ratio_hist,
+                token_plots.log_ratio_hist,
                 rows[rows["engine"] == role],
                 clip,
                 role,
@@ -77,7 +77,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
             "|dlogp| by position",
             "Every scored token's |trainer - engine| logprob against its position, and the "
             "median per position.",
-            plots.abs_dlogp_by_position,
+            token_plots.abs_dlogp_by_position,
             rows,
         )
         _plot(
@@ -86,7 +86,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
             "curves by position",
             f"Token clip rate ({clip_from}), mean k3 KL and the reference's mean entropy per "
             "position bucket.",
-            plots.position_curves,
+            token_plots.position_curves,
             rows,
             clip,
             wide=True,
@@ -98,7 +98,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
                 f"{k}-versions",
                 "tokens by weight version",
                 "Which weight version produced each token (tokens.parquet weight_version).",
-                plots.weight_versions,
+                token_plots.weight_versions,
                 rows,
             )
     _plot(
@@ -106,7 +106,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
         f"{k}-roles",
         "baseline vs candidate",
         "Each engine against the trainer reference (report.json metrics.per_role).",
-        plots.rl_side_by_side,
+        metric_plots.rl_side_by_side,
         m.get("per_role"),
         wide=True,
     )
@@ -117,7 +117,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
         "Each finding's estimate and confidence interval divided by its limit (for a "
         "baseline comparison: candidate - baseline). It passes when the interval lies inside "
         "the dashed limit(s), fails when it lies beyond.",
-        plots.finding_intervals,
+        metric_plots.finding_intervals,
         (rec.get("verdict") or {}).get("findings"),
     )
     _plot(
@@ -126,7 +126,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
         "lm_head evidence",
         "Share of positions whose top-logprob gaps sit on the 16-bit grid, and the distance "
         "to the trainer scored with each head (report.json metrics).",
-        plots.lm_head_evidence,
+        metric_plots.lm_head_evidence,
         m,
     )
     _plot(
@@ -135,7 +135,7 @@ def scenario_plots(rec: dict[str, Any], tokens, index: int) -> list[str]:
         "weight update evidence",
         "Mean |dlogp| before and after the update against the old and new weights; the "
         "attribution's hypotheses (report.json metrics).",
-        plots.update_evidence,
+        metric_plots.update_evidence,
         m,
     )
     return figs

@@ -13,7 +13,7 @@ from html_fakes import report_data, tokens_frame, write_run
 from typer.testing import CliRunner
 
 from parity.cli import app
-from parity.report import build, files, html, markdown, plots
+from parity.report import build, files, html, markdown, metric_plots, plots, token_plots
 from parity.verdicts.metrics import ClipRange
 
 CLIP = ClipRange(0.2, 0.28)
@@ -44,29 +44,29 @@ def test_token_plots_have_data_and_none_without(run):
     data, frame = run
     rows = rows_of(frame, "rl-compare")
     for svg in (
-        plots.log_ratio_hist(rows[rows["engine"] == "candidate"], CLIP, "candidate", "a"),
-        plots.abs_dlogp_by_position(rows, "b"),
-        plots.position_curves(rows, CLIP, "c"),
-        plots.weight_versions(rows_of(frame, "update"), "d"),
+        token_plots.log_ratio_hist(rows[rows["engine"] == "candidate"], CLIP, "candidate", "a"),
+        token_plots.abs_dlogp_by_position(rows, "b"),
+        token_plots.position_curves(rows, CLIP, "c"),
+        token_plots.weight_versions(rows_of(frame, "update"), "d"),
     ):
         assert svg.startswith("<svg") and marks(svg) > 0
         assert "<?xml" not in svg and "<metadata>" not in svg
     empty = frame.iloc[:0]
-    assert plots.log_ratio_hist(empty, CLIP, "candidate", "a") is None
-    assert plots.abs_dlogp_by_position(empty, "b") is None
-    assert plots.position_curves(empty, CLIP, "c") is None
-    assert plots.weight_versions(empty, "d") is None
+    assert token_plots.log_ratio_hist(empty, CLIP, "candidate", "a") is None
+    assert token_plots.abs_dlogp_by_position(empty, "b") is None
+    assert token_plots.position_curves(empty, CLIP, "c") is None
+    assert token_plots.weight_versions(empty, "d") is None
     # Tokens the reference did not score (NaN) are no data either.
     unscored = rows.assign(trainer_logprob=np.nan)
-    assert plots.log_ratio_hist(unscored, CLIP, "candidate", "a") is None
+    assert token_plots.log_ratio_hist(unscored, CLIP, "candidate", "a") is None
 
 
 def test_position_plot_subsamples_large_runs(run):
     _, frame = run
     rows = rows_of(frame, "rl-compare")
-    svg = plots.abs_dlogp_by_position(rows, "p", max_points=10)
+    svg = token_plots.abs_dlogp_by_position(rows, "p", max_points=10)
     assert "candidate tokens (10 of 96)" in svg and "baseline tokens (10 of 96)" in svg
-    assert svg.count("<use ") < plots.abs_dlogp_by_position(rows, "p").count("<use ")
+    assert svg.count("<use ") < token_plots.abs_dlogp_by_position(rows, "p").count("<use ")
 
 
 def test_unjudged_scenario_still_renders(run):
@@ -92,13 +92,13 @@ def test_unjudged_scenario_still_renders(run):
 def test_histogram_marks_the_scenarios_clip_bounds(run):
     _, frame = run
     rows = rows_of(frame, "logprobs-raw")
-    svg = plots.log_ratio_hist(rows, CLIP, "candidate", "h")
+    svg = token_plots.log_ratio_hist(rows, CLIP, "candidate", "h")
     assert f"{math.log(0.8):.3g}" in svg and f"{math.log(1.28):.3g}" in svg
     r = rows["trainer_logprob"] - rows["engine_logprob"]
     r = r[np.isfinite(r)]
     clipped = int(((r < math.log(0.8)) | (r > math.log(1.28))).sum())
     assert clipped > 0 and f"{len(r)} tokens, {clipped} outside the clip range" in svg
-    wider = plots.log_ratio_hist(rows, ClipRange(0.5, 0.5), "candidate", "h")
+    wider = token_plots.log_ratio_hist(rows, ClipRange(0.5, 0.5), "candidate", "h")
     assert f"{math.log(0.5):.3g}" in wider
 
 
@@ -107,22 +107,25 @@ def test_json_plots_have_data_and_none_without(run):
     by_name = {s["name"]: s for s in data["scenarios"]}
     rl = by_name["rl-compare"]
     svgs = [
-        plots.rl_side_by_side(rl["metrics"]["per_role"], "r"),
-        plots.finding_intervals(rl["verdict"]["findings"], "f"),
-        plots.lm_head_evidence(by_name["lmhead"]["metrics"], "l"),
-        plots.update_evidence(by_name["update"]["metrics"], "u"),
+        metric_plots.rl_side_by_side(rl["metrics"]["per_role"], "r"),
+        metric_plots.finding_intervals(rl["verdict"]["findings"], "f"),
+        metric_plots.lm_head_evidence(by_name["lmhead"]["metrics"], "l"),
+        metric_plots.update_evidence(by_name["update"]["metrics"], "u"),
     ]
     for svg in svgs:
         assert svg.startswith("<svg") and marks(svg) > 0
     # rl: both roles' bars on each of the five metrics; intervals: the two findings with a CI.
     assert marks(svgs[0]) == 10
     assert "kl_k3 (non_inferiority" in svgs[1] and "excluded_tokens" not in svgs[1]
-    assert plots.rl_side_by_side({"candidate": rl["metrics"]["per_role"]["candidate"]}, "r") is None
-    assert plots.finding_intervals(by_name["lmhead"]["verdict"]["findings"], "f") is None
-    assert plots.lm_head_evidence(rl["metrics"], "l") is None
-    assert plots.update_evidence(rl["metrics"], "u") is None
+    assert (
+        metric_plots.rl_side_by_side({"candidate": rl["metrics"]["per_role"]["candidate"]}, "r")
+        is None
+    )
+    assert metric_plots.finding_intervals(by_name["lmhead"]["verdict"]["findings"], "f") is None
+    assert metric_plots.lm_head_evidence(rl["metrics"], "l") is None
+    assert metric_plots.update_evidence(rl["metrics"], "u") is None
     # in flight: its own comparisons, found by name
-    inflight = plots.update_evidence(
+    inflight = metric_plots.update_evidence(
         {
             "abs_dlogp_pre_vs_old": 3e-7,
             "abs_dlogp_post_vs_keep": 7e-7,
