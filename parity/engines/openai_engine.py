@@ -1,7 +1,6 @@
 """A served engine: a vLLM OpenAI-compatible server parity did not start, driven over HTTP
-(`/v1/completions` with token-id prompts, sampled-token and prompt logprobs, tokens returned as
-ids, one seed per prompt). Its configuration is what the server exposes; the rest is unknown.
-Standard library only (urllib, threads), so it adds no dependency and imports instantly."""
+(openai_wire.py: the /v1/completions request and answer); its configuration is what the server
+exposes. Standard library only (urllib, threads), so it adds no dependency and imports instantly."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import http.client
 import json
 import os
 import queue
-import re
 import threading
 import time
 import urllib.error
@@ -18,20 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
-from parity.engines.openai_config import NOT_EXPOSED, served_config
+from parity.engines.openai_config import served_config
 from parity.engines.openai_updates import HttpUpdater, endpoints_from_schema, rl_summary
+from parity.engines.openai_wire import parse_completion, request_body
 
-__all__ = [
-    "NOT_EXPOSED",
-    "OpenAIEngine",
-    "parse_completion",
-    "request_body",
-    "served_config",
-    "tail",
-]
+__all__ = ["OpenAIEngine", "tail"]
 
 LOG_TAIL_LINES = 30
-_TOKEN = re.compile(r"token_id:(-?\d+)")
 
 
 def tail(path: str | Path | None, lines: int = LOG_TAIL_LINES) -> str:
@@ -334,116 +325,6 @@ def _pick_model(entries: list[dict], model: str) -> dict | None:
     return next((e for e in entries if e.get("id") in names or e.get("root") in names), None)
 
 
-def request_body(model: str, prompt: list[int], sampling: SamplingSpec, index: int) -> dict:
-    """The /v1/completions body for prompt `index`: every sampling field explicit, so the
-    server's generation-config defaults (repetition penalty, min_p, ...) cannot apply where
-    the in-process engine would not apply them either."""
-    body = {
-        "model": model,
-        "prompt": list(prompt),
-        "max_tokens": sampling.max_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": sampling.top_k if sampling.top_k > 0 else -1,
-        "n": sampling.n,
-        "logprobs": sampling.logprobs,
-        "min_p": 0.0,
-        "repetition_penalty": 1.0,
-        "presence_penalty": 0.0,
-        "frequency_penalty": 0.0,
-        "stream": False,
-        "return_tokens_as_token_ids": True,
-        "return_token_ids": True,
-    }
-    if sampling.seed is not None:
-        body["seed"] = sampling.seed + index
-    if sampling.prompt_logprobs is not None:
-        body["prompt_logprobs"] = sampling.prompt_logprobs
-    return body
-
-
-def _token_id(text: Any) -> int:
-    m = _TOKEN.fullmatch(str(text))
-    if m is None:
-        raise ValueError(f"token {text!r} is not 'token_id:N' (return_tokens_as_token_ids)")
-    return int(m.group(1))
-
-
-def parse_completion(
-    reply: dict, index: int, prompt: list[int], sampling: SamplingSpec
-) -> list[Sequence]:
-    """The sequences of one /v1/completions answer (vLLM 0.8.5 or later). Token ids come from
-    the logprobs' "token_id:N" strings (vLLM 0.8.5 has no token_ids field), checked against
-    `token_ids` where the server returns them. ValueError/KeyError/TypeError on anything else."""
-    choices = reply["choices"]
-    if not isinstance(choices, list) or len(choices) != sampling.n:
-        raise ValueError(
-            f"{len(choices) if isinstance(choices, list) else choices!r} choices "
-            f"for n = {sampling.n}"
-        )
-    out = []
-    for choice in sorted(choices, key=lambda c: c["index"]):
-        lp = choice["logprobs"]
-        token_ids = [_token_id(t) for t in lp["tokens"]]
-        logprobs = [float(x) for x in lp["token_logprobs"]]
-        if len(logprobs) != len(token_ids):
-            raise ValueError(f"{len(token_ids)} tokens but {len(logprobs)} logprobs")
-        if choice.get("token_ids") is not None and list(choice["token_ids"]) != token_ids:
-            raise ValueError("token_ids disagree with the logprobs' tokens")
-        if choice.get("prompt_token_ids") is not None and list(choice["prompt_token_ids"]) != list(
-            prompt
-        ):
-            raise ValueError("the server changed the prompt's token ids")
-        top = None
-        if sampling.logprobs > 0:
-            top = [
-                {_token_id(t): float(v) for t, v in (pos or {}).items()}
-                for pos in lp["top_logprobs"]
-            ]
-            if len(top) != len(token_ids):
-                raise ValueError(f"{len(top)} top-logprob positions for {len(token_ids)} tokens")
-        out.append(
-            Sequence(
-                prompt_index=index,
-                sample_index=int(choice["index"]),
-                prompt_token_ids=list(prompt),
-                token_ids=token_ids,
-                logprobs=logprobs,
-                top_logprobs=top,
-                finish_reason=choice.get("finish_reason"),
-                text=str(choice.get("text") or ""),
-                prompt_logprobs=_prompt_logprobs(choice.get("prompt_logprobs"), prompt)
-                if sampling.prompt_logprobs is not None
-                else None,
-                num_cached_tokens=_cached_tokens(reply),
-            )
-        )
-    return out
-
-
-def _prompt_logprobs(positions: Any, prompt: list[int]) -> list[float | None]:
-    """Logprob of each prompt token given the ones before it (None at position 0): vLLM
-    returns per position {token_id: {"logprob": ...}} (ids as JSON keys)."""
-    if not isinstance(positions, list) or len(positions) != len(prompt):
-        raise ValueError(f"prompt_logprobs for {len(prompt)} prompt tokens: {positions!r:.100}")
-    out: list[float | None] = []
-    for tok, pos in zip(prompt, positions):
-        if not pos:
-            out.append(None)
-            continue
-        entry = pos.get(str(tok), pos.get(f"token_id:{tok}"))
-        value = entry["logprob"] if isinstance(entry, dict) else entry
-        out.append(float(value))
-    return out
-
-
-def _cached_tokens(reply: dict) -> int | None:
-    details = (reply.get("usage") or {}).get("prompt_tokens_details") or {}
-    value = details.get("cached_tokens")
-    return value if isinstance(value, int) else None
-
-
-# str(VllmConfig) of vLLM 0.8.5: "name=value, " pairs; only these plain ones are read from it.
 def _progress(results: list[Any], total: int, elapsed: float) -> dict[str, Any]:
     """A progress message, as the in-process worker sends them: requests finished, output
     tokens per second so far."""

@@ -349,7 +349,7 @@ def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatc
     """A served engine's endpoints give no hf_config: those keys are shown unknown, named in
     the note, and do not make the verdict inconclusive; a key it could report but did not
     still does."""
-    from parity.engines.openai_engine import NOT_EXPOSED
+    from parity.engines.openai_config import NOT_EXPOSED
     from parity.run import modelcheck
 
     trainer = {k: 1 for k in NOT_EXPOSED} | {"model.dtype": "bfloat16"}

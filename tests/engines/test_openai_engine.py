@@ -12,7 +12,8 @@ from fake_openai_server import FakeServer
 
 from parity.engines import create
 from parity.engines.base import EngineError, SamplingSpec
-from parity.engines.openai_engine import OpenAIEngine, served_config
+from parity.engines.openai_config import served_config
+from parity.engines.openai_engine import OpenAIEngine
 from parity.engines.settings import from_table, load_profiles, parse_setting
 
 SAMPLING = SamplingSpec(
