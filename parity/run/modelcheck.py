@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parity import engines
-from parity.engines import identity
+from parity.engines import identity, identity_drift
 from parity.engines.base import EngineError
 from parity.engines.process import read_model_facts
 from parity.verdicts import core
@@ -23,7 +23,7 @@ def config_drift(
     results, pythons: dict[str, str], log_dir: Path, log: Log
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """What each engine environment's own transformers reads from each checkpoint, against what
-    the trainer reads (identity.drift), before any engine starts: {(env, model): rows}."""
+    the trainer reads (identity_drift.drift), before any engine starts: {(env, model): rows}."""
 
     out = {}
     for env, model_path in sorted(
@@ -43,7 +43,7 @@ def config_drift(
         except EngineError as exc:
             log(f"[validate] could not read {Path(model_path).name} in env {env}: {exc}")
             continue  # the engine start will say what is wrong with the environment
-        rows = identity.drift(
+        rows = identity_drift.drift(
             trainer_facts(model_path), facts, env, str(facts.get("transformers_version"))
         )
         if rows:

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from parity.engines import identity
-from parity.engines.identity import compare, drift
+from parity.engines.identity import compare
+from parity.engines.identity_drift import drift
 
 
 def test_check_diagnoses_drift_before_starting_the_v0_engine(copies, tmp_path):

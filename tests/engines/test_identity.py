@@ -11,7 +11,8 @@ import pytest
 from identity_fixtures import T5_ROPE_THETA
 
 from parity.engines import identity
-from parity.engines.identity import MODEL_KEYS, compare, drift, engine_facts, same
+from parity.engines.identity import MODEL_KEYS, compare, engine_facts, same
+from parity.engines.identity_drift import drift
 
 IDENTITY_PY = Path(identity.__file__)
 
