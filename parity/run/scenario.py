@@ -58,7 +58,7 @@ class Scenario:
     options: dict[str, Any] = field(default_factory=dict)  # the category's own fields, parsed
     engine_sampling: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> overrides
     reference_device: str = (
-        "auto"  # where the HF reference runs (parity.trainer.reference.resolve_device)
+        "auto"  # where the HF reference runs (parity.trainer.chunked.resolve_device)
     )
     scores: Path | None = None  # trainer scores file standing in for the HF reference
     reference_scorer: str = "hf"  # the trainer-side scorer (parity.trainer registry)

@@ -13,11 +13,11 @@ from parity import categories, trainer
 from parity.categories.base import choice
 from parity.setup import inputs, models
 from parity.trainer import external
+from parity.trainer.chunked import resolve_device
 from parity.trainer.reference import (
     HEAD_DTYPES,
     ReferenceError,
     ScoreCache,
-    resolve_device,
     tie_rule_for,
 )
 from parity.verdicts import core

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.reference import chunk_budget, chunk_rows, score_rows
+from parity.trainer.chunked import chunk_budget, chunk_rows, score_rows
 
 # Padded positions per forward, cache included: bounds the activations and the KV held for a
 # chunk (SmolLM2-135M: ~46 KB of fp32 KV per position, so ~190 MB at this size).

@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.heads import Head, HeadSpec, ReferenceError
-from parity.trainer.reference import (
+from parity.trainer.chunked import (
     LIVE_BUFFERS,
-    Reference,
-    ScoreCache,
     chunk_budget,
     chunk_rows,
     resolve_device,
     score_rows,
 )
+from parity.trainer.heads import Head, HeadSpec, ReferenceError
+from parity.trainer.reference import Reference, ScoreCache
 
 SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, top_k=50)
 

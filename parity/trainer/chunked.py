@@ -1,0 +1,140 @@
+"""Where and in what memory the trainer-side reference scores: the device ("auto", "cpu",
+"cuda[:N]"), the bytes one chunk of positions x vocabulary may take there, and the scores of
+final hidden states computed a chunk of positions at a time (`score_rows`), whatever the chunk."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from parity.engines.base import SamplingSpec
+from parity.trainer.heads import ReferenceError
+from parity.trainer.sampler import _entropy, boundary_ties, process_logits
+
+# [positions x vocab] buffers alive at once while one chunk is scored, in fp32 units: logits,
+# processed logits, the sort's values and int64 indices (2), softmax, cumsum, the mask, the
+# log-softmax, and the entropy's p and p * logp.
+LIVE_BUFFERS = 10
+TILE_ROWS = {"cpu": 64, "cuda": 256}  # head GEMM rows per call (see heads.head_logits `tile`)
+CPU_CHUNK_BYTES = 1 << 30  # at most this much for one chunk's buffers on a CPU host
+MEMORY_SHARE = 0.25  # and at most this share of the memory available after the model loaded
+
+
+def resolve_device(spec: str | None = "auto") -> str:
+    """ "auto" -> "cuda" where torch sees a CUDA device, else "cpu"; "cpu", "cuda", "cuda:N" as
+    given when usable. ReferenceError (naming the fix) for a device this machine does not have."""
+    import torch  # lazy: torch takes seconds to import
+
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if m is None:
+        raise ReferenceError(f'reference device {spec!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+    if not torch.cuda.is_available():
+        raise ReferenceError(
+            f"reference device {spec!r}: torch {torch.__version__} sees no CUDA "
+            'device on this machine; use "auto" (CUDA where there is one) or '
+            '"cpu"'
+        )
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ReferenceError(
+            f"reference device {spec!r}: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
+    return spec
+
+
+def available_bytes(device: str) -> int:
+    """Memory free for scoring on `device`: CUDA's free memory, or on a CPU host the smaller of
+    MemAvailable and what the cgroup (container) limit leaves."""
+    import torch  # lazy: torch takes seconds to import
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    free = []
+    try:
+        with open("/proc/meminfo") as f:
+            free += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        free.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, min(free))
+
+
+def chunk_budget(device: str) -> int:
+    """Bytes one chunk's buffers may take: a share of the free memory (capped at 1 GiB on CPU
+    hosts, where the engines and the harness share RAM), or $PARITY_REFERENCE_CHUNK_MB. A bf16
+    head larger than this is not copied to fp32 but cast block by block on every chunk (less
+    memory, more time)."""
+    override = os.environ.get("PARITY_REFERENCE_CHUNK_MB")
+    if override:
+        return int(float(override) * 2**20)
+    budget = int(available_bytes(device) * MEMORY_SHARE)
+    return budget if device.startswith("cuda") else min(budget, CPU_CHUNK_BYTES)
+
+
+def chunk_rows(vocab: int, budget: int) -> int:
+    """Positions per chunk so that LIVE_BUFFERS fp32 [rows x vocab] buffers fit `budget`."""
+    return max(1, budget // (vocab * 4 * LIVE_BUFFERS))
+
+
+def score_rows(
+    head,
+    hidden,
+    targets,
+    sampling: SamplingSpec,
+    tie_rule: str = "keep_ties",
+    rows: int | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Raw and processed logprob of each target token, the processed distribution's entropy,
+    and the boundary-tie flag, from final hidden states [N, H] and targets [N], `rows`
+    positions at a time (None: all at once). Each chunk runs the same ops on its rows as the
+    whole would, so the result does not depend on `rows`; memory is ~LIVE_BUFFERS x rows x
+    vocab x 4 bytes. Returns float64 arrays raw, processed, entropy and a bool array."""
+    import torch  # lazy: torch takes seconds to import
+
+    n = int(hidden.shape[0])
+    rows = n if not rows else max(1, int(rows))
+    out = np.empty((3, n), dtype=np.float64)
+    tied = np.empty(n, dtype=bool)
+    tile = getattr(head, "tile", None)
+    if tile:
+        rows = -(-rows // tile) * tile  # whole tiles, so a row's tile does not depend on rows
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        h, target = hidden[a:b], targets[a:b].unsqueeze(-1)
+        if tile and (b - a) % tile:
+            # Pad to whole tiles: the row reductions below then always run over >= `tile` rows,
+            # where their per-row summation order does not depend on the row count (over very
+            # few rows torch splits each row between threads, which rounds differently).
+            pad = tile - (b - a) % tile
+            h = torch.cat([h, h.new_zeros((pad, h.shape[1]))])
+            target = torch.cat([target, target.new_zeros((pad, 1))])
+        logits = head(h)
+        m = b - a
+        out[0, a:b] = _cpu(logits.log_softmax(dim=-1).gather(-1, target).squeeze(-1)[:m])
+        processed = process_logits(logits, sampling, tie_rule)
+        tied[a:b] = _cpu(boundary_ties(logits, sampling, target.squeeze(-1), processed)[:m])
+        del logits
+        processed = processed.log_softmax(dim=-1)
+        out[1, a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
+        out[2, a:b] = _cpu(_entropy(processed)[:m])
+        del processed
+    return out[0], out[1], out[2], tied
+
+
+def _cpu(t) -> np.ndarray:
+    t = t.detach().cpu()
+    return t.double().numpy() if t.dtype.is_floating_point else t.numpy()
