@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from parity.categories.base import Category, choice
-from parity.trainer.reference import HEAD_DTYPES
+from parity.trainer.heads import HEAD_DTYPES
 from parity.verdicts import core, metrics, stats
 
 # Explicit mantissa bits of the 16-bit dtypes a head can round its logits to.

@@ -10,7 +10,7 @@ import numpy as np
 
 from parity.categories import _common
 from parity.categories.base import Category
-from parity.trainer.reference import GREEDY_EPS
+from parity.trainer.sampler import GREEDY_EPS
 from parity.verdicts import core, metrics
 from parity.verdicts.fmt import fmt
 

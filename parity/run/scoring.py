@@ -14,12 +14,9 @@ from parity.categories.base import choice
 from parity.setup import inputs, models
 from parity.trainer import external
 from parity.trainer.chunked import resolve_device
-from parity.trainer.reference import (
-    HEAD_DTYPES,
-    ReferenceError,
-    ScoreCache,
-    tie_rule_for,
-)
+from parity.trainer.heads import HEAD_DTYPES, ReferenceError
+from parity.trainer.reference import ScoreCache
+from parity.trainer.sampler import tie_rule_for
 from parity.verdicts import core
 
 Log = Callable[[str], None]

@@ -14,7 +14,7 @@ from parity.data import schema, tables
 from parity.data.schema import COLUMNS, EXPORT_COLUMNS, FILE
 from parity.run import faults
 from parity.trainer.external import context_of, sequence_key
-from parity.trainer.reference import tie_rule_for
+from parity.trainer.sampler import tie_rule_for
 
 Log = Callable[[str], None]
 

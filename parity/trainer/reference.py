@@ -16,24 +16,8 @@ import numpy as np
 from parity.engines.base import SamplingSpec
 from parity.setup.paths import cache_dir
 from parity.trainer.chunked import TILE_ROWS, chunk_budget, chunk_rows, resolve_device, score_rows
-from parity.trainer.heads import (  # noqa: F401
-    HEAD_DTYPES,
-    Head,
-    HeadSpec,
-    ReferenceError,
-    head_logits,
-    head_spec,
-    model_head,
-    verify_head,
-)
-from parity.trainer.sampler import (  # noqa: F401
-    GREEDY_EPS,
-    TIE_RULES,
-    _entropy,
-    boundary_ties,
-    process_logits,
-    tie_rule_for,
-)
+from parity.trainer.heads import HEAD_DTYPES, Head, model_head
+from parity.trainer.sampler import TIE_RULES
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.

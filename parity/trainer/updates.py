@@ -16,7 +16,7 @@ from parity.setup import models
 from parity.setup.checkpoints import with_old_layers
 from parity.setup.models import perturb
 from parity.trainer.heads import model_head
-from parity.trainer.reference import process_logits
+from parity.trainer.sampler import process_logits
 from parity.trainer.split_batches import score_items
 
 PROBES = ("takes_effect", "stale_cache", "inflight")

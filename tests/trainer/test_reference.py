@@ -9,16 +9,8 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.reference import (
-    SCORER_VERSION,
-    Reference,
-    RefScore,
-    ScoreCache,
-    _entropy,
-    boundary_ties,
-    process_logits,
-    tie_rule_for,
-)
+from parity.trainer.reference import SCORER_VERSION, Reference, RefScore, ScoreCache
+from parity.trainer.sampler import _entropy, boundary_ties, process_logits, tie_rule_for
 
 
 def _kp(s: SamplingSpec, n: int):

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.reference import (
+from parity.trainer.heads import (
     HeadSpec,
-    Reference,
     ReferenceError,
     head_logits,
     head_spec,
     model_head,
-    process_logits,
     verify_head,
 )
+from parity.trainer.reference import Reference
+from parity.trainer.sampler import process_logits
 
 DIMS = dict(
     hidden_size=64,
