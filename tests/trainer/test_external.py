@@ -22,7 +22,7 @@ from parity.report import build as report_build
 from parity.report import files as report_files
 from parity.run import runner, tokens
 from parity.run.scenario import Overrides, Scenario, ScenarioError, load_scenarios
-from parity.trainer import external
+from parity.trainer import external, scores_data
 from parity.verdicts.metrics import ClipRange
 
 SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, max_tokens=6)
@@ -515,7 +515,7 @@ def test_trainer_script_scores_an_export(tmp_path, tiny_model):
         == 0
     )
     data, problems = external.load_scores(out)
-    assert problems == [] and data.columns == set(external.SCORE_COLUMNS)
+    assert problems == [] and data.columns == set(scores_data.SCORE_COLUMNS)
     want = Reference(tiny_model, "float32", device="cpu").score(pairs, SAMPLING)
     got = external.ExternalScores(data, SAMPLING, "float32").score(pairs, SAMPLING)
     for a, b in zip(want, got):
