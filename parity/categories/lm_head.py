@@ -10,7 +10,7 @@ import numpy as np
 
 from parity.categories.base import Category, choice
 from parity.trainer.heads import HEAD_DTYPES
-from parity.verdicts import core, metrics, stats
+from parity.verdicts import core, metrics, samples
 
 # Explicit mantissa bits of the 16-bit dtypes a head can round its logits to.
 MANTISSA_BITS = {"bfloat16": 7, "float16": 10}
@@ -123,7 +123,7 @@ def paired_gap(gap_fp32: np.ndarray, gap_model: np.ndarray) -> dict[str, float]:
     one: its mean and 90% bootstrap CI (> 0: the engine sits closer to the fp32 head)."""
     diff = np.asarray(gap_model, np.float64) - np.asarray(gap_fp32, np.float64)
     diff = diff[np.isfinite(diff)]
-    lo, hi = stats.bootstrap_ci(diff, confidence=0.9) if diff.size >= 2 else (np.nan, np.nan)
+    lo, hi = samples.bootstrap_ci(diff, confidence=0.9) if diff.size >= 2 else (np.nan, np.nan)
     return {
         "mean": float(diff.mean()) if diff.size else float("nan"),
         "ci_low": float(lo),

@@ -1,27 +1,20 @@
-"""Verdict statistics over per-sequence values: bootstrap CIs, non-inferiority, TOST, thresholds.
-
-Each test returns a three-valued TestResult (pass / fail / inconclusive), never a bare boolean.
-With several samples per prompt the tests take cluster ids and resample prompts, not sequences;
-two engines answering the same prompts can be compared paired by prompt.
-"""
+"""The verdict tests: non_inferiority, equivalence_tost and threshold over the samples of
+samples.py, each returning a three-valued TestResult (pass / fail / inconclusive), never a bare
+boolean."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
+
+from parity.verdicts import samples
 
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_MIN_N",
-    "DEFAULT_N_RESAMPLES",
     "TestResult",
-    "bootstrap_ci",
-    "cluster_means",
     "equivalence_tost",
     "non_inferiority",
     "threshold",
@@ -29,7 +22,6 @@ __all__ = [
 
 Kind = Literal["non_inferiority", "equivalence", "threshold"]
 Outcome = Literal["pass", "fail", "inconclusive"]
-Unit = Literal["sequence", "prompt"]
 
 # One-sided error rate of every test: a 5% chance of passing a candidate that is in fact beyond
 # the margin. The interval that decides is the two-sided (1 - 2*alpha) = 90% one, whose ends are
@@ -39,9 +31,6 @@ DEFAULT_ALPHA = 0.05
 # unstable there); below 20 units (sequences, or prompts when clustered) per side a verdict is
 # reported as inconclusive.
 DEFAULT_MIN_N = 20
-DEFAULT_N_RESAMPLES = 2000
-# Resamples are drawn in batches so BCa's jackknife stays ~batch x n floats, not n x n.
-_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,7 @@ class TestResult:
     n_base: int
     n_cand: int
     reason: str
-    unit: Unit = "sequence"
+    unit: samples.Unit = "sequence"
     paired: bool = False
 
     def to_dict(self) -> dict[str, object]:
@@ -89,161 +78,6 @@ class TestResult:
             {field name: value} for every field.
         """
         return asdict(self)
-
-
-def _finite(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """The finite entries of a 1-D array and how many were dropped (NaN marks an empty sequence)."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    keep = np.isfinite(x)
-    return x[keep], int(x.size - keep.sum())
-
-
-def cluster_means(values: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the finite values of each cluster (e.g. the n samples of one prompt).
-
-    means[k] = mean{values[i] : clusters[i] == ids[k], values[i] finite}. Clusters with no finite
-    value are dropped. Order is stable: clusters in order of their first finite value.
-
-    Args:
-        values: 1-D per-sequence values.
-        clusters: 1-D cluster id of each value (any sortable type: prompt index, prompt text).
-
-    Returns:
-        (ids, means): the cluster ids kept and their means, both of one length.
-
-    Raises:
-        ValueError: if values and clusters differ in length.
-    """
-    x = np.asarray(values, dtype=np.float64).ravel()
-    g = np.asarray(clusters).ravel()
-    if g.shape != x.shape:
-        raise ValueError(f"{x.size} values but {g.size} cluster ids")
-    keep = np.isfinite(x)
-    x, g = x[keep], g[keep]
-    if x.size == 0:
-        return g[:0], np.zeros(0)
-    ids, first, inverse = np.unique(g, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
-    sums = np.bincount(inverse, weights=x, minlength=ids.size)
-    counts = np.bincount(inverse, minlength=ids.size)
-    order = np.argsort(first, kind="stable")
-    return ids[order], (sums / counts)[order]
-
-
-@dataclass(frozen=True)
-class _Design:
-    """The two samples a test compares, after clustering/pairing, and how they were built."""
-
-    base: np.ndarray  # per unit; aligned with cand when paired
-    cand: np.ndarray
-    unit: Unit
-    paired: bool
-    note: str  # what was dropped, for the reason line
-
-    def describe(self) -> str:
-        """A reason suffix naming the design, '' for the default (independent sequences)."""
-        if self.paired:
-            return f" [paired by prompt, {self.cand.size} prompts]"
-        if self.unit == "prompt":
-            return f" [prompt means: {self.base.size} base, {self.cand.size} cand prompts]"
-        return ""
-
-
-def _one_side(values: np.ndarray, clusters: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """Finite per-sequence values, or per-cluster means; and how many sequence values were dropped."""
-    x, dropped = _finite(values)
-    if clusters is None:
-        return x, dropped
-    return cluster_means(values, clusters)[1], dropped
-
-
-def _design(
-    base: np.ndarray,
-    cand: np.ndarray,
-    paired: bool,
-    base_clusters: np.ndarray | None,
-    cand_clusters: np.ndarray | None,
-) -> _Design:
-    """Build the per-unit samples of a two-sample test (see non_inferiority for the rules)."""
-    if (base_clusters is None) != (cand_clusters is None):
-        raise ValueError("give base_clusters and cand_clusters together (or neither)")
-    clustered = base_clusters is not None
-    if not paired:
-        b, drop_b = _one_side(base, base_clusters)
-        c, drop_c = _one_side(cand, cand_clusters)
-        return _Design(
-            b, c, "prompt" if clustered else "sequence", False, _dropped_note(drop_b, drop_c)
-        )
-    if clustered:
-        ids_b, mean_b = cluster_means(base, base_clusters)
-        ids_c, mean_c = cluster_means(cand, cand_clusters)
-        pos_c = {k: i for i, k in enumerate(ids_c.tolist())}
-        both = [(i, pos_c[k]) for i, k in enumerate(ids_b.tolist()) if k in pos_c]
-        ib = np.array([i for i, _ in both], dtype=np.int64)
-        ic = np.array([j for _, j in both], dtype=np.int64)
-        b, c = mean_b[ib], mean_c[ic]
-        only = [(ids_b.size - ib.size, "base-only"), (ids_c.size - ic.size, "cand-only")]
-    else:
-        b = np.asarray(base, dtype=np.float64).ravel()
-        c = np.asarray(cand, dtype=np.float64).ravel()
-        if b.shape != c.shape:
-            raise ValueError(
-                f"paired without clusters needs aligned arrays: base {b.size}, cand {c.size}"
-            )
-        keep = np.isfinite(b) & np.isfinite(c)
-        b, c = b[keep], c[keep]
-        only = [(int(keep.size - keep.sum()), "non-finite")]
-    parts = [f"{n} {what}" for n, what in only if n]
-    note = f" ({' and '.join(parts)} prompts dropped)" if parts else ""
-    return _Design(b, c, "prompt", True, note)
-
-
-def _mean_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Vectorised one-sample statistic for scipy.stats.bootstrap."""
-    return np.mean(x, axis=axis)
-
-
-def _diff_stat(base: np.ndarray, cand: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Vectorised two-sample statistic for scipy.stats.bootstrap: mean(cand) - mean(base)."""
-    return np.mean(cand, axis=axis) - np.mean(base, axis=axis)
-
-
-def _bootstrap(
-    samples: tuple[np.ndarray, ...],
-    statistic: Callable[..., np.ndarray],
-    confidence: float,
-    n_resamples: int,
-    seed: int,
-) -> tuple[float, float]:
-    """BCa bootstrap interval (independent resampling of each sample), robust to degenerate data.
-
-    All-constant samples give the point interval (v, v). Where BCa cannot be computed (scipy
-    returns NaN for some degenerate shapes, e.g. one constant sample), the percentile interval
-    of the same seed is used instead.
-    """
-    if all(np.ptp(s) == 0 for s in samples):
-        v = float(statistic(*samples))
-        return v, v
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            # DegenerateDataWarning / divide warnings: handled by the percentile fallback.
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                samples,
-                statistic,
-                n_resamples=n_resamples,
-                batch=_BATCH,
-                vectorized=True,
-                paired=False,
-                axis=-1,
-                confidence_level=confidence,
-                method=method,
-                rng=np.random.default_rng(seed),
-            )
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if np.isfinite(low) and np.isfinite(high):
-            return low, high
-    return float("nan"), float("nan")
 
 
 def _check(alpha: float, min_n: int, n_resamples: int) -> None:
@@ -256,92 +90,6 @@ def _check(alpha: float, min_n: int, n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
 
 
-def _dropped_note(n_dropped_base: int, n_dropped_cand: int) -> str:
-    """A reason suffix naming non-finite values that were dropped, or ''."""
-    parts = [f"{n} {side}" for n, side in ((n_dropped_base, "base"), (n_dropped_cand, "cand")) if n]
-    return f" ({' and '.join(parts)} non-finite values dropped)" if parts else ""
-
-
-def _welch_p(base: np.ndarray, cand: np.ndarray, shift: float, alternative: str) -> float:
-    """One-sided Welch p-value for H1: mean(cand) - mean(base) {<, >} shift.
-
-    With both samples constant the t statistic is +-inf (or 0/0): the p-value is then 0 when
-    the observed difference lies strictly on H1's side, else 1.
-    """
-    if np.ptp(base) == 0 and np.ptp(cand) == 0:
-        d = float(np.mean(cand) - np.mean(base)) - shift
-        on_h1 = d < 0 if alternative == "less" else d > 0
-        return 0.0 if on_h1 else 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_ind(cand - shift, base, equal_var=False, alternative=alternative)
-    return float(res.pvalue)
-
-
-def _one_sample_p(x: np.ndarray, null: float, alternative: str) -> float:
-    """One-sided one-sample t-test p-value for H1: mean(x) {<, >} null (0/1 for constant x)."""
-    if np.ptp(x) == 0:
-        d = float(np.mean(x)) - null
-        on_h1 = d < 0 if alternative == "less" else d > 0
-        return 0.0 if on_h1 else 1.0
-    return float(stats.ttest_1samp(x, null, alternative=alternative).pvalue)
-
-
-def _diff_ci(
-    design: _Design, confidence: float, n_resamples: int, seed: int
-) -> tuple[float, float, float]:
-    """(d, lo, hi): d = mean(cand) - mean(base) and its bootstrap interval.
-
-    Paired: a one-sample bootstrap of the per-prompt differences cand - base; otherwise the two
-    samples are resampled independently.
-    """
-    b, c = design.base, design.cand
-    if design.paired:
-        diff = c - b
-        return float(np.mean(diff)), *_bootstrap((diff,), _mean_stat, confidence, n_resamples, seed)
-    return float(np.mean(c) - np.mean(b)), *_bootstrap(
-        (b, c), _diff_stat, confidence, n_resamples, seed
-    )
-
-
-def _diff_p(design: _Design, shift: float, alternative: str) -> float:
-    """One-sided p-value for H1: d {<, >} shift; one-sample t on cand - base when paired, else Welch."""
-    if design.paired:
-        return _one_sample_p(design.cand - design.base, shift, alternative)
-    return _welch_p(design.base, design.cand, shift, alternative)
-
-
-def bootstrap_ci(
-    values: np.ndarray,
-    confidence: float = 0.95,
-    n_resamples: int = DEFAULT_N_RESAMPLES,
-    seed: int = 0,
-    *,
-    clusters: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Bootstrap confidence interval of the mean (BCa, percentile where BCa is degenerate).
-
-    Interval [low, high] with P(low <= E[X] <= high) ~= confidence, from scipy.stats.bootstrap;
-    the same seed gives the same interval. Non-finite values are dropped first. With clusters,
-    the interval is that of the mean of cluster means, resampling clusters.
-
-    Args:
-        values: 1-D sample, e.g. one per-sequence metric.
-        confidence: two-sided coverage in (0, 1).
-        n_resamples: bootstrap resamples.
-        seed: seed of the resampling generator.
-        clusters: cluster id (e.g. prompt) of each value, or None for independent values.
-
-    Returns:
-        (low, high); (v, v) for a constant sample; (NaN, NaN) with fewer than 2 finite values
-        (clusters, when given).
-    """
-    x, _ = _one_side(values, clusters)
-    if x.size < 2:
-        return float("nan"), float("nan")
-    return _bootstrap((x,), _mean_stat, confidence, n_resamples, seed)
-
-
 def _too_few(
     kind: Kind,
     base: np.ndarray | None,
@@ -350,7 +98,7 @@ def _too_few(
     confidence: float,
     min_n: int,
     note: str,
-    unit: Unit = "sequence",
+    unit: samples.Unit = "sequence",
     paired: bool = False,
 ) -> TestResult | None:
     """An inconclusive result if a side has fewer than min_n finite units, else None."""
@@ -388,7 +136,7 @@ def non_inferiority(
     margin: float,
     alpha: float = DEFAULT_ALPHA,
     min_n: int = DEFAULT_MIN_N,
-    n_resamples: int = DEFAULT_N_RESAMPLES,
+    n_resamples: int = samples.DEFAULT_N_RESAMPLES,
     seed: int = 0,
     *,
     paired: bool = False,
@@ -441,7 +189,7 @@ def non_inferiority(
     _check(alpha, min_n, n_resamples)
     if not np.isfinite(margin):
         raise ValueError(f"margin must be finite, got {margin}")
-    design = _design(base, cand, paired, base_clusters, cand_clusters)
+    design = samples.design(base, cand, paired, base_clusters, cand_clusters)
     b, c = design.base, design.cand
     conf = 1.0 - 2.0 * alpha
     early = _too_few(
@@ -449,8 +197,8 @@ def non_inferiority(
     )
     if early is not None:
         return early
-    d, lo, hi = _diff_ci(design, conf, n_resamples, seed)
-    p = _diff_p(design, margin, "less")
+    d, lo, hi = samples.diff_ci(design, conf, n_resamples, seed)
+    p = samples.diff_p(design, margin, "less")
     one_sided = f"{100 * (1 - alpha):g}%"
     if hi < margin:
         outcome, why = "pass", f"{one_sided} upper bound {hi:.4g} < margin {margin:.4g}"
@@ -484,7 +232,7 @@ def equivalence_tost(
     margin: float,
     alpha: float = DEFAULT_ALPHA,
     min_n: int = DEFAULT_MIN_N,
-    n_resamples: int = DEFAULT_N_RESAMPLES,
+    n_resamples: int = samples.DEFAULT_N_RESAMPLES,
     seed: int = 0,
     *,
     paired: bool = False,
@@ -524,7 +272,7 @@ def equivalence_tost(
     _check(alpha, min_n, n_resamples)
     if not (np.isfinite(margin) and margin > 0):
         raise ValueError(f"equivalence margin must be finite and > 0, got {margin}")
-    design = _design(base, cand, paired, base_clusters, cand_clusters)
+    design = samples.design(base, cand, paired, base_clusters, cand_clusters)
     b, c = design.base, design.cand
     conf = 1.0 - 2.0 * alpha
     early = _too_few(
@@ -532,8 +280,8 @@ def equivalence_tost(
     )
     if early is not None:
         return early
-    d, lo, hi = _diff_ci(design, conf, n_resamples, seed)
-    p = max(_diff_p(design, -margin, "greater"), _diff_p(design, margin, "less"))
+    d, lo, hi = samples.diff_ci(design, conf, n_resamples, seed)
+    p = max(samples.diff_p(design, -margin, "greater"), samples.diff_p(design, margin, "less"))
     ci = f"{100 * conf:g}% CI [{lo:.4g}, {hi:.4g}]"
     if -margin < lo and hi < margin:
         outcome, why = "pass", f"{ci} inside +-{margin:.4g}"
@@ -563,7 +311,7 @@ def threshold(
     limit: float,
     alpha: float = DEFAULT_ALPHA,
     min_n: int = DEFAULT_MIN_N,
-    n_resamples: int = DEFAULT_N_RESAMPLES,
+    n_resamples: int = samples.DEFAULT_N_RESAMPLES,
     seed: int = 0,
     *,
     clusters: np.ndarray | None = None,
@@ -599,16 +347,16 @@ def threshold(
     _check(alpha, min_n, n_resamples)
     if not np.isfinite(limit):
         raise ValueError(f"limit must be finite, got {limit}")
-    x, dropped = _one_side(values, clusters)
-    unit: Unit = "sequence" if clusters is None else "prompt"
+    x, dropped = samples.one_side(values, clusters)
+    unit: samples.Unit = "sequence" if clusters is None else "prompt"
     conf = 1.0 - 2.0 * alpha
-    note = _dropped_note(0, dropped)
+    note = samples.dropped_note(0, dropped)
     early = _too_few("threshold", None, x, limit, conf, min_n, note, unit)
     if early is not None:
         return early
     m = float(np.mean(x))
-    lo, hi = _bootstrap((x,), _mean_stat, conf, n_resamples, seed)
-    p = _one_sample_p(x, limit, "less")
+    lo, hi = samples.bootstrap((x,), samples.mean_stat, conf, n_resamples, seed)
+    p = samples.one_sample_p(x, limit, "less")
     one_sided = f"{100 * (1 - alpha):g}%"
     if hi <= limit:
         outcome, why = "pass", f"{one_sided} upper bound {hi:.4g} <= limit {limit:.4g}"

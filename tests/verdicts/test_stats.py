@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from parity.verdicts import samples
 from parity.verdicts import stats as s
 from parity.verdicts.stats import TestResult
 
@@ -19,7 +20,7 @@ def sample(mean: float, sd: float, n: int, seed: int) -> np.ndarray:
 
 def test_bootstrap_ci_matches_normal_theory_on_a_large_sample():
     x = sample(1.0, 0.5, 2000, seed=1)
-    low, high = s.bootstrap_ci(x, confidence=0.95)
+    low, high = samples.bootstrap_ci(x, confidence=0.95)
     half = 1.959964 * x.std(ddof=1) / math.sqrt(x.size)  # z_{0.975} * sd / sqrt(n)
     assert low == pytest.approx(x.mean() - half, abs=0.15 * half)
     assert high == pytest.approx(x.mean() + half, abs=0.15 * half)
@@ -27,14 +28,14 @@ def test_bootstrap_ci_matches_normal_theory_on_a_large_sample():
 
 def test_bootstrap_ci_is_deterministic_given_seed():
     x = sample(0.0, 1.0, 50, seed=2)
-    assert s.bootstrap_ci(x, seed=7) == s.bootstrap_ci(x, seed=7)
-    assert s.bootstrap_ci(x, seed=7) != s.bootstrap_ci(x, seed=8)
+    assert samples.bootstrap_ci(x, seed=7) == samples.bootstrap_ci(x, seed=7)
+    assert samples.bootstrap_ci(x, seed=7) != samples.bootstrap_ci(x, seed=8)
 
 
 def test_bootstrap_ci_degenerate_and_tiny():
-    assert s.bootstrap_ci(np.full(30, 0.25)) == (0.25, 0.25)
-    assert all(math.isnan(v) for v in s.bootstrap_ci(np.array([1.0])))
-    assert all(math.isnan(v) for v in s.bootstrap_ci(np.array([np.nan, np.nan, 1.0])))
+    assert samples.bootstrap_ci(np.full(30, 0.25)) == (0.25, 0.25)
+    assert all(math.isnan(v) for v in samples.bootstrap_ci(np.array([1.0])))
+    assert all(math.isnan(v) for v in samples.bootstrap_ci(np.array([np.nan, np.nan, 1.0])))
 
 
 # --- non_inferiority (higher is worse) ---
@@ -234,14 +235,14 @@ def prompts(
 def test_cluster_means_by_hand():
     values = np.array([1.0, 3.0, np.nan, 4.0, np.nan, 7.0, 2.0])
     clusters = np.array(["p2", "p2", "p1", "p1", "p3", "p0", "p1"])
-    ids, means = s.cluster_means(values, clusters)
+    ids, means = samples.cluster_means(values, clusters)
     # first finite value: p2 at 0, p1 at 3, p0 at 5; p3 has no finite value and is dropped
     assert ids.tolist() == ["p2", "p1", "p0"]
     assert means.tolist() == [(1.0 + 3.0) / 2, (4.0 + 2.0) / 2, 7.0]
-    ids, means = s.cluster_means(np.array([np.nan]), np.array([5]))
+    ids, means = samples.cluster_means(np.array([np.nan]), np.array([5]))
     assert ids.size == 0 and means.size == 0
     with pytest.raises(ValueError):
-        s.cluster_means(np.zeros(3), np.zeros(2))
+        samples.cluster_means(np.zeros(3), np.zeros(2))
 
 
 def test_threshold_on_prompts_reports_the_mean_of_prompt_means():
@@ -262,8 +263,8 @@ def test_cluster_interval_is_much_wider_than_the_sequence_interval():
     # the 8 samples of a prompt carry little more information than one: design effect
     # 1 + 7 * rho with rho = 1 / 1.04, i.e. ~7.7, and a true interval ~2.8x the naive one.
     values, ids, _ = prompts(25, 8, 1.0, 0.2, seed=30)
-    lo_n, hi_n = s.bootstrap_ci(values, confidence=0.9)
-    lo_c, hi_c = s.bootstrap_ci(values, confidence=0.9, clusters=ids)
+    lo_n, hi_n = samples.bootstrap_ci(values, confidence=0.9)
+    lo_c, hi_c = samples.bootstrap_ci(values, confidence=0.9, clusters=ids)
     assert hi_c - lo_c > 2.0 * (hi_n - lo_n)
     # the cluster interval's width matches the t interval of the 25 prompt means
     cm = values.reshape(25, 8).mean(axis=1)
@@ -280,7 +281,7 @@ def test_cluster_bootstrap_covers_and_sequence_bootstrap_does_not():
     for k in range(reps):
         values, ids, _ = prompts(25, 8, 1.0, 0.2, seed=1000 + k)
         for unit, clusters in (("sequence", None), ("prompt", ids)):
-            lo, hi = s.bootstrap_ci(values, 0.9, n_resamples=500, seed=k, clusters=clusters)
+            lo, hi = samples.bootstrap_ci(values, 0.9, n_resamples=500, seed=k, clusters=clusters)
             cover[unit] += lo <= 0.0 <= hi
             false_pass[unit] += hi <= 0.0  # the threshold test's pass rule at limit 0
     assert 0.84 <= cover["prompt"] / reps <= 0.95
