@@ -17,7 +17,7 @@ from parity.data import dumps
 from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
 from parity.report.build import clean as _clean
 from parity.run.scenario import DEFAULT_MIN_TOKENS
-from parity.verdicts import core, metrics
+from parity.verdicts import core, formulas, metrics
 from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
@@ -60,9 +60,9 @@ def options(
     clip_low: float | None = None,
     clip_high: float | None = None,
     min_tokens: int | None = None,
-) -> tuple[dict[str, float], metrics.ClipRange | None, int, list[tuple[str, str, str]]]:
+) -> tuple[dict[str, float], formulas.ClipRange | None, int, list[tuple[str, str, str]]]:
     """The tolerances (defaults with `--tolerance name=value` applied), the clip range (None:
-    metrics.ClipRange's default end), the minimum of tokens (None: the scenarios' default) and
+    formulas.ClipRange's default end), the minimum of tokens (None: the scenarios' default) and
     every problem with them."""
 
     tolerances, problems = dict(TOLERANCES), []
@@ -84,9 +84,9 @@ def options(
             problems.append(("--tolerance", name, f"{value!r}: expected a number >= 0"))
         else:
             tolerances[name] = number
-    clip, default = None, metrics.ClipRange()
+    clip, default = None, formulas.ClipRange()
     try:
-        clip = metrics.ClipRange(
+        clip = formulas.ClipRange(
             default.eps_low if clip_low is None else clip_low,
             default.eps_high if clip_high is None else clip_high,
         )
@@ -99,13 +99,13 @@ def options(
 
 
 def judge(
-    dump: dumps.Dump, tolerances: dict[str, float], clip: metrics.ClipRange, min_tokens: int
+    dump: dumps.Dump, tolerances: dict[str, float], clip: formulas.ClipRange, min_tokens: int
 ) -> list[Judged]:
     return [Judged(g, *judge_group(g, tolerances, clip, min_tokens)) for g in dump.groups]
 
 
 def judge_group(
-    g: dumps.Group, tolerances: dict[str, float], clip: metrics.ClipRange, min_tokens: int
+    g: dumps.Group, tolerances: dict[str, float], clip: formulas.ClipRange, min_tokens: int
 ) -> tuple[core.Verdict, dict[str, Any]]:
     """One group's verdict and detail.
 
@@ -222,7 +222,7 @@ def _diagnose(j: TokenJudgement, shape: dict[str, float]) -> tuple[str | None, s
     )
 
 
-def by_version(g: dumps.Group, clip: metrics.ClipRange) -> dict[str, dict[str, Any]] | None:
+def by_version(g: dumps.Group, clip: formulas.ClipRange) -> dict[str, dict[str, Any]] | None:
     """Metrics (shown, not judged) of the tokens of each weight version ("none": unknown);
     None when no token has a version."""
     flat = np.concatenate(g.weight_version) if g.weight_version is not None else np.zeros(0)
@@ -266,7 +266,7 @@ def to_json(
     dump: dumps.Dump,
     results: list[Judged],
     tolerances: dict[str, float],
-    clip: metrics.ClipRange,
+    clip: formulas.ClipRange,
     min_tokens: int,
     code: int,
     run_id: str,

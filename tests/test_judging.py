@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from parity import judging as judge
 from parity.cli import app
 from parity.data import dumps
-from parity.verdicts import metrics
+from parity.verdicts import formulas, metrics
 
 N_SEQS, N_TOK = 64, 32
 
@@ -592,5 +592,5 @@ def test_options_defaults_match_the_logprobs_category():
     from parity.run.scenario import DEFAULT_MIN_TOKENS
 
     tolerances, clip, min_tokens, problems = judge.options([])
-    assert tolerances == CATEGORY.tolerances and clip == metrics.ClipRange()
+    assert tolerances == CATEGORY.tolerances and clip == formulas.ClipRange()
     assert min_tokens == DEFAULT_MIN_TOKENS and problems == []

@@ -18,7 +18,7 @@ from rich.table import Table
 from parity.categories import _common, logprobs, rl
 from parity.engines.base import Sequence
 from parity.trainer.reference import RefScore
-from parity.verdicts import metrics, stats
+from parity.verdicts import formulas, metrics, stats
 
 SAMPLES_PER_PROMPT = 4
 TARGET_S = 1.0
@@ -104,7 +104,7 @@ def run(
 
 def _once(data) -> tuple[dict[str, float], dict[str, float]]:
     """One timing pass: seconds per function, seconds per category judgement."""
-    clip = metrics.ClipRange()
+    clip = formulas.ClipRange()
     fn_s: dict[str, float] = {}
 
     def add(name: str, fn: Callable[[], Any]) -> Any:

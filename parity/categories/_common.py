@@ -10,7 +10,7 @@ import numpy as np
 
 from parity.engines.base import Sequence
 from parity.trainer.reference import RefScore
-from parity.verdicts import core, metrics, stats
+from parity.verdicts import core, formulas, metrics, stats
 
 # Sampled tokens the trainer's processed distribution excludes (probability 0). Tokens tied
 # with the lowest kept logit are the platform's tie rule and never count. The rest are judged as
@@ -71,7 +71,7 @@ def sampled(seqs: list[Sequence], scores: list[RefScore]) -> Sampled:
 def gaps(
     ref: list[np.ndarray],
     cand: list[np.ndarray],
-    clip: metrics.ClipRange,
+    clip: formulas.ClipRange,
     entropy: list[np.ndarray] | None = None,
     boundary_tie: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -89,7 +89,7 @@ def gaps(
 def logprob_gaps(
     seqs: list[Sequence],
     scores: list[RefScore],
-    clip: metrics.ClipRange,
+    clip: formulas.ClipRange,
 ) -> dict[str, Any]:
     """An engine's sampled-token logprobs against the reference's processed and raw logprobs:
     {"vs_processed": summary, "vs_raw": summary, "per_seq": per-sequence arrays}."""

@@ -11,7 +11,7 @@ import numpy as np
 from parity.categories import _common
 from parity.categories.base import Category
 from parity.trainer.sampler import GREEDY_EPS
-from parity.verdicts import core, metrics
+from parity.verdicts import core, formulas, metrics
 from parity.verdicts.fmt import fmt
 
 
@@ -96,7 +96,7 @@ def judge_tokens(
     ref: list[np.ndarray],
     cand: list[np.ndarray],
     tolerances: dict[str, float],
-    clip: metrics.ClipRange,
+    clip: formulas.ClipRange,
     min_tokens: int,
     *,
     entropy: list[np.ndarray] | None = None,

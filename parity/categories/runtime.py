@@ -14,7 +14,7 @@ from parity.categories import _common
 from parity.categories.base import Category, choice, sampling_for
 from parity.engines import configdiff
 from parity.engines.base import Sequence
-from parity.verdicts import core, metrics, stats
+from parity.verdicts import core, formulas, metrics, stats
 from parity.verdicts.fmt import fmt
 
 PROBES = ("config_diff", "prefix_cache", "batch_invariance", "prefill_consistency")
@@ -179,7 +179,7 @@ def probe_findings(
     pairs: dict[str, Any],
     tolerances: dict[str, float],
     min_tokens: int,
-    clip: metrics.ClipRange,
+    clip: formulas.ClipRange,
 ) -> tuple[list[core.Finding], list[core.Precondition], dict[str, Any]]:
     """Per-sequence mean |dlogp| and k3 KL between the two runs, each judged against its
     tolerance with a one-sample bound (stats.threshold), as the logprobs category does."""

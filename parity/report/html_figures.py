@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from parity.report import metric_plots, token_plots
 from parity.run.faults import describe
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 
 def _clip(rec: dict[str, Any]) -> tuple[ClipRange, str]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from parity.report.plots import colour, figure, mark, svg
-from parity.verdicts.metrics import ClipRange, kl_k3
+from parity.verdicts.formulas import ClipRange, kl_k3
 
 
 def _finite_ratio(tokens) -> tuple[Any, np.ndarray]:
@@ -24,8 +24,9 @@ def _finite_ratio(tokens) -> tuple[Any, np.ndarray]:
 
 def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
     """Histogram of one role's per-token log-ratio r = trainer_logprob - engine_logprob (the
-    ratio PPO clips: exp(r) outside [1 - eps_low, 1 + eps_high] is clipped, parity.verdicts.metrics),
-    with the clip bounds log(1 - eps_low) and log(1 + eps_high) marked. None: no scored token."""
+    ratio PPO clips: exp(r) outside [1 - eps_low, 1 + eps_high] is clipped,
+    parity.verdicts.formulas), with the clip bounds log(1 - eps_low) and log(1 + eps_high) marked.
+    None: no scored token."""
     _, r = _finite_ratio(tokens)
     if r.size == 0:
         return None
@@ -94,8 +95,8 @@ def abs_dlogp_by_position(tokens, key: str, max_points: int = 1500) -> str | Non
 
 def position_curves(tokens, clip: ClipRange, key: str, buckets: int = 8) -> str | None:
     """Clip rate, mean k3 KL and mean reference entropy per position bucket, one line per role
-    (same definitions as parity.verdicts.metrics: r = trainer - engine, masked tokens left out).
-    None: no scored token."""
+    (same definitions as parity.verdicts.formulas and metrics: r = trainer - engine, masked
+    tokens left out). None: no scored token."""
     rows, r = _finite_ratio(tokens)
     if r.size == 0:
         return None

@@ -17,7 +17,7 @@ from parity.engines.settings import SETTING_FIELDS, Profile, from_table, load_pr
 from parity.run import scenario_steps as steps
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS, Overrides, Problem
 from parity.setup import inputs
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 
 class ScenarioError(Exception):

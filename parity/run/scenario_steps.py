@@ -16,7 +16,7 @@ from parity.run.prompts import REWARDS, parse_source
 from parity.run.scenario_fields import Overrides, Problem
 from parity.run.scoring import parse_reference
 from parity.setup import inputs
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 
 def category(data: dict, path: str, problems: list) -> Category | None:

@@ -20,7 +20,7 @@ from parity.bench import table as bench_table
 from parity.run import runner
 from parity.setup import envs, envspecs, phases
 from parity.setup.modelbuild import build_once
-from parity.verdicts import metrics
+from parity.verdicts import formulas, metrics
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -270,7 +270,7 @@ def test_synthetic_data_has_the_shape_of_a_run():
 # ------------------------------------------------------------------------------ identical results
 
 
-def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=metrics.GSPO_CLIP):
+def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=formulas.GSPO_CLIP):
     """summarize and per_sequence as they were before the speed-up (parity 57af1a3^): every
     per-token metric on all tokens, then masked per metric. Returns (summary, per_sequence)."""
     refs = [np.asarray(a, dtype=np.float64) for a in ref]
@@ -303,13 +303,13 @@ def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=metrics.GSPO_CLIP):
 
     with np.errstate(invalid="ignore", over="ignore"):
         tok = {
-            "r": metrics.log_ratio(fr, fc),
-            "abs_dlogp": metrics.abs_dlogp(fr, fc),
-            "abs_dprob": metrics.abs_dprob(fr, fc),
-            "kl_k1": metrics.kl_k1(fr, fc),
-            "kl_k2": metrics.kl_k2(fr, fc),
-            "kl_k3": metrics.kl_k3(fr, fc),
-            "clipped": metrics.token_clipped(fr, fc, clip).astype(np.float64),
+            "r": formulas.log_ratio(fr, fc),
+            "abs_dlogp": formulas.abs_dlogp(fr, fc),
+            "abs_dprob": formulas.abs_dprob(fr, fc),
+            "kl_k1": formulas.kl_k1(fr, fc),
+            "kl_k2": formulas.kl_k2(fr, fc),
+            "kl_k3": formulas.kl_k3(fr, fc),
+            "clipped": formulas.token_clipped(fr, fc, clip).astype(np.float64),
         }
     names = ("abs_dlogp", "abs_dprob", "kl_k1", "kl_k2", "kl_k3")
     n_ref = np.bincount(seq[ref_excl], minlength=lengths.size).astype(np.int64)
@@ -357,7 +357,7 @@ def _old_summaries(ref, cand, ref_entropy, clip, seq_clip=metrics.GSPO_CLIP):
         out[f"{name}_mean"] = mean(v[name])
     out["clip_rate_token"] = mean(v["clipped"])
     out["clip_rate_seq"] = mean(per["clipped_seq"])
-    out["ess_norm"] = metrics.ess_normalized(v["r"])
+    out["ess_norm"] = formulas.ess_normalized(v["r"])
     out["entropy_cand_mc"] = mean(-pick(fc))
     if fe is not None:
         out["entropy_ref_mean"] = mean(pick(fe))
@@ -391,7 +391,7 @@ def test_metrics_match_the_previous_code_bit_for_bit(masked):
             c[rng.random(n) < masked / 3] = -np.inf
             ref.append(r), cand.append(c), ent.append(rng.gamma(2.0, 0.5, n))
         entropy = ent if trial % 2 else None
-        clip = metrics.ClipRange(0.2, 0.28)
+        clip = formulas.ClipRange(0.2, 0.28)
         summary, per = _old_summaries(ref, cand, entropy, clip)
         _same(metrics.summarize(ref, cand, entropy, clip), summary)
         _same(metrics.per_sequence(ref, cand, entropy, clip), per)
@@ -402,7 +402,7 @@ def test_metrics_match_the_previous_code_on_a_bench_sized_batch():
     cand = [np.asarray(s.logprobs) for s in seqs]
     ref = [r.processed_logprob for r in scores]
     ent = [r.entropy for r in scores]
-    summary, per = _old_summaries(ref, cand, ent, metrics.ClipRange())
+    summary, per = _old_summaries(ref, cand, ent, formulas.ClipRange())
     _same(metrics.summarize(ref, cand, ent), summary)
     _same(metrics.per_sequence(ref, cand, ent), per)
 

@@ -11,7 +11,7 @@ from parity.categories import lm_head, logprobs, rl, runtime, weight_update
 from parity.engines.base import SamplingSpec, Sequence
 from parity.trainer.reference import RefScore
 from parity.verdicts import core
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 TOL = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6, "excluded_rate": 0.01}
 

@@ -12,6 +12,7 @@ from parity.categories import lm_head
 from parity.engines.base import SamplingSpec, Sequence
 from parity.engines.vllm_patches import Fp32HeadMethod, _patch_model, fp32_head_requested
 from parity.trainer.reference import RefScore
+from parity.verdicts import formulas
 from parity.verdicts.core import expected
 
 V = 64
@@ -107,7 +108,7 @@ def _result(head_dtype, engine_impl, require="float32", offsets=None):
     sc = SimpleNamespace(
         options={"require_head": require},
         sampling=SamplingSpec(logprobs=5),
-        clip=lm_head.metrics.ClipRange(),
+        clip=formulas.ClipRange(),
     )
     res = SimpleNamespace(scenario=sc, runs={"candidate": run}, model_path="m")
     refs = _Refs(offsets or {"float32": 0.01, "model": 0.02})

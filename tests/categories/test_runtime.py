@@ -12,7 +12,7 @@ from parity.engines import configdiff
 from parity.engines.base import SamplingSpec, Sequence
 from parity.engines.vllm_worker import _rope_theta
 from parity.run.scenario import parse_scenario
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 V0_KEY = {
     "engine_impl": "vllm.engine.llm_engine.LLMEngine",

@@ -22,7 +22,7 @@ from parity.run import preflight as validate
 from parity.run.scenario import Scenario
 from parity.setup import envs, models
 from parity.verdicts.core import Verdict
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 FAKES = Path(__file__).resolve().parent
 FAKE_WORKER = FAKES / "fake_engine_worker.py"

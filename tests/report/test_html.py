@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from parity.cli import app
 from parity.report import build, files, html, markdown, metric_plots, plots, token_plots
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 CLIP = ClipRange(0.2, 0.28)
 

@@ -23,7 +23,7 @@ from parity.report import files as report_files
 from parity.run import runner, tokens
 from parity.run.scenario import Overrides, Scenario, ScenarioError, load_scenarios
 from parity.trainer import external, scores_data
-from parity.verdicts.metrics import ClipRange
+from parity.verdicts.formulas import ClipRange
 
 SAMPLING = SamplingSpec(temperature=0.7, top_p=0.9, max_tokens=6)
 N_PROMPTS, N_TOKENS = 24, 6

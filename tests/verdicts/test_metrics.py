@@ -6,8 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
+from parity.verdicts import formulas
 from parity.verdicts import metrics as m
-from parity.verdicts.metrics import GSPO_CLIP, ClipRange
+from parity.verdicts.formulas import GSPO_CLIP, ClipRange
 
 
 def a(*xs: float) -> np.ndarray:
@@ -18,33 +19,33 @@ def a(*xs: float) -> np.ndarray:
 
 
 def test_log_ratio_is_ref_minus_cand():
-    assert m.log_ratio(a(-1.0), a(-1.1))[0] == pytest.approx(0.1)
-    assert m.log_ratio(a(-1.1), a(-1.0))[0] == pytest.approx(-0.1)
+    assert formulas.log_ratio(a(-1.0), a(-1.1))[0] == pytest.approx(0.1)
+    assert formulas.log_ratio(a(-1.1), a(-1.0))[0] == pytest.approx(-0.1)
 
 
 def test_abs_dlogp_and_abs_dprob():
-    assert m.abs_dlogp(a(-1.0), a(-1.5))[0] == pytest.approx(0.5)
+    assert formulas.abs_dlogp(a(-1.0), a(-1.5))[0] == pytest.approx(0.5)
     # probabilities 0.5 vs 0.4
-    assert m.abs_dprob(a(math.log(0.5)), a(math.log(0.4)))[0] == pytest.approx(0.1)
+    assert formulas.abs_dprob(a(math.log(0.5)), a(math.log(0.4)))[0] == pytest.approx(0.1)
 
 
 def test_kl_k1_k2_k3_at_r_0p1():
     ref, cand = a(-1.0), a(-1.1)  # r = 0.1
-    assert m.kl_k1(ref, cand)[0] == pytest.approx(-0.1)
-    assert m.kl_k2(ref, cand)[0] == pytest.approx(0.1**2 / 2)  # 0.005
+    assert formulas.kl_k1(ref, cand)[0] == pytest.approx(-0.1)
+    assert formulas.kl_k2(ref, cand)[0] == pytest.approx(0.1**2 / 2)  # 0.005
     # exp(0.1) - 1 - 0.1 = 1.1051709180756477 - 1.1
-    assert m.kl_k3(ref, cand)[0] == pytest.approx(0.005170918075647624, rel=1e-9)
+    assert formulas.kl_k3(ref, cand)[0] == pytest.approx(0.005170918075647624, rel=1e-9)
 
 
 def test_kl_k3_negative_r_and_tiny_r():
     # r = -0.5: exp(-0.5) - 1 + 0.5 = 0.6065306597126334 - 0.5
-    assert m.kl_k3(a(-1.5), a(-1.0))[0] == pytest.approx(0.10653065971263342, rel=1e-9)
+    assert formulas.kl_k3(a(-1.5), a(-1.0))[0] == pytest.approx(0.10653065971263342, rel=1e-9)
     # r = 1e-10: k3 ~ r^2/2 = 5e-21; naive exp(r) - 1 - r loses every digit here.
-    assert m.kl_k3(a(-1.0 + 1e-10), a(-1.0))[0] == pytest.approx(5e-21, rel=1e-3)
+    assert formulas.kl_k3(a(-1.0 + 1e-10), a(-1.0))[0] == pytest.approx(5e-21, rel=1e-3)
 
 
 def test_k2_of_negative_r():
-    assert m.kl_k2(a(-1.4), a(-1.0))[0] == pytest.approx(0.4**2 / 2)  # 0.08
+    assert formulas.kl_k2(a(-1.4), a(-1.0))[0] == pytest.approx(0.4**2 / 2)  # 0.08
 
 
 # --- clipping ---
@@ -52,18 +53,18 @@ def test_k2_of_negative_r():
 
 def test_token_clip_boundaries_are_not_clipped():
     # r is exactly log(ratio): ref = log(ratio), cand = 0 for ratios <= 1; ref = 0, cand = -log(ratio) above.
-    low = m.token_clipped(a(math.log(0.8)), a(0.0))
-    high = m.token_clipped(a(0.0), a(-math.log(1.28)))
+    low = formulas.token_clipped(a(math.log(0.8)), a(0.0))
+    high = formulas.token_clipped(a(0.0), a(-math.log(1.28)))
     assert not low[0] and not high[0]  # closed range: exactly 0.8 and 1.28 stay unclipped
-    assert m.token_clipped(a(math.log(0.79)), a(0.0))[0]
-    assert m.token_clipped(a(0.0), a(-math.log(1.29)))[0]
-    assert not m.token_clipped(a(-1.0), a(-1.0))[0]  # ratio 1
+    assert formulas.token_clipped(a(math.log(0.79)), a(0.0))[0]
+    assert formulas.token_clipped(a(0.0), a(-math.log(1.29)))[0]
+    assert not formulas.token_clipped(a(-1.0), a(-1.0))[0]  # ratio 1
 
 
 def test_clip_range_is_settable():
     clip = ClipRange(eps_low=0.1, eps_high=0.1)
-    assert m.token_clipped(a(math.log(0.85)), a(0.0), clip)[0]  # 0.85 < 0.9
-    assert not m.token_clipped(a(math.log(0.85)), a(0.0))[0]  # default: 0.85 >= 0.8
+    assert formulas.token_clipped(a(math.log(0.85)), a(0.0), clip)[0]  # 0.85 < 0.9
+    assert not formulas.token_clipped(a(math.log(0.85)), a(0.0))[0]  # default: 0.85 >= 0.8
     with pytest.raises(ValueError):
         ClipRange(eps_low=-0.1)
     with pytest.raises(ValueError):
@@ -73,16 +74,16 @@ def test_clip_range_is_settable():
 def test_gspo_sequence_clip_differs_from_token_clip():
     # Ratios 1.5 and 1/1.5: both tokens clipped, geometric mean exactly 1, so not sequence-clipped.
     ref_mixed, cand_mixed = a(math.log(0.6), math.log(0.4)), a(math.log(0.4), math.log(0.6))
-    assert m.token_clipped(ref_mixed, cand_mixed).tolist() == [True, True]
-    assert not m.sequence_clipped(ref_mixed, cand_mixed)
+    assert formulas.token_clipped(ref_mixed, cand_mixed).tolist() == [True, True]
+    assert not formulas.sequence_clipped(ref_mixed, cand_mixed)
     # Ratios 1.5 and 1.5: geometric mean 1.5 > 1.28.
     ref_up, cand_up = a(math.log(0.6), math.log(0.6)), a(math.log(0.4), math.log(0.4))
-    assert m.sequence_clipped(ref_up, cand_up)
+    assert formulas.sequence_clipped(ref_up, cand_up)
     s = m.summarize([ref_mixed, ref_up], [cand_mixed, cand_up])
     assert s["clip_rate_token"] == pytest.approx(4 / 4)
     assert s["clip_rate_seq"] == pytest.approx(1 / 2)
     with pytest.raises(ValueError):
-        m.sequence_clipped(a(), a())
+        formulas.sequence_clipped(a(), a())
 
 
 def test_gspo_range_is_the_papers():
@@ -95,9 +96,9 @@ def test_gspo_range_is_the_papers():
 def test_mean_r_5e_4_is_sequence_clipped_by_gspo_not_by_the_token_range():
     # r = [0, 1e-3]: mean r = 5e-4 > log(1.0004) = 3.9992e-4, but far inside log(1.28) = 0.247.
     ref, cand = a(-1.0, -2.0 + 1e-3), a(-1.0, -2.0)
-    assert m.sequence_clipped(ref, cand)  # default: GSPO range
-    assert m.sequence_clipped(ref, cand, GSPO_CLIP)
-    assert not m.sequence_clipped(ref, cand, ClipRange())
+    assert formulas.sequence_clipped(ref, cand)  # default: GSPO range
+    assert formulas.sequence_clipped(ref, cand, GSPO_CLIP)
+    assert not formulas.sequence_clipped(ref, cand, ClipRange())
     s = m.summarize([ref], [cand])
     assert s["clip_rate_seq"] == 1.0
     assert s["clip_rate_token"] == 0.0  # no token is outside [0.8, 1.28]
@@ -126,14 +127,14 @@ def test_gspo_sequence_clip_both_sides():
 
 
 def test_ess_of_equal_weights_is_one():
-    assert m.ess_normalized(a(0.0, 0.0, 0.0, 0.0)) == pytest.approx(1.0)
-    assert m.ess_normalized(a(1000.0, 1000.0)) == pytest.approx(1.0)  # no overflow
+    assert formulas.ess_normalized(a(0.0, 0.0, 0.0, 0.0)) == pytest.approx(1.0)
+    assert formulas.ess_normalized(a(1000.0, 1000.0)) == pytest.approx(1.0)  # no overflow
 
 
 def test_ess_of_unequal_weights():
     # w = [1, 3]: (1 + 3)^2 / (2 * (1 + 9)) = 16 / 20
-    assert m.ess_normalized(a(0.0, math.log(3.0))) == pytest.approx(0.8)
-    assert math.isnan(m.ess_normalized(a()))
+    assert formulas.ess_normalized(a(0.0, math.log(3.0))) == pytest.approx(0.8)
+    assert math.isnan(formulas.ess_normalized(a()))
 
 
 # --- summarize / per_sequence ---
