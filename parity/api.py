@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import categories, judging
-from parity.data import atomic, dumps, tables
+from parity.data import atomic, dumpcolumns, dumps, tables
 from parity.report import build, files, judge_report
 from parity.run import runner, scenario, selection
 from parity.run.results import RunResult
@@ -184,7 +184,7 @@ def judge(
         ScenarioError: every problem of the file and the options at once.
         OSError: the report directory cannot be written.
     """
-    mapping, problems = dumps.parse_map(list(maps))
+    mapping, problems = dumpcolumns.parse_map(list(maps))
     limits, clip, min_tokens, found = judging.options(
         list(tolerances), clip_low, clip_high, min_tokens
     )

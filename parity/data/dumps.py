@@ -1,6 +1,6 @@
-"""Per-token tables made elsewhere (a trainer's rollout dump, parity's own tokens.parquet): read
-from .parquet/.csv/.jsonl/.json/.pt, their columns mapped onto the canonical schema, validated
-with every problem listed at once, and split into sequences for `parity judge`."""
+"""A per-token table made elsewhere (a trainer's rollout dump, parity's own tokens.parquet) loaded
+for `parity judge`: read, mapped (dumpcolumns.py), checked (dumpcheck.py), and split into groups
+(scenario, engine) and sequences ordered by position."""
 
 from __future__ import annotations
 
@@ -10,73 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from parity.data.dumpcheck import apply_mask, validate
+from parity.data.dumpcolumns import PRESETS, resolve
 from parity.data.dumpfiles import DumpError, read_columns, sha256, token_rows
 
-# The canonical schema, long layout (one row per scored token). A wide table (one row per
-# sequence, list columns such as verl's [B, T] tensors) is exploded into it.
-CANONICAL = {
-    "sequence_id": "the sequence a token belongs to (int or str; wide tables: the row number)",
-    "engine_logprob": "the rollout engine's logprob of the sampled token (required)",
-    "trainer_logprob": "the trainer's logprob of the same token (required; -inf = probability 0)",
-    "token_id": "the sampled token id (optional)",
-    "position": "0-based position in the completion (optional; orders a sequence's rows)",
-    "entropy": "the trainer's entropy at that position (optional)",
-    "weight_version": "the policy version that generated the token (optional, nullable int)",
-    "prompt_id": "the prompt a sequence answers (optional; its samples are resampled together)",
-    "boundary_tie": "1 = the token is tied with the lowest kept logit at the top-k/top-p cut "
-    "(optional; such a token the trainer excludes is the tie rule's choice and "
-    "does not count)",
-    "mask": "1 = a scored token, 0 = padding or prompt, dropped (optional)",
-}
-REQUIRED = ("engine_logprob", "trainer_logprob")
 # parity's own tokens.parquet: rows whose trainer_logprob is NaN were not scored (weight-update
 # probes) and are dropped with a count; in any other file NaN is an error.
 PARITY_MARKERS = ("scenario", "engine", "trainer_raw_logprob")
 GROUP_BY = ("scenario", "engine")  # judged separately when both columns exist
 LABELS = ("scenario", "engine", "engine_label")
 OPTIONAL = ("entropy", "weight_version", "boundary_tie")  # per-token, Group fields in order
-# A logprob above this is no logprob (a probability, a ratio): bf16 log_softmax rounds a
-# near-certain token to a few hundredths above 0 at most.
-MAX_LOGPROB = 0.1
-
-# Each framework's names for the canonical columns (the first one present wins), read from its
-# source: verl verl/trainer/ppo/rollout_corr_helper.py, verl/workers/actor/dp_actor.py,
-# verl/experimental/agent_loop/agent_loop.py (uid: ray_trainer.py; param_version_start:
-# experimental/fully_async_policy); TRL trl/trainer/grpo_trainer.py (the dict
-# _generate_and_score_completions returns); prime-rl src/prime_rl/trainer/rl/loss.py (LossInputs)
-# and data.py; NeMo-RL nemo_rl/algorithms/grpo.py (train_data, train_data_step<N>.jsonl).
-PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "parity": {"prompt_id": ("prompt_id", "prompt_index")},
-    "verl": {
-        "engine_logprob": ("rollout_log_probs",),
-        "trainer_logprob": ("old_log_probs",),
-        "mask": ("response_mask",),
-        "token_id": ("responses",),
-        "entropy": ("entropys",),
-        "prompt_id": ("uid",),
-        "weight_version": ("param_version_start",),
-    },
-    "trl": {
-        "engine_logprob": ("sampling_per_token_logps",),
-        "trainer_logprob": ("old_per_token_logps",),
-        "mask": ("completion_mask",),
-        "token_id": ("completion_ids",),
-    },
-    "prime-rl": {
-        "engine_logprob": ("inference_logprobs",),
-        "trainer_logprob": ("trainer_logprobs",),
-        "mask": ("loss_mask",),
-        "token_id": ("input_ids",),
-        "entropy": ("entropy",),
-    },
-    "nemo-rl": {
-        "engine_logprob": ("generation_logprobs",),
-        "trainer_logprob": ("prev_logprobs",),
-        "mask": ("token_loss_mask", "token_mask"),
-        "token_id": ("token_ids", "input_ids"),
-        "sequence_id": ("idx",),
-    },
-}
 
 
 @dataclass
@@ -106,253 +49,6 @@ class Dump:
     n_rows: int
     groups: list[Group]
     notes: list[str] = field(default_factory=list)
-
-
-def parse_map(items: list[str]) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
-    """`--map canonical=theirs` options -> {canonical: theirs} ("" = no such column)."""
-    out, problems = {}, []
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            problems.append(
-                ("--map", item, "expected canonical=column, e.g. engine_logprob=rollout_log_probs")
-            )
-        elif key not in CANONICAL:
-            problems.append(
-                ("--map", key, f"not a canonical column: use one of {', '.join(CANONICAL)}")
-            )
-        else:
-            out[key] = value.strip()
-    return out, problems
-
-
-# ------------------------------------------------------------------------- mapping, layout
-
-
-def resolve(
-    names: list[str],
-    fmt: str | None,
-    overrides: dict[str, str],
-    path: str,
-) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
-    """{canonical: the file's column}: --map first, then the preset's names, then the canonical
-    name itself. Every problem: a --map column the file lacks, a required column not found."""
-    preset = PRESETS[fmt or "parity"]
-    shown = ", ".join(names[:40]) + (f" (+{len(names) - 40} more)" if len(names) > 40 else "")
-    mapping, problems = {}, []
-    for canon in CANONICAL:
-        if canon in overrides:
-            theirs = overrides[canon]
-            if theirs and theirs not in names:
-                problems.append(
-                    (path, theirs, f"--map {canon}={theirs}: no such column; the file has: {shown}")
-                )
-            elif theirs:
-                mapping[canon] = theirs
-            continue
-        found = [n for n in preset.get(canon, ()) + (canon,) if n in names]
-        if found:
-            mapping[canon] = found[0]
-    for canon in REQUIRED:
-        if canon in mapping or canon in overrides:
-            continue
-        looked = ", ".join(dict.fromkeys(preset.get(canon, ()) + (canon,)))
-        guess = [
-            f
-            for f, p in PRESETS.items()
-            if f != (fmt or "parity")
-            and all(any(n in names for n in p.get(c, ())) for c in REQUIRED)
-        ]
-        hint = (
-            f"this looks like a {guess[0]} dump: add --format {guess[0]}"
-            if guess
-            else f"name it with --map {canon}=COLUMN or use --format {{{','.join(PRESETS)}}}"
-        )
-        problems.append(
-            (
-                path,
-                canon,
-                f"no {canon} column ({CANONICAL[canon]}); looked for "
-                f"{looked}; the file has: {shown}; {hint}",
-            )
-        )
-    return mapping, problems
-
-
-def _where(rows: dict[str, np.ndarray], i: int) -> str:
-    where = f"row {int(rows['_row'][i])}"
-    return where + (f", position {int(rows['_pos'][i])}" if rows["_pos"] is not None else "")
-
-
-def _floats(rows, canon, name, path, problems) -> np.ndarray | None:
-    values = rows[canon]
-    try:
-        if values.dtype == object:
-            values = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        bad = next((i for i, v in enumerate(values) if not _is_number(v)), 0)
-        wide = str(values[bad]).lstrip().startswith("[")
-        problems.append(
-            (
-                path,
-                name,
-                f"{canon} must be numeric; {values[bad]!r} at "
-                f"{_where(rows, bad)}"
-                + (
-                    " (a wide table, one list per row, needs .parquet, "
-                    ".jsonl/.json or .pt, not .csv)"
-                    if wide
-                    else ""
-                ),
-            )
-        )
-        return None
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _count(
-    rows, bad: np.ndarray, what: str, name: str, canon: str, path: str, fix: str, problems: list
-) -> None:
-    idx = np.flatnonzero(bad)
-    if idx.size:
-        problems.append(
-            (path, name, f"{idx.size} {what} in {canon}, first at {_where(rows, idx[0])}: {fix}")
-        )
-
-
-def _validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]:
-    """The numeric canonical columns as floats, every problem named (NaN trainer logprobs of
-    parity's own format are kept: they mark unscored rows, dropped per sequence later)."""
-    vals = {}
-    for canon in (
-        "engine_logprob",
-        "trainer_logprob",
-        "entropy",
-        "token_id",
-        "position",
-        "weight_version",
-        "boundary_tie",
-    ):
-        if canon in rows:
-            vals[canon] = _floats(rows, canon, mapping.get(canon, canon), path, problems)
-    name = mapping.get
-    for canon in ("engine_logprob", "trainer_logprob"):
-        v = vals.get(canon)
-        if v is None:
-            continue
-        if canon == "engine_logprob" or not parity_own:
-            _count(
-                rows,
-                np.isnan(v),
-                "NaN value(s)",
-                name(canon),
-                canon,
-                path,
-                "every scored token needs a logprob (-inf means probability 0); fill them "
-                "or drop those rows (or mask them out)",
-                problems,
-            )
-        _count(
-            rows,
-            np.isposinf(v),
-            "+inf value(s)",
-            name(canon),
-            canon,
-            path,
-            "a logprob is at most 0",
-            problems,
-        )
-        _count(
-            rows,
-            v > MAX_LOGPROB,
-            f"value(s) > {MAX_LOGPROB}",
-            name(canon),
-            canon,
-            path,
-            "a logprob is at most 0: is this a probability or a ratio column?",
-            problems,
-        )
-    trainer = vals.get("trainer_logprob")
-    scored = ~np.isnan(trainer) if parity_own and trainer is not None else True
-    if vals.get("entropy") is not None:
-        e = vals["entropy"]
-        _count(
-            rows,
-            (~np.isfinite(e) | (e < -1e-6)) & scored,
-            "NaN, infinite or negative value(s)",
-            name("entropy"),
-            "entropy",
-            path,
-            "an entropy is finite and >= 0; drop the "
-            "column with --map entropy= if it is not the trainer's entropy",
-            problems,
-        )
-    for canon in ("token_id", "position"):
-        v = vals.get(canon)
-        if v is not None:
-            _count(
-                rows,
-                ~np.isfinite(v) | (v != np.round(v)) | (v < 0),
-                "missing, negative or non-integer value(s)",
-                name(canon, canon),
-                canon,
-                path,
-                "expected integers >= 0",
-                problems,
-            )
-    if vals.get("weight_version") is not None:
-        w = vals["weight_version"]
-        _count(
-            rows,
-            np.isinf(w) | (np.isfinite(w) & (w != np.round(w))),
-            "non-integer value(s)",
-            name("weight_version"),
-            "weight_version",
-            path,
-            "expected integer versions (empty = unknown)",
-            problems,
-        )
-    if vals.get("boundary_tie") is not None:
-        t = vals["boundary_tie"]
-        _count(
-            rows,
-            ~(np.isnan(t) | np.isin(t, (0, 1))),
-            "value(s) other than 0/1",
-            name("boundary_tie"),
-            "boundary_tie",
-            path,
-            "true/false (empty = unknown)",
-            problems,
-        )
-        vals["boundary_tie"] = t == 1
-    for canon in ("sequence_id", "prompt_id"):
-        if canon in rows:
-            _count(
-                rows,
-                _missing(rows[canon]),
-                "missing value(s)",
-                name(canon, canon),
-                canon,
-                path,
-                "every token needs one",
-                problems,
-            )
-    return vals
-
-
-def _missing(values: np.ndarray) -> np.ndarray:
-    if values.dtype == object:
-        return np.array([v is None or (isinstance(v, float) and v != v) for v in values], bool)
-    return np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.size, bool)
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -398,9 +94,9 @@ def load(path: Path, fmt: str | None = None, overrides: dict[str, str] | None = 
     if problems:
         raise DumpError(problems)
     if "mask" in rows:
-        rows = _apply_mask(rows, mapping["mask"], p)
+        rows = apply_mask(rows, mapping["mask"], p)
     parity_own = all(m in cols for m in PARITY_MARKERS)
-    vals = _validate(rows, mapping, p, parity_own, problems)
+    vals = validate(rows, mapping, p, parity_own, problems)
     if problems:
         raise DumpError(problems)
     groups, notes = _groups(rows, vals, parity_own, p, problems)
@@ -416,30 +112,6 @@ def load(path: Path, fmt: str | None = None, overrides: dict[str, str] | None = 
         groups,
         notes,
     )
-
-
-def _apply_mask(rows: dict[str, Any], name: str, path: str) -> dict[str, Any]:
-    problems: list = []
-    m = _floats(rows, "mask", name, path, problems)
-    if m is not None:
-        _count(
-            rows,
-            ~np.isin(m, (0, 1)),
-            "value(s) other than 0/1",
-            name,
-            "mask",
-            path,
-            "1 = a scored token, 0 = padding or prompt",
-            problems,
-        )
-    if problems:
-        raise DumpError(problems)
-    keep = m != 0
-    if not keep.any():
-        raise DumpError(
-            [(path, name, "every token is masked out (no 1 in the mask): nothing to judge")]
-        )
-    return {k: (v[keep] if v is not None else None) for k, v in rows.items()}
 
 
 def _groups(rows, vals, parity_own, path, problems) -> tuple[list[Group], list[str]]:

@@ -1,0 +1,214 @@
+"""A dump's rows checked: the numeric canonical columns as floats with every problem named (NaN,
++inf or positive logprobs, bad entropies, ids, versions and ties), and the mask checked and
+applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from parity.data.dumpfiles import DumpError
+
+# A logprob above this is no logprob (a probability, a ratio): bf16 log_softmax rounds a
+# near-certain token to a few hundredths above 0 at most.
+MAX_LOGPROB = 0.1
+
+
+def _where(rows: dict[str, np.ndarray], i: int) -> str:
+    where = f"row {int(rows['_row'][i])}"
+    return where + (f", position {int(rows['_pos'][i])}" if rows["_pos"] is not None else "")
+
+
+def _floats(rows, canon, name, path, problems) -> np.ndarray | None:
+    values = rows[canon]
+    try:
+        if values.dtype == object:
+            values = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next((i for i, v in enumerate(values) if not _is_number(v)), 0)
+        wide = str(values[bad]).lstrip().startswith("[")
+        problems.append(
+            (
+                path,
+                name,
+                f"{canon} must be numeric; {values[bad]!r} at "
+                f"{_where(rows, bad)}"
+                + (
+                    " (a wide table, one list per row, needs .parquet, "
+                    ".jsonl/.json or .pt, not .csv)"
+                    if wide
+                    else ""
+                ),
+            )
+        )
+        return None
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _count(
+    rows, bad: np.ndarray, what: str, name: str, canon: str, path: str, fix: str, problems: list
+) -> None:
+    idx = np.flatnonzero(bad)
+    if idx.size:
+        problems.append(
+            (path, name, f"{idx.size} {what} in {canon}, first at {_where(rows, idx[0])}: {fix}")
+        )
+
+
+def validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]:
+    """The numeric canonical columns as floats, every problem named (NaN trainer logprobs of
+    parity's own format are kept: they mark unscored rows, dropped per sequence later)."""
+    vals = {}
+    for canon in (
+        "engine_logprob",
+        "trainer_logprob",
+        "entropy",
+        "token_id",
+        "position",
+        "weight_version",
+        "boundary_tie",
+    ):
+        if canon in rows:
+            vals[canon] = _floats(rows, canon, mapping.get(canon, canon), path, problems)
+    name = mapping.get
+    for canon in ("engine_logprob", "trainer_logprob"):
+        v = vals.get(canon)
+        if v is None:
+            continue
+        if canon == "engine_logprob" or not parity_own:
+            _count(
+                rows,
+                np.isnan(v),
+                "NaN value(s)",
+                name(canon),
+                canon,
+                path,
+                "every scored token needs a logprob (-inf means probability 0); fill them "
+                "or drop those rows (or mask them out)",
+                problems,
+            )
+        _count(
+            rows,
+            np.isposinf(v),
+            "+inf value(s)",
+            name(canon),
+            canon,
+            path,
+            "a logprob is at most 0",
+            problems,
+        )
+        _count(
+            rows,
+            v > MAX_LOGPROB,
+            f"value(s) > {MAX_LOGPROB}",
+            name(canon),
+            canon,
+            path,
+            "a logprob is at most 0: is this a probability or a ratio column?",
+            problems,
+        )
+    trainer = vals.get("trainer_logprob")
+    scored = ~np.isnan(trainer) if parity_own and trainer is not None else True
+    if vals.get("entropy") is not None:
+        e = vals["entropy"]
+        _count(
+            rows,
+            (~np.isfinite(e) | (e < -1e-6)) & scored,
+            "NaN, infinite or negative value(s)",
+            name("entropy"),
+            "entropy",
+            path,
+            "an entropy is finite and >= 0; drop the "
+            "column with --map entropy= if it is not the trainer's entropy",
+            problems,
+        )
+    for canon in ("token_id", "position"):
+        v = vals.get(canon)
+        if v is not None:
+            _count(
+                rows,
+                ~np.isfinite(v) | (v != np.round(v)) | (v < 0),
+                "missing, negative or non-integer value(s)",
+                name(canon, canon),
+                canon,
+                path,
+                "expected integers >= 0",
+                problems,
+            )
+    if vals.get("weight_version") is not None:
+        w = vals["weight_version"]
+        _count(
+            rows,
+            np.isinf(w) | (np.isfinite(w) & (w != np.round(w))),
+            "non-integer value(s)",
+            name("weight_version"),
+            "weight_version",
+            path,
+            "expected integer versions (empty = unknown)",
+            problems,
+        )
+    if vals.get("boundary_tie") is not None:
+        t = vals["boundary_tie"]
+        _count(
+            rows,
+            ~(np.isnan(t) | np.isin(t, (0, 1))),
+            "value(s) other than 0/1",
+            name("boundary_tie"),
+            "boundary_tie",
+            path,
+            "true/false (empty = unknown)",
+            problems,
+        )
+        vals["boundary_tie"] = t == 1
+    for canon in ("sequence_id", "prompt_id"):
+        if canon in rows:
+            _count(
+                rows,
+                _missing(rows[canon]),
+                "missing value(s)",
+                name(canon, canon),
+                canon,
+                path,
+                "every token needs one",
+                problems,
+            )
+    return vals
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype == object:
+        return np.array([v is None or (isinstance(v, float) and v != v) for v in values], bool)
+    return np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.size, bool)
+
+
+def apply_mask(rows: dict[str, Any], name: str, path: str) -> dict[str, Any]:
+    problems: list = []
+    m = _floats(rows, "mask", name, path, problems)
+    if m is not None:
+        _count(
+            rows,
+            ~np.isin(m, (0, 1)),
+            "value(s) other than 0/1",
+            name,
+            "mask",
+            path,
+            "1 = a scored token, 0 = padding or prompt",
+            problems,
+        )
+    if problems:
+        raise DumpError(problems)
+    keep = m != 0
+    if not keep.any():
+        raise DumpError(
+            [(path, name, "every token is masked out (no 1 in the mask): nothing to judge")]
+        )
+    return {k: (v[keep] if v is not None else None) for k, v in rows.items()}
