@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from parity import categories
-from parity.categories import lm_head, logprobs, rl, runtime, weight_update
+from parity.categories import _runtime_probes, lm_head, logprobs, rl, runtime, weight_update
 from parity.engines.base import SamplingSpec, Sequence
 from parity.trainer.reference import RefScore
 from parity.verdicts import core
@@ -178,8 +178,8 @@ def _failing_runtime():
         out[f"match.{key}"] = runtime.judge_config_diff(base, {**base, key: value})[0]
     ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
     moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
-    findings, pre, _ = runtime.probe_findings(
-        runtime.aligned(ref, moved), runtime.CATEGORY.tolerances, 100, ClipRange()
+    findings, pre, _ = _runtime_probes.probe_findings(
+        _runtime_probes.aligned(ref, moved), runtime.CATEGORY.tolerances, 100, ClipRange()
     )
     for f in findings:
         out[f.name] = core.Verdict(core.combine(findings, pre), None, "", findings, pre)

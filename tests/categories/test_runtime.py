@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from parity.categories import runtime
+from parity.categories import _runtime_probes, runtime
 from parity.engines import configdiff
 from parity.engines.base import SamplingSpec, Sequence
 from parity.engines.vllm_worker import _rope_theta
@@ -121,7 +121,7 @@ def _seq(i, tokens, lps, cached=None):
 def test_aligned_keeps_the_common_token_prefix():
     ref = [_seq(0, [5, 6, 7], [-1.0, -2.0, -3.0]), _seq(1, [5, 6], [-1.0, -1.0])]
     cand = [_seq(1, [5, 6], [-1.5, -1.0]), _seq(0, [5, 9, 7], [-1.25, -2.0, -3.0])]
-    out = runtime.aligned(ref, cand)
+    out = _runtime_probes.aligned(ref, cand)
     assert out["n_pairs"] == 2 and out["n_diverged"] == 1
     assert [len(x) for x in out["ref"]] == [1, 2]  # prompt 0 parts at position 1
     np.testing.assert_allclose(out["first_abs_dlogp"], [0.25, 0.5])
@@ -129,21 +129,21 @@ def test_aligned_keeps_the_common_token_prefix():
 
 def test_probe_findings_pass_on_equal_runs_and_fail_on_drift():
     ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
-    same = runtime.aligned(ref, ref)
-    findings, _, out = runtime.probe_findings(
+    same = _runtime_probes.aligned(ref, ref)
+    findings, _, out = _runtime_probes.probe_findings(
         same, {"abs_dlogp_mean": 0.02, "kl_k3_mean": 0.002}, 100, ClipRange()
     )
     assert out["bitwise_equal"] and {f.outcome for f in findings} == {"pass"}
     moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
-    findings, _, out = runtime.probe_findings(
-        runtime.aligned(ref, moved), {"abs_dlogp_mean": 0.02}, 100, ClipRange()
+    findings, _, out = _runtime_probes.probe_findings(
+        _runtime_probes.aligned(ref, moved), {"abs_dlogp_mean": 0.02}, 100, ClipRange()
     )
     assert out["abs_dlogp_mean"] == pytest.approx(0.3) and findings[-1].outcome == "fail"
 
 
 def test_semantics_of_decode_and_prefill_logprobs():
     hot = SamplingSpec(temperature=0.7)
-    v1 = runtime._semantics(
+    v1 = _runtime_probes._semantics(
         {
             "engine_impl": "vllm.v1.engine.llm_engine.LLMEngine",
             "logprobs_mode": "processed_logprobs",
@@ -151,12 +151,12 @@ def test_semantics_of_decode_and_prefill_logprobs():
         hot,
     )
     assert v1["decode"] == "processed_logprobs" and v1["prefill"].startswith("raw")
-    v0 = runtime._semantics(
+    v0 = _runtime_probes._semantics(
         {"engine_impl": "vllm.engine.llm_engine.LLMEngine", "logprobs_mode": "processed_logprobs"},
         hot,
     )
     assert v0["prefill"].startswith("processed")
-    assert runtime._semantics({}, SamplingSpec())["decode"].startswith("raw = processed")
+    assert _runtime_probes._semantics({}, SamplingSpec())["decode"].startswith("raw = processed")
 
 
 def _probe_result(probe, ref, cand, key=None):
