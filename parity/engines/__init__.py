@@ -12,7 +12,7 @@ from parity import plugins
 
 ENGINES: dict[str, str] = {
     # vLLM in a worker process of the setting's environment (V0 or V1 by the env and its vars).
-    "vllm": "parity.engines.process:VllmEngine",
+    "vllm": "parity.engines.worker_engine:VllmEngine",
     # A served endpoint (vLLM's OpenAI-compatible server) parity only talks to, over HTTP.
     "openai": "parity.engines.openai_engine:OpenAIEngine",
 }

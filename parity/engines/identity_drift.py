@@ -19,7 +19,7 @@ def drift(
     Args:
         trainer: `trainer_facts` of the checkpoint.
         engine_env: the same checkpoint's facts read in the engine's environment
-            (parity.engines.process.read_model_facts).
+            (parity.engines.engine_checks.read_model_facts).
         env_name: the environment's name (e.g. "v0"); the column of its values.
         transformers_version: that environment's transformers version.
     Returns:

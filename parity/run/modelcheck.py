@@ -12,7 +12,7 @@ from typing import Any, Callable
 from parity import engines
 from parity.engines import identity, identity_drift
 from parity.engines.base import EngineError
-from parity.engines.process import read_model_facts
+from parity.engines.engine_checks import read_model_facts
 from parity.verdicts import core
 from parity.verdicts.core import Verdict
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from parity import engines
 from parity.categories.base import sampling_for
 from parity.engines.base import EngineSetting
-from parity.engines.process import validate_engine_args
+from parity.engines.engine_checks import validate_engine_args
 from parity.run import modelcheck
 from parity.run.prompts import render
 from parity.run.scenario import ScenarioError

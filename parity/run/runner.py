@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parity import categories
-from parity.engines import process
+from parity.engines import engine_checks
 from parity.run import drive, engineplan, faults, modelcheck, scoring, tokens
 from parity.run import preflight as validate
 from parity.run.prompts import load_prompts
@@ -58,7 +58,7 @@ def run(
     try:
         tokenizers, pythons, drifts, refused = _prepare(run, preflight, log_dir, log)
     finally:
-        process.close_warm()  # unused: e.g. the run's models did not resolve
+        engine_checks.close_warm()  # unused: e.g. the run's models did not resolve
     plan = engineplan.plan_engines(run.results)
     doomed = engineplan.doomed_scenarios(plan, refused)
     if dry_run:
@@ -103,7 +103,9 @@ def _warm_validator(run: RunResult, preflight: bool, log_dir: Path, log: Log) ->
         for r in run.results
         for s in r.scenario.settings().values()
     ):
-        process.warm_validator(envs.python_for("harness", log), log_dir / "validate-harness.log")
+        engine_checks.warm_validator(
+            envs.python_for("harness", log), log_dir / "validate-harness.log"
+        )
 
 
 def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):

@@ -43,7 +43,7 @@ def v0_python():
 
 @pytest.fixture(scope="module")
 def v0_reads(copies, v0_python, tmp_path_factory):
-    from parity.engines.process import read_model_facts
+    from parity.engines.engine_checks import read_model_facts
 
     log = tmp_path_factory.mktemp("identity-logs") / "facts.log"
     return {name: read_model_facts(v0_python, path, log) for name, path in copies.items()}

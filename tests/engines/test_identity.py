@@ -272,7 +272,7 @@ def test_trainer_reads_both_spellings(copies):
 def test_worker_reads_what_the_trainer_reads(copies, tmp_path):
     """Same interpreter, same facts: in process (package import) and as the one-shot command."""
     from parity.engines import vllm_worker
-    from parity.engines.process import read_model_facts
+    from parity.engines.engine_checks import read_model_facts
 
     trainer = identity.trainer_facts(copies["t5"])
     assert vllm_worker.read_model_facts(str(copies["t5"])) == trainer
@@ -284,7 +284,7 @@ def test_worker_reads_what_the_trainer_reads(copies, tmp_path):
 
 def test_read_model_facts_fails_clearly_without_an_interpreter(tmp_path):
     from parity.engines.base import EngineError
-    from parity.engines.process import read_model_facts
+    from parity.engines.engine_checks import read_model_facts
 
     with pytest.raises(EngineError, match="cannot run"):
         read_model_facts(str(tmp_path / "no-python"), tmp_path, tmp_path / "log")

@@ -388,7 +388,7 @@ def test_next_engine_preloads_while_the_current_one_works(tmp_path, fakes, monke
     """The worker of engine n+1 is started (and imports vLLM) once engine n has started; a
     preloaded engine that then fails to start is reported as any failed start, and no process
     is left behind."""
-    from parity.engines.process import VllmEngine
+    from parity.engines.worker_engine import VllmEngine
 
     preloaded = []
     original = VllmEngine.preload
@@ -415,14 +415,14 @@ def test_next_engine_preloads_while_the_current_one_works(tmp_path, fakes, monke
 def test_warm_validator_is_used_once_and_never_left_running(tmp_path):
     """The validator started early (importing vLLM while the harness prepares) answers the
     next validation of its interpreter; one that nothing used is stopped by close_warm."""
-    from parity.engines import process
+    from parity.engines import engine_checks
 
     python = write_shim(tmp_path)
-    process.warm_validator(python, tmp_path / "validate.log")
-    warm = process._WARM[python]
-    assert process.validate_engine_args(python, [{}], tmp_path / "validate.log")["ok"]
-    assert python not in process._WARM and warm.proc.poll() is not None  # used, then closed
-    process.warm_validator(python, tmp_path / "validate.log")
-    unused = process._WARM[python]
-    process.close_warm()
-    assert not process._WARM and unused.proc.wait(timeout=10) is not None
+    engine_checks.warm_validator(python, tmp_path / "validate.log")
+    warm = engine_checks._WARM[python]
+    assert engine_checks.validate_engine_args(python, [{}], tmp_path / "validate.log")["ok"]
+    assert python not in engine_checks._WARM and warm.proc.poll() is not None  # used, then closed
+    engine_checks.warm_validator(python, tmp_path / "validate.log")
+    unused = engine_checks._WARM[python]
+    engine_checks.close_warm()
+    assert not engine_checks._WARM and unused.proc.wait(timeout=10) is not None

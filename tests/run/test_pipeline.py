@@ -13,7 +13,7 @@ import pytest
 from fault_fakes import FakeCategory, fake_render, install_fakes, quiet, scenario, write_shim
 
 from parity import categories, engines
-from parity.engines import process
+from parity.engines import engine_checks
 from parity.engines.base import EngineError, EngineSetting, Sequence
 from parity.run import drive, engineplan, runner
 from parity.run.prompts import load_prompts
@@ -426,7 +426,7 @@ def test_validator_warms_only_for_a_harness_vllm_engine(
 ):
     calls = []
     monkeypatch.setattr(envs, "python_for", lambda env, log: f"python-{env}")
-    monkeypatch.setattr(process, "warm_validator", lambda python, path: calls.append(python))
+    monkeypatch.setattr(engine_checks, "warm_validator", lambda python, path: calls.append(python))
     run = RunResult("test", [ScenarioResult(scenario("a", engine=engine))])
     runner._warm_validator(run, preflight, tmp_path, quiet)
     assert calls == (["python-harness"] if warmed else [])

@@ -1,0 +1,108 @@
+"""What the harness asks an engine environment's interpreter without starting an engine: the
+engine-arg names checked by a validator worker (warmed ahead of the run), and a checkpoint's
+model-identity facts read by that environment's transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from parity.engines.base import EngineError
+from parity.engines.process import WORKER_SCRIPT, WorkerProcess, env_preloads, tail
+
+_WARM: dict[str, WorkerProcess] = {}  # interpreter -> a validator importing vLLM already
+
+
+def warm_validator(python: str, log_path: Path) -> None:
+    """Start the validator of `python` now: it imports vLLM while the harness prepares the
+    run; the next validate_engine_args for `python` uses it. close_warm() stops it unused."""
+    if python not in _WARM:
+        worker = _validator(python, log_path)
+        worker.preload()
+        _WARM[python] = worker
+
+
+def close_warm() -> None:
+    while _WARM:
+        _WARM.popitem()[1].close()
+
+
+def _validator(python: str, log_path: Path) -> WorkerProcess:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.update(env_preloads(python))
+    return WorkerProcess("validator", python, env, log_path)
+
+
+def validate_engine_args(
+    python: str, arg_sets: list[dict], log_path: Path, timeout: float = 180.0
+) -> dict[str, Any]:
+    """Check engine-arg names against the EngineArgs of the vLLM in `python`, starting no engine.
+
+    Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
+    """
+    worker = _WARM.pop(python, None) or _validator(python, log_path)
+    try:
+        worker.ready(timeout=timeout)
+        return worker.request({"op": "validate", "arg_sets": arg_sets}, timeout=timeout)
+    finally:
+        worker.close()
+
+
+# One-shot: vllm_worker.read_model_facts in `python`, its JSON on the line after the marker.
+# -I keeps the current directory (and so the harness's parity) off the interpreter's path.
+_FACTS_MARKER = "PARITY-MODEL-FACTS "
+_FACTS_CODE = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); import vllm_worker; "
+    "print(%r + json.dumps(vllm_worker.read_model_facts(sys.argv[2])), flush=True)" % _FACTS_MARKER
+)
+
+
+def read_model_facts(
+    python: str, model_path: str | Path, log_path: Path, timeout: float = 180.0
+) -> dict[str, Any]:
+    """A checkpoint's model-identity facts as the transformers of `python` (an engine env) reads
+    them, starting no engine (parity.engines.identity.read_facts run there; a few seconds).
+
+    Returns:
+        parity.engines.identity.MODEL_KEYS -> value, plus transformers_version, errors, config_json.
+    Raises:
+        EngineError: the interpreter cannot run, times out, or returns no facts (with the log).
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(env_preloads(python))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [python, "-I", "-c", _FACTS_CODE, str(WORKER_SCRIPT.parent), str(model_path)]
+    with open(log_path, "ab") as log:
+        try:
+            done = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                timeout=timeout,
+            )
+        except OSError as exc:
+            raise EngineError(f"model facts: cannot run {python}: {exc}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise EngineError(
+                f"model facts: {python} timed out after {timeout:.0f}s", tail(log_path)
+            ) from exc
+        out = done.stdout.decode("utf-8", "replace")
+        log.write(
+            "".join(
+                line for line in out.splitlines(True) if not line.startswith(_FACTS_MARKER)
+            ).encode()
+        )
+    for line in out.splitlines():
+        if line.startswith(_FACTS_MARKER):
+            return json.loads(line[len(_FACTS_MARKER) :])
+    raise EngineError(
+        f"model facts: {python} exited (code {done.returncode}) without facts", tail(log_path)
+    )
