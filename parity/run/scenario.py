@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineSetting, SamplingSpec
-from parity.engines.settings import SETTING_FIELDS, Profile, from_table, load_profiles, make_setting  # noqa: F401
+from parity.engines.settings import Profile, load_profiles, make_setting  # noqa: F401
 from parity.run import scenario_steps as steps
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS, Overrides, Problem
 from parity.setup import inputs

@@ -10,7 +10,8 @@ from typing import Any
 from parity import categories
 from parity.categories.base import Category
 from parity.engines.base import EngineSetting, SamplingSpec
-from parity.engines.settings import Profile, from_table
+from parity.engines.profiles import Profile
+from parity.engines.setting_tables import from_table
 from parity.run import scenario_fields as fields
 from parity.run.prompts import REWARDS, parse_source
 from parity.run.scenario_fields import Overrides, Problem

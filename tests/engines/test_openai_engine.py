@@ -14,7 +14,8 @@ from parity.engines import create
 from parity.engines.base import EngineError, SamplingSpec
 from parity.engines.openai_config import served_config
 from parity.engines.openai_engine import OpenAIEngine
-from parity.engines.settings import from_table, load_profiles, parse_setting
+from parity.engines.setting_tables import from_table
+from parity.engines.settings import load_profiles, parse_setting
 
 SAMPLING = SamplingSpec(
     temperature=0.7, top_p=0.9, top_k=50, max_tokens=4, seed=100, n=2, logprobs=2, prompt_logprobs=0

@@ -18,7 +18,8 @@ from parity.engines.openai_updates import (
     checksum_change,
     endpoints_from_schema,
 )
-from parity.engines.settings import from_table, load_profiles
+from parity.engines.setting_tables import from_table
+from parity.engines.settings import load_profiles
 
 ALL = set(RL_ENDPOINTS)
 
