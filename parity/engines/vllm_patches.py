@@ -1,7 +1,7 @@
 """Worker-side patches for vLLM engines that lack an option parity needs: an fp32 lm_head for
 engines without `head_dtype` for generation models (vLLM V0 0.8.5, V1 0.18.1), a workaround for V1's reload of tied heads
 (PARITY_RELOAD_REPROCESS), and reads of the live model (head dtype, RoPE base).
-Imported by vllm_worker.py, so it uses only the standard library, torch and vLLM."""
+Imported by vllm_host.py in the worker, so it uses only the standard library, torch and vLLM."""
 
 from __future__ import annotations
 
