@@ -10,9 +10,10 @@ import os
 import time
 
 if __package__:  # imported as parity.engines.vllm_updates (tests)
-    from parity.engines import vllm_evidence
+    from parity.engines import vllm_evidence, vllm_inflight
 else:  # inside the engine worker script, and the V1 workers it reaches: beside it on sys.path
     import vllm_evidence
+    import vllm_inflight
 
 # The checkpoint's value for an engine parameter (stacked parameters: their parts concatenated).
 _checkpoint_value = vllm_evidence.checkpoint_value
@@ -84,23 +85,6 @@ def load_into_model(model, checkpoint: str) -> dict:
 
 def _v1_core(llm):
     return llm.llm_engine.engine_core
-
-
-def _sampling_params(sampling: dict, index: int, ignore_eos: bool):
-    from vllm import SamplingParams  # lazy: vLLM, only in an engine's interpreter
-
-    kwargs = dict(
-        n=sampling["n"],
-        temperature=sampling["temperature"],
-        top_p=sampling["top_p"],
-        top_k=sampling["top_k"] if sampling["top_k"] > 0 else -1,
-        max_tokens=sampling["max_tokens"],
-        logprobs=sampling["logprobs"],
-        ignore_eos=ignore_eos,
-    )
-    if sampling.get("seed") is not None:
-        kwargs["seed"] = sampling["seed"] + index
-    return SamplingParams(**kwargs)
 
 
 # ----------------------------------------------------------------------------- the update
@@ -273,9 +257,11 @@ class Updater:
         ids = [f"parity-upd-{old}-{i}" for i in range(len(prompts))]
         for i, (rid, prompt) in enumerate(zip(ids, prompts)):
             engine.add_request(
-                rid, {"prompt_token_ids": list(prompt)}, _sampling_params(sampling, i, ignore_eos)
+                rid,
+                {"prompt_token_ids": list(prompt)},
+                vllm_inflight.sampling_params(sampling, i, ignore_eos),
             )
-        track = _Tracker(old)
+        track = vllm_inflight.Tracker(old)
         seen_at_request: dict | None = None
         rec: dict = {
             "via": via,
@@ -304,8 +290,10 @@ class Updater:
             out = track.latest[rid]
             for c in out.outputs:
                 own = track.versions.get((rid, c.index), [])
-                labels = _span_versions(getattr(c, "weight_versions", None), len(c.token_ids))
-                seq = _sequence(i, out, c, sampling["logprobs"] > 0)
+                labels = vllm_inflight.span_versions(
+                    getattr(c, "weight_versions", None), len(c.token_ids)
+                )
+                seq = vllm_inflight.sequence(i, out, c, sampling["logprobs"] > 0)
                 seq["weight_versions"] = labels if labels is not None else own
                 seq["weight_version_source"] = "engine" if labels is not None else "harness"
                 seq["seen_at_request"] = seen_at_request.get((rid, c.index), 0)
@@ -343,38 +331,6 @@ class Updater:
         return rec
 
 
-class _Tracker:
-    """What a step loop has seen: the latest output of each request and, per completion, the
-    weight version current when each of its tokens arrived."""
-
-    def __init__(self, current: int):
-        self.current = current
-        self.latest: dict = {}
-        self.versions: dict = {}
-
-    def add(self, outputs) -> None:
-        for out in outputs:
-            self.latest[out.request_id] = out
-            for c in out.outputs:
-                seq = self.versions.setdefault((out.request_id, c.index), [])
-                seq += [self.current] * (len(c.token_ids) - len(seq))
-
-    def counts(self) -> dict:
-        return {k: len(v) for k, v in self.versions.items()}
-
-    def ready(self, ids, n: int, after_tokens: int) -> bool:
-        """Every request has sampled after_tokens tokens in each completion, or finished."""
-        for rid in ids:
-            out = self.latest.get(rid)
-            if out is None:
-                return False
-            if out.finished:
-                continue
-            if len(out.outputs) < n or min(len(c.token_ids) for c in out.outputs) < after_tokens:
-                return False
-        return True
-
-
 def _evidence_line(out: dict) -> str:
     """One line for the engine log: what the update reached."""
     ev = out.get("evidence")
@@ -399,35 +355,3 @@ def _check(mode: str, via: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, got {via!r}")
-
-
-def _span_versions(spans, n_tokens: int):
-    """Per-token int versions from V1's WeightVersionSpan list (None when absent or not ints)."""
-    if not spans:
-        return None
-    out = []
-    try:
-        for span in spans:
-            out += [int(span.version)] * (span.end - span.start)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n_tokens else None
-
-
-def _sequence(prompt_index: int, request, completion, with_top: bool) -> dict:
-    token_ids = list(completion.token_ids)
-    logprobs, top = [], []
-    for tok, pos in zip(token_ids, completion.logprobs or []):
-        logprobs.append(float(pos[tok].logprob))
-        top.append({str(t): float(lp.logprob) for t, lp in pos.items()})
-    return {
-        "prompt_index": prompt_index,
-        "sample_index": completion.index,
-        "prompt_token_ids": list(request.prompt_token_ids),
-        "token_ids": token_ids,
-        "logprobs": logprobs,
-        "top_logprobs": top if with_top else None,
-        "finish_reason": completion.finish_reason,
-        "text": completion.text,
-        "num_cached_tokens": getattr(request, "num_cached_tokens", None),
-    }
