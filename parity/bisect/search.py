@@ -56,13 +56,13 @@ def check_settings(
     """The good and bad settings' engine args, judged by the vLLM of their environments on
     every model of the scenarios before trial 1; ScenarioError naming the option otherwise."""
 
-    models = sorted({str(models.resolve_model(sc.model, log=log)) for sc in scenarios})
+    paths = sorted({str(models.resolve_model(sc.model, log=log)) for sc in scenarios})
     pythons = {s.env: envs.python_for(s.env, log) for s in named.values()}
     problems = preflight.engine_problems(
         [
             Check(where, "engine_args", setting, model)
             for where, setting in named.items()
-            for model in models
+            for model in paths
         ],
         pythons,
         log_dir,

@@ -166,10 +166,17 @@ def test_inflight_update_keeps_kv_on_both_engines(update_run, name, impl):
     assert "KEEP semantics" in v["message"] and "update latency" in v["message"]
     assert m["n_pre_tokens"] > 0 and m["n_post_tokens"] > 0
     assert m["abs_dlogp_post_vs_keep"] < 0.01 < 0.1 < m["abs_dlogp_post_vs_recompute"]
-    # Every request had sampled after_tokens when the update was asked for; the engine's labels
-    # put the update at most one step later (V1's engine core runs a step ahead of the client).
+    # Every request had sampled after_tokens when the update was asked for. V0 blocks at the
+    # request: no token after it comes from the old weights. V1's engine core runs ahead of the
+    # client by as many steps as the client has not read yet, so some do: one or two on a quiet
+    # machine, three seen on a loaded 2-core one (a CI rehearsal beside other engine runs). The
+    # bound is structural, not a timing: fewer than the tokens each request had left to sample.
     assert all(s >= 8 for s in m["seen_at_request"])
-    assert 0 <= m["update"]["lag_tokens_max"] <= (0 if "v0" in name else 2)
+    lag, left = (
+        m["update"]["lag_tokens_max"],
+        sc["sampling"]["max_tokens"] - max(m["seen_at_request"]),
+    )
+    assert lag == 0 if "v0" in name else 0 <= lag < left
     assert m["update"]["latency_s"] < 5
 
 
