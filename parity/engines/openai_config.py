@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from parity.engines.vllm_host import PARALLEL_KEYS
+from parity.engines.vllm_config import PARALLEL_KEYS
 
 # Identity facts no OpenAI endpoint of vLLM exposes (its /server_info config dump leaves out
 # hf_config, the tokenizer and the generation config): reported unknown, never guessed.
