@@ -11,7 +11,7 @@ import numpy as np
 
 from parity.categories._update_between import judge_between
 from parity.categories._update_drive import drive
-from parity.categories._update_judging import judge_inflight
+from parity.categories._update_inflight import judge_inflight
 from parity.categories.base import Category, choice
 from parity.trainer import hybrids
 from parity.trainer.updates import DEFAULT_TOLERANCE, PROBES, SplitScorer, parse_update

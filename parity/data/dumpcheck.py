@@ -64,32 +64,49 @@ def _count(
         )
 
 
+# The numeric canonical columns, converted to floats in this order.
+NUMERIC = (
+    "engine_logprob",
+    "trainer_logprob",
+    "entropy",
+    "token_id",
+    "position",
+    "weight_version",
+    "boundary_tie",
+)
+
+
 def validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]:
     """The numeric canonical columns as floats, every problem named (NaN trainer logprobs of
     parity's own format are kept: they mark unscored rows, dropped per sequence later)."""
-    vals = {}
-    for canon in (
-        "engine_logprob",
-        "trainer_logprob",
-        "entropy",
-        "token_id",
-        "position",
-        "weight_version",
-        "boundary_tie",
-    ):
-        if canon in rows:
-            vals[canon] = _floats(rows, canon, mapping.get(canon, canon), path, problems)
-    name = mapping.get
+    vals = {
+        canon: _floats(rows, canon, mapping.get(canon, canon), path, problems)
+        for canon in NUMERIC
+        if canon in rows
+    }
+    _check_logprobs(rows, vals, mapping, path, parity_own, problems)
+    _check_entropy(rows, vals, mapping, path, parity_own, problems)
+    _check_integers(rows, vals, mapping, path, problems)
+    if vals.get("boundary_tie") is not None:
+        vals["boundary_tie"] = _ties(rows, vals["boundary_tie"], mapping, path, problems)
+    _check_ids(rows, mapping, path, problems)
+    return vals
+
+
+def _check_logprobs(rows, vals, mapping, path, parity_own, problems) -> None:
+    """Engine and trainer logprobs: no NaN (but a trainer's NaN in parity's own format: an
+    unscored row), no +inf, none above MAX_LOGPROB."""
     for canon in ("engine_logprob", "trainer_logprob"):
         v = vals.get(canon)
         if v is None:
             continue
+        name = mapping.get(canon)
         if canon == "engine_logprob" or not parity_own:
             _count(
                 rows,
                 np.isnan(v),
                 "NaN value(s)",
-                name(canon),
+                name,
                 canon,
                 path,
                 "every scored token needs a logprob (-inf means probability 0); fill them "
@@ -100,7 +117,7 @@ def validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]
             rows,
             np.isposinf(v),
             "+inf value(s)",
-            name(canon),
+            name,
             canon,
             path,
             "a logprob is at most 0",
@@ -110,27 +127,37 @@ def validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]
             rows,
             v > MAX_LOGPROB,
             f"value(s) > {MAX_LOGPROB}",
-            name(canon),
+            name,
             canon,
             path,
             "a logprob is at most 0: is this a probability or a ratio column?",
             problems,
         )
+
+
+def _check_entropy(rows, vals, mapping, path, parity_own, problems) -> None:
+    """Entropies finite and >= 0, on the scored rows (in parity's own format, those with a
+    trainer logprob)."""
     trainer = vals.get("trainer_logprob")
     scored = ~np.isnan(trainer) if parity_own and trainer is not None else True
-    if vals.get("entropy") is not None:
-        e = vals["entropy"]
-        _count(
-            rows,
-            (~np.isfinite(e) | (e < -1e-6)) & scored,
-            "NaN, infinite or negative value(s)",
-            name("entropy"),
-            "entropy",
-            path,
-            "an entropy is finite and >= 0; drop the "
-            "column with --map entropy= if it is not the trainer's entropy",
-            problems,
-        )
+    e = vals.get("entropy")
+    if e is None:
+        return
+    _count(
+        rows,
+        (~np.isfinite(e) | (e < -1e-6)) & scored,
+        "NaN, infinite or negative value(s)",
+        mapping.get("entropy"),
+        "entropy",
+        path,
+        "an entropy is finite and >= 0; drop the "
+        "column with --map entropy= if it is not the trainer's entropy",
+        problems,
+    )
+
+
+def _check_integers(rows, vals, mapping, path, problems) -> None:
+    """Token ids and positions integers >= 0; weight versions integers where known."""
     for canon in ("token_id", "position"):
         v = vals.get(canon)
         if v is not None:
@@ -138,50 +165,55 @@ def validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]
                 rows,
                 ~np.isfinite(v) | (v != np.round(v)) | (v < 0),
                 "missing, negative or non-integer value(s)",
-                name(canon, canon),
+                mapping.get(canon, canon),
                 canon,
                 path,
                 "expected integers >= 0",
                 problems,
             )
-    if vals.get("weight_version") is not None:
-        w = vals["weight_version"]
+    w = vals.get("weight_version")
+    if w is not None:
         _count(
             rows,
             np.isinf(w) | (np.isfinite(w) & (w != np.round(w))),
             "non-integer value(s)",
-            name("weight_version"),
+            mapping.get("weight_version"),
             "weight_version",
             path,
             "expected integer versions (empty = unknown)",
             problems,
         )
-    if vals.get("boundary_tie") is not None:
-        t = vals["boundary_tie"]
-        _count(
-            rows,
-            ~(np.isnan(t) | np.isin(t, (0, 1))),
-            "value(s) other than 0/1",
-            name("boundary_tie"),
-            "boundary_tie",
-            path,
-            "true/false (empty = unknown)",
-            problems,
-        )
-        vals["boundary_tie"] = t == 1
+
+
+def _ties(rows, t: np.ndarray, mapping, path, problems) -> np.ndarray:
+    """Boundary ties 0, 1 or unknown (NaN); returned as booleans (unknown: False)."""
+    _count(
+        rows,
+        ~(np.isnan(t) | np.isin(t, (0, 1))),
+        "value(s) other than 0/1",
+        mapping.get("boundary_tie"),
+        "boundary_tie",
+        path,
+        "true/false (empty = unknown)",
+        problems,
+    )
+    return t == 1
+
+
+def _check_ids(rows, mapping, path, problems) -> None:
+    """Every token has a sequence id and a prompt id, where the table has those columns."""
     for canon in ("sequence_id", "prompt_id"):
         if canon in rows:
             _count(
                 rows,
                 _missing(rows[canon]),
                 "missing value(s)",
-                name(canon, canon),
+                mapping.get(canon, canon),
                 canon,
                 path,
                 "every token needs one",
                 problems,
             )
-    return vals
 
 
 def _missing(values: np.ndarray) -> np.ndarray:

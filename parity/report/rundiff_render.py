@@ -33,9 +33,18 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
     """The diff as (title, columns, rows) tables, for the terminal and Markdown alike: the
     scenarios, then per scenario the findings and (at most `max_metrics`) metrics that moved,
     then the engine keys that differ."""
-    out = []
-    rows = []
+    out = [_scenarios_table(d["scenarios"]), _headlines_table(d["scenarios"])]
     for s in d["scenarios"]:
+        out += [_findings_table(s), _metrics_table(s, d, max_metrics)]
+    out += [_engine_table(e) for e in d["engines"]]
+    return [t for t in out if t is not None]
+
+
+def _scenarios_table(scenarios: list[dict]) -> tuple[str, list[str], list] | None:
+    """One row per paired scenario: verdict, diagnosis and as-expected A -> B, findings and
+    metrics moved/compared; None without scenarios."""
+    rows = []
+    for s in scenarios:
         v, m = s["verdict"], s["metrics"]
         rows.append(
             [
@@ -48,97 +57,103 @@ def tables(d: dict[str, Any], max_metrics: int = 12) -> list[tuple[str, list[str
                 f"{len(m['moved'])}/{m['n_compared']}",
             ]
         )
-    if rows:
-        out.append(
-            (
-                "Scenarios (A -> B; findings and metrics: moved/compared)",
-                ["scenario", "verdict", "diagnosis", "as expected", "findings", "metrics"],
-                rows,
-            )
-        )
+    if not rows:
+        return None
+    return (
+        "Scenarios (A -> B; findings and metrics: moved/compared)",
+        ["scenario", "verdict", "diagnosis", "as expected", "findings", "metrics"],
+        rows,
+    )
+
+
+def _headlines_table(scenarios: list[dict]) -> tuple[str, list[str], list] | None:
+    """The scenarios whose headline changed, A and B; None when none did."""
     heads = [
         [s["name"], s["headline"]["a"] or "n/a", s["headline"]["b"] or "n/a"]
-        for s in d["scenarios"]
+        for s in scenarios
         if s["headline"]["a"] != s["headline"]["b"]
     ]
-    if heads:
-        out.append(("Headlines that changed", ["scenario", "A", "B"], heads))
-    for s in d["scenarios"]:
-        frows = [
-            [
-                f["name"],
-                f["kind"] or "",
-                _est(f["a"]),
-                _est(f["b"]),
-                fmt(f["b"]["limit"], 4),
-                {True: "yes", False: "NO", None: "n/a"}[f["overlap"]],
-                _rel(f["rel_change"]),
-            ]
-            for f in s["findings"]["compared"]
-            if f["moved"]
+    return ("Headlines that changed", ["scenario", "A", "B"], heads) if heads else None
+
+
+def _findings_table(s: dict) -> tuple[str, list[str], list] | None:
+    """A scenario's findings that moved (estimate, interval and outcome on each side, B's limit,
+    whether the intervals overlap, the change), then those in one run only; None without any."""
+    frows = [
+        [
+            f["name"],
+            f["kind"] or "",
+            _est(f["a"]),
+            _est(f["b"]),
+            fmt(f["b"]["limit"], 4),
+            {True: "yes", False: "NO", None: "n/a"}[f["overlap"]],
+            _rel(f["rel_change"]),
         ]
-        frows += [
-            [n, "", *where, "", "", ""]
-            for side, where in (("a", ("(present)", "(absent)")), ("b", ("(absent)", "(present)")))
-            for n in s["findings"][f"only_in_{side}"]
+        for f in s["findings"]["compared"]
+        if f["moved"]
+    ]
+    frows += [
+        [n, "", *where, "", "", ""]
+        for side, where in (("a", ("(present)", "(absent)")), ("b", ("(absent)", "(present)")))
+        for n in s["findings"][f"only_in_{side}"]
+    ]
+    if not frows:
+        return None
+    columns = [
+        "finding",
+        "kind",
+        "A: estimate [CI] outcome",
+        "B: estimate [CI] outcome",
+        "limit (B)",
+        "CIs overlap",
+        "change",
+    ]
+    return (f"{s['name']}: findings that moved", columns, frows)
+
+
+def _metrics_table(s: dict, d: dict, max_metrics: int) -> tuple[str, list[str], list] | None:
+    """A scenario's metrics that moved past d's threshold, at most `max_metrics` of them (a last
+    row counts the rest), each A and B with its interval, the change and why; None without."""
+    moved = s["metrics"]["moved"]
+    mrows = [
+        [
+            r["path"],
+            *(
+                fmt(r[k], 4)
+                + (
+                    f" [{fmt(r['ci_' + k][0], 4)}, {fmt(r['ci_' + k][1], 4)}]"
+                    if "ci_a" in r
+                    else ""
+                )
+                for k in "ab"
+            ),
+            _rel(r["rel_change"]),
+            r["why"],
         ]
-        if frows:
-            out.append(
-                (
-                    f"{s['name']}: findings that moved",
-                    [
-                        "finding",
-                        "kind",
-                        "A: estimate [CI] outcome",
-                        "B: estimate [CI] outcome",
-                        "limit (B)",
-                        "CIs overlap",
-                        "change",
-                    ],
-                    frows,
-                )
-            )
-        moved = s["metrics"]["moved"]
-        mrows = [
-            [
-                r["path"],
-                *(
-                    fmt(r[k], 4)
-                    + (
-                        f" [{fmt(r['ci_' + k][0], 4)}, {fmt(r['ci_' + k][1], 4)}]"
-                        if "ci_a" in r
-                        else ""
-                    )
-                    for k in "ab"
-                ),
-                _rel(r["rel_change"]),
-                r["why"],
-            ]
-            for r in moved[:max_metrics]
-        ]
-        if len(moved) > max_metrics:
-            mrows.append(
-                [f"... {len(moved) - max_metrics} more (--json lists all)", "", "", "", ""]
-            )
-        if mrows:
-            out.append(
-                (
-                    f"{s['name']}: metrics that moved (> {d['threshold'] * 100:.3g}%)",
-                    ["metric", "A", "B", "change", "why"],
-                    mrows,
-                )
-            )
-    for e in d["engines"]:
-        if e["differs"]:
-            title = f"{e['role']} engine {_arrow(e['a'], e['b'])} ({', '.join(e['scenarios'])})"
-            out.append(
-                (
-                    title,
-                    ["key", "A", "B"],
-                    [[k["key"], fmt(k["a"], 4), fmt(k["b"], 4)] for k in e["differs"]],
-                )
-            )
-    return out
+        for r in moved[:max_metrics]
+    ]
+    if len(moved) > max_metrics:
+        mrows.append([f"... {len(moved) - max_metrics} more (--json lists all)", "", "", "", ""])
+    if not mrows:
+        return None
+    return (
+        f"{s['name']}: metrics that moved (> {d['threshold'] * 100:.3g}%)",
+        ["metric", "A", "B", "change", "why"],
+        mrows,
+    )
+
+
+def _engine_table(e: dict) -> tuple[str, list[str], list] | None:
+    """An engine role's configuration keys that differ between the runs, titled with its labels
+    and scenarios; None when none differ."""
+    if not e["differs"]:
+        return None
+    title = f"{e['role']} engine {_arrow(e['a'], e['b'])} ({', '.join(e['scenarios'])})"
+    return (
+        title,
+        ["key", "A", "B"],
+        [[k["key"], fmt(k["a"], 4), fmt(k["b"], 4)] for k in e["differs"]],
+    )
 
 
 def summary(d: dict[str, Any]) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from parity.categories import _runtime_probes, runtime
 from parity.engines import configdiff
 from parity.engines.base import SamplingSpec, Sequence
-from parity.engines.vllm_host import _rope_theta
+from parity.engines.vllm_config import _rope_theta
 from parity.run.scenario import parse_scenario
 from parity.verdicts.formulas import ClipRange
 
