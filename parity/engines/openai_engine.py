@@ -39,6 +39,22 @@ def tail(path: str | Path | None, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# A URL where nothing listens refuses every connection at once; waiting the whole start timeout
+# (600 s) for it helps no one. vLLM's server binds its port before the engine loads but listens
+# only once it is up, so a server that is still starting refuses too: start it first (`parity
+# serve` prints the URL once healthy) or raise the grace ($PARITY_CONNECT_GRACE, seconds).
+REFUSED_GRACE_S = 10.0
+
+
+def _nothing_listens(url: str, grace: float) -> str:
+    return (
+        f"nothing listens at {url}: the connection was refused on every try for {grace:.0f}s. "
+        "Check the host and port, and start the server before parity (`parity serve PROFILE` "
+        "prints its URL once healthy); a vLLM server refuses connections until its engine has "
+        "loaded, so for one that is still starting set PARITY_CONNECT_GRACE=SECONDS"
+    )
+
+
 class OpenAIEngine:
     """A served vLLM engine (V1, or V0 0.8.5's server) behind its OpenAI-compatible API.
     Implements parity.engines.base.Engine: generation, and weight updates from a checkpoint on
@@ -56,6 +72,9 @@ class OpenAIEngine:
         request_timeout: seconds one generate call (all its requests together) may take.
         concurrency: requests in flight at once (the server batches them).
         update_timeout: seconds one call of a weight update (pause, load, resume) may take.
+        refused_grace: seconds a refused connection may persist at start before it is an error
+            (nothing listens at the URL; default $PARITY_CONNECT_GRACE, else REFUSED_GRACE_S);
+            a server that answers anything, even an error, gets the whole start_timeout.
     """
 
     def __init__(
@@ -68,6 +87,7 @@ class OpenAIEngine:
         request_timeout: float = 1800.0,
         concurrency: int = 64,
         update_timeout: float = 600.0,
+        refused_grace: float | None = None,
     ):
         self.setting = setting
         self.name = setting.label()
@@ -79,6 +99,11 @@ class OpenAIEngine:
         self.concurrency = concurrency
         self.on_progress = None  # called (main thread) as requests finish during generate
         self.update_timeout = update_timeout
+        self.refused_grace = (
+            refused_grace
+            if refused_grace is not None
+            else float(os.environ.get("PARITY_CONNECT_GRACE") or REFUSED_GRACE_S)
+        )
         self.rl_endpoints: dict[str, Any] | None = None
         self.weight_version = 0
         self.checkpoint: str | None = None  # None: the weights the server started with
@@ -172,14 +197,22 @@ class OpenAIEngine:
         t0 = time.perf_counter()
         self._log(f"engine {self.name}: connecting (model {self.model})")
         deadline = time.monotonic() + self.start_timeout
+        refused_since = None  # a refused connection that persists: nothing listens there
         while True:
             try:
                 status, _ = self._http("GET", "/health", None, min(10.0, self.start_timeout))
                 if status in (200, 404):  # 404: a server without /health; /v1/models decides
                     break
-                why = f"HTTP {status}"
+                why, refused_since = f"HTTP {status}", None
             except (OSError, http.client.HTTPException) as exc:
-                why = str(getattr(exc, "reason", exc)) or type(exc).__name__
+                reason = getattr(exc, "reason", exc)
+                why = str(reason) or type(exc).__name__
+                if not isinstance(reason, ConnectionRefusedError):
+                    refused_since = None
+                elif refused_since is None:
+                    refused_since = time.monotonic()
+                elif time.monotonic() - refused_since > self.refused_grace:
+                    raise self._error(_nothing_listens(self.url, self.refused_grace)) from exc
             if time.monotonic() > deadline:
                 raise self._error(
                     f"GET /health: not healthy after {self.start_timeout:.0f}s ({why})"

@@ -156,6 +156,26 @@ def test_unreachable_server_fails_to_start(tmp_path):
     assert "ERROR" in (tmp_path / "client.log").read_text()
 
 
+def test_nothing_listening_is_a_clear_error_at_once(tmp_path, monkeypatch):
+    """A URL where nothing listens refuses every try: an error after the grace, naming the URL
+    and the fix, instead of waiting the whole start timeout (600 s by default)."""
+    from parity.engines.serve import free_port
+
+    monkeypatch.setenv("PARITY_CONNECT_GRACE", "1")
+    eng = engine(f"http://127.0.0.1:{free_port()}", tmp_path)
+    eng.start_timeout = 600
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match="nothing listens at .*refused on every try") as info:
+        eng.start()
+    assert time.monotonic() - t0 < 5
+    assert "parity serve" in str(info.value) and "PARITY_CONNECT_GRACE" in str(info.value)
+
+
+def test_default_connect_grace(tmp_path, monkeypatch):
+    monkeypatch.delenv("PARITY_CONNECT_GRACE", raising=False)
+    assert engine("http://127.0.0.1:1", tmp_path).refused_grace == 10.0
+
+
 def test_served_setting_validation(monkeypatch):
     monkeypatch.delenv("NOPE_KEY", raising=False)
     profiles = load_profiles()
