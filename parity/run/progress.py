@@ -70,7 +70,10 @@ class Display:
                 self._bar.remove_task(self._tasks.pop(key))
             return
         now = time.monotonic()
-        if now - self._last.setdefault(key, now) >= self.every_s:
+        # The last event of a call always prints: an engine that finishes a whole batch in one
+        # step (V0 0.8.5) sends its first update and its last within the throttle interval.
+        finished = total is not None and done >= total
+        if finished or now - self._last.setdefault(key, now) >= self.every_s:
             self._last[key] = now
             self.console.print(
                 f"  {key[0]} [{key[1]}]: {done}/{total} requests, "
