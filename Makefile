@@ -4,10 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.parity-setup
 
-.PHONY: setup demo demo-full test lint unit clean
+.PHONY: setup browser demo demo-full test lint unit clean
 
-# The browser test (tests/test_browser.py) opens report.html in Debian's headless Chromium.
 setup: $(STAMP)
+
+# The browser tests (tests/browser/) open report.html in Debian's headless Chromium: only
+# `make test` installs it, never the demo.
+browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
@@ -44,7 +47,7 @@ demo-full: setup
 # workers (engine starts are single-threaded imports and spawns: two at a time use both cores);
 # tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group).
 TEST_WORKERS ?= 2
-test: setup lint
+test: setup browser lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # The house rules, checked before any test runs: the layer and no-cycle contracts

@@ -54,6 +54,19 @@ def ensure_env(spec: EnvSpec | str, log: Callable[[str], None] = print) -> Path:
         return _build_locked(spec, root, python, log)
 
 
+def installer_command(python: Path) -> tuple[list[str], str]:
+    """The install command for the env of `python`, and its name: `uv pip install` where uv is
+    on PATH or beside the harness's interpreter (parallel downloads and a shared, hard-linked
+    cache: an environment rebuilt from the cache takes seconds; docs/measurements.md#uv-v0-env),
+    else pip. $PARITY_INSTALLER=pip forces pip."""
+    beside = Path(sys.executable).parent / "uv"
+    uv = shutil.which("uv") or (str(beside) if beside.exists() else None)
+    if uv and os.environ.get("PARITY_INSTALLER", "uv") != "pip":
+        return [uv, "pip", "install", "--no-progress", "--python", str(python)], "uv"
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    return [*pip, "--progress-bar", "off"], "pip"
+
+
 def _build_locked(spec: EnvSpec, root: Path, python: Path, log: Callable[[str], None]) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f"{root.name}.lock", "w") as lock:
@@ -81,28 +94,22 @@ def _build(spec: EnvSpec, root: Path, log: Callable[[str], None]) -> None:
     start = time.monotonic()
     log(f"building env {spec.name} in {root} (log: {logfile})")
     python = root / "bin" / "python"
-    pip = [
-        str(python),
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
-    ]
+    pip, installer = installer_command(python)
     _run([base, "-m", "venv", str(root)], logfile, "creating the virtualenv")
     if spec.requirements:
-        log(f"installing {len(spec.requirements)} requirements with their dependencies")
-        _run([*pip, *spec.requirements], logfile, "pip install")
+        log(
+            f"installing {len(spec.requirements)} requirements with their dependencies ({installer})"
+        )
+        _run([*pip, *spec.requirements], logfile, f"{installer} install")
     if spec.no_deps:
         log(f"installing {' '.join(spec.no_deps)} with --no-deps")
-        _run([*pip, "--no-deps", *spec.no_deps], logfile, "pip install --no-deps")
+        _run([*pip, "--no-deps", *spec.no_deps], logfile, f"{installer} install --no-deps")
     fixed = _fix_extensions(root, log)
     if spec.smoke:
         _run([str(python), "-c", spec.smoke], logfile, "the smoke import")
     stamp = {
         "spec": spec.to_dict(),
+        "installer": installer,
         "installed": _installed(python),
         "libstdcxx_fixed": fixed,
         "build_seconds": round(time.monotonic() - start, 1),

@@ -55,7 +55,7 @@ def find_chromium() -> str | None:
 
 def ensure_chromium() -> tuple[str | None, str]:
     """(the browser, "") or (None, why not): installs Debian's chromium with apt-get when it is
-    absent and this process is root, as `make setup` does."""
+    absent and this process is root, as `make browser` (part of `make test`) does."""
     found = find_chromium()
     if found:
         return found, ""

@@ -132,3 +132,19 @@ def test_system_libstdcxx_is_inspectable():
     assert lib is not None and lib.exists()
     assert elf_fix.provides_version(lib, "GLIBCXX_3.4")
     assert not elf_fix.provides_version(lib, "GLIBCXX_9.9.9")
+
+
+def test_installer_is_uv_where_there_is_one_else_pip(monkeypatch, tmp_path):
+    python = tmp_path / "bin" / "python"
+    monkeypatch.setattr(envs.shutil, "which", lambda name: "/opt/uv/bin/uv")
+    monkeypatch.delenv("PARITY_INSTALLER", raising=False)
+    cmd, name = envs.installer_command(python)
+    assert name == "uv" and cmd[:3] == ["/opt/uv/bin/uv", "pip", "install"]
+    assert cmd[cmd.index("--python") + 1] == str(python)
+    monkeypatch.setenv("PARITY_INSTALLER", "pip")
+    cmd, name = envs.installer_command(python)
+    assert name == "pip" and cmd[:4] == [str(python), "-m", "pip", "install"]
+    monkeypatch.delenv("PARITY_INSTALLER")
+    monkeypatch.setattr(envs.shutil, "which", lambda name: None)
+    monkeypatch.setattr(envs.sys, "executable", str(tmp_path / "nowhere" / "python"))
+    assert envs.installer_command(python)[1] == "pip"
