@@ -27,6 +27,7 @@ ONE_SIGNED = 0.8
 # temperature applied on one side: log softmax(z / T) ~ log softmax(z) / T + c per position.
 SLOPE = 0.1
 DIAGNOSES = {
+    "vanished_tokens": _common.VANISHED_FIX,
     "support_mismatch": "align top_k/top_p/min_p between the engine and the trainer's scoring",
     "systematic_offset": "apply the same temperature/top-k/top-p on both sides (engine: "
     "processed logprobs, e.g. vLLM logprobs_mode=processed_logprobs)",
@@ -110,8 +111,8 @@ def judge_group(
     """One group's verdict and detail.
 
     Findings and precondition: the logprobs category's (logprobs.judge_tokens), the trainer as
-    reference and the engine as candidate, over the scored tokens. Diagnosis: support_mismatch
-    (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
+    reference and the engine as candidate, over the scored tokens. Diagnosis: vanished_tokens
+    (an engine -inf or a fill value for -inf), support_mismatch (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
     else numeric_mismatch; the worst weight version is named when there are several.
     """
     j = judge_tokens(
@@ -176,6 +177,9 @@ def _diagnose(j: TokenJudgement, shape: dict[str, float]) -> tuple[str | None, s
             f"{f.name}: {f.note}" for f in findings if f.outcome == "inconclusive"
         ]
         return None, f"inconclusive: {'; '.join(why)} ({text})"
+    vanished = _common.vanished_message(findings)
+    if vanished:
+        return "vanished_tokens", f"{vanished} ({text})"
     if "excluded_rate" in failed:
         n = int(summary["n_ref_excluded"]) - int(summary.get("n_tied_excluded", 0))
         return "support_mismatch", (

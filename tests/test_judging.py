@@ -93,6 +93,8 @@ def test_shift_below_fails_with_the_right_numbers(tmp_path):
         "kl_k3_seqmean": "fail",
         "abs_dlogp_p99": "pass",
         "excluded_rate": "pass",
+        "engine_neginf": "pass",
+        "absurd_logprob": "pass",
     }
     assert g["verdict"]["diagnosis"] == "systematic_offset"
     assert "processed_logprobs" in g["verdict"]["message"]
@@ -594,3 +596,47 @@ def test_options_defaults_match_the_logprobs_category():
     tolerances, clip, min_tokens, problems = judge.options([])
     assert tolerances == CATEGORY.tolerances and clip == formulas.ClipRange()
     assert min_tokens == DEFAULT_MIN_TOKENS and problems == []
+
+
+def test_engine_neginf_fails_where_it_used_to_vanish_from_every_mean(tmp_path):
+    # 20% of engine logprobs at -inf used to pass: they were dropped from every mean.
+    cols = table()
+    cols["engine_logprob"][::5] = -np.inf
+    result, data = judged(tmp_path, cols)
+    assert result.exit_code == 1, result.output
+    v = data["groups"][0]["verdict"]
+    found = {f["name"]: f for f in v["findings"]}
+    assert found["engine_neginf"]["outcome"] == "fail"
+    assert found["engine_neginf"]["value"] == len(range(0, N_SEQS * N_TOK, 5))
+    assert v["diagnosis"] == "vanished_tokens" and "infinite importance ratio" in v["message"]
+    # the other findings on the rest still pass: the count limit alone decides
+    assert {f["outcome"] for n, f in found.items() if n != "engine_neginf"} == {"pass"}
+
+
+@pytest.mark.parametrize("fill", [-1e4, float(np.finfo(np.float32).min)])
+def test_a_trainer_fill_value_for_minus_inf_fails_and_says_what_it_looks_like(tmp_path, fill):
+    # Two tokens among 1,925 with a finite fill value used to come out inconclusive (exit 125):
+    # one sequence mean was huge while the p99 passed.
+    cols = table(n_seqs=55, n_tok=35)
+    cols["trainer_logprob"][[40, 41]] = fill
+    result, data = judged(tmp_path, cols)
+    assert result.exit_code == 1, result.output
+    v = data["groups"][0]["verdict"]
+    found = {f["name"]: f for f in v["findings"]}
+    assert found["absurd_logprob"]["outcome"] == "fail" and found["absurd_logprob"]["value"] == 2
+    assert v["diagnosis"] == "vanished_tokens"
+    assert (
+        f"2 trainer (lowest {fill:.6g})" in v["message"] and "of 1925 scored tokens" in v["message"]
+    )
+    assert data["groups"][0]["metrics"]["n_ref_absurd"] == 2
+    # masked like -inf tokens: the means are the clean ones
+    assert {f["outcome"] for n, f in found.items() if n != "absurd_logprob"} == {"pass"}
+
+
+def test_a_logprob_just_above_the_smallest_fp32_probability_is_no_fill_value():
+    trainer = [np.full(200, metrics.ABSURD_LOGPROB + 0.01)]
+    engine = [trainer[0].copy()]
+    s = metrics.summarize(trainer, engine)
+    assert "n_ref_absurd" not in s and s["n_masked_tokens"] == 0
+    s = metrics.summarize([trainer[0] - 0.02], engine)
+    assert s["n_ref_absurd"] == 200 and s["n_masked_tokens"] == 200
