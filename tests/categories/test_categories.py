@@ -451,3 +451,18 @@ def test_engine_minus_inf_and_fill_values_fail_the_logprobs_category():
     assert verdict.outcome == "fail" and found["absurd_logprob"].value == 2
     assert "2 trainer (lowest -3.40282e+38)" in found["absurd_logprob"].note
     assert detail["vs_processed"]["n_masked_tokens"] == 2
+
+
+def test_report_accepts_a_failure_only_within_its_outer_bounds():
+    def verdict(value, *extra):
+        findings = [core.bound("abs_dlogp_seqmean", value, 0.02), *extra]
+        return core.Verdict(core.combine(findings), None, "", findings)
+
+    within = {"abs_dlogp_seqmean": 0.06}
+    assert core.expected(verdict(0.01), "report", None, within)  # a pass
+    assert core.expected(verdict(0.027), "report", None, within)  # the hardware's
+    assert not core.expected(verdict(0.2), "report", None, within)  # a batching bug
+    assert not core.expected(verdict(0.027), "report", None)  # no outer bound given
+    neginf = core.count_limit("engine_neginf", 1, 0)
+    assert not core.expected(verdict(0.027, neginf), "report", None, within)
+    assert not core.expected(core.Verdict("inconclusive", None, ""), "report", None, within)
