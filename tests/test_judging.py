@@ -3,6 +3,7 @@ failing input: a known shift fails with the right numbers, the same table unshif
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -640,3 +641,49 @@ def test_a_logprob_just_above_the_smallest_fp32_probability_is_no_fill_value():
     assert "n_ref_absurd" not in s and s["n_masked_tokens"] == 0
     s = metrics.summarize([trainer[0] - 0.02], engine)
     assert s["n_ref_absurd"] == 200 and s["n_masked_tokens"] == 200
+
+
+# A real dump: parity's own tokens.parquet of `parity check scenarios/logprobs-processed.toml`
+# (SmolLM2-135M, V1-parity; docs/measurements.md#off-by-one), its candidate's columns only.
+REAL = Path(__file__).parent / "fixtures" / "tokens-logprobs-processed-smollm2.parquet"
+
+
+def shifted_by_one(cols, later=True):
+    """The engine column moved one position later (or earlier) within each sequence, the row
+    that has no engine logprob left dropped: a batch saved by hand with the alignment off."""
+    seq, eng = np.asarray(cols["sequence_id"]), np.asarray(cols["engine_logprob"])
+    prev = np.r_[-1, seq[:-1]] if later else np.r_[seq[1:], -1]
+    moved = np.r_[np.nan, eng[:-1]] if later else np.r_[eng[1:], np.nan]
+    keep = prev == seq
+    out = {k: np.asarray(v)[keep] for k, v in cols.items()}
+    out["engine_logprob"] = moved[keep]
+    out["position"] = out["position"] - 1 if later else out["position"]  # 0..n-2 again
+    return out
+
+
+@pytest.mark.parametrize("later", [True, False])
+def test_a_real_dump_shifted_by_one_is_named_off_by_one(tmp_path, later):
+    cols = {k: np.asarray(v) for k, v in pq.read_table(REAL).to_pydict().items()}
+    result, data = judged(tmp_path, cols, name="aligned.parquet")
+    assert result.exit_code == 0, result.output  # the dump as parity wrote it passes
+    aligned = data["groups"][0]["metrics"]["abs_dlogp_mean"]
+    assert data["groups"][0]["verdict"]["diagnosis"] is None
+    result, data = judged(tmp_path, shifted_by_one(cols, later), name="shifted.parquet")
+    assert result.exit_code == 1, result.output
+    g = data["groups"][0]
+    assert g["verdict"]["diagnosis"] == "off_by_one", g["verdict"]["message"]
+    assert f"position t + {1 if later else -1} matches" in g["verdict"]["message"]
+    back = g["shape"]["gap_engine_later" if later else "gap_engine_earlier"]
+    assert back <= judge.COLLAPSE * g["metrics"]["abs_dlogp_mean"]
+    # shifted back, the gap is the aligned dump's (less the one row dropped per sequence)
+    assert back == pytest.approx(aligned, rel=0.25)
+
+
+def test_off_by_one_needs_a_failing_gap_that_collapses():
+    shape = {"gap_engine_later": 0.01, "gap_engine_earlier": 0.9}
+    assert judge.off_by_one(0.8, shape, 0.06) == "gap_engine_later"
+    assert judge.off_by_one(0.05, shape, 0.06) is None  # within tolerance: nothing to name
+    assert judge.off_by_one(0.8, {**shape, "gap_engine_later": 0.3}, 0.06) is None
+    # near-certain tokens (every logprob ~0): shifting changes nothing, so it names nothing
+    flat = {"gap_engine_later": 0.0, "gap_engine_earlier": 0.0}
+    assert judge.off_by_one(0.0, flat, 0.06) is None
