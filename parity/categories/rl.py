@@ -120,7 +120,8 @@ def check(
     non-inferiority: the candidate may be worse than the baseline by at most the margin.
     Behaviour metrics (exact entropy of the sampled positions, reward) by equivalence within
     +-margin (two one-sided tests). Both engines answer the same prompts, so the comparison is
-    paired by prompt: per-prompt means of each side, bootstrap over prompts.
+    paired by prompt: per-prompt means of each side, bootstrap over prompts. Over both engines'
+    tokens: engine_neginf and absurd_logprob, count limits of 0 (diagnosis vanished_tokens).
     """
     per_role, per_seq, groups, pre, findings = {}, {}, {}, [], []
     for role, (seqs, scores, rewards) in runs.items():
