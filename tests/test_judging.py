@@ -3,6 +3,7 @@ failing input: a known shift fails with the right numbers, the same table unshif
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -93,6 +94,8 @@ def test_shift_below_fails_with_the_right_numbers(tmp_path):
         "kl_k3_seqmean": "fail",
         "abs_dlogp_p99": "pass",
         "excluded_rate": "pass",
+        "engine_neginf": "pass",
+        "absurd_logprob": "pass",
     }
     assert g["verdict"]["diagnosis"] == "systematic_offset"
     assert "processed_logprobs" in g["verdict"]["message"]
@@ -594,3 +597,93 @@ def test_options_defaults_match_the_logprobs_category():
     tolerances, clip, min_tokens, problems = judge.options([])
     assert tolerances == CATEGORY.tolerances and clip == formulas.ClipRange()
     assert min_tokens == DEFAULT_MIN_TOKENS and problems == []
+
+
+def test_engine_neginf_fails_where_it_used_to_vanish_from_every_mean(tmp_path):
+    # 20% of engine logprobs at -inf used to pass: they were dropped from every mean.
+    cols = table()
+    cols["engine_logprob"][::5] = -np.inf
+    result, data = judged(tmp_path, cols)
+    assert result.exit_code == 1, result.output
+    v = data["groups"][0]["verdict"]
+    found = {f["name"]: f for f in v["findings"]}
+    assert found["engine_neginf"]["outcome"] == "fail"
+    assert found["engine_neginf"]["value"] == len(range(0, N_SEQS * N_TOK, 5))
+    assert v["diagnosis"] == "vanished_tokens" and "infinite importance ratio" in v["message"]
+    # the other findings on the rest still pass: the count limit alone decides
+    assert {f["outcome"] for n, f in found.items() if n != "engine_neginf"} == {"pass"}
+
+
+@pytest.mark.parametrize("fill", [-1e4, float(np.finfo(np.float32).min)])
+def test_a_trainer_fill_value_for_minus_inf_fails_and_says_what_it_looks_like(tmp_path, fill):
+    # Two tokens among 1,925 with a finite fill value used to come out inconclusive (exit 125):
+    # one sequence mean was huge while the p99 passed.
+    cols = table(n_seqs=55, n_tok=35)
+    cols["trainer_logprob"][[40, 41]] = fill
+    result, data = judged(tmp_path, cols)
+    assert result.exit_code == 1, result.output
+    v = data["groups"][0]["verdict"]
+    found = {f["name"]: f for f in v["findings"]}
+    assert found["absurd_logprob"]["outcome"] == "fail" and found["absurd_logprob"]["value"] == 2
+    assert v["diagnosis"] == "vanished_tokens"
+    assert (
+        f"2 trainer (lowest {fill:.6g})" in v["message"] and "of 1925 scored tokens" in v["message"]
+    )
+    assert data["groups"][0]["metrics"]["n_ref_absurd"] == 2
+    # masked like -inf tokens: the means are the clean ones
+    assert {f["outcome"] for n, f in found.items() if n != "absurd_logprob"} == {"pass"}
+
+
+def test_a_logprob_just_above_the_smallest_fp32_probability_is_no_fill_value():
+    trainer = [np.full(200, metrics.ABSURD_LOGPROB + 0.01)]
+    engine = [trainer[0].copy()]
+    s = metrics.summarize(trainer, engine)
+    assert "n_ref_absurd" not in s and s["n_masked_tokens"] == 0
+    s = metrics.summarize([trainer[0] - 0.02], engine)
+    assert s["n_ref_absurd"] == 200 and s["n_masked_tokens"] == 200
+
+
+# A real dump: parity's own tokens.parquet of `parity check scenarios/logprobs-processed.toml`
+# (SmolLM2-135M, V1-parity; docs/measurements.md#off-by-one), its candidate's columns only.
+REAL = Path(__file__).parent / "fixtures" / "tokens-logprobs-processed-smollm2.parquet"
+
+
+def shifted_by_one(cols, later=True):
+    """The engine column moved one position later (or earlier) within each sequence, the row
+    that has no engine logprob left dropped: a batch saved by hand with the alignment off."""
+    seq, eng = np.asarray(cols["sequence_id"]), np.asarray(cols["engine_logprob"])
+    prev = np.r_[-1, seq[:-1]] if later else np.r_[seq[1:], -1]
+    moved = np.r_[np.nan, eng[:-1]] if later else np.r_[eng[1:], np.nan]
+    keep = prev == seq
+    out = {k: np.asarray(v)[keep] for k, v in cols.items()}
+    out["engine_logprob"] = moved[keep]
+    out["position"] = out["position"] - 1 if later else out["position"]  # 0..n-2 again
+    return out
+
+
+@pytest.mark.parametrize("later", [True, False])
+def test_a_real_dump_shifted_by_one_is_named_off_by_one(tmp_path, later):
+    cols = {k: np.asarray(v) for k, v in pq.read_table(REAL).to_pydict().items()}
+    result, data = judged(tmp_path, cols, name="aligned.parquet")
+    assert result.exit_code == 0, result.output  # the dump as parity wrote it passes
+    aligned = data["groups"][0]["metrics"]["abs_dlogp_mean"]
+    assert data["groups"][0]["verdict"]["diagnosis"] is None
+    result, data = judged(tmp_path, shifted_by_one(cols, later), name="shifted.parquet")
+    assert result.exit_code == 1, result.output
+    g = data["groups"][0]
+    assert g["verdict"]["diagnosis"] == "off_by_one", g["verdict"]["message"]
+    assert f"position t + {1 if later else -1} matches" in g["verdict"]["message"]
+    back = g["shape"]["gap_engine_later" if later else "gap_engine_earlier"]
+    assert back <= judge.COLLAPSE * g["metrics"]["abs_dlogp_mean"]
+    # shifted back, the gap is the aligned dump's (less the one row dropped per sequence)
+    assert back == pytest.approx(aligned, rel=0.25)
+
+
+def test_off_by_one_needs_a_failing_gap_that_collapses():
+    shape = {"gap_engine_later": 0.01, "gap_engine_earlier": 0.9}
+    assert judge.off_by_one(0.8, shape, 0.06) == "gap_engine_later"
+    assert judge.off_by_one(0.05, shape, 0.06) is None  # within tolerance: nothing to name
+    assert judge.off_by_one(0.8, {**shape, "gap_engine_later": 0.3}, 0.06) is None
+    # near-certain tokens (every logprob ~0): shifting changes nothing, so it names nothing
+    flat = {"gap_engine_later": 0.0, "gap_engine_earlier": 0.0}
+    assert judge.off_by_one(0.0, flat, 0.06) is None

@@ -145,6 +145,99 @@ def excluded_finding(
     )
 
 
+# The findings every category that scores tokens emits (count limits, limit 0), with kinds.
+VANISHED = {"engine_neginf": "count_limit", "absurd_logprob": "count_limit"}
+VANISHED_FIX = (
+    "an engine gives a token it sampled logprob -inf, or a side writes a mask's fill value "
+    "(-1e4, finfo.min) where -inf was meant: fix that side (the message says which)"
+)
+
+
+def _count(arrays: list[np.ndarray], mask) -> tuple[int, float]:
+    """How many values `mask` picks in the arrays, and the lowest of them (NaN when none)."""
+    flat = np.concatenate([np.asarray(a, np.float64) for a in arrays]) if arrays else np.zeros(0)
+    picked = flat[mask(flat)]
+    return int(picked.size), float(picked.min()) if picked.size else float("nan")
+
+
+def engine_neginf_finding(
+    engine: list[np.ndarray], n_tokens: int, words: Words = SAMPLED
+) -> core.Finding:
+    """Tokens to which the engine gives logprob -inf (count limit 0). metrics leaves them out
+    of every mean; in RL each is an infinite importance ratio, so one is a failure."""
+    n, _ = _count(engine, np.isneginf)
+    note = (
+        f"{n} of {n_tokens} {words.tokens} have engine logprob -inf: the engine gives a token "
+        "it returned probability 0, an infinite importance ratio in RL (left out of every "
+        "mean); an engine bug (a masked logit it sampled anyway, a -inf written for a NaN)"
+        if n
+        else f"no engine logprob is -inf ({n_tokens} {words.tokens})"
+    )
+    return core.count_limit("engine_neginf", n, 0, n_tokens, note)
+
+
+def absurd_finding(
+    sides: dict[str, list[np.ndarray]], n_tokens: int, words: Words = SAMPLED
+) -> core.Finding:
+    """Finite logprobs below metrics.ABSURD_LOGPROB on any side (count limit 0): a mask's fill
+    value (-1e4, finfo.min) where -inf was meant. metrics masks them like -inf tokens; the note
+    says what they look like (count and lowest value per side)."""
+
+    def absurd(x: np.ndarray) -> np.ndarray:
+        return np.isfinite(x) & (x < metrics.ABSURD_LOGPROB)
+
+    counts = {side: _count(arrays, absurd) for side, arrays in sides.items()}
+    total = sum(n for n, _ in counts.values())
+    seen = [f"{n} {side} (lowest {low:.6g})" for side, (n, low) in counts.items() if n]
+    note = (
+        f"{' and '.join(seen)} logprobs of {n_tokens} {words.tokens} are finite but below "
+        f"{metrics.ABSURD_LOGPROB:.2f}, the log of the smallest fp32/bf16 probability: a "
+        "mask's fill value (-1e4, -1e9, finfo.min) written where -inf was meant, not a "
+        "logprob; write -inf for masked tokens (these are left out of the means)"
+        if total
+        else f"no finite logprob below {metrics.ABSURD_LOGPROB:.2f}"
+    )
+    return core.count_limit("absurd_logprob", total, 0, n_tokens, note)
+
+
+def vanished_findings(
+    trainer: list[np.ndarray], engine: list[np.ndarray], n_tokens: int, words: Words = SAMPLED
+) -> list[core.Finding]:
+    """engine_neginf and absurd_logprob for one engine's tokens against the trainer's."""
+    return [
+        engine_neginf_finding(engine, n_tokens, words),
+        absurd_finding({"trainer": trainer, "engine": engine}, n_tokens, words),
+    ]
+
+
+def vanished_message(findings: list[core.Finding]) -> str | None:
+    """The failed vanishing-token findings' notes, or None when neither failed."""
+    notes = [f.note for f in findings if f.name in VANISHED and f.outcome == "fail" and f.note]
+    return "; ".join(notes) or None
+
+
+def with_vanished(
+    verdict: core.Verdict, engine: list[np.ndarray], n_tokens: int, words: Words = SAMPLED
+) -> core.Verdict:
+    """A category's verdict with engine_neginf and absurd_logprob over the engine's logprobs
+    added (for categories whose trainer is parity's own reference, which writes -inf for an
+    excluded token): a failure of either becomes the diagnosis `vanished_tokens` unless the
+    verdict already failed, whose message then names it too."""
+    found = [
+        engine_neginf_finding(engine, n_tokens, words),
+        absurd_finding({"engine": engine}, n_tokens, words),
+    ]
+    verdict.findings += found
+    was = verdict.outcome
+    verdict.recombine()
+    message = vanished_message(found)
+    if message and was == "fail":
+        verdict.message += f"; also {message}"
+    elif message:
+        verdict.diagnosis, verdict.message = "vanished_tokens", f"{message} ({verdict.message})"
+    return verdict
+
+
 def support_fix(count: int, n_tokens: int) -> str:
     return (
         f"{count} of {n_tokens} sampled tokens are impossible under the trainer's processed "

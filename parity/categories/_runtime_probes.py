@@ -172,7 +172,8 @@ def probe_findings(
     clip: formulas.ClipRange,
 ) -> tuple[list[core.Finding], list[core.Precondition], dict[str, Any]]:
     """Per-sequence mean |dlogp| and k3 KL between the two runs, each judged against its
-    tolerance with a one-sample bound (stats.threshold), as the logprobs category does."""
+    tolerance with a one-sample bound (stats.threshold), as the logprobs category does; and
+    engine_neginf / absurd_logprob (count limits of 0) over both runs' logprobs."""
     summary = metrics.summarize(pairs["ref"], pairs["cand"], None, clip)
     per_seq = metrics.per_sequence(pairs["ref"], pairs["cand"], None, clip)
     n_tokens = int(summary["n_tokens"])
@@ -186,6 +187,16 @@ def probe_findings(
                     stats.threshold(per_seq[name], tolerances[name]),
                 )
             )
+    # Both runs are the engine's: a -inf or a fill value on either side is the engine's.
+    words = _common.Words("comparable tokens", "")
+    findings += [
+        _common.engine_neginf_finding(pairs["ref"] + pairs["cand"], 2 * n_tokens, words),
+        _common.absurd_finding(
+            {"first-run engine": pairs["ref"], "second-run engine": pairs["cand"]},
+            n_tokens,
+            words,
+        ),
+    ]
     first = pairs["first_abs_dlogp"]
     stats_out = {
         k: summary[k]
@@ -332,6 +343,11 @@ def judge_probe(res, refs, role: str) -> tuple[core.Verdict, dict[str, Any]]:
             f"{probe}: {outcome}: {text}" + (f"; {unmet}" if unmet else ""),
             findings,
             pre,
+        ), detail
+    vanished = _common.vanished_message(findings)
+    if vanished:
+        return core.Verdict(
+            "fail", "vanished_tokens", f"{vanished} ({text})", findings, pre
         ), detail
     diagnosis, fix = DIAGNOSES[probe]
     if probe == "prefill_consistency":

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.categories import _common
 from parity.categories.base import Category, choice
 from parity.trainer.heads import HEAD_DTYPES
 from parity.verdicts import core, metrics, samples
@@ -155,6 +156,14 @@ def _engine_fix(config: dict[str, Any], want: str) -> str:
 
 
 def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
+    """The head dtype (_judge_head), and engine_neginf / absurd_logprob over the engine's
+    sampled-token logprobs (_common.with_vanished)."""
+    verdict, detail = _judge_head(res, refs)
+    cand = [np.asarray(s.logprobs, np.float64) for s in res.runs["candidate"].sequences]
+    return _common.with_vanished(verdict, cand, sum(c.size for c in cand)), detail
+
+
+def _judge_head(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
     """Score the candidate against the trainer with an fp32 head and with a model-dtype head,
     read the head dtype off its logprobs, and compare with the scenario's `require_head`."""
     sc = res.scenario
@@ -254,8 +263,9 @@ class LmHead(Category):
         "bf16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
         "fp16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
         "fp32_head": "drop the fp32 head override",
+        "vanished_tokens": _common.VANISHED_FIX,
     }
-    findings = {"head_dtype": "equality"}
+    findings = {"head_dtype": "equality", **_common.VANISHED}
     key_metric_name = "share of positions on the 16-bit grid"
     scores_refusal = (
         "it scores every sequence with an fp32 and a model-dtype head, a scores file holds one head"

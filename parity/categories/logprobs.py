@@ -35,6 +35,7 @@ class Logprobs(Category):
         "kl_k3_seqmean": "bound",
         "abs_dlogp_p99": "bound",
         "excluded_rate": "bound",
+        **_common.VANISHED,
     }
     key_metric_name = "abs_dlogp_mean"
     scores_columns = {
@@ -108,13 +109,16 @@ def judge_tokens(
 
     Findings: per-sequence mean |dlogp| and k3 KL by a one-sample bound (pass when the upper
     95% bound is within the tolerance, fail when the lower one is beyond it; the unit is the
-    prompt when prompts have several samples), the p99 |dlogp|, and the excluded-token rate
-    (ties at the cut not counted when boundary_tie is given). Precondition: at least
+    prompt when prompts have several samples), the p99 |dlogp|, the excluded-token rate
+    (ties at the cut not counted when boundary_tie is given), and two count limits of 0:
+    engine_neginf (engine logprob -inf) and absurd_logprob (a finite logprob below
+    metrics.ABSURD_LOGPROB on either side). Precondition: at least
     `min_tokens` tokens. The category's check and `parity judge` both judge by this.
     """
     summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie)
     groups = _common.clusters(prompt_ids)
     findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
+    findings += _common.vanished_findings(ref, cand, int(summary["n_tokens"]), words)
     findings.append(_common.excluded_finding(per_seq, summary, tolerances, groups, words))
     pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, words.tokens)]
     return TokenJudgement(summary, per_seq, findings, pre, core.combine(findings, pre))

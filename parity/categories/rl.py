@@ -44,6 +44,7 @@ class RL(Category):
         "support_mismatch": "an engine samples tokens the trainer's processed distribution "
         "excludes: align top_k/top_p/min_p and the tie rule",
         "raw_logprobs": "set logprobs_mode=processed_logprobs on the candidate",
+        "vanished_tokens": _common.VANISHED_FIX,
         "rl_divergence": "the candidate is worse than the baseline on an RL metric beyond the "
         "margin: bisect the setting differences (parity bisect)",
     }
@@ -54,6 +55,7 @@ class RL(Category):
         "entropy": "equivalence",
         "reward": "equivalence",
         "excluded_rate": "non_inferiority",
+        **_common.VANISHED,
     }
     key_metric_name = "kl_k3_mean (candidate)"
     scores_columns = {
@@ -118,7 +120,8 @@ def check(
     non-inferiority: the candidate may be worse than the baseline by at most the margin.
     Behaviour metrics (exact entropy of the sampled positions, reward) by equivalence within
     +-margin (two one-sided tests). Both engines answer the same prompts, so the comparison is
-    paired by prompt: per-prompt means of each side, bootstrap over prompts.
+    paired by prompt: per-prompt means of each side, bootstrap over prompts. Over both engines'
+    tokens: engine_neginf and absurd_logprob, count limits of 0 (diagnosis vanished_tokens).
     """
     per_role, per_seq, groups, pre, findings = {}, {}, {}, [], []
     for role, (seqs, scores, rewards) in runs.items():
@@ -145,6 +148,11 @@ def check(
                 per_seq["baseline"][key], per_seq["candidate"][key], margins[name], **kwargs
             )
             findings.append(core.from_test(name, t))
+    findings += _common.vanished_findings(
+        [np.asarray(r.processed_logprob, np.float64) for _, sc, _ in runs.values() for r in sc],
+        [np.asarray(s.logprobs, np.float64) for seqs, _, _ in runs.values() for s in seqs],
+        sum(int(m["n_tokens"]) for m in per_role.values()),
+    )
     outcome = core.combine(findings, pre)
     diagnosis, message = None, "candidate is no worse than the baseline on every RL metric"
     cand = per_role["candidate"]
@@ -157,7 +165,9 @@ def check(
         if unmet:
             message += "; " + "; ".join(p.note for p in unmet)
         support = [f for f in failed if f.name == "excluded_rate"]
-        if cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
+        if _common.vanished_message(findings):
+            diagnosis = "vanished_tokens"
+        elif cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
             diagnosis = "raw_logprobs"
             message += (
                 "; the candidate's logprobs sit closer to the trainer's RAW logprobs: "

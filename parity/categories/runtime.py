@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from parity import engines
+from parity.categories import _common
 from parity.categories._runtime_probes import DIAGNOSES, drive, judge_probe
 from parity.categories.base import Category, choice
 from parity.engines import configdiff
@@ -97,8 +98,14 @@ class Runtime(Category):
         "runtime_defaults": "set the differing V0-parity keys alike (the message names each fix)",
         **{code: fix for code, fix in DIAGNOSES.values()},
         "prompt_logprobs_semantics": "score at T=1 without truncation, or compare raw with raw",
+        "vanished_tokens": _common.VANISHED_FIX,
     }
-    findings = {"match.*": "equality", "abs_dlogp_seqmean": "bound", "kl_k3_seqmean": "bound"}
+    findings = {
+        "match.*": "equality",
+        "abs_dlogp_seqmean": "bound",
+        "kl_k3_seqmean": "bound",
+        **_common.VANISHED,
+    }
     key_metric_name = "abs_dlogp_mean (probes) / RL-relevant differences (config_diff)"
     reuses_generations = False  # cold vs warm cache, batch 1 vs N: every call must be real
     scores_refusal = (

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.categories import _common
 from parity.categories._update_between import judge_between
 from parity.categories._update_drive import drive
 from parity.categories._update_inflight import judge_inflight
@@ -117,6 +118,11 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
         verdict = judge_inflight(sc, er, scorer, tol, detail, pre)
     else:
         verdict = judge_between(sc, er, scorer, tol, detail, pre)
+    engine = [
+        np.asarray(s.logprobs, np.float64)
+        for s in er.sequences + list(er.extra.get("before") or [])
+    ]
+    verdict = _common.with_vanished(verdict, engine, sum(e.size for e in engine))
     verdict.message += "; " + _timing_text(summary)
     gaps = [
         (k.removeprefix("abs_dlogp_").replace("_vs_", " vs "), v)
@@ -175,6 +181,7 @@ class WeightUpdate(Category):
         "token_stream": "the pause lost or repeated a token: resume requests from their last "
         "sampled token",
         **hybrids.FIXES,
+        "vanished_tokens": _common.VANISHED_FIX,
     }
     findings = {
         "abs_dlogp_before_vs_old": "bound",
@@ -186,6 +193,7 @@ class WeightUpdate(Category):
         "version_labels": "count_limit",
         "stale_components": "count_limit",
         "token_stream": "count_limit",
+        **_common.VANISHED,
     }
     key_metric_name = "mean |dlogp| after the update to the expected weights"
     reuses_generations = False  # the generation before an update fills the prefix cache

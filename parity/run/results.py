@@ -49,7 +49,10 @@ class ScenarioResult:
     @property
     def as_expected(self) -> bool:
         return self.verdict is not None and core.expected(
-            self.verdict, self.scenario.expect, self.scenario.expect_diagnosis
+            self.verdict,
+            self.scenario.expect,
+            self.scenario.expect_diagnosis,
+            self.scenario.report_within,
         )
 
     def rewards(self, seqs: list[Sequence]) -> list[float] | None:

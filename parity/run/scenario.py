@@ -52,6 +52,8 @@ class Scenario:
     margins: dict[str, float] = field(default_factory=dict)
     expect: str = "pass"
     expect_diagnosis: str | None = None
+    # expect = "report": finding name -> outer bound; a failure beyond it is not as expected.
+    report_within: dict[str, float] = field(default_factory=dict)
     reward: str | None = None
     min_tokens: int = DEFAULT_MIN_TOKENS
     provenance: dict[str, str] = field(default_factory=dict)
@@ -90,6 +92,7 @@ def parse_scenario(
     provenance: dict[str, str] = {}
     model = steps.model(data, overrides.model, provenance, p, problems)
     expect, expect_diagnosis = steps.expectation(data, category, p, problems)
+    within = steps.report_within(data, category, expect, p, problems)
     prompts = steps.prompts(data, p, problems)
     sampling = steps.sampling(data, p, problems)
     options, roles = steps.category_fields(category, data, sampling, p, problems)
@@ -116,6 +119,7 @@ def parse_scenario(
         baseline=baseline,
         expect=expect,
         expect_diagnosis=expect_diagnosis,
+        report_within=within,
         reward=reward,
         min_tokens=min_tokens,
         provenance=provenance,

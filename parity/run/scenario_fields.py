@@ -30,6 +30,7 @@ TOP_LEVEL = {
     "model",
     "expect",
     "expect_diagnosis",
+    "report_within",
     "reward",
     "prompts",
     "sampling",

@@ -86,6 +86,41 @@ def expectation(data: dict, category: Category | None, path: str, problems: list
     return expect, diagnosis
 
 
+def report_within(
+    data: dict, category: Category | None, expect: str, path: str, problems: list
+) -> dict[str, float]:
+    """The outer bounds of an `expect = "report"` scenario ([report_within]: finding name ->
+    limit): required there (a measurement of the hardware may fail its tolerance, never by any
+    amount), refused elsewhere; each names one of the category's bound findings."""
+    if "report_within" not in data:
+        if expect == "report":
+            problems.append(
+                (
+                    path,
+                    "report_within",
+                    'expect = "report" needs an outer bound per bound finding, e.g. '
+                    "[report_within] abs_dlogp_seqmean = 0.06: a failure within it is the "
+                    "hardware's, one beyond it still fails",
+                )
+            )
+        return {}
+    if expect != "report":
+        problems.append((path, "report_within", 'only an expect = "report" scenario has one'))
+        return {}
+    bounds = sorted(n for n, k in (category.findings if category else {}).items() if k == "bound")
+    out = {}
+    for name, value in fields.table(data, "report_within", path, problems).items():
+        where = f"report_within.{name}"
+        if name not in bounds:
+            problems.append((path, where, f"not a bound finding; known: {', '.join(bounds)}"))
+        elif fields.check_type(problems, path, where, value, float):
+            if not (value >= 0 and value != float("inf")):
+                problems.append((path, where, "must be a finite number >= 0"))
+            else:
+                out[name] = float(value)
+    return out
+
+
 def prompts(data: dict, path: str, problems: list) -> dict[str, Any]:
     """The [prompts] table as Scenario fields: prompt_source or prompt_items (exactly one),
     prompt_seed and chat."""

@@ -93,6 +93,15 @@ def unresolved(diagnosis: str, message: str) -> Verdict:
     return Verdict("unresolved", diagnosis, message)
 
 
+def within_outer(verdict: Verdict, within: dict[str, float]) -> bool:
+    """Every failed finding has an outer bound in `within` and its value is within it."""
+    failed = [f for f in verdict.findings if f.outcome == "fail"]
+    return all(
+        f.name in within and isinstance(f.value, (int, float)) and f.value <= within[f.name]
+        for f in failed
+    )
+
+
 # ----------------------------------------------------------------------------- constructors
 
 
@@ -145,14 +154,22 @@ def at_least(name: str, value: float, needed: float, note: str = "") -> Precondi
     return Precondition(name, bool(met), value, needed, "" if met else note)
 
 
-def expected(verdict: Verdict, expect: str, expect_diagnosis: str | None) -> bool:
+def expected(
+    verdict: Verdict,
+    expect: str,
+    expect_diagnosis: str | None,
+    within: dict[str, float] | None = None,
+) -> bool:
     """Whether a verdict is what the scenario expects: a pass for an ordinary scenario; for a
     negative control (expect = "fail") a failure with the expected diagnosis; for a measurement
-    of the hardware (expect = "report") any decided outcome, pass or fail."""
+    of the hardware (expect = "report") a pass, or a failure of only the findings `within`
+    names, each with its value within that outer bound (no outer bound: none is accepted)."""
     if expect == "pass":
         return verdict.outcome == "pass"
     if expect == "report":
-        return verdict.outcome in ("pass", "fail")
+        return verdict.outcome == "pass" or (
+            verdict.outcome == "fail" and within_outer(verdict, within or {})
+        )
     return verdict.outcome == "fail" and (
         expect_diagnosis is None or verdict.diagnosis == expect_diagnosis
     )

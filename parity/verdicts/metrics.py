@@ -4,6 +4,7 @@ summary with its masked-token counts, and the excluded-token rate. Pure numpy.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +24,18 @@ from parity.verdicts.formulas import (
 )
 
 __all__ = [
+    "ABSURD_LOGPROB",
     "excluded_rates",
     "per_sequence",
     "summarize",
 ]
+
+# The log of the smallest positive fp32 (and bf16) number, 2^-149: -103.28. No probability an
+# fp32 or bf16 softmax holds is smaller; a finite logprob below it is not a probability but a
+# mask's fill value standing for -inf (-1e4, -1e9, torch.finfo(...).min, fp16's -65504), and a
+# token the engine sampled never has one (e^-103 per draw). Such tokens are masked like -inf
+# ones and counted apart (n_ref_absurd, n_cand_absurd); docs/methodology.md#vanishing-tokens.
+ABSURD_LOGPROB = -149 * math.log(2)
 
 # Per-token metrics that summarize() reports both as a token mean and as a sequence mean.
 _TOKEN_METRICS = ("abs_dlogp", "abs_dprob", "kl_k1", "kl_k2", "kl_k3")
@@ -81,7 +90,8 @@ class _Flat:
 
     `ref_excluded`: ref == -inf while cand is finite (the engine sampled a token the trainer's
     processed distribution excludes). `cand_excluded`: cand == -inf (the engine gives its own
-    sampled token probability 0). valid == ~(ref_excluded | cand_excluded).
+    sampled token probability 0). `ref_absurd` / `cand_absurd`: finite but below
+    ABSURD_LOGPROB (a mask's fill value). valid == ~(ref_excluded | cand_excluded | absurd).
     ref, cand and ref_entropy hold the valid tokens only (every metric is computed on those,
     once, rather than on all tokens and then masked per metric).
     """
@@ -94,6 +104,8 @@ class _Flat:
     valid: np.ndarray
     ref_excluded: np.ndarray
     cand_excluded: np.ndarray
+    ref_absurd: np.ndarray
+    cand_absurd: np.ndarray
     valid_seq: np.ndarray  # seq[valid], reused by every per-sequence mean
     valid_counts: np.ndarray  # valid tokens per sequence
 
@@ -133,7 +145,8 @@ def _flatten(
     seq = np.repeat(np.arange(len(refs)), lengths)
     cand_excluded = np.isneginf(flat_cand)
     ref_excl = ref_excluded(flat_ref, flat_cand)
-    valid = ~(ref_excl | cand_excluded)
+    ref_absurd, cand_absurd = _absurd(flat_ref), _absurd(flat_cand)
+    valid = ~(ref_excl | cand_excluded | ref_absurd | cand_absurd)
     if not valid.all():  # the usual case skips the copies that boolean indexing makes
         flat_ref, flat_cand, seq_v = flat_ref[valid], flat_cand[valid], seq[valid]
         flat_ent = None if flat_ent is None else flat_ent[valid]
@@ -149,9 +162,16 @@ def _flatten(
         valid,
         ref_excl,
         cand_excluded,
+        ref_absurd,
+        cand_absurd,
         seq_v,
         valid_counts,
     )
+
+
+def _absurd(x: np.ndarray) -> np.ndarray:
+    """Finite logprobs below ABSURD_LOGPROB (a mask's fill value, not a probability)."""
+    return np.isfinite(x) & (x < ABSURD_LOGPROB)
 
 
 def _seq_means(values: np.ndarray, flat: _Flat) -> np.ndarray:
@@ -272,7 +292,9 @@ def summarize(
     n_ref_excluded (ref == -inf, cand finite): the engine sampled a token the trainer's processed
     distribution excludes (top-k/top-p support disagreement), the strongest possible mismatch;
     n_cand_excluded (cand == -inf, whatever ref is): the engine reports probability 0 for its own
-    sampled token, an engine bug. n_masked_tokens = n_ref_excluded + n_cand_excluded.
+    sampled token, an engine bug; n_ref_absurd / n_cand_absurd (present only when non-zero, with
+    ref_absurd_min / cand_absurd_min): finite logprobs below ABSURD_LOGPROB, a mask's fill value
+    rather than a probability. n_masked_tokens counts every one of these tokens once.
 
     Args:
         ref: per sequence, reference logprobs of the sampled tokens (1-D each).
@@ -312,6 +334,12 @@ def summarize(
         "ref_excluded_rate": rate(n_ref_excl),
         "n_cand_excluded": int(flat.cand_excluded.sum()),
     }
+    for side in ("ref", "cand"):
+        mask = getattr(flat, f"{side}_absurd")
+        if mask.any():  # the usual case adds no key: a clean batch's summary is unchanged
+            values = _concat(cand if side == "cand" else ref)
+            out[f"n_{side}_absurd"] = int(mask.sum())
+            out[f"{side}_absurd_min"] = float(values[mask].min())
     valid = tok
     adl = valid["abs_dlogp"]
     out["abs_dlogp_mean"] = _mean(adl)

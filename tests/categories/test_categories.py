@@ -120,7 +120,35 @@ def _failing_logprobs():
     }.items():
         seqs, scores = fake(30, 40, seed=5, **kwargs)
         out[name] = logprobs.check(seqs, scores, TOL, ClipRange(), 100)[0]
+    # One engine -inf, one trainer fill value, at the shipped tolerances.
+    for name, (seqs, scores) in _vanishing(fake(30, 40, 0.0, seed=5)).items():
+        out[name] = logprobs.check(seqs, scores, logprobs.Logprobs.tolerances, ClipRange(), 100)[0]
     return out
+
+
+def _vanishing(made):
+    """From a passing (sequences, scores): one with an engine logprob -inf (engine_neginf) and
+    one with a trainer logprob of -1e4 (absurd_logprob, a mask's fill value)."""
+    out = {}
+    for name in ("engine_neginf", "absurd_logprob"):
+        seqs, scores = fake(30, 40, 0.0, seed=5) if made is None else _copy(made)
+        if name == "engine_neginf":
+            seqs[3].logprobs[7] = -np.inf
+        else:
+            scores[3].processed_logprob[7] = -1e4
+        out[name] = (seqs, scores)
+    return out
+
+
+def _copy(made):
+    seqs, scores = made
+    return (
+        [
+            Sequence(s.prompt_index, s.sample_index, [1], list(s.token_ids), list(s.logprobs))
+            for s in seqs
+        ],
+        [RefScore(r.raw_logprob.copy(), r.processed_logprob.copy(), r.entropy) for r in scores],
+    )
 
 
 def _failing_rl():
@@ -151,6 +179,10 @@ def _failing_rl():
         ClipRange(),
         100,
     )[0]
+    for name, made in _vanishing(fake(40, 20, 0.0, seed=3)).items():
+        runs = {"baseline": (*base, None), "candidate": (*made, None)}
+        out[name] = rl.check(runs, rl.RL.margins, ClipRange(), 100)[0]
+        assert out[name].diagnosis == "vanished_tokens", out[name].message
     return out
 
 
@@ -183,6 +215,14 @@ def _failing_runtime():
     )
     for f in findings:
         out[f.name] = core.Verdict(core.combine(findings, pre), None, "", findings, pre)
+    same = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
+    for name, value in (("engine_neginf", -np.inf), ("absurd_logprob", -1e4)):
+        bad = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
+        bad[2].logprobs[4] = value
+        findings, pre, _ = _runtime_probes.probe_findings(
+            _runtime_probes.aligned(same, bad), runtime.CATEGORY.tolerances, 100, ClipRange()
+        )
+        out[name] = core.Verdict(core.combine(findings, pre), None, "", findings, pre)
     return out
 
 
@@ -192,7 +232,14 @@ def _failing_lm_head():
     from tests.categories.test_lm_head import _result
 
     res, refs = _result(torch.bfloat16, "vllm.v1.engine.llm_engine.LLMEngine")
-    return {"head_dtype": lm_head.judge(res, refs)[0]}
+    out = {"head_dtype": lm_head.judge(res, refs)[0]}
+    for name, value in (("engine_neginf", -np.inf), ("absurd_logprob", -1e4)):
+        res, refs = _result(torch.float32, "vllm.v1.engine.llm_engine.LLMEngine")
+        assert lm_head.judge(res, refs)[0].outcome == "pass"
+        res.runs["candidate"].sequences[2].logprobs[4] = value
+        out[name] = lm_head.judge(res, refs)[0]
+        assert out[name].diagnosis == "vanished_tokens", out[name].message
+    return out
 
 
 class _Scorer:
@@ -274,6 +321,11 @@ def _failing_weight_update(monkeypatch):
     ]
     out["token_stream"] = judge(lost, None)[0]
     assert out["token_stream"].diagnosis == "token_stream"
+    assert judge(_update_result("takes_effect", old, new), None)[0].outcome == "pass"
+    for name, value in (("engine_neginf", -np.inf), ("absurd_logprob", -1e4)):
+        after = new.copy()
+        after[4] = value
+        out[name] = judge(_update_result("takes_effect", old, after), None)[0]
     return out
 
 
@@ -381,3 +433,36 @@ def test_identity_keys_a_served_engine_cannot_expose_are_not_compared(monkeypatc
     verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
     modelcheck.add_identity(res, verdict, {})
     assert verdict.outcome == "inconclusive"
+
+
+def test_engine_minus_inf_and_fill_values_fail_the_logprobs_category():
+    # 20% of engine logprobs at -inf used to pass (dropped from every mean).
+    seqs, scores = fake(30, 40, 0.0, seed=5)
+    for s in seqs:
+        s.logprobs[::5] = [-np.inf] * len(s.logprobs[::5])
+    verdict, _ = logprobs.check(seqs, scores, logprobs.Logprobs.tolerances, ClipRange(), 100)
+    found = {f.name: f for f in verdict.findings}
+    assert verdict.outcome == "fail" and found["engine_neginf"].value == 30 * 8
+    assert {f.outcome for n, f in found.items() if n != "engine_neginf"} == {"pass"}
+    seqs, scores = fake(30, 40, 0.0, seed=5)
+    scores[0].processed_logprob[[1, 2]] = np.finfo(np.float32).min
+    verdict, detail = logprobs.check(seqs, scores, logprobs.Logprobs.tolerances, ClipRange(), 100)
+    found = {f.name: f for f in verdict.findings}
+    assert verdict.outcome == "fail" and found["absurd_logprob"].value == 2
+    assert "2 trainer (lowest -3.40282e+38)" in found["absurd_logprob"].note
+    assert detail["vs_processed"]["n_masked_tokens"] == 2
+
+
+def test_report_accepts_a_failure_only_within_its_outer_bounds():
+    def verdict(value, *extra):
+        findings = [core.bound("abs_dlogp_seqmean", value, 0.02), *extra]
+        return core.Verdict(core.combine(findings), None, "", findings)
+
+    within = {"abs_dlogp_seqmean": 0.06}
+    assert core.expected(verdict(0.01), "report", None, within)  # a pass
+    assert core.expected(verdict(0.027), "report", None, within)  # the hardware's
+    assert not core.expected(verdict(0.2), "report", None, within)  # a batching bug
+    assert not core.expected(verdict(0.027), "report", None)  # no outer bound given
+    neginf = core.count_limit("engine_neginf", 1, 0)
+    assert not core.expected(verdict(0.027, neginf), "report", None, within)
+    assert not core.expected(core.Verdict("inconclusive", None, ""), "report", None, within)

@@ -138,7 +138,9 @@ def test_probe_findings_pass_on_equal_runs_and_fail_on_drift():
     findings, _, out = _runtime_probes.probe_findings(
         _runtime_probes.aligned(ref, moved), {"abs_dlogp_mean": 0.02}, 100, ClipRange()
     )
-    assert out["abs_dlogp_mean"] == pytest.approx(0.3) and findings[-1].outcome == "fail"
+    outcome = {f.name: f.outcome for f in findings}
+    assert out["abs_dlogp_mean"] == pytest.approx(0.3) and outcome["abs_dlogp_seqmean"] == "fail"
+    assert outcome["engine_neginf"] == outcome["absurd_logprob"] == "pass"
 
 
 def test_semantics_of_decode_and_prefill_logprobs():

@@ -49,9 +49,17 @@ def test_exit_codes():
         == 125
     )
     assert report_build.exit_code(results(("logprobs-processed", "inconclusive", None))) == 125
-    # A measurement of the hardware (expect = "report") accepts either decided outcome.
+    # A measurement of the hardware (expect = "report") accepts a failure within its outer
+    # bound ([report_within] abs_dlogp_seqmean = 0.06), not one beyond it.
     measured = ("runtime-batch-invariance", "fail", "batch_variance")
-    assert report_build.exit_code(results(ok, control_ok, measured)) == 0
+    run = results(ok, control_ok, measured)
+    run.results[2].verdict.findings[0].value = 0.027  # the AVX512-BF16 figure
+    assert report_build.exit_code(run) == 0
+    run.results[2].verdict.findings[0].value = 0.1  # a batching bug
+    assert report_build.exit_code(run) == 1
+    run.results[2].verdict.findings[0].value = 0.027
+    run.results[2].verdict.findings.append(Finding("engine_neginf", "count_limit", "fail", 1, 0))
+    assert report_build.exit_code(run) == 1  # no outer bound: never accepted
     assert (
         report_build.exit_code(
             results(ok, control_ok, ("runtime-batch-invariance", "unresolved", "engine_failed"))

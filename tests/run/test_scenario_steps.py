@@ -266,3 +266,21 @@ def test_parse_scenario_settles_a_valid_file(tmp_path, monkeypatch, served_categ
         None,
         [(str(refused), "candidate.engine_args.bad", "not here")],
     )
+
+
+def test_report_within_is_required_by_report_and_names_bound_findings():
+    runtime = categories.get("runtime")
+    step = steps.report_within
+    _, problems = run_step(step, {}, runtime, "report")
+    assert [fld for _, fld, _ in problems] == ["report_within"]
+    assert run_step(step, {}, runtime, "pass") == ({}, [])
+    data = {"report_within": {"abs_dlogp_seqmean": 0.06}}
+    assert run_step(step, data, runtime, "report") == ({"abs_dlogp_seqmean": 0.06}, [])
+    _, problems = run_step(step, data, runtime, "pass")
+    assert [fld for _, fld, _ in problems] == ["report_within"]
+    bad = {"report_within": {"engine_neginf": 1, "kl_k3_seqmean": -1.0}}
+    _, problems = run_step(step, bad, runtime, "report")
+    assert [fld for _, fld, _ in problems] == [
+        "report_within.engine_neginf",
+        "report_within.kl_k3_seqmean",
+    ]
