@@ -113,6 +113,7 @@ def test_rl_paired_by_prompt():
 def _failing_logprobs():
     out = {}
     for name, kwargs in {
+        "offset_seqmean": dict(cand_shift=0.05),
         "abs_dlogp_seqmean": dict(cand_shift=0.3),
         "kl_k3_seqmean": dict(cand_shift=0.3),
         "abs_dlogp_p99": dict(cand_shift=0.0, outliers=2.0),
