@@ -29,6 +29,7 @@ from parity.report import build, files, judge_report
 from parity.run import runner, scenario, selection
 from parity.run.results import RunResult
 from parity.run.scenario import Overrides, Scenario, ScenarioError
+from parity.trainer import semantics as trainer_semantics
 
 Problem = tuple[str, str, str]
 Log = Callable[[str], None]
@@ -42,6 +43,7 @@ def scenarios(
     candidate: str | None = None,
     baseline: str | None = None,
     reference_device: str | None = None,
+    trainer: str | None = None,
     select: Sequence[str] = (),
     category: Sequence[str] = (),
     prompts: int | None = None,
@@ -50,8 +52,8 @@ def scenarios(
     problems: Sequence[Problem] = (),
 ) -> list[Scenario]:
     """The scenarios a check runs, validated in full: `targets` (files or directories; default
-    scenarios/) or a `suite`, overridden by model/candidate/baseline/reference_device (the
-    command line's precedence), picked by `select` patterns and `category`, shrunk by
+    scenarios/) or a `suite`, overridden by model/candidate/baseline/reference_device/trainer
+    (the command line's precedence; trainer: a parity.trainer.semantics.PRESETS name), picked by `select` patterns and `category`, shrunk by
     prompts/max_tokens/seed.
 
     Raises:
@@ -68,7 +70,7 @@ def scenarios(
     try:
         if targets or not problems:  # (a suite that names nothing found: its problems say why)
             found_scenarios = scenario.load_scenarios(
-                targets, Overrides(model, candidate, baseline, reference_device)
+                targets, Overrides(model, candidate, baseline, reference_device, trainer)
             )
     except ScenarioError as exc:
         problems = exc.problems + problems
@@ -117,7 +119,7 @@ def check(
 
     Args:
         targets, and `choose`: as scenarios() (suite, model, candidate, baseline,
-            reference_device, select, category, prompts, max_tokens, seed).
+            reference_device, trainer, select, category, prompts, max_tokens, seed).
         export_sequences: write the sequences the reference would score to this file and judge
             nothing (every scenario unresolved: not judged).
         log, progress: where the run's lines and the engines' progress messages go.
@@ -172,6 +174,7 @@ def judge(
     clip_high: float | None = None,
     min_tokens: int | None = None,
     output: str | Path | None = None,
+    trainer: str | None = None,
 ) -> Judgement:
     """Judge a per-token table a trainer dumped (engine vs trainer logprobs, as the logprobs
     category; no engine starts) and write report.json, report.md and junit.xml.
@@ -180,6 +183,8 @@ def judge(
         file: .parquet, .csv, .jsonl/.json or .pt.
         fmt: its column names' framework: parity (default), verl, trl, prime-rl, nemo-rl.
         maps: "canonical=column" renames; tolerances: "name=value" overrides.
+        trainer: the framework that computed the trainer column (a
+            parity.trainer.semantics.PRESETS name), recorded in report.json's "trainer".
     Raises:
         ScenarioError: every problem of the file and the options at once.
         OSError: the report directory cannot be written.
@@ -189,6 +194,9 @@ def judge(
         list(tolerances), clip_low, clip_high, min_tokens
     )
     problems += found
+    if trainer is not None and trainer not in trainer_semantics.PRESETS:
+        known = ", ".join(trainer_semantics.PRESETS)
+        problems.append(("--trainer", "trainer", f"unknown trainer {trainer!r}; known: {known}"))
     dump = None
     try:
         dump = None if problems else dumps.load(Path(file), fmt, mapping)
@@ -200,6 +208,8 @@ def judge(
     code = judging.exit_code(results)
     out_dir = runner.new_run_dir(Path(output) if output is not None else None, prefix="judge-")
     data = judging.to_json(dump, results, limits, clip, min_tokens, code, out_dir.name)
+    if trainer is not None:
+        data["trainer"] = {"name": trainer, "semantics": trainer_semantics.PRESETS[trainer]}
     try:
         judge_report.write(data, out_dir)
     except OSError as exc:

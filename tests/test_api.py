@@ -66,3 +66,14 @@ def test_judge_writes_its_reports_and_raises_on_bad_input(tmp_path):
     with pytest.raises(ScenarioError) as err:
         parity.judge(tmp_path / "missing.parquet", tolerances=["nonsense=1"])
     assert len(err.value.problems) >= 1
+
+
+def test_judge_records_the_trainer_and_refuses_an_unknown_one(tmp_path):
+    example = parity.judge(
+        REPO / "examples" / "judge-example.parquet", output=tmp_path / "j", trainer="verl"
+    )
+    assert example.report["trainer"] == {"name": "verl", "semantics": "tempered"}
+    with pytest.raises(ScenarioError) as err:
+        parity.judge(REPO / "examples" / "judge-example.parquet", trainer="verll")
+    ((where, _, message),) = err.value.problems
+    assert where == "--trainer" and "processed-replay" in message

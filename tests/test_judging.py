@@ -90,6 +90,7 @@ def test_shift_below_fails_with_the_right_numbers(tmp_path):
     assert m["kl_k3_mean"] == pytest.approx(math.exp(0.2) - 1.2, abs=0.001)
     outcomes = {f["name"]: f["outcome"] for f in g["verdict"]["findings"]}
     assert outcomes == {
+        "offset_seqmean": "fail",  # the signed gap, -0.2
         "abs_dlogp_seqmean": "fail",
         "kl_k3_seqmean": "fail",
         "abs_dlogp_p99": "pass",
@@ -130,6 +131,8 @@ def test_tolerances_can_be_overridden(tmp_path):
         "abs_dlogp_mean=0.5",
         "--tolerance",
         "kl_k3_mean=0.05",
+        "--tolerance",
+        "offset_mean=0.5",
     )
     assert result.exit_code == 0, result.output
     assert data["tolerances"]["abs_dlogp_mean"] == 0.5

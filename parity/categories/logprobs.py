@@ -1,5 +1,6 @@
-"""Category `logprobs`: the engine's sampled-token logprobs must be the trainer's PROCESSED
-logprobs (the distribution the sampler draws from, which the RL loss needs)."""
+"""Category `logprobs`: the engine's sampled-token logprobs must be the trainer's logprobs, by
+the semantics the scenario declares (`[reference] semantics`): tempered (log_softmax(logits / T),
+what RL frameworks compute, the default), processed (temperature, top-k, top-p replayed) or raw."""
 
 from __future__ import annotations
 
@@ -10,27 +11,41 @@ import numpy as np
 
 from parity.categories import _common
 from parity.categories.base import Category
+from parity.trainer import semantics as trainer_semantics
 from parity.trainer.sampler import GREEDY_EPS
-from parity.verdicts import core, formulas, metrics
+from parity.verdicts import core, formulas, metrics, stats
 from parity.verdicts.fmt import fmt
+
+# A systematic signed gap (engine - trainer) biases every importance ratio by exp(offset) even
+# when |dlogp| stays near the numerics: the truncation offset of a tempered trainer is 0.051 nats
+# (mean of sequence means) on SmolLM2 at T 0.7 / top-p 0.9 / top-k 50, |dlogp| 0.059 against a
+# 0.06 bound (inconclusive), while correct engines sit within 0.0012 of zero
+# (docs/measurements.md#logprobs-offset).
+OFFSET_MEAN_DEFAULT = 0.02
 
 
 class Logprobs(Category):
     name = "logprobs"
-    summary = "logprob semantics: engine logprobs vs the trainer's processed logprobs"
+    summary = "logprob semantics: engine logprobs vs the trainer's (tempered or processed)"
     tolerances = {
         "abs_dlogp_mean": 0.06,
         "kl_k3_mean": 0.01,
         "abs_dlogp_p99": 0.6,
         "excluded_rate": _common.EXCLUDED_RATE_DEFAULT,
+        "offset_mean": OFFSET_MEAN_DEFAULT,
     }
     diagnoses = {
         "support_mismatch": "the engine samples tokens the trainer's processed distribution "
         "excludes: align top_k/top_p/min_p and the tie rule",
         "raw_logprobs": "set logprobs_mode=processed_logprobs",
         "processed_mismatch": "check the lm_head dtype (lm_head category) and sampler order",
+        "truncation_bias": "sample with top_p = 1 and top_k off for RL, or have the trainer "
+        "replay the engine's top-k/top-p support (vLLM's sampling mask where offered), or "
+        'declare [reference] semantics = "processed" if the trainer replays it',
+        "vanished_tokens": _common.VANISHED_FIX,
     }
     findings = {
+        "offset_seqmean": "bound",
         "abs_dlogp_seqmean": "bound",
         "kl_k3_seqmean": "bound",
         "abs_dlogp_p99": "bound",
@@ -56,17 +71,9 @@ class Logprobs(Category):
                     "such as 0.7",
                 )
             )
-        elif not sampling.is_processed_distinct:
-            problems.append(
-                (
-                    path,
-                    "sampling",
-                    "a logprobs check needs temperature != 1 or "
-                    "top_p < 1 or top_k > 0: otherwise raw and "
-                    "processed logprobs are equal and the check "
-                    "cannot fail",
-                )
-            )
+        # T = 1 without truncation is allowed (the most common RL setting): the bounds still
+        # fail on a bf16 head, a kernel difference or stale weights; only the raw-vs-processed
+        # diagnosis cannot tell the two apart there, and check() says it skipped it.
         return {}, problems
 
     def judge(self, res, refs):
@@ -75,7 +82,8 @@ class Logprobs(Category):
         scores = refs.get(res.model_path, sc.head_dtype, res.runs["candidate"]).score(
             [(s.prompt_token_ids, s.token_ids) for s in seqs], sc.sampling
         )
-        return check(seqs, scores, sc.tolerances, sc.clip, sc.min_tokens)
+        semantics = getattr(sc, "semantics", trainer_semantics.DEFAULT)
+        return check(seqs, scores, sc.tolerances, sc.clip, sc.min_tokens, semantics, sc.sampling)
 
 
 @dataclass
@@ -107,7 +115,8 @@ def judge_tokens(
 ) -> TokenJudgement:
     """Per-sequence logprobs of an engine (cand) judged against the trainer's (ref).
 
-    Findings: per-sequence mean |dlogp| and k3 KL by a one-sample bound (pass when the upper
+    Findings: the signed offset (offset_finding), per-sequence mean |dlogp| and k3 KL by a
+    one-sample bound (pass when the upper
     95% bound is within the tolerance, fail when the lower one is beyond it; the unit is the
     prompt when prompts have several samples), the p99 |dlogp|, the excluded-token rate
     (ties at the cut not counted when boundary_tie is given), and two count limits of 0:
@@ -118,26 +127,16 @@ def judge_tokens(
     summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie)
     groups = _common.clusters(prompt_ids)
     findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
+    findings.insert(0, offset_finding(ref, cand, tolerances, groups))  # the signed gap
     findings += _common.vanished_findings(ref, cand, int(summary["n_tokens"]), words)
     findings.append(_common.excluded_finding(per_seq, summary, tolerances, groups, words))
     pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, words.tokens)]
     return TokenJudgement(summary, per_seq, findings, pre, core.combine(findings, pre))
 
 
-def check(
-    seqs,
-    scores,
-    tolerances: dict[str, float],
-    clip,
-    min_tokens: int,
-) -> tuple[core.Verdict, dict[str, Any]]:
-    """Judge one engine's sampled-token logprobs against the reference's processed ones
-    (judge_tokens). Diagnosis: raw_logprobs when the engine sits closer to the raw logprobs;
-    support_mismatch when the excluded-token rate fails; else processed_mismatch.
-    """
-    s = _common.sampled(seqs, scores)
-    j = judge_tokens(
-        s.processed,
+def _judge(s: _common.Sampled, ref, tolerances, clip, min_tokens, seqs) -> TokenJudgement:
+    return judge_tokens(
+        ref,
         s.cand,
         tolerances,
         clip,
@@ -146,29 +145,131 @@ def check(
         boundary_tie=s.boundary_tie,
         prompt_ids=[q.prompt_index for q in seqs],
     )
+
+
+def offset_finding(
+    ref: list[np.ndarray], cand: list[np.ndarray], tolerances: dict[str, float], groups
+) -> core.Finding:
+    """The mean signed gap engine - trainer per sequence (tokens both sides score as
+    probabilities: finite and not below metrics.ABSURD_LOGPROB, the tokens every other mean
+    uses), by a one-sample bound of its magnitude: the per-sequence means are signed by the
+    overall mean's sign, so the bound is on |mean| in the observed direction."""
+    limit = tolerances.get("offset_mean", OFFSET_MEAN_DEFAULT)
+    per_seq = []
+    for r, c in zip(ref, cand):
+        ok = (r >= metrics.ABSURD_LOGPROB) & (c >= metrics.ABSURD_LOGPROB) & np.isfinite(r + c)
+        per_seq.append(float(np.mean(c[ok] - r[ok])) if ok.any() else np.nan)
+    values = np.asarray(per_seq, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    sign = -1.0 if finite.size and finite.mean() < 0 else 1.0
+    test = stats.threshold(sign * values, limit, clusters=groups)
+    side = "above" if sign > 0 else "below"
+    return core.from_test(
+        "offset_seqmean", test, note=f"the engine sits {side} the trainer; {test.reason}"
+    )
+
+
+def check(
+    seqs,
+    scores,
+    tolerances: dict[str, float],
+    clip,
+    min_tokens: int,
+    semantics: str = "processed",
+    sampling=None,
+) -> tuple[core.Verdict, dict[str, Any]]:
+    """Judge one engine's sampled-token logprobs against the trainer's (judge_tokens): the
+    reference's scores seen under `semantics` (parity.trainer.semantics.trainer_view).
+    Diagnosis: truncation_bias when the trainer is tempered and the engine's logprobs are the
+    processed ones renormalised over the kept set (truncation_bias); raw_logprobs when the
+    engine sits closer to the raw logprobs (skipped where raw = processed: T = 1 without
+    truncation, per `sampling`); support_mismatch when the excluded-token rate fails; else
+    processed_mismatch.
+    """
+    s = _common.sampled(seqs, [trainer_semantics.trainer_view(r, semantics) for r in scores])
+    j = _judge(s, s.processed, tolerances, clip, min_tokens, seqs)
     vs_raw = metrics.summarize(s.raw, s.cand, None, clip)
     gap_proc, gap_raw = j.summary["abs_dlogp_mean"], vs_raw["abs_dlogp_mean"]
-    diagnosis, message = _diagnose(j, gap_proc, gap_raw)
+    bias = _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens)
+    distinct = sampling is None or sampling.is_processed_distinct
+    diagnosis, message = _diagnose(j, gap_proc, gap_raw, semantics, bias, distinct)
     detail = {
         "vs_processed": j.summary,
         "vs_raw": vs_raw,
+        "semantics": semantics,
         "key_metric": gap_proc,
         "headline": f"|dlogp| {fmt(gap_proc)} (raw {fmt(gap_raw)})"
         + (f", {j.summary['n_ref_excluded']} excluded" if j.summary["n_ref_excluded"] else ""),
     }
+    if bias is not None:
+        detail["truncation"] = bias
     return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
 
 
-def _diagnose(j: TokenJudgement, gap_proc: float, gap_raw: float) -> tuple[str | None, str]:
-    """raw_logprobs, support_mismatch or processed_mismatch, and the message naming the fix."""
+def _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens) -> dict | None:
+    """The truncation offset where the trainer is tempered and top-k/top-p cut something:
+    {"mean_bias": mean -log kept mass over the sampled tokens (nats, the engine's expected
+    excess over the trainer), "residual": the engine judged against the replayed processed
+    logprobs (= tempered - log kept mass), "matches": that judgement passes while the tempered
+    one does not}. None when not applicable (other semantics, no kept mass, nothing cut)."""
+    if semantics != "tempered" or any(r.log_kept_mass is None for r in scores):
+        return None
+    kept = np.concatenate([np.asarray(r.log_kept_mass, np.float64) for r in scores] or [[]])
+    if not kept.size or not np.any(kept < 0):
+        return None
+    s = _common.sampled(seqs, scores)
+    residual = _judge(s, s.processed, tolerances, clip, min_tokens, seqs)
+    return {
+        "mean_bias": float(-kept.mean()),
+        "max_bias": float(-kept.min()),
+        "residual_abs_dlogp_mean": residual.summary["abs_dlogp_mean"],
+        "residual_outcome": residual.outcome,
+        "matches": residual.outcome == "pass" and j.outcome != "pass",
+    }
+
+
+def _diagnose(
+    j: TokenJudgement,
+    gap_proc: float,
+    gap_raw: float,
+    semantics: str = "processed",
+    bias: dict | None = None,
+    distinct: bool = True,
+) -> tuple[str | None, str]:
+    """truncation_bias, raw_logprobs, support_mismatch or processed_mismatch, and the message
+    naming the fix."""
     gap_text = (
-        f"mean |dlogp| to the reference's processed logprobs {fmt(gap_proc, 4)}, to "
+        f"mean |dlogp| to the trainer's {semantics} logprobs {fmt(gap_proc, 4)}, to "
         f"its raw logprobs {fmt(gap_raw, 4)}"
     )
+    if not distinct:
+        gap_text += (
+            "; raw = processed at T = 1 without truncation: the raw-vs-processed diagnosis "
+            "is skipped"
+        )
     excluded, outcome = j.excluded, j.outcome
+    vanished = _common.vanished_message(j.findings)
+    if vanished:
+        return "vanished_tokens", (
+            f"tokens vanished from the means ({vanished}): an engine logprob of -inf is an "
+            "infinite importance ratio, a finite fill value (-1e4, finfo.min) is a mask "
+            f"written where -inf belongs ({gap_text})"
+        )
+    if bias is not None and bias["matches"]:
+        return "truncation_bias", (
+            f"the engine returns processed logprobs renormalised over its top-k/top-p kept "
+            f"set while the trainer computes tempered log_softmax(logits / T) over the full "
+            f"vocabulary: every token carries a bias of -log(kept mass), mean "
+            f"{fmt(bias['mean_bias'], 4)} nats (max {fmt(bias['max_bias'], 4)}); after "
+            f"subtracting it the mean |dlogp| is {fmt(bias['residual_abs_dlogp_mean'], 4)} "
+            f"({gap_text}). Fix: sample with top_p = 1 and top_k off for RL, or have the "
+            "trainer replay the engine's support (vLLM's sampling mask where the engine "
+            'offers it), or declare [reference] semantics = "processed" if the trainer '
+            "replays it"
+        )
     # Raw logprobs first: a raw-logprob engine usually also has a bf16 head, whose boundary
     # tokens the fp32 trainer may exclude; the excluded count is still reported.
-    if outcome != "pass" and gap_raw < gap_proc:
+    if outcome != "pass" and distinct and gap_raw < gap_proc:
         return "raw_logprobs", (
             f"the engine returns RAW logprobs ({gap_text}): the RL loss needs the "
             "processed distribution the sampler draws from; set "
@@ -189,7 +290,7 @@ def _diagnose(j: TokenJudgement, gap_proc: float, gap_raw: float) -> tuple[str |
         )
     if outcome != "pass":
         return None, f"inconclusive: {gap_text}"
-    return None, f"logprobs match the processed distribution ({gap_text})"
+    return None, f"logprobs match the trainer's {semantics} logprobs ({gap_text})"
 
 
 CATEGORY = Logprobs()

@@ -11,6 +11,7 @@ import numpy as np
 from parity.categories import _common
 from parity.categories._direct import semantics_specs, summarize, teacher_force
 from parity.categories.base import Category, sampling_for
+from parity.trainer import semantics as trainer_semantics
 from parity.trainer.external import ScoresUnavailable
 from parity.verdicts import core, stats
 from parity.verdicts.fmt import fmt
@@ -59,7 +60,7 @@ class RL(Category):
     }
     key_metric_name = "kl_k3_mean (candidate)"
     scores_columns = {
-        "trainer_logprob": "the processed logprobs both engines are judged by",
+        "trainer_logprob": "the trainer's logprobs both engines are judged by",
         "trainer_raw_logprob": "its raw_logprobs diagnosis",
         "entropy": "its entropy equivalence finding",
     }
@@ -81,12 +82,18 @@ class RL(Category):
     def judge(self, res, refs):
         sc = res.scenario
         runs, scores = {}, {}
+        semantics = getattr(sc, "semantics", trainer_semantics.DEFAULT)
         for role in ("baseline", "candidate"):
             er = res.runs[role]
             pairs = [(s.prompt_token_ids, s.token_ids) for s in er.sequences]
             scores[role] = refs.get(res.model_path, sc.head_dtype, er).score(pairs, sc.sampling)
-            runs[role] = (er.sequences, scores[role], res.rewards(er.sequences))
-        verdict, detail = check(runs, sc.margins, sc.clip, sc.min_tokens)
+            # Both engines against the trainer's logprobs under the scenario's semantics.
+            view = [trainer_semantics.trainer_view(r, semantics) for r in scores[role]]
+            runs[role] = (er.sequences, view, res.rewards(er.sequences))
+        verdict, detail = check(
+            runs, sc.margins, sc.clip, sc.min_tokens, sc.sampling.is_processed_distinct
+        )
+        detail["semantics"] = semantics
         direct = _direct(res, scores, refs)
         if direct:
             detail["direct"] = direct
@@ -111,11 +118,15 @@ def check(
     margins: dict[str, float],
     clip,
     min_tokens: int,
+    distinct: bool = True,
 ) -> tuple[core.Verdict, dict[str, Any]]:
     """Baseline vs candidate on the RL metrics, each engine scored by the same trainer.
 
     Args:
-        runs: role -> (sequences, reference scores, per-sequence rewards or None).
+        runs: role -> (sequences, reference scores as the trainer's logprobs, per-sequence
+            rewards or None).
+        distinct: raw and processed logprobs differ (not T = 1 without truncation); the
+            raw_logprobs diagnosis is skipped where they do not.
     Mismatch metrics (k3 KL, |dlogp|, token clip rate against the trainer) are judged as
     non-inferiority: the candidate may be worse than the baseline by at most the margin.
     Behaviour metrics (exact entropy of the sampled positions, reward) by equivalence within
@@ -167,7 +178,7 @@ def check(
         support = [f for f in failed if f.name == "excluded_rate"]
         if _common.vanished_message(findings):
             diagnosis = "vanished_tokens"
-        elif cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
+        elif distinct and cand["abs_dlogp_mean_vs_raw"] < cand["abs_dlogp_mean"]:
             diagnosis = "raw_logprobs"
             message += (
                 "; the candidate's logprobs sit closer to the trainer's RAW logprobs: "
@@ -180,6 +191,11 @@ def check(
             )
         elif failed:
             diagnosis = "rl_divergence"
+        if not distinct:
+            message += (
+                "; raw = processed at T = 1 without truncation: the raw-vs-processed "
+                "diagnosis is skipped"
+            )
     b = per_role["baseline"]
     detail = {
         "per_role": per_role,

@@ -63,6 +63,14 @@ def check(
         "cpu, cuda or cuda:N (overrides [reference] device "
         "and $PARITY_REFERENCE_DEVICE).",
     ),
+    trainer: Optional[str] = typer.Option(
+        None,
+        "--trainer",
+        help="The RL framework whose logprobs the reference computes, for every scenario: "
+        "verl, trl, openrlhf, prime-rl, nemo-rl (tempered: log_softmax(logits / T), no "
+        "top-k/top-p replay) or processed-replay (overrides [reference] semantics and "
+        "$PARITY_TRAINER).",
+    ),
     export_sequences: Optional[Path] = typer.Option(
         None,
         "--export-sequences",
@@ -106,6 +114,7 @@ def check(
         candidate=candidate,
         baseline=baseline,
         reference_device=reference_device,
+        trainer=trainer,
         select=select,
         category=category,
         prompts=prompts,

@@ -45,6 +45,12 @@ def judge(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Report directory (default results/judge-<UTC stamp>/)."
     ),
+    trainer: Optional[str] = typer.Option(
+        None,
+        "--trainer",
+        help="The framework that computed the trainer column: verl, trl, openrlhf, prime-rl "
+        "(tempered), nemo-rl, processed-replay (processed); recorded in report.json.",
+    ),
 ):
     """Judge a per-token table dumped by a trainer (verl, TRL, prime-rl, NeMo-RL, parity's own
     tokens.parquet): engine vs trainer logprobs, as the logprobs category; no engine starts.
@@ -62,6 +68,7 @@ def judge(
             clip_high=clip_high,
             min_tokens=min_tokens,
             output=output,
+            trainer=trainer,
         )
     except ScenarioError as exc:
         report_problems(exc.problems, f"with {file}")

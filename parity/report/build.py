@@ -138,6 +138,8 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
         "reference_head_dtype": sc.head_dtype,
         "reference_device": sc.reference_device,
         "reference_scores": None if sc.scores is None else str(sc.scores),
+        "reference_semantics": getattr(sc, "semantics", None),
+        "reference_trainer": getattr(sc, "trainer", None),
         "tolerances": sc.tolerances,
         "clip": {"eps_low": sc.clip.eps_low, "eps_high": sc.clip.eps_high},
         "min_tokens": sc.min_tokens,

@@ -84,7 +84,9 @@ def _scenario_section(rec: dict[str, Any]) -> list[str]:
         "",
         f"Model `{rec['model']}`; sampling "
         + ", ".join(f"{k}={val}" for k, val in rec["sampling"].items())
-        + f"; reference lm_head {rec['reference_head_dtype']}.",
+        + f"; reference lm_head {rec['reference_head_dtype']}"
+        + _semantics_text(rec)
+        + ".",
         "",
     ]
     lines += _findings_table(v.get("findings"))
@@ -169,6 +171,15 @@ PER_ROLE_KEYS = (
     "entropy_cand_mc",
     "reward_mean",
 )
+
+
+def _semantics_text(rec: dict[str, Any]) -> str:
+    """ ", trainer logprobs SEMANTICS (--trainer NAME)" when the record has them."""
+    semantics = rec.get("reference_semantics")
+    if not semantics:
+        return ""
+    trainer = rec.get("reference_trainer")
+    return f", trainer logprobs {semantics}" + (f" (--trainer {trainer})" if trainer else "")
 
 
 def _vs_reference_table(m: dict[str, Any]) -> list[str]:

@@ -64,6 +64,10 @@ class Scenario:
     )
     scores: Path | None = None  # trainer scores file standing in for the HF reference
     reference_scorer: str = "hf"  # the trainer-side scorer (parity.trainer registry)
+    # What the trainer's logprob is (parity.trainer.semantics): "tempered", "processed", "raw";
+    # trainer: the --trainer preset that set it (None: the file or the default).
+    semantics: str = "tempered"
+    trainer: str | None = None
 
     def settings(self) -> dict[str, EngineSetting]:
         out = {"candidate": self.candidate}
@@ -101,7 +105,14 @@ def parse_scenario(
         data, roles, overrides, profiles, provenance, p, problems
     )
     judging = steps.judging(
-        data, category, sampling, overrides.reference_device, provenance, p, problems
+        data,
+        category,
+        sampling,
+        overrides.reference_device,
+        provenance,
+        p,
+        problems,
+        overrides.trainer,
     )
     reward = steps.reward(data, prompts["prompt_source"], p, problems)
     min_tokens = steps.min_tokens(data, p, problems)

@@ -61,6 +61,7 @@ class Overrides:
     candidate: str | None = None
     baseline: str | None = None
     reference_device: str | None = None
+    trainer: str | None = None  # a --trainer preset (parity.trainer.semantics.PRESETS)
 
 
 def sampling_problems(sampling: SamplingSpec, fld: str, path: str) -> list[Problem]:

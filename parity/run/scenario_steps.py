@@ -260,14 +260,17 @@ def judging(
     provenance: dict,
     path: str,
     problems: list,
+    trainer: str | None = None,
 ) -> dict[str, Any]:
     """How the scenario is judged, as Scenario fields: the [reference] table (head, device by
-    the precedence rule over `device`, scores file, scorer), tolerances, margins and clip."""
+    the precedence rule over `device`, scores file, scorer, semantics by the precedence rule
+    over the `trainer` preset), tolerances, margins and clip."""
     reference, found = parse_reference(
-        fields.table(data, "reference", path, problems), category, sampling, path, device
+        fields.table(data, "reference", path, problems), category, sampling, path, device, trainer
     )
     problems += found
     provenance["reference_device"] = reference["device_source"]
+    provenance["reference_semantics"] = reference["semantics_source"]
     tolerances = fields.limits(
         data, "tolerances", category.tolerances if category else {}, path, problems
     )
@@ -286,6 +289,8 @@ def judging(
         reference_device=reference["device"],
         scores=reference["scores"],
         reference_scorer=reference["scorer"],
+        semantics=reference["semantics"],
+        trainer=reference["trainer"],
     )
 
 

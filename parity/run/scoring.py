@@ -13,6 +13,7 @@ from parity import categories, trainer
 from parity.categories.base import choice
 from parity.setup import inputs, models
 from parity.trainer import external
+from parity.trainer import semantics as trainer_semantics
 from parity.trainer.chunked import resolve_device
 from parity.trainer.heads import HEAD_DTYPES, ReferenceError
 from parity.trainer.reference import ScoreCache
@@ -21,7 +22,7 @@ from parity.verdicts import core
 
 Log = Callable[[str], None]
 Problem = tuple[str, str, str]
-REFERENCE_FIELDS = ("head_dtype", "device", "scores", "scorer")
+REFERENCE_FIELDS = ("head_dtype", "device", "scores", "scorer", "semantics")
 DEVICE_ENV = "PARITY_REFERENCE_DEVICE"
 
 
@@ -223,12 +224,15 @@ def parse_reference(
     sampling,
     path: str,
     device_override: str | None,
+    trainer_override: str | None = None,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """The [reference] table of one scenario: head_dtype, device (by the one precedence rule:
     --reference-device > $PARITY_REFERENCE_DEVICE > the file > "auto"), scores (a file
     relative to the scenario, validated in full), scorer (a name in the parity.trainer
-    registry, "hf" by default). Returns ({"head_dtype", "device", "device_source", "scores",
-    "scorer"}, problems)."""
+    registry, "hf" by default), semantics (what the trainer's logprob is: --trainer PRESET >
+    $PARITY_TRAINER > the file's semantics > "tempered"). Returns ({"head_dtype", "device",
+    "device_source", "scores", "scorer", "semantics", "trainer", "semantics_source"},
+    problems)."""
 
     problems: list[Problem] = []
     for key in table:
@@ -269,12 +273,14 @@ def parse_reference(
     if scores is not None:
         scores, found = _scores(scores, category, sampling, head_dtype, path)
         problems += found
+    semantics = trainer_semantics.parse(table, trainer_override, path, problems)
     return {
         "head_dtype": head_dtype,
         "device": device,
         "device_source": source,
         "scores": scores,
         "scorer": scorer,
+        **semantics,
     }, problems
 
 

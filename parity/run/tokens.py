@@ -13,6 +13,7 @@ from parity import categories
 from parity.data import schema, tables
 from parity.data.schema import COLUMNS, EXPORT_COLUMNS, FILE
 from parity.run import faults
+from parity.trainer import semantics as trainer_semantics
 from parity.trainer.external import context_of, sequence_key
 from parity.trainer.sampler import tie_rule_for
 
@@ -65,6 +66,9 @@ def build(run):
                 if n == 0:
                     continue
                 head, score = _match(res, er, seq)
+                if score is not None:  # the trainer's logprob under the scenario's semantics
+                    semantics = getattr(res.scenario, "semantics", trainer_semantics.DEFAULT)
+                    score = trainer_semantics.trainer_view(score, semantics)
                 lp = np.full(n, np.nan)
                 engine = np.asarray(seq.logprobs[:n], dtype=np.float64)
                 lp[: engine.size] = engine

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from parity.engines.base import SamplingSpec
 from parity.trainer.heads import ReferenceError
-from parity.trainer.sampler import _entropy, boundary_ties, process_logits
+from parity.trainer.sampler import _entropy, boundary_ties, process_logits, tempered_and_kept
 
 # [positions x vocab] buffers alive at once while one chunk is scored, in fp32 units: logits,
 # processed logits, the sort's values and int64 indices (2), softmax, cumsum, the mask, the
@@ -90,6 +91,17 @@ def chunk_rows(vocab: int, budget: int) -> int:
     return max(1, budget // (vocab * 4 * LIVE_BUFFERS))
 
 
+class Rows(NamedTuple):
+    """score_rows's result, one float64 (tied: bool) entry per position."""
+
+    raw: np.ndarray  # log_softmax(logits) of the target
+    processed: np.ndarray  # its logprob after temperature, top-k, top-p (-inf: cut)
+    entropy: np.ndarray  # the processed distribution's exact entropy
+    tied: np.ndarray  # the target is tied at the top-k/top-p cut (sampler.boundary_ties)
+    tempered: np.ndarray  # log_softmax(logits / T) of the target, full vocabulary
+    log_kept_mass: np.ndarray  # log of the tempered mass top-k/top-p keep (0: nothing cut)
+
+
 def score_rows(
     head,
     hidden,
@@ -97,17 +109,17 @@ def score_rows(
     sampling: SamplingSpec,
     tie_rule: str = "keep_ties",
     rows: int | None = None,
-) -> tuple[np.ndarray, ...]:
-    """Raw and processed logprob of each target token, the processed distribution's entropy,
-    and the boundary-tie flag, from final hidden states [N, H] and targets [N], `rows`
-    positions at a time (None: all at once). Each chunk runs the same ops on its rows as the
-    whole would, so the result does not depend on `rows`; memory is ~LIVE_BUFFERS x rows x
-    vocab x 4 bytes. Returns float64 arrays raw, processed, entropy and a bool array."""
+) -> Rows:
+    """Raw, processed and tempered logprob of each target token, the processed distribution's
+    entropy, the boundary-tie flag and the log kept mass (Rows), from final hidden states
+    [N, H] and targets [N], `rows` positions at a time (None: all at once). Each chunk runs the
+    same ops on its rows as the whole would, so the result does not depend on `rows`; memory is
+    ~LIVE_BUFFERS x rows x vocab x 4 bytes."""
     import torch  # lazy: torch takes seconds to import
 
     n = int(hidden.shape[0])
     rows = n if not rows else max(1, int(rows))
-    out = np.empty((3, n), dtype=np.float64)
+    out = np.empty((5, n), dtype=np.float64)
     tied = np.empty(n, dtype=bool)
     tile = getattr(head, "tile", None)
     if tile:
@@ -127,12 +139,16 @@ def score_rows(
         out[0, a:b] = _cpu(logits.log_softmax(dim=-1).gather(-1, target).squeeze(-1)[:m])
         processed = process_logits(logits, sampling, tie_rule)
         tied[a:b] = _cpu(boundary_ties(logits, sampling, target.squeeze(-1), processed)[:m])
+        tempered, kept = tempered_and_kept(logits, processed, sampling)
         del logits
+        out[3, a:b] = _cpu(tempered.gather(-1, target).squeeze(-1)[:m])
+        out[4, a:b] = _cpu(kept[:m])
+        del tempered
         processed = processed.log_softmax(dim=-1)
         out[1, a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
         out[2, a:b] = _cpu(_entropy(processed)[:m])
         del processed
-    return out[0], out[1], out[2], tied
+    return Rows(out[0], out[1], out[2], tied, out[3], out[4])
 
 
 def _cpu(t) -> np.ndarray:

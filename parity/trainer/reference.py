@@ -22,7 +22,8 @@ from parity.trainer.sampler import TIE_RULES
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
 # 6: the device type (cpu, cuda) in the key: its numerics differ; head GEMMs in fixed tiles.
-SCORER_VERSION = 6
+# 7: the tempered logprob and the log kept mass stored with every score.
+SCORER_VERSION = 7
 
 
 @dataclass
@@ -37,12 +38,19 @@ class RefScore:
     boundary_tie: True where the token is one of several tokens with equal logits at the top-k
         or top-p boundary (boundary_ties), so which of them the engine kept is platform-specific.
         None when not computed.
+    tempered_logprob: log_softmax(logits / T) over the full vocabulary (what verl, TRL,
+        OpenRLHF, prime-rl compute); None when not computed (a scores file).
+    log_kept_mass: log of the tempered probability mass of the tokens top-k/top-p keep (0
+        where nothing is cut): processed = tempered - log_kept_mass for a kept token. None when
+        not computed.
     """
 
     raw_logprob: np.ndarray
     processed_logprob: np.ndarray
     entropy: np.ndarray
     boundary_tie: np.ndarray | None = None
+    tempered_logprob: np.ndarray | None = None
+    log_kept_mass: np.ndarray | None = None
 
 
 class ScoreCache:
@@ -81,13 +89,16 @@ class ScoreCache:
             return None
         (n,) = struct.unpack_from("<q", row[0])
         arr = np.frombuffer(row[0], dtype=np.float32, offset=8).reshape(-1, n).astype(np.float64)
-        return RefScore(arr[0], arr[1], arr[2], arr[3] > 0 if len(arr) > 3 else None)
+        # Rows 3..5 (boundary tie, tempered, log kept mass) hold NaN where not computed.
+        tie, tempered, kept = (None if np.isnan(a).all() else a for a in arr[3:6])
+        return RefScore(arr[0], arr[1], arr[2], None if tie is None else tie > 0, tempered, kept)
 
     def put(self, key: str, score: RefScore) -> None:
+        n = np.size(score.raw_logprob)
+        optional = (score.boundary_tie, score.tempered_logprob, score.log_kept_mass)
         rows = [score.raw_logprob, score.processed_logprob, score.entropy]
-        if score.boundary_tie is not None:
-            rows.append(score.boundary_tie)
-        arr = np.stack(rows).astype(np.float32)
+        rows += [np.full(n, np.nan) if a is None else a for a in optional]
+        arr = np.stack([np.asarray(r, dtype=np.float64) for r in rows]).astype(np.float32)
         blob = struct.pack("<q", arr.shape[1]) + arr.tobytes()
         self._db.execute("INSERT OR REPLACE INTO scores VALUES (?, ?)", (key, blob))
 
@@ -201,9 +212,8 @@ class Reference:
         todo = []
         for i, (prompt, tokens) in enumerate(pairs):
             if not tokens:
-                results[i] = RefScore(
-                    np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool)
-                )
+                empty = np.zeros(0)
+                results[i] = RefScore(empty, empty, empty, np.zeros(0, dtype=bool), empty, empty)
                 continue
             if self.cache is not None:
                 keys[i] = self.cache.key(
@@ -270,7 +280,7 @@ class Reference:
             targets += list(pairs[i][1])
         h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
         del hidden
-        raw_lp, proc_lp, ent, tied = score_rows(
+        rows = score_rows(
             self.head,
             h,
             torch.tensor(targets, device=self.device),
@@ -281,12 +291,7 @@ class Reference:
         start = 0
         for i in batch:
             n = len(pairs[i][1])
-            results[i] = RefScore(
-                raw_lp[start : start + n],
-                proc_lp[start : start + n],
-                ent[start : start + n],
-                tied[start : start + n],
-            )
+            results[i] = RefScore(*(a[start : start + n] for a in rows))
             start += n
         self.stats["scored_seqs"] += len(batch)
         self.stats["scored_tokens"] += start

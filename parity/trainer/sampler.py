@@ -136,6 +136,23 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
     return split
 
 
+def tempered_and_kept(logits, processed, sampling: SamplingSpec):
+    """([N] tempered log-softmax rows, [N] log kept mass) of fp32 logits [N, V].
+
+    tempered: log_softmax(logits / T) over the full vocabulary, what verl, TRL, OpenRLHF and
+    prime-rl compute (a greedy request, T below GREEDY_EPS, is not tempered, as in vLLM).
+    log kept mass: log of the tempered probability mass of the tokens `processed` (this
+    module's process_logits of the same logits) keeps, logsumexp(kept) - logsumexp(all); 0
+    exactly where nothing is cut. For a kept token, processed = tempered - log kept mass.
+    Returns the [N, V] tempered log-softmax and the [N] log kept mass.
+    """
+    greedy = sampling.temperature < GREEDY_EPS
+    x = logits if greedy else logits / sampling.temperature
+    if greedy or _top_k_p(sampling, x.shape[-1]) == (None, None):
+        return x.log_softmax(dim=-1), x.new_zeros(x.shape[0])
+    return x.log_softmax(dim=-1), processed.logsumexp(dim=-1) - x.logsumexp(dim=-1)
+
+
 def _entropy(logprobs):
     import torch  # lazy: torch takes seconds to import
 

@@ -282,9 +282,9 @@ class _Rows:
         import torch  # lazy: torch takes seconds to import
 
         for head, hidden, targets, where in self.heads.values():
-            _, lp, _, _ = score_rows(
+            lp = score_rows(
                 head, torch.cat(hidden), torch.tensor(targets), sampling, rows=chunk
-            )
+            ).processed
             at = 0
             for key, start, n in where:
                 self.results[key][start : start + n] = lp[at : at + n]

@@ -113,6 +113,7 @@ def test_rl_paired_by_prompt():
 def _failing_logprobs():
     out = {}
     for name, kwargs in {
+        "offset_seqmean": dict(cand_shift=0.05),
         "abs_dlogp_seqmean": dict(cand_shift=0.3),
         "kl_k3_seqmean": dict(cand_shift=0.3),
         "abs_dlogp_p99": dict(cand_shift=0.0, outliers=2.0),
@@ -123,6 +124,7 @@ def _failing_logprobs():
     # One engine -inf, one trainer fill value, at the shipped tolerances.
     for name, (seqs, scores) in _vanishing(fake(30, 40, 0.0, seed=5)).items():
         out[name] = logprobs.check(seqs, scores, logprobs.Logprobs.tolerances, ClipRange(), 100)[0]
+        assert out[name].diagnosis == "vanished_tokens", out[name].message
     return out
 
 

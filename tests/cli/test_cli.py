@@ -31,3 +31,23 @@ def test_missing_path_exits_2(tmp_path):
     result = invoke("check", str(tmp_path / "nothing-here"))
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_bad_semantics_and_trainer_exit_2_naming_file_field_and_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("PARITY_TRAINER", raising=False)
+    bad = tmp_path / "sem.toml"
+    bad.write_text(
+        'category = "logprobs"\n[prompts]\nsource = "arithmetic:4"\n[sampling]\n'
+        'temperature = 0.7\n[reference]\nsemantics = "replayed"\n[candidate]\n'
+        'profile = "v1-parity"\n'
+    )
+    result = invoke("check", str(bad), "--dry-run")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "sem.toml" in text and "reference.semantics" in text
+    assert '"tempered", "processed", "raw"' in text
+    bad.write_text(bad.read_text().replace('"replayed"', '"processed"'))
+    result = invoke("check", str(bad), "--dry-run", "--trainer", "veRL")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "--trainer" in text and "verl, trl, openrlhf, prime-rl, nemo-rl" in text

@@ -35,7 +35,10 @@ def write(tmp_path, name, expect="pass", scores=None):
     path = tmp_path / f"{name}.toml"
     path.write_text(
         SCENARIO.format(name=name, expect=expect)
-        + (f'[reference]\nscores = "{scores}"\n' if scores else "")
+        # The scores file's trainer replays top-k/top-p (parity.trainer.external score writes the
+        # processed logprobs): the HF reference is judged by the same semantics.
+        + '[reference]\nsemantics = "processed"\n'
+        + (f'scores = "{scores}"\n' if scores else "")
     )
     return path
 

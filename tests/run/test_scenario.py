@@ -103,8 +103,8 @@ abs_dlogp_mean = 0.1
     also_bad = write(
         tmp_path,
         "also.toml",
-        GOOD.replace("temperature = 0.7", "temperature = 1.0").replace(
-            "top_p = 0.9", "top_p = 1.0"
+        GOOD.replace("temperature = 0.7", "temperature = 0.0").replace(
+            "[candidate]", '[reference]\nsemantics = "tempred"\n[candidate]'
         ),
     )
     with pytest.raises(ScenarioError) as info:
@@ -116,10 +116,58 @@ abs_dlogp_mean = 0.1
     assert ("bad.toml", "sampling.temperature") in fields
     assert ("bad.toml", "sampling.top_p") in fields
     assert ("bad.toml", "candidate.profile") in fields
-    # A logprobs check at T=1 without truncation cannot fail: refused.
-    assert ("also.toml", "sampling") in fields
+    # A greedy logprobs check cannot tell raw from processed: refused; a misspelt semantics
+    # names the field and the choices.
+    assert ("also.toml", "sampling.temperature") in fields
+    assert ("also.toml", "reference.semantics") in fields
     messages = " ".join(m for _, _, m in info.value.problems)
     assert "arithmetic:N" in messages and "v1-parity" in messages
+
+
+def test_t1_without_truncation_is_allowed(tmp_path):
+    """T = 1, top_p = 1, top_k = 0 (the common RL setting) is a valid logprobs scenario: the
+    bounds still fail on a bf16 head; only the raw-vs-processed diagnosis is skipped."""
+    text = GOOD.replace("temperature = 0.7", "temperature = 1.0").replace("top_p = 0.9", "")
+    (sc,) = load_scenarios([write(tmp_path, "t1.toml", text)])
+    assert not sc.sampling.is_processed_distinct
+
+
+def test_semantics_default_file_and_trainer_preset(tmp_path, monkeypatch):
+    """[reference] semantics: default tempered; the file's value; --trainer > $PARITY_TRAINER >
+    file, each recorded in provenance."""
+    monkeypatch.delenv("PARITY_TRAINER", raising=False)
+    (sc,) = load_scenarios([write(tmp_path, "a.toml", GOOD)])
+    assert (sc.semantics, sc.trainer) == ("tempered", None)
+    assert sc.provenance["reference_semantics"] == "default"
+    text = GOOD.replace("[candidate]", '[reference]\nsemantics = "processed"\n[candidate]')
+    path = write(tmp_path, "b.toml", text)
+    (sc,) = load_scenarios([path])
+    assert (sc.semantics, sc.provenance["reference_semantics"]) == ("processed", "scenario")
+    monkeypatch.setenv("PARITY_TRAINER", "processed-replay")
+    (sc,) = load_scenarios([write(tmp_path, "a.toml", GOOD)])
+    assert (sc.semantics, sc.trainer) == ("processed", "processed-replay")
+    assert sc.provenance["reference_semantics"] == "env:PARITY_TRAINER"
+    (sc,) = load_scenarios([path], Overrides(trainer="verl"))
+    assert (sc.semantics, sc.trainer, sc.provenance["reference_semantics"]) == (
+        "tempered",
+        "verl",
+        "cli",
+    )
+
+
+def test_unknown_trainer_and_semantics_are_usage_errors(tmp_path, monkeypatch):
+    """A misspelt --trainer or $PARITY_TRAINER is blamed on the option, with the presets."""
+    monkeypatch.delenv("PARITY_TRAINER", raising=False)
+    path = write(tmp_path, "a.toml", GOOD)
+    with pytest.raises(ScenarioError) as info:
+        load_scenarios([path], Overrides(trainer="verll"))
+    ((where, fld, message),) = info.value.problems
+    assert (where, fld) == ("--trainer", "reference.semantics")
+    assert "verl, trl, openrlhf, prime-rl, nemo-rl, processed-replay" in message
+    monkeypatch.setenv("PARITY_TRAINER", "nope")
+    with pytest.raises(ScenarioError) as info:
+        load_scenarios([path])
+    assert info.value.problems[0][0] == "$PARITY_TRAINER"
 
 
 def test_toml_syntax_error_names_file(tmp_path):

@@ -165,11 +165,15 @@ def test_engine_settings_a_baseline_exactly_when_the_roles_need_one():
 
 def test_judging_fields_over_the_categorys_defaults(monkeypatch):
     monkeypatch.delenv("PARITY_REFERENCE_DEVICE", raising=False)
+    monkeypatch.delenv("PARITY_TRAINER", raising=False)
     logprobs = categories.get("logprobs")
     provenance: dict = {}
     data = {"tolerances": {"kl_k3_mean": 0.5}, "clip": {"eps_low": 0.1, "eps_high": 0.2}}
     out, problems = run_step(steps.judging, data, logprobs, SamplingSpec(), None, provenance)
-    assert problems == [] and provenance == {"reference_device": "default"}
+    assert problems == [] and provenance == {
+        "reference_device": "default",
+        "reference_semantics": "default",
+    }
     assert out["tolerances"] == {**logprobs.tolerances, "kl_k3_mean": 0.5}
     assert (out["clip"].eps_low, out["head_dtype"], out["reference_device"]) == (
         0.1,
@@ -184,7 +188,10 @@ def test_judging_fields_over_the_categorys_defaults(monkeypatch):
         "reference_device",
         "scores",
         "reference_scorer",
+        "semantics",
+        "trainer",
     ]
+    assert (out["semantics"], out["trainer"]) == ("tempered", None)
     data = {"reference": 1, "tolerances": {"nope": 1}, "margins": {"x": 1}, "clip": {"z": 1}}
     _, problems = run_step(steps.judging, data, logprobs, SamplingSpec(), "cpu", {})
     assert [fld for _, fld, _ in problems] == ["reference", "tolerances.nope", "margins.x", "clip"]
@@ -253,11 +260,17 @@ def test_parse_scenario_reports_every_steps_problems_in_file_order(tmp_path, mon
 
 def test_parse_scenario_settles_a_valid_file(tmp_path, monkeypatch, served_category):
     monkeypatch.delenv("PARITY_MODEL", raising=False)
+    monkeypatch.delenv("PARITY_TRAINER", raising=False)
     path = tmp_path / "ok.toml"
     path.write_text('category = "served-test"\n[prompts]\nitems = ["a"]\n')
     sc, problems = parse_scenario(path)
     assert problems == [] and sc.name == "ok" and sc.category == "served-test"
-    assert list(sc.provenance) == ["model", "candidate", "reference_device"]
+    assert list(sc.provenance) == [
+        "model",
+        "candidate",
+        "reference_device",
+        "reference_semantics",
+    ]
     assert sc.provenance["model"] == "default"
     assert sc.path == Path(path) and sc.prompt_items == ["a"] and sc.baseline is None
     refused = tmp_path / "refused.toml"

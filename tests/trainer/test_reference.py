@@ -168,7 +168,7 @@ def test_tie_rule_for_platforms():
 
 
 def test_cache_key_and_entry_carry_the_tie_rule(tmp_path):
-    assert SCORER_VERSION == 6
+    assert SCORER_VERSION == 7
     s = SamplingSpec(temperature=0.7, top_k=5)
     key = ScoreCache.key("fp", "float32", s, [1, 2], [3], "keep_ties")
     assert key != ScoreCache.key("fp", "float32", s, [1, 2], [3], "exact_k")
