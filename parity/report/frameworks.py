@@ -47,7 +47,7 @@ def attach(run: RunResult, gates: list[str] = ()) -> None:
         if not numbers or res.verdict is None:
             continue
         res.detail = {**(res.detail or {}), "frameworks": numbers}
-        names = [*gates, *getattr(res.scenario, "gates", ())]
+        names = [*gates, *res.scenario.gates]
         if names and "candidate" in numbers:
             apply_gates(res.verdict, numbers["candidate"], names)
 
