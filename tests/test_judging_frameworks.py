@@ -3,10 +3,12 @@
 findings pass (the negative control) and passes where the gate holds."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from parity.cli import app
@@ -103,3 +105,27 @@ def test_unknown_gate_is_bad_input(tmp_path):
     assert result.exit_code == 2 and data is None
     text = " ".join(result.output.split())
     assert "nemo" in text and "trl" in text and "nemo-rl, prime-rl, verl" in text
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny-logprobs-tokens.parquet"
+
+
+def test_real_dump_gates_pass_for_processed_and_fail_for_raw_logprobs(tmp_path):
+    """tokens.parquet of a real run (docs/measurements.md#framework-numbers): tiny, V1
+    v1-parity (processed logprobs) and v1-defaults (raw: the negative control), 43 tokens each."""
+    result, data = judge(tmp_path, FIXTURE, "--min-tokens", "40", "--gate", "nemo-rl")
+    assert result.exit_code == 1, result.output
+    groups = {g["name"]: g for g in data["groups"]}
+    cols = pq.read_table(FIXTURE).to_pandas()
+    for name, met in (("logprobs-processed", True), ("logprobs-raw-control", False)):
+        g = groups[f"{name}/candidate"]
+        rows = cols[(cols.scenario == name) & (cols.engine == "candidate")]
+        r = (rows.trainer_logprob - rows.engine_logprob).to_numpy()
+        nemo = g["frameworks"]["nemo-rl"]
+        assert nemo["token_mult_prob_error"] == pytest.approx(np.mean(np.exp(np.abs(r))))
+        assert nemo["gen_kl_error"] == pytest.approx(np.mean(np.exp(r) - 1 - r))
+        outcomes = {f["outcome"] for f in g["verdict"]["findings"] if f["name"].startswith("nemo")}
+        assert outcomes == ({"pass"} if met else {"fail"}), name
+    raw = groups["logprobs-raw-control/candidate"]
+    assert raw["frameworks"]["nemo-rl"]["token_mult_prob_error"] == pytest.approx(1.35, abs=0.005)
+    assert raw["verdict"]["diagnosis"] == "systematic_offset"  # parity's own, kept
