@@ -47,8 +47,9 @@ def attach(run: RunResult, gates: list[str] = ()) -> None:
         if not numbers or res.verdict is None:
             continue
         res.detail = {**(res.detail or {}), "frameworks": numbers}
-        names = [*gates, *res.scenario.gates]
+        names = list(dict.fromkeys([*gates, *res.scenario.gates]))
         if names and "candidate" in numbers:
+            res.detail["framework_gates"] = names  # report.json: the gates judged, from both
             apply_gates(res.verdict, numbers["candidate"], names)
 
 

@@ -64,6 +64,7 @@ def test_gate_asked_for_fails_the_verdict_and_says_which():
     assert v.outcome == "fail" and v.diagnosis == frameworks.DIAGNOSIS
     assert "nemo_rl_token_mult_prob_error 1.221" in v.message
     assert {f.name for f in v.findings} == {"x", *fw.FINDINGS["nemo-rl"]}
+    assert res.detail["framework_gates"] == ["nemo-rl"]
 
 
 def test_scenario_gates_pass_on_close_logprobs():
