@@ -66,7 +66,11 @@ def test_numbers_are_metrics_by_default(tmp_path):
 
 def test_format_puts_that_frameworks_numbers_first(tmp_path):
     path = dump(tmp_path, 0.02)
-    for fmt, title in (("verl", "verl rollout correction"), ("prime-rl", "prime-rl")):
+    for fmt, title in (
+        ("verl", "verl rollout correction"),
+        ("prime-rl", "prime-rl"),
+        ("trl", "TRL (sequence_mask, clip_max 3)"),
+    ):
         result, _ = judge(tmp_path, path, "--format", fmt)
         md = (tmp_path / "out" / "report.md").read_text()
         titles = tuple(f"| {t} |" for t in TITLES.values())

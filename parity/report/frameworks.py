@@ -16,6 +16,7 @@ TITLES = {
     fw.NEMO: "NeMo-RL",
     fw.PRIME: "prime-rl",
     fw.VERL: "verl rollout correction",
+    fw.TRL: f"TRL (sequence_mask, clip_max {fw.TRL_CLIP_MAX:g})",
     fw.IS: f"IS correction (TIS cap {fw.TIS_CAP:g}, ICEPOP [{fw.ICEPOP_BAND[0]:g}, "
     f"{fw.ICEPOP_BAND[1]:g}], sequence mask {fw.SEQ_MASK:g})",
 }

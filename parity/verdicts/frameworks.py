@@ -19,8 +19,8 @@ import numpy as np
 from parity.verdicts import core
 from parity.verdicts.fmt import fmt
 
-NEMO, PRIME, VERL, IS = "nemo-rl", "prime-rl", "verl", "is-correction"
-FRAMEWORKS = (NEMO, PRIME, VERL, IS)
+NEMO, PRIME, VERL, TRL, IS = "nemo-rl", "prime-rl", "verl", "trl", "is-correction"
+FRAMEWORKS = (NEMO, PRIME, VERL, TRL, IS)
 # The frameworks whose gates can be asked for as findings (is-correction has no gate: it only
 # shows what a correction would do).
 GATEABLE = (NEMO, PRIME, VERL)
@@ -28,6 +28,9 @@ GATEABLE = (NEMO, PRIME, VERL)
 # the lower end of the std/ESS clamp) and the safety clamp on log ratios before exp().
 VERL_IS_THRESHOLD = 2.0
 VERL_SAFETY_BOUND = 20.0
+# TRL GRPOTrainer's vLLM importance-sampling correction at its defaults: on, mode
+# "sequence_mask", clip_max 3.0, clip_min None (a sequence ratio exp(sum r) above 3 is zeroed).
+TRL_CLIP_MAX = 3.0
 # The importance-sampling corrections the user may run: token TIS cap, ICEPOP band, and a
 # sequence mask on the sequence ratio exp(sum r) outside [1/c, c].
 TIS_CAP = 2.0
@@ -71,6 +74,7 @@ GATES: dict[str, tuple[Gate, ...]] = {
         Gate("kl", low=-0.1, high=0.1, source="docs/algo/rollout_corr.md"),
         Gate("chi2_token", high=1.0, source="docs/algo/rollout_corr.md"),
     ),
+    TRL: (),
     IS: (),
 }
 # The findings `findings()` can emit, by gate name (each a bound, or verl's warnings counted).
@@ -155,6 +159,24 @@ def verl(tr: list[np.ndarray], en: list[np.ndarray]) -> dict[str, float]:
     }
 
 
+def trl(tr: list[np.ndarray], en: list[np.ndarray]) -> dict[str, float]:
+    """TRL GRPOTrainer's sampling metrics at its defaults (sequence_mask, clip_max 3): the mean
+    and max of abs(r) over tokens (sampling_logp_difference), and the min / mean / max of the
+    sequence ratios exp(sum r) after the mask (above 3: 0), with the share of sequences masked."""
+    r = np.concatenate(tr) - np.concatenate(en)
+    ratio = np.exp(np.array([(t - e).sum() for t, e in zip(tr, en)]))
+    masked = ratio > TRL_CLIP_MAX
+    kept = np.where(masked, 0.0, ratio)
+    return {
+        "sampling_logp_difference_mean": float(np.abs(r).mean()),
+        "sampling_logp_difference_max": float(np.abs(r).max()),
+        "importance_sampling_ratio_min": float(kept.min()),
+        "importance_sampling_ratio_mean": float(kept.mean()),
+        "importance_sampling_ratio_max": float(kept.max()),
+        "sequence_masked": float(masked.mean()),
+    }
+
+
 def is_correction(tr: list[np.ndarray], en: list[np.ndarray]) -> dict[str, float]:
     """What an importance-sampling correction would do to these tokens: the share of tokens (and
     of sequences with at least one such token) truncated at the token TIS cap, masked by the
@@ -201,6 +223,7 @@ def compute(
         NEMO: nemo_rl(r),
         PRIME: prime_rl(r, ent),
         VERL: verl(tr, en),
+        TRL: trl(tr, en),
         IS: is_correction(tr, en),
     }
 

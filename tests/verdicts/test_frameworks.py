@@ -83,6 +83,20 @@ def test_is_correction_shares_by_hand():
     assert c["seq_mask_sequence_masked"] == pytest.approx(1 / 3)
 
 
+def test_trl_by_hand():
+    # sequence log ratios: 0.1 (kept), 0.2 (kept); and ln 4 (masked: 4 > 3)
+    t = fw.compute(TRAINER, ENGINE)["trl"]
+    assert t["sampling_logp_difference_mean"] == pytest.approx(0.1)
+    assert t["sampling_logp_difference_max"] == pytest.approx(0.2)
+    assert t["importance_sampling_ratio_min"] == pytest.approx(math.exp(0.1))
+    assert t["importance_sampling_ratio_mean"] == pytest.approx((math.exp(0.1) + math.exp(0.2)) / 2)
+    assert t["sequence_masked"] == 0.0
+    t = fw.compute([*TRAINER, np.array([math.log(4.0)])], [*ENGINE, np.zeros(1)])["trl"]
+    assert t["sequence_masked"] == pytest.approx(1 / 3)
+    assert t["importance_sampling_ratio_min"] == 0.0
+    assert t["importance_sampling_ratio_max"] == pytest.approx(math.exp(0.2))
+
+
 def test_non_finite_tokens_are_dropped_and_counted():
     tr = [np.array([-1.0, -np.inf, -2.0]), np.array([-np.inf])]
     en = [np.array([-1.0, -3.0, -2.0]), np.array([-1.0])]
@@ -141,5 +155,5 @@ def test_gate_on_nothing_measured_is_inconclusive():
 
 def test_order_and_names():
     assert fw.order("verl")[0] == "verl" and set(fw.order("verl")) == set(fw.FRAMEWORKS)
-    assert fw.order("trl") == fw.order(None) == fw.FRAMEWORKS
+    assert fw.order("trl")[0] == "trl" and fw.order("parity") == fw.order(None) == fw.FRAMEWORKS
     assert fw.check_names(["verl", "nemo", "is-correction"]) == ["nemo", "is-correction"]
