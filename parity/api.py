@@ -26,10 +26,12 @@ from typing import Any
 from parity import categories, judging
 from parity.data import atomic, dumpcolumns, dumps, tables
 from parity.report import build, files, judge_report
+from parity.report import frameworks as framework_numbers
 from parity.run import runner, scenario, selection
 from parity.run.results import RunResult
 from parity.run.scenario import Overrides, Scenario, ScenarioError
 from parity.trainer import semantics as trainer_semantics
+from parity.verdicts import frameworks as fw
 
 Problem = tuple[str, str, str]
 Log = Callable[[str], None]
@@ -112,6 +114,7 @@ def check(
     log: Log = print,
     progress: Callable[[dict], None] | None = None,
     problems: Sequence[Problem] = (),
+    gates: Sequence[str] = (),
     **choose: Any,
 ) -> RunResult:
     """Run scenarios and write report.json, report.md, report.html, junit.xml and tokens.parquet
@@ -124,13 +127,17 @@ def check(
             nothing (every scenario unresolved: not judged).
         log, progress: where the run's lines and the engines' progress messages go.
         problems: the caller's own input problems, reported with the scenarios'.
+        gates: trainer frameworks (nemo-rl, prime-rl, verl) whose documented health gates
+            become findings of every scenario that scores tokens (parity.verdicts.frameworks).
     Returns:
         The RunResult with exit_code, out_dir and report (report.json's data) set.
     Raises:
         ScenarioError: bad input, every problem at once, before any engine starts.
     """
     export = Path(export_sequences) if export_sequences is not None else None
-    chosen = scenarios(targets, problems=[*export_problems(export), *problems], **choose)
+    chosen = scenarios(
+        targets, problems=[*export_problems(export), *gate_problems(gates), *problems], **choose
+    )
     out_dir = runner.new_run_dir(Path(output) if output is not None else None)
     run = runner.run(
         chosen,
@@ -141,11 +148,22 @@ def check(
         export=export,
         progress=progress,
     )
-    return write_reports(run, out_dir)
+    return write_reports(run, out_dir, gates)
 
 
-def write_reports(run: RunResult, out_dir: Path) -> RunResult:
-    """Every report of a finished run into out_dir; sets run.exit_code, out_dir and report."""
+def gate_problems(gates: Sequence[str]) -> list[Problem]:
+    """A problem for each --gate name that is no framework with gates."""
+    return [
+        ("--gate", name, f"use one of {', '.join(fw.GATEABLE)}")
+        for name in fw.check_names(list(gates))
+    ]
+
+
+def write_reports(run: RunResult, out_dir: Path, gates: Sequence[str] = ()) -> RunResult:
+    """Every report of a finished run into out_dir, each judged scenario with its trainer
+    frameworks' numbers (and the gates asked for as findings); sets run.exit_code, out_dir and
+    report."""
+    framework_numbers.attach(run, list(gates))
     run.exit_code = build.exit_code(run)
     t0 = time.perf_counter()
     data = files.write(run, out_dir, run.exit_code)
@@ -175,6 +193,7 @@ def judge(
     min_tokens: int | None = None,
     output: str | Path | None = None,
     trainer: str | None = None,
+    gates: Sequence[str] = (),
 ) -> Judgement:
     """Judge a per-token table a trainer dumped (engine vs trainer logprobs, as the logprobs
     category; no engine starts) and write report.json, report.md and junit.xml.
@@ -185,6 +204,8 @@ def judge(
         maps: "canonical=column" renames; tolerances: "name=value" overrides.
         trainer: the framework that computed the trainer column (a
             parity.trainer.semantics.PRESETS name), recorded in report.json's "trainer".
+        gates: trainer frameworks (nemo-rl, prime-rl, verl) whose documented health gates
+            become findings of every group.
     Raises:
         ScenarioError: every problem of the file and the options at once.
         OSError: the report directory cannot be written.
@@ -193,7 +214,7 @@ def judge(
     limits, clip, min_tokens, found = judging.options(
         list(tolerances), clip_low, clip_high, min_tokens
     )
-    problems += found
+    problems += found + gate_problems(gates)
     if trainer is not None and trainer not in trainer_semantics.PRESETS:
         known = ", ".join(trainer_semantics.PRESETS)
         problems.append(("--trainer", "trainer", f"unknown trainer {trainer!r}; known: {known}"))
@@ -204,10 +225,10 @@ def judge(
         problems += exc.problems
     if problems:
         raise ScenarioError(problems)
-    results = judging.judge(dump, limits, clip, min_tokens)
+    results = judging.judge(dump, limits, clip, min_tokens, list(gates))
     code = judging.exit_code(results)
     out_dir = runner.new_run_dir(Path(output) if output is not None else None, prefix="judge-")
-    data = judging.to_json(dump, results, limits, clip, min_tokens, code, out_dir.name)
+    data = judging.to_json(dump, results, limits, clip, min_tokens, code, out_dir.name, list(gates))
     if trainer is not None:
         data["trainer"] = {"name": trainer, "semantics": trainer_semantics.PRESETS[trainer]}
     try:

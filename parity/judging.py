@@ -16,8 +16,9 @@ from parity.categories.logprobs import Logprobs, TokenJudgement, judge_tokens
 from parity.data import dumps
 from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
 from parity.report.build import clean as _clean
+from parity.report.frameworks import apply_gates
 from parity.run.scenario import DEFAULT_MIN_TOKENS
-from parity.verdicts import core, formulas, metrics
+from parity.verdicts import core, formulas, frameworks, metrics
 from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
@@ -108,9 +109,18 @@ def options(
 
 
 def judge(
-    dump: dumps.Dump, tolerances: dict[str, float], clip: formulas.ClipRange, min_tokens: int
+    dump: dumps.Dump,
+    tolerances: dict[str, float],
+    clip: formulas.ClipRange,
+    min_tokens: int,
+    gates: list[str] = (),
 ) -> list[Judged]:
-    return [Judged(g, *judge_group(g, tolerances, clip, min_tokens)) for g in dump.groups]
+    """Each group judged (judge_group), with its trainer frameworks' numbers and the gates
+    asked for (with_frameworks)."""
+    return [
+        with_frameworks(Judged(g, *judge_group(g, tolerances, clip, min_tokens)), gates)
+        for g in dump.groups
+    ]
 
 
 def judge_group(
@@ -304,6 +314,17 @@ def _worst(versions: dict[str, dict[str, Any]] | None) -> str | None:
     return max(scored, key=scored.get) if scored else None
 
 
+def with_frameworks(judged: Judged, gates: list[str] = ()) -> Judged:
+    """The group's trainer frameworks' numbers (parity.verdicts.frameworks, with their gates)
+    into its detail, and the gates asked for as findings of its verdict."""
+    g = judged.group
+    numbers = frameworks.with_gates(frameworks.compute(g.trainer, g.engine, g.entropy))
+    judged.detail["frameworks"] = numbers
+    if gates:
+        apply_gates(judged.verdict, numbers, list(gates))
+    return judged
+
+
 def exit_code(results: list[Judged]) -> int:
     """0 every group passes, 1 any fails, 125 otherwise (inconclusive: too little data)."""
 
@@ -321,6 +342,7 @@ def to_json(
     min_tokens: int,
     code: int,
     run_id: str,
+    gates: list[str] = (),
 ) -> dict[str, Any]:
 
     return _clean(
@@ -343,6 +365,7 @@ def to_json(
             "tolerances": tolerances,
             "clip": {"eps_low": clip.eps_low, "eps_high": clip.eps_high},
             "min_tokens": min_tokens,
+            "gates": list(gates),
             "groups": [
                 {
                     "name": r.group.name,

@@ -101,6 +101,13 @@ def check(
     junit_path: Optional[Path] = typer.Option(
         None, "--junit", metavar="PATH", help="Also write the JUnit XML to PATH."
     ),
+    gate: list[str] = typer.Option(
+        [],
+        "--gate",
+        metavar="NAME",
+        help="A trainer framework (nemo-rl, prime-rl, verl) whose documented health gates "
+        "must hold: findings of every scenario that scores tokens; repeat for more.",
+    ),
 ):
     """Run scenarios and write report.json, report.md, report.html, junit.xml and tokens.parquet.
 
@@ -127,7 +134,9 @@ def check(
     try:
         if dry_run:
             chosen = api.scenarios(
-                targets or (), problems=mine + api.export_problems(export_sequences), **choose
+                targets or (),
+                problems=mine + api.export_problems(export_sequences) + api.gate_problems(gate),
+                **choose,
             )
             _print_plan(api.plan(chosen, log=log))
         every = float(os.environ.get("PARITY_PROGRESS_EVERY_S", "15"))  # lines in CI logs
@@ -141,6 +150,7 @@ def check(
                 log=display.log,
                 progress=display.progress,
                 problems=mine,
+                gates=gate,
                 **choose,
             )
     except KeyboardInterrupt:

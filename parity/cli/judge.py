@@ -23,7 +23,10 @@ def judge(
         ".pt (a torch.save'd dict of tensors).",
     ),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="Column names of: parity (default), verl, trl, prime-rl, nemo-rl."
+        None,
+        "--format",
+        help="Column names of: parity (default), verl, trl, prime-rl, nemo-rl; that "
+        "framework's own health numbers come first in the reports.",
     ),
     maps: list[str] = typer.Option(
         None,
@@ -51,6 +54,13 @@ def judge(
         help="The framework that computed the trainer column: verl, trl, openrlhf, prime-rl "
         "(tempered), nemo-rl, processed-replay (processed); recorded in report.json.",
     ),
+    gate: list[str] = typer.Option(
+        [],
+        "--gate",
+        metavar="NAME",
+        help="A trainer framework (nemo-rl, prime-rl, verl) whose documented health gates "
+        "must hold: findings of every group; repeat for more.",
+    ),
 ):
     """Judge a per-token table dumped by a trainer (verl, TRL, prime-rl, NeMo-RL, parity's own
     tokens.parquet): engine vs trainer logprobs, as the logprobs category; no engine starts.
@@ -69,6 +79,7 @@ def judge(
             min_tokens=min_tokens,
             output=output,
             trainer=trainer,
+            gates=gate,
         )
     except ScenarioError as exc:
         report_problems(exc.problems, f"with {file}")

@@ -143,6 +143,7 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
         "tolerances": sc.tolerances,
         "clip": {"eps_low": sc.clip.eps_low, "eps_high": sc.clip.eps_high},
         "min_tokens": sc.min_tokens,
+        "gates": sc.gates,
         "provenance": sc.provenance,
         "metrics": res.detail,
         "engines": engines,

@@ -10,6 +10,7 @@ from typing import Any
 
 from parity import categories
 from parity.engines import ENGINES as BUILTIN_ENGINES
+from parity.report import frameworks
 from parity.report.build import headline_of
 from parity.report.html_figures import scenario_plots
 from parity.verdicts.fmt import fmt
@@ -99,9 +100,48 @@ def _key_metrics(m: dict[str, Any]) -> str:
     )
 
 
+def _frameworks(m: dict[str, Any]) -> str:
+    """The trainer frameworks' numbers of each scored engine role, a gate badge per gated
+    metric (parity.report.frameworks); nothing without them."""
+    by_role = {r: n for r, n in (m.get("frameworks") or {}).items() if n and n.get("n_tokens")}
+    if not by_role:
+        return ""
+    table = {
+        role: {(r["framework"], r["metric"]): r for r in frameworks.rows(n)}
+        for role, n in by_role.items()
+    }
+    keys = list(dict.fromkeys(k for t in table.values() for k in t))
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return ""
+        met = frameworks.met_text(r)
+        badge = _badge(met, {"met": "pass", "NOT met": "fail"}.get(met, "")) if met else ""
+        return _num(r["value"]) + " " + badge
+
+    body = [
+        [
+            escape(frameworks.TITLES[k[0]]),
+            escape(k[1]),
+            *[cell(table[role].get(k)) for role in by_role],
+            escape(next(t[k]["gate"] for t in table.values() if k in t)),
+        ]
+        for k in keys
+    ]
+    return (
+        "<h3>Trainer frameworks' health numbers</h3>"
+        '<p class="mute">Metrics on the same tokens, each with the framework\'s documented gate; '
+        "a gate is a finding only when the scenario or --gate asks for it "
+        "(sources: docs/frameworks.md).</p>"
+        + _table(["framework", "metric", *by_role, "gate"], body)
+    )
+
+
 def _fix(category: str, diagnosis: str | None) -> str | None:
     if not diagnosis:
         return None
+    if diagnosis == frameworks.DIAGNOSIS:
+        return frameworks.FIX
     try:
         return categories.get(category).diagnoses.get(diagnosis)
     except Exception:  # an unknown category in an old report: no fix to show
@@ -151,6 +191,7 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
         parts.append(f"<p><b>Preconditions not met</b> (the data cannot decide): {escape(why)}</p>")
     parts.append(_findings(v))
     parts.append(_key_metrics(rec.get("metrics") or {}))
+    parts.append(_frameworks(rec.get("metrics") or {}))
     figs = scenario_plots(rec, tokens, index)
     if figs:
         parts.append('<h3>Plots</h3><div class="plots">' + "".join(figs) + "</div>")

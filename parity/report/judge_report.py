@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from parity.data.atomic import atomic_write
-from parity.report import junit
+from parity.report import frameworks, junit
 from parity.verdicts.fmt import fmt
 
 
@@ -67,7 +67,8 @@ def to_markdown(data: dict[str, Any]) -> str:
                 f"{fmt(f['limit'], 4)} | {ci} | {fmt(t.get('p_value'), 3)} | "
                 f"{f['outcome']} |"
             )
-        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [""] + frameworks.markdown({"engine": g.get("frameworks")}, inp["format"])
+        lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {fmt(val, 4)} |" for k, val in {**g["metrics"], **g["shape"]}.items()]
         lines += _versions(g)
     return "\n".join(lines) + "\n"
@@ -148,6 +149,8 @@ def print_table(data: dict[str, Any], console) -> None:
     for note in data["input"]["notes"]:
         console.print(f"note: {note}", highlight=False)
     for g in data["groups"]:
+        for line in _framework_lines(g, data["input"]["format"]):
+            console.print(line, highlight=False)
         if len(g.get("per_weight_version") or {}) > 1:  # one version: nothing to compare
             console.print(
                 f"{g['name']}: per weight version mean |dlogp| "
@@ -160,3 +163,21 @@ def print_table(data: dict[str, Any], console) -> None:
             )
         if g["verdict"]["outcome"] != "pass":
             console.print(f"[bold]{g['name']}[/]: {g['verdict']['message']}", highlight=False)
+
+
+def _framework_lines(g: dict[str, Any], first: str | None) -> list[str]:
+    """One terminal line per trainer framework of one group, `first` (the --format) first:
+    each number, gated ones with their gate met or not."""
+    numbers = g.get("frameworks") or {}
+    if not numbers.get("n_tokens"):
+        return []
+    by_framework: dict[str, list[str]] = {}
+    for r in frameworks.rows(numbers, first):
+        gate = f" ({r['gate']}: {frameworks.met_text(r)})" if r["gate"] else ""
+        by_framework.setdefault(r["framework"], []).append(
+            f"{r['metric']} {fmt(r['value'], 4)}{gate}"
+        )
+    return [
+        f"{g['name']}: {frameworks.TITLES[name]}: " + ", ".join(items)
+        for name, items in by_framework.items()
+    ]

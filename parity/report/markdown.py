@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from parity.engines import ENGINES as BUILTIN_ENGINES
+from parity.report import frameworks
 from parity.report.build import headline_of
 from parity.verdicts.fmt import fmt
 
@@ -94,6 +95,7 @@ def _scenario_section(rec: dict[str, Any]) -> list[str]:
     m = rec.get("metrics") or {}
     lines += _vs_reference_table(m) + _per_role_table(m) + _direct(m.get("direct"))
     lines += _reward(m.get("reward"))
+    lines += frameworks.markdown(m.get("frameworks"))
     lines += [_role_line(role, e) for role, e in rec["engines"].items()]
     lines.append("")
     return lines

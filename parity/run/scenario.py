@@ -14,6 +14,7 @@ from typing import Any
 
 from parity.engines.base import EngineSetting, SamplingSpec
 from parity.engines.settings import Profile, load_profiles, make_setting  # noqa: F401
+from parity.run import scenario_fields as fields
 from parity.run import scenario_steps as steps
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS, Overrides, Problem
 from parity.setup import inputs
@@ -68,6 +69,7 @@ class Scenario:
     # trainer: the --trainer preset that set it (None: the file or the default).
     semantics: str = "tempered"
     trainer: str | None = None
+    gates: list[str] = field(default_factory=list)  # frameworks whose gates are findings
 
     def settings(self) -> dict[str, EngineSetting]:
         out = {"candidate": self.candidate}
@@ -117,6 +119,7 @@ def parse_scenario(
     reward = steps.reward(data, prompts["prompt_source"], p, problems)
     min_tokens = steps.min_tokens(data, p, problems)
     name, description = steps.names(data, Path(path).stem, p, problems)
+    gates = fields.gates(data, p, problems)
     if problems:
         return None, problems
     scenario = Scenario(
@@ -136,6 +139,7 @@ def parse_scenario(
         provenance=provenance,
         options=options,
         engine_sampling=engine_sampling,
+        gates=gates,
         **prompts,
         **judging,
     )

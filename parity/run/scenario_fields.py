@@ -10,6 +10,7 @@ from typing import Any
 from parity.engines.base import SamplingSpec
 from parity.setup import inputs
 from parity.setup.models import MODEL_NAMES, is_built_name
+from parity.verdicts import frameworks
 
 Problem = tuple[str, str, str]
 
@@ -41,6 +42,7 @@ TOP_LEVEL = {
     "clip",
     "min_tokens",
     "margins",
+    "gates",
 }
 EXPECTS = ("pass", "fail", "report")
 # Diagnoses the runner gives in every category: an engine that does not run the trainer's model,
@@ -171,3 +173,16 @@ def model_problems(model: Any, source: str, path: str) -> list[Problem]:
         return []
     where = {"cli": "--model"}.get(source, "$" + source[4:] if source.startswith("env:") else path)
     return [(where, "model", message)]
+
+
+def gates(data: dict, path: str, problems: list[Problem]) -> list[str]:
+    """`gates = ["nemo-rl", ...]`: the trainer frameworks whose documented health gates are
+    findings of this scenario (parity.verdicts.frameworks; docs/frameworks.md)."""
+    value = data.get("gates", [])
+    known = ", ".join(frameworks.GATEABLE)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append((path, "gates", f'expected a list of names, e.g. ["nemo-rl"]; use {known}'))
+        return []
+    bad = frameworks.check_names(value)
+    problems += [(path, "gates", f"{n!r} is not a framework with gates; use {known}") for n in bad]
+    return [] if bad else list(value)

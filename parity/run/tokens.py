@@ -178,3 +178,22 @@ def write_export(results, path: Path) -> dict[str, Any]:
         "sequences": len(cols["sequence_key"]),
         "scenarios": sorted(set(cols["scenario"])),
     }
+
+
+def scored(res, er) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per sequence of one engine role that the reference scored while its scenario was judged:
+    the trainer's logprobs, the engine's and the trainer's entropy (the columns tokens.parquet
+    writes as trainer_logprob, engine_logprob and entropy)."""
+    trainer, engine, entropy = [], [], []
+    for seq in er.sequences:
+        n = len(seq.token_ids)
+        _, score = _match(res, er, seq) if n else (None, None)
+        if score is None:
+            continue
+        lp = np.full(n, np.nan)
+        got = np.asarray(seq.logprobs[:n], dtype=np.float64)
+        lp[: got.size] = got
+        trainer.append(_values(score, "processed_logprob", n))
+        engine.append(lp)
+        entropy.append(_values(score, "entropy", n))
+    return trainer, engine, entropy
