@@ -13,6 +13,7 @@ from parity import engines
 from parity.engines import identity, identity_drift
 from parity.engines.base import EngineError
 from parity.engines.engine_checks import read_model_facts
+from parity.trainer import loading
 from parity.verdicts import core
 from parity.verdicts.core import Verdict
 
@@ -55,6 +56,28 @@ def drift_for(drifts: dict, setting, model_path: str) -> list[dict[str, Any]] | 
     """The config drift (config_drift's rows) that keeps this setting's engine from starting:
     its environment's, for the engine kinds config_drift reads for; None when there is none."""
     return drifts.get((setting.env, model_path)) if setting.engine in engines.ENGINES else None
+
+
+def weight_problems(results, log: Log) -> list[tuple[str, str, str]]:
+    """A checkpoint whose tensors the trainer would make up (parity.trainer.loading), refused
+    before any engine starts: one problem per scenario on it, naming the tensors."""
+    invented: dict[str, list[str]] = {}
+    out = []
+    for res in results:
+        path = res.model_path
+        if path not in invented and not (Path(path) / "config.json").is_file():
+            invented[path] = []  # not a checkpoint directory: the engines and reference say so
+        if path not in invented:
+            try:
+                invented[path] = loading.check_checkpoint(path)
+            except Exception as exc:  # unreadable here: the reference's own load says why
+                log(f"[validate] could not check the tensors of {Path(path).name}: {exc}")
+                invented[path] = []
+        if invented[path]:
+            out.append(
+                (str(res.scenario.path), "model", loading.refusal(path, invented[path], "model"))
+            )
+    return out
 
 
 @functools.cache
