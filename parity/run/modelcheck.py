@@ -112,6 +112,18 @@ def drift_verdict(res) -> Verdict:
     )
 
 
+# The fix of an identity key whose difference is not a different checkpoint.
+_FIXES = {
+    "model.stop_token_ids": "the engine ends generation at its tokenizer's eos and at every "
+    "eos id of generation_config.json, the trainer at config.json's and the tokenizer's: give "
+    "generation_config.json the eos_token_id of config.json (or the reverse)",
+    "model.sampling_defaults": "requests that omit temperature/top_p/top_k/min_p get other "
+    "defaults on the engine than the model's generation_config.json sets (engine arguments "
+    "generation_config, override_generation_config): send every sampling parameter with each "
+    "request, or start the engine with the model's defaults",
+}
+
+
 def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
     """Model identity, engine vs trainer and engine vs engine, by the one rule (identity.py)."""
 
@@ -178,9 +190,10 @@ def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
             core.Finding(name, "equality", outcome, len(differs), 0, {"rows": rows}, note)
         )
         if differs:
+            fixes = "".join(f"{_FIXES[r['key']]}; " for r in differs if r["key"] in _FIXES)
             verdict.diagnosis = "model_mismatch"
             verdict.message = (
-                f"{names[0]} and {names[1]} do not run the same model ({note}): "
+                f"{names[0]} and {names[1]} do not run the same model ({note}): {fixes}"
                 "check the checkpoint each side loads, its hf_overrides, and "
                 "config drift between transformers versions (rope_theta vs "
                 "rope_parameters); " + verdict.message
