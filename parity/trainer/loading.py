@@ -83,8 +83,8 @@ def load_update(base, new_path: str | Path, **kwargs):
     """The new checkpoint of a weight update as the engine holds it once the update is loaded:
     vLLM's reload keeps its current value of a tensor the checkpoint lacks (measured on V1 0.32
     and V0 0.8.5, docs/measurements.md#update-missing-tensors), so each missing tensor takes
-    its value in `base` (the model before the update) instead of a random one. A tensor of another shape is
-    refused (InventedWeightsError).
+    its value in `base` (the model before the update) instead of a random one. A tensor of
+    another shape is refused (InventedWeightsError).
 
     Returns:
         (model, kept): kept = the names that hold `base`'s values, sorted.
