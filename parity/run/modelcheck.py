@@ -19,6 +19,11 @@ from parity.verdicts.core import Verdict
 
 Log = Callable[[str], None]
 
+# The findings the runner adds to every category's verdict, by name family and kind (as a
+# category's `findings`): identity (each engine vs the trainer, baseline vs candidate) and config
+# drift (an engine environment's reading of the checkpoint, before its engine starts).
+FINDINGS = {"identity.*": "equality", "drift.*": "equality"}
+
 
 def config_drift(
     results, pythons: dict[str, str], log_dir: Path, log: Log

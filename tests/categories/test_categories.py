@@ -328,6 +328,31 @@ def test_every_finding_of_every_category_can_fail(monkeypatch):
         _check_category(name, category, failing[name])
 
 
+def test_every_finding_the_runner_adds_is_declared_and_can_fail(monkeypatch):
+    from parity.engines import identity
+    from parity.run import modelcheck
+
+    monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: {"model.vocab_size": 768})
+    monkeypatch.setattr(identity, "engine_facts", lambda key: dict(key))
+    failing = {}
+    for odd in ("candidate", "baseline"):  # the engine loading another vocabulary
+        runs = {
+            role: SimpleNamespace(
+                effective_config={"key": {"model.vocab_size": 512 if role == odd else 768}}
+            )
+            for role in ("candidate", "baseline")
+        }
+        verdict = core.Verdict("pass", None, "ok", [])
+        modelcheck.add_identity(SimpleNamespace(model_path="m", runs=runs), verdict, {})
+        failing[f"identity.{odd}_vs_trainer"] = verdict
+    failing["identity.baseline_vs_candidate"] = verdict
+    row = {"key": "model.rope_theta", "trainer": 1e5, "v0": 1e4, "message": "drift: fix"}
+    scenario = SimpleNamespace(settings=lambda: {"candidate": SimpleNamespace(env="v0")})
+    drifted = SimpleNamespace(scenario=scenario, drift={"candidate": [row]})
+    failing["drift.candidate.model.rope_theta"] = modelcheck.drift_verdict(drifted)
+    _check_category("runner", SimpleNamespace(findings=modelcheck.FINDINGS), failing)
+
+
 def test_the_meta_test_fails_a_category_that_emits_an_undeclared_finding():
     # The negative control of the meta-test: the logprobs category's failing inputs, judged
     # as a category that forgot to declare one of the findings it emits, or declares it with
