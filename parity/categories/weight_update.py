@@ -73,7 +73,7 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
     sc, er = res.scenario, res.runs["candidate"]
     scorer = SplitScorer(res.model_path, er.extra["target"], sc.head_dtype, _engine_dtype(er))
     try:
-        return _judge(res, scorer)
+        return _kept_old(*_judge(res, scorer), getattr(scorer, "kept_old", None))
     finally:
         if hasattr(refs, "add_seconds"):
             refs.add_seconds(
@@ -81,6 +81,20 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
                 getattr(scorer, "seconds", 0.0),
                 getattr(scorer, "tokens", 0),
             )
+
+
+def _kept_old(verdict: core.Verdict, detail: dict, kept: list[str] | None):
+    """The verdict saying which tensors the new checkpoint lacks: the trainer scored them with
+    the old weights, as vLLM's reload keeps them (parity.trainer.loading.load_update)."""
+    if kept:
+        detail["kept_old_tensors"] = kept
+        shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+        verdict.message += (
+            f" [the update checkpoint lacks {len(kept)} tensor(s) ({shown}): the engine keeps "
+            "their old values on reload, and the trainer's new weights hold the old values "
+            "there too; push every tensor if they were meant to change]"
+        )
+    return verdict, detail
 
 
 def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:

@@ -21,6 +21,14 @@ MODEL_KEYS = (
     "model.eos_token_id",  # config.json
     "model.generation_eos_token_id",  # generation_config.json
     "model.tokenizer_eos_token_id",  # the tokenizer
+    # Where generation ends: an engine ends at its tokenizer's eos and at every eos id of the
+    # model's generation config (vLLM's SamplingParams.update_from_generation_config, V0 and
+    # V1 alike); the trainer at config.json's eos and its tokenizer's (stop_ids_of).
+    "model.stop_token_ids",
+    # The sampling a request that omits temperature/top_p/top_k/min_p/penalties gets: the
+    # model's generation config, as the engine applies it (get_diff_sampling_param) and as
+    # transformers reads it for the trainer (sampling_defaults_of). {} = none.
+    "model.sampling_defaults",
     "model.bos_token_id",
     "model.norm_eps",  # rms_norm_eps or layer_norm_eps, whichever the config has
     "model.num_hidden_layers",
@@ -31,8 +39,20 @@ ID_KEYS = frozenset(
         "model.eos_token_id",
         "model.generation_eos_token_id",
         "model.tokenizer_eos_token_id",
+        "model.stop_token_ids",
         "model.bos_token_id",
     }
+)
+# The generation-config fields that are request defaults (vLLM's get_diff_sampling_param,
+# whose max_new_tokens it renames max_tokens: a length limit, not a distribution).
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
 )
 # Config attributes read under their own name on every transformers version.
 _PLAIN_FIELDS = (
@@ -162,6 +182,27 @@ def normalize(key: str, value: Any) -> Any:
     return value
 
 
+def stop_ids_of(*eos: Any) -> Any:
+    """The token ids where generation ends, from each source's eos id(s) (an int, a list, or
+    None where that source has none): their union, normalised; None when no source has one."""
+    ids: set[int] = set()
+    for value in eos:
+        found = _id_set(value)
+        if found:
+            ids |= found
+    return normalize_ids(sorted(ids)) if ids else None
+
+
+def sampling_defaults_of(generation_config: Any) -> dict[str, Any] | None:
+    """The request defaults (SAMPLING_FIELDS) a generation config sets, by name ({} when it
+    sets none); None when it was not read (a string: an engine's "<unavailable: ...>")."""
+    if not isinstance(generation_config, dict):
+        return None
+    return {
+        k: generation_config[k] for k in SAMPLING_FIELDS if generation_config.get(k) is not None
+    }
+
+
 def rope_theta_of(cfg: Any) -> Any:
     """The RoPE base a config gives the model, read as its own transformers version does:
     transformers >= 5 configs (they have standardize_rope_params) keep it in rope_parameters,
@@ -252,6 +293,10 @@ def read_facts(model_path: str | os.PathLike) -> dict[str, Any]:
         errors["tokenizer"] = _error(exc)
     major = int(transformers.__version__.split(".")[0])
     facts = config_facts(cfg, gen_eos, tok_eos, major)
+    facts["model.stop_token_ids"] = (
+        stop_ids_of(facts["model.eos_token_id"], tok_eos) if tok_eos is not None else None
+    )
+    facts["model.sampling_defaults"] = _sampling_defaults(path, cfg, GenerationConfig, errors)
     facts.update(
         transformers_version=transformers.__version__, errors=errors, config_json=_config_json(path)
     )
@@ -275,7 +320,38 @@ def engine_facts(effective_config_key: dict[str, Any]) -> dict[str, Any]:
         key = key["key"]
     if "model.dtype" not in key and "dtype" in key:
         key = {**key, "model.dtype": key["dtype"]}
+    key = {**_engine_generation_facts(key), **key}
     return {k: normalize(k, key[k]) if k in key else None for k in MODEL_KEYS}
+
+
+def _engine_generation_facts(key: dict[str, Any]) -> dict[str, Any]:
+    """The stop ids and request defaults an engine applies, from the facts it reports: its
+    tokenizer's eos with its generation config's eos ids (unknown without the tokenizer's),
+    and its generation_config_defaults restricted to SAMPLING_FIELDS."""
+    out: dict[str, Any] = {}
+    tok_eos = key.get("model.tokenizer_eos_token_id")
+    if tok_eos is not None:
+        out["model.stop_token_ids"] = stop_ids_of(tok_eos, key.get("model.generation_eos_token_id"))
+    if "generation_config_defaults" in key:
+        out["model.sampling_defaults"] = sampling_defaults_of(key["generation_config_defaults"])
+    return out
+
+
+def _sampling_defaults(path: str, cfg: Any, generation_config: Any, errors: dict) -> Any:
+    """The request defaults of the model's generation config as the engine derives them
+    (vLLM's try_get_generation_config): generation_config.json's non-default values, or those
+    of a generation config made from config.json when there is no such file."""
+    try:
+        if os.path.exists(os.path.join(path, "generation_config.json")):
+            gen = generation_config.from_pretrained(path)
+        elif cfg is not None:
+            gen = generation_config.from_model_config(cfg)
+        else:
+            return None
+        return sampling_defaults_of(gen.to_diff_dict())
+    except Exception as exc:  # recorded: the fact reads as unknown
+        errors.setdefault("generation_config", _error(exc))
+        return None
 
 
 def _error(exc: BaseException) -> str:

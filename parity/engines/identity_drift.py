@@ -9,6 +9,11 @@ from typing import Any
 
 from parity.engines.identity import compare
 
+# Facts derived from others (the stop ids from the eos ids, which drift judges one by one) or
+# that only the live engine applies (its generation-config request defaults): judged engine
+# against trainer after the run (parity.run.modelcheck.add_identity), not here.
+NOT_DRIFT = frozenset({"model.stop_token_ids", "model.sampling_defaults"})
+
 
 def drift(
     trainer: dict[str, Any], engine_env: dict[str, Any], env_name: str, transformers_version: str
@@ -26,14 +31,14 @@ def drift(
         [{"key", "trainer": value, env_name: value, "status": "differs" | "unreadable",
           "cause", "fix", "message"}]: "unreadable" when the env reads nothing where the trainer
         reads a value; message is the one line "cause: fix". Keys the trainer cannot read are
-        not judged.
+        not judged, nor NOT_DRIFT.
     """
     evidence = trainer.get("config_json") or engine_env.get("config_json") or {}
     errors = engine_env.get("errors") or {}
     rows = []
     for row in compare(trainer, engine_env, ("trainer", env_name)):
         t, e = row["trainer"], row[env_name]
-        if t is None or row["status"] == "same":
+        if t is None or row["status"] == "same" or row["key"] in NOT_DRIFT:
             continue
         cause, fix = _explain(row["key"], t, e, transformers_version, env_name, evidence, errors)
         rows.append(

@@ -20,6 +20,8 @@ NOT_EXPOSED = (
     "model.eos_token_id",
     "model.generation_eos_token_id",
     "model.tokenizer_eos_token_id",
+    "model.stop_token_ids",
+    "model.sampling_defaults",
     "model.bos_token_id",
     "model.norm_eps",
     "model.num_hidden_layers",

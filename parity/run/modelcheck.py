@@ -13,10 +13,16 @@ from parity import engines
 from parity.engines import identity, identity_drift
 from parity.engines.base import EngineError
 from parity.engines.engine_checks import read_model_facts
+from parity.trainer import loading
 from parity.verdicts import core
 from parity.verdicts.core import Verdict
 
 Log = Callable[[str], None]
+
+# The findings the runner adds to every category's verdict, by name family and kind (as a
+# category's `findings`): identity (each engine vs the trainer, baseline vs candidate) and config
+# drift (an engine environment's reading of the checkpoint, before its engine starts).
+FINDINGS = {"identity.*": "equality", "drift.*": "equality"}
 
 
 def config_drift(
@@ -57,6 +63,28 @@ def drift_for(drifts: dict, setting, model_path: str) -> list[dict[str, Any]] | 
     return drifts.get((setting.env, model_path)) if setting.engine in engines.ENGINES else None
 
 
+def weight_problems(results, log: Log) -> list[tuple[str, str, str]]:
+    """A checkpoint whose tensors the trainer would make up (parity.trainer.loading), refused
+    before any engine starts: one problem per scenario on it, naming the tensors."""
+    invented: dict[str, list[str]] = {}
+    out = []
+    for res in results:
+        path = res.model_path
+        if path not in invented and not (Path(path) / "config.json").is_file():
+            invented[path] = []  # not a checkpoint directory: the engines and reference say so
+        if path not in invented:
+            try:
+                invented[path] = loading.check_checkpoint(path)
+            except Exception as exc:  # unreadable here: the reference's own load says why
+                log(f"[validate] could not check the tensors of {Path(path).name}: {exc}")
+                invented[path] = []
+        if invented[path]:
+            out.append(
+                (str(res.scenario.path), "model", loading.refusal(path, invented[path], "model"))
+            )
+    return out
+
+
 @functools.cache
 def trainer_facts(model_path: str) -> dict[str, Any]:
     """The model-identity facts the trainer side reads, once per checkpoint and process."""
@@ -87,6 +115,18 @@ def drift_verdict(res) -> Verdict:
         f"differently from the trainer (engine not started): {text}",
         findings,
     )
+
+
+# The fix of an identity key whose difference is not a different checkpoint.
+_FIXES = {
+    "model.stop_token_ids": "the engine ends generation at its tokenizer's eos and at every "
+    "eos id of generation_config.json, the trainer at config.json's and the tokenizer's: give "
+    "generation_config.json the eos_token_id of config.json (or the reverse)",
+    "model.sampling_defaults": "requests that omit temperature/top_p/top_k/min_p get other "
+    "defaults on the engine than the model's generation_config.json sets (engine arguments "
+    "generation_config, override_generation_config): send every sampling parameter with each "
+    "request, or start the engine with the model's defaults",
+}
 
 
 def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
@@ -155,9 +195,10 @@ def add_identity(res, verdict: Verdict, detail: dict[str, Any]) -> None:
             core.Finding(name, "equality", outcome, len(differs), 0, {"rows": rows}, note)
         )
         if differs:
+            fixes = "".join(f"{_FIXES[r['key']]}; " for r in differs if r["key"] in _FIXES)
             verdict.diagnosis = "model_mismatch"
             verdict.message = (
-                f"{names[0]} and {names[1]} do not run the same model ({note}): "
+                f"{names[0]} and {names[1]} do not run the same model ({note}): {fixes}"
                 "check the checkpoint each side loads, its hf_overrides, and "
                 "config drift between transformers versions (rope_theta vs "
                 "rope_parameters); " + verdict.message

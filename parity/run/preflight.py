@@ -133,7 +133,8 @@ def preflight(
         if reason:
             refused[(check.setting.key(), res.model_path)] = reason
             log(f"{res.scenario.name} [{role}]: cannot run here: {reason}")
-    problems = found + engine_problems(
+    problems = found + modelcheck.weight_problems(results, log)
+    problems += engine_problems(
         [c for *_, c in jobs if (c.setting.key(), c.model_path) not in refused], pythons, log_dir
     )
     lengths: dict[int, list[int]] = {}

@@ -17,6 +17,7 @@ from parity.engines.base import SamplingSpec
 from parity.setup.paths import cache_dir
 from parity.trainer.chunked import TILE_ROWS, chunk_budget, chunk_rows, resolve_device, score_rows
 from parity.trainer.heads import HEAD_DTYPES, Head, model_head
+from parity.trainer.loading import load_causal_lm
 from parity.trainer.sampler import TIE_RULES
 
 # Bump when the scoring semantics change, so cached scores from older code are not reused.
@@ -168,11 +169,10 @@ class Reference:
     def _load(self):
         if self._model is None:
             import torch  # lazy: torch takes seconds to import
-            from transformers import AutoModelForCausalLM  # lazy: transformers imports torch
 
             t0 = time.perf_counter()
             on_cuda = self.device.startswith("cuda")
-            model = AutoModelForCausalLM.from_pretrained(
+            model = load_causal_lm(  # refuses a checkpoint whose tensors it would make up
                 self.model_path, dtype="auto", **({"device_map": self.device} if on_cuda else {})
             )
             model.eval()

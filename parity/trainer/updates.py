@@ -16,6 +16,7 @@ from parity.setup import models
 from parity.setup.checkpoints import with_old_layers
 from parity.setup.models import perturb
 from parity.trainer.heads import model_head
+from parity.trainer.loading import load_causal_lm, load_update
 from parity.trainer.sampler import process_logits
 from parity.trainer.split_batches import score_items
 
@@ -143,6 +144,9 @@ class SplitScorer:
         self.head_dtype = head_dtype
         self.dtype = dtype
         self._models = None
+        # Tensors the new checkpoint lacks, scored with the old weights as the engine keeps
+        # them (parity.trainer.loading.load_update); set once the models are loaded.
+        self.kept_old: list[str] = []
         self.seconds = 0.0  # model loads and forwards: the trainer side's scoring time
         self.tokens = 0  # completion tokens scored
 
@@ -155,7 +159,10 @@ class SplitScorer:
 
     def _load(self):
         if self._models is None:
-            self._models = [_loaded(path, self.dtype, self.head_dtype) for path in self.paths]
+            old = _loaded(self.paths[0], self.dtype, self.head_dtype)
+            new = _loaded(self.paths[1], self.dtype, self.head_dtype, base=self.paths[0])
+            self._models = [old, new]
+            self.kept_old = _KEPT.get((self.paths[1], self.dtype, self.head_dtype, self.paths[0]))
         return self._models
 
     def pairs(self):
@@ -270,23 +277,30 @@ class SplitScorer:
         return out
 
 
-# (checkpoint, dtype, head dtype) -> (model, head): the trainer holds each checkpoint once per
+# (checkpoint, dtype, head dtype, base) -> (model, head): the trainer holds each checkpoint once per
 # process, whatever the number of update scenarios using it (the last few are kept).
-_MODELS: dict[tuple[str, str | None, str], tuple] = {}
+_MODELS: dict[tuple[str, str | None, str, str | None], tuple] = {}
+_KEPT: dict[tuple[str, str | None, str, str | None], list[str]] = {}
 _KEEP_MODELS = 4
 
 
-def _loaded(path: str, dtype: str | None, head_dtype: str):
+def _loaded(path: str, dtype: str | None, head_dtype: str, base: str | None = None):
+    """(model, head) of a checkpoint; with `base`, an update checkpoint whose missing tensors
+    keep base's values (loading.load_update, the names in _KEPT); without, refused when
+    transformers would make tensors up (loading.load_causal_lm)."""
     import torch  # lazy: torch takes seconds to import
-    from transformers import AutoModelForCausalLM  # lazy: transformers imports torch
 
-    key = (path, dtype, head_dtype)
+    key = (path, dtype, head_dtype, base)
     if key not in _MODELS:
         while len(_MODELS) >= _KEEP_MODELS:
             _MODELS.pop(next(iter(_MODELS)))
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype) if dtype else "auto"
-        ).eval()
+        torch_dtype = getattr(torch, dtype) if dtype else "auto"
+        if base is None:
+            model = load_causal_lm(path, dtype=torch_dtype).eval()
+        else:
+            old = _loaded(base, dtype, head_dtype)[0]
+            model, _KEPT[key] = load_update(old, path, dtype=torch_dtype)
+            model.eval()
         # The model's own logit transform (bias, scale, softcap), as the trainer has it.
         _MODELS[key] = (model, model_head(model, head_dtype))
     return _MODELS[key]

@@ -9,11 +9,12 @@ import pytest
 from parity import categories
 from parity.categories import _runtime_probes, lm_head, logprobs, rl, runtime, weight_update
 from parity.engines.base import SamplingSpec, Sequence
+from parity.run.scenario_fields import DEFAULT_MIN_TOKENS
 from parity.trainer.reference import RefScore
 from parity.verdicts import core
 from parity.verdicts.formulas import ClipRange
 
-TOL = {"abs_dlogp_mean": 0.06, "kl_k3_mean": 0.01, "abs_dlogp_p99": 0.6, "excluded_rate": 0.01}
+TOL = dict(logprobs.CATEGORY.tolerances)  # the shipped ones
 
 
 def fake(
@@ -107,7 +108,19 @@ def test_rl_paired_by_prompt():
 
 
 # ----------------------------------------------------------------------------- the meta-test
-# For every category, every declared finding: an input that makes exactly that finding fail.
+# For every category, every declared finding: an input that makes that finding fail, judged
+# with the category's shipped tolerances and margins, the default clip range and the default
+# minimum token count (what a scenario that overrides nothing gets); and every finding a
+# category emits is declared in its `findings` dict, with the kind it declares.
+SHIPPED = categories.registry()
+
+
+def _shipped_tolerances(name: str) -> dict[str, float]:
+    return dict(SHIPPED[name].tolerances)
+
+
+def _shipped_margins(name: str) -> dict[str, float]:
+    return dict(SHIPPED[name].margins)
 
 
 def _failing_logprobs():
@@ -120,10 +133,14 @@ def _failing_logprobs():
         "excluded_rate": dict(cand_shift=0.0, excluded=1),
     }.items():
         seqs, scores = fake(30, 40, seed=5, **kwargs)
-        out[name] = logprobs.check(seqs, scores, TOL, ClipRange(), 100)[0]
+        out[name] = logprobs.check(
+            seqs, scores, _shipped_tolerances("logprobs"), ClipRange(), DEFAULT_MIN_TOKENS
+        )[0]
     # One engine -inf, one trainer fill value, at the shipped tolerances.
     for name, (seqs, scores) in _vanishing(fake(30, 40, 0.0, seed=5)).items():
-        out[name] = logprobs.check(seqs, scores, logprobs.Logprobs.tolerances, ClipRange(), 100)[0]
+        out[name] = logprobs.check(
+            seqs, scores, _shipped_tolerances("logprobs"), ClipRange(), DEFAULT_MIN_TOKENS
+        )[0]
         assert out[name].diagnosis == "vanished_tokens", out[name].message
     return out
 
@@ -155,35 +172,22 @@ def _copy(made):
 
 def _failing_rl():
     base = fake(40, 20, 0.0, seed=1)
-    out = {}
-    worse = fake(40, 20, 0.3, seed=1)
-    for name in ("kl_k3", "abs_dlogp", "clip_rate"):
-        out[name] = rl.check(
-            {"baseline": (*base, None), "candidate": (*worse, None)},
-            {name: rl.RL.margins[name]},
-            ClipRange(),
-            100,
-        )[0]
-    hot = fake(40, 20, 0.0, seed=1, entropy=2.0)
-    out["entropy"] = rl.check(
-        {"baseline": (*base, None), "candidate": (*hot, None)}, {"entropy": 0.2}, ClipRange(), 100
-    )[0]
-    out["reward"] = rl.check(
-        {"baseline": (*base, [0.0] * 40), "candidate": (*fake(40, 20, 0.0, seed=1), [1.0] * 40)},
-        {"reward": 0.2},
-        ClipRange(),
-        100,
-    )[0]
-    bad = fake(40, 20, 0.0, seed=1, excluded=2)
-    out["excluded_rate"] = rl.check(
-        {"baseline": (*base, None), "candidate": (*bad, None)},
-        {"excluded_rate": 0.01},
-        ClipRange(),
-        100,
-    )[0]
+
+    def check(cand, base_rewards=None, cand_rewards=None):
+        runs = {"baseline": (*base, base_rewards), "candidate": (*cand, cand_rewards)}
+        return rl.check(runs, _shipped_margins("rl"), ClipRange(), DEFAULT_MIN_TOKENS)[0]
+
+    worse = check(fake(40, 20, 0.3, seed=1))
+    out = {
+        "kl_k3": worse,
+        "abs_dlogp": worse,
+        "clip_rate": worse,
+        "entropy": check(fake(40, 20, 0.0, seed=1, entropy=2.0)),
+        "reward": check(fake(40, 20, 0.0, seed=1), [0.0] * 40, [1.0] * 40),
+        "excluded_rate": check(fake(40, 20, 0.0, seed=1, excluded=2)),
+    }
     for name, made in _vanishing(fake(40, 20, 0.0, seed=3)).items():
-        runs = {"baseline": (*base, None), "candidate": (*made, None)}
-        out[name] = rl.check(runs, rl.RL.margins, ClipRange(), 100)[0]
+        out[name] = check(made)
         assert out[name].diagnosis == "vanished_tokens", out[name].message
     return out
 
@@ -213,7 +217,10 @@ def _failing_runtime():
     ref = [_seq(i, range(20), np.linspace(-3, -0.1, 20)) for i in range(25)]
     moved = [_seq(i, range(20), np.linspace(-3, -0.1, 20) + 0.3) for i in range(25)]
     findings, pre, _ = _runtime_probes.probe_findings(
-        _runtime_probes.aligned(ref, moved), runtime.CATEGORY.tolerances, 100, ClipRange()
+        _runtime_probes.aligned(ref, moved),
+        _shipped_tolerances("runtime"),
+        DEFAULT_MIN_TOKENS,
+        ClipRange(),
     )
     for f in findings:
         out[f.name] = core.Verdict(core.combine(findings, pre), None, "", findings, pre)
@@ -269,10 +276,10 @@ def _update_result(probe, lps_before, lps_after, versions=None, **spec):
 
     sc = SimpleNamespace(
         options={"probe": probe, "update": UpdateSpec(**spec)},
-        tolerances={"abs_dlogp_mean": 0.05},
+        tolerances=_shipped_tolerances("weight_update"),
         sampling=SamplingSpec(),
         head_dtype="float32",
-        min_tokens=10,
+        min_tokens=DEFAULT_MIN_TOKENS,
     )
     after = [_seq(i, range(20), lps_after, weight_versions=versions) for i in range(25)]
     before = [_seq(i, range(20), lps_before) for i in range(25)]
@@ -331,6 +338,39 @@ def _failing_weight_update(monkeypatch):
     return out
 
 
+def _declared_kind(category, finding: str) -> str | None:
+    """The kind `category` declares for a finding it emits (an exact name, else the family
+    "prefix*" it belongs to); None when it declares no such finding."""
+    declared = category.findings
+    if finding in declared:
+        return declared[finding]
+    family = [k for k in declared if k.endswith("*") and finding.startswith(k[:-1])]
+    return declared[family[0]] if family else None
+
+
+def _check_category(name: str, category, failing: dict) -> None:
+    """The meta-test on one category: every declared finding has a failing input (`failing`:
+    case -> verdict), and every finding any of those verdicts emits is declared, with its kind."""
+    for finding, kind in category.findings.items():
+        assert kind in core.KINDS, (name, finding, kind)
+        if finding.endswith("*"):
+            cases = {k: v for k, v in failing.items() if k.startswith(finding[:-1])}
+            assert cases, (name, finding)
+        else:
+            assert finding in failing, f"{name}: no failing input for {finding}"
+            cases = {finding: failing[finding]}
+        for case, verdict in cases.items():
+            hit = [f for f in verdict.findings if f.name == case]
+            assert hit and hit[0].outcome == "fail", (name, case, verdict.findings)
+            assert hit[0].kind == kind
+            assert verdict.outcome == "fail"
+    for case, verdict in failing.items():
+        for f in verdict.findings:
+            kind = _declared_kind(category, f.name)
+            assert kind is not None, f"{name} emits {f.name!r} (input {case}), not declared"
+            assert f.kind == kind, (name, f.name, f.kind, kind)
+
+
 def test_every_finding_of_every_category_can_fail(monkeypatch):
     failing = {
         "logprobs": _failing_logprobs(),
@@ -341,20 +381,63 @@ def test_every_finding_of_every_category_can_fail(monkeypatch):
     }
     assert set(failing) == set(categories.names()), "a category without its failing inputs"
     for name, category in categories.registry().items():
-        declared = category.findings
-        for finding, kind in declared.items():
-            assert kind in core.KINDS, (name, finding, kind)
-            if finding.endswith("*"):
-                cases = {k: v for k, v in failing[name].items() if k.startswith(finding[:-1])}
-                assert cases, (name, finding)
-            else:
-                assert finding in failing[name], f"{name}: no failing input for {finding}"
-                cases = {finding: failing[name][finding]}
-            for case, verdict in cases.items():
-                hit = [f for f in verdict.findings if f.name == case]
-                assert hit and hit[0].outcome == "fail", (name, case, verdict.findings)
-                assert hit[0].kind == kind
-                assert verdict.outcome == "fail"
+        _check_category(name, category, failing[name])
+
+
+def test_every_finding_the_runner_adds_is_declared_and_can_fail(monkeypatch):
+    from parity.engines import identity
+    from parity.run import modelcheck
+
+    monkeypatch.setattr(modelcheck, "trainer_facts", lambda path: {"model.vocab_size": 768})
+    monkeypatch.setattr(identity, "engine_facts", lambda key: dict(key))
+    failing = {}
+    for odd in ("candidate", "baseline"):  # the engine loading another vocabulary
+        runs = {
+            role: SimpleNamespace(
+                effective_config={"key": {"model.vocab_size": 512 if role == odd else 768}}
+            )
+            for role in ("candidate", "baseline")
+        }
+        verdict = core.Verdict("pass", None, "ok", [])
+        modelcheck.add_identity(SimpleNamespace(model_path="m", runs=runs), verdict, {})
+        failing[f"identity.{odd}_vs_trainer"] = verdict
+    failing["identity.baseline_vs_candidate"] = verdict
+    row = {"key": "model.rope_theta", "trainer": 1e5, "v0": 1e4, "message": "drift: fix"}
+    scenario = SimpleNamespace(settings=lambda: {"candidate": SimpleNamespace(env="v0")})
+    drifted = SimpleNamespace(scenario=scenario, drift={"candidate": [row]})
+    failing["drift.candidate.model.rope_theta"] = modelcheck.drift_verdict(drifted)
+    _check_category("runner", SimpleNamespace(findings=modelcheck.FINDINGS), failing)
+
+
+def test_the_meta_test_fails_a_category_that_emits_an_undeclared_finding():
+    # The negative control of the meta-test: the logprobs category's failing inputs, judged
+    # as a category that forgot to declare one of the findings it emits, or declares it with
+    # another kind, or declares one nothing makes fail.
+    failing = _failing_logprobs()
+    _check_category("logprobs", logprobs.CATEGORY, failing)
+    forgot = SimpleNamespace(findings={**logprobs.CATEGORY.findings})
+    del forgot.findings["abs_dlogp_p99"]
+    with pytest.raises(AssertionError, match="emits 'abs_dlogp_p99'.*not declared"):
+        _check_category("logprobs", forgot, failing)
+    wrong_kind = SimpleNamespace(
+        findings={**logprobs.CATEGORY.findings, "excluded_rate": "equality"}
+    )
+    with pytest.raises(AssertionError):
+        _check_category("logprobs", wrong_kind, failing)
+    extra = SimpleNamespace(findings={**logprobs.CATEGORY.findings, "never_emitted": "bound"})
+    with pytest.raises(AssertionError, match="no failing input for never_emitted"):
+        _check_category("logprobs", extra, failing)
+    family = SimpleNamespace(
+        findings={
+            "abs_dlogp_*": "bound",
+            "kl_k3_seqmean": "bound",
+            "excluded_rate": "bound",
+            "offset_seqmean": "bound",
+            "engine_neginf": "count_limit",
+            "absurd_logprob": "count_limit",
+        }
+    )
+    _check_category("logprobs", family, failing)  # a declared family covers its members
 
 
 @pytest.mark.parametrize(

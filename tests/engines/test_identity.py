@@ -91,6 +91,8 @@ def _facts(**over):
         "model.eos_token_id": 1,
         "model.generation_eos_token_id": 1,
         "model.tokenizer_eos_token_id": 1,
+        "model.stop_token_ids": 1,
+        "model.sampling_defaults": {},
         "model.bos_token_id": 0,
         "model.norm_eps": 1e-6,
         "model.num_hidden_layers": 2,
@@ -102,6 +104,7 @@ def _facts(**over):
 ENGINE_KEY = {  # as VllmHost.effective_config reports it (no rope_scaling, max pos, norm eps)
     "dtype": "torch.bfloat16",
     "max_num_seqs": 256,
+    "generation_config_defaults": {},
     "model.architectures": ["LlamaForCausalLM"],
     "model.rope_theta": 100000,
     "model.vocab_size": 768,
@@ -288,3 +291,74 @@ def test_read_model_facts_fails_clearly_without_an_interpreter(tmp_path):
 
     with pytest.raises(EngineError, match="cannot run"):
         read_model_facts(str(tmp_path / "no-python"), tmp_path, tmp_path / "log")
+
+
+# ----------------------------------------------------------------------------- generation config
+
+
+def _engine_key_reading(facts, **over):
+    """The effective-config key a vLLM engine reports for a checkpoint the trainer read as
+    `facts` (its generation eos and tokenizer eos; its generation-config request defaults, or
+    `over`'s)."""
+    key = {k: v for k, v in facts.items() if k.startswith("model.")}
+    for derived in ("model.stop_token_ids", "model.sampling_defaults"):
+        key.pop(derived)
+    return {"dtype": "torch.bfloat16", "generation_config_defaults": {}, **key, **over}
+
+
+def test_engine_stops_at_the_generation_config_eos_the_trainer_does_not_know(copies):
+    tiny = identity.trainer_facts(copies["tiny"])
+    edited = identity.trainer_facts(copies["gen_eos"])
+    assert tiny["model.stop_token_ids"] == 1 and edited["model.stop_token_ids"] == 1
+    assert edited["model.generation_eos_token_id"] == [1, 5] and edited["errors"] == {}
+    engine = engine_facts(_engine_key_reading(edited))
+    assert engine["model.stop_token_ids"] == [1, 5]  # tokenizer eos + generation config's
+    rows = compare(edited, engine, ("trainer", "v1"))
+    assert [r["key"] for r in rows if r["status"] == "differs"] == ["model.stop_token_ids"]
+    # Negative control: the unedited model's engine stops where its trainer does.
+    rows = compare(tiny, engine_facts(_engine_key_reading(tiny)), ("trainer", "v1"))
+    assert {r["status"] for r in rows} == {"same"}
+
+
+def test_request_defaults_from_generation_config_are_compared(copies):
+    gen = identity.trainer_facts(copies["gen_defaults"])
+    defaults = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    assert gen["model.sampling_defaults"] == defaults
+    assert identity.trainer_facts(copies["tiny"])["model.sampling_defaults"] == {}
+    # vLLM's get_diff_sampling_param also reports max_tokens: a length, not a default compared.
+    applied = engine_facts(
+        _engine_key_reading(gen, generation_config_defaults={**defaults, "max_tokens": 64})
+    )
+    assert {r["status"] for r in compare(gen, applied)} == {"same"}
+    # An engine started with generation_config="vllm" applies none of them: differs.
+    ignored = engine_facts(_engine_key_reading(gen, generation_config_defaults={}))
+    rows = compare(gen, ignored, ("trainer", "v1"))
+    assert [r["key"] for r in rows if r["status"] == "differs"] == ["model.sampling_defaults"]
+    unread = engine_facts(_engine_key_reading(gen, generation_config_defaults="<unavailable: x>"))
+    assert unread["model.sampling_defaults"] is None  # unknown, never guessed
+
+
+def test_generation_config_facts_are_not_config_drift(copies):
+    # The engine's environment reads the eos ids one by one (drift judges those); the derived
+    # stop ids and the request defaults are judged against the live engine after the run.
+    edited = identity.trainer_facts(copies["gen_eos"])
+    env = {**edited, "model.stop_token_ids": [1, 5], "model.sampling_defaults": {"top_k": 3}}
+    assert drift(edited, env, "v0", "4.51.3") == []
+
+
+def test_a_stop_id_mismatch_fails_identity_with_its_fix(copies, monkeypatch):
+    from parity.run import modelcheck
+    from parity.verdicts import core
+
+    edited = str(copies["gen_eos"])
+    monkeypatch.setattr(modelcheck, "trainer_facts", identity.trainer_facts)
+    key = _engine_key_reading(identity.trainer_facts(edited))
+    run = SimpleNamespace(effective_config={"key": key})
+    res = SimpleNamespace(model_path=edited, runs={"candidate": run})
+    verdict = core.Verdict("pass", None, "ok", [core.bound("x", 0.0, 1.0)])
+    modelcheck.add_identity(res, verdict, {})
+    assert verdict.outcome == "fail" and verdict.diagnosis == "model_mismatch"
+    assert "model.stop_token_ids: 1 vs [1, 5]" in verdict.message or (
+        "model.stop_token_ids: [1, 5] vs 1" in verdict.message
+    )
+    assert "give generation_config.json the eos_token_id of config.json" in verdict.message

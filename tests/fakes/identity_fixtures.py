@@ -25,6 +25,15 @@ def _t5_only(src: Path, dst: Path, tokenizer_too: bool = False) -> Path:
     return dst
 
 
+def _generation_edited(src: Path, dst: Path, **fields) -> Path:
+    """A copy of `src` whose generation_config.json has `fields` set (e.g. another eos)."""
+    shutil.copytree(src, dst)
+    gen = json.loads((dst / "generation_config.json").read_text())
+    gen.update(fields)
+    (dst / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def copies(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("identity")
@@ -32,4 +41,10 @@ def copies(tiny_model, tmp_path_factory):
         "tiny": tiny_model,
         "t5": _t5_only(tiny_model, root / "t5"),
         "t5_tok": _t5_only(tiny_model, root / "t5_tok", tokenizer_too=True),
+        # generation_config.json's eos differs from config.json's (1): engines also stop at 5
+        "gen_eos": _generation_edited(tiny_model, root / "gen_eos", eos_token_id=[1, 5]),
+        # request defaults in generation_config.json
+        "gen_defaults": _generation_edited(
+            tiny_model, root / "gen_defaults", temperature=0.7, top_p=0.8, top_k=20
+        ),
     }
