@@ -60,17 +60,31 @@ def z_of(confidence: float) -> float:
 
 def power_at_zero(kind: str, se: float, margin: float, z: float) -> float:
     """Probability that the test passes when the true difference is 0 (see the module doc)."""
+    return power_at(kind, se, margin, z, 0.0)
+
+
+def power_at(kind: str, se: float, margin: float, z: float, delta: float) -> float:
+    """Probability that the test passes when the true difference is `delta`: equivalence
+    Phi((margin - delta) / se - z) - Phi((-margin - delta) / se + z), non-inferiority
+    Phi((margin - delta) / se - z)."""
     if se <= 0:
-        return 1.0
-    if kind == "equivalence":
-        return max(0.0, 2 * float(norm.cdf(margin / se - z)) - 1)
-    return float(norm.cdf(margin / se - z))
+        return 1.0 if abs(delta) < margin else 0.0
+    high = float(norm.cdf((margin - delta) / se - z))
+    if kind != "equivalence":
+        return high
+    return max(0.0, high - float(norm.cdf((-margin - delta) / se + z)))
 
 
-def units_for(kind: str, sd: float, margin: float, z: float, paired: bool, target=TARGET) -> int:
-    """Units (per side) for which power_at_zero reaches `target`."""
-    tail = (1 + target) / 2 if kind == "equivalence" else target
-    n = (sd * (z + float(norm.ppf(tail))) / margin) ** 2
+def units_for(
+    kind: str, sd: float, margin: float, z: float, paired: bool, target=TARGET, delta=0.0
+) -> int:
+    """Units (per side) for which the power reaches `target` at a true difference `delta`
+    (0: both tails of an equivalence test count; otherwise the near one)."""
+    tail = (1 + target) / 2 if kind == "equivalence" and delta == 0 else target
+    room = margin - (abs(delta) if kind == "equivalence" else delta)
+    if room <= 0:
+        raise ValueError(f"no size passes at a true difference {delta} with margin {margin}")
+    n = (sd * (z + float(norm.ppf(tail))) / room) ** 2
     return max(2, math.ceil(n if paired else 2 * n))
 
 

@@ -112,3 +112,18 @@ def test_the_report_prints_one_power_line_per_scenario():
     }
     (text,) = [x for x in _scenario_section(rec) if x.startswith("**Power**")]
     assert "entropy 1.00 (64 -> 18 prompts)" in text and "kl_k3 1.00 (64 -> " in text
+
+
+def test_power_at_a_true_difference_and_the_size_it_needs():
+    """Sizing for a difference the engines really have: at units_for(delta) the power at delta
+    is 80% (one tail), more than at a quarter of the size, and no size passes beyond the
+    margin."""
+    z = power.z_of(0.9)
+    sd, margin, delta = 0.34, 0.2, -0.1
+    n = power.units_for("equivalence", sd, margin, z, paired=True, delta=delta)
+    se = sd / n**0.5
+    assert power.power_at("equivalence", se, margin, z, delta) == pytest.approx(0.8, abs=0.01)
+    assert power.power_at("equivalence", 2 * se, margin, z, delta) < 0.5
+    assert power.power_at("equivalence", se, margin, z, 0.0) > 0.99
+    with pytest.raises(ValueError):
+        power.units_for("equivalence", sd, margin, z, paired=True, delta=0.25)
