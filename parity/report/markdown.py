@@ -9,6 +9,7 @@ from typing import Any
 from parity.engines import ENGINES as BUILTIN_ENGINES
 from parity.report import frameworks
 from parity.report.build import headline_of
+from parity.verdicts import power
 from parity.verdicts.fmt import fmt
 
 
@@ -91,6 +92,8 @@ def _scenario_section(rec: dict[str, Any]) -> list[str]:
         "",
     ]
     lines += _findings_table(v.get("findings"))
+    power_line = power.line(v.get("findings"))
+    lines += [power_line, ""] if power_line else []
     lines += _unmet_preconditions(v.get("preconditions"))
     m = rec.get("metrics") or {}
     lines += _vs_reference_table(m) + _per_role_table(m) + _direct(m.get("direct"))

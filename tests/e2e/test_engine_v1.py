@@ -5,6 +5,8 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import SCENARIOS, run_cli
 
@@ -64,33 +66,55 @@ def test_report_has_effective_config_and_provenance(shipped_run):
     assert "raw_logprobs" in md and "logprobs-processed" in md
 
 
-def test_same_seed_same_numbers(shipped_run, tmp_path):
-    """A second run of the fixed setting reproduces the first run: the same tokens, and every
-    metric within 1e-4 relative (docs/measurements.md#reproducibility: 1e-9 on a quiet AVX512-BF16
-    machine; under `make test`'s two workers the engine core may step before every request
-    arrived, and AVX512's kernels are not batch invariant: 6.9e-6 relative was measured)."""
-    _, _, first = shipped_run
+# The engine core in this process: every request of a generate call is queued before its first
+# step, so two runs schedule the same batches (docs/measurements.md#reproducibility).
+IN_PROCESS = "v1-parity,env.VLLM_ENABLE_V1_MULTIPROCESSING=0"
+
+
+def _rerun(tmp_path, name):
+    out = tmp_path / name
     result = run_cli(
         [
             "check",
             str(SCENARIOS / "logprobs-processed.toml"),
             "--model",
             "tiny",
+            "--candidate",
+            IN_PROCESS,
             "--output",
-            str(tmp_path),
+            str(out),
         ]
     )
     assert result.exit_code == 0, result.output
-    second = json.loads((tmp_path / "report.json").read_text())
-    a = by_name(first)["logprobs-processed"]["metrics"]["vs_processed"]
-    b = by_name(second)["logprobs-processed"]["metrics"]["vs_processed"]
-    assert a.keys() == b.keys()
-    assert (a["n_tokens"], a["n_seqs"]) == (b["n_tokens"], b["n_seqs"])
-    for k in a:
-        if isinstance(a[k], float) and isinstance(b[k], float):
-            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-9), k
+    report = json.loads((out / "report.json").read_text())
+    return report, pd.read_parquet(out / "tokens.parquet")
+
+
+def test_same_seed_same_numbers(tiny_model, tmp_path):
+    """Two runs of the fixed setting with the engine core in process (the same batches, step
+    by step): the same token ids in the same order, every logprob and every metric within 1e-9
+    relative (no band for scheduling: with a multiprocess core, a step taken before every
+    request arrived changes the batches, and AVX512's kernels are not batch invariant)."""
+    (first, a), (second, b) = _rerun(tmp_path, "a"), _rerun(tmp_path, "b")
+    for report in (first, second):
+        (engine,) = report["engines"]
+        assert engine["setting"]["env_vars"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    key = ["sequence_id", "position"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    assert len(a) > 100 and len(a) == len(b)
+    for column in ("prompt_index", "sample_index", "position", "token_id", "boundary_tie"):
+        assert a[column].tolist() == b[column].tolist(), column
+    for column in ("engine_logprob", "trainer_logprob", "trainer_raw_logprob"):
+        x, y = a[column].to_numpy(float), b[column].to_numpy(float)
+        assert np.allclose(x, y, rtol=1e-9, atol=1e-12, equal_nan=True), column
+    ma = by_name(first)["logprobs-processed"]["metrics"]["vs_processed"]
+    mb = by_name(second)["logprobs-processed"]["metrics"]["vs_processed"]
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        if isinstance(ma[k], float) and isinstance(mb[k], float):
+            assert mb[k] == pytest.approx(ma[k], rel=1e-9, abs=1e-12), k
         else:
-            assert a[k] == b[k], k
+            assert ma[k] == mb[k], k
 
 
 def _no_engine_processes_left(report):
