@@ -136,6 +136,8 @@ def _once(data) -> tuple[dict[str, float], dict[str, float]]:
     }
     kw = dict(paired=True, base_clusters=groups["baseline"], cand_clusters=groups["candidate"])
     for key in rl.MISMATCH_METRICS.values():
+        if not all(key in per_seq[role] for role in ROLES):
+            continue  # excluded_numerics_rate: these scores carry no cut ranks
         add(
             "stats.non_inferiority",
             lambda: stats.non_inferiority(

@@ -32,6 +32,7 @@ class Logprobs(Category):
         "kl_k3_mean": 0.01,
         "abs_dlogp_p99": 0.6,
         "excluded_rate": _common.EXCLUDED_RATE_DEFAULT,
+        "excluded_numerics_rate": _common.EXCLUDED_NUMERICS_RATE_DEFAULT,
         "offset_mean": OFFSET_MEAN_DEFAULT,
     }
     diagnoses = {
@@ -50,6 +51,7 @@ class Logprobs(Category):
         "kl_k3_seqmean": "bound",
         "abs_dlogp_p99": "bound",
         "excluded_rate": "bound",
+        "excluded_numerics_rate": "bound",
         **_common.VANISHED,
     }
     key_metric_name = "abs_dlogp_mean"
@@ -112,6 +114,7 @@ def judge_tokens(
     boundary_tie: list[np.ndarray] | None = None,
     prompt_ids=None,
     words: _common.Words = _common.SAMPLED,
+    cut_rank: list[np.ndarray] | None = None,
 ) -> TokenJudgement:
     """Per-sequence logprobs of an engine (cand) judged against the trainer's (ref).
 
@@ -119,17 +122,20 @@ def judge_tokens(
     one-sample bound (pass when the upper
     95% bound is within the tolerance, fail when the lower one is beyond it; the unit is the
     prompt when prompts have several samples), the p99 |dlogp|, the excluded-token rate
-    (ties at the cut not counted when boundary_tie is given), and two count limits of 0:
+    (ties at the cut not counted when boundary_tie is given; with cut_rank, the first tokens
+    past the cut judged apart by excluded_numerics_rate), and two count limits of 0:
     engine_neginf (engine logprob -inf) and absurd_logprob (a finite logprob below
     metrics.ABSURD_LOGPROB on either side). Precondition: at least
     `min_tokens` tokens. The category's check and `parity judge` both judge by this.
     """
-    summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie)
+    summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie, cut_rank)
     groups = _common.clusters(prompt_ids)
     findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
     findings.insert(0, offset_finding(ref, cand, tolerances, groups))  # the signed gap
     findings += _common.vanished_findings(ref, cand, int(summary["n_tokens"]), words)
     findings.append(_common.excluded_finding(per_seq, summary, tolerances, groups, words))
+    numerics = _common.excluded_numerics_finding(per_seq, summary, tolerances, groups, words)
+    findings += [numerics] if numerics is not None else []
     pre = [_common.tokens_precondition(int(summary["n_tokens"]), min_tokens, words.tokens)]
     return TokenJudgement(summary, per_seq, findings, pre, core.combine(findings, pre))
 
@@ -144,6 +150,7 @@ def _judge(s: _common.Sampled, ref, tolerances, clip, min_tokens, seqs) -> Token
         entropy=s.entropy,
         boundary_tie=s.boundary_tie,
         prompt_ids=[q.prompt_index for q in seqs],
+        cut_rank=s.cut_rank,
     )
 
 
@@ -282,11 +289,12 @@ def _diagnose(
             f"{_common.support_fix(n_excluded, n_tokens)} ({gap_text}; {excluded.note})"
         )
     if outcome == "fail":
+        numerics = [f.note for f in j.findings if f.name == "excluded_numerics_rate"]
         return "processed_mismatch", (
             f"the engine returns processed logprobs but they differ from the reference "
             f"beyond tolerance ({gap_text}): check the lm_head dtype (lm_head category) "
             "and sampler-order differences (V0 applies min_p after top-k/top-p, V1 "
-            "before)"
+            "before)" + "".join(f"; {n}" for n in numerics if n)
         )
     if outcome != "pass":
         return None, f"inconclusive: {gap_text}"

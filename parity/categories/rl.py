@@ -23,6 +23,7 @@ MISMATCH_METRICS = {
     "abs_dlogp": "abs_dlogp_mean",
     "clip_rate": "clip_rate_token",
     "excluded_rate": "excluded_rate",
+    "excluded_numerics_rate": "excluded_numerics_rate",
 }
 BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
 
@@ -32,12 +33,14 @@ class RL(Category):
     summary = "baseline vs candidate on clip rate, KL, |dlogp|, entropy and reward"
     # See docs/measurements.md#rl-margin-noise for the run-to-run noise they come from.
     # excluded_rate: the share of sampled tokens the trainer excludes, as in the logprobs
-    # category (its tolerance there; _common.EXCLUDED_RATE_DEFAULT for the measurements).
+    # category (its tolerance there; _common.EXCLUDED_RATE_DEFAULT for the measurements), the
+    # first tokens past the cut apart (excluded_numerics_rate, when the cut ranks are known).
     margins = {
         "kl_k3": 0.005,
         "abs_dlogp": 0.01,
         "clip_rate": 0.03,
         "excluded_rate": _common.EXCLUDED_RATE_DEFAULT,
+        "excluded_numerics_rate": _common.EXCLUDED_NUMERICS_RATE_DEFAULT,
         "entropy": 0.2,
         "reward": 0.2,
     }
@@ -56,6 +59,7 @@ class RL(Category):
         "entropy": "equivalence",
         "reward": "equivalence",
         "excluded_rate": "non_inferiority",
+        "excluded_numerics_rate": "non_inferiority",
         **_common.VANISHED,
     }
     key_metric_name = "kl_k3_mean (candidate)"
@@ -148,7 +152,7 @@ def check(
         )
     kwargs = dict(paired=True, base_clusters=groups["baseline"], cand_clusters=groups["candidate"])
     for name, key in MISMATCH_METRICS.items():
-        if name in margins:
+        if name in margins and all(key in per_seq[role] for role in per_seq):
             t = stats.non_inferiority(
                 per_seq["baseline"][key], per_seq["candidate"][key], margins[name], **kwargs
             )

@@ -100,6 +100,7 @@ class Rows(NamedTuple):
     tied: np.ndarray  # the target is tied at the top-k/top-p cut (sampler.boundary_ties)
     tempered: np.ndarray  # log_softmax(logits / T) of the target, full vocabulary
     log_kept_mass: np.ndarray  # log of the tempered mass top-k/top-p keep (0: nothing cut)
+    cut_rank: np.ndarray  # 0: kept; k: the k-th token past the top-k/top-p cut (cut_ranks)
 
 
 def score_rows(
@@ -119,7 +120,7 @@ def score_rows(
 
     n = int(hidden.shape[0])
     rows = n if not rows else max(1, int(rows))
-    out = np.empty((5, n), dtype=np.float64)
+    out = np.empty((6, n), dtype=np.float64)
     tied = np.empty(n, dtype=bool)
     tile = getattr(head, "tile", None)
     if tile:
@@ -143,12 +144,26 @@ def score_rows(
         del logits
         out[3, a:b] = _cpu(tempered.gather(-1, target).squeeze(-1)[:m])
         out[4, a:b] = _cpu(kept[:m])
+        out[5, a:b] = _cpu(cut_ranks(tempered, processed, target)[:m])
         del tempered
         processed = processed.log_softmax(dim=-1)
         out[1, a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
         out[2, a:b] = _cpu(_entropy(processed)[:m])
         del processed
-    return Rows(out[0], out[1], out[2], tied, out[3], out[4])
+    return Rows(out[0], out[1], out[2], tied, out[3], out[4], out[5])
+
+
+def cut_ranks(tempered, processed, target):
+    """[N] where each target sits past the top-k/top-p cut: 0 where the processed distribution
+    keeps it, else 1 + the number of cut tokens with a higher tempered logit (1: the first token
+    past the cut, or tied with it). `tempered`: logits / T up to a per-row constant (its
+    log_softmax); `processed`: process_logits's output [N, V]; `target` [N, 1]."""
+    import torch  # lazy: torch takes seconds to import
+
+    kept = torch.isfinite(processed)
+    at = tempered.gather(-1, target)
+    above = (~kept & (tempered > at)).sum(dim=-1) + 1
+    return torch.where(kept.gather(-1, target).squeeze(-1), torch.zeros_like(above), above)
 
 
 def _cpu(t) -> np.ndarray:

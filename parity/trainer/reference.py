@@ -24,7 +24,8 @@ from parity.trainer.sampler import TIE_RULES
 # 2: logits as the model computes them (bias, scale, softcap); tie rule in the key.
 # 6: the device type (cpu, cuda) in the key: its numerics differ; head GEMMs in fixed tiles.
 # 7: the tempered logprob and the log kept mass stored with every score.
-SCORER_VERSION = 7
+# 8: the cut rank (where an excluded token sits past the top-k/top-p cut) stored too.
+SCORER_VERSION = 8
 
 
 @dataclass
@@ -44,6 +45,9 @@ class RefScore:
     log_kept_mass: log of the tempered probability mass of the tokens top-k/top-p keep (0
         where nothing is cut): processed = tempered - log_kept_mass for a kept token. None when
         not computed.
+    cut_rank: 0 for a token the processed distribution keeps, else 1 + the number of cut tokens
+        with a higher logit (1: the first token past the cut, where numerics move it; see
+        _common.NUMERICS_RANK). None when not computed.
     """
 
     raw_logprob: np.ndarray
@@ -52,6 +56,7 @@ class RefScore:
     boundary_tie: np.ndarray | None = None
     tempered_logprob: np.ndarray | None = None
     log_kept_mass: np.ndarray | None = None
+    cut_rank: np.ndarray | None = None
 
 
 class ScoreCache:
@@ -90,13 +95,14 @@ class ScoreCache:
             return None
         (n,) = struct.unpack_from("<q", row[0])
         arr = np.frombuffer(row[0], dtype=np.float32, offset=8).reshape(-1, n).astype(np.float64)
-        # Rows 3..5 (boundary tie, tempered, log kept mass) hold NaN where not computed.
-        tie, tempered, kept = (None if np.isnan(a).all() else a for a in arr[3:6])
-        return RefScore(arr[0], arr[1], arr[2], None if tie is None else tie > 0, tempered, kept)
+        # Rows 3..6 (boundary tie, tempered, log kept mass, cut rank) hold NaN where not computed.
+        tie, tempered, kept, gap = (None if np.isnan(a).all() else a for a in arr[3:7])
+        tie = None if tie is None else tie > 0
+        return RefScore(arr[0], arr[1], arr[2], tie, tempered, kept, gap)
 
     def put(self, key: str, score: RefScore) -> None:
         n = np.size(score.raw_logprob)
-        optional = (score.boundary_tie, score.tempered_logprob, score.log_kept_mass)
+        optional = (score.boundary_tie, score.tempered_logprob, score.log_kept_mass, score.cut_rank)
         rows = [score.raw_logprob, score.processed_logprob, score.entropy]
         rows += [np.full(n, np.nan) if a is None else a for a in optional]
         arr = np.stack([np.asarray(r, dtype=np.float64) for r in rows]).astype(np.float32)

@@ -26,6 +26,7 @@ from parity.verdicts.formulas import (
 __all__ = [
     "ABSURD_LOGPROB",
     "excluded_rates",
+    "numerics_rates",
     "per_sequence",
     "summarize",
 ]
@@ -45,25 +46,49 @@ def excluded_rates(
     ref: list[np.ndarray],
     cand: list[np.ndarray],
     boundary_tie: list[np.ndarray] | None = None,
+    numerics: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int]:
     """The excluded-token rate: per sequence, the share of its tokens in `ref_excluded`, those
     tied with the lowest kept logit at the top-k/top-p cut (boundary_tie True: the platform's
-    tie rule) not counted; NaN for an empty sequence. Without boundary_tie every token counts
-    (per_sequence's ref_excluded_rate). Returns (rates, number of tied tokens left out).
+    tie rule) not counted, nor those `numerics` marks (within the numerics margin of the cut:
+    numerics_rates counts them); NaN for an empty sequence. Without boundary_tie and numerics
+    every token counts (per_sequence's ref_excluded_rate). Returns (rates, number of tied
+    tokens left out).
 
     Raises:
-        ValueError: when cand or boundary_tie differ from ref in sequence count or lengths.
+        ValueError: when cand, boundary_tie or numerics differ from ref in sequence count or
+            lengths.
     """
+    excluded, tied, near, seq, lengths = _excluded(ref, cand, boundary_tie, numerics)
+    counts = np.bincount(seq[excluded & ~tied & ~near], minlength=lengths.size)
+    return _share(counts, lengths), int(tied.sum())
+
+
+def numerics_rates(
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    numerics: list[np.ndarray],
+    boundary_tie: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, int]:
+    """The share per sequence of its tokens in `ref_excluded` that `numerics` marks (past the
+    cut by no more than the numerics margin) and that are not tied at the cut; NaN for an
+    empty sequence. Returns (rates, their number). Raises ValueError as excluded_rates."""
+    excluded, tied, near, seq, lengths = _excluded(ref, cand, boundary_tie, numerics)
+    picked = excluded & ~tied & near
+    return _share(np.bincount(seq[picked], minlength=lengths.size), lengths), int(picked.sum())
+
+
+def _excluded(ref, cand, boundary_tie, numerics):
+    """(ref_excluded, tied & excluded, numerics, sequence index, lengths), flat per token."""
     lengths = np.array([np.size(a) for a in ref], dtype=np.int64)
-    for name, other in (("cand", cand), ("boundary_tie", boundary_tie)):
+    for name, other in (("cand", cand), ("boundary_tie", boundary_tie), ("numerics", numerics)):
         if other is not None and [np.size(a) for a in other] != lengths.tolist():
             raise ValueError(f"{name} and ref differ in sequence count or lengths")
     excluded = ref_excluded(_concat(ref), _concat(cand))
     tied = np.zeros_like(excluded) if boundary_tie is None else _concat(boundary_tie, bool)
-    tied &= excluded
+    near = np.zeros_like(excluded) if numerics is None else _concat(numerics, bool)
     seq = np.repeat(np.arange(lengths.size), lengths)
-    counts = np.bincount(seq[excluded & ~tied], minlength=lengths.size)
-    return _share(counts, lengths), int(tied.sum())
+    return excluded, tied & excluded, near, seq, lengths
 
 
 def _concat(arrays: list[np.ndarray], dtype: type = np.float64) -> np.ndarray:

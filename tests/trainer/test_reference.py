@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
+from parity.trainer.chunked import score_rows
 from parity.trainer.reference import SCORER_VERSION, Reference, RefScore, ScoreCache
 from parity.trainer.sampler import _entropy, boundary_ties, process_logits, tie_rule_for
 
@@ -168,7 +169,7 @@ def test_tie_rule_for_platforms():
 
 
 def test_cache_key_and_entry_carry_the_tie_rule(tmp_path):
-    assert SCORER_VERSION == 7
+    assert SCORER_VERSION == 8
     s = SamplingSpec(temperature=0.7, top_k=5)
     key = ScoreCache.key("fp", "float32", s, [1, 2], [3], "keep_ties")
     assert key != ScoreCache.key("fp", "float32", s, [1, 2], [3], "exact_k")
@@ -176,9 +177,22 @@ def test_cache_key_and_entry_carry_the_tie_rule(tmp_path):
     cache.put(key, RefScore(np.array([-1.0]), np.array([-2.0]), np.array([0.5]), np.array([True])))
     got = cache.get(key)
     assert got.boundary_tie.tolist() == [True] and got.processed_logprob.tolist() == [-2.0]
+    assert got.cut_rank is None
+    cache.put(key, RefScore(*(np.array([v]) for v in (-1.0, -np.inf, 0.5, 0, -1.0, 0.0, 2))))
+    assert cache.get(key).cut_rank.tolist() == [2.0]
     with pytest.raises(ValueError):
         Reference(tmp_path, tie_rule="lowest")
     cache.close()
+
+
+def test_cut_rank_counts_the_cut_tokens_above_the_target():
+    # probs 0.5, 0.3, 0.1, 0.06, 0.04; top_p 0.75 keeps {0.5, 0.3}: 0.1 is the first token
+    # past the cut (rank 1), 0.04 the third; a kept token is rank 0.
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])).repeat(3, 1)
+    rows = score_rows(lambda h: h, logits, torch.tensor([1, 2, 4]), SamplingSpec(top_p=0.75))
+    assert rows.cut_rank.tolist() == [0.0, 1.0, 3.0]
+    no_cut = score_rows(lambda h: h, logits, torch.tensor([1, 2, 4]), SamplingSpec())
+    assert no_cut.cut_rank.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_greedy_is_not_tempered():
