@@ -44,6 +44,8 @@ class Logprobs(Category):
         "replay the engine's top-k/top-p support (vLLM's sampling mask where offered), or "
         'declare [reference] semantics = "processed" if the trainer replays it',
         "vanished_tokens": _common.VANISHED_FIX,
+        "narrower_support": "give the engine the trainer's top_k/top_p (and temperature): its "
+        "logprobs sit one-signed above a replaying trainer's, renormalised over a smaller set",
     }
     findings = {
         "offset_seqmean": "bound",
@@ -200,6 +202,8 @@ def check(
     bias = _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens)
     distinct = sampling is None or sampling.is_processed_distinct
     diagnosis, message = _diagnose(j, gap_proc, gap_raw, semantics, bias, distinct)
+    if diagnosis == "processed_mismatch" and _narrower(j, semantics, sampling):
+        diagnosis, message = "narrower_support", _NARROWER + f" ({message})"
     detail = {
         "vs_processed": j.summary,
         "vs_raw": vs_raw,
@@ -211,6 +215,29 @@ def check(
     if bias is not None:
         detail["truncation"] = bias
     return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
+
+
+_NARROWER = (
+    "the engine's logprobs sit above the trainer's, one-signed (offset_seqmean), while the "
+    "trainer replays top-k/top-p: the engine renormalises over a smaller set than the "
+    "trainer's (a narrower top_k/top_p, or a lower temperature), so each token reads "
+    "log(trainer kept mass / engine kept mass) >= 0 too high; tokens the trainer keeps outside "
+    "the engine's set are never sampled, so excluded_rate cannot see it. Fix: give the engine "
+    "the trainer's top_k/top_p and temperature"
+)
+
+
+def _narrower(j: TokenJudgement, semantics: str, sampling) -> bool:
+    """The reverse of support_mismatch: a processed (replaying) trainer with truncation, the
+    offset failing with the engine above the trainer, no excess of excluded tokens."""
+    if (
+        semantics != "processed"
+        or sampling is None
+        or (sampling.top_p >= 1 and sampling.top_k <= 0)
+    ):
+        return False
+    offset = next(f for f in j.findings if f.name == "offset_seqmean")
+    return offset.outcome == "fail" and "sits above" in (offset.note or "")
 
 
 def _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens) -> dict | None:

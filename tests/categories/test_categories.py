@@ -117,6 +117,28 @@ def test_first_tokens_past_the_cut_are_numerics_not_a_support_mismatch():
     assert "first token past" in verdict.message
 
 
+def test_an_engine_narrower_than_the_trainer_fails_its_offset_as_narrower_support():
+    # The reverse direction: an engine renormalising over a smaller set than a replaying
+    # trainer's reads log(trainer mass / engine mass) >= 0 above it on every token (here 0.05,
+    # e.g. kept mass 0.9 vs 0.86) and never samples what only the trainer keeps: excluded_rate
+    # reads 0 by construction, offset_seqmean fails, diagnosed narrower_support.
+    truncated = SamplingSpec(temperature=0.7, top_p=0.9, top_k=50)
+    seqs, scores = fake(40, 40, 0.05, seed=2)
+    verdict, detail = logprobs.check(seqs, scores, TOL, ClipRange(), 100, "processed", truncated)
+    failed = {f.name for f in verdict.findings if f.outcome == "fail"}
+    assert "offset_seqmean" in failed and "excluded_rate" not in failed
+    assert verdict.diagnosis == "narrower_support" and "top_k/top_p" in verdict.message
+    assert detail["vs_processed"]["n_ref_excluded"] == 0
+    # Below the trainer (not a narrower support), or no truncation to narrow: not named so.
+    seqs, scores = fake(40, 40, -0.05, seed=2)
+    below, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100, "processed", truncated)
+    seqs, scores = fake(40, 40, 0.05, seed=2)
+    plain = SamplingSpec(temperature=0.7)
+    untruncated, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100, "processed", plain)
+    assert below.outcome == untruncated.outcome == "fail"
+    assert "narrower_support" not in (below.diagnosis, untruncated.diagnosis)
+
+
 def test_several_samples_per_prompt_resample_prompts():
     seqs, scores = fake(40, 20, 0.0, samples=4)
     verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
