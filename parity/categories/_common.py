@@ -234,11 +234,7 @@ def absurd_finding(
     """Finite logprobs below metrics.ABSURD_LOGPROB on any side (count limit 0): a mask's fill
     value (-1e4, finfo.min) where -inf was meant. metrics masks them like -inf tokens; the note
     says what they look like (count and lowest value per side)."""
-
-    def absurd(x: np.ndarray) -> np.ndarray:
-        return np.isfinite(x) & (x < metrics.ABSURD_LOGPROB)
-
-    counts = {side: _count(arrays, absurd) for side, arrays in sides.items()}
+    counts = {side: _count(arrays, metrics.is_absurd) for side, arrays in sides.items()}
     total = sum(n for n, _ in counts.values())
     seen = [f"{n} {side} (lowest {low:.6g})" for side, (n, low) in counts.items() if n]
     note = (

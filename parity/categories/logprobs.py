@@ -166,7 +166,7 @@ def offset_finding(
     limit = tolerances.get("offset_mean", OFFSET_MEAN_DEFAULT)
     per_seq = []
     for r, c in zip(ref, cand):
-        ok = (r >= metrics.ABSURD_LOGPROB) & (c >= metrics.ABSURD_LOGPROB) & np.isfinite(r + c)
+        ok = metrics.both_probabilities(r, c)
         per_seq.append(float(np.mean(c[ok] - r[ok])) if ok.any() else np.nan)
     values = np.asarray(per_seq, dtype=np.float64)
     finite = values[np.isfinite(values)]

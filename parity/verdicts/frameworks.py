@@ -18,7 +18,7 @@ import numpy as np
 
 from parity.verdicts import core
 from parity.verdicts.fmt import fmt
-from parity.verdicts.metrics import ABSURD_LOGPROB
+from parity.verdicts.metrics import both_probabilities
 
 NEMO, PRIME, VERL, TRL, IS = "nemo-rl", "prime-rl", "verl", "trl", "is-correction"
 FRAMEWORKS = (NEMO, PRIME, VERL, TRL, IS)
@@ -89,14 +89,14 @@ FINDINGS = {
 def _pairs(
     trainer: list[np.ndarray], engine: list[np.ndarray]
 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    """Per sequence, the tokens both sides give a probability's logprob (finite and not below
-    metrics.ABSURD_LOGPROB, a mask's fill value: the tokens parity's own means use, as the
-    frameworks' masks drop padding); sequences left empty are dropped. Also the count of tokens
+    """Per sequence, the tokens both sides give a probability's logprob
+    (metrics.both_probabilities: finite and not a mask's fill value; the tokens parity's own
+    means use, as the frameworks' masks drop padding); sequences left empty are dropped. Also the count of tokens
     dropped (judged by engine_neginf, absurd_logprob and the excluded rate)."""
     tr_out, en_out, dropped = [], [], 0
     for t, e in zip(trainer, engine):
         t, e = np.asarray(t, np.float64), np.asarray(e, np.float64)
-        ok = (t >= ABSURD_LOGPROB) & (e >= ABSURD_LOGPROB) & np.isfinite(t + e)
+        ok = both_probabilities(t, e)
         dropped += int(ok.size - ok.sum())
         if ok.any():
             tr_out.append(t[ok])

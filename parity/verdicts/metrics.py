@@ -25,7 +25,9 @@ from parity.verdicts.formulas import (
 
 __all__ = [
     "ABSURD_LOGPROB",
+    "both_probabilities",
     "excluded_rates",
+    "is_absurd",
     "numerics_rates",
     "per_sequence",
     "summarize",
@@ -170,7 +172,7 @@ def _flatten(
     seq = np.repeat(np.arange(len(refs)), lengths)
     cand_excluded = np.isneginf(flat_cand)
     ref_excl = ref_excluded(flat_ref, flat_cand)
-    ref_absurd, cand_absurd = _absurd(flat_ref), _absurd(flat_cand)
+    ref_absurd, cand_absurd = is_absurd(flat_ref), is_absurd(flat_cand)
     valid = ~(ref_excl | cand_excluded | ref_absurd | cand_absurd)
     if not valid.all():  # the usual case skips the copies that boolean indexing makes
         flat_ref, flat_cand, seq_v = flat_ref[valid], flat_cand[valid], seq[valid]
@@ -194,9 +196,14 @@ def _flatten(
     )
 
 
-def _absurd(x: np.ndarray) -> np.ndarray:
+def is_absurd(x: np.ndarray) -> np.ndarray:
     """Finite logprobs below ABSURD_LOGPROB (a mask's fill value, not a probability)."""
     return np.isfinite(x) & (x < ABSURD_LOGPROB)
+
+
+def both_probabilities(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Where both sides hold a probability's logprob: finite and not a fill value (is_absurd)."""
+    return np.isfinite(ref + cand) & (ref >= ABSURD_LOGPROB) & (cand >= ABSURD_LOGPROB)
 
 
 def _seq_means(values: np.ndarray, flat: _Flat) -> np.ndarray:
