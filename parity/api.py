@@ -55,8 +55,8 @@ def scenarios(
 ) -> list[Scenario]:
     """The scenarios a check runs, validated in full: `targets` (files or directories; default
     scenarios/) or a `suite`, overridden by model/candidate/baseline/reference_device/trainer
-    (the command line's precedence; trainer: a parity.trainer.semantics.PRESETS name), picked by `select` patterns and `category`, shrunk by
-    prompts/max_tokens/seed.
+    (the command line's precedence; trainer: a parity.trainer.semantics.PRESETS name), picked
+    by `select` patterns and `category`, shrunk by prompts/max_tokens/seed.
 
     Raises:
         ScenarioError: every problem at once, `problems` (the caller's own) included.
@@ -215,9 +215,8 @@ def judge(
         list(tolerances), clip_low, clip_high, min_tokens
     )
     problems += found + gate_problems(gates)
-    if trainer is not None and trainer not in trainer_semantics.PRESETS:
-        known = ", ".join(trainer_semantics.PRESETS)
-        problems.append(("--trainer", "trainer", f"unknown trainer {trainer!r}; known: {known}"))
+    unknown = trainer_semantics.unknown_trainer(trainer, "--trainer", "trainer")
+    problems += [unknown] if unknown else []
     dump = None
     try:
         dump = None if problems else dumps.load(Path(file), fmt, mapping)

@@ -35,6 +35,14 @@ def trainer_view(score: RefScore, semantics: str) -> RefScore:
     return dataclasses.replace(score, processed_logprob=column)
 
 
+def unknown_trainer(name: str | None, where: str, fld: str) -> tuple[str, str, str] | None:
+    """The problem (where, field, message naming the presets) of a trainer name that is not a
+    PRESETS name; None for a known name or no name."""
+    if name is None or name in PRESETS:
+        return None
+    return (where, fld, f"unknown trainer {name!r}; known: {', '.join(PRESETS)}")
+
+
 def parse(table: dict, trainer: str | None, path: str, problems: list) -> dict:
     """{"semantics", "trainer", "semantics_source"} of a scenario's [reference] table: a
     --trainer / $PARITY_TRAINER preset (PRESETS) over the file's `semantics` over DEFAULT; each
@@ -57,9 +65,8 @@ def parse(table: dict, trainer: str | None, path: str, problems: list) -> dict:
     if preset is None:
         source = "scenario" if value else "default"
         return {"semantics": value or DEFAULT, "trainer": None, "semantics_source": source}
-    if preset not in PRESETS:
-        where = "--trainer" if source == "cli" else f"${ENV}"
-        known = ", ".join(PRESETS)
-        problems.append((where, fld, f"unknown trainer {preset!r}; known: {known}"))
+    unknown = unknown_trainer(preset, "--trainer" if source == "cli" else f"${ENV}", fld)
+    if unknown:
+        problems.append(unknown)
         return {"semantics": DEFAULT, "trainer": None, "semantics_source": source}
     return {"semantics": PRESETS[preset], "trainer": preset, "semantics_source": source}
