@@ -34,9 +34,13 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	touch $(STAMP)
 
-# The main job: the quick suite (the four fix categories on V1, three engine starts) on the
-# built-in default model, report in results/<run-id>/. demo-full: every shipped scenario
-# (V0 0.8.5 vs V1, the RL metrics, every runtime probe and update control).
+# The main job, the mission: the quick suite on the built-in default model (SmolLM2-135M-Instruct),
+# report in results/<run-id>/. vLLM V0 0.8.5 (its environment built with uv on first use, as
+# `parity env create v0` does) against V1 0.32 on the RL metrics, V1 with the V0-parity settings
+# (pass) and V1 defaults (fail, naming the fix); then the four fix categories of the write-up,
+# each with a passing setting and a negative control; four engine starts, generations shared
+# where prompts and sampling agree. Its plan: `parity check --suite quick --dry-run`.
+# demo-full: every shipped scenario (every runtime probe and update control, V0 on them too).
 demo: setup
 	$(BIN)/parity check --suite quick
 

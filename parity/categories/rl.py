@@ -13,7 +13,7 @@ from parity.categories._direct import semantics_specs, summarize, teacher_force
 from parity.categories.base import Category, sampling_for
 from parity.trainer import semantics as trainer_semantics
 from parity.trainer.external import ScoresUnavailable
-from parity.verdicts import core, stats
+from parity.verdicts import core, samples, stats
 from parity.verdicts.fmt import fmt
 
 # Metrics judged baseline vs candidate. Mismatch metrics (higher is worse) by non-inferiority,
@@ -26,6 +26,10 @@ MISMATCH_METRICS = {
     "excluded_numerics_rate": "excluded_numerics_rate",
 }
 BEHAVIOUR_METRICS = {"entropy": "entropy_ref_mean", "reward": "reward"}
+# Each engine's own value of the headline metrics with its interval (metrics.intervals), the
+# V0 vs V1 table that opens the report: mean of prompt means, 90% bootstrap over prompts.
+ENGINE_METRICS = ("clip_rate", "kl_k3", "entropy", "reward", "abs_dlogp")
+INTERVAL_CONFIDENCE = 0.9
 
 
 class RL(Category):
@@ -203,12 +207,36 @@ def check(
     b = per_role["baseline"]
     detail = {
         "per_role": per_role,
+        "intervals": {role: engine_intervals(per_seq[role], groups[role]) for role in per_seq},
         "key_metric": cand.get("kl_k3_mean"),
         "headline": f"k3 {fmt(b.get('kl_k3_mean'))} -> {fmt(cand.get('kl_k3_mean'))}, "
         f"clip {fmt(b.get('clip_rate_token'))} -> "
         f"{fmt(cand.get('clip_rate_token'))}",
     }
     return core.Verdict(outcome, diagnosis, message, findings, pre), detail
+
+
+def engine_intervals(per_seq: dict[str, np.ndarray], prompts: np.ndarray) -> dict[str, Any]:
+    """One engine's headline metrics: metric -> {"mean", "ci_low", "ci_high", "confidence"},
+    the mean of its prompt means with the 90% bootstrap interval over prompts (the unit the
+    findings resample); a metric the engine has no values for is left out."""
+    keys = {**MISMATCH_METRICS, **BEHAVIOUR_METRICS}
+    out: dict[str, Any] = {}
+    for name in ENGINE_METRICS:
+        values = per_seq.get(keys[name])
+        if values is None:
+            continue
+        x, _ = samples.one_side(np.asarray(values, np.float64), prompts)
+        if x.size == 0:
+            continue
+        lo, hi = samples.bootstrap_ci(values, INTERVAL_CONFIDENCE, clusters=prompts)
+        out[name] = {
+            "mean": float(np.mean(x)),
+            "ci_low": lo,
+            "ci_high": hi,
+            "confidence": INTERVAL_CONFIDENCE,
+        }
+    return out
 
 
 def _direct(res, scores: dict, refs) -> dict[str, Any] | None:

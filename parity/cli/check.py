@@ -211,6 +211,11 @@ def _print_plan(run: RunResult) -> None:
             highlight=False,
             markup=False,
         )
+        for names in e.get("shared_generations") or ():
+            out.print(
+                f"  generated once, shared: {', '.join(names)} (same prompts and sampling)",
+                highlight=False,
+            )
     for res in run.results:
         sc, s = res.scenario, res.scenario.sampling
         out.print(

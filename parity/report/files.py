@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parity.data.atomic import atomic_write
-from parity.report import html
+from parity.report import html, opening
 from parity.report.build import headline, to_json, verdict_of
 from parity.report.junit import to_junit
 from parity.report.markdown import to_markdown
@@ -37,7 +37,9 @@ def write(run: RunResult, out_dir: Path, code: int) -> dict[str, Any]:
 
 
 def print_table(run: RunResult, console) -> None:
-    """The rich summary table on the terminal."""
+    """The run on the terminal: the V0 vs V1 table (when the run has rl scenarios), then one
+    row per scenario in the run's order, then why each scenario that did not pass did not."""
+    print_opening(run.report or {}, console)
     table = Table(title=f"parity check {run.run_id}")
     for col in ("scenario", "category", "verdict", "expected", "key metric", "diagnosis"):
         table.add_column(col, overflow="fold")
@@ -60,3 +62,20 @@ def print_table(run: RunResult, console) -> None:
             console.print(
                 f"[bold]{escape(res.scenario.name)}[/]: {escape(v.message)}", highlight=False
             )
+
+
+def print_opening(data: dict[str, Any], console) -> None:
+    """parity.report.opening's table on the terminal, one column per engine (fits 100
+    columns); nothing without rl scenarios."""
+    rows = opening.rows(data)
+    if not rows:
+        return
+    table = Table(title=opening.title(rows))
+    table.add_column("metric")
+    for r in rows:
+        name = r.engine.replace("`", "").split(" (vLLM")[0]
+        table.add_column(escape(f"{name} ({r.role})"), overflow="fold")
+    for key, name in opening.COLUMNS:
+        table.add_row(escape(name), *(opening.cell(r, key) for r in rows))
+    table.add_row("verdict", *(escape(r.verdict) for r in rows))
+    console.print(table)

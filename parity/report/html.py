@@ -28,7 +28,7 @@ body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-seri
 color:var(--fg);background:var(--bg)}
 main{max-width:1200px;margin:0 auto;padding:12px}
 h1{font-size:1.35em;margin:.3em 0}h2{font-size:1.15em;margin:0 0 .4em}
-h3{font-size:1em;margin:1em 0 .4em}
+h3{font-size:1em;margin:1em 0 .4em}#opening{margin-top:.8em}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px;
 margin:12px 0;overflow-wrap:break-word}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;color:#fff;

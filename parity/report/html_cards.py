@@ -10,7 +10,7 @@ from typing import Any
 
 from parity import categories
 from parity.engines import ENGINES as BUILTIN_ENGINES
-from parity.report import frameworks
+from parity.report import frameworks, opening
 from parity.report.build import headline_of
 from parity.report.html_figures import scenario_plots
 from parity.verdicts.fmt import fmt
@@ -230,7 +230,8 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
 
 
 def summary(data: dict[str, Any]) -> str:
-    """The run's header card: exit code, as-expected counts, versions, machine."""
+    """The run's header card: exit code, as-expected counts, versions, machine; the V0 vs V1
+    table (parity.report.opening); one row per scenario."""
 
     scen = data.get("scenarios") or []
     code = data.get("exit_code")
@@ -286,6 +287,7 @@ def summary(data: dict[str, Any]) -> str:
         + "".join(f"<dt>{escape(a)}</dt><dd>{b}</dd>" for a, b in facts)
         + "</dl>"
     )
+    out.append(opening.html(data))
     rows = []
     for i, s in enumerate(scen):
         v = s.get("verdict") or {}

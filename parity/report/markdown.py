@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from parity.engines import ENGINES as BUILTIN_ENGINES
-from parity.report import frameworks
+from parity.report import frameworks, opening
 from parity.report.build import headline_of
 from parity.verdicts import power
 from parity.verdicts.fmt import fmt
@@ -15,8 +15,9 @@ from parity.verdicts.fmt import fmt
 
 def to_markdown(data: dict[str, Any]) -> str:
     """report.md from report.json's data alone (`parity report` re-renders it without engines):
-    the header, the summary table, a section per scenario, the engines, the timings."""
-    lines = _header(data) + _summary_table(data["scenarios"])
+    the header, the V0 vs V1 table (parity.report.opening), the summary table, a section per
+    scenario, the engines, the timings."""
+    lines = _header(data) + opening.markdown(data) + _summary_table(data["scenarios"])
     for rec in data["scenarios"]:
         lines += _scenario_section(rec)
     lines += _engines_section(data["engines"])

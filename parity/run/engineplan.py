@@ -3,6 +3,10 @@ jobs it serves, which engines need not start, and the records a dry run reports.
 
 from __future__ import annotations
 
+import json
+
+from parity import categories
+from parity.categories.base import sampling_for
 from parity.engines.base import EngineSetting
 from parity.run.results import ScenarioResult
 
@@ -48,10 +52,26 @@ def dry_run_records(plan: Plan, refused: dict[Where, str], doomed: set[int]) -> 
             "model": where[1],
             "planned": True,
             "scenarios": [r.scenario.name for r, _ in jobs],
+            "shared_generations": shared_generations(jobs),
             **_dry_run_skip(where, jobs, refused, doomed),
         }
         for n, (where, jobs) in enumerate(plan.items(), 1)
     ]
+
+
+def shared_generations(jobs: list[Job]) -> list[list[str]]:
+    """The scenarios (two or more) whose generations one engine makes once and shares
+    (drive's MemoEngine): same prompts, chat template and sampling, in categories that reuse
+    generations; one list per shared request, in the order the jobs run."""
+    groups: dict[str, list[str]] = {}
+    for res, role in jobs:
+        category = categories.registry().get(res.scenario.category)
+        if category is None or not category.reuses_generations:
+            continue
+        sampling = sampling_for(res.scenario, role).to_dict()
+        key = json.dumps([res.prompts, res.scenario.chat, sampling], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(res.scenario.name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _dry_run_skip(where: Where, jobs: list[Job], refused: dict[Where, str], doomed: set[int]):

@@ -154,6 +154,24 @@ def test_rl_paired_by_prompt():
     assert all(f.test["paired"] for f in verdict.findings if f.kind != "count_limit")
 
 
+def test_rl_each_engine_gets_its_headline_metrics_with_intervals():
+    """metrics.intervals (the report's opening V0 vs V1 table): per engine, each headline
+    metric as the mean of prompt means inside its 90% interval; reward only with a reward."""
+    base, cand = fake(40, 20, 0.0, seed=1), fake(40, 20, 0.3, seed=3)
+    rewards = [float(i % 2) for i in range(40)]
+    runs = {"baseline": (*base, rewards), "candidate": (*cand, None)}
+    _, detail = rl.check(runs, rl.RL.margins, ClipRange(), 100)
+    got = detail["intervals"]
+    assert set(got["baseline"]) == set(rl.ENGINE_METRICS)
+    assert set(got["candidate"]) == set(rl.ENGINE_METRICS) - {"reward"}
+    for role in got:
+        for v in got[role].values():
+            assert v["ci_low"] <= v["mean"] <= v["ci_high"] and v["confidence"] == 0.9
+    assert got["baseline"]["reward"]["mean"] == 0.5
+    # The candidate's logprobs are 0.3 off: its |dlogp| interval lies above the baseline's.
+    assert got["candidate"]["abs_dlogp"]["ci_low"] > got["baseline"]["abs_dlogp"]["ci_high"]
+
+
 # ----------------------------------------------------------------------------- the meta-test
 # For every category, every declared finding: an input that makes that finding fail, judged
 # with the category's shipped tolerances and margins, the default clip range and the default

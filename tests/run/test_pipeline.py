@@ -189,7 +189,8 @@ def test_dry_run_records_say_why_an_engine_would_not_start():
     assert "skipped" not in records[1]  # scenario b needs it
     assert "skipped" not in records[2]
     assert records[1]["scenarios"] == ["a", "b"] and records[1]["model"] == MODEL
-    assert list(records[0]) == ["n", "setting", "model", "planned", "scenarios", "skipped"]
+    fields = ["n", "setting", "model", "planned", "scenarios", "shared_generations", "skipped"]
+    assert list(records[0]) == fields and records[0]["shared_generations"] == []
 
     only_a = engineplan.plan_engines([a])
     doomed = engineplan.doomed_scenarios(only_a, refused)
