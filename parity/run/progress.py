@@ -71,8 +71,10 @@ class Display:
             return
         now = time.monotonic()
         # The last event of a call always prints: an engine that finishes a whole batch in one
-        # step (V0 0.8.5) sends its first update and its last within the throttle interval.
-        finished = total is not None and done >= total
+        # step (V0 0.8.5) sends its first update and its last within the throttle interval. A
+        # call of one request is the exception: the runtime probes make dozens (cold and warm
+        # cache, batch 1), and the scenario's own log line follows them.
+        finished = total is not None and done >= total and total > 1
         if finished or now - self._last.setdefault(key, now) >= self.every_s:
             self._last[key] = now
             self.console.print(

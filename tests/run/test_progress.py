@@ -29,3 +29,13 @@ def test_unfinished_updates_are_throttled():
         for done in range(1, 10):
             display.progress({"scenario": "s", "role": "candidate", "done": done, "total": 64})
     assert out.getvalue() == ""
+
+
+def test_calls_of_one_request_print_no_progress_line():
+    """The runtime probes make dozens of one-request calls (64 lines in the quick suite's log
+    before): their scenario's log line says what they did."""
+    display, out = _display()
+    with display:
+        for _ in range(5):
+            display.progress({"scenario": "s", "role": "candidate", "done": 1, "total": 1})
+    assert out.getvalue() == ""
