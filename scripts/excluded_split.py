@@ -66,7 +66,13 @@ def report(name: str, seqs: list[Sequence], ref: Reference, sampling: SamplingSp
         f"({100 * (cut.size - near) / n:.2f}%)"
     )
     verdict, _ = logprobs.check(
-        seqs, scores, logprobs.Logprobs.tolerances, ClipRange(), DEFAULT_MIN_TOKENS, "processed"
+        seqs,
+        scores,
+        logprobs.Logprobs.tolerances,
+        ClipRange(),
+        DEFAULT_MIN_TOKENS,
+        "processed",
+        sampling,
     )
     findings = {f.name: f for f in verdict.findings}
     shown = ("excluded_rate", "excluded_numerics_rate", "offset_seqmean", "abs_dlogp_seqmean")
