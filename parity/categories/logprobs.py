@@ -116,7 +116,7 @@ def judge_tokens(
     boundary_tie: list[np.ndarray] | None = None,
     prompt_ids=None,
     words: _common.Words = _common.SAMPLED,
-    cut_rank: list[np.ndarray] | None = None,
+    near_cut: list[np.ndarray] | None = None,
 ) -> TokenJudgement:
     """Per-sequence logprobs of an engine (cand) judged against the trainer's (ref).
 
@@ -124,13 +124,13 @@ def judge_tokens(
     one-sample bound (pass when the upper
     95% bound is within the tolerance, fail when the lower one is beyond it; the unit is the
     prompt when prompts have several samples), the p99 |dlogp|, the excluded-token rate
-    (ties at the cut not counted when boundary_tie is given; with cut_rank, the first tokens
-    past the cut judged apart by excluded_numerics_rate), and two count limits of 0:
+    (ties at the cut not counted when boundary_tie is given; with near_cut, the tokens within
+    an engine's numerics of the cut judged apart by excluded_numerics_rate), and two count limits of 0:
     engine_neginf (engine logprob -inf) and absurd_logprob (a finite logprob below
     metrics.ABSURD_LOGPROB on either side). Precondition: at least
     `min_tokens` tokens. The category's check and `parity judge` both judge by this.
     """
-    summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie, cut_rank)
+    summary, per_seq = _common.gaps(ref, cand, clip, entropy, boundary_tie, near_cut)
     groups = _common.clusters(prompt_ids)
     findings = _common.threshold_findings(per_seq, summary, tolerances, groups)
     findings.insert(0, offset_finding(ref, cand, tolerances, groups))  # the signed gap
@@ -152,7 +152,7 @@ def _judge(s: _common.Sampled, ref, tolerances, clip, min_tokens, seqs) -> Token
         entropy=s.entropy,
         boundary_tie=s.boundary_tie,
         prompt_ids=[q.prompt_index for q in seqs],
-        cut_rank=s.cut_rank,
+        near_cut=s.near_cut,
     )
 
 

@@ -38,7 +38,7 @@ class RL(Category):
     # See docs/measurements.md#rl-margin-noise for the run-to-run noise they come from.
     # excluded_rate: the share of sampled tokens the trainer excludes, as in the logprobs
     # category (its tolerance there; _common.EXCLUDED_RATE_DEFAULT for the measurements), the
-    # first tokens past the cut apart (excluded_numerics_rate, when the cut ranks are known).
+    # tokens within bf16 numerics of the cut apart (excluded_numerics_rate, _common.NUMERICS_SPREAD).
     margins = {
         "kl_k3": 0.005,
         "abs_dlogp": 0.01,

@@ -13,7 +13,13 @@ import numpy as np
 
 from parity.engines.base import SamplingSpec
 from parity.trainer.heads import ReferenceError
-from parity.trainer.sampler import _entropy, boundary_ties, process_logits, tempered_and_kept
+from parity.trainer.sampler import (
+    _entropy,
+    boundary_ties,
+    cut_distances,
+    process_logits,
+    tempered_and_kept,
+)
 
 # [positions x vocab] buffers alive at once while one chunk is scored, in fp32 units: logits,
 # processed logits, the sort's values and int64 indices (2), softmax, cumsum, the mask, the
@@ -101,6 +107,7 @@ class Rows(NamedTuple):
     tempered: np.ndarray  # log_softmax(logits / T) of the target, full vocabulary
     log_kept_mass: np.ndarray  # log of the tempered mass top-k/top-p keep (0: nothing cut)
     cut_rank: np.ndarray  # 0: kept; k: the k-th token past the top-k/top-p cut (cut_ranks)
+    cut_distance: np.ndarray  # 0: kept; else the logit-error spread that could keep it
 
 
 def score_rows(
@@ -112,7 +119,7 @@ def score_rows(
     rows: int | None = None,
 ) -> Rows:
     """Raw, processed and tempered logprob of each target token, the processed distribution's
-    entropy, the boundary-tie flag and the log kept mass (Rows), from final hidden states
+    entropy, the boundary-tie flag, the log kept mass and where past the cut it sits (Rows), from final hidden states
     [N, H] and targets [N], `rows` positions at a time (None: all at once). Each chunk runs the
     same ops on its rows as the whole would, so the result does not depend on `rows`; memory is
     ~LIVE_BUFFERS x rows x vocab x 4 bytes."""
@@ -120,7 +127,7 @@ def score_rows(
 
     n = int(hidden.shape[0])
     rows = n if not rows else max(1, int(rows))
-    out = np.empty((6, n), dtype=np.float64)
+    out = np.empty((7, n), dtype=np.float64)
     tied = np.empty(n, dtype=bool)
     tile = getattr(head, "tile", None)
     if tile:
@@ -140,6 +147,7 @@ def score_rows(
         out[0, a:b] = _cpu(logits.log_softmax(dim=-1).gather(-1, target).squeeze(-1)[:m])
         processed = process_logits(logits, sampling, tie_rule)
         tied[a:b] = _cpu(boundary_ties(logits, sampling, target.squeeze(-1), processed)[:m])
+        out[6, a:b] = _cpu(cut_distances(logits, sampling, target, processed)[:m])
         tempered, kept = tempered_and_kept(logits, processed, sampling)
         del logits
         out[3, a:b] = _cpu(tempered.gather(-1, target).squeeze(-1)[:m])
@@ -150,7 +158,7 @@ def score_rows(
         out[1, a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
         out[2, a:b] = _cpu(_entropy(processed)[:m])
         del processed
-    return Rows(out[0], out[1], out[2], tied, out[3], out[4], out[5])
+    return Rows(out[0], out[1], out[2], tied, out[3], out[4], out[5], out[6])
 
 
 def cut_ranks(tempered, processed, target):

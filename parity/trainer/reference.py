@@ -25,7 +25,8 @@ from parity.trainer.sampler import TIE_RULES
 # 6: the device type (cpu, cuda) in the key: its numerics differ; head GEMMs in fixed tiles.
 # 7: the tempered logprob and the log kept mass stored with every score.
 # 8: the cut rank (where an excluded token sits past the top-k/top-p cut) stored too.
-SCORER_VERSION = 8
+# 9: the cut distance (the logit-error spread that could keep an excluded token) stored too.
+SCORER_VERSION = 9
 
 
 @dataclass
@@ -48,6 +49,9 @@ class RefScore:
     cut_rank: 0 for a token the processed distribution keeps, else 1 + the number of cut tokens
         with a higher logit (1: the first token past the cut, where numerics move it; see
         _common.NUMERICS_RANK). None when not computed.
+    cut_distance: 0 for a kept token, else the least spread (max - min, in tempered logits) of
+        an error on the logits that could bring it back inside the cut (sampler.cut_distances;
+        _common.NUMERICS_SPREAD). None when not computed.
     """
 
     raw_logprob: np.ndarray
@@ -57,6 +61,7 @@ class RefScore:
     tempered_logprob: np.ndarray | None = None
     log_kept_mass: np.ndarray | None = None
     cut_rank: np.ndarray | None = None
+    cut_distance: np.ndarray | None = None
 
 
 class ScoreCache:
@@ -95,14 +100,21 @@ class ScoreCache:
             return None
         (n,) = struct.unpack_from("<q", row[0])
         arr = np.frombuffer(row[0], dtype=np.float32, offset=8).reshape(-1, n).astype(np.float64)
-        # Rows 3..6 (boundary tie, tempered, log kept mass, cut rank) hold NaN where not computed.
-        tie, tempered, kept, gap = (None if np.isnan(a).all() else a for a in arr[3:7])
+        # Rows 3..7 (boundary tie, tempered, log kept mass, cut rank, cut distance) hold NaN
+        # where not computed.
+        tie, tempered, kept, gap, dist = (None if np.isnan(a).all() else a for a in arr[3:8])
         tie = None if tie is None else tie > 0
-        return RefScore(arr[0], arr[1], arr[2], tie, tempered, kept, gap)
+        return RefScore(arr[0], arr[1], arr[2], tie, tempered, kept, gap, dist)
 
     def put(self, key: str, score: RefScore) -> None:
         n = np.size(score.raw_logprob)
-        optional = (score.boundary_tie, score.tempered_logprob, score.log_kept_mass, score.cut_rank)
+        optional = (
+            score.boundary_tie,
+            score.tempered_logprob,
+            score.log_kept_mass,
+            score.cut_rank,
+            score.cut_distance,
+        )
         rows = [score.raw_logprob, score.processed_logprob, score.entropy]
         rows += [np.full(n, np.nan) if a is None else a for a in optional]
         arr = np.stack([np.asarray(r, dtype=np.float64) for r in rows]).astype(np.float32)

@@ -3,6 +3,7 @@ at the cuts resolved by the platform's rule; and the exact entropy of the result
 
 from __future__ import annotations
 
+import math
 import re
 
 from parity.engines.base import SamplingSpec
@@ -134,6 +135,49 @@ def boundary_ties(logits, sampling: SamplingSpec, tokens=None, processed=None):
             tied_k &= (at == kth).squeeze(-1)
         split |= tied_k
     return split
+
+
+def cut_distances(logits, sampling: SamplingSpec, target, processed):
+    """[N] how far outside the top-k/top-p cut each target token sits, in tempered logits: the
+    least spread (max - min over the vocabulary) of an error added to logits / T that could
+    bring it back inside; 0 where `processed` (process_logits of the same fp32 logits [N, V])
+    keeps it. `target` [N, 1].
+
+    An error e on the tempered logits x moves any difference x_i - x_j by at most
+    spread(e) = max e - min e, and the log-odds of any set of tokens against the rest of a set
+    that contains it (a top-p cumulative mass) by at most spread(e) too. So a token excluded
+    by top-k needs spread >= x_kth - x_t (the k-th largest value), and one excluded by top-p
+    needs spread >= logit(C) - logit(p), where C is the mass of the kept-by-top-k tokens above
+    it, renormalised over them and the token (top-p acts after top-k). The distance is the
+    larger of the two: an engine whose logits differ from the trainer's by a spread below it
+    cannot have kept the token with the same top_k/top_p (ties at the cut aside).
+    """
+    import torch  # lazy: torch takes seconds to import
+
+    kept_t = torch.isfinite(processed).gather(-1, target).squeeze(-1)
+    if sampling.temperature < GREEDY_EPS:
+        return torch.zeros(kept_t.shape, dtype=torch.float32)
+    x = logits / sampling.temperature
+    k, p = _top_k_p(sampling, x.shape[-1])
+    at = x.gather(-1, target)
+    dist = x.new_zeros(x.shape[0])
+    in_k = torch.ones_like(x, dtype=torch.bool)
+    if k is not None:
+        kth = _kth(x, k)
+        in_k = x >= kth
+        dist = (kth - at).clamp(min=0).squeeze(-1)
+    if p is not None:
+        z = torch.where(in_k, x, float("-inf"))
+        above = torch.where(z > at, z, float("-inf")).logsumexp(dim=-1)
+        rest = torch.where(in_k & (z <= at), z, float("-inf")).logsumexp(dim=-1)
+        rest = torch.logaddexp(
+            rest, torch.where(in_k.gather(-1, target), -torch.inf, at).squeeze(-1)
+        )
+        # logit(C) = log(mass above) - log(the rest, the token included).
+        p32 = float(torch.tensor(p, dtype=torch.float32))  # p as vLLM holds it
+        logit_p = math.log(p32 / (1 - p32))
+        dist = torch.maximum(dist, (above - rest - logit_p).clamp(min=0))
+    return torch.where(kept_t, torch.zeros_like(dist), dist)
 
 
 def tempered_and_kept(logits, processed, sampling: SamplingSpec):

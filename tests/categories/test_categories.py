@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from parity import categories
-from parity.categories import _runtime_probes, lm_head, logprobs, rl, runtime, weight_update
+from parity.categories import (
+    _common,
+    _runtime_probes,
+    lm_head,
+    logprobs,
+    rl,
+    runtime,
+    weight_update,
+)
 from parity.engines.base import SamplingSpec, Sequence
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS
 from parity.trainer.reference import RefScore
@@ -28,6 +36,7 @@ def fake(
     outliers=0.0,
     samples=1,
     rank=None,
+    distance=None,
 ):
     """Sequences and reference scores: cand = processed + noise + shift; `excluded` tokens per
     sequence get a processed logprob of -inf (the trainer excludes the sampled token), at cut
@@ -45,6 +54,8 @@ def fake(
         score = RefScore(processed - raw_shift, ref, np.full(length, entropy))
         if rank is not None:
             score.cut_rank = np.where(np.isneginf(ref), float(rank), 0.0)
+        if distance is not None:
+            score.cut_distance = np.where(np.isneginf(ref), float(distance), 0.0)
         scores.append(score)
     return seqs, scores
 
@@ -114,7 +125,24 @@ def test_first_tokens_past_the_cut_are_numerics_not_a_support_mismatch():
     verdict, _ = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
     failed = [f.name for f in verdict.findings if f.outcome == "fail"]
     assert failed == ["excluded_numerics_rate"] and verdict.diagnosis == "processed_mismatch"
-    assert "first token past" in verdict.message
+    assert "no more than bf16 numerics" in verdict.message
+
+
+def test_the_distance_past_the_cut_decides_numerics_over_the_rank():
+    # V0's bf16 logits move a top-p cut by several tokens where the tail is flat (a few
+    # percent of mass over many tokens: docs/measurements.md#excluded-split): the distance in
+    # log-odds (cut_distance), not the rank, says whether numerics could have moved it.
+    near = _common.NUMERICS_SPREAD * 0.9
+    seqs, scores = fake(40, 64, 0.0, excluded=1, rank=5, distance=near)
+    verdict, detail = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "pass", verdict.message
+    assert detail["vs_processed"]["n_excluded_numerics"] == 40
+    # The first token past the cut, but further than numerics move a cut: configuration.
+    far = _common.NUMERICS_SPREAD * 1.5
+    seqs, scores = fake(40, 64, 0.0, excluded=1, rank=1, distance=far)
+    verdict, detail = logprobs.check(seqs, scores, TOL, ClipRange(), 100)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "support_mismatch"
+    assert detail["vs_processed"]["n_excluded_numerics"] == 0
 
 
 def test_an_engine_narrower_than_the_trainer_fails_its_offset_as_narrower_support():

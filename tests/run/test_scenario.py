@@ -30,7 +30,24 @@ def write(tmp_path, name, text):
 
 def test_shipped_scenarios_validate():
     scenarios = load_scenarios([SHIPPED])
-    assert {s.name for s in scenarios} >= {"logprobs-processed", "logprobs-raw-control"}
+    assert {s.name for s in scenarios} >= {
+        "logprobs-processed",
+        "logprobs-raw-control",
+        "logprobs-support-control",
+        "logprobs-narrow-support-control",
+        "lmhead-v1-fp32",
+        "lmhead-v1-bf16-control",
+    }
+    # A negative control says how it must fail: expect = "fail" with the diagnosis it shows.
+    for sc in scenarios:
+        if sc.name.endswith("-control"):
+            assert sc.expect == "fail" and sc.expect_diagnosis, sc.name
+    by_name = {s.name: s for s in scenarios}
+    assert by_name["logprobs-narrow-support-control"].expect_diagnosis == "narrower_support"
+    # The lm_head pair is the T = 1, no-truncation check of a bf16 head (issue 23's "done").
+    for name in ("lmhead-v1-fp32", "lmhead-v1-bf16-control"):
+        s = by_name[name].sampling
+        assert (s.temperature, s.top_p, s.top_k) == (1.0, 1.0, 0), name
 
 
 def test_good_scenario_and_precedence(tmp_path, monkeypatch):

@@ -169,7 +169,7 @@ def test_tie_rule_for_platforms():
 
 
 def test_cache_key_and_entry_carry_the_tie_rule(tmp_path):
-    assert SCORER_VERSION == 8
+    assert SCORER_VERSION == 9
     s = SamplingSpec(temperature=0.7, top_k=5)
     key = ScoreCache.key("fp", "float32", s, [1, 2], [3], "keep_ties")
     assert key != ScoreCache.key("fp", "float32", s, [1, 2], [3], "exact_k")
@@ -178,8 +178,9 @@ def test_cache_key_and_entry_carry_the_tie_rule(tmp_path):
     got = cache.get(key)
     assert got.boundary_tie.tolist() == [True] and got.processed_logprob.tolist() == [-2.0]
     assert got.cut_rank is None
-    cache.put(key, RefScore(*(np.array([v]) for v in (-1.0, -np.inf, 0.5, 0, -1.0, 0.0, 2))))
+    cache.put(key, RefScore(*(np.array([v]) for v in (-1.0, -np.inf, 0.5, 0, -1.0, 0.0, 2, 0.25))))
     assert cache.get(key).cut_rank.tolist() == [2.0]
+    assert cache.get(key).cut_distance.tolist() == [0.25]
     with pytest.raises(ValueError):
         Reference(tmp_path, tie_rule="lowest")
     cache.close()
@@ -193,6 +194,33 @@ def test_cut_rank_counts_the_cut_tokens_above_the_target():
     assert rows.cut_rank.tolist() == [0.0, 1.0, 3.0]
     no_cut = score_rows(lambda h: h, logits, torch.tensor([1, 2, 4]), SamplingSpec())
     assert no_cut.cut_rank.tolist() == [0.0, 0.0, 0.0]
+    assert no_cut.cut_distance.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_cut_distance_is_the_logit_error_spread_that_keeps_the_token():
+    # probs 0.5, 0.3, 0.1, 0.06, 0.04 at T 1. top_p 0.75: the 0.1 token has 0.8 above it, so
+    # the log-odds of that mass must fall from logit(0.8) to logit(0.75); the 0.04 token from
+    # logit(0.96). top_k 2: the 0.1 token must rise log(0.3 / 0.1) to tie the 2nd.
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])).repeat(3, 1)
+    targets = torch.tensor([1, 2, 4])
+    rows = score_rows(lambda h: h, logits, targets, SamplingSpec(top_p=0.75))
+    want = [0.0, math.log(4) - math.log(3), math.log(24) - math.log(3)]
+    assert rows.cut_distance.tolist() == pytest.approx(want, abs=1e-6)
+    rows = score_rows(lambda h: h, logits, targets, SamplingSpec(top_k=2))
+    want = [0.0, math.log(3), math.log(7.5)]
+    assert rows.cut_distance.tolist() == pytest.approx(want, abs=1e-6)
+    # top_k 3 then top_p 0.75 over the renormalised 0.5, 0.3, 0.1: the 0.1 token has 0.8/0.9
+    # above it; the 0.04 token, outside the top 3, has all of them (0.9 against its 0.04).
+    rows = score_rows(lambda h: h, logits, targets, SamplingSpec(top_k=3, top_p=0.75))
+    want = [0.0, math.log(8) - math.log(3), math.log(0.9 / 0.04) - math.log(3)]
+    assert rows.cut_distance.tolist() == pytest.approx(want, abs=1e-6)
+    # The bound is tight: an error of just that spread (raising the token and those below it)
+    # keeps the 0.1 token under top_p 0.75; one of a little less does not.
+    d = math.log(4) - math.log(3)
+    for extra, keeps in ((1e-4, True), (-1e-4, False)):
+        moved = logits[:1].clone()
+        moved[0, 2:] += d + extra
+        assert bool(torch.isfinite(process_logits(moved, SamplingSpec(top_p=0.75))[0, 2])) is keeps
 
 
 def test_greedy_is_not_tempered():
