@@ -143,15 +143,20 @@ RL_SCENARIOS = ("rl-v0-vs-v1-parity", "rl-v0-vs-v1-defaults")
 
 @pytest.fixture(scope="session")
 def suite_run(tiny_model, tmp_path_factory):
-    """`parity check` on the shipped logprobs, runtime, lm_head and rl scenarios with the tiny
+    """`parity check` on the shipped logprobs, runtime, lm_head and rl scenarios (the rl pair with
+    `direct = true`, its opt-in direct comparison) with the tiny
     model, once for the session: five engine starts (V1 defaults, V1 parity, V1 with another
     rope_theta, V0, V0 patched), each serving every scenario of its setting. Progress messages
     as plain lines (test_engine_v0 reads them). Returns (cli result, run dir, report.json)."""
     out = tmp_path_factory.mktemp("suite")
-    names = LOGPROBS_SCENARIOS + RUNTIME_SCENARIOS + RL_SCENARIOS
+    files = [SCENARIOS / f"{n}.toml" for n in LOGPROBS_SCENARIOS + RUNTIME_SCENARIOS]
+    direct = tmp_path_factory.mktemp("direct")
+    for name in RL_SCENARIOS:  # the direct comparison is opt-in (rl's `direct` field)
+        files.append(direct / f"{name}.toml")
+        files[-1].write_text("direct = true\n" + (SCENARIOS / f"{name}.toml").read_text())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PARITY_PROGRESS_EVERY_S", "0")
-        result, report = check_tiny([SCENARIOS / f"{n}.toml" for n in names], out)
+        result, report = check_tiny(files, out)
     assert report is not None, result.output
     return result, out, report
 

@@ -1,6 +1,7 @@
 """Category `rl`: baseline vs candidate engine on the RL metrics, each engine's samples scored
 by the same trainer: mismatch metrics by non-inferiority, behaviour metrics by equivalence,
-paired by prompt; plus the direct engine-vs-engine gap on the same tokens (reported)."""
+paired by prompt; plus, when the scenario asks (`direct = true`), the engine-vs-engine gap on the
+same tokens (reported, not judged)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,23 @@ class RL(Category):
         "excluded_numerics_rate": "non_inferiority",
         **_common.VANISHED,
     }
+    fields = {
+        "direct": "true: the engine that runs second is also teacher-forced on the first one's "
+        "tokens and the engine-vs-engine gap on the same tokens is reported (a metric, not "
+        "judged; costs a teacher-forced pass on that engine and a tempered scoring). Default false",
+    }
     key_metric_name = "kl_k3_mean (candidate)"
     scores_columns = {
         "trainer_logprob": "the trainer's logprobs both engines are judged by",
         "trainer_raw_logprob": "its raw_logprobs diagnosis",
         "entropy": "its entropy equivalence finding",
     }
+
+    def parse(self, data, sampling, path):
+        direct = data.get("direct", False)
+        if not isinstance(direct, bool):
+            return {"direct": False}, [(path, "direct", f"must be true or false, got {direct!r}")]
+        return {"direct": direct}, []
 
     def roles(self, options):
         return ("candidate", "baseline")
@@ -80,7 +92,8 @@ class RL(Category):
         er = res.runs[role]
         er.sequences = engine.generate(prompts, sampling_for(res.scenario, role))
         other = res.runs.get("baseline" if role == "candidate" else "candidate")
-        if other is not None and other.sequences:
+        wanted = res.scenario.options.get("direct", False)
+        if wanted and other is not None and other.sequences:
             # The second engine of the pair scores the first one's tokens.
             er.extra["direct_of"] = other.role
             er.extra["direct_forced"] = teacher_force(

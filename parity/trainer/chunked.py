@@ -123,27 +123,10 @@ def score_rows(
     [N, H] and targets [N], `rows` positions at a time (None: all at once). Each chunk runs the
     same ops on its rows as the whole would, so the result does not depend on `rows`; memory is
     ~LIVE_BUFFERS x rows x vocab x 4 bytes."""
-    import torch  # lazy: torch takes seconds to import
-
     n = int(hidden.shape[0])
-    rows = n if not rows else max(1, int(rows))
     out = np.empty((7, n), dtype=np.float64)
     tied = np.empty(n, dtype=bool)
-    tile = getattr(head, "tile", None)
-    if tile:
-        rows = -(-rows // tile) * tile  # whole tiles, so a row's tile does not depend on rows
-    for a in range(0, n, rows):
-        b = min(n, a + rows)
-        h, target = hidden[a:b], targets[a:b].unsqueeze(-1)
-        if tile and (b - a) % tile:
-            # Pad to whole tiles: the row reductions below then always run over >= `tile` rows,
-            # where their per-row summation order does not depend on the row count (over very
-            # few rows torch splits each row between threads, which rounds differently).
-            pad = tile - (b - a) % tile
-            h = torch.cat([h, h.new_zeros((pad, h.shape[1]))])
-            target = torch.cat([target, target.new_zeros((pad, 1))])
-        logits = head(h)
-        m = b - a
+    for a, b, m, logits, target in _chunks(head, hidden, targets, rows):
         out[0, a:b] = _cpu(logits.log_softmax(dim=-1).gather(-1, target).squeeze(-1)[:m])
         processed = process_logits(logits, sampling, tie_rule)
         tied[a:b] = _cpu(boundary_ties(logits, sampling, target.squeeze(-1), processed)[:m])
@@ -159,6 +142,51 @@ def score_rows(
         out[2, a:b] = _cpu(_entropy(processed)[:m])
         del processed
     return Rows(out[0], out[1], out[2], tied, out[3], out[4], out[5], out[6])
+
+
+def processed_rows(
+    head,
+    hidden,
+    targets,
+    sampling: SamplingSpec,
+    tie_rule: str = "keep_ties",
+    rows: int | None = None,
+) -> np.ndarray:
+    """score_rows's `processed` alone (the same ops on the same chunks, so equal to it bit for
+    bit), without the raw, tempered, entropy, tie and cut-rank passes over the vocabulary: for
+    a caller that reads nothing else (the weight-update trainer, parity.trainer.split_batches)."""
+    out = np.empty(int(hidden.shape[0]), dtype=np.float64)
+    for a, b, m, logits, target in _chunks(head, hidden, targets, rows):
+        processed = process_logits(logits, sampling, tie_rule).log_softmax(dim=-1)
+        del logits
+        out[a:b] = _cpu(processed.gather(-1, target).squeeze(-1)[:m])
+        del processed
+    return out
+
+
+def _chunks(head, hidden, targets, rows: int | None):
+    """(a, b, m, logits, target) per chunk of positions [a, b): the head's fp32 logits of the
+    chunk padded to whole tiles of the head (m = b - a real rows first) and the targets [rows,
+    1]; `rows` positions at a time (None: all at once), rounded up to whole tiles, so a row's
+    tile does not depend on `rows`."""
+    import torch  # lazy: torch takes seconds to import
+
+    n = int(hidden.shape[0])
+    rows = n if not rows else max(1, int(rows))
+    tile = getattr(head, "tile", None)
+    if tile:
+        rows = -(-rows // tile) * tile
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        h, target = hidden[a:b], targets[a:b].unsqueeze(-1)
+        if tile and (b - a) % tile:
+            # Pad to whole tiles: the row reductions then always run over >= `tile` rows,
+            # where their per-row summation order does not depend on the row count (over very
+            # few rows torch splits each row between threads, which rounds differently).
+            pad = tile - (b - a) % tile
+            h = torch.cat([h, h.new_zeros((pad, h.shape[1]))])
+            target = torch.cat([target, target.new_zeros((pad, 1))])
+        yield a, b, b - a, head(h), target
 
 
 def cut_ranks(tempered, processed, target):

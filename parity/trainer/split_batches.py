@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from parity.engines.base import SamplingSpec
-from parity.trainer.chunked import chunk_budget, chunk_rows, score_rows
+from parity.trainer.chunked import chunk_budget, chunk_rows, processed_rows
 
 # Padded positions per forward, cache included: bounds the activations and the KV held for a
 # chunk (SmolLM2-135M: ~46 KB of fp32 KV per position, so ~190 MB at this size).
@@ -282,9 +282,9 @@ class _Rows:
         import torch  # lazy: torch takes seconds to import
 
         for head, hidden, targets, where in self.heads.values():
-            lp = score_rows(
+            lp = processed_rows(
                 head, torch.cat(hidden), torch.tensor(targets), sampling, rows=chunk
-            ).processed
+            )
             at = 0
             for key, start, n in where:
                 self.results[key][start : start + n] = lp[at : at + n]

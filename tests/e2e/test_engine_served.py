@@ -240,7 +240,8 @@ def test_v0_server_from_its_environment(tiny_model, tmp_path):
         # teacher-forced on V1's tokens through its prompt logprobs over HTTP.
         rl = tmp_path / "rl.toml"
         rl.write_text(
-            (SCENARIOS / "rl-v0-vs-v1-parity.toml")
+            "direct = true\n"
+            + (SCENARIOS / "rl-v0-vs-v1-parity.toml")
             .read_text()
             .replace(
                 '[baseline]\nprofile = "v0"', f'[baseline]\nengine = "openai"\nurl = "{server.url}"'

@@ -10,6 +10,7 @@ from parity.trainer.chunked import (
     LIVE_BUFFERS,
     chunk_budget,
     chunk_rows,
+    processed_rows,
     resolve_device,
     score_rows,
 )
@@ -45,6 +46,21 @@ def test_chunked_scoring_equals_unchunked(sampling, rows):
         assert (finite == np.isfinite(b)).all()
         assert np.abs(a[finite] - b[finite]).max() <= 1e-6
     assert (whole[3] == chunked[3]).all()
+
+
+@pytest.mark.parametrize(
+    "sampling", [SAMPLING, SamplingSpec(temperature=1.3, top_p=0.5), SamplingSpec(temperature=0.0)]
+)
+@pytest.mark.parametrize("rows", [None, 5])
+def test_processed_rows_is_score_rows_processed_bit_for_bit(sampling, rows):
+    """The weight-update trainer's shortcut (no raw, tempered, entropy, tie, cut-rank passes)."""
+    head = _head(torch.float32, tile=4)
+    h, targets = _rows()
+    full = score_rows(head, h, targets, sampling, rows=rows).processed
+    alone = processed_rows(head, h, targets, sampling, rows=rows)
+    assert np.array_equal(full, alone, equal_nan=True)
+    if sampling.temperature:  # not the raw logprobs (which a greedy request's are)
+        assert not np.array_equal(alone, score_rows(head, h, targets, sampling, rows=rows).raw)
 
 
 def test_head_cast_block_by_block_equals_the_fp32_copy():
