@@ -321,7 +321,7 @@ def with_frameworks(judged: Judged, gates: list[str] = ()) -> Judged:
     numbers = frameworks.with_gates(frameworks.compute(g.trainer, g.engine, g.entropy))
     judged.detail["frameworks"] = numbers
     if gates:
-        apply_gates(judged.verdict, numbers, list(gates))
+        apply_gates(judged.verdict, {frameworks.CANDIDATE: numbers}, list(gates))
     return judged
 
 

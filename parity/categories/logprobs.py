@@ -44,6 +44,7 @@ class Logprobs(Category):
         "replay the engine's top-k/top-p support (vLLM's sampling mask where offered), or "
         'declare [reference] semantics = "processed" if the trainer replays it',
         "vanished_tokens": _common.VANISHED_FIX,
+        **_common.GATE_DIAGNOSIS,
         "narrower_support": "give the engine the trainer's top_k/top_p (and temperature): its "
         "logprobs sit one-signed above a replaying trainer's, renormalised over a smaller set",
     }
@@ -55,6 +56,7 @@ class Logprobs(Category):
         "excluded_rate": "bound",
         "excluded_numerics_rate": "bound",
         **_common.VANISHED,
+        **_common.GATES,
     }
     key_metric_name = "abs_dlogp_mean"
     scores_columns = {

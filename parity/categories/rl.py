@@ -49,6 +49,7 @@ class RL(Category):
         "excludes: align top_k/top_p/min_p and the tie rule",
         "raw_logprobs": "set logprobs_mode=processed_logprobs on the candidate",
         "vanished_tokens": _common.VANISHED_FIX,
+        **_common.GATE_DIAGNOSIS,
         "rl_divergence": "the candidate is worse than the baseline on an RL metric beyond the "
         "margin: bisect the setting differences (parity bisect)",
     }
@@ -61,6 +62,7 @@ class RL(Category):
         "excluded_rate": "non_inferiority",
         "excluded_numerics_rate": "non_inferiority",
         **_common.VANISHED,
+        **_common.GATES_PAIR,
     }
     key_metric_name = "kl_k3_mean (candidate)"
     scores_columns = {
