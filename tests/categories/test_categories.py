@@ -20,9 +20,11 @@ from parity.engines.base import SamplingSpec, Sequence
 from parity.report import frameworks as report_frameworks
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS
 from parity.trainer.reference import RefScore
+from parity.trainer.semantics import trainer_view
 from parity.verdicts import core
 from parity.verdicts import frameworks as fw
 from parity.verdicts.formulas import ClipRange
+from tests.categories.test_truncation_bias import TRUNCATED, synthetic
 
 TOL = dict(logprobs.CATEGORY.tolerances)  # the shipped ones
 
@@ -249,7 +251,24 @@ def _failing_rl():
     for name, made in _vanishing(fake(40, 20, 0.0, seed=3)).items():
         out[name] = check(made)
         assert out[name].diagnosis == "vanished_tokens", out[name].message
+    out["offset_seqmean"] = _truncated_rl()
     return out
+
+
+def _truncated_rl():
+    """An rl pair against a tempered trainer at top_p 0.9 / top_k 50 whose engines both return
+    processed logprobs (renormalised over the kept set): the candidate's offset fails."""
+    base, cand = synthetic("processed", seed=1), synthetic("processed", seed=2)
+    runs = {
+        role: (seqs, [trainer_view(r, "tempered") for r in scores], None)
+        for role, (seqs, scores) in (("baseline", base), ("candidate", cand))
+    }
+    verdict, detail = rl.check(runs, _shipped_margins("rl"), ClipRange(), DEFAULT_MIN_TOKENS)
+    sc = SimpleNamespace(clip=ClipRange(), min_tokens=DEFAULT_MIN_TOKENS, sampling=TRUNCATED)
+    tol = _shipped_tolerances("logprobs")
+    rl.with_truncation(verdict, detail, *cand, "tempered", sc, tol)
+    assert verdict.diagnosis == "truncation_bias", verdict.message
+    return verdict
 
 
 def _seq(i, tokens, lps, **kw):
