@@ -18,7 +18,7 @@ from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, prove
 from parity.report.build import clean as _clean
 from parity.report.frameworks import apply_gates
 from parity.run.scenario import DEFAULT_MIN_TOKENS
-from parity.verdicts import core, formulas, frameworks, metrics
+from parity.verdicts import alignment, core, formulas, frameworks, metrics
 from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
@@ -27,13 +27,6 @@ ONE_SIGNED = 0.8
 # A shift that grows with the token's logprob (slope of engine - trainer on trainer) is a
 # temperature applied on one side: log softmax(z / T) ~ log softmax(z) / T + c per position.
 SLOPE = 0.1
-# The engine column is off by one position when, read one position later or earlier than the
-# trainer's, its gap falls within the abs_dlogp_mean tolerance and to at most this share of the
-# aligned gap (docs/measurements.md#off-by-one: a real dump shifted by one).
-COLLAPSE = 0.25
-# shape keys: mean |engine[t + s] - trainer[t]| for s = +1 (the engine's logprob of token t sits
-# one position later) and s = -1 (one position earlier).
-SHIFTS = {"gap_engine_later": 1, "gap_engine_earlier": -1}
 DIAGNOSES = {
     "vanished_tokens": _common.VANISHED_FIX,
     "off_by_one": "save the engine's logprob of token t at position t (the trainer's alignment)",
@@ -179,30 +172,7 @@ def _shape(g: dumps.Group) -> dict[str, float]:
     var = float(np.var(tr))
     slope = float(np.mean((d - d.mean()) * (tr - tr.mean())) / var) if var > 0 else math.nan
     out = {"offset_mean": float(d.mean()), "offset_sd": float(d.std()), "slope": slope}
-    return out | {key: _shifted_gap(g, s) for key, s in SHIFTS.items()}
-
-
-def _shifted_gap(g: dumps.Group, s: int) -> float:
-    """mean |engine[t + s] - trainer[t]| within each sequence, over the pairs both give a
-    finite logprob; NaN when no pair is left."""
-    pairs = [(e[s:], t[:-s]) if s > 0 else (e[:s], t[-s:]) for e, t in zip(g.engine, g.trainer)]
-    eng = np.concatenate([e for e, _ in pairs]) if pairs else np.zeros(0)
-    tr = np.concatenate([t for _, t in pairs]) if pairs else np.zeros(0)
-    ok = np.isfinite(eng) & np.isfinite(tr)
-    return float(np.mean(np.abs(eng[ok] - tr[ok]))) if ok.any() else math.nan
-
-
-def off_by_one(gap: float, shape: dict[str, float], tolerance: float) -> str | None:
-    """The shape key of the shift under which a gap beyond `tolerance` collapses (within it, and
-    to at most COLLAPSE of the aligned gap), or None."""
-    if not (math.isfinite(gap) and gap > tolerance):
-        return None
-    fits = {
-        k: shape[k]
-        for k in SHIFTS
-        if math.isfinite(shape[k]) and shape[k] <= min(tolerance, COLLAPSE * gap)
-    }
-    return min(fits, key=fits.get) if fits else None
+    return out | alignment.shifted_gaps(g.engine, g.trainer)
 
 
 def _diagnose(
@@ -225,17 +195,11 @@ def _diagnose(
     vanished = _common.vanished_message(findings)
     if vanished:
         return "vanished_tokens", f"{vanished} ({text})"
-    shifted = off_by_one(gap, shape, tolerance)
+    shifted = alignment.off_by_one(gap, shape, tolerance)
     if shifted:
-        later = shifted == "gap_engine_later"
         return "off_by_one", (
-            f"the engine column is shifted by one position against the trainer's: the "
-            f"engine's logprob at position t + {1 if later else -1} matches the trainer's at t "
-            f"(mean |dlogp| {fmt(shape[shifted], 4)} shifted back, {fmt(gap, 4)} as aligned); "
-            "save the engine's logprob of token t at position t: the usual cause is a "
-            "logprob taken from logits[:, t] for token t (the next-token shift "
-            "logits[:, :-1] against tokens[:, 1:] missed or applied twice), or the prompt's "
-            f"last position kept ({text})"
+            "the engine column is shifted by one position against the trainer's: "
+            f"{alignment.message(shifted, shape, gap)} ({text})"
         )
     if "excluded_rate" in failed:
         n = int(summary["n_ref_excluded"]) - int(summary.get("n_tied_excluded", 0))

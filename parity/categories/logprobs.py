@@ -13,7 +13,7 @@ from parity.categories import _common
 from parity.categories.base import Category
 from parity.trainer import semantics as trainer_semantics
 from parity.trainer.sampler import GREEDY_EPS
-from parity.verdicts import core, formulas, metrics, stats
+from parity.verdicts import alignment, core, formulas, metrics, stats
 from parity.verdicts.fmt import fmt
 
 # A systematic signed gap (engine - trainer) biases every importance ratio by exp(offset) even
@@ -45,6 +45,8 @@ class Logprobs(Category):
         'declare [reference] semantics = "processed" if the trainer replays it',
         "vanished_tokens": _common.VANISHED_FIX,
         **_common.GATE_DIAGNOSIS,
+        "off_by_one": "save each side's logprob of token t at position t: the engine's and the "
+        "trainer's (a scores file's trainer_logprob) are one position apart",
         "narrower_support": "give the engine the trainer's top_k/top_p (and temperature): its "
         "logprobs sit one-signed above a replaying trainer's, renormalised over a smaller set",
     }
@@ -204,12 +206,22 @@ def check(
     bias = _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens)
     distinct = sampling is None or sampling.is_processed_distinct
     diagnosis, message = _diagnose(j, gap_proc, gap_raw, semantics, bias, distinct)
-    if diagnosis == "processed_mismatch" and _narrower(j, semantics, sampling):
+    shape = alignment.shifted_gaps(s.cand, s.processed)
+    shifted = alignment.off_by_one(gap_proc, shape, tolerances.get("abs_dlogp_mean", np.inf))
+    if j.outcome == "fail" and diagnosis != "vanished_tokens" and shifted:
+        diagnosis = "off_by_one"
+        message = (
+            "the engine's logprobs and the trainer's are one position apart (with a scores "
+            f"file, its trainer_logprob column is the usual culprit): "
+            f"{alignment.message(shifted, shape, gap_proc)} ({message})"
+        )
+    elif diagnosis == "processed_mismatch" and _narrower(j, semantics, sampling):
         diagnosis, message = "narrower_support", _NARROWER + f" ({message})"
     detail = {
         "vs_processed": j.summary,
         "vs_raw": vs_raw,
         "semantics": semantics,
+        "alignment": shape,
         "key_metric": gap_proc,
         "headline": f"|dlogp| {fmt(gap_proc)} (raw {fmt(gap_raw)})"
         + (f", {j.summary['n_ref_excluded']} excluded" if j.summary["n_ref_excluded"] else ""),
