@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.categories import _common
+from parity.categories import _common, logprobs
 from parity.categories.logprobs import Logprobs, TokenJudgement, judge_tokens
 from parity.data import dumps
 from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
@@ -30,6 +30,7 @@ SLOPE = 0.1
 DIAGNOSES = {
     "vanished_tokens": _common.VANISHED_FIX,
     "off_by_one": "save the engine's logprob of token t at position t (the trainer's alignment)",
+    "truncation_bias": Logprobs.diagnoses["truncation_bias"],
     "support_mismatch": "align top_k/top_p/min_p between the engine and the trainer's scoring",
     "systematic_offset": "apply the same temperature/top-k/top-p on both sides (engine: "
     "processed logprobs, e.g. vLLM logprobs_mode=processed_logprobs)",
@@ -124,24 +125,19 @@ def judge_group(
     Findings and precondition: the logprobs category's (logprobs.judge_tokens), the trainer as
     reference and the engine as candidate, over the scored tokens. Diagnosis: vanished_tokens
     (an engine -inf or a fill value for -inf), off_by_one (the gaps collapse with the engine
-    read one position later or earlier), support_mismatch (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
+    read one position later or earlier), truncation_bias (with a trainer_log_kept_mass column:
+    the gap is the truncation offset, logprobs.truncation_offset; without it, a one-signed
+    engine-above gap says it is a likely cause), support_mismatch (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
     else numeric_mismatch; the worst weight version is named when there are several.
     """
-    j = judge_tokens(
-        g.trainer,
-        g.engine,
-        tolerances,
-        clip,
-        min_tokens,
-        entropy=g.entropy,
-        boundary_tie=g.boundary_tie,
-        prompt_ids=g.prompt_ids,
-        words=SCORED,
-    )
+    j = _judge_against(g, g.trainer, tolerances, clip, min_tokens)
     summary, shape = j.summary, _shape(g)
     versions = by_version(g, clip)
     worst = _worst(versions)
-    diagnosis, message = _diagnose(j, shape, tolerances.get("abs_dlogp_mean", math.inf))
+    bias = _truncation(g, j, tolerances, clip, min_tokens)
+    diagnosis, message = _diagnose(j, shape, tolerances.get("abs_dlogp_mean", math.inf), bias)
+    if g.trainer_log_kept_mass is None and diagnosis in ("systematic_offset", "numeric_mismatch"):
+        message += _truncation_hint(j)
     if worst and len(versions) > 1:
         best = min(versions, key=lambda v: _nan_last(versions[v]["abs_dlogp_mean"]))
         message += (
@@ -153,12 +149,56 @@ def judge_group(
     detail = {
         "metrics": summary,
         "shape": shape,
+        "truncation": bias,
         "per_weight_version": versions,
         "worst_weight_version": worst,
         "key_metric": summary["abs_dlogp_mean"],
         "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset {fmt(shape['offset_mean'])}",
     }
     return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
+
+
+def _judge_against(g: dumps.Group, trainer, tolerances, clip, min_tokens) -> TokenJudgement:
+    """The group's engine logprobs judged against `trainer` (per sequence) by the logprobs
+    category's judge_tokens."""
+    return judge_tokens(
+        trainer,
+        g.engine,
+        tolerances,
+        clip,
+        min_tokens,
+        entropy=g.entropy,
+        boundary_tie=g.boundary_tie,
+        prompt_ids=g.prompt_ids,
+        words=SCORED,
+    )
+
+
+def _truncation(g: dumps.Group, j: TokenJudgement, tolerances, clip, min_tokens) -> dict | None:
+    """logprobs.truncation_offset from the dump's trainer_log_kept_mass column (the trainer
+    column taken as the tempered logprobs, the residual judged against trainer - log kept mass);
+    None without the column, with a token whose kept mass is unknown (NaN), or nothing cut."""
+    kept = g.trainer_log_kept_mass
+    if kept is None or any(np.isnan(k).any() for k in kept):
+        return None
+    replayed = [t - k for t, k in zip(g.trainer, kept)]
+    residual = _judge_against(g, replayed, tolerances, clip, min_tokens)
+    return logprobs.truncation_offset(kept, residual, j)
+
+
+def _truncation_hint(j: TokenJudgement) -> str:
+    """Where offset_seqmean fails with the engine above the trainer and the dump carries no
+    kept mass: truncation bias is a likely cause, and the column that would confirm it."""
+    offset = next(f for f in j.findings if f.name == "offset_seqmean")
+    if offset.outcome != "fail" or "sits above" not in (offset.note or ""):
+        return ""
+    return (
+        "; truncation bias is a likely cause: an engine sampling with top_p < 1 or top_k > 0 "
+        "returns logprobs renormalised over the kept set, -log(kept mass) above a trainer's "
+        "log_softmax(logits / T) over the full vocabulary; add a trainer_log_kept_mass column "
+        "(log of the tempered probability mass top-k/top-p keep at each position) to confirm "
+        "it (docs/judge.md)"
+    )
 
 
 def _shape(g: dumps.Group) -> dict[str, float]:
@@ -176,7 +216,7 @@ def _shape(g: dumps.Group) -> dict[str, float]:
 
 
 def _diagnose(
-    j: TokenJudgement, shape: dict[str, float], tolerance: float
+    j: TokenJudgement, shape: dict[str, float], tolerance: float, bias: dict | None = None
 ) -> tuple[str | None, str]:
     outcome, findings, summary, pre = j.outcome, j.findings, j.summary, j.preconditions
     gap, off, p99 = summary["abs_dlogp_mean"], shape["offset_mean"], summary["abs_dlogp_p99"]
@@ -201,6 +241,8 @@ def _diagnose(
             "the engine column is shifted by one position against the trainer's: "
             f"{alignment.message(shifted, shape, gap)} ({text})"
         )
+    if bias is not None and bias["matches"]:
+        return "truncation_bias", logprobs.truncation_message(bias, text)
     if "excluded_rate" in failed:
         n = int(summary["n_ref_excluded"]) - int(summary.get("n_tied_excluded", 0))
         return "support_mismatch", (

@@ -269,10 +269,9 @@ def as_group(d):
         list(range(len(d["engine"]))),
         d["engine"],
         d["trainer"],
-        d["entropy"],
-        None,
-        d["tie"],
-        np.asarray(d["prompt"]),
+        entropy=d["entropy"],
+        boundary_tie=d["tie"],
+        prompt_ids=np.asarray(d["prompt"]),
     )
 
 

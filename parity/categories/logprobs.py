@@ -255,25 +255,58 @@ def _narrower(j: TokenJudgement, semantics: str, sampling) -> bool:
 
 
 def _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens) -> dict | None:
-    """The truncation offset where the trainer is tempered and top-k/top-p cut something:
-    {"mean_bias": mean -log kept mass over the sampled tokens (nats, the engine's expected
-    excess over the trainer), "residual": the engine judged against the replayed processed
-    logprobs (= tempered - log kept mass), "matches": that judgement passes while the tempered
-    one does not}. None when not applicable (other semantics, no kept mass, nothing cut)."""
+    """truncation_offset where the trainer is tempered and the reference computed the kept
+    mass: the residual is the engine judged against the replayed processed logprobs. None when
+    not applicable (other semantics, no kept mass, nothing cut)."""
     if semantics != "tempered" or any(r.log_kept_mass is None for r in scores):
         return None
-    kept = np.concatenate([np.asarray(r.log_kept_mass, np.float64) for r in scores] or [[]])
-    if not kept.size or not np.any(kept < 0):
+    kept = [np.asarray(r.log_kept_mass, np.float64) for r in scores]
+    if not _cuts(kept):
         return None
     s = _common.sampled(seqs, scores)
     residual = _judge(s, s.processed, tolerances, clip, min_tokens, seqs)
+    return truncation_offset(kept, residual, j)
+
+
+def _cuts(kept: list[np.ndarray]) -> bool:
+    return any(np.any(k < 0) for k in kept)
+
+
+def truncation_offset(
+    kept: list[np.ndarray], residual: TokenJudgement, j: TokenJudgement
+) -> dict | None:
+    """The truncation offset of an engine against a tempered trainer, from the log kept mass of
+    each sampled token's position (`kept`, per sequence), the engine judged against tempered -
+    log kept mass (`residual`) and against the tempered logprobs (`j`): {"mean_bias": mean -log
+    kept mass over the sampled tokens (nats, the engine's expected excess over the trainer),
+    "max_bias", "residual_abs_dlogp_mean", "residual_outcome", "matches": the residual passes
+    while the tempered judgement does not}. None when top-k/top-p cut nothing. The logprobs
+    category and `parity judge` (a dump's trainer_log_kept_mass column) both diagnose by it."""
+    if not _cuts(kept):
+        return None
+    flat = np.concatenate(kept)
     return {
-        "mean_bias": float(-kept.mean()),
-        "max_bias": float(-kept.min()),
+        "mean_bias": float(-flat.mean()),
+        "max_bias": float(-flat.min()),
         "residual_abs_dlogp_mean": residual.summary["abs_dlogp_mean"],
         "residual_outcome": residual.outcome,
         "matches": residual.outcome == "pass" and j.outcome != "pass",
     }
+
+
+def truncation_message(bias: dict, gap_text: str) -> str:
+    """What a truncation_bias diagnosis says: the bias, the residual and the fix."""
+    return (
+        f"the engine returns processed logprobs renormalised over its top-k/top-p kept "
+        f"set while the trainer computes tempered log_softmax(logits / T) over the full "
+        f"vocabulary: every token carries a bias of -log(kept mass), mean "
+        f"{fmt(bias['mean_bias'], 4)} nats (max {fmt(bias['max_bias'], 4)}); after "
+        f"subtracting it the mean |dlogp| is {fmt(bias['residual_abs_dlogp_mean'], 4)} "
+        f"({gap_text}). Fix: sample with top_p = 1 and top_k off for RL, or have the "
+        "trainer replay the engine's support (vLLM's sampling mask where the engine "
+        'offers it), or declare [reference] semantics = "processed" if the trainer '
+        "replays it"
+    )
 
 
 def _diagnose(
@@ -304,17 +337,7 @@ def _diagnose(
             f"written where -inf belongs ({gap_text})"
         )
     if bias is not None and bias["matches"]:
-        return "truncation_bias", (
-            f"the engine returns processed logprobs renormalised over its top-k/top-p kept "
-            f"set while the trainer computes tempered log_softmax(logits / T) over the full "
-            f"vocabulary: every token carries a bias of -log(kept mass), mean "
-            f"{fmt(bias['mean_bias'], 4)} nats (max {fmt(bias['max_bias'], 4)}); after "
-            f"subtracting it the mean |dlogp| is {fmt(bias['residual_abs_dlogp_mean'], 4)} "
-            f"({gap_text}). Fix: sample with top_p = 1 and top_k off for RL, or have the "
-            "trainer replay the engine's support (vLLM's sampling mask where the engine "
-            'offers it), or declare [reference] semantics = "processed" if the trainer '
-            "replays it"
-        )
+        return "truncation_bias", truncation_message(bias, gap_text)
     # Raw logprobs first: a raw-logprob engine usually also has a bf16 head, whose boundary
     # tokens the fp32 trainer may exclude; the excluded count is still reported.
     if outcome != "pass" and distinct and gap_raw < gap_proc:
