@@ -93,22 +93,15 @@ def _power(rec: dict[str, Any]) -> str:
     if not table:
         return ""
     rows = [
-        [
-            escape(name),
-            escape(p["kind"]),
-            _num(p["power"], 2),
-            _num(p["margin"]),
-            escape(f"{p['units']} {p['unit']}s"),
-            escape(f"{p['units_needed']} {p['unit']}s"),
-        ]
+        [escape(name), escape(p["kind"]), _num(p["power"], 2), _num(p["margin"])]
+        + [escape(f"{p[k]} {p['unit']}s") for k in ("units", "units_needed")]
         for name, p in table.items()
     ]
-    target = next(iter(table.values())).get("target", power.TARGET)
+    target = f"{next(iter(table.values())).get('target', power.TARGET):.0%}"
     return (
-        "<h3>Power</h3>"
-        f'<p class="mute">Chance to pass if the engines do not differ, and the units a run needs '
-        f"for {escape(f'{target:.0%}')} (methodology.md#power).</p>"
-        + _table(["finding", "kind", "power", "margin", "units", f"for {target:.0%}"], rows)
+        f'<h3>Power</h3><p class="mute">Chance to pass if the engines do not differ, and the '
+        f"units a run needs for {target} (methodology.md#power).</p>"
+        + _table(["finding", "kind", "power", "margin", "units", f"for {target}"], rows)
     )
 
 
