@@ -50,6 +50,7 @@ class RL(Category):
         "raw_logprobs": "set logprobs_mode=processed_logprobs on the candidate",
         "vanished_tokens": _common.VANISHED_FIX,
         "truncation_bias": logprobs.Logprobs.diagnoses["truncation_bias"],
+        "processed_mismatch": logprobs.Logprobs.diagnoses["processed_mismatch"],
         **_common.GATE_DIAGNOSIS,
         "rl_divergence": "the candidate is worse than the baseline on an RL metric beyond the "
         "margin: bisect the setting differences (parity bisect)",
@@ -238,7 +239,7 @@ def with_truncation(verdict, detail, seqs, scores, semantics, sc, tolerances) ->
     if not own and (verdict.diagnosis is not None or verdict.outcome != "fail"):
         return  # the pair's own diagnosis stands
     # truncation_bias, or only the candidate's offset fails: the logprobs check's diagnosis
-    # where rl has it (raw_logprobs, support_mismatch...), else rl_divergence; its message.
+    # where rl has it (processed_mismatch, raw_logprobs...), else rl_divergence; its message.
     known = lp_verdict.diagnosis in RL.diagnoses
     verdict.diagnosis = lp_verdict.diagnosis if known else "rl_divergence"
     verdict.message = (

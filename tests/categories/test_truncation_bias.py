@@ -136,11 +136,14 @@ def test_rl_at_t1_skips_the_raw_diagnosis_and_says_so():
     assert "diagnosis is skipped" in verdict.message
 
 
-def _rl_pair(engine: str, semantics: str, cut=True):
+def _rl_pair(engine: str, semantics: str, cut=True, raw_far=False):
     """An rl pair whose two engines both return `engine` logprobs (synthetic) against the
     trainer under `semantics`, judged as rl.RL.judge does: the pair, then the candidate's
-    truncation offset (rl.with_truncation)."""
+    truncation offset (rl.with_truncation). raw_far: the raw logprobs 1 nat below the tempered
+    ones (no engine is then closer to raw)."""
     base, cand = synthetic(engine, seed=1, cut=cut), synthetic(engine, seed=2, cut=cut)
+    for r in base[1] + cand[1] if raw_far else []:
+        r.raw_logprob = r.tempered_logprob - 1.0
     runs = {
         role: (seqs, [trainer_view(r, semantics) for r in scores], None)
         for role, (seqs, scores) in (("baseline", base), ("candidate", cand))
@@ -178,3 +181,13 @@ def test_rl_pair_without_the_bias_keeps_its_verdict():
         assert pair == verdict.outcome == "pass", (engine, semantics, cut, verdict.message)
         judged = "offset_seqmean" in {f.name for f in verdict.findings}
         assert judged == ("truncation" in detail) == (semantics == "tempered" and cut)
+
+
+def test_rl_pair_with_another_one_signed_gap_is_diagnosed_as_the_logprobs_check_does():
+    # Both engines 0.25 above a tempered trainer, not by the kept mass: the candidate's offset
+    # fails, the residual too, so not truncation_bias: processed_mismatch, the logprobs
+    # category's diagnosis of the same tokens.
+    _, verdict, detail = _rl_pair("offset", "tempered", raw_far=True)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "processed_mismatch"
+    assert detail["truncation"]["residual_outcome"] == "fail"
+    assert "candidate against the trainer" in verdict.message
