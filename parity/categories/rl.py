@@ -227,6 +227,8 @@ def with_truncation(verdict, detail, seqs, scores, semantics, sc, tolerances) ->
     the candidate's signed gap to the trainer (offset_seqmean) is added to the verdict, and a
     truncation_bias diagnosis of the logprobs check becomes the verdict's (its message and
     mean bias). Nothing where the logprobs check finds no truncation."""
+    if semantics != "tempered":  # a truncation offset is only judged against a tempered trainer
+        return
     lp_verdict, lp_detail = logprobs.check(
         seqs, scores, tolerances, sc.clip, sc.min_tokens, semantics, sc.sampling
     )
