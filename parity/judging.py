@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from parity.categories import _common
+from parity.categories import _common, logprobs
 from parity.categories.logprobs import Logprobs, TokenJudgement, judge_tokens
 from parity.data import dumps
 from parity.report.build import EXIT_DIVERGENCE, EXIT_OK, EXIT_UNRESOLVED, provenance
 from parity.report.build import clean as _clean
 from parity.report.frameworks import apply_gates
 from parity.run.scenario import DEFAULT_MIN_TOKENS
-from parity.verdicts import core, formulas, frameworks, metrics
+from parity.verdicts import alignment, core, formulas, frameworks, metrics
 from parity.verdicts.fmt import fmt
 
 TOLERANCES = dict(Logprobs.tolerances)  # abs_dlogp_mean, kl_k3_mean, abs_dlogp_p99, excluded_rate
@@ -27,16 +27,10 @@ ONE_SIGNED = 0.8
 # A shift that grows with the token's logprob (slope of engine - trainer on trainer) is a
 # temperature applied on one side: log softmax(z / T) ~ log softmax(z) / T + c per position.
 SLOPE = 0.1
-# The engine column is off by one position when, read one position later or earlier than the
-# trainer's, its gap falls within the abs_dlogp_mean tolerance and to at most this share of the
-# aligned gap (docs/measurements.md#off-by-one: a real dump shifted by one).
-COLLAPSE = 0.25
-# shape keys: mean |engine[t + s] - trainer[t]| for s = +1 (the engine's logprob of token t sits
-# one position later) and s = -1 (one position earlier).
-SHIFTS = {"gap_engine_later": 1, "gap_engine_earlier": -1}
 DIAGNOSES = {
     "vanished_tokens": _common.VANISHED_FIX,
     "off_by_one": "save the engine's logprob of token t at position t (the trainer's alignment)",
+    "truncation_bias": Logprobs.diagnoses["truncation_bias"],
     "support_mismatch": "align top_k/top_p/min_p between the engine and the trainer's scoring",
     "systematic_offset": "apply the same temperature/top-k/top-p on both sides (engine: "
     "processed logprobs, e.g. vLLM logprobs_mode=processed_logprobs)",
@@ -131,24 +125,19 @@ def judge_group(
     Findings and precondition: the logprobs category's (logprobs.judge_tokens), the trainer as
     reference and the engine as candidate, over the scored tokens. Diagnosis: vanished_tokens
     (an engine -inf or a fill value for -inf), off_by_one (the gaps collapse with the engine
-    read one position later or earlier), support_mismatch (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
+    read one position later or earlier), truncation_bias (with a trainer_log_kept_mass column:
+    the gap is the truncation offset, logprobs.truncation_offset; without it, a one-signed
+    engine-above gap says it is a likely cause), support_mismatch (excluded tokens), systematic_offset (a one-signed gap), heavy_tail (only the p99 fails),
     else numeric_mismatch; the worst weight version is named when there are several.
     """
-    j = judge_tokens(
-        g.trainer,
-        g.engine,
-        tolerances,
-        clip,
-        min_tokens,
-        entropy=g.entropy,
-        boundary_tie=g.boundary_tie,
-        prompt_ids=g.prompt_ids,
-        words=SCORED,
-    )
+    j = _judge_against(g, g.trainer, tolerances, clip, min_tokens)
     summary, shape = j.summary, _shape(g)
     versions = by_version(g, clip)
     worst = _worst(versions)
-    diagnosis, message = _diagnose(j, shape, tolerances.get("abs_dlogp_mean", math.inf))
+    bias = _truncation(g, j, tolerances, clip, min_tokens)
+    diagnosis, message = _diagnose(j, shape, tolerances.get("abs_dlogp_mean", math.inf), bias)
+    if g.trainer_log_kept_mass is None and diagnosis in ("systematic_offset", "numeric_mismatch"):
+        message += _truncation_hint(j)
     if worst and len(versions) > 1:
         best = min(versions, key=lambda v: _nan_last(versions[v]["abs_dlogp_mean"]))
         message += (
@@ -160,12 +149,56 @@ def judge_group(
     detail = {
         "metrics": summary,
         "shape": shape,
+        "truncation": bias,
         "per_weight_version": versions,
         "worst_weight_version": worst,
         "key_metric": summary["abs_dlogp_mean"],
         "headline": f"|dlogp| {fmt(summary['abs_dlogp_mean'])}, offset {fmt(shape['offset_mean'])}",
     }
     return core.Verdict(j.outcome, diagnosis, message, j.findings, j.preconditions), detail
+
+
+def _judge_against(g: dumps.Group, trainer, tolerances, clip, min_tokens) -> TokenJudgement:
+    """The group's engine logprobs judged against `trainer` (per sequence) by the logprobs
+    category's judge_tokens."""
+    return judge_tokens(
+        trainer,
+        g.engine,
+        tolerances,
+        clip,
+        min_tokens,
+        entropy=g.entropy,
+        boundary_tie=g.boundary_tie,
+        prompt_ids=g.prompt_ids,
+        words=SCORED,
+    )
+
+
+def _truncation(g: dumps.Group, j: TokenJudgement, tolerances, clip, min_tokens) -> dict | None:
+    """logprobs.truncation_offset from the dump's trainer_log_kept_mass column (the trainer
+    column taken as the tempered logprobs, the residual judged against trainer - log kept mass);
+    None without the column, with a token whose kept mass is unknown (NaN), or nothing cut."""
+    kept = g.trainer_log_kept_mass
+    if kept is None or any(np.isnan(k).any() for k in kept):
+        return None
+    replayed = [t - k for t, k in zip(g.trainer, kept)]
+    residual = _judge_against(g, replayed, tolerances, clip, min_tokens)
+    return logprobs.truncation_offset(kept, residual, j)
+
+
+def _truncation_hint(j: TokenJudgement) -> str:
+    """Where offset_seqmean fails with the engine above the trainer and the dump carries no
+    kept mass: truncation bias is a likely cause, and the column that would confirm it."""
+    offset = next(f for f in j.findings if f.name == "offset_seqmean")
+    if offset.outcome != "fail" or "sits above" not in (offset.note or ""):
+        return ""
+    return (
+        "; truncation bias is a likely cause: an engine sampling with top_p < 1 or top_k > 0 "
+        "returns logprobs renormalised over the kept set, -log(kept mass) above a trainer's "
+        "log_softmax(logits / T) over the full vocabulary; add a trainer_log_kept_mass column "
+        "(log of the tempered probability mass top-k/top-p keep at each position) to confirm "
+        "it (docs/judge.md)"
+    )
 
 
 def _shape(g: dumps.Group) -> dict[str, float]:
@@ -179,34 +212,11 @@ def _shape(g: dumps.Group) -> dict[str, float]:
     var = float(np.var(tr))
     slope = float(np.mean((d - d.mean()) * (tr - tr.mean())) / var) if var > 0 else math.nan
     out = {"offset_mean": float(d.mean()), "offset_sd": float(d.std()), "slope": slope}
-    return out | {key: _shifted_gap(g, s) for key, s in SHIFTS.items()}
-
-
-def _shifted_gap(g: dumps.Group, s: int) -> float:
-    """mean |engine[t + s] - trainer[t]| within each sequence, over the pairs both give a
-    finite logprob; NaN when no pair is left."""
-    pairs = [(e[s:], t[:-s]) if s > 0 else (e[:s], t[-s:]) for e, t in zip(g.engine, g.trainer)]
-    eng = np.concatenate([e for e, _ in pairs]) if pairs else np.zeros(0)
-    tr = np.concatenate([t for _, t in pairs]) if pairs else np.zeros(0)
-    ok = np.isfinite(eng) & np.isfinite(tr)
-    return float(np.mean(np.abs(eng[ok] - tr[ok]))) if ok.any() else math.nan
-
-
-def off_by_one(gap: float, shape: dict[str, float], tolerance: float) -> str | None:
-    """The shape key of the shift under which a gap beyond `tolerance` collapses (within it, and
-    to at most COLLAPSE of the aligned gap), or None."""
-    if not (math.isfinite(gap) and gap > tolerance):
-        return None
-    fits = {
-        k: shape[k]
-        for k in SHIFTS
-        if math.isfinite(shape[k]) and shape[k] <= min(tolerance, COLLAPSE * gap)
-    }
-    return min(fits, key=fits.get) if fits else None
+    return out | alignment.shifted_gaps(g.engine, g.trainer)
 
 
 def _diagnose(
-    j: TokenJudgement, shape: dict[str, float], tolerance: float
+    j: TokenJudgement, shape: dict[str, float], tolerance: float, bias: dict | None = None
 ) -> tuple[str | None, str]:
     outcome, findings, summary, pre = j.outcome, j.findings, j.summary, j.preconditions
     gap, off, p99 = summary["abs_dlogp_mean"], shape["offset_mean"], summary["abs_dlogp_p99"]
@@ -225,18 +235,14 @@ def _diagnose(
     vanished = _common.vanished_message(findings)
     if vanished:
         return "vanished_tokens", f"{vanished} ({text})"
-    shifted = off_by_one(gap, shape, tolerance)
+    shifted = alignment.off_by_one(gap, shape, tolerance)
     if shifted:
-        later = shifted == "gap_engine_later"
         return "off_by_one", (
-            f"the engine column is shifted by one position against the trainer's: the "
-            f"engine's logprob at position t + {1 if later else -1} matches the trainer's at t "
-            f"(mean |dlogp| {fmt(shape[shifted], 4)} shifted back, {fmt(gap, 4)} as aligned); "
-            "save the engine's logprob of token t at position t: the usual cause is a "
-            "logprob taken from logits[:, t] for token t (the next-token shift "
-            "logits[:, :-1] against tokens[:, 1:] missed or applied twice), or the prompt's "
-            f"last position kept ({text})"
+            "the engine column is shifted by one position against the trainer's: "
+            f"{alignment.message(shifted, shape, gap)} ({text})"
         )
+    if bias is not None and bias["matches"]:
+        return "truncation_bias", logprobs.truncation_message(bias, text)
     if "excluded_rate" in failed:
         n = int(summary["n_ref_excluded"]) - int(summary.get("n_tied_excluded", 0))
         return "support_mismatch", (
@@ -321,7 +327,7 @@ def with_frameworks(judged: Judged, gates: list[str] = ()) -> Judged:
     numbers = frameworks.with_gates(frameworks.compute(g.trainer, g.engine, g.entropy))
     judged.detail["frameworks"] = numbers
     if gates:
-        apply_gates(judged.verdict, numbers, list(gates))
+        apply_gates(judged.verdict, {frameworks.CANDIDATE: numbers}, list(gates))
     return judged
 
 

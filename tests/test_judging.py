@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from parity import judging as judge
 from parity.cli import app
 from parity.data import dumps
-from parity.verdicts import formulas, metrics
+from parity.verdicts import alignment, formulas, metrics
 
 N_SEQS, N_TOK = 64, 32
 
@@ -269,10 +269,9 @@ def as_group(d):
         list(range(len(d["engine"]))),
         d["engine"],
         d["trainer"],
-        d["entropy"],
-        None,
-        d["tie"],
-        np.asarray(d["prompt"]),
+        entropy=d["entropy"],
+        boundary_tie=d["tie"],
+        prompt_ids=np.asarray(d["prompt"]),
     )
 
 
@@ -675,18 +674,18 @@ def test_a_real_dump_shifted_by_one_is_named_off_by_one(tmp_path, later):
     assert result.exit_code == 1, result.output
     g = data["groups"][0]
     assert g["verdict"]["diagnosis"] == "off_by_one", g["verdict"]["message"]
-    assert f"position t + {1 if later else -1} matches" in g["verdict"]["message"]
+    assert f"position t {'+' if later else '-'} 1 matches" in g["verdict"]["message"]
     back = g["shape"]["gap_engine_later" if later else "gap_engine_earlier"]
-    assert back <= judge.COLLAPSE * g["metrics"]["abs_dlogp_mean"]
+    assert back <= alignment.COLLAPSE * g["metrics"]["abs_dlogp_mean"]
     # shifted back, the gap is the aligned dump's (less the one row dropped per sequence)
     assert back == pytest.approx(aligned, rel=0.25)
 
 
 def test_off_by_one_needs_a_failing_gap_that_collapses():
     shape = {"gap_engine_later": 0.01, "gap_engine_earlier": 0.9}
-    assert judge.off_by_one(0.8, shape, 0.06) == "gap_engine_later"
-    assert judge.off_by_one(0.05, shape, 0.06) is None  # within tolerance: nothing to name
-    assert judge.off_by_one(0.8, {**shape, "gap_engine_later": 0.3}, 0.06) is None
+    assert alignment.off_by_one(0.8, shape, 0.06) == "gap_engine_later"
+    assert alignment.off_by_one(0.05, shape, 0.06) is None  # within tolerance: nothing to name
+    assert alignment.off_by_one(0.8, {**shape, "gap_engine_later": 0.3}, 0.06) is None
     # near-certain tokens (every logprob ~0): shifting changes nothing, so it names nothing
     flat = {"gap_engine_later": 0.0, "gap_engine_earlier": 0.0}
-    assert judge.off_by_one(0.0, flat, 0.06) is None
+    assert alignment.off_by_one(0.0, flat, 0.06) is None

@@ -10,7 +10,7 @@ import numpy as np
 
 from parity.engines.base import Sequence
 from parity.trainer.reference import RefScore
-from parity.verdicts import core, formulas, metrics, stats
+from parity.verdicts import core, formulas, frameworks, metrics, stats
 
 # Sampled tokens the trainer's processed distribution excludes (probability 0). Tokens tied
 # with the lowest kept logit are the platform's tie rule and never count. The rest are judged as
@@ -219,6 +219,15 @@ VANISHED_FIX = (
     "an engine gives a token it sampled logprob -inf, or a side writes a mask's fill value "
     "(-1e4, finfo.min) where -inf was meant: fix that side (the message says which)"
 )
+
+
+# The trainer frameworks' gates a scenario asks for (`gates`, `--gate`): findings of every
+# category whose judge scores the candidate's tokens with the reference (the report layer adds
+# them, parity.report.frameworks.attach), and their diagnosis. GATES_PAIR: also the baseline's,
+# for a category that scores both engines against the trainer.
+GATES = frameworks.declared()
+GATES_PAIR = frameworks.declared((frameworks.CANDIDATE, "baseline"))
+GATE_DIAGNOSIS = {frameworks.DIAGNOSIS: frameworks.FIX}
 
 
 def _count(arrays: list[np.ndarray], mask) -> tuple[int, float]:

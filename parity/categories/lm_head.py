@@ -264,8 +264,9 @@ class LmHead(Category):
         "fp16_head": "V1: hf_overrides={head_dtype: float32}; V0: PARITY_FP32_HEAD=1",
         "fp32_head": "drop the fp32 head override",
         "vanished_tokens": _common.VANISHED_FIX,
+        **_common.GATE_DIAGNOSIS,
     }
-    findings = {"head_dtype": "equality", **_common.VANISHED}
+    findings = {"head_dtype": "equality", **_common.VANISHED, **_common.GATES}
     key_metric_name = "share of positions on the 16-bit grid"
     scores_refusal = (
         "it scores every sequence with an fp32 and a model-dtype head, a scores file holds one head"

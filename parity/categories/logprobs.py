@@ -13,7 +13,7 @@ from parity.categories import _common
 from parity.categories.base import Category
 from parity.trainer import semantics as trainer_semantics
 from parity.trainer.sampler import GREEDY_EPS
-from parity.verdicts import core, formulas, metrics, stats
+from parity.verdicts import alignment, core, formulas, metrics, stats
 from parity.verdicts.fmt import fmt
 
 # A systematic signed gap (engine - trainer) biases every importance ratio by exp(offset) even
@@ -44,6 +44,9 @@ class Logprobs(Category):
         "replay the engine's top-k/top-p support (vLLM's sampling mask where offered), or "
         'declare [reference] semantics = "processed" if the trainer replays it',
         "vanished_tokens": _common.VANISHED_FIX,
+        **_common.GATE_DIAGNOSIS,
+        "off_by_one": "save each side's logprob of token t at position t: the engine's and the "
+        "trainer's (a scores file's trainer_logprob) are one position apart",
         "narrower_support": "give the engine the trainer's top_k/top_p (and temperature): its "
         "logprobs sit one-signed above a replaying trainer's, renormalised over a smaller set",
     }
@@ -55,6 +58,7 @@ class Logprobs(Category):
         "excluded_rate": "bound",
         "excluded_numerics_rate": "bound",
         **_common.VANISHED,
+        **_common.GATES,
     }
     key_metric_name = "abs_dlogp_mean"
     scores_columns = {
@@ -202,12 +206,22 @@ def check(
     bias = _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens)
     distinct = sampling is None or sampling.is_processed_distinct
     diagnosis, message = _diagnose(j, gap_proc, gap_raw, semantics, bias, distinct)
-    if diagnosis == "processed_mismatch" and _narrower(j, semantics, sampling):
+    shape = alignment.shifted_gaps(s.cand, s.processed)
+    shifted = alignment.off_by_one(gap_proc, shape, tolerances.get("abs_dlogp_mean", np.inf))
+    if j.outcome == "fail" and diagnosis != "vanished_tokens" and shifted:
+        diagnosis = "off_by_one"
+        message = (
+            "the engine's logprobs and the trainer's are one position apart (with a scores "
+            f"file, its trainer_logprob column is the usual culprit): "
+            f"{alignment.message(shifted, shape, gap_proc)} ({message})"
+        )
+    elif diagnosis == "processed_mismatch" and _narrower(j, semantics, sampling):
         diagnosis, message = "narrower_support", _NARROWER + f" ({message})"
     detail = {
         "vs_processed": j.summary,
         "vs_raw": vs_raw,
         "semantics": semantics,
+        "alignment": shape,
         "key_metric": gap_proc,
         "headline": f"|dlogp| {fmt(gap_proc)} (raw {fmt(gap_raw)})"
         + (f", {j.summary['n_ref_excluded']} excluded" if j.summary["n_ref_excluded"] else ""),
@@ -241,25 +255,58 @@ def _narrower(j: TokenJudgement, semantics: str, sampling) -> bool:
 
 
 def _truncation(seqs, scores, semantics, j, tolerances, clip, min_tokens) -> dict | None:
-    """The truncation offset where the trainer is tempered and top-k/top-p cut something:
-    {"mean_bias": mean -log kept mass over the sampled tokens (nats, the engine's expected
-    excess over the trainer), "residual": the engine judged against the replayed processed
-    logprobs (= tempered - log kept mass), "matches": that judgement passes while the tempered
-    one does not}. None when not applicable (other semantics, no kept mass, nothing cut)."""
+    """truncation_offset where the trainer is tempered and the reference computed the kept
+    mass: the residual is the engine judged against the replayed processed logprobs. None when
+    not applicable (other semantics, no kept mass, nothing cut)."""
     if semantics != "tempered" or any(r.log_kept_mass is None for r in scores):
         return None
-    kept = np.concatenate([np.asarray(r.log_kept_mass, np.float64) for r in scores] or [[]])
-    if not kept.size or not np.any(kept < 0):
+    kept = [np.asarray(r.log_kept_mass, np.float64) for r in scores]
+    if not _cuts(kept):
         return None
     s = _common.sampled(seqs, scores)
     residual = _judge(s, s.processed, tolerances, clip, min_tokens, seqs)
+    return truncation_offset(kept, residual, j)
+
+
+def _cuts(kept: list[np.ndarray]) -> bool:
+    return any(np.any(k < 0) for k in kept)
+
+
+def truncation_offset(
+    kept: list[np.ndarray], residual: TokenJudgement, j: TokenJudgement
+) -> dict | None:
+    """The truncation offset of an engine against a tempered trainer, from the log kept mass of
+    each sampled token's position (`kept`, per sequence), the engine judged against tempered -
+    log kept mass (`residual`) and against the tempered logprobs (`j`): {"mean_bias": mean -log
+    kept mass over the sampled tokens (nats, the engine's expected excess over the trainer),
+    "max_bias", "residual_abs_dlogp_mean", "residual_outcome", "matches": the residual passes
+    while the tempered judgement does not}. None when top-k/top-p cut nothing. The logprobs
+    category and `parity judge` (a dump's trainer_log_kept_mass column) both diagnose by it."""
+    if not _cuts(kept):
+        return None
+    flat = np.concatenate(kept)
     return {
-        "mean_bias": float(-kept.mean()),
-        "max_bias": float(-kept.min()),
+        "mean_bias": float(-flat.mean()),
+        "max_bias": float(-flat.min()),
         "residual_abs_dlogp_mean": residual.summary["abs_dlogp_mean"],
         "residual_outcome": residual.outcome,
         "matches": residual.outcome == "pass" and j.outcome != "pass",
     }
+
+
+def truncation_message(bias: dict, gap_text: str) -> str:
+    """What a truncation_bias diagnosis says: the bias, the residual and the fix."""
+    return (
+        f"the engine returns processed logprobs renormalised over its top-k/top-p kept "
+        f"set while the trainer computes tempered log_softmax(logits / T) over the full "
+        f"vocabulary: every token carries a bias of -log(kept mass), mean "
+        f"{fmt(bias['mean_bias'], 4)} nats (max {fmt(bias['max_bias'], 4)}); after "
+        f"subtracting it the mean |dlogp| is {fmt(bias['residual_abs_dlogp_mean'], 4)} "
+        f"({gap_text}). Fix: sample with top_p = 1 and top_k off for RL, or have the "
+        "trainer replay the engine's support (vLLM's sampling mask where the engine "
+        'offers it), or declare [reference] semantics = "processed" if the trainer '
+        "replays it"
+    )
 
 
 def _diagnose(
@@ -290,17 +337,7 @@ def _diagnose(
             f"written where -inf belongs ({gap_text})"
         )
     if bias is not None and bias["matches"]:
-        return "truncation_bias", (
-            f"the engine returns processed logprobs renormalised over its top-k/top-p kept "
-            f"set while the trainer computes tempered log_softmax(logits / T) over the full "
-            f"vocabulary: every token carries a bias of -log(kept mass), mean "
-            f"{fmt(bias['mean_bias'], 4)} nats (max {fmt(bias['max_bias'], 4)}); after "
-            f"subtracting it the mean |dlogp| is {fmt(bias['residual_abs_dlogp_mean'], 4)} "
-            f"({gap_text}). Fix: sample with top_p = 1 and top_k off for RL, or have the "
-            "trainer replay the engine's support (vLLM's sampling mask where the engine "
-            'offers it), or declare [reference] semantics = "processed" if the trainer '
-            "replays it"
-        )
+        return "truncation_bias", truncation_message(bias, gap_text)
     # Raw logprobs first: a raw-logprob engine usually also has a bf16 head, whose boundary
     # tokens the fp32 trainer may exclude; the excluded count is still reported.
     if outcome != "pass" and distinct and gap_raw < gap_proc:

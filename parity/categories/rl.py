@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.categories import _common
+from parity.categories import _common, logprobs
 from parity.categories._direct import semantics_specs, summarize, teacher_force
 from parity.categories.base import Category, sampling_for
 from parity.trainer import semantics as trainer_semantics
@@ -54,6 +54,9 @@ class RL(Category):
         "excludes: align top_k/top_p/min_p and the tie rule",
         "raw_logprobs": "set logprobs_mode=processed_logprobs on the candidate",
         "vanished_tokens": _common.VANISHED_FIX,
+        "truncation_bias": logprobs.Logprobs.diagnoses["truncation_bias"],
+        "processed_mismatch": logprobs.Logprobs.diagnoses["processed_mismatch"],
+        **_common.GATE_DIAGNOSIS,
         "rl_divergence": "the candidate is worse than the baseline on an RL metric beyond the "
         "margin: bisect the setting differences (parity bisect)",
     }
@@ -65,7 +68,10 @@ class RL(Category):
         "reward": "equivalence",
         "excluded_rate": "non_inferiority",
         "excluded_numerics_rate": "non_inferiority",
+        # the candidate's signed gap to a tempered trainer where top-k/top-p cut (truncation)
+        "offset_seqmean": "bound",
         **_common.VANISHED,
+        **_common.GATES_PAIR,
     }
     fields = {
         "direct": "true: the engine that runs second is also teacher-forced on the first one's "
@@ -115,6 +121,9 @@ class RL(Category):
             runs, sc.margins, sc.clip, sc.min_tokens, sc.sampling.is_processed_distinct
         )
         detail["semantics"] = semantics
+        cand = res.runs["candidate"].sequences
+        tolerances = {**logprobs.Logprobs.tolerances, **(sc.tolerances or {})}
+        with_truncation(verdict, detail, cand, scores["candidate"], semantics, sc, tolerances)
         direct = _direct(res, scores, refs)
         if direct:
             detail["direct"] = direct
@@ -250,6 +259,35 @@ def engine_intervals(per_seq: dict[str, np.ndarray], prompts: np.ndarray) -> dic
             "confidence": INTERVAL_CONFIDENCE,
         }
     return out
+
+
+def with_truncation(verdict, detail, seqs, scores, semantics, sc, tolerances) -> None:
+    """The candidate judged as the logprobs category judges it (logprobs.check) where that
+    finds a truncation offset to judge (a tempered trainer, top-k/top-p cutting something):
+    both engines carry the same -log(kept mass) bias, so the pair's comparison cannot see it;
+    the candidate's signed gap to the trainer (offset_seqmean) is added to the verdict, and a
+    truncation_bias diagnosis of the logprobs check becomes the verdict's (its message and
+    mean bias). Nothing where the logprobs check finds no truncation."""
+    if semantics != "tempered":  # a truncation offset is only judged against a tempered trainer
+        return
+    lp_verdict, lp_detail = logprobs.check(
+        seqs, scores, tolerances, sc.clip, sc.min_tokens, semantics, sc.sampling
+    )
+    if "truncation" not in lp_detail:
+        return
+    detail["truncation"] = lp_detail["truncation"]
+    verdict.findings.append(next(f for f in lp_verdict.findings if f.name == "offset_seqmean"))
+    verdict.recombine()
+    own = lp_verdict.diagnosis == "truncation_bias"
+    if not own and (verdict.diagnosis is not None or verdict.outcome != "fail"):
+        return  # the pair's own diagnosis stands
+    # truncation_bias, or only the candidate's offset fails: the logprobs check's diagnosis
+    # where rl has it (processed_mismatch, raw_logprobs...), else rl_divergence; its message.
+    known = lp_verdict.diagnosis in RL.diagnoses
+    verdict.diagnosis = lp_verdict.diagnosis if known else "rl_divergence"
+    verdict.message = (
+        f"candidate against the trainer: {lp_verdict.message}; pair: {verdict.message}"
+    )
 
 
 def _direct(res, scores: dict, refs) -> dict[str, Any] | None:

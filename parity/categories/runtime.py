@@ -99,12 +99,14 @@ class Runtime(Category):
         **{code: fix for code, fix in DIAGNOSES.values()},
         "prompt_logprobs_semantics": "score at T=1 without truncation, or compare raw with raw",
         "vanished_tokens": _common.VANISHED_FIX,
+        **_common.GATE_DIAGNOSIS,
     }
     findings = {
         "match.*": "equality",
         "abs_dlogp_seqmean": "bound",
         "kl_k3_seqmean": "bound",
         **_common.VANISHED,
+        **_common.GATES,
     }
     key_metric_name = "abs_dlogp_mean (probes) / RL-relevant differences (config_diff)"
     reuses_generations = False  # cold vs warm cache, batch 1 vs N: every call must be real

@@ -69,6 +69,7 @@ NUMERIC = (
     "engine_logprob",
     "trainer_logprob",
     "entropy",
+    "trainer_log_kept_mass",
     "token_id",
     "position",
     "weight_version",
@@ -86,6 +87,7 @@ def validate(rows, mapping, path, parity_own, problems) -> dict[str, np.ndarray]
     }
     _check_logprobs(rows, vals, mapping, path, parity_own, problems)
     _check_entropy(rows, vals, mapping, path, parity_own, problems)
+    _check_kept_mass(rows, vals, mapping, path, parity_own, problems)
     _check_integers(rows, vals, mapping, path, problems)
     if vals.get("boundary_tie") is not None:
         vals["boundary_tie"] = _ties(rows, vals["boundary_tie"], mapping, path, problems)
@@ -152,6 +154,26 @@ def _check_entropy(rows, vals, mapping, path, parity_own, problems) -> None:
         path,
         "an entropy is finite and >= 0; drop the "
         "column with --map entropy= if it is not the trainer's entropy",
+        problems,
+    )
+
+
+def _check_kept_mass(rows, vals, mapping, path, parity_own, problems) -> None:
+    """Log kept masses <= 0 (a mass is at most 1) and not -inf; NaN only in parity's own format
+    (not scored, or scored from a scores file without it: that group is judged without it)."""
+    k = vals.get("trainer_log_kept_mass")
+    if k is None:
+        return
+    bad = (k > 1e-6) | np.isneginf(k) | (np.isnan(k) if not parity_own else False)
+    _count(
+        rows,
+        bad,
+        "NaN, -inf or positive value(s)",
+        mapping.get("trainer_log_kept_mass"),
+        "trainer_log_kept_mass",
+        path,
+        "a log kept mass is log of a probability mass in (0, 1], 0 where nothing is cut; "
+        "drop the column with --map trainer_log_kept_mass= if it is something else",
         problems,
     )
 

@@ -13,6 +13,9 @@ CANONICAL = {
     "token_id": "the sampled token id (optional)",
     "position": "0-based position in the completion (optional; orders a sequence's rows)",
     "entropy": "the trainer's entropy at that position (optional)",
+    "trainer_log_kept_mass": "log of the tempered probability mass the engine's top-k/top-p "
+    "keep at that position, <= 0 (optional; with it a tempered trainer's gap is tested for "
+    "truncation_bias)",
     "weight_version": "the policy version that generated the token (optional, nullable int)",
     "prompt_id": "the prompt a sequence answers (optional; its samples are resampled together)",
     "boundary_tie": "1 = the token is tied with the lowest kept logit at the top-k/top-p cut "

@@ -19,7 +19,8 @@ from parity.data.dumpfiles import DumpError, read_columns, sha256, token_rows
 PARITY_MARKERS = ("scenario", "engine", "trainer_raw_logprob")
 GROUP_BY = ("scenario", "engine")  # judged separately when both columns exist
 LABELS = ("scenario", "engine", "engine_label")
-OPTIONAL = ("entropy", "weight_version", "boundary_tie")  # per-token, Group fields in order
+# per-token, Group fields in order
+OPTIONAL = ("entropy", "weight_version", "boundary_tie", "trainer_log_kept_mass")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Group:
     entropy: list[np.ndarray] | None = None
     weight_version: list[np.ndarray] | None = None  # float, NaN = no version
     boundary_tie: list[np.ndarray] | None = None  # bool
+    trainer_log_kept_mass: list[np.ndarray] | None = None  # NaN: not known for that token
     prompt_ids: np.ndarray | None = None
     dropped_unscored: int = 0
 

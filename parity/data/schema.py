@@ -19,6 +19,10 @@ COLUMNS = {
     "trainer_logprob": "the reference's processed logprob (NaN: not scored by the reference)",
     "trainer_raw_logprob": "the reference's raw logprob (NaN: not scored)",
     "entropy": "entropy of the reference's processed distribution (NaN: not scored)",
+    "trainer_log_kept_mass": "log of the tempered probability mass top-k/top-p keep at the "
+    "position (0: nothing cut), where trainer_logprob is the tempered logprob (NaN: not "
+    "scored, other semantics, or a scores file without it); `parity judge` diagnoses "
+    "truncation_bias by it",
     "boundary_tie": "the token is tied at the top-k/top-p cut (null: not scored or unknown)",
     "weight_version": "weight version that produced the token (null: no update)",
     "head_dtype": "the reference head the trainer_* columns come from (null: not scored)",
@@ -37,7 +41,13 @@ def schema():
         "head_dtype": pa.string(),
         **{
             c: pa.float64()
-            for c in ("engine_logprob", "trainer_logprob", "trainer_raw_logprob", "entropy")
+            for c in (
+                "engine_logprob",
+                "trainer_logprob",
+                "trainer_raw_logprob",
+                "entropy",
+                "trainer_log_kept_mass",
+            )
         },
     }
     return pa.schema([(c, types.get(c, pa.int64())) for c in COLUMNS])

@@ -15,6 +15,7 @@ from typing import Any
 from parity import categories
 from parity.run.faults import describe, not_judged
 from parity.run.results import RunResult, ScenarioResult
+from parity.verdicts import power
 from parity.verdicts.core import Verdict
 from parity.version import __version__
 
@@ -102,6 +103,7 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
     """One scenario of report.json; `interrupted` (RunResult.interrupted) explains a scenario
     that was never judged."""
     sc = res.scenario
+    verdict = verdict_of(res, interrupted).to_dict()
     engines = {}
     for role, er in res.runs.items():
         key = (er.effective_config or {}).get("key", {})
@@ -132,7 +134,9 @@ def scenario_record(res: ScenarioResult, interrupted: str | None = None) -> dict
         "expect": sc.expect,
         "expect_diagnosis": sc.expect_diagnosis,
         "as_expected": res.as_expected,
-        "verdict": verdict_of(res, interrupted).to_dict(),
+        "verdict": verdict,
+        # per equivalence / non-inferiority finding: power at no difference, units needed
+        "power": power.of_findings(verdict.get("findings")),
         "key_metric": headline(res),
         "sampling": sc.sampling.to_dict(),
         "reference_head_dtype": sc.head_dtype,

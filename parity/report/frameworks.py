@@ -1,7 +1,8 @@
 """The RL frameworks' own health numbers in parity's reports (parity.verdicts.frameworks): put on a
 run's scenarios (each scored engine role's numbers in its metrics under "frameworks", the gates
-asked for as findings of the candidate's verdict), and rendered as rows for report.md, report.html
-and `parity judge`'s reports, a framework's numbers first when asked (--format)."""
+asked for as findings of the scenario's verdict on every scored role: the candidate's bare, the
+baseline's prefixed "baseline."), and rendered as rows for report.md, report.html and `parity
+judge`'s reports, a framework's numbers first when asked (--format)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,7 @@ TITLES = {
     f"{fw.ICEPOP_BAND[1]:g}], sequence mask {fw.SEQ_MASK:g})",
 }
 # What a scenario's verdict says when a gate asked for fails and parity's own findings do not.
-DIAGNOSIS = "framework_gate"
-FIX = (
-    "the engine's logprobs miss a health gate of the trainer framework named; the gaps behind it "
-    "are parity's own findings' (see the diagnosis of the logprobs check and docs/frameworks.md)"
-)
+DIAGNOSIS, FIX = fw.DIAGNOSIS, fw.FIX
 
 
 def scenario_numbers(res: ScenarioResult) -> dict[str, dict[str, Any]]:
@@ -42,23 +39,26 @@ def scenario_numbers(res: ScenarioResult) -> dict[str, dict[str, Any]]:
 def attach(run: RunResult, gates: list[str] = ()) -> None:
     """Every judged scenario's framework numbers into its metrics ("frameworks": role ->
     numbers); the gates asked for (`gates`, and the scenario's own) as findings of the verdict,
-    on the candidate's numbers."""
+    on the numbers of every scored engine role (the candidate's, and the baseline's where the
+    category scores it against the trainer)."""
     for res in run.results:
         numbers = scenario_numbers(res)
         if not numbers or res.verdict is None:
             continue
         res.detail = {**(res.detail or {}), "frameworks": numbers}
         names = list(dict.fromkeys([*gates, *res.scenario.gates]))
-        if names and "candidate" in numbers:
+        if names:
             res.detail["framework_gates"] = names  # report.json: the gates judged, from both
-            apply_gates(res.verdict, numbers["candidate"], names)
+            apply_gates(res.verdict, numbers, names)
 
 
-def apply_gates(verdict, numbers: dict[str, Any], names: list[str]) -> None:
-    """Add the gates `names` as findings to the verdict and recombine it; a failing gate on a
-    verdict with no diagnosis of its own is diagnosed framework_gate, and the message says which
-    gate failed in either case."""
-    found = fw.findings(numbers, list(names))
+def apply_gates(verdict, by_role: dict[str, dict[str, Any]], names: list[str]) -> None:
+    """Add the gates `names` on each engine role's numbers (`by_role`, the candidate first) as
+    findings to the verdict and recombine it; a failing gate on a verdict with no diagnosis of
+    its own is diagnosed framework_gate, and the message says which gate of which role failed
+    in either case."""
+    roles = sorted(by_role, key=lambda role: role != fw.CANDIDATE)
+    found = [f for role in roles for f in fw.findings(by_role[role], list(names), role)]
     if not found:
         return
     verdict.findings.extend(found)

@@ -13,6 +13,7 @@ from parity.engines import ENGINES as BUILTIN_ENGINES
 from parity.report import frameworks, opening
 from parity.report.build import headline_of
 from parity.report.html_figures import scenario_plots
+from parity.verdicts import power
 from parity.verdicts.fmt import fmt
 
 EXIT_MEANING = {
@@ -81,6 +82,26 @@ def _findings(v: dict[str, Any]) -> str:
         return ""
     return "<h3>Findings</h3>" + _table(
         ["finding", "kind", "outcome", "value", "limit", "interval", "p", "reason"], rows
+    )
+
+
+def _power(rec: dict[str, Any]) -> str:
+    """Each equivalence / non-inferiority finding's power (report.json "power";
+    parity.verdicts.power): its chance to pass if the engines do not differ, the units it had
+    and the units it needs for the target; nothing without such findings."""
+    table = rec.get("power") or power.of_findings((rec.get("verdict") or {}).get("findings"))
+    if not table:
+        return ""
+    rows = [
+        [escape(name), escape(p["kind"]), _num(p["power"], 2), _num(p["margin"])]
+        + [escape(f"{p[k]} {p['unit']}s") for k in ("units", "units_needed")]
+        for name, p in table.items()
+    ]
+    target = f"{next(iter(table.values())).get('target', power.TARGET):.0%}"
+    return (
+        f'<h3>Power</h3><p class="mute">Chance to pass if the engines do not differ, and the '
+        f"units a run needs for {target} (methodology.md#power).</p>"
+        + _table(["finding", "kind", "power", "margin", "units", f"for {target}"], rows)
     )
 
 
@@ -190,6 +211,7 @@ def scenario_card(rec: dict[str, Any], tokens, index: int) -> str:
         )
         parts.append(f"<p><b>Preconditions not met</b> (the data cannot decide): {escape(why)}</p>")
     parts.append(_findings(v))
+    parts.append(_power(rec))
     parts.append(_key_metrics(rec.get("metrics") or {}))
     parts.append(_frameworks(rec.get("metrics") or {}))
     figs = scenario_plots(rec, tokens, index)

@@ -93,7 +93,7 @@ def _scenario_section(rec: dict[str, Any]) -> list[str]:
         "",
     ]
     lines += _findings_table(v.get("findings"))
-    power_line = power.line(v.get("findings"))
+    power_line = power.line(rec.get("power") or power.of_findings(v.get("findings")))
     lines += [power_line, ""] if power_line else []
     lines += _unmet_preconditions(v.get("preconditions"))
     m = rec.get("metrics") or {}

@@ -66,9 +66,11 @@ def build(run):
                 if n == 0:
                     continue
                 head, score = _match(res, er, seq)
+                semantics = getattr(res.scenario, "semantics", trainer_semantics.DEFAULT)
                 if score is not None:  # the trainer's logprob under the scenario's semantics
-                    semantics = getattr(res.scenario, "semantics", trainer_semantics.DEFAULT)
                     score = trainer_semantics.trainer_view(score, semantics)
+                # The kept mass only beside a tempered trainer column (what judge reads it for).
+                kept = _values(score if semantics == "tempered" else None, "log_kept_mass", n)
                 lp = np.full(n, np.nan)
                 engine = np.asarray(seq.logprobs[:n], dtype=np.float64)
                 lp[: engine.size] = engine
@@ -92,6 +94,7 @@ def build(run):
                     ("trainer_logprob", _values(score, "processed_logprob", n)),
                     ("trainer_raw_logprob", _values(score, "raw_logprob", n)),
                     ("entropy", _values(score, "entropy", n)),
+                    ("trainer_log_kept_mass", kept),
                     ("boundary_tie", [None] * n if tie is None else tie.tolist()),
                     ("weight_version", versions + [None] * (n - len(versions))),
                     ("head_dtype", [head] * n),

@@ -84,6 +84,32 @@ FINDINGS = {
     PRIME: {"prime_rl_mismatch_kl": "bound"},
     VERL: {"verl_health_warnings": "count_limit"},
 }
+# The engine role whose gate findings carry no prefix (another role's are "<role>.<name>").
+CANDIDATE = "candidate"
+# A verdict's diagnosis when a gate asked for fails and parity's own findings do not; every
+# category that scores tokens declares it (so a negative control can expect it).
+DIAGNOSIS = "framework_gate"
+FIX = (
+    "an engine's logprobs miss a health gate of the trainer framework named (the finding's "
+    "prefix names the engine role, none: the candidate); the gaps behind it are parity's own "
+    "findings' (see the category's diagnosis and docs/frameworks.md)"
+)
+
+
+def finding_name(name: str, role: str = CANDIDATE) -> str:
+    """A gate finding's name for an engine role: the candidate's bare, another's prefixed."""
+    return name if role == CANDIDATE else f"{role}.{name}"
+
+
+def declared(roles: tuple[str, ...] = (CANDIDATE,)) -> dict[str, str]:
+    """Every gate finding the engine roles `roles` can get, name -> kind (a category's
+    `findings` declaration)."""
+    return {
+        finding_name(name, role): kind
+        for role in roles
+        for per_gate in FINDINGS.values()
+        for name, kind in per_gate.items()
+    }
 
 
 def _pairs(
@@ -264,21 +290,27 @@ def check_names(names: list[str]) -> list[str]:
     return [n for n in names if n not in GATEABLE]
 
 
-def findings(numbers: dict[str, Any], names: list[str]) -> list[core.Finding]:
-    """The asked-for frameworks' gates as findings: NeMo-RL's two bounds, prime-rl's bound, and
-    verl's health warnings as a count limit of 0 (verl reports a batch healthy when none fires).
-    A gate on nothing measured is inconclusive."""
+def findings(
+    numbers: dict[str, Any], names: list[str], role: str = CANDIDATE
+) -> list[core.Finding]:
+    """The asked-for frameworks' gates on one engine role's numbers as findings (named by
+    finding_name): NeMo-RL's two bounds, prime-rl's bound, and verl's health warnings as a count
+    limit of 0 (verl reports a batch healthy when none fires). A gate on nothing measured is
+    inconclusive."""
     out: list[core.Finding] = []
     n = numbers.get("n_tokens", 0)
+    who = "" if role == CANDIDATE else f"{role} engine: "
     for name in dict.fromkeys(names):
         rows = {r["metric"]: r for r in gate_rows(numbers, name)}
         if name == NEMO:
             for metric in ("token_mult_prob_error", "gen_kl_error"):
-                out.append(_bound(f"nemo_rl_{metric}", rows[metric], n, "NeMo-RL"))
+                found = finding_name(f"nemo_rl_{metric}", role)
+                out.append(_bound(found, rows[metric], n, who + "NeMo-RL"))
         elif name == PRIME:
-            out.append(_bound("prime_rl_mismatch_kl", rows["mismatch_kl_mean"], n, "prime-rl"))
+            found = finding_name("prime_rl_mismatch_kl", role)
+            out.append(_bound(found, rows["mismatch_kl_mean"], n, who + "prime-rl"))
         elif name == VERL:
-            out.append(_warnings(rows, n))
+            out.append(_warnings(finding_name("verl_health_warnings", role), rows, n, who))
     return out
 
 
@@ -292,13 +324,11 @@ def _bound(name: str, row: dict[str, Any], n: int, who: str) -> core.Finding:
     return core.bound(name, _nan(row["value"]), gate.high, note)
 
 
-def _warnings(rows: dict[str, dict[str, Any]], n: int) -> core.Finding:
+def _warnings(name: str, rows: dict[str, dict[str, Any]], n: int, who: str) -> core.Finding:
     if any(r["met"] is None for r in rows.values()):
-        return core.Finding(
-            "verl_health_warnings", "count_limit", "inconclusive", None, 0, note="not measured"
-        )
+        return core.Finding(name, "count_limit", "inconclusive", None, 0, note=who + "not measured")
     fired = [f"{m} {fmt(r['value'], 4)} not {r['gate']}" for m, r in rows.items() if not r["met"]]
-    note = f"verl rollout-correction health over {n} tokens: " + (
+    note = f"{who}verl rollout-correction health over {n} tokens: " + (
         "; ".join(fired) if fired else "no warning"
     )
-    return core.count_limit("verl_health_warnings", len(fired), 0, len(rows), note)
+    return core.count_limit(name, len(fired), 0, len(rows), note)

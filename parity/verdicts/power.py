@@ -115,14 +115,26 @@ def of_test(test: dict[str, Any] | None) -> Power | None:
     )
 
 
-def line(findings: list[dict[str, Any]] | None) -> str | None:
-    """One line for a report: each equivalence/non-inferiority finding's power at a true
-    difference of 0 and the units it needs for TARGET; None when there is none."""
-    parts = []
+def of_findings(findings: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """report.json's "power" of a scenario: for each equivalence or non-inferiority finding
+    (dicts, as Verdict.to_dict() gives them) that has an interval, its Power as a dict (kind,
+    power at a true difference of 0, units, units_needed for TARGET, sd_unit, se, margin, unit)
+    with the target; empty when there is none."""
+    out = {}
     for f in findings or []:
         p = of_test(f.get("test"))
         if p is not None:
-            parts.append(f"{f['name']} {p.power:.2f} ({p.units} -> {p.units_needed} {p.unit}s)")
+            out[f["name"]] = {**p.to_dict(), "target": TARGET}
+    return out
+
+
+def line(table: dict[str, dict[str, Any]] | None) -> str | None:
+    """One line for a report from of_findings(): each finding's power at a true difference of
+    0 and the units it needs for TARGET; None when there is none."""
+    parts = [
+        f"{name} {p['power']:.2f} ({p['units']} -> {p['units_needed']} {p['unit']}s)"
+        for name, p in (table or {}).items()
+    ]
     if not parts:
         return None
     return (

@@ -17,10 +17,14 @@ from parity.categories import (
     weight_update,
 )
 from parity.engines.base import SamplingSpec, Sequence
+from parity.report import frameworks as report_frameworks
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS
 from parity.trainer.reference import RefScore
+from parity.trainer.semantics import trainer_view
 from parity.verdicts import core
+from parity.verdicts import frameworks as fw
 from parity.verdicts.formulas import ClipRange
+from tests.categories.test_truncation_bias import TRUNCATED, synthetic
 
 TOL = dict(logprobs.CATEGORY.tolerances)  # the shipped ones
 
@@ -285,7 +289,24 @@ def _failing_rl():
     for name, made in _vanishing(fake(40, 20, 0.0, seed=3)).items():
         out[name] = check(made)
         assert out[name].diagnosis == "vanished_tokens", out[name].message
+    out["offset_seqmean"] = _truncated_rl()
     return out
+
+
+def _truncated_rl():
+    """An rl pair against a tempered trainer at top_p 0.9 / top_k 50 whose engines both return
+    processed logprobs (renormalised over the kept set): the candidate's offset fails."""
+    base, cand = synthetic("processed", seed=1), synthetic("processed", seed=2)
+    runs = {
+        role: (seqs, [trainer_view(r, "tempered") for r in scores], None)
+        for role, (seqs, scores) in (("baseline", base), ("candidate", cand))
+    }
+    verdict, detail = rl.check(runs, _shipped_margins("rl"), ClipRange(), DEFAULT_MIN_TOKENS)
+    sc = SimpleNamespace(clip=ClipRange(), min_tokens=DEFAULT_MIN_TOKENS, sampling=TRUNCATED)
+    tol = _shipped_tolerances("logprobs")
+    rl.with_truncation(verdict, detail, *cand, "tempered", sc, tol)
+    assert verdict.diagnosis == "truncation_bias", verdict.message
+    return verdict
 
 
 def _seq(i, tokens, lps, **kw):
@@ -467,6 +488,31 @@ def _check_category(name: str, category, failing: dict) -> None:
             assert f.kind == kind, (name, f.name, f.kind, kind)
 
 
+def _failing_gates(category) -> dict:
+    """Each trainer-framework gate finding the category declares, failed the way the report
+    layer adds it (parity.report.frameworks.attach -> apply_gates) to a verdict of the
+    category's (its own findings passing): engine logprobs 0.2 below the trainer's on every token of the role judged
+    (token_mult_prob_error 1.22 > 1.05, gen_kl 0.021 > 1e-3, mismatch_kl 0.021 > 0.015, verl's
+    kl 0.2 outside +-0.1), the other role's (where the category
+    declares the baseline's gates) equal to the trainer's."""
+    trainer = [np.linspace(-3.0, -0.1, 20) for _ in range(30)]
+    close = fw.with_gates(fw.compute(trainer, trainer))
+    far = fw.with_gates(fw.compute(trainer, [t - 0.2 for t in trainer]))
+    pair = any(name.startswith("baseline.") for name in category.findings)
+    roles = (fw.CANDIDATE, "baseline") if pair else (fw.CANDIDATE,)
+    out = {}
+    for name in category.findings:
+        if name not in _common.GATES_PAIR:
+            continue
+        role = name.split(".")[0] if "." in name else fw.CANDIDATE
+        by_role = {r: far if r == role else close for r in roles}
+        verdict = core.Verdict("pass", None, "ok", [])
+        report_frameworks.apply_gates(verdict, by_role, list(fw.GATEABLE))
+        assert verdict.diagnosis == fw.DIAGNOSIS, verdict.message
+        out[name] = verdict
+    return out
+
+
 def test_every_finding_of_every_category_can_fail(monkeypatch):
     failing = {
         "logprobs": _failing_logprobs(),
@@ -475,6 +521,8 @@ def test_every_finding_of_every_category_can_fail(monkeypatch):
         "lm_head": _failing_lm_head(),
         "weight_update": _failing_weight_update(monkeypatch),
     }
+    for name, category in categories.registry().items():
+        failing[name].update(_failing_gates(category))
     assert set(failing) == set(categories.names()), "a category without its failing inputs"
     for name, category in categories.registry().items():
         _check_category(name, category, failing[name])
@@ -509,7 +557,7 @@ def test_the_meta_test_fails_a_category_that_emits_an_undeclared_finding():
     # The negative control of the meta-test: the logprobs category's failing inputs, judged
     # as a category that forgot to declare one of the findings it emits, or declares it with
     # another kind, or declares one nothing makes fail.
-    failing = _failing_logprobs()
+    failing = {**_failing_logprobs(), **_failing_gates(logprobs.CATEGORY)}
     _check_category("logprobs", logprobs.CATEGORY, failing)
     forgot = SimpleNamespace(findings={**logprobs.CATEGORY.findings})
     del forgot.findings["abs_dlogp_p99"]
@@ -532,6 +580,7 @@ def test_the_meta_test_fails_a_category_that_emits_an_undeclared_finding():
             "offset_seqmean": "bound",
             "engine_neginf": "count_limit",
             "absurd_logprob": "count_limit",
+            **_common.GATES,
         }
     )
     _check_category("logprobs", family, failing)  # a declared family covers its members

@@ -4,6 +4,7 @@ not the truncation offset), and T = 1 without truncation (the raw diagnosis skip
 and rl)."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -133,3 +134,60 @@ def test_rl_at_t1_skips_the_raw_diagnosis_and_says_so():
     verdict, _ = rl.check(view, rl.RL.margins, ClipRange(), 100, distinct=False)
     assert verdict.outcome == "fail" and verdict.diagnosis == "rl_divergence"
     assert "diagnosis is skipped" in verdict.message
+
+
+def _rl_pair(engine: str, semantics: str, cut=True, raw_far=False):
+    """An rl pair whose two engines both return `engine` logprobs (synthetic) against the
+    trainer under `semantics`, judged as rl.RL.judge does: the pair, then the candidate's
+    truncation offset (rl.with_truncation). raw_far: the raw logprobs 1 nat below the tempered
+    ones (no engine is then closer to raw)."""
+    base, cand = synthetic(engine, seed=1, cut=cut), synthetic(engine, seed=2, cut=cut)
+    for r in base[1] + cand[1] if raw_far else []:
+        r.raw_logprob = r.tempered_logprob - 1.0
+    runs = {
+        role: (seqs, [trainer_view(r, semantics) for r in scores], None)
+        for role, (seqs, scores) in (("baseline", base), ("candidate", cand))
+    }
+    verdict, detail = rl.check(runs, rl.RL.margins, ClipRange(), 100)
+    pair = verdict.outcome
+    sc = SimpleNamespace(clip=ClipRange(), min_tokens=100, sampling=TRUNCATED)
+    rl.with_truncation(verdict, detail, cand[0], cand[1], semantics, sc, dict(TOL))
+    return pair, verdict, detail
+
+
+def test_rl_pair_against_a_tempered_trainer_fails_truncation_bias():
+    # Both engines carry the same -log(kept mass) bias, so none of the pair's own findings
+    # fails; the candidate's offset to the tempered trainer fails, diagnosed as the logprobs
+    # category does, with the mean bias.
+    pair, verdict, detail = _rl_pair("processed", "tempered")
+    assert pair != "fail"
+    assert verdict.outcome == "fail" and verdict.diagnosis == "truncation_bias"
+    offset = next(f for f in verdict.findings if f.name == "offset_seqmean")
+    assert offset.outcome == "fail" and "sits above" in offset.note
+    assert detail["truncation"]["mean_bias"] > 0.02
+    assert "top_p = 1 and top_k off" in verdict.message and "candidate against" in verdict.message
+    assert rl.RL.diagnoses["truncation_bias"] == logprobs.Logprobs.diagnoses["truncation_bias"]
+
+
+def test_rl_pair_without_the_bias_keeps_its_verdict():
+    # A replaying trainer, or nothing cut: no truncation offset is judged; engines returning
+    # tempered logprobs against a tempered trainer pass it.
+    for engine, semantics, cut in (
+        ("processed", "processed", True),
+        ("processed", "tempered", False),
+        ("tempered", "tempered", True),
+    ):
+        pair, verdict, detail = _rl_pair(engine, semantics, cut)
+        assert pair == verdict.outcome == "pass", (engine, semantics, cut, verdict.message)
+        judged = "offset_seqmean" in {f.name for f in verdict.findings}
+        assert judged == ("truncation" in detail) == (semantics == "tempered" and cut)
+
+
+def test_rl_pair_with_another_one_signed_gap_is_diagnosed_as_the_logprobs_check_does():
+    # Both engines 0.25 above a tempered trainer, not by the kept mass: the candidate's offset
+    # fails, the residual too, so not truncation_bias: processed_mismatch, the logprobs
+    # category's diagnosis of the same tokens.
+    _, verdict, detail = _rl_pair("offset", "tempered", raw_far=True)
+    assert verdict.outcome == "fail" and verdict.diagnosis == "processed_mismatch"
+    assert detail["truncation"]["residual_outcome"] == "fail"
+    assert "candidate against the trainer" in verdict.message

@@ -289,6 +289,7 @@ def tokens_frame(data: dict, seed: int = 0) -> pd.DataFrame:
                         "trainer_logprob": trainer[pos],
                         "trainer_raw_logprob": trainer[pos] - 0.1,
                         "entropy": 1.0 + 0.01 * pos,
+                        "trainer_log_kept_mass": float("nan"),
                         "boundary_tie": False,
                         "weight_version": int(pos >= 4) if update else 0,
                         "head_dtype": "float32",

@@ -13,23 +13,33 @@ from parity.verdicts import core
 from parity.verdicts import frameworks as fw
 
 
-def _result(shift: float, gates=()):
-    """One scenario, a candidate of 40 sequences of 10 tokens whose logprobs sit `shift` above
-    or below (alternately) the reference's, and a baseline the reference never scored."""
-    sampling = SimpleNamespace(temperature=1.0, top_p=1.0, top_k=0)
-    rng = np.random.default_rng(0)
-    seqs, ref_scores = [], {}
-    for i in range(40):
+def _sequences(shift: float, ref_scores: dict, first: int = 0) -> list:
+    """40 sequences of 10 tokens (prompts first..first+39) whose engine logprobs sit `shift`
+    above or below (alternately) the reference's, their scores recorded into ref_scores."""
+    rng = np.random.default_rng(first)
+    seqs = []
+    for i in range(first, first + 40):
         trainer = -0.5 - rng.gamma(0.4, 1.5, 10)
         engine = trainer + np.where(np.arange(10) % 2 == 0, shift, -shift)
         seq = SimpleNamespace(prompt_token_ids=[i], token_ids=list(range(10)), logprobs=engine)
         score = SimpleNamespace(processed_logprob=trainer, entropy=np.full(10, 2.0))
         ref_scores[(1.0, 1.0, 0, (i,), tuple(range(10)))] = [("float32", "external", score)]
         seqs.append(seq)
-    other = SimpleNamespace(prompt_token_ids=[99], token_ids=[1], logprobs=[-1.0])
+    return seqs
+
+
+def _result(shift: float, gates=(), baseline_shift: float | None = None):
+    """One scenario, a candidate of 40 sequences (_sequences, `shift`), and a baseline the
+    reference never scored, or (baseline_shift) 40 other sequences it scored."""
+    sampling = SimpleNamespace(temperature=1.0, top_p=1.0, top_k=0)
+    ref_scores = {}
+    seqs = _sequences(shift, ref_scores)
+    other = [SimpleNamespace(prompt_token_ids=[99], token_ids=[1], logprobs=[-1.0])]
+    if baseline_shift is not None:
+        other = _sequences(baseline_shift, ref_scores, first=100)
     runs = {
         "candidate": SimpleNamespace(sequences=seqs, effective_config={}),
-        "baseline": SimpleNamespace(sequences=[other], effective_config={}),
+        "baseline": SimpleNamespace(sequences=other, effective_config={}),
     }
     return SimpleNamespace(
         scenario=SimpleNamespace(sampling=sampling, head_dtype="float32", gates=list(gates)),
@@ -76,6 +86,27 @@ def test_scenario_gates_pass_on_close_logprobs():
         "verl_health_warnings",
         "prime_rl_mismatch_kl",
     }
+
+
+def test_gates_judge_a_scored_baseline_too():
+    # An rl pair: both engines scored against the trainer. The baseline 0.2 away misses
+    # NeMo-RL's gate (exp(0.2) = 1.22 > 1.05) while the candidate meets it: the verdict fails
+    # on the baseline's finding, named so; close baselines pass.
+    res = _result(0.01, baseline_shift=0.2)
+    frameworks.attach(SimpleNamespace(results=[res]), ["nemo-rl"])
+    n = res.detail["frameworks"]
+    assert set(n) == {"candidate", "baseline"} and n["baseline"]["n_tokens"] == 400
+    v = res.verdict
+    assert v.outcome == "fail" and v.diagnosis == frameworks.DIAGNOSIS
+    failed = [f.name for f in v.findings if f.outcome == "fail"]
+    assert failed == ["baseline.nemo_rl_token_mult_prob_error", "baseline.nemo_rl_gen_kl_error"]
+    assert "baseline.nemo_rl_token_mult_prob_error 1.221" in v.message
+    assert "baseline engine: NeMo-RL" in v.message
+    assert set(fw.declared(("candidate", "baseline"))) >= {f.name for f in v.findings} - {"x"}
+    res = _result(0.01, baseline_shift=0.01)
+    frameworks.attach(SimpleNamespace(results=[res]), ["nemo-rl", "verl"])
+    assert res.verdict.outcome == "pass"
+    assert "baseline.verl_health_warnings" in {f.name for f in res.verdict.findings}
 
 
 def test_gate_on_a_verdict_with_its_own_diagnosis_keeps_it():

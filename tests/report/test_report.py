@@ -9,6 +9,7 @@ from parity.report import build as report_build
 from parity.report import files as report_files
 from parity.run.runner import RunResult, ScenarioResult
 from parity.run.scenario import load_scenarios
+from parity.verdicts import power, stats
 from parity.verdicts.core import Finding, Verdict
 
 SHIPPED = Path(__file__).resolve().parents[2] / "scenarios"
@@ -78,3 +79,23 @@ def test_files_written(tmp_path):
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     assert "logprobs-processed" in (tmp_path / "report.md").read_text()
     assert data["provenance"]["python"]
+
+
+def test_report_json_carries_each_scenario_power(tmp_path):
+    # An rl scenario's equivalence finding (a paired interval): report.json has its power at no
+    # difference and the units for the target; a scenario with bounds only has none.
+    run = results(("rl-v0-vs-v1-parity", "pass", None), ("logprobs-processed", "pass", None))
+    base = [0.1 * (i % 7) for i in range(96)]
+    cand = [b + 0.01 * ((i * 3) % 5 - 2) for i, b in enumerate(base)]
+    test = stats.equivalence_tost(base, cand, 0.2, paired=True)
+    run.results[0].verdict.findings.append(
+        Finding("entropy", "equivalence", test.outcome, test.estimate, 0.2, test.to_dict())
+    )
+    report_files.write(run, tmp_path, report_build.exit_code(run))
+    data = json.loads((tmp_path / "report.json").read_text())
+    rl, lp = data["scenarios"]
+    p = rl["power"]["entropy"]
+    assert set(p) >= {"kind", "power", "units", "units_needed", "margin", "unit", "target"}
+    assert p["kind"] == "equivalence" and p["units"] == 96 and p["target"] == power.TARGET
+    assert lp["power"] == {}
+    assert "<h3>Power</h3>" in (tmp_path / "report.html").read_text()

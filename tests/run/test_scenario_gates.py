@@ -42,3 +42,18 @@ def test_bad_gates_are_problems(tmp_path, gates, expected):
     (problem,) = err.value.problems
     assert problem[1] == "gates" and expected in problem[2]
     assert "nemo-rl, prime-rl, verl" in problem[2]
+
+
+@pytest.mark.parametrize("category", ["logprobs", "rl"])
+def test_a_negative_control_can_expect_a_failed_gate(tmp_path, category):
+    # framework_gate is a declared diagnosis of every category whose tokens the gates judge.
+    text = GOOD.format(
+        gates='gates = ["nemo-rl"]\nexpect = "fail"\nexpect_diagnosis = "framework_gate"'
+    )
+    text = text.replace('category = "logprobs"', f'category = "{category}"')
+    if category == "rl":
+        text += '[baseline]\nprofile = "v1-defaults"\n'
+    path = tmp_path / "control.toml"
+    path.write_text(text)
+    (scenario,) = load_scenarios([path])
+    assert scenario.expect_diagnosis == "framework_gate"

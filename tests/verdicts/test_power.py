@@ -5,6 +5,7 @@ tests themselves, run on simulated data at the predicted sizes."""
 import numpy as np
 import pytest
 
+from parity.report import html_cards
 from parity.report.markdown import _scenario_section
 from parity.verdicts import power
 from parity.verdicts import stats as s
@@ -76,7 +77,8 @@ def test_threshold_and_missing_intervals_have_no_power():
     assert power.of_test(t) is None
     base, cand = paired(0.3, 5, seed=2)  # too few units: inconclusive without an interval
     assert power.of_test(tost(base, cand, 0.2).to_dict()) is None
-    assert power.line([{"name": "x", "test": t}]) is None
+    assert power.of_findings([{"name": "x", "test": t}]) == {}
+    assert power.line(power.of_findings([{"name": "x", "test": t}])) is None
 
 
 def test_the_report_prints_one_power_line_per_scenario():
@@ -112,6 +114,21 @@ def test_the_report_prints_one_power_line_per_scenario():
     }
     (text,) = [x for x in _scenario_section(rec) if x.startswith("**Power**")]
     assert "entropy 1.00 (64 -> 18 prompts)" in text and "kl_k3 1.00 (64 -> " in text
+    # report.json: the same numbers, machine-readable, and the HTML card's table from them
+    table = power.of_findings(findings)
+    assert set(table) == {"entropy", "kl_k3"}
+    e = table["entropy"]
+    assert (e["kind"], e["units"], e["units_needed"], e["unit"]) == (
+        "equivalence",
+        64,
+        18,
+        "prompt",
+    )
+    assert e["margin"] == 0.2 and e["power"] > 0.99 and e["target"] == power.TARGET
+    assert _scenario_section({**rec, "power": table}) == _scenario_section(rec)
+    page = html_cards._power({**rec, "power": table})
+    assert "<h3>Power</h3>" in page and "64 prompts" in page and "18 prompts" in page
+    assert html_cards._power({"verdict": {"findings": []}}) == ""
 
 
 def test_power_at_a_true_difference_and_the_size_it_needs():
