@@ -14,7 +14,6 @@ PYTHON=$1
 VENV=$2
 BIN=$VENV/bin
 
-test -x "$BIN/python" || "$PYTHON" -m venv "$VENV"
 cuda=no
 command -v nvidia-smi >/dev/null 2>&1 && cuda=yes
 
@@ -24,11 +23,15 @@ pipconf() {
     tr ' ' '\n' | sed '/^$/d' | sort -u
 }
 
+# The venv (with pip: tests and the SmolLM2 build call it), by a uv on PATH in well under a
+# second, else by `python -m venv` (ensurepip).
 uv=
-if [ "${PARITY_INSTALLER:-uv}" != pip ]; then
-  uv=$(command -v uv || true)
-  if [ -z "$uv" ] && [ -x "$BIN/uv" ]; then uv=$BIN/uv; fi
-  if [ -z "$uv" ] && "$BIN/python" -m pip install -q uv; then uv=$BIN/uv; fi
+[ "${PARITY_INSTALLER:-uv}" = pip ] || uv=$(command -v uv || true)
+if ! [ -x "$BIN/python" ]; then
+  if [ -n "$uv" ]; then "$uv" venv -q --seed --python "$(command -v "$PYTHON")" "$VENV"; else "$PYTHON" -m venv "$VENV"; fi
+fi
+if [ -z "$uv" ] && [ "${PARITY_INSTALLER:-uv}" != pip ]; then
+  if [ -x "$BIN/uv" ] || "$BIN/python" -m pip install -q uv; then uv=$BIN/uv; fi
 fi
 
 if [ -n "$uv" ]; then
