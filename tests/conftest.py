@@ -26,11 +26,10 @@ pytest_plugins = ["identity_fixtures", "models_fixtures"]
 
 def pytest_configure(config):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    # `make test` runs a pytest-xdist worker per core plus one: worker i binds its engines'
-    # OpenMP threads to core i modulo the cores (vLLM's default binds every engine to core 0
-    # and reserves core 1), so the workers' engines spread over the cores; the extra worker
-    # shares a core with another (engines spend much of their time in single-threaded imports
-    # and spawns). A binding the user set wins.
+    # `make test` runs pytest-xdist workers (TEST_WORKERS): worker i binds its engines' OpenMP
+    # threads to core i modulo the cores (vLLM's default binds every engine to core 0 and
+    # reserves core 1), so the workers' engines spread over the cores; with more workers than
+    # cores, some share a core. A binding the user set wins.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     cores = sorted(os.sched_getaffinity(0))
