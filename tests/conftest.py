@@ -26,14 +26,15 @@ pytest_plugins = ["identity_fixtures", "models_fixtures"]
 
 def pytest_configure(config):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    # `make test` runs two pytest-xdist workers: each binds its engines' OpenMP threads to a
-    # core of its own (vLLM's default binds every engine to core 0 and reserves core 1), so
-    # the two workers' engines do not compute on one core. A binding the user set wins.
+    # `make test` runs pytest-xdist workers (TEST_WORKERS): worker i binds its engines' OpenMP
+    # threads to core i modulo the cores (vLLM's default binds every engine to core 0 and
+    # reserves core 1), so the workers' engines spread over the cores; with more workers than
+    # cores, some share a core. A binding the user set wins.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     cores = sorted(os.sched_getaffinity(0))
-    if worker.startswith("gw") and count > 1 and len(cores) >= count:
-        index = int(worker[2:]) % count
+    if worker.startswith("gw") and count > 1 and len(cores) > 1:
+        index = int(worker[2:]) % len(cores)
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cores[index]))
         # The trainer-side forwards in each worker: as many threads as its share of the cores
         # (two workers with two threads each on two cores slow each other down).
@@ -49,6 +50,10 @@ CHEAP = {"tiny_model", "perturbed", "tmp_path_factory", "worker_id", "testrun_ui
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
+    # Real-engine tests first: pytest-xdist hands out the grouped tests (largest group first),
+    # then the rest in this order, so the long engine tests start early and the many short unit
+    # tests fill the end, and the workers finish together.
+    items.sort(key=lambda item: _top_dir(item) != "e2e")
     for item in items:
         _mark_by_directory(item)
         group = _xdist_group(item)
@@ -56,12 +61,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def _top_dir(item) -> str | None:
+    """The test's directory right under tests/ (None for a module of tests/ itself)."""
+    parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 def _mark_by_directory(item) -> None:
     """The marker of the test's top directory under tests/; a marker only a directory gives,
     set by hand elsewhere, is an error (a real-engine test outside tests/e2e/ would run in
     `make unit`'s fast lane)."""
-    parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
-    mine = MARKERS_BY_DIRECTORY.get(parts[0]) if len(parts) > 1 else None
+    mine = MARKERS_BY_DIRECTORY.get(_top_dir(item))
     if mine:
         item.add_marker(getattr(pytest.mark, mine))
     for marker in set(MARKERS_BY_DIRECTORY.values()) - {mine}:
