@@ -11,7 +11,6 @@ the new weights (docs/measurements.md#rl-step-size).
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 
@@ -29,17 +28,23 @@ def _logprobs(model, prompt, tokens):
     return logp.gather(-1, torch.tensor(tokens).unsqueeze(-1)).squeeze(-1).double().numpy()
 
 
-def _hybrid(new, old_state, keep):
-    """A copy of `new` whose tensors selected by `keep(name)` hold the old values."""
+def _with_old(model, old_state, keep):
+    """Put the old values into `model`'s tensors selected by `keep(name)`; returns a function
+    that puts the model's own values back."""
     import torch  # lazy: heavy
 
-    model = copy.deepcopy(new)
     state = model.state_dict()
+    saved = {n: state[n].clone() for n in state if keep(n)}
     with torch.no_grad():
-        for name in state:
-            if keep(name):
-                state[name].copy_(old_state[name])
-    return model
+        for name in saved:
+            state[name].copy_(old_state[name])
+
+    def restore():
+        with torch.no_grad():
+            for name, value in saved.items():
+                state[name].copy_(value)
+
+    return restore
 
 
 def main() -> None:
@@ -77,24 +82,22 @@ def main() -> None:
                 max_new_tokens=args.max_tokens,
             )
         samples.append((p, out[0, len(p) :].tolist()))
-    score = {
-        "old": old,
-        "new": new,
-    }
-    old_state = old.state_dict()
+    old_state = {n: t.clone() for n, t in old.state_dict().items()}
     n_layers = old.config.num_hidden_layers
+    stale = {"old": lambda n: True, "new": lambda n: False}
     for i in sorted({0, 1, n_layers // 2, n_layers - 1}):
-        score[f"layer {i} old"] = _hybrid(new, old_state, lambda n, i=i: f".layers.{i}." in n)
-    score["embeddings/head old"] = _hybrid(
-        new, old_state, lambda n: "embed_tokens" in n or n.startswith("lm_head")
-    )
-    score["norms old"] = _hybrid(new, old_state, lambda n: "norm" in n)
+        stale[f"layer {i} old"] = lambda n, i=i: f".layers.{i}." in n
+    stale["embeddings/head old"] = lambda n: "embed_tokens" in n or n.startswith("lm_head")
+    stale["norms old"] = lambda n: "norm" in n
+    del old
     ref = np.concatenate([_logprobs(new, p, t) for p, t in samples])
-    print(f"{args.model}: {new_path.name}, {len(samples)} prompts, {ref.size} tokens")
-    for label, model in score.items():
-        got = np.concatenate([_logprobs(model, p, t) for p, t in samples])
+    print(f"{args.model}: {new_path.name}, {len(samples)} prompts, {ref.size} tokens", flush=True)
+    for label, keep in stale.items():
+        restore = _with_old(new, old_state, keep)
+        got = np.concatenate([_logprobs(new, p, t) for p, t in samples])
+        restore()
         d = np.abs(got - ref)
-        print(f"  {label:22s} mean |dlogp| to new {d.mean():.3g}  (max {d.max():.3g})")
+        print(f"  {label:22s} mean |dlogp| to new {d.mean():.3g}  (max {d.max():.3g})", flush=True)
 
 
 if __name__ == "__main__":

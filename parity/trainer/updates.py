@@ -29,6 +29,18 @@ SEMANTICS = ("keep", "recompute")
 # when the references they predict differ by this many tolerances; closer, the verdict says so.
 SEPARATION = 3.0
 DEFAULT_TOLERANCE = 0.05  # mean |dlogp| to the matching reference (bf16 noise ~0.04: docs/measurements.md#measured-gaps)
+# The same in fp32 (model and trainer both fp32): a correct update is judged at ~1.1e-3 on
+# SmolLM2 and ~7e-7 on the tiny model, so a bf16 tolerance would hide a stale layer or a whole
+# RL-step update (~1e-2) that did not land (docs/measurements.md#update-noise-fp32).
+FP32_TOLERANCE = 0.004
+
+
+def tolerance(tolerances: dict[str, float], dtype: str | None) -> float:
+    """The tolerance of a judged run: `abs_dlogp_mean_fp32` when the engine ran fp32, else
+    `abs_dlogp_mean` (bf16, fp16, or a dtype not known)."""
+    if dtype == "float32":
+        return tolerances.get("abs_dlogp_mean_fp32", FP32_TOLERANCE)
+    return tolerances.get("abs_dlogp_mean", DEFAULT_TOLERANCE)
 
 
 @dataclass(frozen=True)
