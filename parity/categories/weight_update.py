@@ -91,15 +91,38 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
 
 
 def _kept_old(verdict: core.Verdict, detail: dict, kept: list[str] | None):
-    """The verdict saying which tensors the new checkpoint lacks: the trainer scored them with
-    the old weights, as vLLM's reload keeps them (parity.trainer.loading.load_update)."""
-    if kept:
-        detail["kept_old_tensors"] = kept
-        shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
-        verdict.message += (
-            f" [the update checkpoint lacks {len(kept)} tensor(s) ({shown}): the engine keeps "
-            "their old values on reload, and the trainer's new weights hold the old values "
-            "there too; push every tensor if they were meant to change]"
+    """An incomplete update checkpoint: the tensors it lacks against the model's own list
+    (transformers' missing keys, parity.trainer.loading.load_update) as the count-limit finding
+    `missing_tensors` (at most 0). The engine was judged against what its reload makes of such a
+    checkpoint (old values for the missing tensors, new for the rest: the trainer's new weights
+    hold exactly that), so the verdict also says whether it did that; a failure becomes the
+    diagnosis `incomplete_checkpoint` unless the verdict already failed otherwise."""
+    if not kept:
+        return verdict, detail
+    detail["kept_old_tensors"] = kept
+    shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+    verdict.findings.append(
+        core.count_limit(
+            "missing_tensors",
+            len(kept),
+            0,
+            note=f"tensors the pushed checkpoint lacks: {shown}",
+        )
+    )
+    what = (
+        f"the update checkpoint lacks {len(kept)} tensor(s) the model has ({shown}): the "
+        "engine keeps their old values on reload, and it was judged against the new weights "
+        "with the old values there"
+    )
+    was, message = verdict.outcome, verdict.message
+    verdict.recombine()
+    if was == "fail":
+        verdict.message += f"; {what}"
+    elif verdict.outcome == "fail":
+        verdict.diagnosis = "incomplete_checkpoint"
+        verdict.message = (
+            f"{what} (the engine did: {message}); export every tensor of the model, or "
+            "those tensors never change in the engine"
         )
     return verdict, detail
 
@@ -230,6 +253,8 @@ class WeightUpdate(Category):
         "reference_mismatch": "fix the model, dtype and logprobs mode first",
         "token_stream": "the pause lost or repeated a token: resume requests from their last "
         "sampled token",
+        "incomplete_checkpoint": "export every tensor of the model in the pushed checkpoint "
+        "(the engine keeps the old values of those it lacks)",
         "worker_stale": "the engine's modules do not all compute the pushed weights: re-process "
         "them after the reload (PARITY_RELOAD_REPROCESS=1) and load through reload_weights, "
         "not by writing parameters in place",
@@ -247,6 +272,7 @@ class WeightUpdate(Category):
         "stale_components": "count_limit",
         "token_stream": "count_limit",
         "worker_stale_modules": "count_limit",
+        "missing_tensors": "count_limit",
         **_common.VANISHED,
     }
     key_metric_name = "mean |dlogp| after the update to the expected weights"
