@@ -38,7 +38,8 @@ def judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict, pre: li
             run.old_a,
             run.new_a,
             tol,
-            "the new weights are too close to the old ones to tell them apart: raise update.scale",
+            "the new weights are too close to the old ones to tell them apart: raise update.scale "
+            "(or update.lr / train_steps)",
         )
     )
     _record(er, run, detail)

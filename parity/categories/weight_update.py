@@ -15,7 +15,14 @@ from parity.categories._update_drive import drive
 from parity.categories._update_inflight import judge_inflight
 from parity.categories.base import Category, choice
 from parity.trainer import hybrids
-from parity.trainer.updates import DEFAULT_TOLERANCE, PROBES, SplitScorer, parse_update
+from parity.trainer.updates import (
+    DEFAULT_TOLERANCE,
+    FP32_TOLERANCE,
+    PROBES,
+    SplitScorer,
+    parse_update,
+    tolerance,
+)
 from parity.verdicts import core
 
 
@@ -84,15 +91,38 @@ def judge(res, refs) -> tuple[core.Verdict, dict[str, Any]]:
 
 
 def _kept_old(verdict: core.Verdict, detail: dict, kept: list[str] | None):
-    """The verdict saying which tensors the new checkpoint lacks: the trainer scored them with
-    the old weights, as vLLM's reload keeps them (parity.trainer.loading.load_update)."""
-    if kept:
-        detail["kept_old_tensors"] = kept
-        shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
-        verdict.message += (
-            f" [the update checkpoint lacks {len(kept)} tensor(s) ({shown}): the engine keeps "
-            "their old values on reload, and the trainer's new weights hold the old values "
-            "there too; push every tensor if they were meant to change]"
+    """An incomplete update checkpoint: the tensors it lacks against the model's own list
+    (transformers' missing keys, parity.trainer.loading.load_update) as the count-limit finding
+    `missing_tensors` (at most 0). The engine was judged against what its reload makes of such a
+    checkpoint (old values for the missing tensors, new for the rest: the trainer's new weights
+    hold exactly that), so the verdict also says whether it did that; a failure becomes the
+    diagnosis `incomplete_checkpoint` unless the verdict already failed otherwise."""
+    if not kept:
+        return verdict, detail
+    detail["kept_old_tensors"] = kept
+    shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+    verdict.findings.append(
+        core.count_limit(
+            "missing_tensors",
+            len(kept),
+            0,
+            note=f"tensors the pushed checkpoint lacks: {shown}",
+        )
+    )
+    what = (
+        f"the update checkpoint lacks {len(kept)} tensor(s) the model has ({shown}): the "
+        "engine keeps their old values on reload, and it was judged against the new weights "
+        "with the old values there"
+    )
+    was, message = verdict.outcome, verdict.message
+    verdict.recombine()
+    if was == "fail":
+        verdict.message += f"; {what}"
+    elif verdict.outcome == "fail":
+        verdict.diagnosis = "incomplete_checkpoint"
+        verdict.message = (
+            f"{what} (the engine did: {message}); export every tensor of the model, or "
+            "those tensors never change in the engine"
         )
     return verdict, detail
 
@@ -110,7 +140,7 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     sc = res.scenario
     er = res.runs["candidate"]
     probe, spec = sc.options["probe"], sc.options["update"]
-    tol = sc.tolerances.get("abs_dlogp_mean", DEFAULT_TOLERANCE)
+    tol = tolerance(sc.tolerances, scorer.dtype)
     summary = update_summary(er.extra.get("update") or {})
     detail: dict[str, Any] = {
         "probe": probe,
@@ -118,6 +148,7 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
         "spec": asdict(spec),
         "target": er.extra["target"],
         "reference_dtype": scorer.dtype or "checkpoint",
+        "tolerance": tol,
     }
     n_tokens = sum(len(s.token_ids) for s in er.sequences)
     pre = [
@@ -146,24 +177,7 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     detail["headline"] = ", ".join(f"|dlogp| {k} {v:.3g}" for k, v in gaps[:3]) or probe
     detail["key_metric"] = gaps[0][1] if gaps else None
     rec = er.extra.get("update") or {}
-    evidence = rec.get("evidence")
-    if evidence is not None or rec.get("evidence_error"):
-        # The worker's own check: each module's computation vs its parameters vs the checkpoint.
-        detail["worker_evidence"] = {
-            "evidence": evidence,
-            "error": rec.get("evidence_error"),
-            "reprocessed": rec.get("reprocessed"),
-            "pushed": er.extra.get("pushed"),
-        }
-        stale = (evidence or {}).get("compute_stale") or []
-        if stale:
-            verdict.message += (
-                f"; worker evidence: parameters updated but the computation "
-                f"stale in {', '.join(stale[:5])}"
-                + (f" (+{len(stale) - 5})" if len(stale) > 5 else "")
-            )
-        if rec.get("reprocessed"):
-            verdict.message += f"; re-processed after the reload: {', '.join(rec['reprocessed'])}"
+    _worker_evidence(verdict, detail, rec, er.extra.get("pushed"))
     inplace = rec.get("skipped")
     if inplace:
         detail["inplace_skipped"] = inplace
@@ -172,6 +186,50 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
             "storage was replaced at load, e.g. emptied by the CPU GEMM repack)"
         )
     return verdict, detail
+
+
+def _worker_evidence(verdict: core.Verdict, detail: dict, rec: dict, pushed) -> None:
+    """The worker's own check (parity.engines.vllm_evidence: each module's computation vs its
+    parameters vs the checkpoint) as a finding: `worker_stale_modules`, the modules computing
+    (compute_stale) or holding (param_stale) something other than the pushed checkpoint, at
+    most 0. A failure becomes the diagnosis `worker_stale` unless the verdict already failed."""
+    evidence = rec.get("evidence")
+    if evidence is None and not rec.get("evidence_error"):
+        return
+    detail["worker_evidence"] = {
+        "evidence": evidence,
+        "error": rec.get("evidence_error"),
+        "reprocessed": rec.get("reprocessed"),
+        "pushed": pushed,
+    }
+    if rec.get("reprocessed"):
+        verdict.message += f"; re-processed after the reload: {', '.join(rec['reprocessed'])}"
+    if evidence is None:
+        return
+    compute = list(evidence.get("compute_stale") or [])
+    param = list(evidence.get("param_stale") or [])
+    stale = compute + param
+    shown = ", ".join(stale[:5]) + (f" (+{len(stale) - 5})" if len(stale) > 5 else "")
+    finding = core.count_limit(
+        "worker_stale_modules",
+        len(stale),
+        0,
+        evidence.get("modules_checked"),
+        note=f"modules not computing the pushed checkpoint: {shown or 'none'}",
+    )
+    verdict.findings.append(finding)
+    if finding.outcome != "fail":
+        return
+    what = (
+        f"worker evidence: {len(compute)} module(s) with the parameters updated but the "
+        f"computation stale, {len(param)} with stale parameters ({shown})"
+    )
+    was = verdict.outcome
+    verdict.recombine()
+    if was == "fail":
+        verdict.message += f"; {what}"
+    elif verdict.outcome == "fail":
+        verdict.diagnosis, verdict.message = "worker_stale", f"{what} ({verdict.message})"
 
 
 class WeightUpdate(Category):
@@ -183,7 +241,8 @@ class WeightUpdate(Category):
         "after_tokens, expect_semantics, ignore_eos, context_tokens, "
         "stale_layers",
     }
-    tolerances = {"abs_dlogp_mean": DEFAULT_TOLERANCE}
+    # abs_dlogp_mean: bf16/fp16 engines; abs_dlogp_mean_fp32: fp32 ones (updates.tolerance).
+    tolerances = {"abs_dlogp_mean": DEFAULT_TOLERANCE, "abs_dlogp_mean_fp32": FP32_TOLERANCE}
     diagnoses = {
         "no_effect": "load through the engine's reload path (collective_rpc('reload_weights'))",
         "stale_prefix_cache": "disable prefix caching or reset it at every update",
@@ -194,6 +253,11 @@ class WeightUpdate(Category):
         "reference_mismatch": "fix the model, dtype and logprobs mode first",
         "token_stream": "the pause lost or repeated a token: resume requests from their last "
         "sampled token",
+        "incomplete_checkpoint": "export every tensor of the model in the pushed checkpoint "
+        "(the engine keeps the old values of those it lacks)",
+        "worker_stale": "the engine's modules do not all compute the pushed weights: re-process "
+        "them after the reload (PARITY_RELOAD_REPROCESS=1) and load through reload_weights, "
+        "not by writing parameters in place",
         **hybrids.FIXES,
         "vanished_tokens": _common.VANISHED_FIX,
     }
@@ -207,6 +271,8 @@ class WeightUpdate(Category):
         "version_labels": "count_limit",
         "stale_components": "count_limit",
         "token_stream": "count_limit",
+        "worker_stale_modules": "count_limit",
+        "missing_tensors": "count_limit",
         **_common.VANISHED,
     }
     key_metric_name = "mean |dlogp| after the update to the expected weights"

@@ -15,6 +15,7 @@ from parity.engines.base import SamplingSpec
 from parity.setup import models
 from parity.setup.checkpoints import with_old_layers
 from parity.setup.models import perturb
+from parity.setup.trainstep import train_step
 from parity.trainer.heads import model_head
 from parity.trainer.loading import load_causal_lm, load_update
 from parity.trainer.sampler import process_logits
@@ -28,6 +29,18 @@ SEMANTICS = ("keep", "recompute")
 # when the references they predict differ by this many tolerances; closer, the verdict says so.
 SEPARATION = 3.0
 DEFAULT_TOLERANCE = 0.05  # mean |dlogp| to the matching reference (bf16 noise ~0.04: docs/measurements.md#measured-gaps)
+# The same in fp32 (model and trainer both fp32): a correct update is judged at ~1.1e-3 on
+# SmolLM2 and ~7e-7 on the tiny model, so a bf16 tolerance would hide a stale layer or a whole
+# RL-step update (~1e-2) that did not land (docs/measurements.md#update-noise-fp32).
+FP32_TOLERANCE = 0.004
+
+
+def tolerance(tolerances: dict[str, float], dtype: str | None) -> float:
+    """The tolerance of a judged run: `abs_dlogp_mean_fp32` when the engine ran fp32, else
+    `abs_dlogp_mean` (bf16, fp16, or a dtype not known)."""
+    if dtype == "float32":
+        return tolerances.get("abs_dlogp_mean_fp32", FP32_TOLERANCE)
+    return tolerances.get("abs_dlogp_mean", DEFAULT_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -35,9 +48,13 @@ class UpdateSpec:
     """The `update` table of a weight_update scenario.
 
     Attributes:
-        target: the new weights: a model name or checkpoint directory; None = a perturbed copy
-            of the scenario's model (`parity models perturb MODEL --seed --scale`).
-        seed, scale: the perturbation, when target is None.
+        target: the new weights: a model name or checkpoint directory; None = the scenario's
+            model trained `train_steps` optimizer steps (parity.setup.trainstep: the size of one
+            RL step), or with train_steps 0 a perturbed copy of it (`parity models perturb
+            MODEL --seed --scale`: a coarse control, logprobs move by nats).
+        seed, scale: the perturbation, when target is None and train_steps is 0; seed also
+            seeds the training step.
+        train_steps, lr: the training step (AdamW steps and learning rate), when target is None.
         via: "reload" (the engine's real update path) or "inplace" (param.data.copy_ into the
             live parameters: the negative control).
         mode: in-flight requests during the update: "keep" | "wait" | "abort".
@@ -63,6 +80,8 @@ class UpdateSpec:
     ignore_eos: bool = True
     context_tokens: int | None = None
     stale_layers: tuple[int, ...] = ()
+    train_steps: int = 0
+    lr: float = 1e-5
 
 
 _FIELD_TYPES = {
@@ -77,6 +96,8 @@ _FIELD_TYPES = {
     "ignore_eos": bool,
     "context_tokens": int,
     "stale_layers": list,
+    "train_steps": int,
+    "lr": float,
 }
 _CHOICES = {"via": VIAS, "mode": MODES, "expect_semantics": SEMANTICS}
 
@@ -99,8 +120,10 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
             problems.append((path, fld, f"expected {typ.__name__}, got {value!r}"))
         elif key in _CHOICES and value not in _CHOICES[key]:
             problems.append((path, fld, f"{value!r}: use one of {', '.join(_CHOICES[key])}"))
-        elif key in ("after_tokens", "context_tokens") and value < 0:
+        elif key in ("after_tokens", "context_tokens", "train_steps") and value < 0:
             problems.append((path, fld, "must be >= 0"))
+        elif key == "lr" and not (np.isfinite(value) and value > 0):
+            problems.append((path, fld, "must be a finite number > 0"))
         elif key == "scale" and not (np.isfinite(value) and value > 0):
             problems.append((path, fld, "must be a finite number > 0 (0 would be no update)"))
         elif key == "stale_layers":
@@ -114,6 +137,12 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
                 kwargs[key] = tuple(sorted(set(value)))
         else:
             kwargs[key] = typ(value)
+    if kwargs.get("train_steps") and "scale" in kwargs:
+        problems.append(
+            (path, "update.scale", "a perturbation's; a training step (train_steps) takes lr")
+        )
+    if "lr" in kwargs and not kwargs.get("train_steps"):
+        problems.append((path, "update.lr", "only with update.train_steps >= 1"))
     return (None, problems) if problems else (UpdateSpec(**kwargs), [])
 
 
@@ -322,11 +351,14 @@ def cached_boundary(n_prompt: int, block_size: int) -> int:
 
 
 def target_path(sc, model_path: str, log=print) -> str:
-    """The checkpoint a scenario updates to (a perturbed copy of its model unless named)."""
+    """The checkpoint a scenario updates to: the named one, else its model after a training step
+    (train_steps >= 1) or perturbed."""
 
     spec: UpdateSpec = sc.options["update"]
     if spec.target:
         return str(models.resolve_model(spec.target, log=log))
+    if spec.train_steps:
+        return str(train_step(model_path, spec.seed, spec.train_steps, spec.lr, log=log))
     return str(perturb(model_path, spec.seed, spec.scale, log=log))
 
 

@@ -448,6 +448,29 @@ def _failing_weight_update(monkeypatch):
     out["token_stream"] = judge(lost, None)[0]
     assert out["token_stream"].diagnosis == "token_stream"
     assert judge(_update_result("takes_effect", old, new), None)[0].outcome == "pass"
+    # Samples that follow the new weights, but the worker's own check finds the head computing
+    # from a stale pre-packed copy: the finding fails the run on its own.
+    stale_head = _update_result("takes_effect", old, new)
+    stale_head.runs["candidate"].extra["update"]["evidence"] = {
+        "modules_checked": 4,
+        "compute_stale": ["lm_head"],
+        "param_stale": [],
+    }
+    out["worker_stale_modules"] = judge(stale_head, None)[0]
+    assert out["worker_stale_modules"].diagnosis == "worker_stale"
+    assert "lm_head" in out["worker_stale_modules"].message
+
+    # A pushed checkpoint lacking a tensor the model has (the engine keeps its old value).
+    class _Incomplete(_Scorer):
+        kept_old = ["model.layers.1.mlp.down_proj.weight"]
+
+    monkeypatch.setattr(weight_update, "SplitScorer", _Incomplete)
+    out["missing_tensors"] = judge(_update_result("takes_effect", old, new), None)[0]
+    assert out["missing_tensors"].diagnosis == "incomplete_checkpoint"
+    monkeypatch.setattr(weight_update, "SplitScorer", _Scorer)
+    clean = _update_result("takes_effect", old, new)
+    clean.runs["candidate"].extra["update"]["evidence"] = {"compute_stale": [], "param_stale": []}
+    assert judge(clean, None)[0].outcome == "pass"
     for name, value in (("engine_neginf", -np.inf), ("absurd_logprob", -1e4)):
         after = new.copy()
         after[4] = value

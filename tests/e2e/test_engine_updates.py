@@ -203,3 +203,18 @@ def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(u
     overrun = 0 if engine == "v0" else 4
     assert all(8 <= k <= 8 + overrun for k in abort["metrics"]["tokens_before_update"])
     assert wait["metrics"]["update"]["lag_tokens_mean"] > 20
+
+
+def test_step_size_updates_decide(update_run):
+    """The update-step-* scenarios: a training step (old -> new ~0.02 on tiny-tied) judged at
+    the fp32 tolerance takes effect, and its stale-cache and stale-layer controls fail naming
+    the cause (docs/measurements.md#rl-step-size)."""
+    _, _, scenarios, _ = update_run
+    ok = scenarios["update-step-takes-effect"]
+    assert ok["verdict"]["outcome"] == "pass" and ok["metrics"]["tolerance"] == 0.004
+    assert ok["metrics"]["abs_dlogp_after_vs_old"] < 0.1  # a step, not a perturbation
+    cache = _verdict(scenarios, "update-step-stale-cache-control")
+    assert (cache["outcome"], cache["diagnosis"]) == ("fail", "stale_prefix_cache")
+    layer = scenarios["update-step-stale-layer-control"]
+    assert layer["verdict"]["diagnosis"] == "stale_layers"
+    assert layer["metrics"]["attribution"]["stale"] == ["layers.1"]

@@ -123,8 +123,19 @@ def test_the_update_trainer_scores_missing_tensors_with_the_old_weights(tiny_mod
     verdict, detail = weight_update._kept_old(
         core.Verdict("pass", None, "the update took effect", []), {}, scorer.kept_old
     )
-    assert detail["kept_old_tensors"] == MLP and verdict.outcome == "pass"
+    assert detail["kept_old_tensors"] == MLP
+    # An incomplete checkpoint fails on its own, naming the tensors and the fix, even when the
+    # engine did what its reload makes of it.
+    assert (verdict.outcome, verdict.diagnosis) == ("fail", "incomplete_checkpoint")
+    (missing,) = [f for f in verdict.findings if f.name == "missing_tensors"]
+    assert (missing.outcome, missing.value, missing.limit) == ("fail", 3, 0)
     assert "lacks 3 tensor(s)" in verdict.message and "keeps their old values" in verdict.message
+    assert "export every tensor" in verdict.message and MLP[0] in verdict.message
+    # A verdict that failed otherwise keeps its diagnosis and names the tensors too.
+    other, _ = weight_update._kept_old(
+        core.Verdict("fail", "no_effect", "still the old weights", []), {}, MLP
+    )
+    assert other.diagnosis == "no_effect" and "lacks 3 tensor(s)" in other.message
     # The scenario's own (old) checkpoint is never completed: a missing tensor there is refused.
     with pytest.raises(loading.InventedWeightsError):
         SplitScorer(update_no_mlp, tiny_model).pairs()

@@ -8,6 +8,7 @@ import torch
 from parity.engines.base import SamplingSpec
 from parity.trainer.updates import (
     SplitScorer,
+    UpdateSpec,
     cached_boundary,
     keep_boundary,
     parse_update,
@@ -161,3 +162,28 @@ def test_stream_check_tells_a_shift_from_a_divergence(paused, kind):
 
     assert stream_check(paused, [1, 2, 3, 4, 5, 6], 4) == kind
     assert stream_check(paused, [1, 2], 4) == "short"
+
+
+def test_parse_update_a_training_step():
+    spec, problems = parse_update({"train_steps": 2, "lr": 2e-5, "seed": 3}, "f.toml")
+    assert not problems and (spec.train_steps, spec.lr, spec.seed) == (2, 2e-5, 3)
+    _, problems = parse_update({"train_steps": 2, "scale": 1.0}, "f.toml")
+    assert [fld for _, fld, _ in problems] == ["update.scale"]  # a perturbation's field
+    _, problems = parse_update({"lr": 1e-5}, "f.toml")
+    assert [fld for _, fld, _ in problems] == ["update.lr"]  # lr without a step
+    _, problems = parse_update({"train_steps": -1, "lr": 0.0}, "f.toml")
+    assert {fld for _, fld, _ in problems} == {"update.train_steps", "update.lr"}
+
+
+def test_target_path_of_a_training_step(monkeypatch):
+    from types import SimpleNamespace
+
+    from parity.trainer import updates
+
+    calls = []
+    monkeypatch.setattr(updates, "train_step", lambda *a, **k: calls.append(a) or "/step")
+    monkeypatch.setattr(updates, "perturb", lambda *a, **k: calls.append(a) or "/perturbed")
+    step = SimpleNamespace(options={"update": UpdateSpec(train_steps=2, lr=1e-5, seed=4)})
+    assert updates.target_path(step, "/m") == "/step" and calls[-1] == ("/m", 4, 2, 1e-5)
+    coarse = SimpleNamespace(options={"update": UpdateSpec(scale=1.0)})
+    assert updates.target_path(coarse, "/m") == "/perturbed" and calls[-1] == ("/m", 1, 1.0)
