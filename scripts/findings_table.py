@@ -66,10 +66,22 @@ PROVENANCE = {
     "match.*": ("(settings, not a measurement)", "any", "any", "v1-cpu-resolved-defaults"),
     "head_dtype": ("SmolLM2-135M-Instruct", NOT_RECORDED, "T 1, logprobs = 5", "lm-head-grid"),
     "weight_update:abs_dlogp_*": (
-        "tiny, fp32",
+        "tiny, fp32 (the fp32 default also SmolLM2: update-noise-fp32)",
         NOT_RECORDED,
         "the update scenarios'",
         "weight-update-gaps",
+    ),
+    "worker_stale_modules": (
+        "tiny, tiny-tied; fp32",
+        "AVX512-BF16",
+        "the update scenarios'",
+        "update-evidence-tolerance",
+    ),
+    "missing_tensors": (
+        "tiny (a checkpoint without layer 1's MLP)",
+        "AVX512-BF16",
+        "(a count of tensors, not sampled)",
+        "update-missing-tensors",
     ),
     "post_update_tokens": (
         "tiny, fp32",
@@ -147,7 +159,10 @@ def bound(where: str, finding: str, kind: str, cat) -> str:
     if key in tolerances:
         return f"{tolerances[key]:g}"
     if cat is not None and "abs_dlogp_mean" in (cat.tolerances or {}):  # weight_update
-        return f"{cat.tolerances['abs_dlogp_mean']:g}"
+        t = cat.tolerances
+        fp32 = t.get("abs_dlogp_mean_fp32")
+        extra = f" (bf16/fp16), {fp32:g} (fp32)" if fp32 is not None else ""
+        return f"{t['abs_dlogp_mean']:g}{extra}"
     return "?"
 
 
