@@ -65,7 +65,7 @@ def _summary_table(scenarios: list[dict[str, Any]]) -> list[str]:
     for rec in scenarios:
         v = rec["verdict"] or {}
         cand = rec["engines"].get("candidate", {}).get("label", "")
-        key = headline_of(rec["category"], rec["metrics"])
+        key = headline_of(rec["category"], rec["metrics"]).replace("|", "\\|")
         lines.append(
             f"| {rec['name']} | {rec['category']} | `{cand}` | **{v.get('outcome')}** | "
             f"{rec['expect']} | {'yes' if rec['as_expected'] else 'NO'} | "
