@@ -40,8 +40,8 @@ demo-full: setup
 
 # Unit tests, CLI tests and the real-engine tests (marker `engine`), on two pytest-xdist
 # workers (engine starts are single-threaded imports and spawns: two at a time use both cores);
-# tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group), the
-# real-engine tests are handed out first. TEST_WORKERS=3 runs a third worker (bound to a core
+# tests sharing an expensive fixture run on one worker (tests/conftest.py, xdist_group).
+# TEST_WORKERS=3 runs a third worker (bound to a core
 # another already uses): not measured to be faster yet (docs/performance.md).
 TEST_WORKERS ?= 2
 test: setup browser lint

@@ -50,10 +50,6 @@ CHEAP = {"tiny_model", "perturbed", "tmp_path_factory", "worker_id", "testrun_ui
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
-    # Real-engine tests first: pytest-xdist hands out the grouped tests (largest group first),
-    # then the rest in this order, so the long engine tests start early and the many short unit
-    # tests fill the end, and the workers finish together.
-    items.sort(key=lambda item: _top_dir(item) != "e2e")
     for item in items:
         _mark_by_directory(item)
         group = _xdist_group(item)
