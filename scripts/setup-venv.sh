@@ -43,8 +43,11 @@ if [ -n "$uv" ]; then
   # pip merges every index's releases; uv's default takes a package from the first index that
   # has it, which a partial local mirror would cut short.
   case $opts in *--extra-index-url*) opts="$opts --index-strategy=unsafe-best-match" ;; esac
+  # --compile-bytecode: pip writes every module's .pyc at install, uv does not; where
+  # PYTHONDONTWRITEBYTECODE is set (it is on these machines) nothing writes them later, and every
+  # process recompiles vLLM (import 10.0 s instead of 7.0 s; docs/measurements.md#uv-bytecode).
   # shellcheck disable=SC2086  # $opts: one uv option per word
-  install() { "$uv" pip install --python "$BIN/python" $opts "$@"; }
+  install() { "$uv" pip install --compile-bytecode --python "$BIN/python" $opts "$@"; }
   if [ $cuda = yes ]; then
     install -e '.[cuda,test]'
   else

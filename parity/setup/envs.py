@@ -62,7 +62,16 @@ def installer_command(python: Path) -> tuple[list[str], str]:
     beside = Path(sys.executable).parent / "uv"
     uv = shutil.which("uv") or (str(beside) if beside.exists() else None)
     if uv and os.environ.get("PARITY_INSTALLER", "uv") != "pip":
-        return [uv, "pip", "install", "--no-progress", "--python", str(python)], "uv"
+        # --compile-bytecode: .pyc written at install as pip does (docs/measurements.md#uv-bytecode)
+        return [
+            uv,
+            "pip",
+            "install",
+            "--no-progress",
+            "--compile-bytecode",
+            "--python",
+            str(python),
+        ], "uv"
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
     return [*pip, "--progress-bar", "off"], "pip"
 
