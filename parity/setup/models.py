@@ -118,6 +118,19 @@ def fingerprint(path: str | os.PathLike) -> str:
     return digest(path, files)
 
 
+def derived_checkpoint(
+    base: str | os.PathLike, suffix: str, out: str | os.PathLike | None, log: Log
+) -> tuple[Path, Path, dict]:
+    """A checkpoint derived from `base` (perturbed, trained): the base's directory, the target
+    (`out`, default `<cache>/models/<base>-<suffix>`) and the metadata every derived checkpoint
+    records (its name, the base and the base's fingerprint, so a changed base rebuilds it)."""
+    src = resolve_model(base, log=log)
+    name = str(base) if str(base) in MODEL_NAMES else src.name
+    target = Path(out) if out is not None else model_dir(f"{name}-{suffix}")
+    meta = {"name": target.name, "base": str(src), "base_fingerprint": fingerprint(src)}
+    return src, target, meta
+
+
 def perturb(
     base: str | os.PathLike,
     seed: int,
@@ -144,16 +157,8 @@ def perturb(
     """
     if not (math.isfinite(scale) and scale >= 0):
         raise ModelError(f"perturbation scale must be a finite number >= 0, got {scale}")
-    src = resolve_model(base, log=log)
-    name = str(base) if str(base) in MODEL_NAMES else src.name
-    target = Path(out) if out is not None else model_dir(f"{name}-perturb-s{seed}-x{scale:g}")
-    meta = {
-        "name": target.name,
-        "base": str(src),
-        "base_fingerprint": fingerprint(src),
-        "seed": int(seed),
-        "scale": float(scale),
-    }
+    src, target, meta = derived_checkpoint(base, f"perturb-s{seed}-x{scale:g}", out, log)
+    meta.update({"seed": int(seed), "scale": float(scale)})
 
     def build(tmp: Path) -> None:
         _perturb_into(src, tmp, int(seed), float(scale))

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from parity.setup.modelbuild import Log, ModelError, build_once, offline
-from parity.setup.models import MODEL_NAMES, copy_side_files, fingerprint, model_dir, resolve_model
+from parity.setup.models import copy_side_files, derived_checkpoint
 
 # Bump when the recipe below changes what it writes (the cache key holds it).
 RECIPE = "sft-adamw-v1"
@@ -60,19 +60,10 @@ def train_step(
         raise ModelError(f"training steps must be an integer >= 1, got {steps!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ModelError(f"learning rate must be a finite number > 0, got {lr}")
-    src = resolve_model(base, log=log)
-    name = str(base) if str(base) in MODEL_NAMES else src.name
-    target = Path(out) if out is not None else model_dir(f"{name}-sft-s{seed}-n{steps}-lr{lr:g}")
-    meta = {
-        "name": target.name,
-        "base": str(src),
-        "base_fingerprint": fingerprint(src),
-        "recipe": RECIPE,
-        "seed": int(seed),
-        "steps": int(steps),
-        "lr": float(lr),
-        "batch": BATCH,
-    }
+    src, target, meta = derived_checkpoint(base, f"sft-s{seed}-n{steps}-lr{lr:g}", out, log)
+    meta.update(
+        {"recipe": RECIPE, "seed": int(seed), "steps": int(steps), "lr": float(lr), "batch": BATCH}
+    )
     return build_once(
         target, lambda tmp: _train_into(src, tmp, int(seed), steps, float(lr)), meta, False, log
     )
