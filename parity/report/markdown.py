@@ -10,7 +10,7 @@ from parity.engines import ENGINES as BUILTIN_ENGINES
 from parity.report import frameworks, opening
 from parity.report.build import headline_of
 from parity.verdicts import power
-from parity.verdicts.fmt import fmt
+from parity.verdicts.fmt import fmt, md_cell
 
 
 def to_markdown(data: dict[str, Any]) -> str:
@@ -65,7 +65,7 @@ def _summary_table(scenarios: list[dict[str, Any]]) -> list[str]:
     for rec in scenarios:
         v = rec["verdict"] or {}
         cand = rec["engines"].get("candidate", {}).get("label", "")
-        key = headline_of(rec["category"], rec["metrics"]).replace("|", "\\|")
+        key = md_cell(headline_of(rec["category"], rec["metrics"]))
         lines.append(
             f"| {rec['name']} | {rec['category']} | `{cand}` | **{v.get('outcome')}** | "
             f"{rec['expect']} | {'yes' if rec['as_expected'] else 'NO'} | "

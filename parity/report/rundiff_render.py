@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from parity.verdicts.fmt import fmt
+from parity.verdicts.fmt import fmt, md_cell
 
 
 def _est(side: dict) -> str:
@@ -187,15 +187,17 @@ def summary(d: dict[str, Any]) -> list[str]:
 def to_markdown(d: dict[str, Any]) -> str:
     """The diff as Markdown (`parity diff --output FILE.md`)."""
 
-    def cell(v: str) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
     head = summary(d)
     lines = [f"# parity diff {d['a']['run_id']} -> {d['b']['run_id']}", ""]
     lines += [f"- {line}" for line in head[:-1]] + ["", f"**{head[-1]}**", ""]
     for title, cols, rows in tables(d, max_metrics=50):
-        lines += [f"## {cell(title)}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows] + [""]
+        lines += [
+            f"## {md_cell(title)}",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
+        lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows] + [""]
     return "\n".join(lines)
 
 

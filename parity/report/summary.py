@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from parity.verdicts.fmt import md_cell
+
 OUTCOMES = ("pass", "fail", "inconclusive", "unresolved")
 MARKS = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "unresolved": "⛔"}
 
@@ -62,16 +64,12 @@ def markdown(data: dict[str, Any], out_dir: Path) -> str:
     for r in s["scenarios"]:
         mark = MARKS.get(r["outcome"], "") if r["as_expected"] else "❗"
         lines.append(
-            f"| {mark} | {_cell(r['name'])} | {r['category']} | **{r['outcome']}** | "
-            f"{r['expect']} | {_cell(r['diagnosis'] or '')} | "
-            f"{_cell(r['key_metric'] or '')} |"
+            f"| {mark} | {md_cell(r['name'])} | {r['category']} | **{r['outcome']}** | "
+            f"{r['expect']} | {md_cell(r['diagnosis'] or '')} | "
+            f"{md_cell(r['key_metric'] or '')} |"
         )
     lines += ["", f"Report: `{out_dir}/report.md` (report.json, junit.xml beside it)", ""]
     return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def append_step_summary(path: str, text: str) -> str | None:

@@ -17,3 +17,9 @@ def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, (dict, list)):
         return json.dumps(v)[:200]
     return str(v)
+
+
+def md_cell(text: object) -> str:
+    """`text` as one Markdown table cell: '|' escaped (a |dlogp| would split the row), newlines
+    as spaces."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
