@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -126,6 +127,19 @@ def preflight(
         s.env for r in results for s in r.scenario.settings().values()
     }
     pythons = {env: envs.python_for(env, log) for env in sorted(names)}
+    # Each environment reads the checkpoints (its own process) while the validators work.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        drift = pool.submit(modelcheck.config_drift, results, pythons, log_dir, log)
+        refused, problems = _checked(results, tokenizers, jobs, pythons, log_dir, log)
+        problems = found + problems
+        drifts = drift.result()
+    if problems:
+        raise ScenarioError(list(dict.fromkeys(problems)))
+    return pythons, drifts, refused
+
+
+def _checked(results, tokenizers, jobs, pythons, log_dir: Path, log: Log):
+    """preflight's checks in the environments: (refused settings, problems)."""
     engine_problems([c for *_, c in jobs], pythons, log_dir)
     refused = {}
     for res, role, check in jobs:
@@ -133,7 +147,7 @@ def preflight(
         if reason:
             refused[(check.setting.key(), res.model_path)] = reason
             log(f"{res.scenario.name} [{role}]: cannot run here: {reason}")
-    problems = found + modelcheck.weight_problems(results, log)
+    problems = modelcheck.weight_problems(results, log)
     problems += engine_problems(
         [c for *_, c in jobs if (c.setting.key(), c.model_path) not in refused], pythons, log_dir
     )
@@ -148,9 +162,7 @@ def preflight(
         problems += request_problems(
             check, pythons[check.setting.env], lengths[id(res)], sampling_for(res.scenario, role)
         )
-    if problems:
-        raise ScenarioError(list(dict.fromkeys(problems)))
-    return pythons, modelcheck.config_drift(results, pythons, log_dir, log), refused
+    return refused, problems
 
 
 def engine_problems(

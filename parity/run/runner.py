@@ -96,16 +96,16 @@ def _log_dir(out_dir: Path) -> Path:
 
 
 def _warm_validator(run: RunResult, preflight: bool, log_dir: Path, log: Log) -> None:
-    """The harness's validator imports vLLM while the run's models and prompts are prepared
-    (closed by the caller when preparing never used it)."""
-    if preflight and any(
-        s.env == "harness" and s.engine == "vllm"
-        for r in run.results
-        for s in r.scenario.settings().values()
-    ):
-        engine_checks.warm_validator(
-            envs.python_for("harness", log), log_dir / "validate-harness.log"
-        )
+    """Every vLLM environment's validator imports vLLM while the run's models and prompts are
+    prepared, all at once (building an environment that is missing first); each is closed by the
+    caller when preparing never used it."""
+    if not preflight:
+        return
+    names = sorted(
+        {s.env for r in run.results for s in r.scenario.settings().values() if s.engine == "vllm"}
+    )
+    for env in names:
+        engine_checks.warm_validator(envs.python_for(env, log), log_dir / f"validate-{env}.log")
 
 
 def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):

@@ -422,15 +422,32 @@ def test_log_dir_is_made_with_the_output_dir(tmp_path):
 @pytest.mark.parametrize(
     "engine,preflight,warmed", [("vllm", True, True), ("vllm", False, False), ("fake", True, False)]
 )
-def test_validator_warms_only_for_a_harness_vllm_engine(
-    tmp_path, monkeypatch, engine, preflight, warmed
-):
+def test_validator_warms_only_for_a_vllm_engine(tmp_path, monkeypatch, engine, preflight, warmed):
     calls = []
     monkeypatch.setattr(envs, "python_for", lambda env, log: f"python-{env}")
     monkeypatch.setattr(engine_checks, "warm_validator", lambda python, path: calls.append(python))
     run = RunResult("test", [ScenarioResult(scenario("a", engine=engine))])
     runner._warm_validator(run, preflight, tmp_path, quiet)
     assert calls == (["python-harness"] if warmed else [])
+
+
+def test_every_vllm_environment_warms_its_validator_once(tmp_path, monkeypatch):
+    """A run on V1 (harness) and V0 (its own environment) imports both vLLMs at once, each
+    once however many scenarios use it."""
+    calls = []
+    monkeypatch.setattr(envs, "python_for", lambda env, log: f"python-{env}")
+    monkeypatch.setattr(
+        engine_checks, "warm_validator", lambda python, path: calls.append((python, path.name))
+    )
+    v0 = dataclasses.replace(
+        scenario("b", engine="vllm"), candidate=EngineSetting.make("vllm", "v0", {}, profile="v0")
+    )
+    run = RunResult("test", [ScenarioResult(s) for s in (scenario("a", engine="vllm"), v0, v0)])
+    runner._warm_validator(run, True, tmp_path, quiet)
+    assert calls == [
+        ("python-harness", "validate-harness.log"),
+        ("python-v0", "validate-v0.log"),
+    ]
 
 
 def test_prepare_resolves_models_loads_prompts_and_finds_interpreters(tmp_path, fakes):
