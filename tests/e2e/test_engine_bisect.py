@@ -6,13 +6,16 @@ the stale-cache probe runs in fp32, a setting of its own."""
 import json
 
 import pytest
-from conftest import SCENARIOS, run_cli
+from conftest import IN_PROCESS_V1, SCENARIOS, run_cli
 
 # ddmin on 5 items with one culprit: 2 confirmation runs + at most 2 * ceil(log2 5) = 6 more.
 MAX_TESTS = 8
 
 
-def test_bisect_each_finds_each_scenarios_culprit_sharing_engines(tiny_model, tmp_path):
+def test_bisect_each_finds_each_scenarios_culprit_sharing_engines(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(*IN_PROCESS_V1)  # 8 engine starts, none updating weights
     # 64 prompts, as the scenario had before it took the rl pair's 96 (to share its generations
     # in the quick suite): the search is the same, each of its trials a third cheaper.
     processed = tmp_path / "in" / "logprobs-processed.toml"

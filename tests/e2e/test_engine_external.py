@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import IN_PROCESS_V1, run_cli
 
 from parity.data import schema as data_schema
 from parity.data import tables
@@ -47,7 +47,8 @@ def by_name(report):
     return {s["name"]: s for s in report["scenarios"]}
 
 
-def test_export_score_and_judge_from_file(tiny_model, tmp_path):
+def test_export_score_and_judge_from_file(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv(*IN_PROCESS_V1)
     hf = write(tmp_path, "ext-hf")
     seqs = tmp_path / "seqs.parquet"
     first = tmp_path / "export"
