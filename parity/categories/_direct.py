@@ -40,7 +40,8 @@ def semantics_specs(sampling: SamplingSpec) -> dict[str, SamplingSpec]:
 
 
 def _mean_abs(a: list[np.ndarray], b: list[np.ndarray]) -> float | None:
-    gaps = [np.abs(x - y) for x, y in zip(a, b) if len(x) == len(y) and len(x)]
+    with np.errstate(invalid="ignore"):  # -inf - -inf: nan, dropped below
+        gaps = [np.abs(x - y) for x, y in zip(a, b) if len(x) == len(y) and len(x)]
     flat = np.concatenate(gaps) if gaps else np.zeros(0)
     flat = flat[np.isfinite(flat)]
     return float(flat.mean()) if flat.size else None
