@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import time
 
 if __package__:  # imported as parity.engines.vllm_transfer (tests)
     from parity.engines import vllm_tensors
@@ -49,9 +50,8 @@ def refusal(backend: str, vllm_config) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {_first_line(exc)}"
     if backend in NCCL_FAMILY:
-        from vllm.distributed.device_communicators.pynccl_wrapper import (  # lazy: vLLM
-            NCCLLibrary,
-        )
+        # lazy: vLLM, only in the engine's interpreter
+        from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
 
         try:
             NCCLLibrary()
@@ -98,8 +98,6 @@ def ipc_push(llm, named_buckets) -> dict:
     """The weight-transfer API round on a live V1 engine over ipc, parity's engine worker as the
     trainer: init (once per engine), start_weight_update, update_weights per bucket (the tensors
     moved to the GPU and kept alive until the workers loaded them), finish_weight_update."""
-    import time
-
     import torch  # lazy: torch takes seconds to import
 
     if not getattr(llm, "_parity_transfer_ready", False):
