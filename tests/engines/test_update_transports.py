@@ -195,3 +195,24 @@ def test_transfer_without_a_sender_says_so():
         vllm_transfer.load(engine, "/ckpt", "nccl", 512, v1=True)
     with pytest.raises(ValueError, match="V0 has none"):
         vllm_transfer.load(engine, "/ckpt", "ipc", 512, v1=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what vLLM's CPU build refuses")
+def test_validator_reports_the_refused_backend_as_kind_refused(tiny_model):
+    """The validator's own code in this interpreter (vLLM 0.32, CPU): a setting that asks for
+    the ipc backend builds its config, then is refused (kind "refused", vLLM's reason); the same
+    setting without weight_transfer_config is not (negative control)."""
+    pytest.importorskip("vllm.distributed.weight_transfer.factory")
+    from parity.engines import vllm_validate
+
+    args = {"dtype": "float32", "weight_transfer_config": {"backend": "ipc"}}
+    reply = vllm_validate.validate_engine_args(
+        [
+            {"engine_args": args, "model": str(tiny_model)},
+            {"engine_args": {"dtype": "float32"}, "model": str(tiny_model)},
+        ]
+    )
+    (refused,) = reply["problems"]
+    assert (refused["index"], refused["kind"]) == (0, "refused")
+    assert refused["name"] == "weight_transfer_config"
+    assert "'ipc'" in refused["message"] and "Torch not compiled with CUDA" in refused["message"]
