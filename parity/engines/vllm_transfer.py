@@ -108,7 +108,9 @@ def ipc_push(llm, named_buckets) -> dict:
     try:
         for bucket in named_buckets:
             t0 = time.perf_counter()
-            on_gpu = [(n, t.to("cuda", non_blocking=False)) for n, t in bucket]
+            # contiguous copies kept alive until update_weights returned (an IPC handle does
+            # not hold its storage), as vLLM's IPC trainer engine keeps them
+            on_gpu = [(n, t.to("cuda").contiguous()) for n, t in bucket]
             torch.cuda.synchronize()
             llm.collective_rpc("update_weights", args=(ipc_update_info(on_gpu, 0),))
             out["buckets"].append(
@@ -122,6 +124,7 @@ def ipc_push(llm, named_buckets) -> dict:
             del on_gpu
     finally:
         llm.collective_rpc("finish_weight_update")
+        torch.cuda.ipc_collect()  # release the shared blocks, as vLLM's IPC trainer does
     return out
 
 
