@@ -9,7 +9,7 @@ V1 (0.32) wraps the buckets in the layer-wise reload lifecycle its weight-transf
 last: vllm/distributed/weight_transfer/nccl_engine.py, ipc_engine.py): each layer is
 re-processed (`process_weights_after_loading`: the CPU backend's pre-packed GEMM weights) once
 all its tensors arrived. Without it, a plain `load_weights` on V1's CPU backend meets the
-parameters the load-time repack emptied (docs/measurements.md#inplace-update-no-effect).
+parameters the load-time repack emptied and raises (docs/measurements.md#tensors-update).
 V0 (0.8.5) loads with `model.load_weights` alone, as its RL users did.
 
 Imported by vllm_updates.py in the engine worker (V1 0.32 and the V0 0.8.5 env, which has no
