@@ -58,6 +58,7 @@ def _probe(engine, sc, er, prompts: list[list[int]], target: str, log) -> None:
             spec.clear_cache,
             spec.via,
             spec.ignore_eos,
+            **spec.transport(),
         )
         er.sequences = seqs
     else:
@@ -67,10 +68,35 @@ def _probe(engine, sc, er, prompts: list[list[int]], target: str, log) -> None:
             prompts = [context + p for p in prompts]
             er.extra["context_tokens"] = len(context)
         er.extra["before"] = engine.generate(prompts, sc.sampling)
-        rec = engine.update_weights(target, spec.mode, spec.clear_cache, spec.via)
+        rec = engine.update_weights(
+            target, spec.mode, spec.clear_cache, spec.via, **spec.transport()
+        )
         er.sequences = engine.generate(prompts, sc.sampling)
     er.extra["update"] = rec
     log(
         f"  update {rec.get('version_before')} -> {rec.get('version')} via {spec.via}: "
         f"{1000 * rec.get('latency_s', float('nan')):.1f} ms"
     )
+
+
+def transfer_setting_problems(scenario, path: str) -> list[tuple[str, str, str]]:
+    """update.via = "transfer" needs the candidate engine started with vLLM's weight-transfer
+    engine for update.backend (engine_args.weight_transfer_config = { backend = ... })."""
+    spec = scenario.options.get("update")
+    if spec is None or spec.via != "transfer":
+        return []
+    out = []
+    for role, setting in scenario.settings().items():
+        wtc = setting.args.get("weight_transfer_config")
+        got = wtc.get("backend") if isinstance(wtc, dict) else None
+        if got != spec.backend:
+            out.append(
+                (
+                    path,
+                    f"{role}.engine_args.weight_transfer_config",
+                    f'update.via = "transfer" over {spec.backend!r} needs the engine started '
+                    f'with it: weight_transfer_config = {{ backend = "{spec.backend}" }}'
+                    + (f" (got backend {got!r})" if got is not None else ""),
+                )
+            )
+    return out

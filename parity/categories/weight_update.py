@@ -11,7 +11,7 @@ import numpy as np
 
 from parity.categories import _common
 from parity.categories._update_between import judge_between
-from parity.categories._update_drive import drive
+from parity.categories._update_drive import drive, transfer_setting_problems
 from parity.categories._update_inflight import judge_inflight
 from parity.categories.base import Category, choice
 from parity.trainer import hybrids
@@ -48,6 +48,7 @@ def update_summary(rec: dict) -> dict[str, Any]:
         "reprocess_s": rec.get("reprocess_s"),
         "evidence_s": rec.get("evidence_s"),
         "checksums": rec.get("checksums"),
+        "buckets": rec.get("buckets"),  # via tensors / transfer: [{tensors, mb, load_s}]
         "endpoints": rec.get("endpoints"),
         "lag_tokens_mean": float(np.mean(lags)) if lags else None,
         "lag_tokens_max": int(max(lags)) if lags else None,
@@ -237,8 +238,8 @@ class WeightUpdate(Category):
     summary = "inflight weight updates: takes effect, stale prefix cache, keep vs recompute"
     fields = {
         "probe": f"one of {', '.join(PROBES)}",
-        "update": "the update: target, seed, scale, via, mode, clear_cache, "
-        "after_tokens, expect_semantics, ignore_eos, context_tokens, "
+        "update": "the update: target, seed, scale, train_steps, lr, via, bucket_mb, backend, "
+        "mode, clear_cache, after_tokens, expect_semantics, ignore_eos, context_tokens, "
         "stale_layers",
     }
     # abs_dlogp_mean: bf16/fp16 engines; abs_dlogp_mean_fp32: fp32 ones (updates.tolerance).
@@ -289,6 +290,9 @@ class WeightUpdate(Category):
         )
         update, found = parse_update(data.get("update"), path)
         return {"probe": probe, "update": update}, problems + found
+
+    def check_settings(self, scenario, path):
+        return transfer_setting_problems(scenario, path)
 
     def served_refusal(self, options):
         # Over HTTP an update is a checkpoint on disk loaded between requests (/pause,

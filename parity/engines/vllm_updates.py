@@ -10,16 +10,18 @@ import os
 import time
 
 if __package__:  # imported as parity.engines.vllm_updates (tests)
-    from parity.engines import vllm_evidence, vllm_inflight
+    from parity.engines import vllm_evidence, vllm_inflight, vllm_tensors, vllm_transfer
 else:  # inside the engine worker script, and the V1 workers it reaches: beside it on sys.path
     import vllm_evidence
     import vllm_inflight
+    import vllm_tensors
+    import vllm_transfer
 
 # The checkpoint's value for an engine parameter (stacked parameters: their parts concatenated).
 _checkpoint_value = vllm_evidence.checkpoint_value
 
 MODES = ("keep", "wait", "abort")
-VIAS = ("reload", "inplace")
+VIAS = ("reload", "inplace", "tensors", "transfer")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -94,8 +96,12 @@ class Updater:
     """Weight updates of one engine (`host.llm`), keeping `host.weight_version` (an int, +1 per
     update) and `host.checkpoint` (None = the weights the engine started with) current."""
 
-    def __init__(self, host):
+    def __init__(self, host, bucket_mb: float | None = None, backend: str | None = None):
         self.host = host
+        # via tensors / transfer: MiB per load_weights call (vllm_tensors.DEFAULT_BUCKET_MB if
+        # None); via transfer: vLLM's weight-transfer backend (vllm_transfer)
+        self.bucket_mb = bucket_mb or vllm_tensors.DEFAULT_BUCKET_MB
+        self.backend = backend
 
     @property
     def llm(self):
@@ -113,6 +119,10 @@ class Updater:
             else:
                 out = llm.apply_model(functools.partial(inplace_update, checkpoint=checkpoint))[0]
             return {"mechanism": "param.data.copy_ into the live parameters", **out}
+        if via == "tensors":
+            return vllm_tensors.load(llm, checkpoint, self.bucket_mb, is_v1(llm))
+        if via == "transfer":
+            return vllm_transfer.load(llm, checkpoint, self.backend, self.bucket_mb, is_v1(llm))
         if is_v1(llm):
             llm.collective_rpc("reload_weights", kwargs={"weights_path": checkpoint})
             return {"mechanism": "collective_rpc('reload_weights', weights_path=...)"}
@@ -122,11 +132,13 @@ class Updater:
     def _evidence(self, checkpoint: str, via: str) -> dict:
         """What the update reached, checked where the model lives (vllm_evidence.collect): the
         record's evidence (or evidence_error), and with parity's reload workaround on
-        (PARITY_RELOAD_REPROCESS, reported as patches["reload_reprocess"]) after a reload, the
-        compute_stale modules re-processed: reprocessed, reprocess_s, evidence_before_reprocess.
+        (PARITY_RELOAD_REPROCESS, reported as patches["reload_reprocess"]) after a reload or a
+        tensors push (the same layer-wise reload), the compute_stale modules re-processed: reprocessed, reprocess_s, evidence_before_reprocess.
         evidence_s: the checks' time (the call's, less reprocess_s). Never raises."""
         llm = self.llm
-        fix = via == "reload" and bool(getattr(self.host, "patches", {}).get("reload_reprocess"))
+        fix = via in ("reload", "tensors", "transfer") and bool(
+            getattr(self.host, "patches", {}).get("reload_reprocess")
+        )
         t0 = time.perf_counter()
         try:
             if is_v1(llm):

@@ -11,6 +11,11 @@ import os
 import types
 import typing
 
+if __package__:  # imported as parity.engines.vllm_validate (tests)
+    from parity.engines import vllm_transfer
+else:  # inside the engine worker script: beside it on sys.path
+    import vllm_transfer
+
 
 def validate_engine_args(arg_sets: list[dict]) -> dict:
     """Check engine arguments against this vLLM without starting an engine: names against
@@ -50,7 +55,7 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
             found = [
                 {"index": i, "name": name, "kind": kind, "message": message}
                 for name, message, kind in refused
-            ]
+            ] + _transfer_refusal(i, args, config)
             model_cfg = getattr(config, "model_config", None)
             limits[i] = {
                 "max_model_len": getattr(model_cfg, "max_model_len", None),
@@ -63,6 +68,22 @@ def validate_engine_args(arg_sets: list[dict]) -> dict:
         "fields": sorted(fields),
         "limits": limits,
     }
+
+
+def _transfer_refusal(index: int, args: dict, config) -> list[dict]:
+    """A weight-transfer backend (engine arg weight_transfer_config) this machine cannot run:
+    [{"kind": "refused", "name": "weight_transfer_config", "message": vLLM's reason}]
+    (vllm_transfer.refusal); the engine is then not started."""
+    wtc = getattr(config, "weight_transfer_config", None)
+    if config is None or wtc is None or "weight_transfer_config" not in args:
+        return []
+    reason = vllm_transfer.refusal(wtc.backend, config)
+    if reason is None:
+        return []
+    message = f"weight transfer backend {wtc.backend!r}: {reason}"
+    return [
+        {"index": index, "name": "weight_transfer_config", "kind": "refused", "message": message}
+    ]
 
 
 # Arguments vLLM's LLM() converts before EngineArgs sees them (dict -> config object): their

@@ -78,7 +78,7 @@ def serve(reply_fd: int) -> None:
                 result = host.reset_prefix_cache()
             elif op == "update_weights":
                 result = {
-                    "update": vllm_updates.Updater(host).update(
+                    "update": vllm_updates.Updater(host, **request.get("transport", {})).update(
                         request["checkpoint"],
                         request["mode"],
                         request["clear_cache"],
@@ -86,7 +86,9 @@ def serve(reply_fd: int) -> None:
                     )
                 }
             elif op == "generate_with_update":
-                result = vllm_updates.Updater(host).generate_with_update(
+                result = vllm_updates.Updater(
+                    host, **request.get("transport", {})
+                ).generate_with_update(
                     request["prompts"],
                     request["sampling"],
                     request["checkpoint"],

@@ -107,7 +107,12 @@ class VllmEngine:
         return self._effective
 
     def update_weights(
-        self, checkpoint: str, mode: str = "keep", clear_cache: bool = False, via: str = "reload"
+        self,
+        checkpoint: str,
+        mode: str = "keep",
+        clear_cache: bool = False,
+        via: str = "reload",
+        **transport: Any,
     ) -> dict[str, Any]:
         """Load the checkpoint directory's weights into the live engine between generate calls.
 
@@ -115,8 +120,12 @@ class VllmEngine:
             checkpoint: a safetensors checkpoint of the same architecture.
             mode: how requests in flight are treated ("keep" | "wait" | "abort"; V1's pause).
             clear_cache: also drop the prefix cache (KV computed with the old weights).
-            via: "reload" (the engine's real reload path) or "inplace" (param.data.copy_ into
-                the live parameters: the known-broken path, for negative controls).
+            via: "reload" (the engine's real reload path), "tensors" (the checkpoint's tensors
+                into the model's load_weights, bucket by bucket), "transfer" (vLLM's
+                weight-transfer API) or "inplace" (param.data.copy_ into the live parameters:
+                the known-broken path, for negative controls).
+            transport: tensors and transfer: bucket_mb (MiB per load_weights call), backend
+                (transfer); see vllm_updates.Updater.
         Returns:
             The update record: version (int, +1 per update), via, mechanism, pause_s, load_s,
             resume_s, latency_s, cache_cleared.
@@ -128,6 +137,7 @@ class VllmEngine:
                 "mode": mode,
                 "clear_cache": clear_cache,
                 "via": via,
+                "transport": transport,
             },
             timeout=self.request_timeout,
         )
@@ -144,6 +154,7 @@ class VllmEngine:
         clear_cache: bool = False,
         via: str = "reload",
         ignore_eos: bool = False,
+        **transport: Any,
     ) -> tuple[list[Sequence], dict[str, Any]]:
         """Generate and update the weights in flight, once every running request has sampled
         `after_tokens` tokens (arguments as in update_weights).
@@ -165,6 +176,7 @@ class VllmEngine:
                 "clear_cache": clear_cache,
                 "via": via,
                 "ignore_eos": ignore_eos,
+                "transport": transport,
             },
             timeout=self.request_timeout,
         )

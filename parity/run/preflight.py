@@ -251,11 +251,15 @@ def request_problems(
 def refusal(check: Check, python: str) -> str | None:
     """Why the vLLM of a validated check refuses, on this machine, a mode the setting selects
     by environment variable (the engine config builds without the variable, and no engine
-    argument is to blame); None when it does not. E.g. vLLM 0.32's CPU build with
-    VLLM_USE_V2_MODEL_RUNNER=1: "Model Runner V2 requires Triton"."""
+    argument is to blame), or a feature an engine argument asks for that this machine cannot run
+    (kind "refused": a weight-transfer backend); None when it does not. E.g. vLLM 0.32's CPU
+    build with VLLM_USE_V2_MODEL_RUNNER=1: "Model Runner V2 requires Triton"."""
     found = _SEEN.get((python, _key(check)))
     if not found:
         return None
+    machine = [p["message"] for p in found[0] if p.get("kind") == "refused"]
+    if machine:  # e.g. a weight-transfer backend (parity.engines.vllm_transfer.refusal)
+        return f"vLLM {found[1]} ({check.setting.env}) on this machine: {machine[0]}"
     names = [p["name"] for p in found[0] if p.get("kind") == "env"]
     if not names:
         return None
@@ -276,6 +280,12 @@ def _problem(c: Check, p: dict, version: str) -> Problem:
             f"{c.field.split('.')[0]}.env_vars.{p['name']}",
             f"{where} refuses this mode on this machine: {p['message']}; run it where that "
             "vLLM supports it (or remove the variable)",
+        )
+    if p.get("kind") == "refused":  # a feature this machine cannot run (bisect: exit 2)
+        return (
+            c.where,
+            f"{c.field}.{p['name']}",
+            f"{where} cannot run this on this machine: {p['message']}",
         )
     if p.get("kind") == "env_value":
         return (

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from parity.engines.base import SamplingSpec
+from parity.engines.vllm_tensors import DEFAULT_BUCKET_MB
 from parity.setup import models
 from parity.setup.checkpoints import with_old_layers
 from parity.setup.models import perturb
@@ -22,7 +23,10 @@ from parity.trainer.sampler import process_logits
 from parity.trainer.split_batches import score_items
 
 PROBES = ("takes_effect", "stale_cache", "inflight")
-VIAS = ("reload", "inplace")
+VIAS = ("reload", "tensors", "transfer", "inplace")
+# vLLM 0.32's weight-transfer backends (vllm/distributed/weight_transfer/factory.py); which run
+# where is vLLM's to say (parity.engines.vllm_transfer.refusal, before any engine start).
+BACKENDS = ("nccl", "ipc", "sparse_nccl", "nccl_m2n", "sharded_rdt", "modelexpress")
 MODES = ("keep", "wait", "abort")
 SEMANTICS = ("keep", "recompute")
 # Two hypotheses (old vs new weights, keep vs recompute, stale vs fresh KV) are told apart only
@@ -55,8 +59,14 @@ class UpdateSpec:
         seed, scale: the perturbation, when target is None and train_steps is 0; seed also
             seeds the training step.
         train_steps, lr: the training step (AdamW steps and learning rate), when target is None.
-        via: "reload" (the engine's real update path) or "inplace" (param.data.copy_ into the
-            live parameters: the negative control).
+        via: "reload" (the engine's real update path: reload_weights from disk), "tensors" (the
+            checkpoint's tensors, as a trainer holds them, into the model's load_weights in
+            buckets: the path NCCL/IPC broadcasts end in; parity.engines.vllm_tensors),
+            "transfer" (vLLM 0.32's weight-transfer API over `backend`) or "inplace"
+            (param.data.copy_ into the live parameters: the negative control).
+        bucket_mb: tensors and transfer: MiB of tensors per load_weights call (verl's default).
+        backend: transfer: the weight-transfer backend (the engine needs
+            engine_args.weight_transfer_config = { backend = ... } too).
         mode: in-flight requests during the update: "keep" | "wait" | "abort".
         clear_cache: drop the prefix cache (KV computed with the old weights) with the update.
         after_tokens: inflight probe: update once every request has sampled this many tokens.
@@ -82,6 +92,14 @@ class UpdateSpec:
     stale_layers: tuple[int, ...] = ()
     train_steps: int = 0
     lr: float = 1e-5
+    bucket_mb: float = DEFAULT_BUCKET_MB
+    backend: str | None = None
+
+    def transport(self) -> dict:
+        """The engine's update_weights keywords beyond (checkpoint, mode, clear_cache, via)."""
+        if self.via == "transfer":
+            return {"bucket_mb": self.bucket_mb, "backend": self.backend}
+        return {"bucket_mb": self.bucket_mb} if self.via == "tensors" else {}
 
 
 _FIELD_TYPES = {
@@ -98,8 +116,10 @@ _FIELD_TYPES = {
     "stale_layers": list,
     "train_steps": int,
     "lr": float,
+    "bucket_mb": float,
+    "backend": str,
 }
-_CHOICES = {"via": VIAS, "mode": MODES, "expect_semantics": SEMANTICS}
+_CHOICES = {"via": VIAS, "mode": MODES, "expect_semantics": SEMANTICS, "backend": BACKENDS}
 
 
 def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[str, str, str]]]:
@@ -122,7 +142,7 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
             problems.append((path, fld, f"{value!r}: use one of {', '.join(_CHOICES[key])}"))
         elif key in ("after_tokens", "context_tokens", "train_steps") and value < 0:
             problems.append((path, fld, "must be >= 0"))
-        elif key == "lr" and not (np.isfinite(value) and value > 0):
+        elif key in ("lr", "bucket_mb") and not (np.isfinite(value) and value > 0):
             problems.append((path, fld, "must be a finite number > 0"))
         elif key == "scale" and not (np.isfinite(value) and value > 0):
             problems.append((path, fld, "must be a finite number > 0 (0 would be no update)"))
@@ -143,7 +163,20 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
         )
     if "lr" in kwargs and not kwargs.get("train_steps"):
         problems.append((path, "update.lr", "only with update.train_steps >= 1"))
+    problems += _transport_problems(kwargs, path)
     return (None, problems) if problems else (UpdateSpec(**kwargs), [])
+
+
+def _transport_problems(kwargs: dict, path: str) -> list[tuple[str, str, str]]:
+    """bucket_mb only with via tensors or transfer; backend with (and only with) transfer."""
+    via, out = kwargs.get("via", "reload"), []
+    if "bucket_mb" in kwargs and via not in ("tensors", "transfer"):
+        out.append((path, "update.bucket_mb", 'only with update.via = "tensors" or "transfer"'))
+    if via == "transfer" and "backend" not in kwargs:
+        out.append((path, "update.backend", f'via = "transfer" needs one: {", ".join(BACKENDS)}'))
+    if "backend" in kwargs and via != "transfer":
+        out.append((path, "update.backend", 'only with update.via = "transfer"'))
+    return out
 
 
 # ----------------------------------------------------------------------------- the trainer side

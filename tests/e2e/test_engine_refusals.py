@@ -54,6 +54,7 @@ def test_cuda_scenarios_on_cpu_exit_125_before_any_engine(tmp_path):
         [
             "check",
             str(SCENARIOS / "cuda" / "logprobs-mrv2-processed.toml"),
+            str(SCENARIOS / "cuda" / "update-transfer-ipc.toml"),
             "--model",
             "tiny",
             "--output",
@@ -62,7 +63,32 @@ def test_cuda_scenarios_on_cpu_exit_125_before_any_engine(tmp_path):
     )
     assert result.exit_code == 125, result.output
     data = json.loads((out / "report.json").read_text())
-    [sc] = data["scenarios"]
-    assert sc["verdict"]["diagnosis"] == "refused_here"
-    assert "Model Runner V2 requires Triton" in sc["verdict"]["message"]
+    mrv2, ipc = sorted(data["scenarios"], key=lambda s: s["name"])
+    assert mrv2["verdict"]["diagnosis"] == ipc["verdict"]["diagnosis"] == "refused_here"
+    assert "Model Runner V2 requires Triton" in mrv2["verdict"]["message"]
+    # vLLM's weight-transfer backend over CUDA IPC (docs/measurements.md#weight-transfer-backends-cpu)
+    assert "Torch not compiled with CUDA enabled" in ipc["verdict"]["message"]
     assert all(e.get("skipped") and "start_s" not in e for e in data["engines"])
+
+
+def test_cpu_vllm_refuses_weight_transfer_backends_with_its_reason(tiny_model, tmp_path):
+    """The real 0.32 validator (no engine started): an engine asking for a weight-transfer
+    backend this build cannot run is refused with vLLM's reason, not a problem in the file;
+    negative control: the same setting without it builds and is not refused."""
+    from parity.engines.settings import make_setting
+
+    def check(name, **args):
+        setting = make_setting("v1-parity", engine_args=args)
+        return Check(f"{name}.toml", "candidate.engine_args", setting, str(tiny_model))
+
+    checks = [
+        check("nccl", weight_transfer_config={"backend": "nccl"}),
+        check("ipc", weight_transfer_config={"backend": "ipc"}),
+        check("plain"),
+    ]
+    validate.engine_problems(checks, {"harness": sys.executable}, tmp_path)
+    assert "NCCL only supports CUDA and ROCm backends" in validate.refusal(
+        checks[0], sys.executable
+    )
+    assert "Torch not compiled with CUDA enabled" in validate.refusal(checks[1], sys.executable)
+    assert validate.refusal(checks[2], sys.executable) is None

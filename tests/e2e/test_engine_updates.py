@@ -218,3 +218,20 @@ def test_step_size_updates_decide(update_run):
     layer = scenarios["update-step-stale-layer-control"]
     assert layer["verdict"]["diagnosis"] == "stale_layers"
     assert layer["metrics"]["attribution"]["stale"] == ["layers.1"]
+
+
+@pytest.mark.parametrize("name", ["update-step-tensors", "update-step-tensors-v0"])
+def test_in_memory_tensors_take_effect(update_run, name):
+    """via = "tensors" (the trainer's tensors into load_weights, bucket by bucket; V1 within the
+    layer-wise reload) at step size, on the engines the reload scenarios use (no extra start):
+    the samples follow the new weights and every module computes them
+    (docs/measurements.md#tensors-update)."""
+    _, _, scenarios, _ = update_run
+    sc = scenarios[name]
+    m = sc["metrics"]
+    assert sc["verdict"]["outcome"] == "pass" and m["tolerance"] == 0.004
+    assert m["abs_dlogp_after_vs_new"] < 1e-4 < 0.01 < m["abs_dlogp_after_vs_old"]
+    buckets = m["update"]["buckets"]
+    assert buckets and all(b["tensors"] > 0 and b["load_s"] >= 0 for b in buckets)
+    evidence = m["worker_evidence"]["evidence"]
+    assert evidence["ok"] == evidence["modules_checked"] > 0
