@@ -49,7 +49,13 @@ def judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict, pre: li
             run.new_a,
             tol,
             "the new weights are too close to the old ones to tell them apart: raise update.scale "
-            "(or update.lr / train_steps)",
+            "(or update.lr / train_steps)"
+            + (
+                ""
+                if exact
+                else "; a step-sized update is below bf16 noise (the paired rule needs an fp32 "
+                "trainer): run the engine in float32"
+            ),
             paired_engine,
         )
     )

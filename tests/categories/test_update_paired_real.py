@@ -74,3 +74,13 @@ def test_bf16_trainer_noise_biases_every_share_toward_one_half(runs):
     old = shares["old weights"]
     assert old.ci_low < paired.SHARE_LIMIT < old.ci_high
     assert paired.best(shares) is not None  # spurious: why bf16 is not screened
+
+
+def test_a_stale_prefix_cache_is_named_among_correlated_layers(runs):
+    """The prefix cache kept across the update (0.00399 from the new weights on average): its
+    prediction holds at share 1; single layers correlated with it read shares above 1 but are
+    unresolved (next to the cache's deviation they are noise) and not named."""
+    shares = _shares(runs["stale-cache-control"])
+    assert paired.best(shares) == "stale prefix cache"
+    assert shares["stale prefix cache"].ci_low > 0.95
+    assert not any(s.holds for k, s in shares.items() if k != "stale prefix cache")
