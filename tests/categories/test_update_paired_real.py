@@ -57,7 +57,7 @@ def test_a_stale_layer_under_the_tolerance_is_named(runs):
     assert f.outcome == "fail" and f.value == pytest.approx(1.0, abs=0.01)
 
 
-@pytest.mark.parametrize("component", ["lm_head", "layers.0", "layers.15", "embed_tokens"])
+@pytest.mark.parametrize("component", ["lm_head", "layers.0", "layers.15", "embed_tokens", "norm"])
 def test_the_recorded_noise_plus_a_recorded_stale_component_is_named(runs, component):
     """The correct run's own engine noise plus one component's recorded deviation (the engine
     that component left old would show): named, each under the tolerance on average."""
