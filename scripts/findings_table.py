@@ -18,7 +18,7 @@ from pathlib import Path
 from parity import categories, judging
 from parity.categories import logprobs
 from parity.run import modelcheck
-from parity.verdicts import frameworks
+from parity.verdicts import frameworks, paired
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "findings.md"
 SAMPLED = "T 0.7, top-p 0.9, top-k 50"
@@ -97,6 +97,12 @@ PROVENANCE = {
         "update-evidence-tolerance",
     ),
     "token_stream": ("tiny, fp32", NOT_RECORDED, "the update scenarios'", "reload-weights-v1"),
+    "stale_share": (
+        "SmolLM2-135M-Instruct, fp32 (bf16: not valid, inconclusive)",
+        "AVX512-BF16",
+        "T 1, arithmetic:24, seed 7",
+        "paired-share",
+    ),
     "gates": (
         "tiny (the frameworks' own gates, not parity's)",
         "AVX2-only",
@@ -148,6 +154,8 @@ def bound(where: str, finding: str, kind: str, cat) -> str:
         return _gate(finding) or "?"
     if kind == "count_limit":
         return "0 events"
+    if finding == "stale_share":  # parity.verdicts.paired
+        return f"share {paired.SHARE_LIMIT:g}, resolved at interval half-width <= {paired.RESOLUTION:g}"
     if kind == "equality":
         return "equal"
     key = TOLERANCE_OF.get(finding, finding)

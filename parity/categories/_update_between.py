@@ -9,13 +9,18 @@ from functools import cached_property
 
 from parity.categories._update_drive import block_size
 from parity.categories._update_judging import (
+    OLD,
+    STALE_CACHE,
     attribute,
     attributed,
     batched,
     decide,
     effect,
     gap,
+    hides,
     mean,
+    screen,
+    screened,
     separation,
     threshold,
 )
@@ -28,6 +33,11 @@ from parity.verdicts.fmt import fmt
 def judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict, pre: list) -> core.Verdict:
     """takes_effect and stale_cache: a generate call before the update, the same after it."""
     run = _predict(er, batched(scorer), sc.sampling)
+    # The paired rule needs the trainer's predictions exact next to the hypotheses' deviations:
+    # fp32 only. In bf16 the trainer's own rounding moves them as much as a step does
+    # (docs/measurements.md#paired-share), so a step-sized bf16 update stays inconclusive.
+    exact = getattr(scorer, "dtype", None) == "float32"
+    paired_engine = run.eng_a if exact else None
     findings = [
         threshold("abs_dlogp_before_vs_old", run.gap_before, tol),
         threshold("abs_dlogp_after_vs_new", run.gap_new, tol),
@@ -39,15 +49,25 @@ def judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict, pre: li
             run.new_a,
             tol,
             "the new weights are too close to the old ones to tell them apart: raise update.scale "
-            "(or update.lr / train_steps)",
+            "(or update.lr / train_steps)"
+            + (
+                ""
+                if exact
+                else "; a step-sized update is below bf16 noise (the paired rule needs an fp32 "
+                "trainer): run the engine in float32"
+            ),
+            paired_engine,
         )
     )
     _record(er, run, detail)
     g_stale = (
-        _stale_cache(er, run, tol, pre, detail) if sc.options["probe"] == "stale_cache" else None
+        _stale_cache(er, run, tol, pre, detail, paired_engine)
+        if sc.options["probe"] == "stale_cache"
+        else None
     )
     att = _attribute_partial(scorer, run, g_stale, tol, findings, detail)
-    return _verdict(run, g_stale, att, tol, findings, pre)
+    top = _screen(scorer, run, tol, findings, detail) if att is None and exact else None
+    return _verdict(run, g_stale, att, tol, findings, pre, screened(top, detail))
 
 
 @dataclass
@@ -65,6 +85,7 @@ class _Between:
     gap_before: list
     gap_old: list
     gap_new: list
+    stale: list | None = None  # the stale-cache prediction (probe stale_cache)
 
     @cached_property
     def g_old(self) -> float:
@@ -121,7 +142,7 @@ def _record(er, run: _Between, detail: dict) -> None:
     )
 
 
-def _stale_cache(er, run: _Between, tol: float, pre: list, detail: dict) -> float:
+def _stale_cache(er, run: _Between, tol: float, pre: list, detail: dict, paired_engine) -> float:
     """The stale hypothesis: every whole block of the prompt served from a cache filled before
     the update (what the engine reports it actually served is kept as evidence); a separation
     precondition against the fresh prediction. Returns the engine's mean gap to it."""
@@ -130,6 +151,7 @@ def _stale_cache(er, run: _Between, tol: float, pre: list, detail: dict) -> floa
     stale = run.batch.score_many(
         [(p, t, c) for (p, t), c in zip(run.pairs_a, cached)], run.sampling
     )
+    run.stale = stale
     g_stale = mean(gap(run.eng_a, stale))
     pre.append(
         separation(
@@ -139,6 +161,7 @@ def _stale_cache(er, run: _Between, tol: float, pre: list, detail: dict) -> floa
             tol,
             "KV from the old weights would barely change these logprobs (prompts shorter than "
             "a cache block, or a small update): the probe cannot see a stale cache",
+            paired_engine,
         )
     )
     detail.update(
@@ -174,7 +197,33 @@ def _attribute_partial(
     return attribute(scorer, predict, run.eng_a, tol, detail, findings)
 
 
-def _verdict(run: _Between, g_stale, att, tol: float, findings: list, pre: list) -> core.Verdict:
+def _screen(scorer, run: _Between, tol: float, findings: list, detail: dict) -> str | None:
+    """The paired screen (_update_judging.screen) when the mean |dlogp| matched the old weights
+    before the update and the new ones after it: a stale component, the old weights or a stale
+    cache moving logprobs less than the noise on average; None when it does not run."""
+    if any(f.outcome == "fail" for f in findings[:2]):
+        return None
+    batch, sampling, pairs_a = run.batch, run.sampling, run.pairs_a
+    extra = {OLD: run.old_a} | ({STALE_CACHE: run.stale} if run.stale is not None else {})
+    # A scorer without model pairs (a synthetic trainer) has no components to screen.
+    pairs = getattr(scorer, "pairs", None)
+    small = pairs is not None and hides(run.g_old, len(hybrids.HybridModel.names(pairs()[1])), tol)
+    return screen(
+        scorer,
+        (lambda pair, idx: batch.new_many([pairs_a[i] for i in idx], sampling, new=pair))
+        if small
+        else None,
+        run.eng_a,
+        run.new_a,
+        extra,
+        detail,
+        findings,
+    )
+
+
+def _verdict(
+    run: _Between, g_stale, att, tol: float, findings: list, pre: list, paired_entry: tuple
+) -> core.Verdict:
     """The verdict: the first diagnosis that holds once the findings failed (reference mismatch,
     a stale prefix cache, a partial update, no effect), and the gaps."""
     stale_text = f", to the stale-cache prediction {g_stale:.3g}" if g_stale is not None else ""
@@ -200,6 +249,7 @@ def _verdict(run: _Between, g_stale, att, tol: float, findings: list, pre: list)
                 "prefix cache reused KV from before the update: disable prefix caching or reset it "
                 "(pause_generation(clear_cache=True) or reset_prefix_cache() after the load)",
             ),
+            paired_entry,
             attributed(att, tol),
             (after_bad, "no_effect", _no_effect(run, att, tol)),
         ],

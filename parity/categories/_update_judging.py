@@ -8,7 +8,7 @@ import numpy as np
 
 from parity.trainer import hybrids
 from parity.trainer.updates import SEPARATION, SplitScorer, keep_boundary
-from parity.verdicts import core, stats
+from parity.verdicts import core, paired, stats
 
 
 def seq_means(per_seq: list[np.ndarray]) -> np.ndarray:
@@ -35,11 +35,28 @@ def threshold(name: str, per_seq: list[np.ndarray], tol: float) -> core.Finding:
 
 
 def separation(
-    name: str, a: list[np.ndarray], b: list[np.ndarray], tol: float, why: str
+    name: str,
+    a: list[np.ndarray],
+    b: list[np.ndarray],
+    tol: float,
+    why: str,
+    engine: list[np.ndarray] | None = None,
 ) -> core.Precondition:
     """Two hypotheses are told apart only when their predictions differ by SEPARATION
-    tolerances: a precondition, not a finding (closer, the data cannot decide)."""
-    return core.at_least(name, mean(gap(a, b)), SEPARATION * tol, why)
+    tolerances, or (given the `engine`'s logprobs) when the paired share of a's deviation from
+    b is resolved (parity.verdicts.paired: the engine's own noise is small enough to tell
+    them apart token by token): a precondition, not a finding (closer, the data cannot
+    decide)."""
+    apart = mean(gap(a, b))
+    pre = core.at_least(name, apart, SEPARATION * tol, why)
+    if not pre.met and engine is not None:
+        s = paired.share(engine, b, a)
+        if s.resolved:
+            half = (s.ci_high - s.ci_low) / 2
+            note = f"mean apart {apart:.3g} < {SEPARATION * tol:.3g}, paired share resolved"
+            return core.Precondition(name, True, half, paired.RESOLUTION, note)
+        pre.note += f" (nor is the paired share resolved: half-width {(s.ci_high - s.ci_low) / 2:.3g} > {paired.RESOLUTION:g})"
+    return pre
 
 
 def effect(gap_old: float, gap_new: float) -> float:
@@ -80,6 +97,78 @@ def attribute(
             )
         )
     return att
+
+
+# The single-component hypotheses cost about half a forward each (hybrids.singles), so they are
+# scored only where one could hide under the tolerance: when the whole update moves logprobs by
+# less than this many tolerances per component. At step size on SmolLM2 the smallest layer moved
+# them by 1/35 of the whole update (docs/measurements.md#paired-share); a scale-1.0
+# perturbation moves each layer by far more than the tolerance.
+def hides(g_old: float, n_components: int, tol: float) -> bool:
+    """Whether a single stale component could stay under the tolerance: the whole update's
+    mean |dlogp| is below one tolerance per component."""
+    return bool(g_old < n_components * tol)
+
+
+OLD = "old weights"  # a paired-screen hypothesis: the update did not land
+STALE_CACHE = "stale prefix cache"  # one: the prompt's cached KV from before the update
+
+
+def screen(
+    scorer, many, engine: list, expected: list, extra: dict, detail: dict, findings: list
+) -> str | None:
+    """The paired screen of an update the mean |dlogp| calls taken (parity.verdicts.paired):
+    each hypothesis in `extra` (OLD, STALE_CACHE: name -> predicted logprobs per sequence) and,
+    when the update is small enough for one to hide (`hides`), each single stale component
+    (hybrids.singles; `many(pair, idx)`: the expected logprobs of sequences idx with `pair` as
+    the new weights) against `expected`, as the finding `stale_share`. Returns the hypothesis
+    that holds best, or None."""
+    hyps = dict(extra)
+    if many is not None:
+        old_pair, new_pair = scorer.pairs()
+        hyps.update(hybrids.singles(hybrids.HybridModel(old_pair, new_pair), many, len(engine)))
+    detail["paired_components"] = many is not None
+    shares = {k: paired.share(engine, expected, v) for k, v in hyps.items()}
+    detail["paired_shares"] = {k: s.to_dict() for k, s in shares.items()}
+    findings.append(paired.finding("stale_share", shares))
+    top = paired.best(shares)
+    if top is not None and top not in extra:
+        diagnosis = hybrids.Attribution([top], float("nan"), True).diagnosis()
+        detail["attribution"] = {"stale": [top], "diagnosis": diagnosis, "rule": "paired share"}
+    return top
+
+
+def screened(top: str | None, detail: dict) -> tuple[bool, str | None, str]:
+    """The (condition, diagnosis, why) entry of `decide` for the hypothesis the paired screen
+    found (condition False when none holds)."""
+    if top is None:
+        return False, None, ""
+    s = detail["paired_shares"][top]
+    what = (
+        f"the engine shows {s['share']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] of the "
+        f"per-token deviation {top} would cause (paired screen; 0 = none, 1 = all)"
+    )
+    if top == OLD:
+        return True, "no_effect", f"the update did not take effect: {what}"
+    if top == STALE_CACHE:
+        return (
+            True,
+            "stale_prefix_cache",
+            (
+                f"prefix cache reused KV from before the update: {what}; disable prefix caching or "
+                "reset it (pause_generation(clear_cache=True) or reset_prefix_cache() after the load)"
+            ),
+        )
+    att = hybrids.Attribution([top], float("nan"), True)
+    diagnosis = att.diagnosis()
+    return (
+        True,
+        diagnosis,
+        (
+            f"only part of the update took effect: {what}, i.e. {top} kept the old weights: "
+            f"{hybrids.FIXES[diagnosis]}"
+        ),
+    )
 
 
 def attributed(att: hybrids.Attribution | None, tol: float) -> tuple[bool, str | None, str]:

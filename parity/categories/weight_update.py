@@ -271,6 +271,7 @@ class WeightUpdate(Category):
         "post_update_tokens": "count_limit",
         "version_labels": "count_limit",
         "stale_components": "count_limit",
+        "stale_share": "bound",
         "token_stream": "count_limit",
         "worker_stale_modules": "count_limit",
         "missing_tensors": "count_limit",

@@ -89,7 +89,13 @@ class HybridModel:
 
     def components(self) -> list[str]:
         """Every component a hypothesis can keep old."""
-        return ["embed_tokens"] + [f"layers.{i}" for i in range(self.n_layers)] + ["norm", HEAD]
+        return self.names((SimpleNamespace(base_model=self.body), None))
+
+    @staticmethod
+    def names(pair) -> list[str]:
+        """The components of a (model, head) pair: embeddings, each layer, final norm, head."""
+        n_layers = len(pair[0].base_model.layers)
+        return ["embed_tokens"] + [f"layers.{i}" for i in range(n_layers)] + ["norm", HEAD]
 
     def _module(self, body, name: str):
         if name.startswith("layers."):
@@ -242,6 +248,28 @@ def attribute(
         {label(k): v for k, v in sorted(scored.items(), key=lambda kv: kv[1])},
         len(scored),
     )
+
+
+def singles(
+    hybrid: HybridModel, predict: Callable[[object, list[int]], list[np.ndarray]], n: int
+) -> dict[str, list[np.ndarray]]:
+    """Every single-component hypothesis (that component old, the rest new) predicted on all n
+    sequences (`predict` as in `attribute`); the components before the old one are replayed
+    from a recording of the all-new prediction, not recomputed."""
+    idx = list(range(n))
+    out: dict[str, list[np.ndarray]] = {}
+    try:
+        hybrid.set(frozenset())
+        with hybrid.recording() as tape:
+            predict(hybrid.pair(), idx)
+        for name in hybrid.components():
+            stale = frozenset({name})
+            hybrid.set(stale)
+            with hybrid.replaying(tape, hybrid.shared(stale, frozenset())):
+                out[name] = predict(hybrid.pair(), idx)
+    finally:
+        hybrid.set(frozenset())
+    return out
 
 
 FIXES = {

@@ -448,6 +448,23 @@ def _failing_weight_update(monkeypatch):
     out["token_stream"] = judge(lost, None)[0]
     assert out["token_stream"].diagnosis == "token_stream"
     assert judge(_update_result("takes_effect", old, new), None)[0].outcome == "pass"
+
+    # A step-sized update (old and new 0.002 apart per token, under the fp32 tolerance on
+    # average) that did not land: the paired screen finds the engine on the old weights.
+    class _Step(_Scorer):
+        def __init__(self, *args):
+            self.dtype = "float32"
+
+        def old(self, p, t, sampling):
+            return -2.0 + 0.002 * np.cos(np.arange(len(t)) + p[0])
+
+    monkeypatch.setattr(weight_update, "SplitScorer", _Step)
+    unlanded = _update_result("takes_effect", old, new)
+    for s in unlanded.runs["candidate"].sequences + unlanded.runs["candidate"].extra["before"]:
+        s.logprobs = list(_Step().old(s.prompt_token_ids, s.token_ids, None))
+    out["stale_share"] = judge(unlanded, None)[0]
+    assert out["stale_share"].diagnosis == "no_effect"
+    monkeypatch.setattr(weight_update, "SplitScorer", _Scorer)
     # Samples that follow the new weights, but the worker's own check finds the head computing
     # from a stale pre-packed copy: the finding fails the run on its own.
     stale_head = _update_result("takes_effect", old, new)

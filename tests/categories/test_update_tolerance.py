@@ -72,3 +72,21 @@ def test_an_rl_step_that_did_not_land_fails_in_fp32(monkeypatch):
     assert stale.outcome == "fail" and stale.diagnosis == "no_effect", stale.message
     # The same runs at the bf16 tolerance: the step is within it, nothing can be decided.
     assert weight_update.judge(_result(-1.0, "bfloat16"), None)[0].outcome != "fail"
+
+
+def test_a_step_closer_than_three_tolerances_is_decided_by_the_paired_share(monkeypatch):
+    """A step of 0.003 per token (old and new less than 3 fp32 tolerances apart, so the mean
+    rule cannot separate them) with fp32-sized noise: the paired share of the old weights is
+    resolved, so a landed update passes and one that did not land fails `stale_share`; in
+    bf16 the same runs stay inconclusive (the rule needs an fp32 trainer)."""
+    monkeypatch.setitem(globals(), "STEP", 0.003)
+    monkeypatch.setattr(weight_update, "SplitScorer", _StepScorer)
+    landed, detail = weight_update.judge(_result(-1.003, "float32"), None)
+    assert landed.outcome == "pass", landed.message
+    sep = next(p for p in landed.preconditions if p.name == "old_new_separation")
+    assert sep.met and "paired share resolved" in sep.note
+    stale, _ = weight_update.judge(_result(-1.0, "float32"), None)
+    assert stale.outcome == "fail" and stale.diagnosis == "no_effect", stale.message
+    assert next(f for f in stale.findings if f.name == "stale_share").outcome == "fail"
+    bf16, _ = weight_update.judge(_result(-1.0, "bfloat16"), None)
+    assert bf16.outcome == "inconclusive" and "below bf16 noise" in bf16.message

@@ -206,9 +206,11 @@ def test_wait_finishes_and_abort_stops_inflight_requests_under_the_old_weights(u
 
 
 def test_step_size_updates_decide(update_run):
-    """The update-step-* scenarios: a training step (old -> new ~0.02 on tiny-tied) judged at
-    the fp32 tolerance takes effect, and its stale-cache and stale-layer controls fail naming
-    the cause (docs/measurements.md#rl-step-size)."""
+    """The update-step-* scenarios: a training step (old -> new ~0.0085 on tiny-tied) judged at
+    the fp32 tolerance and by the paired screen takes effect, and its stale-cache, stale-layer
+    and stale-head controls fail naming the cause, though a stale layer 1 (~0.003) or head
+    (~0.0006) moves logprobs less than the tolerance (docs/measurements.md#rl-step-size,
+    #paired-share)."""
     _, _, scenarios, _ = update_run
     ok = scenarios["update-step-takes-effect"]
     assert ok["verdict"]["outcome"] == "pass" and ok["metrics"]["tolerance"] == 0.004
@@ -218,6 +220,8 @@ def test_step_size_updates_decide(update_run):
     layer = scenarios["update-step-stale-layer-control"]
     assert layer["verdict"]["diagnosis"] == "stale_layers"
     assert layer["metrics"]["attribution"]["stale"] == ["layers.1"]
+    head = _verdict(scenarios, "update-step-stale-head-control")
+    assert (head["outcome"], head["diagnosis"]) == ("fail", "stale_lm_head")
 
 
 @pytest.mark.parametrize("name", ["update-step-tensors", "update-step-tensors-v0"])

@@ -26,6 +26,7 @@ def test_select_by_pattern_and_category():
         "update-inplace-control",
         "update-stale-layer-control",
         "update-step-stale-cache-control",
+        "update-step-stale-head-control",
         "update-step-stale-layer-control",
         "lmhead-v1-fp32",
         "lmhead-v1-bf16-control",

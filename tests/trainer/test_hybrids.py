@@ -77,3 +77,21 @@ def test_hybrid_is_restored(scorer):
         0.05,
     )
     assert all(np.allclose(a, scorer.new(p, t, SamplingSpec())) for a, (p, t) in zip(new, seqs))
+
+
+def test_singles_replay_equals_computing_each_hybrid(scorer):
+    """hybrids.singles replays the components before the stale one from the all-new recording;
+    each prediction equals scoring that hybrid from scratch, and the hybrid is new again after."""
+    seqs = _sequences(3)
+    old_pair, new_pair = scorer.pairs()
+    hybrid = hybrids.HybridModel(old_pair, new_pair)
+    got = hybrids.singles(
+        hybrid,
+        lambda pair, idx: scorer.new_many([seqs[i] for i in idx], SamplingSpec(), new=pair),
+        len(seqs),
+    )
+    assert list(got) == hybrid.components() == hybrids.HybridModel.names(new_pair)
+    for name in ("embed_tokens", "layers.1", "lm_head"):
+        want = _engine(scorer, seqs, [name])
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(got[name], want)), name
+    assert hybrid.stale == frozenset()
