@@ -218,3 +218,22 @@ def test_step_size_updates_decide(update_run):
     layer = scenarios["update-step-stale-layer-control"]
     assert layer["verdict"]["diagnosis"] == "stale_layers"
     assert layer["metrics"]["attribution"]["stale"] == ["layers.1"]
+
+
+def test_nopause_update_mixes_weights_on_v1_and_v0_and_not_with_a_pause(update_run):
+    """The nopause scenarios (docs/weight-updates.md#updating-without-a-pause): V1 samples from
+    hybrid weights between its buckets, V0 never does but keeps its in-flight requests on old
+    KV; both fail mixed_weights; with a pause in wait mode nothing is mixed. Every token matches
+    the trainer's replay of its labelled weights."""
+    _, _, scenarios, _ = update_run
+    v1, v0 = scenarios["update-nopause-v1"], scenarios["update-nopause-v0"]
+    wait = scenarios["update-nopause-v1-wait"]
+    for sc in (v1, v0):
+        assert sc["verdict"]["diagnosis"] == "mixed_weights", sc["verdict"]["message"]
+        assert sc["key_metric"] == sc["metrics"]["mixing"]["mixed"] > 0
+    assert v1["metrics"]["mixing"]["by_kind"]["hybrid"] > 0
+    assert v0["metrics"]["mixing"]["by_kind"]["hybrid"] == 0
+    assert v0["metrics"]["mixing"]["by_kind"]["new_on_old_kv"] > 0
+    assert wait["verdict"]["outcome"] == "pass" and wait["metrics"]["mixing"]["mixed"] == 0
+    for sc in (v1, v0, wait):
+        assert sc["metrics"]["gaps"]["all_vs_labels"] < 1e-4, sc["metrics"]["gaps"]
