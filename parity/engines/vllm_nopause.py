@@ -18,6 +18,8 @@ them. Standard library at import time, vLLM and torch lazily."""
 from __future__ import annotations
 
 import functools
+import glob
+import os
 import time
 
 if __package__:  # imported as parity.engines.vllm_nopause (tests)
@@ -28,25 +30,35 @@ else:  # inside the engine worker script: beside it on sys.path
     import vllm_updates
 
 
-def bucket_tensors(tensors: dict, prefixes: list[str]) -> list:
-    """The (name, tensor) pairs whose checkpoint names start with one of `prefixes`."""
-    return [(n, t) for n, t in tensors.items() if n.startswith(tuple(prefixes))]
+def bucket_tensors(checkpoint: str, prefixes: list[str]) -> list:
+    """A checkpoint directory's (name, tensor) pairs whose names start with one of `prefixes`,
+    read from its safetensors files (only those tensors)."""
+    from safetensors import safe_open  # lazy: with torch tensors, torch is imported
+
+    pairs = []
+    for path in sorted(glob.glob(os.path.join(checkpoint, "*.safetensors"))):
+        with safe_open(path, framework="pt") as f:
+            pairs += [(n, f.get_tensor(n)) for n in f.keys() if n.startswith(tuple(prefixes))]
+    return pairs
 
 
-def load_bucket(model, pairs: list) -> int:
+def load_bucket(model, checkpoint: str, prefixes: list[str]) -> int:
     """V0's load of one bucket: the model's load_weights over its tensors. Returns how many."""
+    pairs = bucket_tensors(checkpoint, prefixes)
     model.load_weights(iter(pairs))
     return len(pairs)
 
 
-def push_on_worker(worker, pairs: list, checkpoint: str, reprocess: bool) -> dict:
+def push_on_worker(worker, checkpoint: str, prefixes: list[str], reprocess: bool) -> dict:
     """collective_rpc target on V1 workers: one bucket, between two engine steps. Records how many
     tokens each running request had sampled when it landed (the model runner's requests: the
-    tokens from that index on are sampled with it), reloads the bucket's tensors through the
-    worker's reload_weights (the in-memory path), and with parity's reload workaround re-processes
-    what the reload left computing old weights (a tied head). One call, so no step runs between
-    the record and the load whether the engine core runs in this process or in its own."""
+    tokens from that index on are sampled with it), reloads the bucket's tensors (read where the
+    worker is) through the worker's reload_weights(weights_iterator=...) (the in-memory path a
+    broadcast ends in), and with parity's reload workaround re-processes what the reload left
+    computing old weights (a tied head). One call, so no step runs between the record and the
+    load whether the engine core runs in this process or in its own."""
     seen = {rid: len(st.output_token_ids) for rid, st in worker.model_runner.requests.items()}
+    pairs = bucket_tensors(checkpoint, prefixes)
     worker.reload_weights(weights_iterator=iter(pairs))
     if reprocess:
         vllm_evidence.collect(worker.get_model(), checkpoint, True)
@@ -96,21 +108,24 @@ class NoPause:
         else:
             self.core.engine_core.set_weight_version(version)
 
-    def _push(self, pairs: list, state: int, track, ids: list, checkpoint: str) -> dict:
+    def _push(self, prefixes: list, state: int, track, ids: list, checkpoint: str) -> dict:
         """One bucket into the live engine; V1: with what each request had sampled as it
         landed (push_on_worker), then the engine's own label for the tokens that follow."""
         t0 = time.perf_counter()
-        out: dict = {"state": state, "tensors": len(pairs)}
+        out: dict = {"state": state}
         if self.v1:
             fix = bool(getattr(self.up.host, "patches", {}).get("reload_reprocess"))
-            got = self.llm.collective_rpc(push_on_worker, args=(pairs, checkpoint, fix))[0]
+            got = self.llm.collective_rpc(push_on_worker, args=(checkpoint, prefixes, fix))[0]
+            out["tensors"] = got["tensors"]
             own = set(ids)
             at = {own_id(k, own): v for k, v in got["tokens_at_push"].items()}
             out["at"] = {k: v for k, v in at.items() if k is not None}
             out["started"] = [rid for rid in ids if rid in track.latest]
             self._label(str(state))
         else:
-            self.llm.apply_model(functools.partial(load_bucket, pairs=pairs))
+            out["tensors"] = self.llm.apply_model(
+                functools.partial(load_bucket, checkpoint=checkpoint, prefixes=prefixes)
+            )[0]
         out["load_s"] = time.perf_counter() - t0
         return out
 
@@ -146,8 +161,6 @@ class NoPause:
         old = self.up.version
         if self.v1:
             self._label("0")
-        tensors = vllm_updates._load_checkpoint(checkpoint)
-        parts = [bucket_tensors(tensors, b) for b in buckets]
         ids = [f"parity-nopause-{old}-{i}" for i in range(len(prompts))]
         reqs = [
             (
@@ -165,7 +178,7 @@ class NoPause:
         steps, seen = 0, None
 
         def push(j: int) -> None:
-            pushes.append({**self._push(parts[j], j + 1, track, ids, checkpoint), "step": steps})
+            pushes.append({**self._push(buckets[j], j + 1, track, ids, checkpoint), "step": steps})
 
         while True:
             if seen is not None and len(pushes) < n_b:

@@ -36,9 +36,16 @@ def test_a_request_the_workers_did_not_hold_had_finished_or_not_started():
     assert states_from_pushes(6, pushes, "done") == [0] * 5 + [1]
 
 
-def test_buckets_take_tensors_by_name_prefix():
-    tensors = {"model.layers.1.mlp.w": 1, "model.layers.10.mlp.w": 2, "model.norm.weight": 3}
-    assert bucket_tensors(tensors, ["model.layers.1."]) == [("model.layers.1.mlp.w", 1)]
+def test_buckets_take_tensors_by_name_prefix(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    names = ["model.layers.1.mlp.w", "model.layers.10.mlp.w", "model.norm.weight"]
+    save_file(
+        {n: torch.full((2,), float(i)) for i, n in enumerate(names)}, tmp_path / "m.safetensors"
+    )
+    ((name, value),) = bucket_tensors(str(tmp_path), ["model.layers.1."])
+    assert name == "model.layers.1.mlp.w" and value.tolist() == [0.0, 0.0]
 
 
 def test_engine_labels_against_the_states():
