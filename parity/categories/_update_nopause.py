@@ -45,13 +45,14 @@ def judge_nopause(sc, er, scorer, tol: float, detail: dict, pre: list) -> core.V
             replay.score(s.prompt_token_ids, s.token_ids, st, sc.sampling, c)
             for s, st, c in zip(seqs, states, cached)
         ]
+        hybrid_gaps = _hybrid_vs_atomic(replay, seqs, states, cached, labelled, n_b, sc.sampling)
     finally:
         replay.close()
     pairs = [(s.prompt_token_ids, s.token_ids) for s in seqs]
     batch = batched(scorer)
     olds, news = batch.old_many(pairs, sc.sampling), batch.new_many(pairs, sc.sampling)
     eng = [np.asarray(s.logprobs, dtype=np.float64) for s in seqs]
-    gaps = _gaps(eng, labelled, olds, news, kinds)
+    gaps = {**_gaps(eng, labelled, olds, news, kinds), **hybrid_gaps}
     pre.append(
         core.at_least(
             "updated_tokens",
@@ -102,6 +103,24 @@ def _gaps(eng, labelled, olds, news, kinds) -> dict:
     return out
 
 
+def _hybrid_vs_atomic(replay, seqs, states, cached, labelled, n_b: int, sampling) -> dict:
+    """The tokens sampled under hybrid states: mean |dlogp| of the engine to their labelled
+    hybrid, and to the update applied whole at its first bucket (every hybrid state read as the
+    new weights): whether the buckets matter, beside new weights over old KV."""
+    idx = [i for i, st in enumerate(states) if any(0 < x < n_b for x in st)]
+    if not idx:
+        return {"hybrid_vs_labels": None, "hybrid_vs_atomic": None}
+    eng, lab, atomic = [], [], []
+    for i in idx:
+        whole = [n_b if x > 0 else 0 for x in states[i]]
+        mask = np.array([0 < x < n_b for x in states[i]])
+        pred = replay.score(seqs[i].prompt_token_ids, seqs[i].token_ids, whole, sampling, cached[i])
+        eng.append(np.asarray(seqs[i].logprobs, dtype=np.float64)[mask])
+        lab.append(labelled[i][mask])
+        atomic.append(pred[mask])
+    return {"hybrid_vs_labels": mean(gap(eng, lab)), "hybrid_vs_atomic": mean(gap(eng, atomic))}
+
+
 def _verdict(count: MixCount, late: MixCount, gaps: dict, tol: float, findings, pre):
     by_name = {f.name: f for f in findings}
     labels, mixed = by_name["abs_dlogp_vs_labels"], by_name["mixed_weight_tokens"]
@@ -111,7 +130,14 @@ def _verdict(count: MixCount, late: MixCount, gaps: dict, tol: float, findings, 
         f"{count.sequences_mixed} of {count.sequences} sequences; requests arriving after the "
         f"update started: {late.mixed} of {late.total} tokens mixed); mean |dlogp| of the mixed "
         f"tokens to the old weights {fmt(gaps['mixed_vs_old'])}, the new "
-        f"{fmt(gaps['mixed_vs_new'])}, their labelled weights {fmt(gaps['mixed_vs_labels'])}; "
+        f"{fmt(gaps['mixed_vs_new'])}, their labelled weights {fmt(gaps['mixed_vs_labels'])}"
+        + (
+            f" (the hybrid tokens: to their hybrid {fmt(gaps['hybrid_vs_labels'])}, to the update "
+            f"applied whole at its first bucket {fmt(gaps['hybrid_vs_atomic'])})"
+            if gaps.get("hybrid_vs_labels") is not None
+            else ""
+        )
+        + "; "
         f"every token to its labelled weights {fmt(gaps['all_vs_labels'])} (tolerance {tol:g})"
     )
     outcome, diagnosis, why = decide(
