@@ -137,7 +137,8 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     before the update), semantics_mismatch (in-flight requests continue with the other semantics
     than expected), wrong_version_labels, wrong_mode (wait/abort sampled in-flight tokens under
     the new weights), reference_mismatch (the engine did not match the old weights before the
-    update, so nothing after it can be judged).
+    update, so nothing after it can be judged), mixed_weights (nopause: tokens sampled from a
+    mix of old and new weights).
     """
     sc = res.scenario
     er = res.runs["candidate"]
