@@ -184,7 +184,10 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     if probe == "nopause":  # the count V0 and V1 are compared on
         mix = detail["mixing"]
         detail["key_metric"] = mix["mixed"]
-        detail["headline"] = f"{mix['mixed']} of {mix['tokens']} tokens from mixed weights"
+        detail["headline"] = (
+            f"{mix['mixed']} of {mix['tokens']} tokens from mixed weights "
+            f"({mix['by_kind']['hybrid']} from hybrid weights)"
+        )
     rec = er.extra.get("update") or {}
     _worker_evidence(verdict, detail, rec, er.extra.get("pushed"))
     inplace = rec.get("skipped")
