@@ -83,6 +83,18 @@ PROVENANCE = {
         "(a count of tensors, not sampled)",
         "update-missing-tensors",
     ),
+    "mixed_weight_tokens": (
+        "tiny, SmolLM2-135M-Instruct; fp32",
+        "AVX512-BF16",
+        "the nopause scenarios' (T 1, 24 prompts, 32 tokens)",
+        "update-nopause",
+    ),
+    "abs_dlogp_vs_labels": (
+        "tiny, SmolLM2-135M-Instruct; fp32",
+        "AVX512-BF16",
+        "the nopause scenarios' (T 1, 24 prompts, 32 tokens)",
+        "update-nopause",
+    ),
     "post_update_tokens": (
         "tiny, fp32",
         NOT_RECORDED,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from parity.trainer import schedules
 from parity.trainer.updates import UpdateSpec, pushed_path, shared_context, target_path
 
 
@@ -41,7 +42,22 @@ def drive(engine, res, role: str, prompts: list[list[int]], log) -> None:
 def _probe(engine, sc, er, prompts: list[list[int]], target: str, log) -> None:
     """The engine work of one probe: generate, update, generate (or all at once in flight)."""
     spec: UpdateSpec = sc.options["update"]
-    if sc.options["probe"] == "inflight":
+    if sc.options["probe"] == "nopause":
+        buckets = schedules.layout(schedules.n_layers(target), spec.buckets)
+        seqs, rec = engine.generate_nopause(
+            prompts,
+            sc.sampling,
+            target,
+            spec.after_tokens,
+            [schedules.prefixes(b) for b in buckets],
+            min(spec.late_prompts, len(prompts) - 1),
+            spec.ignore_eos,
+            spec.mode if spec.pause else None,
+            spec.clear_cache,
+        )
+        rec["bucket_components"] = buckets
+        er.sequences = seqs
+    elif sc.options["probe"] == "inflight":
         if sc.sampling.seed is not None:
             # The same seeded requests without a pause, just past the update point: the
             # paused streams must continue them token for token (nothing lost or repeated).

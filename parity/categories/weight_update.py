@@ -13,6 +13,8 @@ from parity.categories import _common
 from parity.categories._update_between import judge_between
 from parity.categories._update_drive import drive, transfer_setting_problems
 from parity.categories._update_inflight import judge_inflight
+from parity.categories._update_nopause import FIX as MIXED_FIX
+from parity.categories._update_nopause import judge_nopause
 from parity.categories.base import Category, choice
 from parity.trainer import hybrids
 from parity.trainer.updates import (
@@ -136,7 +138,8 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     before the update), semantics_mismatch (in-flight requests continue with the other semantics
     than expected), wrong_version_labels, wrong_mode (wait/abort sampled in-flight tokens under
     the new weights), reference_mismatch (the engine did not match the old weights before the
-    update, so nothing after it can be judged).
+    update, so nothing after it can be judged), mixed_weights (nopause: tokens sampled from a
+    mix of old and new weights).
     """
     sc = res.scenario
     er = res.runs["candidate"]
@@ -162,6 +165,8 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     ]
     if probe == "inflight":
         verdict = judge_inflight(sc, er, scorer, tol, detail, pre)
+    elif probe == "nopause":
+        verdict = judge_nopause(sc, er, scorer, tol, detail, pre)
     else:
         verdict = judge_between(sc, er, scorer, tol, detail, pre)
     engine = [
@@ -177,6 +182,13 @@ def _judge(res, scorer: SplitScorer) -> tuple[core.Verdict, dict[str, Any]]:
     ]
     detail["headline"] = ", ".join(f"|dlogp| {k} {v:.3g}" for k, v in gaps[:3]) or probe
     detail["key_metric"] = gaps[0][1] if gaps else None
+    if probe == "nopause":  # the count V0 and V1 are compared on
+        mix = detail["mixing"]
+        detail["key_metric"] = mix["mixed"]
+        detail["headline"] = (
+            f"{mix['mixed']} of {mix['tokens']} tokens from mixed weights "
+            f"({mix['by_kind']['hybrid']} from hybrid weights)"
+        )
     rec = er.extra.get("update") or {}
     _worker_evidence(verdict, detail, rec, er.extra.get("pushed"))
     inplace = rec.get("skipped")
@@ -240,7 +252,7 @@ class WeightUpdate(Category):
         "probe": f"one of {', '.join(PROBES)}",
         "update": "the update: target, seed, scale, train_steps, lr, via, bucket_mb, backend, "
         "mode, clear_cache, after_tokens, expect_semantics, ignore_eos, context_tokens, "
-        "stale_layers",
+        "stale_layers, buckets, late_prompts, pause, mixed_tokens_limit",
     }
     # abs_dlogp_mean: bf16/fp16 engines; abs_dlogp_mean_fp32: fp32 ones (updates.tolerance).
     tolerances = {"abs_dlogp_mean": DEFAULT_TOLERANCE, "abs_dlogp_mean_fp32": FP32_TOLERANCE}
@@ -254,6 +266,7 @@ class WeightUpdate(Category):
         "reference_mismatch": "fix the model, dtype and logprobs mode first",
         "token_stream": "the pause lost or repeated a token: resume requests from their last "
         "sampled token",
+        "mixed_weights": MIXED_FIX,
         "incomplete_checkpoint": "export every tensor of the model in the pushed checkpoint "
         "(the engine keeps the old values of those it lacks)",
         "worker_stale": "the engine's modules do not all compute the pushed weights: re-process "
@@ -275,9 +288,14 @@ class WeightUpdate(Category):
         "token_stream": "count_limit",
         "worker_stale_modules": "count_limit",
         "missing_tensors": "count_limit",
+        "abs_dlogp_vs_labels": "bound",
+        "mixed_weight_tokens": "count_limit",
         **_common.VANISHED,
     }
-    key_metric_name = "mean |dlogp| after the update to the expected weights"
+    key_metric_name = (
+        "mean |dlogp| after the update to the expected weights (nopause: tokens sampled from "
+        "mixed weights)"
+    )
     reuses_generations = False  # the generation before an update fills the prefix cache
     scores_refusal = (
         "its trainer holds the old and the new checkpoint and scores across the "
@@ -298,9 +316,9 @@ class WeightUpdate(Category):
     def served_refusal(self, options):
         # Over HTTP an update is a checkpoint on disk loaded between requests (/pause,
         # /collective_rpc reload_weights, /resume: parity/engines/openai_updates.py).
-        if options.get("probe") == "inflight":
+        if options.get("probe") in ("inflight", "nopause"):
             return (
-                "the inflight probe updates after a given number of tokens of every "
+                f"the {options.get('probe')} probe updates after a given number of tokens of every "
                 "running request, which needs parity's step loop inside the engine; over "
                 "HTTP only takes_effect and stale_cache run: run it on an in-process engine"
             )

@@ -15,10 +15,18 @@ import traceback
 # when imported as parity.engines.vllm_worker (tests). Only the standard library and vLLM
 # otherwise: the V0 engine's interpreter has no parity.
 if __package__:
-    from parity.engines import identity, vllm_host, vllm_progress, vllm_updates, vllm_validate
+    from parity.engines import (
+        identity,
+        vllm_host,
+        vllm_nopause,
+        vllm_progress,
+        vllm_updates,
+        vllm_validate,
+    )
 else:
     import identity
     import vllm_host
+    import vllm_nopause
     import vllm_progress
     import vllm_updates
     import vllm_validate
@@ -97,6 +105,10 @@ def serve(reply_fd: int) -> None:
                     request["clear_cache"],
                     request["via"],
                     request["ignore_eos"],
+                )
+            elif op == "generate_nopause":
+                result = vllm_nopause.NoPause(vllm_updates.Updater(host)).generate(
+                    **{k: v for k, v in request.items() if k != "op"}
                 )
             elif op == "effective_config":
                 result = {"effective_config": host.effective_config()}

@@ -186,6 +186,45 @@ class VllmEngine:
             "seen_at_request": [d["seen_at_request"] for d in reply["sequences"]],
         }
 
+    def generate_nopause(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingSpec,
+        checkpoint: str,
+        after_tokens: int,
+        buckets: list[list[str]],
+        late: int = 0,
+        ignore_eos: bool = False,
+        pause: str | None = None,
+        clear_cache: bool = False,
+    ) -> tuple[list[Sequence], dict[str, Any]]:
+        """Generate and push the weights while the engine keeps generating, bucket by bucket
+        (`buckets`: checkpoint tensor-name prefixes each), the last `late` prompts arriving
+        after the trigger; `pause` "wait"/"keep": the control, paused, the whole checkpoint
+        at once, the prefix cache cleared if `clear_cache` (parity/engines/vllm_nopause.py).
+
+        Returns:
+            (sequences, record): each sequence's `weight_versions` is the weight state of each
+            token (0 old, j the first j buckets new).
+        """
+        reply = self._require().request(
+            {
+                "op": "generate_nopause",
+                "prompts": prompts,
+                "sampling": sampling.to_dict(),
+                "checkpoint": str(checkpoint),
+                "after_tokens": after_tokens,
+                "buckets": buckets,
+                "late": late,
+                "ignore_eos": ignore_eos,
+                "pause": pause,
+                "clear_cache": clear_cache,
+            },
+            timeout=self.request_timeout,
+        )
+        self.checkpoint = str(checkpoint)
+        return [Sequence.from_dict(d) for d in reply["sequences"]], reply["update"]
+
     def close(self) -> None:
         if self._worker is not None:
             self._worker.close()

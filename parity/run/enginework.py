@@ -47,6 +47,10 @@ class MemoEngine:
         self.forget()
         return self._engine.generate_with_update(*args, **kwargs)
 
+    def generate_nopause(self, *args, **kwargs):
+        self.forget()
+        return self._engine.generate_nopause(*args, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self._engine, name)
 

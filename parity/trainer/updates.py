@@ -22,7 +22,7 @@ from parity.trainer.loading import load_causal_lm, load_update
 from parity.trainer.sampler import process_logits
 from parity.trainer.split_batches import score_items
 
-PROBES = ("takes_effect", "stale_cache", "inflight")
+PROBES = ("takes_effect", "stale_cache", "inflight", "nopause")
 VIAS = ("reload", "tensors", "transfer", "inplace")
 # vLLM 0.32's weight-transfer backends (vllm/distributed/weight_transfer/factory.py); which run
 # where is vLLM's to say (parity.engines.vllm_transfer.refusal, before any engine start).
@@ -77,6 +77,11 @@ class UpdateSpec:
         stale_layers: a negative control: the engine is pushed the new checkpoint with these
             decoder layers holding the old weights, while the trainer holds the whole new one;
             the attribution must name them.
+        buckets: nopause probe: the update is pushed in this many buckets, one per engine
+            step on V1 (parity.trainer.schedules.layout).
+        late_prompts: nopause probe: the last this many prompts arrive after the trigger.
+        pause: nopause probe: the control, the update with a pause (mode keep or wait).
+        mixed_tokens_limit: nopause probe: tokens sampled from mixed weights allowed.
     """
 
     target: str | None = None
@@ -94,6 +99,10 @@ class UpdateSpec:
     lr: float = 1e-5
     bucket_mb: float = DEFAULT_BUCKET_MB
     backend: str | None = None
+    buckets: int = 4
+    late_prompts: int = 0
+    pause: bool = False
+    mixed_tokens_limit: int = 0
 
     def transport(self) -> dict:
         """The engine's update_weights keywords beyond (checkpoint, mode, clear_cache, via)."""
@@ -118,6 +127,10 @@ _FIELD_TYPES = {
     "lr": float,
     "bucket_mb": float,
     "backend": str,
+    "buckets": int,
+    "late_prompts": int,
+    "pause": bool,
+    "mixed_tokens_limit": int,
 }
 _CHOICES = {"via": VIAS, "mode": MODES, "expect_semantics": SEMANTICS, "backend": BACKENDS}
 
@@ -140,7 +153,19 @@ def parse_update(table: Any, path: str) -> tuple[UpdateSpec | None, list[tuple[s
             problems.append((path, fld, f"expected {typ.__name__}, got {value!r}"))
         elif key in _CHOICES and value not in _CHOICES[key]:
             problems.append((path, fld, f"{value!r}: use one of {', '.join(_CHOICES[key])}"))
-        elif key in ("after_tokens", "context_tokens", "train_steps") and value < 0:
+        elif key == "buckets" and value < 1:
+            problems.append((path, fld, "must be >= 1"))
+        elif (
+            key
+            in (
+                "after_tokens",
+                "context_tokens",
+                "train_steps",
+                "late_prompts",
+                "mixed_tokens_limit",
+            )
+            and value < 0
+        ):
             problems.append((path, fld, "must be >= 0"))
         elif key in ("lr", "bucket_mb") and not (np.isfinite(value) and value > 0):
             problems.append((path, fld, "must be a finite number > 0"))

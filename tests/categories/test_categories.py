@@ -492,6 +492,74 @@ def _failing_weight_update(monkeypatch):
         after = new.copy()
         after[4] = value
         out[name] = judge(_update_result("takes_effect", old, after), None)[0]
+    out.update(_failing_nopause(monkeypatch))
+    return out
+
+
+class _Replay:
+    """The trainer replaying the nopause probe's labels, synthetic: -1 per token of the old
+    weights, -2 of the new, -1.5 of the hybrid state, -2.5 new weights over older KV."""
+
+    def __init__(self, scorer, buckets):
+        self.n = len(buckets)
+
+    def score(self, p, t, states, sampling, cached=0):
+        from parity.verdicts.mixing import kinds
+
+        value = {"old": -1.0, "new": -2.0, "hybrid": -1.5, "new_on_old_kv": -2.5}
+        return np.array([value[k] for k in kinds(states, self.n)])
+
+    def close(self):
+        pass
+
+
+def _nopause_result(labels, lps, **spec):
+    res = _update_result("nopause", np.full(20, -1.0), np.full(20, -1.0), **spec)
+    run = res.runs["candidate"]
+    run.sequences = [
+        _seq(i, range(20), lp, weight_versions=v) for i, (v, lp) in enumerate(zip(labels, lps))
+    ]
+    run.extra["update"].update(bucket_components=[["embed_tokens"], ["norm"]], n_buckets=2)
+    return res
+
+
+def _failing_nopause(monkeypatch):
+    """nopause: 12 requests updated in flight (two buckets, one engine step apart) and 13 late
+    ones admitted after the update; the engine computed exactly what its labels say."""
+    from parity.categories import _update_nopause
+
+    monkeypatch.setattr(_update_nopause, "ScheduleScorer", _Replay)
+    judge = weight_update.judge
+    crossing = [0] * 5 + [1] + [2] * 14
+    labels = [crossing] * 12 + [[2] * 20] * 13
+    follows = [_Replay(None, [[], []]).score(None, None, v, None) for v in labels]
+    out = {"mixed_weight_tokens": judge(_nopause_result(labels, follows), None)[0]}
+    assert out["mixed_weight_tokens"].diagnosis == "mixed_weights"
+    assert "pause generation" in out["mixed_weight_tokens"].message
+    mixed = next(f for f in out["mixed_weight_tokens"].findings if f.name == "mixed_weight_tokens")
+    assert mixed.value == 12 * 15
+    # Allowed that many mixed tokens, the same run passes: the labels fit.
+    allowed = judge(_nopause_result(labels, follows, mixed_tokens_limit=180), None)[0]
+    assert allowed.outcome == "pass", allowed.message
+    # The control with a pause in wait mode: requests finish under the old weights, the late
+    # ones start under the new: nothing mixed.
+    waited = [[0] * 20] * 12 + [[2] * 20] * 13
+    clean = judge(
+        _nopause_result(
+            waited, [_Replay(None, [[], []]).score(None, None, v, None) for v in waited]
+        ),
+        None,
+    )[0]
+    assert clean.outcome == "pass", clean.message
+    # Labels the engine's logprobs do not follow: the in-flight requests' tokens labelled past
+    # the update were sampled from the old weights (the mixed count allowed, so the labels are
+    # what fails).
+    wrong = [np.where(np.array(v) > 0, -1.0, lp) for v, lp in zip(labels[:12], follows)]
+    wrong += follows[12:]
+    out["abs_dlogp_vs_labels"] = judge(
+        _nopause_result(labels, wrong, mixed_tokens_limit=180), None
+    )[0]
+    assert out["abs_dlogp_vs_labels"].diagnosis == "wrong_version_labels"
     return out
 
 

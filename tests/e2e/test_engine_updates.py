@@ -239,3 +239,23 @@ def test_in_memory_tensors_take_effect(update_run, name):
     assert buckets and all(b["tensors"] > 0 and b["load_s"] >= 0 for b in buckets)
     evidence = m["worker_evidence"]["evidence"]
     assert evidence["ok"] == evidence["modules_checked"] > 0
+
+
+def test_nopause_update_mixes_weights_on_v1_and_v0_and_not_with_a_pause(update_run):
+    """The nopause scenarios (docs/weight-updates.md#updating-without-a-pause): V1 samples from
+    hybrid weights between its buckets, V0 never does but keeps its in-flight requests on old
+    KV; both fail mixed_weights; with a pause in wait mode nothing is mixed. Every token matches
+    the trainer's replay of its labelled weights."""
+    _, _, scenarios, _ = update_run
+    v1, v0 = scenarios["update-nopause-v1"], scenarios["update-nopause-v0"]
+    wait = scenarios["update-nopause-v1-wait"]
+    for sc in (v1, v0):
+        assert sc["verdict"]["diagnosis"] == "mixed_weights", sc["verdict"]["message"]
+        assert sc["metrics"]["mixing"]["mixed"] > 0
+        assert sc["key_metric"].startswith(f"{sc['metrics']['mixing']['mixed']} of 768 tokens")
+    assert v1["metrics"]["mixing"]["by_kind"]["hybrid"] > 0
+    assert v0["metrics"]["mixing"]["by_kind"]["hybrid"] == 0
+    assert v0["metrics"]["mixing"]["by_kind"]["new_on_old_kv"] > 0
+    assert wait["verdict"]["outcome"] == "pass" and wait["metrics"]["mixing"]["mixed"] == 0
+    for sc in (v1, v0, wait):
+        assert sc["metrics"]["gaps"]["all_vs_labels"] < 1e-4, sc["metrics"]["gaps"]
