@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from parity.trainer import schedules
-from parity.trainer.updates import UpdateSpec, pushed_path, shared_context, target_path
+from parity.trainer.update_spec import UpdateSpec
+from parity.trainer.updates import pushed_path, shared_context, target_path
 
 
 def block_size(er) -> int:

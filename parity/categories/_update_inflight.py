@@ -21,7 +21,8 @@ from parity.categories._update_judging import (
     threshold,
 )
 from parity.trainer import hybrids
-from parity.trainer.updates import SEMANTICS, SEPARATION, SplitScorer, stream_check
+from parity.trainer.update_spec import SEMANTICS, SEPARATION
+from parity.trainer.updates import SplitScorer, stream_check
 from parity.verdicts import core
 from parity.verdicts.fmt import fmt
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from parity.trainer import hybrids
-from parity.trainer.updates import SEPARATION, SplitScorer, keep_boundary
+from parity.trainer.update_spec import SEPARATION
+from parity.trainer.updates import SplitScorer, keep_boundary
 from parity.verdicts import core, paired, stats
 
 

@@ -17,14 +17,14 @@ from parity.categories._update_nopause import FIX as MIXED_FIX
 from parity.categories._update_nopause import judge_nopause
 from parity.categories.base import Category, choice
 from parity.trainer import hybrids
-from parity.trainer.updates import (
+from parity.trainer.update_spec import (
     DEFAULT_TOLERANCE,
     FP32_TOLERANCE,
     PROBES,
-    SplitScorer,
     parse_update,
     tolerance,
 )
+from parity.trainer.updates import SplitScorer
 from parity.verdicts import core
 
 
@@ -254,7 +254,7 @@ class WeightUpdate(Category):
         "mode, clear_cache, after_tokens, expect_semantics, ignore_eos, context_tokens, "
         "stale_layers, buckets, late_prompts, pause, mixed_tokens_limit",
     }
-    # abs_dlogp_mean: bf16/fp16 engines; abs_dlogp_mean_fp32: fp32 ones (updates.tolerance).
+    # abs_dlogp_mean: bf16/fp16 engines; abs_dlogp_mean_fp32: fp32 ones (update_spec.tolerance).
     tolerances = {"abs_dlogp_mean": DEFAULT_TOLERANCE, "abs_dlogp_mean_fp32": FP32_TOLERANCE}
     diagnoses = {
         "no_effect": "load through the engine's reload path (collective_rpc('reload_weights'))",

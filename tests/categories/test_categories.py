@@ -389,7 +389,7 @@ class _Scorer:
 
 
 def _update_result(probe, lps_before, lps_after, versions=None, **spec):
-    from parity.trainer.updates import UpdateSpec
+    from parity.trainer.update_spec import UpdateSpec
 
     sc = SimpleNamespace(
         options={"probe": probe, "update": UpdateSpec(**spec)},

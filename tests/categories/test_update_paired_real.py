@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.trainer.updates import FP32_TOLERANCE
+from parity.trainer.update_spec import FP32_TOLERANCE
 from parity.verdicts import paired
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "update-paired-smollm2.npz"

@@ -1,4 +1,4 @@
-"""weight_update's tolerance per dtype (parity.trainer.updates.tolerance): an fp32 run is judged
+"""weight_update's tolerance per dtype (parity.trainer.update_spec.tolerance): an fp32 run is judged
 at the fp32 tolerance, so an update the size of one RL step (~1e-2) that did not land fails,
 where the bf16 tolerance could not tell it from a landed one."""
 
@@ -9,7 +9,7 @@ import numpy as np
 from parity.categories import weight_update
 from parity.engines.base import SamplingSpec, Sequence
 from parity.run.scenario_fields import DEFAULT_MIN_TOKENS
-from parity.trainer.updates import DEFAULT_TOLERANCE, FP32_TOLERANCE, UpdateSpec, tolerance
+from parity.trainer.update_spec import DEFAULT_TOLERANCE, FP32_TOLERANCE, UpdateSpec, tolerance
 
 STEP = 0.015  # old -> new of an RL step, per token
 

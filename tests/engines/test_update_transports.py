@@ -18,7 +18,7 @@ from parity.engines import vllm_tensors, vllm_transfer
 from parity.engines.base import EngineSetting
 from parity.run import preflight
 from parity.run.preflight import Check
-from parity.trainer.updates import UpdateSpec, parse_update
+from parity.trainer.update_spec import UpdateSpec, parse_update
 
 # ----------------------------------------------------------------------------- options
 

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from parity.engines.base import SamplingSpec
+from parity.trainer.update_spec import UpdateSpec, parse_update
 from parity.trainer.updates import (
     SplitScorer,
-    UpdateSpec,
     cached_boundary,
     keep_boundary,
-    parse_update,
     shared_context,
 )
 
