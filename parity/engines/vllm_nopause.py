@@ -97,16 +97,10 @@ class NoPause:
         self.up = updater
         self.llm = updater.llm
         self.v1 = vllm_updates.is_v1(self.llm)
-        self.core = vllm_updates._v1_core(self.llm) if self.v1 else None
 
     def _label(self, version: str) -> None:
-        """V1's weight-version label for the tokens that follow (an in-process core has no
-        call_utility: its EngineCore is called directly)."""
-        call = getattr(self.core, "call_utility", None)
-        if call is not None:
-            call("set_weight_version", version)
-        else:
-            self.core.engine_core.set_weight_version(version)
+        """V1's weight-version label for the tokens that follow."""
+        vllm_updates.core_call(self.llm, "set_weight_version", version)
 
     def _push(self, prefixes: list, state: int, track, ids: list, checkpoint: str) -> dict:
         """One bucket into the live engine; V1: with what each request had sampled as it

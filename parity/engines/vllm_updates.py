@@ -89,6 +89,18 @@ def _v1_core(llm):
     return llm.llm_engine.engine_core
 
 
+def core_call(llm, method: str, *args):
+    """A V1 engine-core utility (pause_scheduler, resume_scheduler, set_weight_version): through
+    the client's call_utility when the core runs in its own process (vLLM's default), on the
+    EngineCore itself when it runs in this one (VLLM_ENABLE_V1_MULTIPROCESSING=0: its client
+    has no call_utility; vLLM refuses pause mode "wait" there, and that error is the answer)."""
+    client = _v1_core(llm)
+    call = getattr(client, "call_utility", None)
+    if call is not None:
+        return call(method, *args)
+    return getattr(client.engine_core, method)(*args)
+
+
 # ----------------------------------------------------------------------------- the update
 
 
@@ -193,7 +205,7 @@ class Updater:
         v1 = is_v1(llm)
         t0 = time.perf_counter()
         if v1:
-            _v1_core(llm).call_utility("pause_scheduler", mode, clear_cache)
+            core_call(llm, "pause_scheduler", mode, clear_cache)
         t1 = time.perf_counter()
         rec = self._load(checkpoint, via)
         t2 = time.perf_counter()
@@ -201,8 +213,8 @@ class Updater:
         t3 = time.perf_counter()
         version = self._committed(checkpoint, via)
         if v1:
-            _v1_core(llm).call_utility("set_weight_version", str(version))
-            _v1_core(llm).call_utility("resume_scheduler")
+            core_call(llm, "set_weight_version", str(version))
+            core_call(llm, "resume_scheduler")
             rec["cache_cleared"] = bool(clear_cache)
         else:
             # V0 can only drop cached blocks no running request holds: requests kept in flight
@@ -265,7 +277,7 @@ class Updater:
         v1 = is_v1(llm)
         old = self.version
         if v1:
-            _v1_core(llm).call_utility("set_weight_version", str(old))
+            core_call(llm, "set_weight_version", str(old))
         ids = [f"parity-upd-{old}-{i}" for i in range(len(prompts))]
         for i, (rid, prompt) in enumerate(zip(ids, prompts)):
             engine.add_request(

@@ -64,7 +64,12 @@ def test_bisect_each_finds_each_scenarios_culprit_sharing_engines(
         ("update-stale-cache-off.toml", ",dtype=float32", "engine_args.enable_prefix_caching"),
     ],
 )
-def test_bisect_finds_the_single_culprit(tiny_model, tmp_path, scenario, extra, culprit):
+def test_bisect_finds_the_single_culprit(
+    tiny_model, tmp_path, monkeypatch, scenario, extra, culprit
+):
+    # 5 engine starts; the stale-cache probe updates between generate calls (pause mode "keep",
+    # which an in-process core runs: parity.engines.vllm_updates.core_call)
+    monkeypatch.setenv(*IN_PROCESS_V1)
     result = run_cli(
         [
             "bisect",

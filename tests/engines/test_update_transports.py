@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from parity.categories._update_drive import transfer_setting_problems
-from parity.engines import vllm_tensors, vllm_transfer
+from parity.engines import vllm_tensors, vllm_transfer, vllm_updates
 from parity.engines.base import EngineSetting
 from parity.run import preflight
 from parity.run.preflight import Check
@@ -216,3 +216,26 @@ def test_validator_reports_the_refused_backend_as_kind_refused(tiny_model):
     assert (refused["index"], refused["kind"]) == (0, "refused")
     assert refused["name"] == "weight_transfer_config"
     assert "'ipc'" in refused["message"] and "Torch not compiled with CUDA" in refused["message"]
+
+
+def test_core_call_reaches_the_engine_core_in_either_process_mode():
+    """vLLM's default core (own process): its client's call_utility; an in-process core
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0): the EngineCore's method, whose own errors come through."""
+    calls = []
+    mp = SimpleNamespace(call_utility=lambda method, *args: calls.append((method, args)) or "mp")
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=mp))
+    assert vllm_updates.core_call(llm, "pause_scheduler", "keep", True) == "mp"
+
+    def pause_scheduler(mode, clear_cache):
+        if mode == "wait":
+            raise ValueError("'wait' mode can't be used in inproc-engine mode")
+        calls.append(("inproc", (mode, clear_cache)))
+
+    core = SimpleNamespace(pause_scheduler=pause_scheduler)
+    inproc = SimpleNamespace(
+        llm_engine=SimpleNamespace(engine_core=SimpleNamespace(engine_core=core))
+    )
+    vllm_updates.core_call(inproc, "pause_scheduler", "keep", False)
+    assert calls == [("pause_scheduler", ("keep", True)), ("inproc", ("keep", False))]
+    with pytest.raises(ValueError, match="inproc"):
+        vllm_updates.core_call(inproc, "pause_scheduler", "wait", False)
