@@ -21,7 +21,7 @@ from parity.categories._update_judging import (
     threshold,
 )
 from parity.trainer import hybrids
-from parity.trainer.update_spec import SEMANTICS, SEPARATION
+from parity.trainer.update_spec import SEMANTICS
 from parity.trainer.updates import SplitScorer, stream_check
 from parity.verdicts import core
 from parity.verdicts.fmt import fmt
@@ -36,7 +36,10 @@ def judge_inflight(
     spec = sc.options["update"]
     run = _split(er, batched(scorer), sc.sampling, tol)
     findings = [threshold("abs_dlogp_pre_vs_old", gap(run.pre_eng, run.pre_ref), tol)]
-    semantics = _judge_post(spec, run, tol, findings, pre)
+    # The paired share decides keep vs recompute closer than SEPARATION tolerances with an fp32
+    # trainer (as judge_between's separations; docs/measurements.md#paired-share).
+    exact = getattr(scorer, "dtype", None) == "float32"
+    semantics = _judge_post(spec, run, tol, findings, pre, exact)
     _token_stream(er, run.seqs, run.ks, findings, detail)
     findings.append(_version_labels(run))
     _record(er, run, semantics, detail)
@@ -139,7 +142,7 @@ def _keeps(batch, sampling, seqs, pairs, ks: list[int]) -> list[dict[int, np.nda
     return keep_at
 
 
-def _judge_post(spec, run: _Inflight, tol: float, findings: list, pre: list) -> str:
+def _judge_post(spec, run: _Inflight, tol: float, findings: list, pre: list, exact: bool) -> str:
     """The tokens after the update, judged by the update's mode: wait and abort must sample none
     (a count-limit finding); keep needs some, with keep and recompute apart (preconditions), and
     they must match the expected semantics. Returns the semantics they follow ("n/a" for wait
@@ -163,16 +166,16 @@ def _judge_post(spec, run: _Inflight, tol: float, findings: list, pre: list) -> 
             "every request finished before the update: raise max_tokens",
         )
     )
-    pre.append(
-        separation(
-            "keep_recompute_separation",
-            run.post_keep,
-            run.post_rec,
-            tol,
-            "keep and recompute predict nearly the same logprobs here: "
-            "raise update.scale or update.after_tokens",
-        )
+    apart = separation(
+        "keep_recompute_separation",
+        run.post_keep,
+        run.post_rec,
+        tol,
+        "keep and recompute predict nearly the same logprobs here: "
+        "raise update.scale or update.after_tokens",
+        run.post_eng if exact else None,
     )
+    pre.append(apart)
     findings.append(
         threshold(
             f"abs_dlogp_post_vs_{expected}",
@@ -180,7 +183,7 @@ def _judge_post(spec, run: _Inflight, tol: float, findings: list, pre: list) -> 
             tol,
         )
     )
-    close = run.sep >= SEPARATION * tol
+    close = apart.met
     return ("keep" if run.g_keep < run.g_rec else "recompute") if close else "indistinguishable"
 
 
