@@ -19,6 +19,7 @@ from parity.categories._update_judging import (
     gap,
     hides,
     mean,
+    paired_rule_applies,
     screen,
     screened,
     separation,
@@ -33,10 +34,7 @@ from parity.verdicts.fmt import fmt
 def judge_between(sc, er, scorer: SplitScorer, tol: float, detail: dict, pre: list) -> core.Verdict:
     """takes_effect and stale_cache: a generate call before the update, the same after it."""
     run = _predict(er, batched(scorer), sc.sampling)
-    # The paired rule needs the trainer's predictions exact next to the hypotheses' deviations:
-    # fp32 only. In bf16 the trainer's own rounding moves them as much as a step does
-    # (docs/measurements.md#paired-share), so a step-sized bf16 update stays inconclusive.
-    exact = getattr(scorer, "dtype", None) == "float32"
+    exact = paired_rule_applies(scorer)
     paired_engine = run.eng_a if exact else None
     findings = [
         threshold("abs_dlogp_before_vs_old", run.gap_before, tol),

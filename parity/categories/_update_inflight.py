@@ -17,6 +17,7 @@ from parity.categories._update_judging import (
     effect,
     gap,
     mean,
+    paired_rule_applies,
     separation,
     threshold,
 )
@@ -36,10 +37,9 @@ def judge_inflight(
     spec = sc.options["update"]
     run = _split(er, batched(scorer), sc.sampling, tol)
     findings = [threshold("abs_dlogp_pre_vs_old", gap(run.pre_eng, run.pre_ref), tol)]
-    # The paired share decides keep vs recompute closer than SEPARATION tolerances with an fp32
-    # trainer (as judge_between's separations; docs/measurements.md#paired-share).
-    exact = getattr(scorer, "dtype", None) == "float32"
-    semantics = _judge_post(spec, run, tol, findings, pre, exact)
+    # The paired share decides keep vs recompute closer than SEPARATION tolerances (as
+    # judge_between's separations do).
+    semantics = _judge_post(spec, run, tol, findings, pre, paired_rule_applies(scorer))
     _token_stream(er, run.seqs, run.ks, findings, detail)
     findings.append(_version_labels(run))
     _record(er, run, semantics, detail)

@@ -35,6 +35,13 @@ def threshold(name: str, per_seq: list[np.ndarray], tol: float) -> core.Finding:
     return finding
 
 
+def paired_rule_applies(scorer) -> bool:
+    """The paired rule needs the trainer's predictions exact next to the hypotheses' deviations:
+    fp32 only. In bf16 the trainer's own rounding moves them as much as a step does
+    (docs/measurements.md#paired-share), so a step-sized bf16 update stays inconclusive."""
+    return getattr(scorer, "dtype", None) == "float32"
+
+
 def separation(
     name: str,
     a: list[np.ndarray],

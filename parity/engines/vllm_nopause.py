@@ -18,8 +18,6 @@ them. Standard library at import time, vLLM and torch lazily."""
 from __future__ import annotations
 
 import functools
-import glob
-import os
 import time
 
 if __package__:  # imported as parity.engines.vllm_nopause (tests)
@@ -33,13 +31,8 @@ else:  # inside the engine worker script: beside it on sys.path
 def bucket_tensors(checkpoint: str, prefixes: list[str]) -> list:
     """A checkpoint directory's (name, tensor) pairs whose names start with one of `prefixes`,
     read from its safetensors files (only those tensors)."""
-    from safetensors import safe_open  # lazy: with torch tensors, torch is imported
-
-    pairs = []
-    for path in sorted(glob.glob(os.path.join(checkpoint, "*.safetensors"))):
-        with safe_open(path, framework="pt") as f:
-            pairs += [(n, f.get_tensor(n)) for n in f.keys() if n.startswith(tuple(prefixes))]
-    return pairs
+    ckpt = vllm_evidence.Checkpoint(checkpoint)
+    return [(n, ckpt[n]) for n in ckpt.keys() if n.startswith(tuple(prefixes))]
 
 
 def load_bucket(model, checkpoint: str, prefixes: list[str]) -> int:
