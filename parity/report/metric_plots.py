@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from parity.report.plots import colour, figure, mark, svg
+from parity.report.plots import colour, figure, log_scale, mark, svg
 
 RL_METRICS = (
     ("kl_k3_mean", "k3 KL"),
@@ -184,7 +184,7 @@ def update_evidence(metrics: dict[str, Any], key: str) -> str | None:
         drawn.append(
             ax.barh([k for k, _ in items], [max(v, floor) for _, v in items], color="#1f77b4")
         )
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
         ax.set_title(title, fontsize=9)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.report.plots import colour, figure, mark, svg
+from parity.report.plots import colour, figure, log_scale, mark, svg
 from parity.verdicts.formulas import ClipRange, kl_k3
 
 
@@ -50,7 +50,7 @@ def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
             )
     clipped = int(np.sum((r < lo) | (r > hi)))
     if max(b.get_height() for b in bars) > 100:  # a sharp peak would hide the tails
-        ax.set_yscale("log")
+        log_scale(ax)
     ax.set_xlabel("r = trainer logprob - engine logprob (log importance ratio)")
     ax.set_ylabel("tokens")
     ax.set_title(f"{role}: {r.size} tokens, {clipped} outside the clip range", fontsize=9, pad=22)
@@ -86,7 +86,7 @@ def abs_dlogp_by_position(tokens, key: str, max_points: int = 1500) -> str | Non
         med = [float(np.median(v[pos == p])) for p in ps]
         drawn.append(ax.plot(ps, med, color=colour(role), linewidth=1.5, label=f"{role} median")[0])
     mark(*drawn)
-    ax.set_yscale("log")
+    log_scale(ax)
     ax.set_xlabel("token position in the completion")
     ax.set_ylabel("|dlogp| (floor 1e-9)")
     ax.legend(fontsize=7, loc="best")
