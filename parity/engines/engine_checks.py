@@ -1,40 +1,73 @@
 """What the harness asks an engine environment's interpreter without starting an engine: the
 engine-arg names checked by a validator worker (warmed ahead of the run), and a checkpoint's
-model-identity facts read by that environment's transformers."""
+model-identity facts read by that environment's transformers (by the same validator when one is
+warm: one vLLM process per environment before the engines start)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError
-from parity.engines.process import WORKER_SCRIPT, WorkerProcess, env_preloads, tail
+from parity.engines.process import WORKER_SCRIPT, WorkerProcess, cache_vars, env_preloads, tail
 
-_WARM: dict[str, WorkerProcess] = {}  # interpreter -> a validator importing vLLM already
+
+class _Warm:
+    """A validator started ahead of the run: it answers every check of its interpreter (engine
+    args, model facts) one at a time, from whichever thread asks, until close_warm()."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker, self.lock, self.ready = worker, threading.Lock(), False
+
+    def request(self, payload: dict, timeout: float) -> dict[str, Any]:
+        with self.lock:
+            if not self.ready:
+                self.worker.ready(timeout=timeout)
+                self.ready = True
+            return self.worker.request(payload, timeout=timeout)
+
+
+_WARM: dict[str, _Warm] = {}  # interpreter -> its validator, importing vLLM already
 
 
 def warm_validator(python: str, log_path: Path) -> None:
     """Start the validator of `python` now: it imports vLLM while the harness prepares the
-    run; the next validate_engine_args for `python` uses it. close_warm() stops it unused."""
+    run; validate_engine_args and read_model_facts for `python` use it until close_warm()."""
     if python not in _WARM:
         worker = _validator(python, log_path)
         worker.preload()
-        _WARM[python] = worker
+        _WARM[python] = _Warm(worker)
 
 
 def close_warm() -> None:
     while _WARM:
-        _WARM.popitem()[1].close()
+        _WARM.popitem()[1].worker.close()
 
 
 def _validator(python: str, log_path: Path) -> WorkerProcess:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.update(env_preloads(python))
+    env.update({k: v for k, v in cache_vars().items() if k not in env})
     return WorkerProcess("validator", python, env, log_path)
+
+
+def _ask_warm(python: str, payload: dict, timeout: float) -> dict[str, Any] | None:
+    """The warm validator's reply, or None when `python` has none; one that fails is dropped
+    (it is gone: the caller's fallback starts afresh) and its error raised."""
+    warm = _WARM.get(python)
+    if warm is None:
+        return None
+    try:
+        return warm.request(payload, timeout)
+    except EngineError:
+        _WARM.pop(python, None)
+        raise
 
 
 def validate_engine_args(
@@ -44,10 +77,14 @@ def validate_engine_args(
 
     Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
     """
-    worker = _WARM.pop(python, None) or _validator(python, log_path)
+    payload = {"op": "validate", "arg_sets": arg_sets}
+    reply = _ask_warm(python, payload, timeout)
+    if reply is not None:
+        return reply
+    worker = _validator(python, log_path)
     try:
         worker.ready(timeout=timeout)
-        return worker.request({"op": "validate", "arg_sets": arg_sets}, timeout=timeout)
+        return worker.request(payload, timeout=timeout)
     finally:
         worker.close()
 
@@ -65,13 +102,20 @@ def read_model_facts(
     python: str, model_path: str | Path, log_path: Path, timeout: float = 180.0
 ) -> dict[str, Any]:
     """A checkpoint's model-identity facts as the transformers of `python` (an engine env) reads
-    them, starting no engine (parity.engines.identity.read_facts run there; a few seconds).
+    them, starting no engine (parity.engines.identity.read_facts run there): by its warm
+    validator when there is one, else in a one-shot interpreter (a few seconds).
 
     Returns:
         parity.engines.identity.MODEL_KEYS -> value, plus transformers_version, errors, config_json.
     Raises:
         EngineError: the interpreter cannot run, times out, or returns no facts (with the log).
     """
+    try:
+        reply = _ask_warm(python, {"op": "facts", "model": str(model_path)}, timeout)
+    except EngineError:
+        reply = None  # the validator is gone: read them the one-shot way
+    if reply is not None:
+        return reply["facts"]
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

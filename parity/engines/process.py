@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError
+from parity.engines.vllm_registry import MODELINFO_DIR_ENV
+from parity.setup.paths import cache_dir
 from parity.setup.preloads import PreloadError, process_vars
 
 WORKER_SCRIPT = Path(__file__).with_name("vllm_worker.py")
@@ -65,6 +67,12 @@ def env_preloads(python: str) -> dict[str, str]:
         return process_vars(python)
     except PreloadError as exc:
         raise EngineError(str(exc)) from exc
+
+
+def cache_vars() -> dict[str, str]:
+    """Where a worker keeps what depends only on its vLLM and the model class: V0's model
+    inspection (vllm_registry), under parity's cache directory."""
+    return {MODELINFO_DIR_ENV: str(cache_dir() / "vllm-modelinfo")}
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -12,11 +12,12 @@ import time
 # sys.path[0]), or from the package when imported as parity.engines.vllm_host (tests). Only the
 # standard library and vLLM otherwise: the V0 engine's interpreter has no parity.
 if __package__:
-    from parity.engines import vllm_config, vllm_patches, vllm_progress
+    from parity.engines import vllm_config, vllm_patches, vllm_progress, vllm_registry
 else:
     import vllm_config
     import vllm_patches
     import vllm_progress
+    import vllm_registry
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -34,6 +35,9 @@ class VllmHost:
         import vllm  # lazy: vLLM, only in an engine's interpreter
 
         t0 = time.perf_counter()
+        # V0's model inspection from the disk cache (one interpreter start less); the engine's
+        # own process inspects as vLLM does (it may fork its workers after).
+        self.patches["modelinfo"] = vllm_registry.install(in_process=False)
         self.llm = vllm.LLM(model=model, **engine_args)
         if vllm_patches.fp32_head_requested(os.environ):
             # After load, in the worker that holds the model: V0 has no head_dtype option.

@@ -20,6 +20,7 @@ if __package__:
         vllm_host,
         vllm_nopause,
         vllm_progress,
+        vllm_registry,
         vllm_updates,
         vllm_validate,
     )
@@ -28,6 +29,7 @@ else:
     import vllm_host
     import vllm_nopause
     import vllm_progress
+    import vllm_registry
     import vllm_updates
     import vllm_validate
 
@@ -77,6 +79,11 @@ def serve(reply_fd: int) -> None:
                 import vllm  # lazy: the point of this op
                 from vllm.engine.arg_utils import EngineArgs  # lazy: as above
 
+                try:  # what a V1 engine, and its config's checks, import on first use (~1 s)
+                    import vllm.v1.executor  # noqa: F401  (lazy: as above)
+                except ImportError:
+                    pass
+
                 result = {"modules": [vllm.LLM.__module__, EngineArgs.__module__]}
             elif op == "start":
                 result = host.start(request["model"], request.get("engine_args", {}))
@@ -112,7 +119,11 @@ def serve(reply_fd: int) -> None:
                 )
             elif op == "effective_config":
                 result = {"effective_config": host.effective_config()}
+            elif op == "facts":  # a validator reads a checkpoint as this environment does
+                result = {"facts": read_model_facts(request["model"])}
             elif op == "validate":
+                # A validator starts no engine: vLLM's model inspection runs in it.
+                vllm_registry.install(in_process=True)
                 result = vllm_validate.validate_engine_args(request["arg_sets"])
             elif op == "close":
                 host.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError, EngineSetting, SamplingSpec, Sequence
-from parity.engines.process import WorkerProcess, env_preloads
+from parity.engines.process import WorkerProcess, cache_vars, env_preloads
 
 
 class VllmEngine:
@@ -63,6 +63,7 @@ class VllmEngine:
         # only with pickle allowed on its local engine<->worker channel.
         env.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         env.update(env_preloads(self.python))
+        env.update({k: v for k, v in cache_vars().items() if k not in env})
         env.update(self.setting.variables)
         return env
 

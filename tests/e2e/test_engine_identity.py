@@ -49,6 +49,22 @@ def v0_reads(copies, v0_python, tmp_path_factory):
     return {name: read_model_facts(v0_python, path, log) for name, path in copies.items()}
 
 
+def test_the_warm_v0_validator_reads_the_facts_the_one_shot_way_does(copies, v0_python, tmp_path):
+    """A run reads each checkpoint through its environment's warm validator (vLLM imported, one
+    process fewer before the engines start): the same facts as a fresh interpreter's."""
+    from parity.engines import engine_checks
+
+    fresh = engine_checks.read_model_facts(v0_python, copies["t5"], tmp_path / "fresh.log")
+    engine_checks.warm_validator(v0_python, tmp_path / "validate.log")
+    try:
+        warm = engine_checks._WARM[v0_python]
+        got = engine_checks.read_model_facts(v0_python, copies["t5"], tmp_path / "warm.log")
+        assert warm.ready and engine_checks._WARM[v0_python] is warm  # it answered
+    finally:
+        engine_checks.close_warm()
+    assert got == fresh and got["model.rope_theta"] == 10000.0
+
+
 def test_v0_env_reads_the_portable_tiny_model_as_the_trainer_does(copies, v0_reads):
     old, trainer = v0_reads["tiny"], identity.trainer_facts(copies["tiny"])
     assert old["transformers_version"] == "4.51.3" and old["errors"] == {}

@@ -16,6 +16,11 @@ def test_v0_engine_really_ran(rl_run):
     assert key["engine_impl"] == "vllm.engine.llm_engine.LLMEngine"  # V0, not V1's class
     assert key["vllm_version"].startswith("0.8.5")
     assert key["vllm_use_v1_env"] == "0"
+    # V0 inspects its model class in a fresh interpreter each start; parity keeps the answer on
+    # disk (vllm_registry). V1 keeps it natively and is left alone.
+    patches = {e["setting"]["profile"]: e["effective_config"]["patches"] for e in report["engines"]}
+    assert patches["v0"]["modelinfo"] == "disk_cache"
+    assert {p["modelinfo"] for k, p in patches.items() if k != "v0"} == {"native cache"}
     # Both scenarios ask V0 for the same prompts and sampling: generated once, reused once.
     baselines = [s["engines"]["baseline"] for s in report["scenarios"]]
     assert sorted(b["reused_sequences"] for b in baselines) == [False, True]

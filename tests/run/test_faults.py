@@ -412,17 +412,20 @@ def test_next_engine_preloads_while_the_current_one_works(tmp_path, fakes, monke
     assert_engines_gone({"engines": run.engines})
 
 
-def test_warm_validator_is_used_once_and_never_left_running(tmp_path):
-    """The validator started early (importing vLLM while the harness prepares) answers the
-    next validation of its interpreter; one that nothing used is stopped by close_warm."""
+def test_warm_validator_answers_until_closed_and_is_never_left_running(tmp_path):
+    """The validator started early (importing vLLM while the harness prepares) answers every
+    validation of its interpreter until close_warm stops it, used or not."""
     from parity.engines import engine_checks
 
     python = write_shim(tmp_path)
     engine_checks.warm_validator(python, tmp_path / "validate.log")
-    warm = engine_checks._WARM[python]
-    assert engine_checks.validate_engine_args(python, [{}], tmp_path / "validate.log")["ok"]
-    assert python not in engine_checks._WARM and warm.proc.poll() is not None  # used, then closed
+    warm = engine_checks._WARM[python].worker
+    for _ in range(2):
+        assert engine_checks.validate_engine_args(python, [{}], tmp_path / "validate.log")["ok"]
+    assert engine_checks._WARM[python].worker is warm and warm.proc.poll() is None
+    engine_checks.close_warm()
+    assert not engine_checks._WARM and warm.proc.wait(timeout=10) is not None
     engine_checks.warm_validator(python, tmp_path / "validate.log")
-    unused = engine_checks._WARM[python]
+    unused = engine_checks._WARM[python].worker
     engine_checks.close_warm()
     assert not engine_checks._WARM and unused.proc.wait(timeout=10) is not None
