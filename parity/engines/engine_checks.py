@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from parity.engines import check_cache
 from parity.engines.base import EngineError
 from parity.engines.process import WORKER_SCRIPT, WorkerProcess, cache_vars, env_preloads, tail
 
@@ -43,9 +44,10 @@ def warm_validator(python: str, log_path: Path) -> None:
         _WARM[python] = _Warm(worker)
 
 
-def close_warm() -> None:
-    while _WARM:
-        _WARM.popitem()[1].worker.close()
+def close_warm(pythons: set[str] | None = None) -> None:
+    """Stop the warm validators (those of `pythons` only, when given)."""
+    for python in [p for p in _WARM if pythons is None or p in pythons]:
+        _WARM.pop(python).worker.close()
 
 
 def _validator(python: str, log_path: Path) -> WorkerProcess:
@@ -73,10 +75,54 @@ def _ask_warm(python: str, payload: dict, timeout: float) -> dict[str, Any] | No
 def validate_engine_args(
     python: str, arg_sets: list[dict], log_path: Path, timeout: float = 180.0
 ) -> dict[str, Any]:
-    """Check engine-arg names against the EngineArgs of the vLLM in `python`, starting no engine.
+    """Check engine-arg names against the EngineArgs of the vLLM in `python`, starting no engine;
+    an arg set with a model that this environment judged before is answered from check_cache.
 
-    Returns {"problems": [{"index", "name", "suggestions"}], "vllm_version": str}.
+    Returns {"problems": [{"index", "name", ...}], "vllm_version": str, "limits": {index:
+    {"max_model_len", "max_logprobs"}}, "cached": how many sets were answered from the cache}.
     """
+    kept = [_kept(python, a) for a in arg_sets]
+    todo = [i for i, k in enumerate(kept) if k is None]
+    if todo:
+        reply = _validate(python, [arg_sets[i] for i in todo], log_path, timeout)
+        for j, i in enumerate(todo):
+            kept[i] = {
+                "problems": [
+                    {k: v for k, v in p.items() if k != "index"}
+                    for p in reply.get("problems") or []
+                    if p["index"] == j
+                ],
+                "vllm_version": reply.get("vllm_version"),
+                "limits": (reply.get("limits") or {}).get(str(j)),
+            }
+            if "model" in arg_sets[i]:
+                check_cache.put("validate", python, arg_sets[i]["model"], arg_sets[i], kept[i])
+    return {
+        "problems": [dict(p, index=i) for i, k in enumerate(kept) for p in k["problems"]],
+        "vllm_version": next((k["vllm_version"] for k in kept), None),
+        "limits": {str(i): k["limits"] for i, k in enumerate(kept) if k["limits"] is not None},
+        "cached": len(arg_sets) - len(todo),
+    }
+
+
+def _kept(python: str, arg_set: dict) -> dict[str, Any] | None:
+    """A verdict on an arg set (with its model) kept from an earlier run, or None."""
+    if "model" not in arg_set:
+        return None
+    found = check_cache.get("validate", python, arg_set["model"], arg_set)
+    return found if found and {"problems", "vllm_version", "limits"} <= set(found) else None
+
+
+def needs_validator(python: str, arg_sets: list[dict], facts_of: list[str]) -> bool:
+    """Whether a check of `python`'s environment (these arg sets, these checkpoints' facts) is
+    not answered by check_cache: its validator has work."""
+    return any(_kept(python, a) is None for a in arg_sets) or any(
+        check_cache.get("facts", python, m, "facts") is None for m in facts_of
+    )
+
+
+def _validate(python: str, arg_sets: list[dict], log_path: Path, timeout: float) -> dict:
+    """The validator's reply for these arg sets: the warm one's, else a one-shot's."""
     payload = {"op": "validate", "arg_sets": arg_sets}
     reply = _ask_warm(python, payload, timeout)
     if reply is not None:
@@ -110,6 +156,16 @@ def read_model_facts(
     Raises:
         EngineError: the interpreter cannot run, times out, or returns no facts (with the log).
     """
+    kept = check_cache.get("facts", python, str(model_path), "facts")
+    if kept is not None:
+        return kept
+    facts = _read_facts(python, model_path, log_path, timeout)
+    check_cache.put("facts", python, str(model_path), "facts", facts)
+    return facts
+
+
+def _read_facts(python: str, model_path: str | Path, log_path: Path, timeout: float) -> dict:
+    """read_model_facts without the cache: by the warm validator, else a one-shot interpreter."""
     try:
         reply = _ask_warm(python, {"op": "facts", "model": str(model_path)}, timeout)
     except EngineError:

@@ -25,6 +25,21 @@ Log = Callable[[str], None]
 FINDINGS = {"identity.*": "equality", "drift.*": "equality"}
 
 
+def facts_wanted(results) -> list[tuple[str, str]]:
+    """(engine environment, checkpoint) pairs whose facts config_drift reads, sorted."""
+    return sorted(
+        {
+            (s.env, r.model_path)
+            for r in results
+            for s in r.scenario.settings().values()
+            # a served engine's server, and a plugin's engine kind, read the checkpoint their
+            # own way: their effective config's identity facts are judged after the run; the
+            # trainer's own interpreter ("harness") has nothing to drift from
+            if s.engine != "openai" and s.engine in engines.ENGINES and s.env != "harness"
+        }
+    )
+
+
 def config_drift(
     results, pythons: dict[str, str], log_dir: Path, log: Log
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -32,18 +47,7 @@ def config_drift(
     the trainer reads (identity_drift.drift), before any engine starts: {(env, model): rows}."""
 
     out = {}
-    for env, model_path in sorted(
-        {
-            (s.env, r.model_path)
-            for r in results
-            for s in r.scenario.settings().values()
-            # a served engine's server, and a plugin's engine kind, read the checkpoint their
-            # own way: their effective config's identity facts are judged after the run
-            if s.engine != "openai" and s.engine in engines.ENGINES
-        }
-    ):
-        if env == "harness":  # the trainer's own interpreter: nothing to drift
-            continue
+    for env, model_path in facts_wanted(results):
         try:
             facts = read_model_facts(pythons[env], model_path, log_dir / f"facts-{env}.log")
         except EngineError as exc:

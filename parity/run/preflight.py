@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from parity import engines
 from parity.categories.base import sampling_for
+from parity.engines import engine_checks
 from parity.engines.base import EngineSetting
 from parity.engines.engine_checks import validate_engine_args
 from parity.run import modelcheck
@@ -93,6 +94,27 @@ def plugin_problems(results, log: Log) -> list[Problem]:
             "engine_args are first read when it starts"
         )
     return out
+
+
+def release_validators(results, log: Log) -> None:
+    """Stop the warm validators whose environment has nothing left to answer (every arg set and
+    checkpoint fact kept from an earlier run, parity.engines.check_cache): no vLLM import then
+    competes with preparing the run. Needs each result's model_path."""
+    sets: dict[str, list[dict]] = {}
+    for *_, c in checks_for(results):
+        sets.setdefault(envs.python_for(c.setting.env, log), []).append(json.loads(_key(c)))
+    facts: dict[str, list[str]] = {}
+    for env, model_path in modelcheck.facts_wanted(results):
+        facts.setdefault(envs.python_for(env, log), []).append(model_path)
+    engine_checks.close_warm(
+        {
+            python
+            for python in set(sets) | set(facts)
+            if not engine_checks.needs_validator(
+                python, sets.get(python, []), facts.get(python, [])
+            )
+        }
+    )
 
 
 def preflight(

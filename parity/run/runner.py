@@ -116,12 +116,15 @@ def _prepare(run: RunResult, preflight: bool, log_dir: Path, log: Log):
     timings = run.timings
     # Every phase's seconds leave out the builds in it (build_s: models, checkpoints, envs).
     t0, b0 = time.perf_counter(), phases.build_seconds()
+    for res in run.results:
+        res.model_path = str(models.resolve_model(res.scenario.model))
+    if preflight:  # a validator with nothing to answer stops before the tokenizers load
+        validate.release_validators(run.results, log)
     from transformers import AutoTokenizer  # lazy: transformers imports torch
 
     tokenizers = {}
     for res in run.results:
-        model_path = str(models.resolve_model(res.scenario.model))
-        res.model_path = model_path
+        model_path = res.model_path
         if model_path not in tokenizers:
             tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
             run.models[model_path] = {

@@ -49,20 +49,27 @@ def v0_reads(copies, v0_python, tmp_path_factory):
     return {name: read_model_facts(v0_python, path, log) for name, path in copies.items()}
 
 
-def test_the_warm_v0_validator_reads_the_facts_the_one_shot_way_does(copies, v0_python, tmp_path):
+def test_the_warm_v0_validator_reads_the_facts_the_one_shot_way_does(
+    copies, v0_python, tmp_path, monkeypatch
+):
     """A run reads each checkpoint through its environment's warm validator (vLLM imported, one
-    process fewer before the engines start): the same facts as a fresh interpreter's."""
-    from parity.engines import engine_checks
+    process fewer before the engines start): the same facts as a fresh interpreter's; and the
+    answer is kept (check_cache), so the next run asks no process at all."""
+    from parity.engines import check_cache, engine_checks
 
-    fresh = engine_checks.read_model_facts(v0_python, copies["t5"], tmp_path / "fresh.log")
+    fresh = engine_checks._read_facts(v0_python, copies["t5"], tmp_path / "fresh.log", 180)
     engine_checks.warm_validator(v0_python, tmp_path / "validate.log")
     try:
         warm = engine_checks._WARM[v0_python]
-        got = engine_checks.read_model_facts(v0_python, copies["t5"], tmp_path / "warm.log")
+        got = engine_checks._read_facts(v0_python, copies["t5"], tmp_path / "warm.log", 180)
         assert warm.ready and engine_checks._WARM[v0_python] is warm  # it answered
     finally:
         engine_checks.close_warm()
     assert got == fresh and got["model.rope_theta"] == 10000.0
+    monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path / "cache"))
+    assert engine_checks.read_model_facts(v0_python, copies["t5"], tmp_path / "log") == fresh
+    assert check_cache.get("facts", v0_python, str(copies["t5"]), "facts") == fresh
+    assert not engine_checks.needs_validator(v0_python, [], [str(copies["t5"])])
 
 
 def test_v0_env_reads_the_portable_tiny_model_as_the_trainer_does(copies, v0_reads):

@@ -421,7 +421,8 @@ def test_warm_validator_answers_until_closed_and_is_never_left_running(tmp_path)
     engine_checks.warm_validator(python, tmp_path / "validate.log")
     warm = engine_checks._WARM[python].worker
     for _ in range(2):
-        assert engine_checks.validate_engine_args(python, [{}], tmp_path / "validate.log")["ok"]
+        reply = engine_checks.validate_engine_args(python, [{}], tmp_path / "validate.log")
+        assert reply["problems"] == [] and reply["cached"] == 0
     assert engine_checks._WARM[python].worker is warm and warm.proc.poll() is None
     engine_checks.close_warm()
     assert not engine_checks._WARM and warm.proc.wait(timeout=10) is not None
