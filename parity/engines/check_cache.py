@@ -22,8 +22,10 @@ from typing import Any
 from parity.setup.paths import cache_dir
 
 VERSION = 1  # of the answers' layout: a new one asks again
-# What the validator inherits from the harness and vLLM or transformers read.
-_INHERITED = ("VLLM_", "CUDA_", "HF_", "TRANSFORMERS_", "LD_PRELOAD")
+# What the validator inherits from the harness that can change its answers (vLLM's settings, the
+# devices it sees, the libraries it loads); HF_*/TRANSFORMERS_* only say where to download or
+# how to show progress: the checks read local directories.
+_INHERITED = ("VLLM_", "CUDA_", "LD_PRELOAD")
 # Packages whose version decides an answer, by their distribution's RECORD.
 _PACKAGES = ("vllm", "transformers", "torch", "tokenizers")
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
@@ -38,7 +40,8 @@ def _site_packages(python: str) -> list[Path]:
 
 
 def env_stamp(python: str) -> str | None:
-    """The environment as the checks see it, or None when its vLLM cannot be found (no cache)."""
+    """The environment as the checks see it (its packages, this machine, the inherited variables
+    that matter), or None when its vLLM cannot be found (no cache)."""
     parts: list[Any] = [str(Path(python).absolute()), socket.gethostname(), platform.machine()]
     found_vllm = False
     for site in _site_packages(python):

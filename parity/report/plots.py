@@ -19,12 +19,33 @@ def colour(role: str) -> str:
     return ROLE_COLOURS.get(role, OTHER_COLOUR)
 
 
-def figure(width: float = 6.4, height: float = 3.6, ncols: int = 1, nrows: int = 1):
-    """A figure with its axes, built without pyplot (no global state, no GUI backend)."""
+def figure(
+    width: float = 6.4,
+    height: float = 3.6,
+    ncols: int = 1,
+    nrows: int = 1,
+    margins: tuple[float, float, float, float, float] | None = None,
+):
+    """A figure with its axes, built without pyplot (no global state, no GUI backend).
+
+    margins: (left, bottom, right, top, gap between columns), in inches, for a plot whose
+    labels are numbers of known width; None lets matplotlib's constrained layout fit the labels
+    (it measures every tick label: half of drawing the figure).
+    """
     from matplotlib.figure import Figure  # lazy: matplotlib, only when report.html is drawn
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=None if margins else "constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    if margins:
+        left, bottom, right, top, gap = margins
+        column = (width - left - right - gap * (ncols - 1)) / ncols
+        fig.subplots_adjust(
+            left=left / width,
+            bottom=bottom / height,
+            right=1 - right / width,
+            top=1 - top / height,
+            wspace=gap / column,
+        )
     return fig, axes
 
 

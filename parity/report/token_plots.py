@@ -32,7 +32,7 @@ def log_ratio_hist(tokens, clip: ClipRange, role: str, key: str) -> str | None:
         return None
     lo, hi = clip.log_low, clip.log_high
     span = max(float(np.max(np.abs(r))), hi, abs(lo) if math.isfinite(lo) else hi) * 1.1
-    fig, axes = figure(6.4, 3.0)
+    fig, axes = figure(6.4, 3.0, margins=(0.7, 0.5, 0.15, 0.75, 0))
     ax = axes[0][0]
     counts, edges = np.histogram(r, bins=60, range=(-span, span))
     # One filled outline, not 60 bars: a fifth of the SVG and of the drawing time.
@@ -65,7 +65,7 @@ def abs_dlogp_by_position(tokens, key: str, max_points: int = 1500) -> str | Non
     rows, r = _finite_ratio(tokens)
     if r.size == 0:
         return None
-    fig, axes = figure(6.4, 3.2)
+    fig, axes = figure(6.4, 3.2, margins=(0.9, 0.5, 0.15, 0.15, 0))
     ax = axes[0][0]
     floor = 1e-9  # an exact match (|dlogp| = 0) still shows, at the bottom of the log axis
     drawn = []
@@ -113,7 +113,7 @@ def position_curves(tokens, clip: ClipRange, key: str, buckets: int = 8) -> str 
         ),
         "reference entropy (mean, nats)": rows["entropy"].to_numpy(float),
     }
-    fig, axes = figure(9.0, 2.8, ncols=3)
+    fig, axes = figure(9.0, 2.8, ncols=3, margins=(0.55, 0.5, 0.15, 0.3, 0.55))
     drawn = []
     for ax, (name, v) in zip(axes[0], values.items()):
         for role in sorted(rows["engine"].unique()):
