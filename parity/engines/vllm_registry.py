@@ -2,8 +2,8 @@
 
 vLLM learns what a model class supports (pooling, pipeline parallel, ...) by importing it in a
 fresh interpreter (`registry._run_in_subprocess`: no CUDA initialised in the engine's process
-before it forks its workers). That interpreter imports vLLM again: 5.7 s of a V0 0.8.5 engine
-start and of its validator on the 2-core CPU, against 0.9 s for the same inspection in process
+before it forks its workers). That interpreter imports vLLM again: 5.1-5.7 s of a V0 0.8.5 engine
+start and of its validator on the 2-core CPU, against 0.6-0.9 s for the same inspection in process
 (docs/measurements.md#modelinfo-cache). V1 0.32 keeps the result on disk (VLLM_CACHE_ROOT/
 modelinfos); V0 0.8.5 has no such cache.
 
