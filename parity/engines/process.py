@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.engines.base import EngineError
+from parity.engines.proc_watch import EngineProcessWatch, grace_from_env
 from parity.engines.vllm_registry import MODELINFO_DIR_ENV
 from parity.setup.paths import cache_dir
 from parity.setup.preloads import PreloadError, process_vars
@@ -129,6 +130,7 @@ class WorkerProcess:
         self._pending: str | None = None  # the op of a request whose reply has not been read
         self._preloading = False  # a preload request whose reply ready() still has to read
         self.on_progress = None  # called with each progress message of a running request
+        self._watch = EngineProcessWatch(self.proc.pid, grace_from_env())
         _live.add(self)
 
     def request(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -179,6 +181,13 @@ class WorkerProcess:
             if remaining <= 0:
                 self.kill()
                 self._fail(f"engine {self.name} timed out after {timeout:.0f}s in {op!r}")
+            dead = self._watch.check() if op != "close" else None
+            if dead is not None:
+                self._fail(
+                    f"engine {self.name}: {dead} during {op!r}, and the engine did not answer"
+                    f" in the {self._watch.grace:.0f}s after (vLLM's client can wait for a dead"
+                    " engine core forever)"
+                )
             ready, _, _ = select.select([self._reply], [], [], min(remaining, 1.0))
             if ready:
                 chunk = os.read(self._reply.fileno(), 1 << 20).decode()

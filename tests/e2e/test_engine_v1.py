@@ -199,3 +199,46 @@ def test_unknown_engine_arg_is_a_usage_error(tiny_model, tmp_path):
     assert "logprob_mode" in result.output and "enable_prefix_cache" in result.output
     assert "logprobs_mode" in result.output  # the suggestion names the fix
     assert not list((tmp_path / "o" / "logs").glob("engine-*.log"))  # no engine started
+
+
+def test_engine_core_killed_mid_generate_ends_within_the_grace(tiny_model, tmp_path, monkeypatch):
+    """vLLM V1's client waits for the outputs of an engine core that died mid-generate until
+    the request timeout (measured: 299 of 300 s, docs/measurements.md#dead-engine-core). parity
+    notices the dead VLLM::EngineCore and ends the call after its grace, naming the process,
+    and leaves nothing behind."""
+    import signal
+    import sys
+    import time
+
+    from parity.engines.base import EngineError, SamplingSpec
+    from parity.engines.proc_watch import group_processes
+    from parity.engines.settings import parse_setting
+    from parity.engines.worker_engine import VllmEngine
+
+    monkeypatch.setenv("PARITY_ENGINE_DEATH_GRACE", "5")
+    setting, problems = parse_setting("v1-parity", "test")
+    assert not problems
+    engine = VllmEngine(setting, str(tiny_model), sys.executable, tmp_path / "engine.log")
+    engine.request_timeout = 300
+    engine.start()
+    pgid, killed = engine.pgid, []
+
+    def kill_core(message):
+        if not killed and message["done"] < message["total"]:
+            (core,) = [
+                pid
+                for pid, (comm, _) in group_processes(pgid).items()
+                if comm.startswith("VLLM::EngineCor")
+            ]
+            os.kill(core, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    engine.on_progress = kill_core
+    try:
+        with pytest.raises(EngineError, match="VLLM::EngineCor") as raised:
+            engine.generate([[1, 2, 3, 4]] * 4096, SamplingSpec(max_tokens=128, seed=1))
+        assert killed and time.monotonic() - killed[0] < 60
+        assert "'generate'" in str(raised.value)
+    finally:
+        engine.close()
+    _no_engine_processes_left({"engines": [{"log": str(engine.log_path), "worker_pgid": pgid}]})

@@ -6,6 +6,8 @@ the whole process group is gone. Engine args steer it:
 - fail_start: text printed to the log, then the start fails as vLLM's does ("Engine core
   initialization failed. See root cause above.").
 - generate_sleep: seconds each generate call takes (after printing "generating" to the log).
+- core_dies: the generate call kills the "core" first (named VLLM::EngineCore, as vLLM V1
+  names its own), then takes its generate_sleep as if nothing happened, as vLLM's client does.
 """
 
 import argparse
@@ -18,6 +20,20 @@ import time
 SUMMARY = (
     "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
 )
+
+
+CORE = "open('/proc/self/comm', 'w').write('VLLM::EngineCore'); import time; time.sleep(300)"
+
+
+def kill_named(core: subprocess.Popen) -> None:
+    """Kill the core once it has taken its name (it starts as "python")."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{core.pid}/comm") as fh:
+            if fh.read().startswith("VLLM::"):
+                break
+        time.sleep(0.02)
+    core.kill()
 
 
 def generate(prompts: list[list[int]], sleep: float) -> dict:
@@ -41,7 +57,7 @@ def generate(prompts: list[list[int]], sleep: float) -> dict:
 
 def serve(reply_fd: int) -> None:
     reply = os.fdopen(reply_fd, "w", buffering=1)
-    core = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    core = subprocess.Popen([sys.executable, "-c", CORE])
     reply.write(
         json.dumps({"ok": True, "op": "hello", "pid": os.getpid(), "core_pid": core.pid}) + "\n"
     )
@@ -58,6 +74,8 @@ def serve(reply_fd: int) -> None:
                 break
             result = {"effective_config": {"key": {"engine_impl": "fake_engine_worker"}}}
         elif op == "generate":
+            if args.get("core_dies"):
+                kill_named(core)
             result = generate(request["prompts"], float(args.get("generate_sleep", 0)))
         elif op == "close":
             reply.write(json.dumps({"ok": True, "op": op}) + "\n")

@@ -318,6 +318,32 @@ def test_failed_start_of_real_worker_process(tmp_path, fakes):
     assert_engines_gone({"engines": run.engines})
 
 
+def test_dead_engine_core_mid_generate_is_unresolved_within_the_grace(tmp_path, fakes, monkeypatch):
+    """The worker's "VLLM::EngineCore" dies while the worker goes on waiting (as vLLM's client
+    does): the scenario is unresolved after the grace, not after the 1800 s request timeout,
+    naming the dead process, and nothing is left behind."""
+    monkeypatch.setenv("PARITY_ENGINE_DEATH_GRACE", "2")
+    t0 = time.monotonic()
+    spec = scenario("a", engine="vllm", core_dies=True, generate_sleep=60)
+    run = runner.run([spec], tmp_path, log=quiet)
+    verdict = run.results[0].verdict
+    assert time.monotonic() - t0 < 30
+    assert verdict.outcome == "unresolved" and verdict.diagnosis == "engine_failed"
+    assert "VLLM::EngineCor" in verdict.message and "'generate'" in verdict.message
+    assert_engines_gone({"engines": run.engines})
+
+
+def test_dead_engine_core_is_not_judged_while_the_engine_still_answers(
+    tmp_path, fakes, monkeypatch
+):
+    """The same death, but the worker answers within the grace (as vLLM does when it notices
+    itself): its answer stands."""
+    monkeypatch.setenv("PARITY_ENGINE_DEATH_GRACE", "20")
+    spec = scenario("a", engine="vllm", core_dies=True, generate_sleep=1.5)
+    run = runner.run([spec], tmp_path, log=quiet)
+    assert run.results[0].verdict.outcome == "pass", run.results[0].verdict.message
+
+
 # ----------------------------------------------------------------------------- SIGINT/SIGTERM
 
 
