@@ -3,10 +3,12 @@ category and engine kind steered by each scenario's fields, runner.run's prepara
 tokenizers, validators) faked away, an engine interpreter that runs tests/fake_engine_worker.py
 behind parity's real worker-process code, and the children themselves."""
 
+import faulthandler
 import itertools
 import json
 import operator
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,7 +134,12 @@ def quiet(message: str) -> None:
 
 
 def child(argv: list[str]) -> None:
-    """Entry point of a `parity check OUT` child: argv is OUT PYTHON SCENARIOS (JSON)."""
+    """Entry point of a `parity check OUT` child: argv is OUT PYTHON SCENARIOS (JSON). It takes
+    SIGINT as parity started from a terminal does (whatever its parent left ignored or
+    blocked), and dumps its threads' stacks to stderr on SIGUSR1 (signal_child's diagnosis)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     install_fakes(setattr, operator.setitem, argv[1])
     specs = json.loads(argv[2])
     import parity.run.scenario
@@ -157,9 +164,10 @@ def rewrite_forever(out: Path) -> None:
 
 def spawn(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PARITY_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    with open(tmp_path / "child.stderr", "ab") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )

@@ -358,7 +358,13 @@ def signal_child(
         ready(proc, out)
         t0 = time.monotonic()
         proc.send_signal(signum)
-        code = proc.wait(timeout=20)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # fault_fakes.child dumps its threads' stacks
+            time.sleep(2)
+            stacks = (tmp_path / "child.stderr").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"no exit 20 s after signal {signum}; the child:\n{stacks}")
     finally:
         proc.kill()
     return code, json.loads((out / "report.json").read_text()), time.monotonic() - t0
