@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -106,7 +107,10 @@ def build_model(name: str, force: bool = False, log: Log = print) -> Path:
 def fingerprint(path: str | os.PathLike) -> str:
     """sha256 over a checkpoint's weight files, config, generation config and tokenizer files.
 
-    Reads the digest cached in the stamp when no hashed file is newer than the stamp.
+    Reads the digest cached in the stamp when no hashed file is newer than the stamp (a model
+    parity built); else the digest kept in the cache directory for the same files in the same
+    state (path, size, inode, mtime and ctime in ns of each: any write changes ctime), so a
+    user's 70B checkpoint is read once, not on every run (docs/measurements.md#fingerprint-cache).
     """
     path = Path(path)
     stamp = path / STAMP
@@ -115,7 +119,42 @@ def fingerprint(path: str | os.PathLike) -> str:
         cached = json.loads(stamp.read_text()).get("fingerprint")
         if cached:
             return cached
-    return digest(path, files)
+    kept = cache_dir() / "fingerprints" / f"{_files_state(path, files)}.json"
+    try:
+        return json.loads(kept.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not kept yet, or unreadable: read the files
+    value = digest(path, files)
+    if _settled(files):
+        _write_atomic(kept, json.dumps({"path": str(path.resolve()), "fingerprint": value}))
+    return value
+
+
+def _files_state(root: Path, files: list[Path]) -> str:
+    """sha256 of where the files are and of their state, not of their contents."""
+    state = [str(root.resolve())]
+    for f in files:
+        st = f.stat()
+        state.append([f.name, st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns])
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()
+
+
+def _settled(files: list[Path], quiet_s: float = 2.0) -> bool:
+    """No file changed in the last `quiet_s` seconds. File times tick in coarse steps (a
+    kernel tick), so a write in the same step as the digest would leave the state unchanged:
+    such a digest is not kept ("racy" entries, as git's index treats them)."""
+    newest = max((max(f.stat().st_mtime_ns, f.stat().st_ctime_ns) for f in files), default=0)
+    return time.time_ns() - newest > quiet_s * 1e9
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next run a re-read
 
 
 def derived_checkpoint(

@@ -132,6 +132,42 @@ def test_fingerprint_ignores_a_stale_cached_digest(tiny, tmp_path):
     assert fingerprint(copy) != fingerprint(tiny)
 
 
+def _unstamped_copy(tiny, tmp_path):
+    copy = tmp_path / "user-checkpoint"
+    shutil.copytree(tiny, copy)
+    (copy / modelbuild.STAMP).unlink()
+    return copy
+
+
+def test_fingerprint_of_a_users_checkpoint_is_read_once(tiny, tmp_path, monkeypatch):
+    """No stamp (not built by parity): the digest is kept in the cache for the files' state;
+    the same files are not read again, a changed file (same size) is."""
+    monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_settled", lambda files: True)
+    reads = []
+    monkeypatch.setattr(
+        models, "digest", lambda root, files: reads.append(root) or "d%d" % len(reads)
+    )
+    copy = _unstamped_copy(tiny, tmp_path)
+    assert fingerprint(copy) == fingerprint(copy) == "d1" and len(reads) == 1
+    text = (copy / "config.json").read_text()
+    (copy / "config.json").write_text(text[:-1] + ("#" if text[-1] != "#" else "%"))  # same size
+    assert fingerprint(copy) == "d2" and len(reads) == 2
+    assert fingerprint(copy) == "d2" and len(reads) == 2
+
+
+def test_fingerprint_of_files_just_written_is_not_kept(tiny, tmp_path, monkeypatch):
+    """A file written in the last 2 s may change again within the same tick of file times
+    unseen: its digest is computed, not kept."""
+    monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path / "cache"))
+    copy = _unstamped_copy(tiny, tmp_path)
+    assert fingerprint(copy) == fingerprint(tiny)
+    assert not (tmp_path / "cache" / "fingerprints").exists()
+    files = modelbuild.hashed_files(copy)
+    assert not models._settled(files)
+    assert models._settled(files, quiet_s=-1.0)
+
+
 def test_resolve_model(tiny, tmp_path):
     assert resolve_model("tiny") == tiny
     assert resolve_model(str(tiny)) == tiny.resolve()
