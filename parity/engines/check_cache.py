@@ -15,10 +15,10 @@ import json
 import os
 import platform
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from parity.data.atomic import atomic_write
 from parity.setup.paths import cache_dir
 
 VERSION = 1  # of the answers' layout: a new one asks again
@@ -116,9 +116,6 @@ def put(kind: str, python: str, model_path: str, question: Any, answer: dict[str
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(answer, f, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(answer, sort_keys=True))
     except OSError:
         pass

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from parity.data.atomic import atomic_write
 from parity.setup.modelbuild import (
     STAMP,
     Log,
@@ -119,42 +120,36 @@ def fingerprint(path: str | os.PathLike) -> str:
         cached = json.loads(stamp.read_text()).get("fingerprint")
         if cached:
             return cached
-    kept = cache_dir() / "fingerprints" / f"{_files_state(path, files)}.json"
+    stats = [f.stat() for f in files]
+    kept = cache_dir() / "fingerprints" / f"{_files_state(path, files, stats)}.json"
     try:
         return json.loads(kept.read_text())["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not kept yet, or unreadable: read the files
     value = digest(path, files)
-    if _settled(files):
-        _write_atomic(kept, json.dumps({"path": str(path.resolve()), "fingerprint": value}))
+    if _settled(stats):
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(kept, json.dumps({"path": str(path.resolve()), "fingerprint": value}))
+        except OSError:
+            pass  # a read-only cache only costs the next run a re-read
     return value
 
 
-def _files_state(root: Path, files: list[Path]) -> str:
+def _files_state(root: Path, files: list[Path], stats: list[os.stat_result]) -> str:
     """sha256 of where the files are and of their state, not of their contents."""
     state = [str(root.resolve())]
-    for f in files:
-        st = f.stat()
+    for f, st in zip(files, stats):
         state.append([f.name, st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns])
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()
 
 
-def _settled(files: list[Path], quiet_s: float = 2.0) -> bool:
+def _settled(stats: list[os.stat_result], quiet_s: float = 2.0) -> bool:
     """No file changed in the last `quiet_s` seconds. File times tick in coarse steps (a
     kernel tick), so a write in the same step as the digest would leave the state unchanged:
     such a digest is not kept ("racy" entries, as git's index treats them)."""
-    newest = max((max(f.stat().st_mtime_ns, f.stat().st_ctime_ns) for f in files), default=0)
+    newest = max((max(st.st_mtime_ns, st.st_ctime_ns) for st in stats), default=0)
     return time.time_ns() - newest > quiet_s * 1e9
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs the next run a re-read
 
 
 def derived_checkpoint(

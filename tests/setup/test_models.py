@@ -143,7 +143,7 @@ def test_fingerprint_of_a_users_checkpoint_is_read_once(tiny, tmp_path, monkeypa
     """No stamp (not built by parity): the digest is kept in the cache for the files' state;
     the same files are not read again, a changed file (same size) is."""
     monkeypatch.setenv("PARITY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_settled", lambda files: True)
+    monkeypatch.setattr(models, "_settled", lambda stats: True)
     reads = []
     monkeypatch.setattr(
         models, "digest", lambda root, files: reads.append(root) or "d%d" % len(reads)
@@ -163,9 +163,9 @@ def test_fingerprint_of_files_just_written_is_not_kept(tiny, tmp_path, monkeypat
     copy = _unstamped_copy(tiny, tmp_path)
     assert fingerprint(copy) == fingerprint(tiny)
     assert not (tmp_path / "cache" / "fingerprints").exists()
-    files = modelbuild.hashed_files(copy)
-    assert not models._settled(files)
-    assert models._settled(files, quiet_s=-1.0)
+    stats = [f.stat() for f in modelbuild.hashed_files(copy)]
+    assert not models._settled(stats)
+    assert models._settled(stats, quiet_s=-1.0)
 
 
 def test_resolve_model(tiny, tmp_path):
