@@ -181,6 +181,7 @@ class WorkerProcess:
             if remaining <= 0:
                 self.kill()
                 self._fail(f"engine {self.name} timed out after {timeout:.0f}s in {op!r}")
+            # on "close" the engine's processes end on purpose
             dead = self._watch.check() if op != "close" else None
             if dead is not None:
                 self._fail(
